@@ -1,0 +1,345 @@
+//! The narrow file layer. `segment` and `wal` reach files only through [`Disk`], so tests can
+//! swap in [`crate::sim::SimDisk`], which tears writes, loses unsynced data, fails syncs and
+//! flips bits.
+
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+/// A directory tree of files. Paths are ordinary paths; implementations never touch anything
+/// outside the paths they are given.
+pub trait Disk: Send + Sync + Debug + 'static {
+    /// Creates a new file (failing if it exists) of `size_bytes` zero bytes, with its blocks
+    /// allocated where the platform allows, so that later writes inside it need no size change.
+    /// The new name is durable only after [`Disk::sync_dir`] of its parent.
+    fn create(&self, path: &Path, size_bytes: u64) -> io::Result<Arc<dyn DiskFile>>;
+    /// Opens an existing file for reading and writing.
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn DiskFile>>;
+    /// Renames `source` to `target`, replacing `target`. Durable after `sync_dir`.
+    fn rename(&self, source: &Path, target: &Path) -> io::Result<()>;
+    /// Removes a file. Durable after `sync_dir`.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Names (not paths) of the entries of `dir`, sorted.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Creates `dir` and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Makes the entries of `dir` (creations, renames, removals) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// True when `path` exists.
+    fn exists(&self, path: &Path) -> bool;
+    /// Syncs the data of several files, as concurrently as the implementation can, and
+    /// returns one result per file in order. The default syncs them one after another.
+    fn sync_files(&self, files: &[&dyn DiskFile]) -> Vec<io::Result<()>> {
+        files.iter().map(|f| f.sync_data()).collect()
+    }
+}
+
+/// One open file.
+pub trait DiskFile: Send + Sync + Debug + 'static {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Writes all of `bytes` at `pos`, extending the file if needed. Not durable until
+    /// [`DiskFile::sync_data`] returns.
+    fn write_at(&self, pos: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Returns the bytes of `pos..pos + len_bytes`, which must lie inside the file.
+    /// [`OsDisk`] hands out a slice of a shared memory map: no copy.
+    fn read_at(&self, pos: u64, len_bytes: u64) -> io::Result<Bytes>;
+    /// Makes every write before this call durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Sets the length, zero-filling when it grows.
+    fn set_len(&self, len_bytes: u64) -> io::Result<()>;
+    /// The raw file descriptor, for implementations that batch syncs through io_uring.
+    fn raw_fd(&self) -> Option<i32> {
+        None
+    }
+}
+
+/// Reads a whole small file, refusing files larger than `len_bytes_max`.
+pub fn read_small_file(disk: &dyn Disk, path: &Path, len_bytes_max: u64) -> io::Result<Bytes> {
+    let file = disk.open(path)?;
+    let len_bytes = file.len()?;
+    if len_bytes > len_bytes_max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is {len_bytes} bytes, more than the {len_bytes_max} expected", path.display()),
+        ));
+    }
+    file.read_at(0, len_bytes)
+}
+
+/// Replaces `path` with `bytes` atomically: write a temporary file, sync it, rename it over.
+/// With `durable`, the directory is synced too, so the new content survives power loss.
+pub fn write_file_atomic(disk: &dyn Disk, path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    if disk.exists(&tmp) {
+        disk.remove(&tmp)?;
+    }
+    let file = disk.create(&tmp, 0)?;
+    file.write_at(0, bytes)?;
+    file.sync_data()?;
+    drop(file);
+    disk.rename(&tmp, path)?;
+    if durable {
+        if let Some(dir) = path.parent() {
+            disk.sync_dir(dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// The real file layer: `std::fs`, `fallocate`, `fdatasync`, memory-mapped reads, and syncs
+/// of several files submitted together through io_uring where the kernel allows it.
+pub struct OsDisk {
+    read_only: bool,
+    ring: Option<Mutex<io_uring::IoUring>>,
+}
+
+impl std::fmt::Debug for OsDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OsDisk").field("read_only", &self.read_only).field("io_uring", &self.ring.is_some()).finish()
+    }
+}
+
+impl Default for OsDisk {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OsDisk {
+    /// The file layer for reading and writing.
+    pub fn new() -> Self {
+        let ring = io_uring::IoUring::new(64).ok().map(Mutex::new);
+        OsDisk { read_only: false, ring }
+    }
+
+    /// A file layer that opens files read-only and refuses every change (for `verify`).
+    pub fn read_only() -> Self {
+        OsDisk { read_only: true, ring: None }
+    }
+
+    /// The file layer without io_uring: several syncs run on scoped threads instead.
+    pub fn without_io_uring() -> Self {
+        OsDisk { read_only: false, ring: None }
+    }
+
+    /// True when batched syncs go through io_uring.
+    pub fn uses_io_uring(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    fn refuse_write(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "opened read-only"));
+        }
+        Ok(())
+    }
+
+    fn sync_through_ring(ring: &mut io_uring::IoUring, fds: &[i32]) -> io::Result<Vec<io::Result<()>>> {
+        let mut results: Vec<io::Result<()>> = (0..fds.len()).map(|_| Ok(())).collect();
+        for (chunk_index, chunk) in fds.chunks(32).enumerate() {
+            for (i, fd) in chunk.iter().enumerate() {
+                let entry = io_uring::opcode::Fsync::new(io_uring::types::Fd(*fd))
+                    .flags(io_uring::types::FsyncFlags::DATASYNC)
+                    .build()
+                    .user_data((chunk_index * 32 + i) as u64);
+                // SAFETY: the entry refers to no buffer; the fd stays open until completion,
+                // because the caller holds the files while this function waits for all of them.
+                unsafe { ring.submission().push(&entry) }
+                    .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+            }
+            let mut done = 0;
+            while done < chunk.len() {
+                ring.submit_and_wait(chunk.len() - done)?;
+                for cqe in ring.completion() {
+                    let index = cqe.user_data() as usize;
+                    if let Some(slot) = results.get_mut(index) {
+                        if cqe.result() < 0 {
+                            *slot = Err(io::Error::from_raw_os_error(-cqe.result()));
+                        }
+                    }
+                    done += 1;
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+impl Disk for OsDisk {
+    fn create(&self, path: &Path, size_bytes: u64) -> io::Result<Arc<dyn DiskFile>> {
+        self.refuse_write()?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        if size_bytes > 0 {
+            preallocate(&file, size_bytes)?;
+        }
+        Ok(Arc::new(OsFile::new(file, path)))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn DiskFile>> {
+        let file = OpenOptions::new().read(true).write(!self.read_only).open(path)?;
+        Ok(Arc::new(OsFile::new(file, path)))
+    }
+
+    fn rename(&self, source: &Path, target: &Path) -> io::Result<()> {
+        self.refuse_write()?;
+        std::fs::rename(source, target)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.refuse_write()?;
+        std::fs::remove_file(path)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.refuse_write()?;
+        std::fs::create_dir_all(dir)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.refuse_write()?;
+        File::open(dir)?.sync_all()
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn sync_files(&self, files: &[&dyn DiskFile]) -> Vec<io::Result<()>> {
+        match files {
+            [] => Vec::new(),
+            [one] => vec![one.sync_data()],
+            many => {
+                let fds: Option<Vec<i32>> = many.iter().map(|f| f.raw_fd()).collect();
+                if let (Some(ring), Some(fds)) = (&self.ring, fds) {
+                    match Self::sync_through_ring(&mut ring.lock(), &fds) {
+                        Ok(results) => return results,
+                        // The ring itself failed (not a sync): fall back, syncing is idempotent.
+                        Err(_) => {}
+                    }
+                }
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = many.iter().map(|f| scope.spawn(move || f.sync_data())).collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("sync thread panicked"))))
+                        .collect()
+                })
+            }
+        }
+    }
+}
+
+fn preallocate(file: &File, size_bytes: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(size_bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: fallocate only reads its integer arguments; the fd is open for writing.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if crate::error::is_disk_full(&err) {
+        return Err(err);
+    }
+    // Filesystems without fallocate (tmpfs on old kernels, some network filesystems): set the
+    // length instead. Syncs then also persist size changes, which is slower but still correct.
+    file.set_len(size_bytes)
+}
+
+/// A file of [`OsDisk`]. Reads come from a shared read-only memory map of the file.
+#[derive(Debug)]
+pub struct OsFile {
+    file: File,
+    path: PathBuf,
+    map: Mutex<Option<Bytes>>,
+}
+
+impl OsFile {
+    fn new(file: File, path: &Path) -> Self {
+        OsFile { file, path: path.to_path_buf(), map: Mutex::new(None) }
+    }
+
+    fn mapped(&self, end: u64) -> io::Result<Bytes> {
+        let mut map = self.map.lock();
+        if let Some(bytes) = map.as_ref() {
+            if bytes.len() as u64 >= end {
+                return Ok(bytes.clone());
+            }
+        }
+        let len = self.file.metadata()?.len();
+        if len < end {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read past the end of {} ({end} > {len})", self.path.display()),
+            ));
+        }
+        // SAFETY: Tern's files are only changed by this process (the engine holds a directory
+        // lock), files are never shrunk while mapped, and readers only look at bytes that were
+        // completely written before the end position they read was published.
+        let mmap = unsafe {
+            memmap2::MmapOptions::new().len(usize::try_from(len).map_err(io::Error::other)?).map(&self.file)?
+        };
+        let bytes = Bytes::from_owner(mmap);
+        *map = Some(bytes.clone());
+        Ok(bytes)
+    }
+}
+
+impl DiskFile for OsFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn write_at(&self, pos: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, pos)
+    }
+
+    fn read_at(&self, pos: u64, len_bytes: u64) -> io::Result<Bytes> {
+        if len_bytes == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = pos.checked_add(len_bytes).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let map = self.mapped(end)?;
+        let (start, end) =
+            (usize::try_from(pos).map_err(io::Error::other)?, usize::try_from(end).map_err(io::Error::other)?);
+        Ok(map.slice(start..end))
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn set_len(&self, len_bytes: u64) -> io::Result<()> {
+        let mut map = self.map.lock();
+        if map.as_ref().is_some_and(|m| (m.len() as u64) > len_bytes) {
+            // Shrinking under a live map would turn reads of the cut part into SIGBUS.
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot shrink a mapped file"));
+        }
+        *map = None;
+        self.file.set_len(len_bytes)
+    }
+
+    fn raw_fd(&self) -> Option<i32> {
+        Some(self.file.as_raw_fd())
+    }
+}

@@ -1,0 +1,584 @@
+//! One segment file: a header, then batch frames back to back, then zeros up to the
+//! pre-allocated size; and its sparse offset index.
+//!
+//! Format (FORMAT.md, "Segment file" and "Index file"), little-endian:
+//! segment header `{ magic "TERNSEG\0" | version u32 | flags u32 | base_offset u64 | reserved u32 | crc32 u32 }`,
+//! index file `{ magic "TERNIDX\0" | version u32 | entry_count u32 | base_offset u64 | end_offset u64 |
+//! end_pos u64 | reserved u32 | crc32 u32 | entries: { offset_delta u32 | pos u32 } * entry_count }`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::cursor::Cursor;
+use crate::disk::{read_small_file, write_file_atomic, Disk, DiskFile};
+use crate::error::{CorruptReason, Error, Result};
+use crate::frame::{self, Frame};
+
+/// Magic bytes at the start of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"TERNSEG\0";
+/// Segment file format version written by this build.
+pub const SEGMENT_VERSION: u32 = 1;
+/// Bytes of the segment file header; the first frame starts here.
+pub const SEGMENT_HEADER_BYTES: u64 = 32;
+/// Magic bytes at the start of every index file.
+pub const INDEX_MAGIC: [u8; 8] = *b"TERNIDX\0";
+/// Index file format version written by this build.
+pub const INDEX_VERSION: u32 = 1;
+/// Bytes of the index file header.
+pub const INDEX_HEADER_BYTES: usize = 48;
+/// Bytes of one index entry.
+pub const INDEX_ENTRY_BYTES: usize = 8;
+/// Largest segment a `u32` index position can address.
+pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+
+/// Extension of segment files, named `{base_offset:020}.seg`.
+pub const SEGMENT_EXT: &str = "seg";
+/// Extension of index files, named `{base_offset:020}.idx`.
+pub const INDEX_EXT: &str = "idx";
+
+/// File name of the segment whose first offset is `base_offset`.
+pub fn segment_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}.{SEGMENT_EXT}")
+}
+
+/// Parses `{base_offset:020}.seg` (or `.idx` with `ext`) back into the base offset.
+pub fn parse_file_name(name: &str, ext: &str) -> Option<u64> {
+    let stem = name.strip_suffix(ext)?.strip_suffix('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// One entry of the sparse index: the frame starting at `pos` holds `offset` first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// First record offset of the frame.
+    pub offset: u64,
+    /// Byte position of the frame in the segment file.
+    pub pos: u64,
+}
+
+/// Encodes a segment header.
+pub fn encode_segment_header(base_offset: u64) -> [u8; SEGMENT_HEADER_BYTES as usize] {
+    let mut out = [0u8; SEGMENT_HEADER_BYTES as usize];
+    let mut w = Vec::with_capacity(32);
+    w.extend_from_slice(&SEGMENT_MAGIC);
+    w.extend_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    w.extend_from_slice(&0u32.to_le_bytes());
+    w.extend_from_slice(&base_offset.to_le_bytes());
+    w.extend_from_slice(&0u32.to_le_bytes());
+    let crc = crc32fast::hash(&w);
+    w.extend_from_slice(&crc.to_le_bytes());
+    out.copy_from_slice(&w);
+    out
+}
+
+/// Decodes a segment header and returns the base offset it names.
+pub fn decode_segment_header(buf: &[u8]) -> Result<u64, CorruptReason> {
+    let mut cur = Cursor::new(buf);
+    let covered = cur.clone().take(28)?;
+    if cur.take(8)? != SEGMENT_MAGIC {
+        return Err(CorruptReason::Magic);
+    }
+    let version = cur.u32_le()?;
+    let flags = cur.u32_le()?;
+    let base_offset = cur.u64_le()?;
+    let _reserved = cur.u32_le()?;
+    let stored = cur.u32_le()?;
+    let computed = crc32fast::hash(covered);
+    if stored != computed {
+        return Err(CorruptReason::Checksum { stored, computed });
+    }
+    if version != SEGMENT_VERSION {
+        return Err(CorruptReason::Version { found: version });
+    }
+    if flags != 0 {
+        return Err(CorruptReason::Field("segment flags"));
+    }
+    Ok(base_offset)
+}
+
+/// The content of an index file: where a sealed segment ends, and its sparse entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexFile {
+    /// Base offset of the segment.
+    pub base_offset: u64,
+    /// One past the last record of the segment.
+    pub end_offset: u64,
+    /// One past the last frame byte of the segment.
+    pub end_pos: u64,
+    /// Sparse entries in increasing offset and position order.
+    pub entries: Vec<IndexEntry>,
+}
+
+impl IndexFile {
+    /// Encodes the index file (FORMAT.md "Index file").
+    #[expect(clippy::cast_possible_truncation)] // NOTE: positions are bounded by SEGMENT_BYTES_MAX and deltas by the segment's record count
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(INDEX_HEADER_BYTES + self.entries.len() * INDEX_ENTRY_BYTES);
+        w.extend_from_slice(&INDEX_MAGIC);
+        w.extend_from_slice(&INDEX_VERSION.to_le_bytes());
+        w.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        w.extend_from_slice(&self.base_offset.to_le_bytes());
+        w.extend_from_slice(&self.end_offset.to_le_bytes());
+        w.extend_from_slice(&self.end_pos.to_le_bytes());
+        w.extend_from_slice(&0u32.to_le_bytes());
+        w.extend_from_slice(&0u32.to_le_bytes()); // crc, patched below
+        for e in &self.entries {
+            w.extend_from_slice(&((e.offset - self.base_offset) as u32).to_le_bytes());
+            w.extend_from_slice(&(e.pos as u32).to_le_bytes());
+        }
+        let crc = index_crc(&w);
+        w[44..48].copy_from_slice(&crc.to_le_bytes());
+        w
+    }
+
+    /// Decodes and validates an index file.
+    pub fn decode(buf: &[u8]) -> Result<IndexFile, CorruptReason> {
+        let mut cur = Cursor::new(buf);
+        if cur.take(8)? != INDEX_MAGIC {
+            return Err(CorruptReason::Magic);
+        }
+        let version = cur.u32_le()?;
+        let entry_count = cur.u32_le()?;
+        let base_offset = cur.u64_le()?;
+        let end_offset = cur.u64_le()?;
+        let end_pos = cur.u64_le()?;
+        let _reserved = cur.u32_le()?;
+        let stored = cur.u32_le()?;
+        // Bound the count by the bytes present before trusting it.
+        if entry_count as usize != cur.remaining_bytes() / INDEX_ENTRY_BYTES
+            || cur.remaining_bytes() % INDEX_ENTRY_BYTES != 0
+        {
+            return Err(CorruptReason::Field("index entry count"));
+        }
+        let computed = index_crc(buf);
+        if stored != computed {
+            return Err(CorruptReason::Checksum { stored, computed });
+        }
+        if version != INDEX_VERSION {
+            return Err(CorruptReason::Version { found: version });
+        }
+        if end_offset < base_offset || end_pos < SEGMENT_HEADER_BYTES || end_pos > SEGMENT_BYTES_MAX {
+            return Err(CorruptReason::Field("index end"));
+        }
+        let mut entries = Vec::with_capacity(entry_count as usize);
+        let mut last: Option<IndexEntry> = None;
+        for _ in 0..entry_count {
+            let offset =
+                base_offset.checked_add(u64::from(cur.u32_le()?)).ok_or(CorruptReason::Field("index offset"))?;
+            let pos = u64::from(cur.u32_le()?);
+            let entry = IndexEntry { offset, pos };
+            let ordered = last.is_none_or(|l| l.offset < offset && l.pos < pos);
+            if !ordered || offset >= end_offset || pos >= end_pos || pos < SEGMENT_HEADER_BYTES {
+                return Err(CorruptReason::Field("index entry"));
+            }
+            entries.push(entry);
+            last = Some(entry);
+        }
+        Ok(IndexFile { base_offset, end_offset, end_pos, entries })
+    }
+}
+
+fn index_crc(buf: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(buf.get(..44).unwrap_or_default());
+    h.update(buf.get(48..).unwrap_or_default());
+    h.finalize()
+}
+
+/// What a frame-by-frame walk of a segment found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanReport {
+    /// One past the last valid frame.
+    pub end_pos: u64,
+    /// One past the last record of the last valid frame.
+    pub end_offset: u64,
+    /// Index entries for the valid frames walked.
+    pub entries: Vec<IndexEntry>,
+    /// Frames walked.
+    pub frame_count: u64,
+    /// The first invalid frame, if the walk did not end at a clean end of data.
+    pub problem: Option<(u64, CorruptReason)>,
+}
+
+/// A segment file, open for reading and, when it is the last one of its log, for appending.
+#[derive(Debug)]
+pub struct Segment {
+    path: PathBuf,
+    base_offset: u64,
+    file: Arc<dyn DiskFile>,
+    size_bytes: u64,
+    index_interval_bytes: u64,
+    end_pos: AtomicU64,
+    end_offset: AtomicU64,
+    index: RwLock<Vec<IndexEntry>>,
+}
+
+impl Segment {
+    /// Creates the segment file `{base_offset}.seg` in `dir`, pre-allocated to `size_bytes`,
+    /// and writes its header. Neither the file nor its name is durable until the caller syncs
+    /// the file and the directory.
+    pub fn create(
+        disk: &dyn Disk,
+        dir: &Path,
+        base_offset: u64,
+        size_bytes: u64,
+        index_interval_bytes: u64,
+    ) -> Result<Segment> {
+        let path = dir.join(segment_file_name(base_offset));
+        assert!(size_bytes > SEGMENT_HEADER_BYTES && size_bytes <= SEGMENT_BYTES_MAX, "segment size {size_bytes}");
+        let file = disk.create(&path, size_bytes).map_err(|e| Error::io(&path, e))?;
+        file.write_at(0, &encode_segment_header(base_offset)).map_err(|e| Error::io(&path, e))?;
+        Ok(Segment::with_file(path, file, base_offset, size_bytes, index_interval_bytes))
+    }
+
+    fn with_file(
+        path: PathBuf,
+        file: Arc<dyn DiskFile>,
+        base_offset: u64,
+        size_bytes: u64,
+        index_interval_bytes: u64,
+    ) -> Segment {
+        Segment {
+            path,
+            base_offset,
+            file,
+            size_bytes,
+            index_interval_bytes: index_interval_bytes.max(1),
+            end_pos: AtomicU64::new(SEGMENT_HEADER_BYTES),
+            end_offset: AtomicU64::new(base_offset),
+            index: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Opens an existing segment file and checks its header. Its end is unknown until
+    /// [`Segment::install`] is called with the result of a scan or of its index file.
+    pub fn open(disk: &dyn Disk, path: &Path, index_interval_bytes: u64) -> Result<Segment> {
+        let file = disk.open(path).map_err(|e| Error::io(path, e))?;
+        let size_bytes = file.len().map_err(|e| Error::io(path, e))?;
+        let corrupt = |reason| Error::Corrupt { file: path.to_path_buf(), pos: 0, reason };
+        if size_bytes < SEGMENT_HEADER_BYTES {
+            return Err(corrupt(CorruptReason::Truncated { needed_bytes: SEGMENT_HEADER_BYTES - size_bytes }));
+        }
+        if size_bytes > SEGMENT_BYTES_MAX {
+            return Err(corrupt(CorruptReason::Field("segment larger than 4 GiB")));
+        }
+        let header = file.read_at(0, SEGMENT_HEADER_BYTES).map_err(|e| Error::io(path, e))?;
+        let base_offset = decode_segment_header(&header).map_err(corrupt)?;
+        if parse_file_name(&path.file_name().unwrap_or_default().to_string_lossy(), SEGMENT_EXT) != Some(base_offset) {
+            return Err(corrupt(CorruptReason::Field("base offset does not match the file name")));
+        }
+        Ok(Segment::with_file(path.to_path_buf(), file, base_offset, size_bytes, index_interval_bytes))
+    }
+
+    /// Path of the segment file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Path of this segment's index file.
+    pub fn index_path(&self) -> PathBuf {
+        self.path.with_extension(INDEX_EXT)
+    }
+
+    /// First record offset of the segment.
+    pub fn base_offset(&self) -> u64 {
+        self.base_offset
+    }
+
+    /// One past the last record appended.
+    pub fn end_offset(&self) -> u64 {
+        self.end_offset.load(Ordering::Acquire)
+    }
+
+    /// One past the last frame byte appended.
+    pub fn end_pos(&self) -> u64 {
+        self.end_pos.load(Ordering::Acquire)
+    }
+
+    /// Pre-allocated size of the file.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// The file, for syncing.
+    pub fn file(&self) -> &Arc<dyn DiskFile> {
+        &self.file
+    }
+
+    /// Bytes still free for frames.
+    pub fn remaining_bytes(&self) -> u64 {
+        self.size_bytes.saturating_sub(self.end_pos())
+    }
+
+    /// Sets the end and the index after recovery, a scan or a truncation.
+    pub fn install(&self, end_pos: u64, end_offset: u64, entries: Vec<IndexEntry>) {
+        assert!(
+            end_pos >= SEGMENT_HEADER_BYTES && end_pos <= self.size_bytes,
+            "end_pos {end_pos} outside {}",
+            self.size_bytes
+        );
+        assert!(end_offset >= self.base_offset, "end_offset {end_offset} < base {}", self.base_offset);
+        *self.index.write() = entries;
+        self.end_pos.store(end_pos, Ordering::Release);
+        self.end_offset.store(end_offset, Ordering::Release);
+    }
+
+    /// Appends one encoded frame holding `base_offset..end_offset` at the end.
+    ///
+    /// The caller is the only writer of this segment and checked that the frame fits. The new
+    /// end is published only after the write completed, so readers never see a partial frame.
+    pub fn append(&self, frame_bytes: &[u8], base_offset: u64, end_offset: u64) -> Result<()> {
+        let pos = self.end_pos();
+        assert_eq!(base_offset, self.end_offset(), "offsets must be dense in {}", self.path.display());
+        assert!(end_offset > base_offset, "empty frame");
+        let new_end = pos + frame_bytes.len() as u64;
+        assert!(new_end <= self.size_bytes, "frame does not fit in {}", self.path.display());
+        self.file.write_at(pos, frame_bytes).map_err(|e| Error::io(&self.path, e))?;
+        self.note_frame(pos, base_offset);
+        self.end_pos.store(new_end, Ordering::Release);
+        self.end_offset.store(end_offset, Ordering::Release);
+        Ok(())
+    }
+
+    fn note_frame(&self, pos: u64, offset: u64) {
+        let mut index = self.index.write();
+        let due = index.last().is_none_or(|last| pos >= last.pos + self.index_interval_bytes);
+        if due {
+            index.push(IndexEntry { offset, pos });
+        }
+    }
+
+    /// Position of the frame to start reading at to find `offset`: the indexed frame with the
+    /// largest first offset not above it. Frames from there on must be walked.
+    pub fn seek(&self, offset: u64) -> (u64, u64) {
+        let index = self.index.read();
+        let i = index.partition_point(|e| e.offset <= offset);
+        match i.checked_sub(1).and_then(|i| index.get(i)) {
+            Some(e) => (e.pos, e.offset),
+            None => (SEGMENT_HEADER_BYTES, self.base_offset),
+        }
+    }
+
+    /// The bytes `from_pos..to_pos`, zero-copy on [`crate::disk::OsDisk`].
+    pub fn bytes(&self, from_pos: u64, to_pos: u64) -> Result<Bytes> {
+        self.file.read_at(from_pos, to_pos.saturating_sub(from_pos)).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Walks frames from `from_pos` (where offset `from_offset` must start) verifying each
+    /// checksum and the offset continuity, until a zero length, the end of the file, `to_pos`,
+    /// or the first invalid frame.
+    pub fn scan(&self, from_pos: u64, from_offset: u64, to_pos: Option<u64>) -> Result<ScanReport> {
+        let limit = to_pos.unwrap_or(self.size_bytes).min(self.size_bytes);
+        let bytes = self.bytes(from_pos, limit)?;
+        let mut report = ScanReport {
+            end_pos: from_pos,
+            end_offset: from_offset,
+            entries: Vec::new(),
+            frame_count: 0,
+            problem: None,
+        };
+        let mut last_indexed: Option<u64> = None;
+        let mut rel = 0usize;
+        while let Some(rest) = bytes.get(rel..) {
+            if rest.len() < frame::FRAME_PREFIX_BYTES {
+                if rest.iter().any(|b| *b != 0) {
+                    report.problem = Some((
+                        report.end_pos,
+                        CorruptReason::Truncated { needed_bytes: (frame::FRAME_PREFIX_BYTES - rest.len()) as u64 },
+                    ));
+                }
+                break;
+            }
+            match frame::decode(rest) {
+                Ok(None) => break,
+                Ok(Some(f)) => {
+                    if f.header.base_offset != report.end_offset {
+                        let reason =
+                            CorruptReason::Discontinuity { expected: report.end_offset, found: f.header.base_offset };
+                        report.problem = Some((report.end_pos, reason));
+                        break;
+                    }
+                    if last_indexed.is_none_or(|p| report.end_pos >= p + self.index_interval_bytes) {
+                        report.entries.push(IndexEntry { offset: report.end_offset, pos: report.end_pos });
+                        last_indexed = Some(report.end_pos);
+                    }
+                    rel += f.frame_len;
+                    report.end_pos += f.frame_len as u64;
+                    report.end_offset = f.header.end_offset();
+                    report.frame_count += 1;
+                }
+                Err(reason) => {
+                    report.problem = Some((report.end_pos, reason));
+                    break;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The first position at or after `from_pos` where a frame with a valid checksum starts,
+    /// for tools that report every damaged place instead of stopping at the first.
+    pub fn resync(&self, from_pos: u64) -> Result<Option<(u64, u64)>> {
+        let bytes = self.bytes(from_pos, self.size_bytes)?;
+        let mut rel = 0usize;
+        while let Some(rest) = bytes.get(rel..) {
+            if rest.len() < frame::FRAME_PREFIX_BYTES + frame::BATCH_HEADER_BYTES {
+                return Ok(None);
+            }
+            // Cheap plausibility checks first, so the checksum runs only on likely frames.
+            let plausible = frame::peek_body_len(rest)
+                .is_some_and(|len| len as usize >= frame::BATCH_HEADER_BYTES && len as usize <= rest.len() - 8)
+                && rest.get(8) == Some(&frame::BATCH_VERSION)
+                && rest.get(9..12) == Some(&[0, 0, 0]);
+            if plausible {
+                if let Ok(Some(f)) = frame::decode(rest) {
+                    return Ok(Some((from_pos + rel as u64, f.header.base_offset)));
+                }
+            }
+            rel += 1;
+        }
+        Ok(None)
+    }
+
+    /// Writes the index file for this segment (atomically, not yet durable by name).
+    pub fn write_index(&self, disk: &dyn Disk) -> Result<()> {
+        let index = IndexFile {
+            base_offset: self.base_offset,
+            end_offset: self.end_offset(),
+            end_pos: self.end_pos(),
+            entries: self.index.read().clone(),
+        };
+        let path = self.index_path();
+        write_file_atomic(disk, &path, &index.encode(), false).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Reads this segment's index file. `Ok(None)` when it does not exist.
+    pub fn read_index(&self, disk: &dyn Disk) -> Result<Option<IndexFile>> {
+        let path = self.index_path();
+        if !disk.exists(&path) {
+            return Ok(None);
+        }
+        let len_max = (INDEX_HEADER_BYTES as u64)
+            + (self.size_bytes / frame::FRAME_PREFIX_BYTES as u64 + 1) * INDEX_ENTRY_BYTES as u64;
+        let bytes = read_small_file(disk, &path, len_max).map_err(|e| Error::io(&path, e))?;
+        let index =
+            IndexFile::decode(&bytes).map_err(|reason| Error::Corrupt { file: path.clone(), pos: 0, reason })?;
+        if index.base_offset != self.base_offset || index.end_pos > self.size_bytes {
+            return Err(Error::Corrupt {
+                file: path,
+                pos: 0,
+                reason: CorruptReason::Field("index does not match its segment"),
+            });
+        }
+        Ok(Some(index))
+    }
+
+    /// Overwrites with zeros every non-zero byte from `from_pos` to the end of the file, so
+    /// that stale frames past a cut can never be mistaken for data. Not durable until synced.
+    pub fn zero_tail(&self, from_pos: u64) -> Result<()> {
+        let bytes = self.bytes(from_pos, self.size_bytes)?;
+        let Some(last) = bytes.iter().rposition(|b| *b != 0) else { return Ok(()) };
+        let zeros = vec![0u8; 1 << 20];
+        let end = from_pos + last as u64 + 1;
+        let mut pos = from_pos;
+        while pos < end {
+            let n = (end - pos).min(zeros.len() as u64);
+            self.file
+                .write_at(pos, zeros.get(..n as usize).unwrap_or_default())
+                .map_err(|e| Error::io(&self.path, e))?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Syncs the segment's data.
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Decodes the frame at the start of `bytes` and returns it with its byte length, mapping a
+/// bad frame to [`Error::Corrupt`] at `pos` of `file`.
+pub fn decode_at<'a>(bytes: &'a [u8], file: &Path, pos: u64) -> Result<Option<Frame<'a>>> {
+    frame::decode(bytes).map_err(|reason| Error::Corrupt { file: file.to_path_buf(), pos, reason })
+}
+
+/// Checks that `result` is `NotFound`; other errors stay errors.
+pub fn not_found_ok<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{encode, BatchMeta, Record};
+    use crate::sim::SimDisk;
+
+    fn frame_of(base: u64, n: usize) -> Vec<u8> {
+        let values: Vec<Vec<u8>> = (0..n).map(|i| format!("v{}", base + i as u64).into_bytes()).collect();
+        let records: Vec<_> = values.iter().map(|v| Record::new(v, 1)).collect();
+        let mut out = Vec::new();
+        encode(&mut out, &BatchMeta { base_offset: base, ..Default::default() }, &records).unwrap();
+        out
+    }
+
+    #[test]
+    fn appended_frames_scan_back_and_index_round_trips() {
+        let disk = SimDisk::new();
+        let dir = Path::new("/log");
+        let seg = Segment::create(&disk, dir, 100, 4096, 64).unwrap();
+        let mut offset = 100;
+        for n in 1..6 {
+            let f = frame_of(offset, n);
+            seg.append(&f, offset, offset + n as u64).unwrap();
+            offset += n as u64;
+        }
+        let report = seg.scan(SEGMENT_HEADER_BYTES, 100, None).unwrap();
+        assert_eq!(report.problem, None);
+        assert_eq!(report.end_offset, offset);
+        assert_eq!(report.end_pos, seg.end_pos());
+        assert_eq!(report.entries, *seg.index.read());
+        seg.write_index(&disk).unwrap();
+        let index = seg.read_index(&disk).unwrap().unwrap();
+        assert_eq!(index.end_offset, offset);
+        assert_eq!(IndexFile::decode(&index.encode()).unwrap(), index);
+        let reopened = Segment::open(&disk, seg.path(), 64).unwrap();
+        assert_eq!(reopened.base_offset(), 100);
+    }
+
+    #[test]
+    fn scan_reports_a_bad_frame_with_its_position() {
+        let disk = SimDisk::new();
+        let seg = Segment::create(&disk, Path::new("/log"), 0, 4096, 64).unwrap();
+        let a = frame_of(0, 2);
+        seg.append(&a, 0, 2).unwrap();
+        seg.append(&frame_of(2, 2), 2, 4).unwrap();
+        let second = SEGMENT_HEADER_BYTES + a.len() as u64;
+        disk.flip_bit(seg.path(), second + 20, 3).unwrap();
+        let report = seg.scan(SEGMENT_HEADER_BYTES, 0, None).unwrap();
+        assert_eq!(report.end_offset, 2);
+        assert!(matches!(report.problem, Some((pos, CorruptReason::Checksum { .. })) if pos == second));
+    }
+
+    #[test]
+    fn zero_tail_erases_stale_frames() {
+        let disk = SimDisk::new();
+        let seg = Segment::create(&disk, Path::new("/log"), 0, 4096, 64).unwrap();
+        seg.append(&frame_of(0, 2), 0, 2).unwrap();
+        seg.zero_tail(SEGMENT_HEADER_BYTES).unwrap();
+        let report = seg.scan(SEGMENT_HEADER_BYTES, 0, None).unwrap();
+        assert_eq!((report.end_offset, report.problem), (0, None));
+    }
+}
