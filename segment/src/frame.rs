@@ -292,6 +292,48 @@ pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, CorruptReason> {
     Ok(Some(frame))
 }
 
+/// Reads a frame's length and batch header without verifying its checksum or records.
+///
+/// For walking frames that an earlier run already verified and synced (recovery of the region
+/// a checkpoint vouches for); the length is still bounded and the frame must fit in `buf`.
+pub fn decode_header_unverified(buf: &[u8]) -> Result<Option<(BatchHeader, usize)>, CorruptReason> {
+    let mut cur = Cursor::new(buf);
+    let Ok(body_len) = cur.u32_le() else { return Ok(None) };
+    if body_len == 0 {
+        return Ok(None);
+    }
+    if body_len > FRAME_BODY_BYTES_MAX {
+        let len_bytes = u64::from(body_len);
+        return Err(CorruptReason::FrameTooLong { len_bytes, limit_bytes: FRAME_BODY_BYTES_MAX });
+    }
+    if (body_len as usize) < BATCH_HEADER_BYTES {
+        return Err(CorruptReason::FrameTooShort { len_bytes: u64::from(body_len) });
+    }
+    let _crc = cur.u32_le()?;
+    let mut body = Cursor::new(cur.take(body_len as usize)?);
+    let version = body.u8()?;
+    let flags = body.u8()?;
+    let _reserved = body.u16_le()?;
+    let header = BatchHeader {
+        version,
+        flags,
+        record_count: body.u32_le()?,
+        base_offset: body.u64_le()?,
+        epoch: body.u64_le()?,
+        first_timestamp_ms: body.u64_le()?,
+        max_timestamp_ms: body.u64_le()?,
+        producer_id: body.u64_le()?,
+        sequence: body.u64_le()?,
+    };
+    if version != BATCH_VERSION {
+        return Err(CorruptReason::Version { found: u32::from(version) });
+    }
+    if header.record_count == 0 || header.base_offset.checked_add(u64::from(header.record_count)).is_none() {
+        return Err(CorruptReason::Field("record_count"));
+    }
+    Ok(Some((header, FRAME_PREFIX_BYTES + body_len as usize)))
+}
+
 impl<'a> Frame<'a> {
     /// Iterates the records of this frame in offset order.
     pub fn records(&self) -> RecordIter<'a> {

@@ -4,7 +4,7 @@
 //! Format (FORMAT.md, "Segment file" and "Index file"), little-endian:
 //! segment header `{ magic "TERNSEG\0" | version u32 | flags u32 | base_offset u64 | reserved u32 | crc32 u32 }`,
 //! index file `{ magic "TERNIDX\0" | version u32 | entry_count u32 | base_offset u64 | end_offset u64 |
-//! end_pos u64 | reserved u32 | crc32 u32 | entries: { offset_delta u32 | pos u32 } * entry_count }`.
+//! end_pos u64 | max_timestamp_ms u64 | reserved u32 | crc32 u32 | entries: { offset_delta u32 | pos u32 } * entry_count }`.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ pub const INDEX_MAGIC: [u8; 8] = *b"TERNIDX\0";
 /// Index file format version written by this build.
 pub const INDEX_VERSION: u32 = 1;
 /// Bytes of the index file header.
-pub const INDEX_HEADER_BYTES: usize = 48;
+pub const INDEX_HEADER_BYTES: usize = 56;
 /// Bytes of one index entry.
 pub const INDEX_ENTRY_BYTES: usize = 8;
 /// Largest segment a `u32` index position can address.
@@ -113,6 +113,8 @@ pub struct IndexFile {
     pub end_offset: u64,
     /// One past the last frame byte of the segment.
     pub end_pos: u64,
+    /// Largest record timestamp in the segment (0 when empty), for retention by age.
+    pub max_timestamp_ms: u64,
     /// Sparse entries in increasing offset and position order.
     pub entries: Vec<IndexEntry>,
 }
@@ -128,6 +130,7 @@ impl IndexFile {
         w.extend_from_slice(&self.base_offset.to_le_bytes());
         w.extend_from_slice(&self.end_offset.to_le_bytes());
         w.extend_from_slice(&self.end_pos.to_le_bytes());
+        w.extend_from_slice(&self.max_timestamp_ms.to_le_bytes());
         w.extend_from_slice(&0u32.to_le_bytes());
         w.extend_from_slice(&0u32.to_le_bytes()); // crc, patched below
         for e in &self.entries {
@@ -135,7 +138,7 @@ impl IndexFile {
             w.extend_from_slice(&(e.pos as u32).to_le_bytes());
         }
         let crc = index_crc(&w);
-        w[44..48].copy_from_slice(&crc.to_le_bytes());
+        w[52..56].copy_from_slice(&crc.to_le_bytes());
         w
     }
 
@@ -150,6 +153,7 @@ impl IndexFile {
         let base_offset = cur.u64_le()?;
         let end_offset = cur.u64_le()?;
         let end_pos = cur.u64_le()?;
+        let max_timestamp_ms = cur.u64_le()?;
         let _reserved = cur.u32_le()?;
         let stored = cur.u32_le()?;
         // Bound the count by the bytes present before trusting it.
@@ -182,14 +186,14 @@ impl IndexFile {
             entries.push(entry);
             last = Some(entry);
         }
-        Ok(IndexFile { base_offset, end_offset, end_pos, entries })
+        Ok(IndexFile { base_offset, end_offset, end_pos, max_timestamp_ms, entries })
     }
 }
 
 fn index_crc(buf: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(buf.get(..44).unwrap_or_default());
-    h.update(buf.get(48..).unwrap_or_default());
+    h.update(buf.get(..52).unwrap_or_default());
+    h.update(buf.get(56..).unwrap_or_default());
     h.finalize()
 }
 
@@ -204,6 +208,8 @@ pub struct ScanReport {
     pub entries: Vec<IndexEntry>,
     /// Frames walked.
     pub frame_count: u64,
+    /// Largest record timestamp of the frames walked.
+    pub max_timestamp_ms: u64,
     /// The first invalid frame, if the walk did not end at a clean end of data.
     pub problem: Option<(u64, CorruptReason)>,
 }
@@ -218,6 +224,7 @@ pub struct Segment {
     index_interval_bytes: u64,
     end_pos: AtomicU64,
     end_offset: AtomicU64,
+    max_timestamp_ms: AtomicU64,
     index: RwLock<Vec<IndexEntry>>,
 }
 
@@ -254,6 +261,7 @@ impl Segment {
             index_interval_bytes: index_interval_bytes.max(1),
             end_pos: AtomicU64::new(SEGMENT_HEADER_BYTES),
             end_offset: AtomicU64::new(base_offset),
+            max_timestamp_ms: AtomicU64::new(0),
             index: RwLock::new(Vec::new()),
         }
     }
@@ -318,8 +326,13 @@ impl Segment {
         self.size_bytes.saturating_sub(self.end_pos())
     }
 
+    /// Largest record timestamp appended or recovered (0 when empty).
+    pub fn max_timestamp_ms(&self) -> u64 {
+        self.max_timestamp_ms.load(Ordering::Acquire)
+    }
+
     /// Sets the end and the index after recovery, a scan or a truncation.
-    pub fn install(&self, end_pos: u64, end_offset: u64, entries: Vec<IndexEntry>) {
+    pub fn install(&self, end_pos: u64, end_offset: u64, max_timestamp_ms: u64, entries: Vec<IndexEntry>) {
         assert!(
             end_pos >= SEGMENT_HEADER_BYTES && end_pos <= self.size_bytes,
             "end_pos {end_pos} outside {}",
@@ -327,6 +340,7 @@ impl Segment {
         );
         assert!(end_offset >= self.base_offset, "end_offset {end_offset} < base {}", self.base_offset);
         *self.index.write() = entries;
+        self.max_timestamp_ms.store(max_timestamp_ms, Ordering::Release);
         self.end_pos.store(end_pos, Ordering::Release);
         self.end_offset.store(end_offset, Ordering::Release);
     }
@@ -335,7 +349,7 @@ impl Segment {
     ///
     /// The caller is the only writer of this segment and checked that the frame fits. The new
     /// end is published only after the write completed, so readers never see a partial frame.
-    pub fn append(&self, frame_bytes: &[u8], base_offset: u64, end_offset: u64) -> Result<()> {
+    pub fn append(&self, frame_bytes: &[u8], base_offset: u64, end_offset: u64, max_timestamp_ms: u64) -> Result<()> {
         let pos = self.end_pos();
         assert_eq!(base_offset, self.end_offset(), "offsets must be dense in {}", self.path.display());
         assert!(end_offset > base_offset, "empty frame");
@@ -343,6 +357,7 @@ impl Segment {
         assert!(new_end <= self.size_bytes, "frame does not fit in {}", self.path.display());
         self.file.write_at(pos, frame_bytes).map_err(|e| Error::io(&self.path, e))?;
         self.note_frame(pos, base_offset);
+        self.max_timestamp_ms.fetch_max(max_timestamp_ms, Ordering::AcqRel);
         self.end_pos.store(new_end, Ordering::Release);
         self.end_offset.store(end_offset, Ordering::Release);
         Ok(())
@@ -373,9 +388,9 @@ impl Segment {
     }
 
     /// Walks frames from `from_pos` (where offset `from_offset` must start) verifying each
-    /// checksum and the offset continuity, until a zero length, the end of the file, `to_pos`,
-    /// or the first invalid frame.
-    pub fn scan(&self, from_pos: u64, from_offset: u64, to_pos: Option<u64>) -> Result<ScanReport> {
+    /// checksum (when `verify`) and the offset continuity, until a zero length, the end of the
+    /// file, `to_pos`, or the first invalid frame.
+    pub fn scan(&self, from_pos: u64, from_offset: u64, to_pos: Option<u64>, verify: bool) -> Result<ScanReport> {
         let limit = to_pos.unwrap_or(self.size_bytes).min(self.size_bytes);
         let bytes = self.bytes(from_pos, limit)?;
         let mut report = ScanReport {
@@ -383,6 +398,7 @@ impl Segment {
             end_offset: from_offset,
             entries: Vec::new(),
             frame_count: 0,
+            max_timestamp_ms: 0,
             problem: None,
         };
         let mut last_indexed: Option<u64> = None;
@@ -397,12 +413,17 @@ impl Segment {
                 }
                 break;
             }
-            match frame::decode(rest) {
+            let decoded = if verify {
+                frame::decode(rest).map(|f| f.map(|f| (f.header, f.frame_len)))
+            } else {
+                frame::decode_header_unverified(rest)
+            };
+            match decoded {
                 Ok(None) => break,
-                Ok(Some(f)) => {
-                    if f.header.base_offset != report.end_offset {
+                Ok(Some((header, frame_len))) => {
+                    if header.base_offset != report.end_offset {
                         let reason =
-                            CorruptReason::Discontinuity { expected: report.end_offset, found: f.header.base_offset };
+                            CorruptReason::Discontinuity { expected: report.end_offset, found: header.base_offset };
                         report.problem = Some((report.end_pos, reason));
                         break;
                     }
@@ -410,9 +431,10 @@ impl Segment {
                         report.entries.push(IndexEntry { offset: report.end_offset, pos: report.end_pos });
                         last_indexed = Some(report.end_pos);
                     }
-                    rel += f.frame_len;
-                    report.end_pos += f.frame_len as u64;
-                    report.end_offset = f.header.end_offset();
+                    rel += frame_len;
+                    report.end_pos += frame_len as u64;
+                    report.end_offset = header.end_offset();
+                    report.max_timestamp_ms = report.max_timestamp_ms.max(header.max_timestamp_ms);
                     report.frame_count += 1;
                 }
                 Err(reason) => {
@@ -454,6 +476,7 @@ impl Segment {
             base_offset: self.base_offset,
             end_offset: self.end_offset(),
             end_pos: self.end_pos(),
+            max_timestamp_ms: self.max_timestamp_ms(),
             entries: self.index.read().clone(),
         };
         let path = self.index_path();
@@ -542,10 +565,10 @@ mod tests {
         let mut offset = 100;
         for n in 1..6 {
             let f = frame_of(offset, n);
-            seg.append(&f, offset, offset + n as u64).unwrap();
+            seg.append(&f, offset, offset + n as u64, 1).unwrap();
             offset += n as u64;
         }
-        let report = seg.scan(SEGMENT_HEADER_BYTES, 100, None).unwrap();
+        let report = seg.scan(SEGMENT_HEADER_BYTES, 100, None, true).unwrap();
         assert_eq!(report.problem, None);
         assert_eq!(report.end_offset, offset);
         assert_eq!(report.end_pos, seg.end_pos());
@@ -563,11 +586,11 @@ mod tests {
         let disk = SimDisk::new();
         let seg = Segment::create(&disk, Path::new("/log"), 0, 4096, 64).unwrap();
         let a = frame_of(0, 2);
-        seg.append(&a, 0, 2).unwrap();
-        seg.append(&frame_of(2, 2), 2, 4).unwrap();
+        seg.append(&a, 0, 2, 1).unwrap();
+        seg.append(&frame_of(2, 2), 2, 4, 1).unwrap();
         let second = SEGMENT_HEADER_BYTES + a.len() as u64;
         disk.flip_bit(seg.path(), second + 20, 3).unwrap();
-        let report = seg.scan(SEGMENT_HEADER_BYTES, 0, None).unwrap();
+        let report = seg.scan(SEGMENT_HEADER_BYTES, 0, None, true).unwrap();
         assert_eq!(report.end_offset, 2);
         assert!(matches!(report.problem, Some((pos, CorruptReason::Checksum { .. })) if pos == second));
     }
@@ -576,9 +599,9 @@ mod tests {
     fn zero_tail_erases_stale_frames() {
         let disk = SimDisk::new();
         let seg = Segment::create(&disk, Path::new("/log"), 0, 4096, 64).unwrap();
-        seg.append(&frame_of(0, 2), 0, 2).unwrap();
+        seg.append(&frame_of(0, 2), 0, 2, 1).unwrap();
         seg.zero_tail(SEGMENT_HEADER_BYTES).unwrap();
-        let report = seg.scan(SEGMENT_HEADER_BYTES, 0, None).unwrap();
+        let report = seg.scan(SEGMENT_HEADER_BYTES, 0, None, true).unwrap();
         assert_eq!((report.end_offset, report.problem), (0, None));
     }
 }

@@ -1,1 +1,17 @@
-pub fn placeholder() {}
+//! A Tern log: a directory of segment files with dense record offsets, appended through a
+//! group commit shared by many logs, recovered after crashes without trusting a torn tail,
+//! and truncated at either end for retention and replication.
+#![warn(missing_docs)]
+
+pub mod committer;
+pub mod error;
+pub mod log;
+pub mod meta;
+pub mod read;
+pub mod verify;
+
+pub use committer::{Committer, CommitterStats};
+pub use error::{Error, Result};
+pub use log::{now_ms, AppendOptions, Appended, Durability, Log, LogOptions, LogStats, Recovered, Visibility};
+pub use read::{BatchRef, ReadRecord, Reader};
+pub use tern_segment::frame::Record;

@@ -1,0 +1,1045 @@
+//! A log: a directory of segments with dense record offsets, appended through group commit.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use tern_segment::frame::{self, BatchMeta, Record};
+use tern_segment::segment::{parse_file_name, SEGMENT_EXT, SEGMENT_HEADER_BYTES};
+use tern_segment::{CorruptReason, Disk, Segment};
+
+use crate::committer::Committer;
+use crate::error::{Error, Result};
+use crate::meta::{Checkpoint, CheckpointWriter, Meta, NO_TRUNCATION};
+
+/// Default size of a segment file.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Smallest segment size accepted.
+pub const SEGMENT_BYTES_MIN: u64 = 4096;
+/// Largest segment size accepted.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
+/// Default distance between sparse index entries.
+pub const INDEX_INTERVAL_BYTES_DEFAULT: u64 = 64 << 10;
+/// Default maximum size of one record (key plus value).
+pub const RECORD_BYTES_DEFAULT: u64 = 16 << 20;
+
+/// How durable an append must be before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Durability {
+    /// Written to the page cache: survives a process crash, not a power loss.
+    None,
+    /// Synced to the local disk with `fdatasync`: survives a power loss.
+    Local,
+}
+
+/// Which end of the log a reader may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Visibility {
+    /// Everything written, synced or not.
+    Written,
+    /// Only what is durable on the local disk.
+    Durable,
+}
+
+/// Settings of one log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Pre-allocated size of each segment file.
+    pub segment_size_bytes: u64,
+    /// Distance in bytes between sparse index entries.
+    pub index_interval_bytes: u64,
+    /// Largest record (key plus value) an append accepts.
+    pub record_bytes_max: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_size_bytes: SEGMENT_BYTES_DEFAULT,
+            index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
+            record_bytes_max: RECORD_BYTES_DEFAULT,
+        }
+    }
+}
+
+impl LogOptions {
+    /// Checks every field against its bounds.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |m: String| Err(Error::Invalid(m));
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_size_bytes) {
+            return invalid(format!(
+                "segment_size_bytes {} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}",
+                self.segment_size_bytes
+            ));
+        }
+        if self.index_interval_bytes == 0 || self.index_interval_bytes > self.segment_size_bytes {
+            return invalid(format!(
+                "index_interval_bytes {} must be in 1..=segment_size_bytes",
+                self.index_interval_bytes
+            ));
+        }
+        let limit = frame::RECORD_BYTES_MAX as u64;
+        if self.record_bytes_max == 0 || self.record_bytes_max > limit {
+            return invalid(format!("record_bytes_max {} is outside 1..={limit}", self.record_bytes_max));
+        }
+        Ok(())
+    }
+}
+
+/// Batch-level fields an appender may set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppendOptions {
+    /// Leader epoch stamped on the batch; `None` uses the log's current epoch.
+    pub epoch: Option<u64>,
+    /// Producer id (0 = none).
+    pub producer_id: u64,
+    /// Producer sequence number.
+    pub sequence: u64,
+}
+
+/// What recovery found when the log was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recovered {
+    /// The last close was clean: nothing was scanned.
+    pub clean: bool,
+    /// Bytes of frames walked or verified to find the end.
+    pub scanned_bytes: u64,
+    /// Bytes past the last whole frame that were cut (a torn tail).
+    pub torn_tail_bytes: u64,
+}
+
+/// Counters of one log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LogStats {
+    /// Batches appended.
+    pub batches: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Frame bytes appended.
+    pub bytes: u64,
+    /// Group syncs that covered this log.
+    pub syncs: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    batches: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    syncs: AtomicU64,
+}
+
+struct WriteState {
+    buf: Vec<u8>,
+    epoch: u64,
+}
+
+/// A snapshot the committer syncs: the active segment and the log end written before the sync.
+pub(crate) struct SyncTarget {
+    pub(crate) segment: Arc<Segment>,
+    end_offset: u64,
+    end_pos: u64,
+    truncations: u64,
+}
+
+pub(crate) struct LogInner {
+    name: String,
+    dir: PathBuf,
+    disk: Arc<dyn Disk>,
+    options: LogOptions,
+    committer: Committer,
+    write: Mutex<WriteState>,
+    pub(crate) segments: RwLock<Vec<Arc<Segment>>>,
+    start_offset: AtomicU64,
+    written_end: AtomicU64,
+    durable_end: AtomicU64,
+    truncations: AtomicU64,
+    sync_requested: AtomicBool,
+    fenced: AtomicBool,
+    fence_reason: Mutex<Option<String>>,
+    closed: AtomicBool,
+    waiters: Mutex<Vec<(u64, Thread)>>,
+    grew_lock: Mutex<()>,
+    grew: Condvar,
+    readers_waiting: AtomicUsize,
+    checkpoint: Mutex<CheckpointWriter>,
+    meta: Mutex<Meta>,
+    recovered: Recovered,
+    counters: Counters,
+}
+
+/// A log: records with dense offsets in a directory of segment files. Cloning is cheap and
+/// shares the log.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use tern_wal::{Committer, Durability, Log, LogOptions, Visibility};
+/// let dir = tempfile::tempdir()?;
+/// let disk: Arc<dyn tern_segment::Disk> = Arc::new(tern_segment::OsDisk::new());
+/// let committer = Committer::start(disk.clone());
+/// let log = Log::open(disk, dir.path(), "orders", LogOptions::default(), committer.clone(), true)?;
+/// let offsets = log.append(&[b"a", b"b"], Durability::Local)?;
+/// assert_eq!(offsets, 0..2);
+/// let values: Vec<_> = log.read(0, Visibility::Durable)?.map(|r| r.map(|r| r.value)).collect::<Result<_, _>>()?;
+/// assert_eq!(values, [&b"a"[..], &b"b"[..]]);
+/// log.close()?;
+/// committer.stop();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Log {
+    pub(crate) inner: Arc<LogInner>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("name", &self.inner.name)
+            .field("start", &self.start_offset())
+            .field("written_end", &self.written_end())
+            .field("durable_end", &self.durable_end())
+            .finish()
+    }
+}
+
+/// Milliseconds since the Unix epoch, for record timestamps.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Log {
+    /// Opens the log in `dir`, recovering it after a crash, or creates it when `create` is set.
+    ///
+    /// Recovery reads the durable meta file, removes segments a crashed prefix truncation left
+    /// behind, finishes a crashed suffix truncation, trusts sealed segments by their index
+    /// files, and finds the end of the last segment: no scan after a clean close; after a
+    /// crash, a cheap walk up to the last checkpoint and a verified scan of the tail behind it.
+    /// A torn tail is cut; damage before the checkpointed durable point is an error.
+    ///
+    /// # Errors
+    /// [`tern_segment::Error::Corrupt`] (inside [`Error::Segment`]) naming file and byte
+    /// position when durable data is damaged or missing; I/O errors; [`Error::Invalid`] for bad
+    /// options or a missing log when `create` is false.
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        name: &str,
+        options: LogOptions,
+        committer: Committer,
+        create: bool,
+    ) -> Result<Log> {
+        options.validate()?;
+        if !disk.exists(dir) {
+            if !create {
+                return Err(Error::Invalid(format!("log directory {} does not exist", dir.display())));
+            }
+            disk.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            if let Some(parent) = dir.parent() {
+                disk.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
+            }
+        }
+        let (segments, meta, recovered) = recover(&*disk, dir, &options)?;
+        let last = segments.last().cloned().expect("recovery leaves at least one segment");
+        let end = last.end_offset();
+        let mut checkpoint = CheckpointWriter::open(&*disk, dir)?;
+        checkpoint.write(
+            Checkpoint {
+                generation: meta.generation,
+                segment_base: last.base_offset(),
+                durable_pos: last.end_pos(),
+                durable_end: end,
+                ..Default::default()
+            },
+            false,
+        )?;
+        let start = segments.first().map_or(0, |s| s.base_offset());
+        let inner = LogInner {
+            name: name.to_owned(),
+            dir: dir.to_path_buf(),
+            disk,
+            options,
+            committer,
+            write: Mutex::new(WriteState { buf: Vec::with_capacity(64 << 10), epoch: 0 }),
+            segments: RwLock::new(segments),
+            start_offset: AtomicU64::new(start),
+            written_end: AtomicU64::new(end),
+            durable_end: AtomicU64::new(end),
+            truncations: AtomicU64::new(0),
+            sync_requested: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
+            fence_reason: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            waiters: Mutex::new(Vec::new()),
+            grew_lock: Mutex::new(()),
+            grew: Condvar::new(),
+            readers_waiting: AtomicUsize::new(0),
+            checkpoint: Mutex::new(checkpoint),
+            meta: Mutex::new(meta),
+            recovered,
+            counters: Counters::default(),
+        };
+        Ok(Log { inner: Arc::new(inner) })
+    }
+
+    /// The log's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// What recovery found at open.
+    pub fn recovered(&self) -> Recovered {
+        self.inner.recovered
+    }
+
+    /// First offset the log holds.
+    pub fn start_offset(&self) -> u64 {
+        self.inner.start_offset.load(Ordering::Acquire)
+    }
+
+    /// One past the last offset written (in the page cache at least).
+    pub fn written_end(&self) -> u64 {
+        self.inner.written_end.load(Ordering::Acquire)
+    }
+
+    /// One past the last offset durable on the local disk.
+    pub fn durable_end(&self) -> u64 {
+        self.inner.durable_end.load(Ordering::Acquire)
+    }
+
+    /// The end a reader with `visibility` may see.
+    pub fn end(&self, visibility: Visibility) -> u64 {
+        match visibility {
+            Visibility::Written => self.written_end(),
+            Visibility::Durable => self.durable_end(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> LogStats {
+        let c = &self.inner.counters;
+        LogStats {
+            batches: c.batches.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes of segment files (pre-allocated size).
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.segments.read().iter().map(|s| s.size_bytes()).sum()
+    }
+
+    /// Sets the epoch stamped on later batches. Epochs only move forward.
+    pub fn set_epoch(&self, epoch: u64) -> Result<()> {
+        let mut st = self.inner.write.lock();
+        if epoch < st.epoch {
+            return Err(Error::Invalid(format!("epoch {epoch} is below the current epoch {}", st.epoch)));
+        }
+        st.epoch = epoch;
+        Ok(())
+    }
+
+    /// Appends `values` as one atomic batch, stamped with the current time, and returns the
+    /// offsets they were given once the batch is as durable as asked.
+    ///
+    /// # Durability
+    /// [`Durability::Local`] returns after an `fdatasync` shared with the rest of the group
+    /// commit: the records survive power loss. [`Durability::None`] returns once the batch is
+    /// in the page cache: it survives a process crash, not a power loss.
+    ///
+    /// # Errors
+    /// [`Error::RecordTooLarge`]; [`Error::Fenced`] once an earlier write or sync failed
+    /// (reopen the log to continue); [`Error::DiskFull`]; I/O errors.
+    pub fn append(&self, values: &[&[u8]], durability: Durability) -> Result<Range<u64>> {
+        let ts = now_ms();
+        let records: Vec<Record<'_>> = values.iter().map(|v| Record::new(v, ts)).collect();
+        self.append_records(&records, AppendOptions::default())?.wait(durability)
+    }
+
+    /// Appends `records` as one atomic batch and returns at once, with a handle to wait for
+    /// durability. The batch is in the page cache when this returns.
+    ///
+    /// # Errors
+    /// As [`Log::append`].
+    pub fn append_records(&self, records: &[Record<'_>], options: AppendOptions) -> Result<Appended> {
+        let inner = &self.inner;
+        if records.is_empty() {
+            let end = self.written_end();
+            return Ok(Appended { log: self.clone(), offsets: end..end });
+        }
+        for record in records {
+            let len_bytes = (record.value.len() + record.key.map_or(0, <[u8]>::len)) as u64;
+            if len_bytes > inner.options.record_bytes_max {
+                return Err(Error::RecordTooLarge { len_bytes, limit_bytes: inner.options.record_bytes_max });
+            }
+        }
+        let mut st = inner.write.lock();
+        inner.check_writable()?;
+        let base = inner.written_end.load(Ordering::Acquire);
+        let epoch = options.epoch.unwrap_or(st.epoch);
+        let meta = BatchMeta { base_offset: base, epoch, producer_id: options.producer_id, sequence: options.sequence };
+        st.buf.clear();
+        let frame_len = frame::encode(&mut st.buf, &meta, records).map_err(|e| Error::Invalid(e.to_string()))?;
+        let end = base + records.len() as u64;
+        let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
+        let active = inner.active();
+        let active = if active.remaining_bytes() < frame_len as u64 { inner.roll(frame_len as u64)? } else { active };
+        if let Err(e) = active.append(&st.buf, base, end, max_ts) {
+            let err = Error::from_segment(e);
+            inner.fence(&err);
+            return Err(err);
+        }
+        inner.written_end.store(end, Ordering::Release);
+        drop(st);
+        inner.counters.batches.fetch_add(1, Ordering::Relaxed);
+        inner.counters.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+        inner.counters.bytes.fetch_add(frame_len as u64, Ordering::Relaxed);
+        inner.notify_readers();
+        Ok(Appended { log: self.clone(), offsets: base..end })
+    }
+
+    /// Makes everything written so far durable and waits for it.
+    ///
+    /// # Errors
+    /// [`Error::Fenced`] if the sync failed.
+    pub fn sync(&self) -> Result<()> {
+        let end = self.written_end();
+        self.inner.wait_durable(&self.inner, end)
+    }
+
+    /// Blocks until the log's `visibility` end passes `offset` (so `offset` can be read), the
+    /// log is fenced or closed, or `timeout` passes. Returns whether the end passed `offset`.
+    /// No polling: appends and syncs wake waiting readers.
+    pub fn wait_for(&self, offset: u64, visibility: Visibility, timeout: Option<Duration>) -> bool {
+        let inner = &self.inner;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        inner.readers_waiting.fetch_add(1, Ordering::SeqCst);
+        let mut guard = inner.grew_lock.lock();
+        let passed = loop {
+            if self.end(visibility) > offset {
+                break true;
+            }
+            if inner.fenced.load(Ordering::SeqCst) || inner.closed.load(Ordering::SeqCst) {
+                break false;
+            }
+            match deadline {
+                Some(d) => {
+                    if inner.grew.wait_until(&mut guard, d).timed_out() {
+                        break self.end(visibility) > offset;
+                    }
+                }
+                None => inner.grew.wait(&mut guard),
+            }
+        };
+        drop(guard);
+        inner.readers_waiting.fetch_sub(1, Ordering::SeqCst);
+        passed
+    }
+
+    /// Deletes whole segments that hold only offsets below `offset` (retention). The last
+    /// segment is never deleted, so the log start may stay below `offset`. Returns the new log
+    /// start. Crash-safe: the new start is recorded durably before any file is removed.
+    ///
+    /// # Errors
+    /// [`Error::OffsetOutOfRange`] when `offset` is past the written end; I/O errors.
+    pub fn truncate_prefix(&self, offset: u64) -> Result<u64> {
+        let inner = &self.inner;
+        let _st = inner.write.lock();
+        let (start, end) = (self.start_offset(), self.written_end());
+        if offset > end {
+            return Err(Error::OffsetOutOfRange { offset, start, end });
+        }
+        let segments = inner.segments.read().clone();
+        let doomed: Vec<Arc<Segment>> = segments
+            .iter()
+            .take(segments.len().saturating_sub(1))
+            .take_while(|s| s.end_offset() <= offset)
+            .cloned()
+            .collect();
+        let Some(new_start) = segments.get(doomed.len()).map(|s| s.base_offset()) else { return Ok(start) };
+        if doomed.is_empty() {
+            return Ok(start);
+        }
+        {
+            let mut meta = inner.meta.lock();
+            let mut next = *meta;
+            next.start_offset = new_start;
+            next.write(&*inner.disk, &inner.dir)?;
+            *meta = next;
+        }
+        for segment in &doomed {
+            remove_segment_files(&*inner.disk, segment)?;
+        }
+        inner.disk.sync_dir(&inner.dir).map_err(|e| Error::io(&inner.dir, e))?;
+        inner.segments.write().drain(..doomed.len());
+        inner.start_offset.store(new_start, Ordering::Release);
+        Ok(new_start)
+    }
+
+    /// Applies retention: deletes the oldest segments while the log is larger than
+    /// `size_bytes_max`, or while their newest record is older than `age_ms_max` at `now_ms`.
+    /// Returns the new log start.
+    ///
+    /// # Errors
+    /// As [`Log::truncate_prefix`].
+    pub fn apply_retention(&self, size_bytes_max: Option<u64>, age_ms_max: Option<u64>, now_ms: u64) -> Result<u64> {
+        let segments = self.inner.segments.read().clone();
+        let mut total: u64 = segments.iter().map(|s| s.end_pos()).sum();
+        let mut cut = self.start_offset();
+        for segment in segments.iter().take(segments.len().saturating_sub(1)) {
+            let too_big = size_bytes_max.is_some_and(|max| total > max);
+            let too_old = age_ms_max.is_some_and(|max| now_ms.saturating_sub(segment.max_timestamp_ms()) > max);
+            if !too_big && !too_old {
+                break;
+            }
+            total -= segment.end_pos();
+            cut = segment.end_offset();
+        }
+        if cut > self.start_offset() {
+            return self.truncate_prefix(cut);
+        }
+        Ok(self.start_offset())
+    }
+
+    /// Removes every record at or after `offset`, which must be a batch boundary (replication
+    /// uses this to drop a divergent suffix). Crash-safe: the truncation is recorded durably
+    /// first and finished by recovery if a crash interrupts it; the cut bytes are overwritten
+    /// with zeros so they can never reappear.
+    ///
+    /// # Errors
+    /// [`Error::OffsetOutOfRange`], [`Error::NotBatchBoundary`], [`Error::Fenced`], I/O errors.
+    pub fn truncate_suffix(&self, offset: u64) -> Result<()> {
+        let inner = &self.inner;
+        let st = inner.write.lock();
+        inner.check_writable()?;
+        let (start, end) = (self.start_offset(), self.written_end());
+        if offset < start || offset > end {
+            return Err(Error::OffsetOutOfRange { offset, start, end });
+        }
+        if offset == end {
+            return Ok(());
+        }
+        let segments = inner.segments.read().clone();
+        if !is_batch_boundary(&segments, offset)? {
+            return Err(Error::NotBatchBoundary { offset });
+        }
+        let result = (|| {
+            let mut meta = inner.meta.lock();
+            let mut next = *meta;
+            next.truncate_to = offset;
+            next.generation += 1;
+            next.write(&*inner.disk, &inner.dir)?;
+            *meta = next;
+            inner.truncations.fetch_add(1, Ordering::SeqCst);
+            let mut segments = segments;
+            cut_suffix(&*inner.disk, &inner.dir, &mut segments, offset)?;
+            next.truncate_to = NO_TRUNCATION;
+            next.generation += 1;
+            next.write(&*inner.disk, &inner.dir)?;
+            *meta = next;
+            *inner.segments.write() = segments;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            inner.fence(&e);
+            return Err(e);
+        }
+        inner.written_end.store(offset, Ordering::Release);
+        inner.durable_end.store(offset, Ordering::Release);
+        let last = inner.active();
+        let meta = *inner.meta.lock();
+        inner.checkpoint.lock().write(
+            Checkpoint {
+                generation: meta.generation,
+                segment_base: last.base_offset(),
+                durable_pos: last.end_pos(),
+                durable_end: offset,
+                ..Default::default()
+            },
+            false,
+        )?;
+        drop(st);
+        Ok(())
+    }
+
+    /// Syncs everything, writes the index of the last segment and a clean checkpoint, so the
+    /// next open needs no scan. Appends fail with [`Error::Closed`] afterwards.
+    ///
+    /// # Errors
+    /// I/O errors; [`Error::Fenced`] if the final sync failed.
+    pub fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        let _st = inner.write.lock();
+        if inner.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut checkpoint = inner.checkpoint.lock();
+        inner.closed.store(true, Ordering::SeqCst);
+        inner.notify_readers();
+        if inner.fenced.load(Ordering::SeqCst) {
+            inner.wake_all_waiters();
+            return Ok(());
+        }
+        let last = inner.active();
+        let end = inner.written_end.load(Ordering::Acquire);
+        let finish = (|| {
+            last.sync()?;
+            last.write_index(&*inner.disk)?;
+            Ok::<_, tern_segment::Error>(())
+        })();
+        if let Err(e) = finish {
+            let err = Error::from_segment(e);
+            drop(checkpoint);
+            inner.fence(&err);
+            return Err(err);
+        }
+        inner.durable_end.fetch_max(end, Ordering::AcqRel);
+        inner.wake_waiters(end);
+        let generation = inner.meta.lock().generation;
+        checkpoint.write(
+            Checkpoint {
+                generation,
+                clean: true,
+                segment_base: last.base_offset(),
+                durable_pos: last.end_pos(),
+                durable_end: end,
+                ..Default::default()
+            },
+            true,
+        )?;
+        Ok(())
+    }
+
+    /// True once an earlier write or sync failed.
+    pub fn is_fenced(&self) -> bool {
+        self.inner.fenced.load(Ordering::SeqCst)
+    }
+
+    /// The log's segments, oldest first.
+    pub fn segments(&self) -> Vec<Arc<Segment>> {
+        self.inner.segments.read().clone()
+    }
+}
+
+/// Offsets of an append, and a handle to wait until they are durable.
+#[derive(Debug)]
+#[must_use = "an append is not durable until waited for"]
+pub struct Appended {
+    log: Log,
+    /// Offsets given to the batch's records.
+    pub offsets: Range<u64>,
+}
+
+impl Appended {
+    /// Waits until the batch is as durable as `durability` asks and returns its offsets.
+    ///
+    /// # Errors
+    /// [`Error::Fenced`] if the sync covering this batch failed.
+    pub fn wait(self, durability: Durability) -> Result<Range<u64>> {
+        if durability == Durability::Local && !self.offsets.is_empty() {
+            let inner = &self.log.inner;
+            inner.wait_durable(&inner.clone(), self.offsets.end)?;
+        }
+        Ok(self.offsets)
+    }
+}
+
+impl LogInner {
+    fn active(&self) -> Arc<Segment> {
+        self.segments.read().last().cloned().expect("a log always has a segment")
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed(self.name.clone()));
+        }
+        if self.fenced.load(Ordering::SeqCst) {
+            let reason = self.fence_reason.lock().clone().unwrap_or_default();
+            return Err(Error::Fenced { log: self.name.clone(), reason });
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (synced, index written) and starts a new one that fits at
+    /// least `frame_len` bytes. Called with the append lock held.
+    fn roll(&self, frame_len: u64) -> Result<Arc<Segment>> {
+        let result = (|| {
+            let old = self.active();
+            let size = self.options.segment_size_bytes.max((SEGMENT_HEADER_BYTES + frame_len).next_multiple_of(4096));
+            let base = old.end_offset();
+            if old.end_pos() == SEGMENT_HEADER_BYTES {
+                // An empty segment too small for this frame: replace it by a larger one.
+                remove_segment_files(&*self.disk, &old)?;
+                self.disk.sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            } else {
+                old.sync()?;
+                old.write_index(&*self.disk)?;
+            }
+            let new = Segment::create(&*self.disk, &self.dir, base, size, self.options.index_interval_bytes)?;
+            new.sync()?;
+            self.disk.sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            let new = Arc::new(new);
+            let mut segments = self.segments.write();
+            if old.end_pos() == SEGMENT_HEADER_BYTES {
+                segments.pop();
+            }
+            segments.push(new.clone());
+            drop(segments);
+            // The old segment was synced whole.
+            self.durable_end.fetch_max(base, Ordering::AcqRel);
+            self.wake_waiters(base);
+            Ok(new)
+        })();
+        result.inspect_err(|e| self.fence(e))
+    }
+
+    pub(crate) fn request_sync(self: &Arc<Self>) -> bool {
+        if self.sync_requested.swap(true, Ordering::SeqCst) {
+            return true;
+        }
+        self.committer.request(self.clone())
+    }
+
+    fn wait_durable(&self, this: &Arc<LogInner>, end: u64) -> Result<()> {
+        let mut requested = false;
+        loop {
+            if self.durable_end.load(Ordering::Acquire) >= end {
+                return Ok(());
+            }
+            if self.fenced.load(Ordering::SeqCst) {
+                let reason = self.fence_reason.lock().clone().unwrap_or_default();
+                return Err(Error::Fenced { log: self.name.clone(), reason });
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(Error::Closed(self.name.clone()));
+            }
+            if !requested {
+                if !this.request_sync() {
+                    return Err(Error::Closed(self.name.clone()));
+                }
+                requested = true;
+            }
+            {
+                let mut waiters = self.waiters.lock();
+                if self.durable_end.load(Ordering::Acquire) >= end
+                    || self.fenced.load(Ordering::SeqCst)
+                    || self.closed.load(Ordering::SeqCst)
+                {
+                    continue;
+                }
+                waiters.push((end, std::thread::current()));
+            }
+            std::thread::park();
+            // A later group may be needed if this batch was written after the snapshot of the
+            // group that woke us; ask again (deduplicated by `sync_requested`).
+            requested = false;
+        }
+    }
+
+    /// Called by the committer: what to sync for this log, if anything.
+    pub(crate) fn sync_target(&self) -> Option<SyncTarget> {
+        self.sync_requested.store(false, Ordering::SeqCst);
+        if self.fenced.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst) {
+            self.wake_all_waiters();
+            return None;
+        }
+        let _st = self.write.lock();
+        let end_offset = self.written_end.load(Ordering::Acquire);
+        if end_offset <= self.durable_end.load(Ordering::Acquire) {
+            return None;
+        }
+        let segment = self.active();
+        Some(SyncTarget {
+            end_pos: segment.end_pos(),
+            segment,
+            end_offset,
+            truncations: self.truncations.load(Ordering::SeqCst),
+        })
+    }
+
+    /// Called by the committer after syncing `target`.
+    pub(crate) fn complete_sync(&self, target: SyncTarget, result: std::io::Result<()>) {
+        if let Err(e) = result {
+            self.fence(&Error::io(target.segment.path(), e));
+            return;
+        }
+        if self.truncations.load(Ordering::SeqCst) != target.truncations {
+            return;
+        }
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        self.durable_end.fetch_max(target.end_offset, Ordering::AcqRel);
+        {
+            let mut checkpoint = self.checkpoint.lock();
+            if !self.closed.load(Ordering::SeqCst) {
+                let generation = self.meta.lock().generation;
+                let cp = Checkpoint {
+                    generation,
+                    segment_base: target.segment.base_offset(),
+                    durable_pos: target.end_pos,
+                    durable_end: target.end_offset,
+                    ..Default::default()
+                };
+                // A lost checkpoint only makes the next recovery scan more; not fatal.
+                let _ = checkpoint.write(cp, false);
+            }
+        }
+        self.wake_waiters(self.durable_end.load(Ordering::Acquire));
+        self.notify_readers();
+    }
+
+    fn wake_waiters(&self, durable_end: u64) {
+        let mut waiters = self.waiters.lock();
+        waiters.retain(|(end, thread)| {
+            if *end <= durable_end {
+                thread.unpark();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn wake_all_waiters(&self) {
+        for (_, thread) in self.waiters.lock().drain(..) {
+            thread.unpark();
+        }
+    }
+
+    pub(crate) fn fence(&self, err: &Error) {
+        {
+            let mut reason = self.fence_reason.lock();
+            if reason.is_none() {
+                *reason = Some(err.to_string());
+            }
+        }
+        self.fenced.store(true, Ordering::SeqCst);
+        self.wake_all_waiters();
+        self.notify_readers();
+    }
+
+    fn notify_readers(&self) {
+        if self.readers_waiting.load(Ordering::SeqCst) > 0 {
+            let _guard = self.grew_lock.lock();
+            self.grew.notify_all();
+        }
+    }
+}
+
+fn remove_segment_files(disk: &dyn Disk, segment: &Segment) -> Result<()> {
+    let index = segment.index_path();
+    if disk.exists(&index) {
+        disk.remove(&index).map_err(|e| Error::io(&index, e))?;
+    }
+    disk.remove(segment.path()).map_err(|e| Error::io(segment.path(), e))
+}
+
+/// True when some batch starts exactly at `offset` (or `offset` is a segment base).
+fn is_batch_boundary(segments: &[Arc<Segment>], offset: u64) -> Result<bool> {
+    let Some(segment) = segments.iter().rev().find(|s| s.base_offset() <= offset) else { return Ok(false) };
+    match frame_pos(segment, offset) {
+        Ok(_) => Ok(true),
+        Err(Error::NotBatchBoundary { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Position of the frame that starts at `offset` in `segment` (its end when `offset` is the end).
+fn frame_pos(segment: &Segment, offset: u64) -> Result<u64> {
+    if offset <= segment.base_offset() {
+        return Ok(SEGMENT_HEADER_BYTES);
+    }
+    if offset >= segment.end_offset() {
+        return Ok(segment.end_pos());
+    }
+    let (pos, from) = segment.seek(offset);
+    let report = segment.scan(pos, from, Some(segment.end_pos()), false)?;
+    // Walk again, stopping at the frame that starts at `offset`.
+    let bytes = segment.bytes(pos, report.end_pos)?;
+    let (mut at, mut next) = (pos, from);
+    while next < offset {
+        let rel = (at - pos) as usize;
+        let Ok(Some((header, len))) = frame::decode_header_unverified(bytes.get(rel..).unwrap_or_default()) else {
+            break;
+        };
+        at += len as u64;
+        next = header.end_offset();
+    }
+    if next != offset {
+        return Err(Error::NotBatchBoundary { offset });
+    }
+    Ok(at)
+}
+
+/// Removes every record at or after `offset`: later segments go, newest first; the segment
+/// holding `offset` loses its index file and has its tail overwritten with zeros.
+fn cut_suffix(disk: &dyn Disk, dir: &Path, segments: &mut Vec<Arc<Segment>>, offset: u64) -> Result<()> {
+    while segments.len() > 1 && segments.last().is_some_and(|s| s.base_offset() >= offset) {
+        if let Some(segment) = segments.pop() {
+            remove_segment_files(disk, &segment)?;
+        }
+    }
+    let last = segments.last().cloned().expect("at least one segment");
+    let cut_pos = frame_pos(&last, offset)?;
+    let cut_offset = offset.clamp(last.base_offset(), last.end_offset());
+    let index = last.index_path();
+    if disk.exists(&index) {
+        disk.remove(&index).map_err(|e| Error::io(&index, e))?;
+    }
+    disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    last.zero_tail(cut_pos)?;
+    last.sync()?;
+    let report = last.scan(SEGMENT_HEADER_BYTES, last.base_offset(), Some(cut_pos), false)?;
+    last.install(cut_pos, cut_offset, report.max_timestamp_ms, report.entries);
+    Ok(())
+}
+
+fn corrupt(file: PathBuf, pos: u64, reason: CorruptReason) -> Error {
+    Error::Segment(tern_segment::Error::Corrupt { file, pos, reason })
+}
+
+/// Opens the segments of `dir`, finishes interrupted truncations, and finds the end.
+fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<(Vec<Arc<Segment>>, Meta, Recovered)> {
+    let names = disk.list(dir).map_err(|e| Error::io(dir, e))?;
+    let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_file_name(n, SEGMENT_EXT)).collect();
+    bases.sort_unstable();
+    let Some(mut meta) = Meta::read(disk, dir)? else {
+        if !bases.is_empty() {
+            return Err(corrupt(dir.join(crate::meta::META_FILE), 0, CorruptReason::Field("meta file missing")));
+        }
+        // A new log.
+        let segment = Segment::create(disk, dir, 0, options.segment_size_bytes, options.index_interval_bytes)?;
+        segment.sync()?;
+        let meta = Meta { generation: 1, start_offset: 0, truncate_to: NO_TRUNCATION };
+        meta.write(disk, dir)?; // syncs the directory, making the segment's name durable too
+        return Ok((vec![Arc::new(segment)], meta, Recovered { clean: true, ..Default::default() }));
+    };
+    // Finish a prefix truncation that a crash interrupted.
+    let mut removed = false;
+    while bases.len() >= 2 && bases.get(1).is_some_and(|b| *b <= meta.start_offset) {
+        let base = bases.remove(0);
+        let path = dir.join(tern_segment::segment::segment_file_name(base));
+        disk.remove(&path).map_err(|e| Error::io(&path, e))?;
+        let index = path.with_extension(tern_segment::segment::INDEX_EXT);
+        if disk.exists(&index) {
+            disk.remove(&index).map_err(|e| Error::io(&index, e))?;
+        }
+        removed = true;
+    }
+    if removed {
+        disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let Some(&last_base) = bases.last() else {
+        return Err(corrupt(dir.to_path_buf(), 0, CorruptReason::Field("log has no segment files")));
+    };
+    let mut recovered = Recovered::default();
+    let mut segments = Vec::with_capacity(bases.len());
+    let mut expected = bases.first().copied().unwrap_or(0);
+    for &base in &bases {
+        let path = dir.join(tern_segment::segment::segment_file_name(base));
+        let segment = Segment::open(disk, &path, options.index_interval_bytes)?;
+        if base != expected {
+            let reason = CorruptReason::Discontinuity { expected, found: base };
+            return Err(corrupt(path, 0, reason));
+        }
+        if base != last_base {
+            // Sealed: synced whole at roll. Trust its index file, or verify it whole.
+            match segment.read_index(disk) {
+                Ok(Some(index)) => {
+                    segment.install(index.end_pos, index.end_offset, index.max_timestamp_ms, index.entries)
+                }
+                Ok(None) | Err(tern_segment::Error::Corrupt { .. }) => {
+                    let report = segment.scan(SEGMENT_HEADER_BYTES, base, None, true)?;
+                    recovered.scanned_bytes += report.end_pos - SEGMENT_HEADER_BYTES;
+                    if let Some((pos, reason)) = report.problem {
+                        return Err(corrupt(path, pos, reason));
+                    }
+                    segment.install(report.end_pos, report.end_offset, report.max_timestamp_ms, report.entries);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if segment.end_offset() == base {
+                return Err(corrupt(path, SEGMENT_HEADER_BYTES, CorruptReason::Field("sealed segment is empty")));
+            }
+        }
+        expected = segment.end_offset();
+        segments.push(Arc::new(segment));
+    }
+    let last = segments.last().cloned().expect("checked above");
+    let checkpoint = CheckpointWriter::read(disk, dir, meta.generation)?;
+    recover_last(disk, &last, checkpoint, &mut recovered)?;
+    if meta.truncate_to != NO_TRUNCATION {
+        cut_suffix(disk, dir, &mut segments, meta.truncate_to)?;
+        meta.truncate_to = NO_TRUNCATION;
+        recovered.clean = false;
+    }
+    meta.generation += 1;
+    meta.write(disk, dir)?;
+    Ok((segments, meta, recovered))
+}
+
+/// Finds the end of the last segment: trusted after a clean close, otherwise walked up to the
+/// checkpointed durable point and verified frame by frame after it, cutting a torn tail.
+fn recover_last(
+    disk: &dyn Disk,
+    last: &Segment,
+    checkpoint: Option<Checkpoint>,
+    recovered: &mut Recovered,
+) -> Result<()> {
+    let path = last.path().to_path_buf();
+    let base = last.base_offset();
+    if let Some(cp) = checkpoint {
+        if cp.segment_base > base {
+            let missing = last.path().with_file_name(tern_segment::segment::segment_file_name(cp.segment_base));
+            return Err(corrupt(missing, 0, CorruptReason::Field("a synced segment is missing")));
+        }
+        if cp.clean && cp.segment_base == base {
+            if let Ok(Some(index)) = last.read_index(disk) {
+                if index.end_pos == cp.durable_pos && index.end_offset == cp.durable_end {
+                    last.install(index.end_pos, index.end_offset, index.max_timestamp_ms, index.entries);
+                    recovered.clean = true;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let claim = checkpoint.filter(|cp| cp.segment_base == base);
+    let claim_pos = claim.map_or(SEGMENT_HEADER_BYTES, |cp| cp.durable_pos.max(SEGMENT_HEADER_BYTES));
+    if claim_pos > last.size_bytes() {
+        return Err(corrupt(path, claim_pos, CorruptReason::Field("checkpoint points past the segment")));
+    }
+    // The checkpointed region was verified when written and synced: walk it without checksums.
+    let walk = last.scan(SEGMENT_HEADER_BYTES, base, Some(claim_pos), false)?;
+    if let Some((pos, reason)) = walk.problem {
+        return Err(corrupt(path, pos, reason));
+    }
+    if walk.end_pos != claim_pos || claim.is_some_and(|cp| cp.durable_end != walk.end_offset) {
+        return Err(corrupt(path, walk.end_pos, CorruptReason::Truncated { needed_bytes: claim_pos - walk.end_pos }));
+    }
+    // After it, every frame is verified; the first bad one starts a torn tail.
+    let tail = last.scan(claim_pos, walk.end_offset, None, true)?;
+    recovered.scanned_bytes += tail.end_pos - SEGMENT_HEADER_BYTES;
+    let after_end = last.bytes(tail.end_pos, last.size_bytes())?;
+    if let Some(last_nonzero) = after_end.iter().rposition(|b| *b != 0) {
+        recovered.torn_tail_bytes = last_nonzero as u64 + 1;
+        last.zero_tail(tail.end_pos)?;
+    }
+    // What was found may sit only in the page cache (the process died, the machine did not):
+    // sync it before calling it durable.
+    last.sync()?;
+    let mut entries = walk.entries;
+    let walked_pos = entries.last().map_or(0, |e| e.pos);
+    entries.extend(tail.entries.into_iter().filter(|e| e.pos > walked_pos));
+    last.install(tail.end_pos, tail.end_offset, walk.max_timestamp_ms.max(tail.max_timestamp_ms), entries);
+    Ok(())
+}

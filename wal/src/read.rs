@@ -1,0 +1,212 @@
+//! Reading a log: records in offset order, zero-copy slices of the segment maps.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tern_segment::frame;
+use tern_segment::Segment;
+
+use crate::error::{Error, Result};
+use crate::log::{Log, Visibility};
+
+/// One record read from a log. `key` and `value` are slices of the segment's memory map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRecord {
+    /// The record's offset.
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Key, if any.
+    pub key: Option<Bytes>,
+    /// Payload.
+    pub value: Bytes,
+    /// Epoch of the batch.
+    pub epoch: u64,
+}
+
+/// One whole batch frame, as stored and as shipped: checksum verified, zero-copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRef {
+    /// First offset of the batch.
+    pub base_offset: u64,
+    /// One past its last offset.
+    pub end_offset: u64,
+    /// Epoch of the batch.
+    pub epoch: u64,
+    /// The frame bytes.
+    pub frame: Bytes,
+}
+
+/// Iterates records from an offset up to the end seen when it was created (or last
+/// [`Reader::refresh`]ed). Every frame's checksum is verified before any record of it is
+/// returned; a damaged frame is an error naming file and position, never data.
+#[derive(Debug)]
+pub struct Reader {
+    log: Log,
+    visibility: Visibility,
+    next_offset: u64,
+    limit: u64,
+    segment: Option<Arc<Segment>>,
+    pos: u64,
+    pending: VecDeque<ReadRecord>,
+    failed: bool,
+}
+
+impl Log {
+    /// Reads records from `from` up to the current `visibility` end.
+    ///
+    /// # Errors
+    /// [`Error::OffsetOutOfRange`] when `from` is below the log start or past the end.
+    pub fn read(&self, from: u64, visibility: Visibility) -> Result<Reader> {
+        let (start, end) = (self.start_offset(), self.end(visibility));
+        if from < start || from > end {
+            return Err(Error::OffsetOutOfRange { offset: from, start, end });
+        }
+        Ok(Reader {
+            log: self.clone(),
+            visibility,
+            next_offset: from,
+            limit: end,
+            segment: None,
+            pos: 0,
+            pending: VecDeque::new(),
+            failed: false,
+        })
+    }
+
+    /// Whole batches from `from` (the batch containing `from` first), up to `bytes_max` bytes
+    /// (at least one batch), as zero-copy frames: what a shipper sends.
+    ///
+    /// # Errors
+    /// As [`Log::read`], and [`tern_segment::Error::Corrupt`] for a damaged frame.
+    pub fn read_batches(&self, from: u64, bytes_max: u64, visibility: Visibility) -> Result<Vec<BatchRef>> {
+        let mut reader = self.read(from, visibility)?;
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        while total < bytes_max || out.is_empty() {
+            let Some(batch) = reader.next_batch(&mut |_, _| {})? else { break };
+            total += batch.frame.len() as u64;
+            reader.next_offset = batch.end_offset;
+            out.push(batch);
+        }
+        Ok(out)
+    }
+}
+
+impl Reader {
+    /// The offset the next record will have.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Extends the reader to the log's current end (for tailing after [`Log::wait_for`]).
+    pub fn refresh(&mut self) {
+        self.limit = self.log.end(self.visibility);
+    }
+
+    /// Finds the segment and position of the batch holding `next_offset`.
+    fn locate(&mut self) -> Result<Option<Arc<Segment>>> {
+        if let Some(segment) = &self.segment {
+            return Ok(Some(segment.clone()));
+        }
+        let segments = self.log.segments();
+        let Some(segment) = segments.iter().rev().find(|s| s.base_offset() <= self.next_offset).cloned() else {
+            let (start, end) = (self.log.start_offset(), self.log.written_end());
+            return Err(Error::OffsetOutOfRange { offset: self.next_offset, start, end });
+        };
+        let (pos, _) = segment.seek(self.next_offset);
+        self.pos = pos;
+        self.segment = Some(segment.clone());
+        Ok(Some(segment))
+    }
+
+    /// The next whole batch holding `next_offset`, or `None` at the limit. `on_frame` sees
+    /// the verified frame before it is returned, so records need no second decode.
+    fn next_batch(&mut self, on_frame: &mut dyn FnMut(&frame::Frame<'_>, &Bytes)) -> Result<Option<BatchRef>> {
+        loop {
+            if self.next_offset >= self.limit {
+                return Ok(None);
+            }
+            let Some(segment) = self.locate()? else { return Ok(None) };
+            let end_pos = segment.end_pos();
+            if self.pos >= end_pos {
+                // This segment is done; the next one starts at its end offset.
+                if segment.end_offset() <= self.next_offset {
+                    self.segment = None;
+                    continue;
+                }
+                return Ok(None);
+            }
+            let bytes = segment.bytes(self.pos, end_pos)?;
+            let frame = tern_segment::segment::decode_at(&bytes, segment.path(), self.pos)?.ok_or_else(|| {
+                Error::Segment(tern_segment::Error::Corrupt {
+                    file: segment.path().to_path_buf(),
+                    pos: self.pos,
+                    reason: tern_segment::CorruptReason::Truncated { needed_bytes: 0 },
+                })
+            })?;
+            let header = frame.header;
+            let frame_bytes = bytes.slice(..frame.frame_len);
+            let expected_pos = self.pos;
+            self.pos += frame.frame_len as u64;
+            if header.end_offset() <= self.next_offset {
+                continue; // before the start, reached through the sparse index
+            }
+            if header.base_offset > self.next_offset {
+                return Err(Error::Segment(tern_segment::Error::Corrupt {
+                    file: segment.path().to_path_buf(),
+                    pos: expected_pos,
+                    reason: tern_segment::CorruptReason::Discontinuity {
+                        expected: self.next_offset,
+                        found: header.base_offset,
+                    },
+                }));
+            }
+            on_frame(&frame, &frame_bytes);
+            return Ok(Some(BatchRef {
+                base_offset: header.base_offset,
+                end_offset: header.end_offset(),
+                epoch: header.epoch,
+                frame: frame_bytes,
+            }));
+        }
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Result<ReadRecord>;
+
+    fn next(&mut self) -> Option<Result<ReadRecord>> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            if let Some(record) = self.pending.pop_front() {
+                self.next_offset = record.offset + 1;
+                return Some(Ok(record));
+            }
+            let (from, mut pending) = (self.next_offset, std::mem::take(&mut self.pending));
+            let result = self.next_batch(&mut |decoded, bytes| {
+                for record in decoded.records().filter(|r| r.offset >= from) {
+                    pending.push_back(ReadRecord {
+                        offset: record.offset,
+                        timestamp_ms: record.timestamp_ms,
+                        key: record.key.map(|k| bytes.slice_ref(k)),
+                        value: bytes.slice_ref(record.value),
+                        epoch: decoded.header.epoch,
+                    });
+                }
+            });
+            self.pending = pending;
+            match result {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
