@@ -1,0 +1,608 @@
+//! `tern bench`: Tern's hot paths measured beside the raw limits of the same disk, in the same
+//! run and directory, and reported as ratios to them.
+//!
+//! Raw limits: (a) `fdatasync` latency of a 4 KiB overwrite in a pre-allocated file, buffered
+//! and O_DIRECT; (b) a raw group commit: writers append 128-byte records, a leader writes all
+//! that is pending to a pre-allocated file and syncs once; (c) sequential 1 MiB writes plus
+//! `fdatasync`, buffered and O_DIRECT; (d) a memory-mapped read of the same bytes with crc32.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::{Condvar, Mutex};
+use tern_segment::{Disk, OsDisk};
+use tern_wal::{Committer, Durability, Log, LogOptions, Visibility};
+
+/// Arguments of `tern bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Directory to measure in (a temporary directory inside it is used and removed).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Workloads to run.
+    #[arg(long, value_enum, default_value = "all")]
+    pub workload: Workload,
+    /// Bytes written by the bulk workload (and read back by scan).
+    #[arg(long, default_value_t = 2 << 30)]
+    pub bulk_bytes: u64,
+    /// Seconds each small-sync measurement runs.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Submit the syncs of several logs one by one instead of through io_uring.
+    #[arg(long)]
+    pub no_io_uring: bool,
+}
+
+/// Which workloads `tern bench` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Everything below.
+    All,
+    /// 1, 4 and 16 writers of 128-byte records, each waiting for its fsync.
+    SmallSync,
+    /// 16 and 64 writers, each on its own log.
+    ManyLogs,
+    /// 4 KiB records, 1 MiB per fsync; then the scan of it after reopen, and recovery.
+    Bulk,
+}
+
+/// One measured figure and its limit.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Workload name.
+    pub name: String,
+    /// Tern's figure.
+    pub value: f64,
+    /// Unit of `value` and `limit`.
+    pub unit: &'static str,
+    /// The raw-disk (or reference) figure it is compared with.
+    pub limit: Option<f64>,
+    /// What the limit is.
+    pub limit_name: String,
+    /// Extra figures (latency percentiles and such).
+    pub detail: String,
+}
+
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        self.limit.filter(|l| *l > 0.0).map(|l| self.value / l)
+    }
+}
+
+struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    fn new(steps: u64) -> Progress {
+        let bar = ProgressBar::new(steps);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Progress { bar }
+    }
+
+    fn step(&self, msg: &str) {
+        self.bar.set_message(msg.to_owned());
+        self.bar.inc(1);
+    }
+}
+
+/// Runs the benchmark and prints the table (or JSON).
+///
+/// # Errors
+/// I/O errors of the bench directory; errors of the engine.
+pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.seconds <= 0.0 || !args.seconds.is_finite() {
+        return Err("--seconds must be a positive number".into());
+    }
+    if args.bulk_bytes < (16 << 20) {
+        return Err("--bulk-bytes must be at least 16 MiB".into());
+    }
+    let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    if !parent.is_dir() {
+        return Err(format!("bench directory {} does not exist", parent.display()).into());
+    }
+    let tmp = tempfile::Builder::new().prefix("tern-bench-").tempdir_in(&parent)?;
+    let dir = tmp.path();
+    let steps = match args.workload {
+        Workload::All => 14,
+        Workload::SmallSync => 6,
+        Workload::ManyLogs => 4,
+        Workload::Bulk => 8,
+    };
+    let progress = Progress::new(steps);
+    let mut rows = Vec::new();
+    let small = matches!(args.workload, Workload::All | Workload::SmallSync | Workload::ManyLogs);
+    let seconds = Duration::from_secs_f64(args.seconds);
+
+    progress.step("raw fdatasync latency");
+    let lat = raw_sync_latency(dir, false, 2000)?;
+    let lat_direct = raw_sync_latency(dir, true, 2000).ok();
+    rows.push(Row {
+        name: "raw: fdatasync 4 KiB overwrite (buffered)".into(),
+        value: lat.p50_us,
+        unit: "us p50",
+        limit: None,
+        limit_name: String::new(),
+        detail: format!("p99 {:.0} us", lat.p99_us),
+    });
+    if let Some(l) = &lat_direct {
+        rows.push(Row {
+            name: "raw: fdatasync 4 KiB overwrite (O_DIRECT)".into(),
+            value: l.p50_us,
+            unit: "us p50",
+            limit: None,
+            limit_name: String::new(),
+            detail: format!("p99 {:.0} us", l.p99_us),
+        });
+    }
+    let sync_p50_us = lat.p50_us;
+
+    let disk: Arc<dyn Disk> = Arc::new(if args.no_io_uring { OsDisk::without_io_uring() } else { OsDisk::new() });
+    let mut single_16 = None;
+    if small {
+        progress.step("raw group commit, 16 writers");
+        let raw16 = raw_group_commit(dir, 16, seconds)?;
+        let writer_counts: &[usize] = if args.workload == Workload::ManyLogs { &[16] } else { &[1, 4, 16] };
+        for &writers in writer_counts {
+            progress.step(&format!("tern small-sync, {writers} writers"));
+            let raw = if writers == 16 { raw16.clone() } else { raw_group_commit(dir, writers, seconds)? };
+            let tern = tern_small_sync(&disk, dir, writers, 1, seconds)?;
+            if writers == 16 {
+                single_16 = Some(tern.records_per_s);
+            }
+            rows.push(Row {
+                name: format!("small-sync {writers} writers x 128 B"),
+                value: tern.records_per_s,
+                unit: "records/s",
+                limit: Some(raw.records_per_s),
+                limit_name: format!("raw group commit {:.0}/s", raw.records_per_s),
+                detail: format!(
+                    "p50 {:.0} us, p99 {:.0} us = {:.1}x fdatasync p50",
+                    tern.p50_us,
+                    tern.p99_us,
+                    tern.p99_us / sync_p50_us
+                ),
+            });
+        }
+    }
+    if matches!(args.workload, Workload::All | Workload::ManyLogs) {
+        let single = match single_16 {
+            Some(s) => s,
+            None => tern_small_sync(&disk, dir, 16, 1, seconds)?.records_per_s,
+        };
+        for logs in [16usize, 64] {
+            progress.step(&format!("tern many-logs, {logs} logs"));
+            let tern = tern_small_sync(&disk, dir, logs, logs, seconds)?;
+            rows.push(Row {
+                name: format!("many-logs {logs} writers on {logs} logs x 128 B"),
+                value: tern.records_per_s,
+                unit: "records/s",
+                limit: Some(single),
+                limit_name: format!("tern single log, 16 writers {single:.0}/s"),
+                detail: format!("p50 {:.0} us, p99 {:.0} us", tern.p50_us, tern.p99_us),
+            });
+        }
+    }
+    if matches!(args.workload, Workload::All | Workload::Bulk) {
+        progress.step("raw sequential 1 MiB + fdatasync");
+        let raw_buffered = raw_sequential(dir, args.bulk_bytes, false)?;
+        let raw_direct = raw_sequential(dir, args.bulk_bytes, true).ok();
+        let best = raw_direct.map_or(raw_buffered, |d| d.max(raw_buffered));
+        progress.step("raw mmap read + crc32");
+        let raw_scan = raw_mmap_crc(dir, args.bulk_bytes)?;
+        progress.step("tern bulk 4 KiB records");
+        let log_dir = dir.join("bulk");
+        let bulk = tern_bulk(&disk, &log_dir, args.bulk_bytes)?;
+        rows.push(Row {
+            name: "bulk 4 KiB records, 1 MiB per fsync".into(),
+            value: bulk,
+            unit: "MB/s",
+            limit: Some(best),
+            limit_name: format!(
+                "raw write+fdatasync: buffered {raw_buffered:.0} MB/s, O_DIRECT {}",
+                raw_direct.map_or("n/a".into(), |d| format!("{d:.0} MB/s"))
+            ),
+            detail: String::new(),
+        });
+        progress.step("tern clean reopen");
+        let (reopen_ms, scan) = tern_reopen_and_scan(&disk, &log_dir, &progress)?;
+        rows.push(Row {
+            name: "scan after reopen, checksums verified, zero copy".into(),
+            value: scan,
+            unit: "MB/s",
+            limit: Some(raw_scan),
+            limit_name: format!("raw mmap+crc32 {raw_scan:.0} MB/s"),
+            detail: String::new(),
+        });
+        rows.push(Row {
+            name: format!("reopen after clean close ({} MiB)", args.bulk_bytes >> 20),
+            value: reopen_ms,
+            unit: "ms",
+            limit: None,
+            limit_name: String::new(),
+            detail: String::new(),
+        });
+        progress.step("tern reopen after a crash");
+        let (crash_ms, tail_bytes) = tern_crash_reopen(&disk, &log_dir)?;
+        rows.push(Row {
+            name: format!("reopen after a crash ({} MiB log)", args.bulk_bytes >> 20),
+            value: crash_ms,
+            unit: "ms",
+            limit: None,
+            limit_name: String::new(),
+            detail: format!("verified tail {} KiB", tail_bytes >> 10),
+        });
+    }
+    progress.bar.finish_and_clear();
+    if args.json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name, "value": r.value, "unit": r.unit, "limit": r.limit,
+                    "limit_name": r.limit_name, "ratio": r.ratio(), "detail": r.detail,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "dir": parent, "io_uring": !args.no_io_uring, "results": rows });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{:<52} {:>14} {:<10} {:>7}  limit / detail", "workload", "tern", "unit", "ratio");
+        for r in &rows {
+            let ratio = r.ratio().map_or("-".to_owned(), |x| format!("{x:.2}x"));
+            let value = if r.value >= 100.0 { format!("{:.0}", r.value) } else { format!("{:.2}", r.value) };
+            println!("{:<52} {:>14} {:<10} {:>7}  {} {}", r.name, value, r.unit, ratio, r.limit_name, r.detail);
+        }
+    }
+    Ok(())
+}
+
+/// Latency percentiles of a sync.
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn percentile(sorted_us: &[f64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    sorted_us[i.min(sorted_us.len() - 1)]
+}
+
+fn preallocated(path: &Path, size_bytes: u64, direct: bool) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(true);
+    if direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    let file = options.open(path)?;
+    // SAFETY: fallocate reads only its integer arguments.
+    let rc = unsafe { libc::fallocate(std::os::unix::io::AsRawFd::as_raw_fd(&file), 0, 0, size_bytes as libc::off_t) };
+    if rc != 0 {
+        file.set_len(size_bytes)?;
+    }
+    Ok(file)
+}
+
+/// A buffer aligned for O_DIRECT.
+struct Aligned {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl Aligned {
+    fn new(len: usize, fill: u8) -> Aligned {
+        let layout = std::alloc::Layout::from_size_align(len.max(4096), 4096).expect("layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        assert!(!ptr.is_null(), "allocation failed");
+        // SAFETY: ptr points to layout.size() writable bytes.
+        unsafe { std::ptr::write_bytes(ptr, fill, layout.size()) };
+        Aligned { ptr, layout }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for layout.size() initialized bytes while self lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated with this layout in `new`.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+fn raw_sync_latency(dir: &Path, direct: bool, iterations: usize) -> std::io::Result<Latency> {
+    let path = dir.join(if direct { "raw-latency-direct" } else { "raw-latency" });
+    let file = preallocated(&path, 64 << 20, direct)?;
+    let buf = Aligned::new(4096, 0xab);
+    let mut samples = Vec::with_capacity(iterations);
+    for i in 0..iterations {
+        let pos = (i as u64 % 1024) * 4096;
+        let start = Instant::now();
+        file.write_all_at(buf.as_slice(), pos)?;
+        file.sync_data()?;
+        samples.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    std::fs::remove_file(&path)?;
+    samples.sort_by(f64::total_cmp);
+    Ok(Latency { p50_us: percentile(&samples, 0.5), p99_us: percentile(&samples, 0.99) })
+}
+
+/// Throughput and latency of synced small appends.
+#[derive(Debug, Clone, Copy)]
+struct SmallSync {
+    records_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// The raw group-commit limit: writers queue 128-byte records; whoever finds no leader
+/// becomes one, writes everything pending at the end of a pre-allocated file and syncs once.
+fn raw_group_commit(dir: &Path, writers: usize, duration: Duration) -> std::io::Result<SmallSync> {
+    struct State {
+        pending: Vec<u8>,
+        queued: u64,
+        durable: u64,
+        leader: bool,
+        pos: u64,
+        failed: bool,
+    }
+    let path = dir.join("raw-group-commit");
+    let file = preallocated(&path, 1 << 30, false)?;
+    let state = Mutex::new(State { pending: Vec::new(), queued: 0, durable: 0, leader: false, pos: 0, failed: false });
+    let cond = Condvar::new();
+    let stop = AtomicBool::new(false);
+    let record = [0x5au8; 128];
+    let started = Instant::now();
+    let latencies: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut lat = Vec::new();
+                    let mut write_buf = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        let mut st = state.lock();
+                        st.pending.extend_from_slice(&record);
+                        st.queued += 1;
+                        let mine = st.queued;
+                        loop {
+                            if st.durable >= mine || st.failed {
+                                break;
+                            }
+                            if !st.leader {
+                                st.leader = true;
+                                std::mem::swap(&mut write_buf, &mut st.pending);
+                                let upto = st.queued;
+                                let pos = st.pos;
+                                st.pos += write_buf.len() as u64;
+                                drop(st);
+                                let ok = file.write_all_at(&write_buf, pos % (1 << 30)).and_then(|()| file.sync_data());
+                                write_buf.clear();
+                                st = state.lock();
+                                st.leader = false;
+                                st.failed |= ok.is_err();
+                                st.durable = st.durable.max(upto);
+                                cond.notify_all();
+                                continue;
+                            }
+                            cond.wait(&mut st);
+                        }
+                        drop(st);
+                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        if started.elapsed() >= duration {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    if state.lock().failed {
+        return Err(std::io::Error::other("raw group commit: a write or sync failed"));
+    }
+    Ok(summarize(latencies, elapsed))
+}
+
+fn summarize(latencies: Vec<Vec<f64>>, elapsed_s: f64) -> SmallSync {
+    let mut all: Vec<f64> = latencies.into_iter().flatten().collect();
+    all.sort_by(f64::total_cmp);
+    SmallSync {
+        records_per_s: all.len() as f64 / elapsed_s,
+        p50_us: percentile(&all, 0.5),
+        p99_us: percentile(&all, 0.99),
+    }
+}
+
+fn open_bench_log(disk: &Arc<dyn Disk>, committer: &Committer, dir: &Path, name: &str) -> tern_wal::Result<Log> {
+    Log::open(disk.clone(), &dir.join(name), name, LogOptions::default(), committer.clone(), true)
+}
+
+/// `writers` threads append 128-byte records with local durability, spread over `logs` logs.
+fn tern_small_sync(
+    disk: &Arc<dyn Disk>,
+    dir: &Path,
+    writers: usize,
+    logs: usize,
+    duration: Duration,
+) -> Result<SmallSync, Box<dyn std::error::Error>> {
+    let committer = Committer::start(disk.clone());
+    let run_dir = tempfile::Builder::new().prefix("small-sync-").tempdir_in(dir)?;
+    let logs: Vec<Log> = (0..logs)
+        .map(|i| open_bench_log(disk, &committer, run_dir.path(), &format!("log-{i}")))
+        .collect::<Result<_, _>>()?;
+    let stop = AtomicBool::new(false);
+    let errors = AtomicU64::new(0);
+    let record = [0x5au8; 128];
+    let started = Instant::now();
+    let latencies: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let log = &logs[w % logs.len()];
+                let (stop, errors) = (&stop, &errors);
+                s.spawn(move || {
+                    let mut lat = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        if log.append(&[&record], Durability::Local).is_err() {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        if started.elapsed() >= duration {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    for log in &logs {
+        log.close()?;
+    }
+    committer.stop();
+    if errors.load(Ordering::Relaxed) > 0 {
+        return Err("an append failed during the small-sync workload".into());
+    }
+    Ok(summarize(latencies, elapsed))
+}
+
+/// MB/s of sequential 1 MiB writes, each followed by `fdatasync`, into a pre-allocated file.
+fn raw_sequential(dir: &Path, total_bytes: u64, direct: bool) -> std::io::Result<f64> {
+    let path = dir.join(if direct { "raw-seq-direct" } else { "raw-seq" });
+    let file = preallocated(&path, total_bytes, direct)?;
+    let buf = Aligned::new(1 << 20, 0x3c);
+    let started = Instant::now();
+    let mut pos = 0;
+    while pos < total_bytes {
+        file.write_all_at(buf.as_slice(), pos)?;
+        file.sync_data()?;
+        pos += 1 << 20;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if !direct {
+        std::fs::rename(&path, dir.join("raw-seq-keep"))?;
+    } else {
+        std::fs::remove_file(&path)?;
+    }
+    Ok(total_bytes as f64 / elapsed / 1e6)
+}
+
+/// MB/s of reading the buffered raw file through mmap with crc32 over every 1 MiB.
+fn raw_mmap_crc(dir: &Path, total_bytes: u64) -> std::io::Result<f64> {
+    let path = dir.join("raw-seq-keep");
+    let file = File::open(&path)?;
+    // SAFETY: the file was written by this process and nothing changes it while mapped.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    let mut sink = 0u32;
+    let _ = map.chunks(1 << 20).fold(0u32, |a, c| a ^ crc32fast::hash(c)); // warm the page cache
+    let started = Instant::now();
+    for chunk in map.chunks(1 << 20) {
+        sink ^= crc32fast::hash(chunk);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    drop(map);
+    std::fs::remove_file(&path)?;
+    Ok(total_bytes as f64 / elapsed / 1e6)
+}
+
+/// MB/s of appending 4 KiB records, 256 per batch (1 MiB), each batch synced.
+fn tern_bulk(disk: &Arc<dyn Disk>, dir: &Path, total_bytes: u64) -> Result<f64, Box<dyn std::error::Error>> {
+    let committer = Committer::start(disk.clone());
+    let log = Log::open(disk.clone(), dir, "bulk", LogOptions::default(), committer.clone(), true)?;
+    let record = vec![0x3cu8; 4096];
+    let batch: Vec<&[u8]> = (0..256).map(|_| record.as_slice()).collect();
+    let started = Instant::now();
+    let mut written = 0u64;
+    while written < total_bytes {
+        log.append(&batch, Durability::Local)?;
+        written += 1 << 20;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    log.close()?;
+    committer.stop();
+    Ok(written as f64 / elapsed / 1e6)
+}
+
+/// Reopens the bulk log after its clean close (ms), then scans it all, verifying checksums
+/// (MB/s of record bytes).
+fn tern_reopen_and_scan(
+    disk: &Arc<dyn Disk>,
+    dir: &Path,
+    progress: &Progress,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let committer = Committer::start(disk.clone());
+    let started = Instant::now();
+    let log = Log::open(disk.clone(), dir, "bulk", LogOptions::default(), committer.clone(), false)?;
+    let reopen_ms = started.elapsed().as_secs_f64() * 1e3;
+    if !log.recovered().clean {
+        return Err("the bulk log was closed cleanly but reopened through recovery".into());
+    }
+    // Warm the page cache the way a second reader would find it.
+    let mut bytes = 0u64;
+    for record in log.read(log.start_offset(), Visibility::Durable)? {
+        bytes += record?.value.len() as u64;
+    }
+    progress.step("tern scan");
+    let started = Instant::now();
+    let mut scanned = 0u64;
+    for record in log.read(log.start_offset(), Visibility::Durable)? {
+        scanned += record?.value.len() as u64;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(bytes, scanned, "two scans of a closed log differ");
+    log.close()?;
+    committer.stop();
+    Ok((reopen_ms, scanned as f64 / elapsed / 1e6))
+}
+
+/// Appends a little more without closing (as if the process were killed), then measures the
+/// reopen, which must walk to the checkpoint and verify only the tail after it.
+fn tern_crash_reopen(disk: &Arc<dyn Disk>, dir: &Path) -> Result<(f64, u64), Box<dyn std::error::Error>> {
+    let committer = Committer::start(disk.clone());
+    let log = Log::open(disk.clone(), dir, "bulk", LogOptions::default(), committer.clone(), false)?;
+    let record = vec![0x11u8; 4096];
+    for _ in 0..64 {
+        log.append(&[&record], Durability::Local)?;
+    }
+    for _ in 0..16 {
+        log.append(&[&record], Durability::None)?;
+    }
+    // No close: the checkpoint stays unclean, exactly as after SIGKILL.
+    std::mem::forget(log);
+    let started = Instant::now();
+    let log = Log::open(disk.clone(), dir, "bulk", LogOptions::default(), committer.clone(), false)?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let recovered = log.recovered();
+    if recovered.clean {
+        return Err("an unclean reopen was taken for a clean one".into());
+    }
+    log.close()?;
+    committer.stop();
+    Ok((ms, recovered.scanned_bytes))
+}

@@ -1,0 +1,87 @@
+//! Engine configuration, validated on open.
+
+use tern_wal::LogOptions;
+
+use crate::error::{Error, Result};
+
+/// Settings of an engine. Every field has a default and a bound; [`Config::validate`] checks
+/// them all and names the first one out of bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Pre-allocated size of each segment file. Default 64 MiB; 4 KiB ..= 1 GiB.
+    pub segment_size_bytes: u64,
+    /// Distance between sparse index entries. Default 64 KiB; 1 ..= segment size.
+    pub index_interval_bytes: u64,
+    /// Largest record (key plus value). Default 16 MiB; at most just under 64 MiB.
+    pub record_bytes_max: u64,
+    /// Retention: keep at most this many bytes per log (whole segments are deleted). None keeps all.
+    pub retention_bytes: Option<u64>,
+    /// Retention: delete segments whose newest record is older than this. None keeps all.
+    pub retention_ms: Option<u64>,
+    /// Create the engine directory when it does not exist. Default true.
+    pub create_if_missing: bool,
+    /// Submit the syncs of several logs together through io_uring when the kernel allows it.
+    /// Default true; threads are used otherwise.
+    pub io_uring: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let log = LogOptions::default();
+        Config {
+            segment_size_bytes: log.segment_size_bytes,
+            index_interval_bytes: log.index_interval_bytes,
+            record_bytes_max: log.record_bytes_max,
+            retention_bytes: None,
+            retention_ms: None,
+            create_if_missing: true,
+            io_uring: true,
+        }
+    }
+}
+
+impl Config {
+    /// The options every log of the engine is opened with.
+    pub fn log_options(&self) -> LogOptions {
+        LogOptions {
+            segment_size_bytes: self.segment_size_bytes,
+            index_interval_bytes: self.index_interval_bytes,
+            record_bytes_max: self.record_bytes_max,
+        }
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the field and its bounds.
+    pub fn validate(&self) -> Result<()> {
+        self.log_options().validate().map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        if self.record_bytes_max + 4096 > self.segment_size_bytes.max(tern_wal::log::SEGMENT_BYTES_MAX) {
+            return Err(Error::InvalidConfig(format!(
+                "record_bytes_max {} does not fit a segment",
+                self.record_bytes_max
+            )));
+        }
+        if self.retention_bytes == Some(0) {
+            return Err(Error::InvalidConfig("retention_bytes must be above 0 (use None to keep everything)".into()));
+        }
+        if self.retention_ms == Some(0) {
+            return Err(Error::InvalidConfig("retention_ms must be above 0 (use None to keep everything)".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        Config::default().validate().unwrap();
+        let bad = Config { segment_size_bytes: 10, ..Config::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("segment_size_bytes"));
+        let bad = Config { record_bytes_max: 0, ..Config::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("record_bytes_max"));
+    }
+}

@@ -1,0 +1,261 @@
+//! The embeddable facade: many named logs in one directory, one committer for all of them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tern_segment::{Disk, OsDisk};
+use tern_wal::{Committer, CommitterStats, Log, LogStats};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Longest log name accepted, in bytes.
+pub const LOG_NAME_BYTES_MAX: usize = 200;
+const LOGS_DIR: &str = "logs";
+const LOCK_FILE: &str = "LOCK";
+
+/// Checks that `name` can name a log: 1 to 200 bytes of ASCII letters, digits, `-`, `_` and
+/// `.`, not `.` or `..`. Names never contain a path separator, so a log can never be created
+/// outside the engine directory.
+///
+/// # Errors
+/// [`Error::InvalidName`] saying what is wrong.
+pub fn validate_log_name(name: &str) -> Result<()> {
+    let invalid = |why| Err(Error::InvalidName { name: name.to_owned(), why });
+    if name.is_empty() {
+        return invalid("empty");
+    }
+    if name.len() > LOG_NAME_BYTES_MAX {
+        return invalid("longer than 200 bytes");
+    }
+    if name == "." || name == ".." {
+        return invalid("a relative directory name");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        return invalid("only ASCII letters, digits, '-', '_' and '.' are allowed");
+    }
+    Ok(())
+}
+
+/// Counters of an engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Group commits and file syncs of the shared committer.
+    pub committer: CommitterStats,
+    /// Per open log.
+    pub logs: BTreeMap<String, LogStats>,
+}
+
+/// An engine: many named logs in one directory. Dropping it closes every log cleanly.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let engine = tern::Engine::open(dir.path(), tern::Config::default())?;
+/// engine.log("a")?.append(&[b"1"], tern::Durability::Local)?;
+/// engine.log("b")?.append(&[b"2"], tern::Durability::Local)?;
+/// assert_eq!(engine.log_names()?, ["a", "b"]);
+/// # Ok(()) }
+/// ```
+pub struct Engine {
+    root: PathBuf,
+    config: Config,
+    disk: Arc<dyn Disk>,
+    committer: Committer,
+    logs: Mutex<BTreeMap<String, Log>>,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("root", &self.root).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens (or creates, with `create_if_missing`) the engine in `dir` and locks it, so a
+    /// second process cannot open it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`], [`Error::NotFound`], [`Error::Locked`], I/O errors.
+    pub fn open(dir: &Path, config: Config) -> Result<Engine> {
+        let disk: Arc<dyn Disk> = Arc::new(if config.io_uring { OsDisk::new() } else { OsDisk::without_io_uring() });
+        Self::open_with_disk(dir, config, disk)
+    }
+
+    /// Opens the engine on a given file layer (tests use a fault-injecting one). The directory
+    /// lock is always a real file lock.
+    ///
+    /// # Errors
+    /// As [`Engine::open`].
+    pub fn open_with_disk(dir: &Path, config: Config, disk: Arc<dyn Disk>) -> Result<Engine> {
+        config.validate()?;
+        if !dir.is_dir() {
+            if !config.create_if_missing {
+                return Err(Error::NotFound(format!("engine directory {} does not exist", dir.display())));
+            }
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        }
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| Error::Io { path: lock_path.clone(), source })?;
+        if lock.try_lock().is_err() {
+            return Err(Error::Locked { dir: dir.to_path_buf(), lock: lock_path });
+        }
+        let logs_dir = dir.join(LOGS_DIR);
+        std::fs::create_dir_all(&logs_dir).map_err(|source| Error::Io { path: logs_dir.clone(), source })?;
+        let committer = Committer::start(disk.clone());
+        Ok(Engine { root: dir.to_path_buf(), config, disk, committer, logs: Mutex::new(BTreeMap::new()), _lock: lock })
+    }
+
+    /// The engine directory.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// The configuration the engine was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Directory of the log `name` inside an engine directory.
+    pub fn log_dir(root: &Path, name: &str) -> PathBuf {
+        root.join(LOGS_DIR).join(name)
+    }
+
+    /// Opens the log `name`, creating it if it does not exist.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`]; recovery errors (corrupt durable data names file and position).
+    pub fn log(&self, name: &str) -> Result<Log> {
+        self.open_log(name, true)
+    }
+
+    /// Opens the log `name`, which must exist.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when it does not exist; otherwise as [`Engine::log`].
+    pub fn existing_log(&self, name: &str) -> Result<Log> {
+        self.open_log(name, false)
+    }
+
+    fn open_log(&self, name: &str, create: bool) -> Result<Log> {
+        validate_log_name(name)?;
+        let mut logs = self.logs.lock();
+        if let Some(log) = logs.get(name) {
+            return Ok(log.clone());
+        }
+        let dir = Self::log_dir(&self.root, name);
+        if !create && !dir.is_dir() {
+            return Err(Error::NotFound(format!("no log named {name:?} in {}", self.root.display())));
+        }
+        let log = Log::open(self.disk.clone(), &dir, name, self.config.log_options(), self.committer.clone(), create)?;
+        logs.insert(name.to_owned(), log.clone());
+        Ok(log)
+    }
+
+    /// Names of the logs stored in the engine directory, sorted.
+    ///
+    /// # Errors
+    /// I/O errors listing the directory.
+    pub fn log_names(&self) -> Result<Vec<String>> {
+        list_logs(&self.root)
+    }
+
+    /// Applies the configured retention to every open log.
+    ///
+    /// # Errors
+    /// The first log's error.
+    pub fn apply_retention(&self) -> Result<()> {
+        if self.config.retention_bytes.is_none() && self.config.retention_ms.is_none() {
+            return Ok(());
+        }
+        let now = tern_wal::now_ms();
+        for log in self.logs.lock().values() {
+            log.apply_retention(self.config.retention_bytes, self.config.retention_ms, now)?;
+        }
+        Ok(())
+    }
+
+    /// Counters of the committer and of every open log.
+    pub fn metrics(&self) -> Metrics {
+        let logs = self.logs.lock().iter().map(|(name, log)| (name.clone(), log.stats())).collect();
+        Metrics { committer: self.committer.stats(), logs }
+    }
+
+    /// Closes every log cleanly (synced, clean checkpoint) and stops the committer.
+    ///
+    /// # Errors
+    /// The first error of a log that could not be closed cleanly; the others are still closed.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        let mut first = Ok(());
+        for log in std::mem::take(&mut *self.logs.lock()).into_values() {
+            if let Err(e) = log.close() {
+                if first.is_ok() {
+                    first = Err(e.into());
+                }
+            }
+        }
+        self.committer.stop();
+        first
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Names of the logs stored in an engine directory, without opening or locking it.
+///
+/// # Errors
+/// I/O errors listing the directory.
+pub fn list_logs(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join(LOGS_DIR);
+    let mut names = Vec::new();
+    let entries = std::fs::read_dir(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Io { path: dir.clone(), source })?;
+        if let Ok(name) = entry.file_name().into_string() {
+            if validate_log_name(&name).is_ok() && entry.path().is_dir() {
+                names.push(name);
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_escape_the_directory_are_refused() {
+        for bad in ["", ".", "..", "a/b", "../x", "a\\b", "a\0b", &"x".repeat(201)] {
+            assert!(validate_log_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["orders", "orders-3", "a.b_c", "0"] {
+            validate_log_name(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _engine = Engine::open(dir.path(), Config::default()).unwrap();
+        assert!(matches!(Engine::open(dir.path(), Config::default()), Err(Error::Locked { .. })));
+    }
+}
