@@ -74,6 +74,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A bug must still end in one line, not a backtrace; the exit code tells it apart.
+    std::panic::set_hook(Box::new(|info| eprintln!("tern: internal error: {info}")));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Append { dir, log, durability } => append(&dir, &log, durability),

@@ -365,7 +365,7 @@ impl Segment {
 
     fn note_frame(&self, pos: u64, offset: u64) {
         let mut index = self.index.write();
-        let due = index.last().is_none_or(|last| pos >= last.pos + self.index_interval_bytes);
+        let due = index.last().is_none_or(|last| pos >= last.pos.saturating_add(self.index_interval_bytes));
         if due {
             index.push(IndexEntry { offset, pos });
         }
@@ -427,7 +427,7 @@ impl Segment {
                         report.problem = Some((report.end_pos, reason));
                         break;
                     }
-                    if last_indexed.is_none_or(|p| report.end_pos >= p + self.index_interval_bytes) {
+                    if last_indexed.is_none_or(|p| report.end_pos >= p.saturating_add(self.index_interval_bytes)) {
                         report.entries.push(IndexEntry { offset: report.end_offset, pos: report.end_pos });
                         last_indexed = Some(report.end_pos);
                     }

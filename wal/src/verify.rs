@@ -82,7 +82,7 @@ pub fn verify_log(disk: &dyn Disk, dir: &Path, on_batch: &mut dyn FnMut(&BatchIn
     let last_base = bases.last().copied();
     for base in bases {
         let path = dir.join(segment_file_name(base));
-        let segment = match Segment::open(disk, &path, u64::MAX) {
+        let segment = match Segment::open(disk, &path, crate::log::INDEX_INTERVAL_BYTES_DEFAULT) {
             Ok(s) => s,
             Err(e) => {
                 let pos = if let tern_segment::Error::Corrupt { pos, .. } = &e { *pos } else { 0 };

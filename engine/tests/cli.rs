@@ -1,0 +1,123 @@
+//! The `tern` binary as a user meets it: clear errors, verify naming damage, dump.
+
+use std::process::{Command, Output};
+
+use tern::{Config, Durability, Engine};
+
+fn tern(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tern")).args(args).output().expect("run tern")
+}
+
+fn assert_clean_failure(out: &Output) {
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(!stderr.contains("RUST_BACKTRACE"), "backtrace hint: {stderr}");
+}
+
+#[test]
+fn bad_input_gets_a_short_error_and_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for args in [
+        vec!["append"],
+        vec!["append", "--dir", d, "--log", "a/b"],
+        vec!["append", "--dir", d, "--log", ".."],
+        vec!["append", "--dir", d, "--log", "x", "--durability", "maybe"],
+        vec!["read", "--dir", "/nonexistent/tern", "--log", "a"],
+        vec!["read", "--dir", d, "--log", "missing"],
+        vec!["read", "--dir", d, "--log", "a", "--from", "-1"],
+        vec!["verify", "--dir", "/nonexistent/tern"],
+        vec!["dump", "--dir", d, "--log", "missing"],
+        vec!["bench", "--seconds", "-3"],
+        vec!["demo", "--seconds", "0"],
+    ] {
+        assert_clean_failure(&tern(&args));
+    }
+    // Nothing was created outside the directory by a bad name.
+    assert!(!dir.path().join("logs").join("a").exists());
+}
+
+#[test]
+fn a_line_over_the_record_limit_is_refused_and_earlier_lines_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = b"first\n".to_vec();
+    input.extend(std::iter::repeat_n(b'x', (Config::default().record_bytes_max + 1) as usize));
+    input.push(b'\n');
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["append", "--dir", dir.path().to_str().unwrap(), "--log", "a"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut stdin, &input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_clean_failure(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("maximum record size"));
+    let read = tern(&["read", "--dir", dir.path().to_str().unwrap(), "--log", "a"]);
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "0\tfirst\n");
+}
+
+#[test]
+fn verify_names_every_damaged_frame_and_read_never_returns_damaged_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { segment_size_bytes: 16 << 10, index_interval_bytes: 1024, ..Config::default() };
+    let mut sent = Vec::new();
+    {
+        let engine = Engine::open(dir.path(), config.clone()).unwrap();
+        let log = engine.log("damaged").unwrap();
+        for i in 0..400u32 {
+            let value = format!("value-{i:05}-{}", "v".repeat((i % 90) as usize)).into_bytes();
+            log.append(&[&value], Durability::Local).unwrap();
+            sent.push(value);
+        }
+        engine.close().unwrap();
+    }
+    let d = dir.path().to_str().unwrap();
+    let verify = tern(&["verify", "--dir", d]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    // Frame positions from dump: (file, pos, len).
+    let dump = String::from_utf8(tern(&["dump", "--dir", d]).stdout).unwrap();
+    let frames: Vec<(String, u64, u64)> = dump
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let num = |s: &str, p: &str| s.strip_prefix(p).unwrap().parse::<u64>().unwrap();
+            (f[1].to_owned(), num(f[2], "pos "), num(f[5], "bytes "))
+        })
+        .collect();
+    assert_eq!(frames.len(), 400);
+    let files: std::collections::BTreeSet<&String> = frames.iter().map(|f| &f.0).collect();
+    assert!(files.len() >= 3, "sealed and active segments are both damaged");
+    // Damage one byte inside ten frames spread over all segments (sealed and active).
+    let log_dir = dir.path().join("logs").join("damaged");
+    let mut damaged = Vec::new();
+    for k in 0..10 {
+        let (file, pos, len) = &frames[k * 39 + 5];
+        let path = log_dir.join(file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = (pos + 8 + (k as u64 * 7) % (len - 8)) as usize;
+        bytes[at] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+        damaged.push((file.clone(), *pos));
+    }
+    let verify = tern(&["verify", "--dir", d]);
+    assert_eq!(verify.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&verify.stdout);
+    for (file, pos) in &damaged {
+        assert!(report.contains(&format!("{file}: byte {pos}:")), "{file} byte {pos} not named in:\n{report}");
+    }
+    // Reads stop at damage with an error; what they return is exactly what was sent.
+    let read = tern(&["read", "--dir", d, "--log", "damaged"]);
+    for line in read.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let tab = line.iter().position(|b| *b == b'\t').unwrap();
+        let offset: usize = std::str::from_utf8(&line[..tab]).unwrap().parse().unwrap();
+        assert_eq!(&line[tab + 1..], sent[offset].as_slice(), "offset {offset} returned damaged bytes");
+    }
+    assert!(!read.status.success() || read.stdout.split(|b| *b == b'\n').count() < 400);
+}
