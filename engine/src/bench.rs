@@ -156,7 +156,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         let writer_counts: &[usize] = if args.workload == Workload::ManyLogs { &[16] } else { &[1, 4, 16] };
         for &writers in writer_counts {
             progress.step(&format!("tern small-sync, {writers} writers"));
-            let raw = if writers == 16 { raw16.clone() } else { raw_group_commit(dir, writers, seconds)? };
+            let raw = if writers == 16 { raw16 } else { raw_group_commit(dir, writers, seconds)? };
             let tern = tern_small_sync(&disk, dir, writers, 1, seconds)?;
             if writers == 16 {
                 single_16 = Some(tern.records_per_s);
@@ -435,6 +435,17 @@ fn summarize(latencies: Vec<Vec<f64>>, elapsed_s: f64) -> SmallSync {
     }
 }
 
+/// A committer with the shared journal, as the engine runs it.
+fn bench_committer(disk: &Arc<dyn Disk>, dir: &Path) -> Result<Committer, Box<dyn std::error::Error>> {
+    let options = tern_wal::JournalOptions {
+        dir: dir.join("journal"),
+        file_bytes: tern_wal::journal::JOURNAL_FILE_BYTES_DEFAULT,
+    };
+    let committer = Committer::start_with_journal(disk.clone(), &options)?;
+    committer.finish_replay()?;
+    Ok(committer)
+}
+
 fn open_bench_log(disk: &Arc<dyn Disk>, committer: &Committer, dir: &Path, name: &str) -> tern_wal::Result<Log> {
     Log::open(disk.clone(), &dir.join(name), name, LogOptions::default(), committer.clone(), true)
 }
@@ -447,8 +458,8 @@ fn tern_small_sync(
     logs: usize,
     duration: Duration,
 ) -> Result<SmallSync, Box<dyn std::error::Error>> {
-    let committer = Committer::start(disk.clone());
     let run_dir = tempfile::Builder::new().prefix("small-sync-").tempdir_in(dir)?;
+    let committer = bench_committer(disk, run_dir.path())?;
     let logs: Vec<Log> = (0..logs)
         .map(|i| open_bench_log(disk, &committer, run_dir.path(), &format!("log-{i}")))
         .collect::<Result<_, _>>()?;

@@ -20,6 +20,11 @@ pub struct Config {
     pub retention_ms: Option<u64>,
     /// Create the engine directory when it does not exist. Default true.
     pub create_if_missing: bool,
+    /// Make small synced appends of every log durable through one shared journal, so a group
+    /// costs one sync however many logs it touched. Default true.
+    pub journal: bool,
+    /// Size of each of the two journal files. Default 16 MiB; 128 KiB ..= 1 GiB.
+    pub journal_file_bytes: u64,
     /// Submit the syncs of several logs together through io_uring when the kernel allows it.
     /// Default true; threads are used otherwise.
     pub io_uring: bool,
@@ -35,6 +40,8 @@ impl Default for Config {
             retention_bytes: None,
             retention_ms: None,
             create_if_missing: true,
+            journal: true,
+            journal_file_bytes: tern_wal::journal::JOURNAL_FILE_BYTES_DEFAULT,
             io_uring: true,
         }
     }
@@ -60,6 +67,12 @@ impl Config {
             return Err(Error::InvalidConfig(format!(
                 "record_bytes_max {} does not fit a segment",
                 self.record_bytes_max
+            )));
+        }
+        if !((128 << 10)..=(1 << 30)).contains(&self.journal_file_bytes) {
+            return Err(Error::InvalidConfig(format!(
+                "journal_file_bytes {} is outside 128 KiB..=1 GiB",
+                self.journal_file_bytes
             )));
         }
         if self.retention_bytes == Some(0) {

@@ -107,7 +107,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
                         done.fetch_add(32, Ordering::Relaxed);
                     }
                     n += 32;
-                    if n % 1024 == 0 {
+                    if n.is_multiple_of(1024) {
                         for log in partitions {
                             log.sync().map_err(|e| e.to_string())?;
                         }

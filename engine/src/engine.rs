@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tern_segment::{Disk, OsDisk};
-use tern_wal::{Committer, CommitterStats, Log, LogStats};
+use tern_wal::{Committer, CommitterStats, JournalOptions, Log, LogStats};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 pub const LOG_NAME_BYTES_MAX: usize = 200;
 const LOGS_DIR: &str = "logs";
 const LOCK_FILE: &str = "LOCK";
+const JOURNAL_DIR: &str = "journal";
 
 /// Checks that `name` can name a log: 1 to 200 bytes of ASCII letters, digits, `-`, `_` and
 /// `.`, not `.` or `..`. Names never contain a path separator, so a log can never be created
@@ -111,8 +112,21 @@ impl Engine {
         }
         let logs_dir = dir.join(LOGS_DIR);
         std::fs::create_dir_all(&logs_dir).map_err(|source| Error::Io { path: logs_dir.clone(), source })?;
-        let committer = Committer::start(disk.clone());
-        Ok(Engine { root: dir.to_path_buf(), config, disk, committer, logs: Mutex::new(BTreeMap::new()), _lock: lock })
+        let committer = if config.journal {
+            let options = JournalOptions { dir: dir.join(JOURNAL_DIR), file_bytes: config.journal_file_bytes };
+            Committer::start_with_journal(disk.clone(), &options)?
+        } else {
+            Committer::start(disk.clone())
+        };
+        let engine =
+            Engine { root: dir.to_path_buf(), config, disk, committer, logs: Mutex::new(BTreeMap::new()), _lock: lock };
+        // Batches that were durable only in the journal go back into their logs before
+        // anything else happens; then the journal starts afresh.
+        for name in engine.committer.replay_names() {
+            engine.existing_log(&name)?;
+        }
+        engine.committer.finish_replay()?;
+        Ok(engine)
     }
 
     /// The engine directory.

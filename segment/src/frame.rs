@@ -275,12 +275,15 @@ pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, CorruptReason> {
     }
     let frame = Frame { header, frame_len: FRAME_PREFIX_BYTES + body_len as usize, crc: stored, records };
     let mut walked = 0u32;
+    let (mut min_timestamp_ms, mut max_timestamp_ms) = (u64::MAX, 0u64);
     let mut iter = RecordIter { frame_header: header, cur: Cursor::new(records), index: 0 };
     while iter.cur.remaining_bytes() > 0 {
         let record = iter.next_checked()?;
         if record.timestamp_ms > header.max_timestamp_ms {
             return Err(CorruptReason::Records("timestamp above the batch maximum"));
         }
+        min_timestamp_ms = min_timestamp_ms.min(record.timestamp_ms);
+        max_timestamp_ms = max_timestamp_ms.max(record.timestamp_ms);
         walked += 1;
         if walked > record_count {
             return Err(CorruptReason::Records("more records than the count"));
@@ -288,6 +291,15 @@ pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, CorruptReason> {
     }
     if walked != record_count {
         return Err(CorruptReason::Records("fewer records than the count"));
+    }
+    // The header's timestamps are the smallest and largest record timestamps, as the encoder
+    // writes them; anything else would not encode back to the same bytes, and a too-large
+    // maximum would keep a segment from retention by age.
+    if min_timestamp_ms != header.first_timestamp_ms {
+        return Err(CorruptReason::Field("first_timestamp_ms"));
+    }
+    if max_timestamp_ms != header.max_timestamp_ms {
+        return Err(CorruptReason::Field("max_timestamp_ms"));
     }
     Ok(Some(frame))
 }
@@ -371,7 +383,11 @@ impl<'a> RecordIter<'a> {
         let value = self.cur.take(value_len as usize)?;
         let offset = self.frame_header.base_offset.saturating_add(u64::from(self.index));
         self.index = self.index.saturating_add(1);
-        let timestamp_ms = self.frame_header.first_timestamp_ms.saturating_add(u64::from(delta));
+        let timestamp_ms = self
+            .frame_header
+            .first_timestamp_ms
+            .checked_add(u64::from(delta))
+            .ok_or(CorruptReason::Records("timestamp overflows"))?;
         Ok(RecordView { offset, key, value, timestamp_ms })
     }
 }
@@ -389,6 +405,7 @@ impl<'a> Iterator for RecordIter<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -448,6 +465,31 @@ mod tests {
         let mut buf = vec![0u8; 16];
         buf[..4].copy_from_slice(&(FRAME_BODY_BYTES_MAX + 1).to_le_bytes());
         assert!(matches!(decode(&buf), Err(CorruptReason::FrameTooLong { .. })));
+    }
+
+    /// Found by `fuzz/` (frame_decode): header timestamps other than the records' smallest
+    /// and largest decoded, so the frame did not encode back to its own bytes.
+    #[test]
+    #[allow(clippy::indexing_slicing)] // fixed positions in a frame this test just encoded
+    fn header_timestamps_must_be_the_records_smallest_and_largest() {
+        let mut out = Vec::new();
+        encode(&mut out, &meta(7), &[Record::new(b"a", 1000), Record::new(b"b", 1010)]).unwrap();
+        let reseal = |mut frame: Vec<u8>| {
+            let crc = frame_crc(&frame[..4], &frame[FRAME_PREFIX_BYTES..]);
+            frame[4..8].copy_from_slice(&crc.to_le_bytes());
+            frame
+        };
+        // first_timestamp_ms is at frame byte 32, max_timestamp_ms at 40.
+        let mut lower_first = out.clone();
+        lower_first[32..40].copy_from_slice(&999u64.to_le_bytes());
+        lower_first[72..76].copy_from_slice(&1u32.to_le_bytes()); // first record's delta: still 1000
+        assert_eq!(decode(&reseal(lower_first)), Err(CorruptReason::Field("first_timestamp_ms")));
+        let mut higher_max = out.clone();
+        higher_max[40..48].copy_from_slice(&2000u64.to_le_bytes());
+        assert_eq!(decode(&reseal(higher_max)), Err(CorruptReason::Field("max_timestamp_ms")));
+        let mut overflow = out;
+        overflow[32..48].copy_from_slice(&[0xff; 16]); // first = max = u64::MAX, deltas 0 and 10
+        assert_eq!(decode(&reseal(overflow)), Err(CorruptReason::Records("timestamp overflows")));
     }
 
     proptest! {

@@ -89,7 +89,7 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<u64, CorruptReason> {
     let version = cur.u32_le()?;
     let flags = cur.u32_le()?;
     let base_offset = cur.u64_le()?;
-    let _reserved = cur.u32_le()?;
+    let reserved = cur.u32_le()?;
     let stored = cur.u32_le()?;
     let computed = crc32fast::hash(covered);
     if stored != computed {
@@ -100,6 +100,9 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<u64, CorruptReason> {
     }
     if flags != 0 {
         return Err(CorruptReason::Field("segment flags"));
+    }
+    if reserved != 0 {
+        return Err(CorruptReason::Field("segment reserved"));
     }
     Ok(base_offset)
 }
@@ -154,11 +157,11 @@ impl IndexFile {
         let end_offset = cur.u64_le()?;
         let end_pos = cur.u64_le()?;
         let max_timestamp_ms = cur.u64_le()?;
-        let _reserved = cur.u32_le()?;
+        let reserved = cur.u32_le()?;
         let stored = cur.u32_le()?;
         // Bound the count by the bytes present before trusting it.
         if entry_count as usize != cur.remaining_bytes() / INDEX_ENTRY_BYTES
-            || cur.remaining_bytes() % INDEX_ENTRY_BYTES != 0
+            || !cur.remaining_bytes().is_multiple_of(INDEX_ENTRY_BYTES)
         {
             return Err(CorruptReason::Field("index entry count"));
         }
@@ -169,7 +172,10 @@ impl IndexFile {
         if version != INDEX_VERSION {
             return Err(CorruptReason::Version { found: version });
         }
-        if end_offset < base_offset || end_pos < SEGMENT_HEADER_BYTES || end_pos > SEGMENT_BYTES_MAX {
+        if reserved != 0 {
+            return Err(CorruptReason::Field("index reserved"));
+        }
+        if end_offset < base_offset || !(SEGMENT_HEADER_BYTES..=SEGMENT_BYTES_MAX).contains(&end_pos) {
             return Err(CorruptReason::Field("index end"));
         }
         let mut entries = Vec::with_capacity(entry_count as usize);
@@ -593,6 +599,23 @@ mod tests {
         let report = seg.scan(SEGMENT_HEADER_BYTES, 0, None, true).unwrap();
         assert_eq!(report.end_offset, 2);
         assert!(matches!(report.problem, Some((pos, CorruptReason::Checksum { .. })) if pos == second));
+    }
+
+    /// Found by `fuzz/` (index_decode): a non-zero reserved field decoded, so the header did
+    /// not encode back to its own bytes.
+    #[test]
+    fn reserved_fields_must_be_zero() {
+        let mut header = encode_segment_header(5);
+        header[24] = 1;
+        let crc = crc32fast::hash(&header[..28]);
+        header[28..32].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_segment_header(&header), Err(CorruptReason::Field("segment reserved")));
+        let index = IndexFile { base_offset: 5, end_offset: 6, end_pos: 100, max_timestamp_ms: 1, entries: Vec::new() };
+        let mut bytes = index.encode();
+        bytes[48] = 1;
+        let crc = index_crc(&bytes);
+        bytes[52..56].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(IndexFile::decode(&bytes), Err(CorruptReason::Field("index reserved")));
     }
 
     #[test]

@@ -1,20 +1,24 @@
 //! Group commit: one thread syncs for every log that asked, in one go.
 //!
 //! Writers write their frames into the page cache themselves (in order, under their log's
-//! append lock) and then ask the committer for a sync. The committer blocks for the first
-//! request, takes every request already waiting (bounded by [`GROUP_LOGS_MAX`]), snapshots each
-//! log's written end, and syncs all their files together ([`Disk::sync_files`]: one
-//! `fdatasync` for one file, io_uring or threads for several). While it syncs, writers keep
-//! writing and the next group gathers in the channel. A writer alone never waits on a timer.
+//! append lock); small batches are also staged into the shared journal block. Then they ask the
+//! committer for a sync. The committer blocks for the first request, takes every request
+//! already waiting (bounded by [`GROUP_LOGS_MAX`]), snapshots each log's written end, writes the
+//! staged journal block with one write, and syncs the journal plus the segments of logs that
+//! wrote batches too large for the journal, all together ([`Disk::sync_files`]). While it
+//! syncs, writers keep writing and the next group gathers. A writer alone never waits on a timer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 use tern_segment::{Disk, DiskFile};
 
+use crate::error::{Error, Result};
+use crate::journal::{self, Journal, JournalOptions, Replay};
 use crate::log::LogInner;
 
 /// Most logs synced in one group.
@@ -34,53 +38,143 @@ pub struct CommitterStats {
     pub groups: u64,
     /// Files synced (one `fdatasync` each).
     pub file_syncs: u64,
+    /// Journal blocks written.
+    pub journal_blocks: u64,
+    /// Journal switches (each syncs the segments of the logs that used the journal).
+    pub journal_switches: u64,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     groups: AtomicU64,
     file_syncs: AtomicU64,
+    journal_blocks: AtomicU64,
+    journal_switches: AtomicU64,
+}
+
+/// Batches staged for the next journal block, and the logs that staged since the last switch.
+#[derive(Default)]
+pub(crate) struct Staging {
+    block: Vec<u8>,
+    registry: Vec<Arc<LogInner>>,
 }
 
 /// The group-commit thread shared by every log of an engine. Cloning shares it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Committer {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer").field("journal", &self.shared.journal.is_some()).finish_non_exhaustive()
+    }
+}
+
 struct Shared {
+    disk: Arc<dyn Disk>,
     tx: Sender<Msg>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    counters: Arc<Counters>,
+    counters: Counters,
+    journal: Option<Mutex<Journal>>,
+    journal_failed: AtomicBool,
+    staging: Mutex<Staging>,
+    staged_bytes_soft_max: usize,
+    replay: Mutex<Replay>,
 }
 
 impl Committer {
-    /// Starts the committer thread.
+    /// Starts a committer without a journal: every synced append syncs its log's segment.
     pub fn start(disk: Arc<dyn Disk>) -> Committer {
+        Self::spawn(disk, None, Replay::new())
+    }
+
+    /// Starts a committer with the shared journal in `options.dir`, recovering it.
+    ///
+    /// Before any append, the caller MUST open every log named by
+    /// [`Committer::replay_names`] (opening replays its journal entries) and then call
+    /// [`Committer::finish_replay`], which starts a new journal file.
+    ///
+    /// # Errors
+    /// I/O errors creating or reading the journal; [`Error::Invalid`] for a bad size.
+    pub fn start_with_journal(disk: Arc<dyn Disk>, options: &JournalOptions) -> Result<Committer> {
+        let (journal, replay) = Journal::open(disk.clone(), options)?;
+        Ok(Self::spawn(disk, Some(journal), replay))
+    }
+
+    fn spawn(disk: Arc<dyn Disk>, journal: Option<Journal>, replay: Replay) -> Committer {
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
-        let counters = Arc::new(Counters::default());
-        let thread_counters = counters.clone();
+        let staged_bytes_soft_max = journal.as_ref().map_or(usize::MAX, |j| (j.block_bytes_max() / 4) as usize);
+        let shared = Arc::new(Shared {
+            staged_bytes_soft_max,
+            disk,
+            tx,
+            thread: Mutex::new(None),
+            counters: Counters::default(),
+            journal: journal.map(Mutex::new),
+            journal_failed: AtomicBool::new(false),
+            staging: Mutex::new(Staging::default()),
+            replay: Mutex::new(replay),
+        });
+        let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("tern-committer".into())
-            .spawn(move || run(&*disk, &rx, &thread_counters))
+            .spawn(move || run(&thread_shared, &rx))
             .expect("spawning the committer thread");
-        Committer { shared: Arc::new(Shared { tx, thread: Mutex::new(Some(thread)), counters }) }
+        *shared.thread.lock() = Some(thread);
+        Committer { shared }
     }
 
     /// Counters so far.
     pub fn stats(&self) -> CommitterStats {
+        let c = &self.shared.counters;
         CommitterStats {
-            groups: self.shared.counters.groups.load(Ordering::Relaxed),
-            file_syncs: self.shared.counters.file_syncs.load(Ordering::Relaxed),
+            groups: c.groups.load(Ordering::Relaxed),
+            file_syncs: c.file_syncs.load(Ordering::Relaxed),
+            journal_blocks: c.journal_blocks.load(Ordering::Relaxed),
+            journal_switches: c.journal_switches.load(Ordering::Relaxed),
         }
     }
 
-    /// Stops the thread after it has served every request already queued.
+    /// True when small batches are made durable through the shared journal.
+    pub fn has_journal(&self) -> bool {
+        self.shared.journal.is_some()
+    }
+
+    /// Names of the logs that have journal entries to replay.
+    pub fn replay_names(&self) -> Vec<String> {
+        self.shared.replay.lock().keys().cloned().collect()
+    }
+
+    /// Starts a new journal file once every log with entries to replay has been opened.
+    ///
+    /// # Errors
+    /// I/O errors writing the journal header.
+    pub fn finish_replay(&self) -> Result<()> {
+        let Some(journal) = &self.shared.journal else { return Ok(()) };
+        let mut journal = journal.lock();
+        let left = std::mem::take(&mut *self.shared.replay.lock());
+        if !left.is_empty() {
+            let names: Vec<_> = left.keys().cloned().collect();
+            return Err(Error::Invalid(format!("journal entries of logs {names:?} were not replayed")));
+        }
+        switch(&self.shared, &mut journal, false)
+    }
+
+    /// Stops the thread after it has served every request already queued. With a journal,
+    /// the segments of every log that used it are synced and the journal is marked clean, so
+    /// the next start replays nothing.
     pub fn stop(&self) {
         let _ = self.shared.tx.send(Msg::Stop);
         if let Some(thread) = self.shared.thread.lock().take() {
             let _ = thread.join();
+        }
+        if let Some(journal) = &self.shared.journal {
+            // Entries not yet replayed into their logs must stay in the journal.
+            let replayed = self.shared.replay.lock().is_empty();
+            if replayed && !self.shared.journal_failed.load(Ordering::SeqCst) {
+                let _ = switch(&self.shared, &mut journal.lock(), true);
+            }
         }
     }
 
@@ -88,10 +182,66 @@ impl Committer {
     pub(crate) fn request(&self, log: Arc<LogInner>) -> bool {
         self.shared.tx.send(Msg::Sync(log)).is_ok()
     }
+
+    /// Takes the journal entries of log `name` (frames with their log generation).
+    pub(crate) fn take_replay(&self, name: &str) -> Vec<(u64, Bytes)> {
+        self.shared.replay.lock().remove(name).unwrap_or_default()
+    }
+
+    /// Stages one batch frame of `log` for the next journal block. Called under the log's
+    /// append lock, so each log's batches are staged in offset order. Returns the staged bytes.
+    pub(crate) fn stage(&self, log: &Arc<LogInner>, name: &str, generation: u64, frame_bytes: &[u8]) -> usize {
+        let mut staging = self.shared.staging.lock();
+        journal::stage_entry(&mut staging.block, name, generation, frame_bytes);
+        if !log.journal_registered.swap(true, Ordering::SeqCst) {
+            staging.registry.push(log.clone());
+        }
+        staging.block.len()
+    }
+
+    /// Largest block the journal takes before it must switch; writers ask for a group sync when
+    /// the staged block passes a quarter of it.
+    pub(crate) fn staged_bytes_soft_max(&self) -> usize {
+        self.shared.staged_bytes_soft_max
+    }
 }
 
-fn run(disk: &dyn Disk, rx: &Receiver<Msg>, counters: &Counters) {
+/// Syncs the segments of every log that staged into the current journal file, then starts the
+/// other file. Holding the journal lock keeps the committer thread out meanwhile.
+fn switch(shared: &Shared, journal: &mut Journal, clean: bool) -> Result<()> {
+    let registry = {
+        let mut staging = shared.staging.lock();
+        for log in &staging.registry {
+            log.journal_registered.store(false, Ordering::SeqCst);
+        }
+        std::mem::take(&mut staging.registry)
+    };
+    let targets: Vec<_> = registry.into_iter().map(|log| (log.segment_target(), log)).collect();
+    let files: Vec<&dyn DiskFile> = targets.iter().map(|(t, _)| &**t.segment.file()).collect();
+    let results = shared.disk.sync_files(&files);
+    shared.counters.file_syncs.fetch_add(files.len() as u64, Ordering::Relaxed);
+    drop(files);
+    let mut failed = None;
+    for ((target, log), result) in targets.into_iter().zip(results) {
+        if let Err(e) = &result {
+            failed
+                .get_or_insert_with(|| Error::io(target.segment.path(), std::io::Error::new(e.kind(), e.to_string())));
+        }
+        log.complete_sync(target, result, true);
+    }
+    if let Some(e) = failed {
+        // The journal still holds batches whose segments did not sync: never switch away.
+        shared.journal_failed.store(true, Ordering::SeqCst);
+        return Err(e);
+    }
+    journal.switch(clean).inspect_err(|_| shared.journal_failed.store(true, Ordering::SeqCst))?;
+    shared.counters.journal_switches.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn run(shared: &Shared, rx: &Receiver<Msg>) {
     let mut group: Vec<Arc<LogInner>> = Vec::new();
+    let mut spare_block: Vec<u8> = Vec::new();
     let mut stop = false;
     while !stop {
         match rx.recv() {
@@ -113,17 +263,76 @@ fn run(disk: &dyn Disk, rx: &Receiver<Msg>, counters: &Counters) {
         if group.is_empty() {
             continue;
         }
+        // Snapshot the logs first: every batch below a snapshot was staged before it.
         let targets: Vec<_> = group.drain(..).filter_map(|log| log.sync_target().map(|t| (log, t))).collect();
         if targets.is_empty() {
             continue;
         }
-        let files: Vec<&dyn DiskFile> = targets.iter().map(|(_, t)| &**t.segment.file()).collect();
-        let results = disk.sync_files(&files);
-        counters.groups.fetch_add(1, Ordering::Relaxed);
-        counters.file_syncs.fetch_add(files.len() as u64, Ordering::Relaxed);
+        let mut journal_guard = shared.journal.as_ref().map(|j| j.lock());
+        let mut journal_error: Option<String> = None;
+        let mut wrote_journal = false;
+        if let Some(journal) = journal_guard.as_deref_mut() {
+            let mut block = {
+                let mut staging = shared.staging.lock();
+                std::mem::replace(&mut staging.block, std::mem::take(&mut spare_block))
+            };
+            if shared.journal_failed.load(Ordering::SeqCst) {
+                journal_error = Some("the journal failed earlier".into());
+            } else if !block.is_empty() {
+                let fits = block.len() as u64 <= journal.remaining_bytes();
+                let result = if fits {
+                    journal::seal_block(&mut block, journal.seq());
+                    journal.write(&block).map(|()| wrote_journal = true)
+                } else {
+                    // The switch syncs the segments of every log that staged, which makes this
+                    // block's batches durable without writing it.
+                    switch(shared, journal, false)
+                };
+                if let Err(e) = result {
+                    shared.journal_failed.store(true, Ordering::SeqCst);
+                    journal_error = Some(e.to_string());
+                }
+                if wrote_journal {
+                    shared.counters.journal_blocks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            block.clear();
+            spare_block = block;
+        }
+        if let Some(reason) = journal_error {
+            drop(journal_guard);
+            for (log, _) in targets {
+                log.fence(&Error::Invalid(format!("journal write failed: {reason}")));
+            }
+            continue;
+        }
+        let mut files: Vec<&dyn DiskFile> = Vec::with_capacity(targets.len() + 1);
+        if let Some(file) = journal_guard.as_deref().filter(|_| wrote_journal).and_then(Journal::file) {
+            files.push(&**file);
+        }
+        let journal_files = files.len();
+        files.extend(targets.iter().filter(|(_, t)| t.sync_segment).map(|(_, t)| &**t.segment.file()));
+        let mut results = shared.disk.sync_files(&files);
+        shared.counters.groups.fetch_add(1, Ordering::Relaxed);
+        shared.counters.file_syncs.fetch_add(files.len() as u64, Ordering::Relaxed);
         drop(files);
-        for ((log, target), result) in targets.into_iter().zip(results) {
-            log.complete_sync(target, result);
+        let journal_result = if journal_files == 1 { results.remove(0) } else { Ok(()) };
+        if let Err(e) = &journal_result {
+            shared.journal_failed.store(true, Ordering::SeqCst);
+            let path = journal_guard.as_deref().map(|j| j.path().to_path_buf()).unwrap_or_default();
+            let reason = format!("sync of {} failed: {e}", path.display());
+            drop(journal_guard);
+            for (log, _) in targets {
+                log.fence(&Error::Invalid(reason.clone()));
+            }
+            continue;
+        }
+        drop(journal_guard);
+        let mut results = results.into_iter();
+        for (log, target) in targets {
+            let result = if target.sync_segment { results.next().unwrap_or(Ok(())) } else { Ok(()) };
+            let synced_segment = target.sync_segment;
+            log.complete_sync(target, result, synced_segment);
         }
     }
 }

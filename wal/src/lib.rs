@@ -5,6 +5,7 @@
 
 pub mod committer;
 pub mod error;
+pub mod journal;
 pub mod log;
 pub mod meta;
 pub mod read;
@@ -12,6 +13,7 @@ pub mod verify;
 
 pub use committer::{Committer, CommitterStats};
 pub use error::{Error, Result};
+pub use journal::JournalOptions;
 pub use log::{now_ms, AppendOptions, Appended, Durability, Log, LogOptions, LogStats, Recovered, Visibility};
 pub use read::{BatchRef, ReadRecord, Reader};
 pub use tern_segment::frame::Record;

@@ -14,6 +14,7 @@ use tern_segment::{CorruptReason, Disk, Segment};
 
 use crate::committer::Committer;
 use crate::error::{Error, Result};
+use crate::journal::DIRECT_BATCH_BYTES;
 use crate::meta::{Checkpoint, CheckpointWriter, Meta, NO_TRUNCATION};
 
 /// Default size of a segment file.
@@ -110,6 +111,8 @@ pub struct Recovered {
     pub scanned_bytes: u64,
     /// Bytes past the last whole frame that were cut (a torn tail).
     pub torn_tail_bytes: u64,
+    /// Batches restored from the shared journal (synced there, lost from the segment).
+    pub replayed_batches: u64,
 }
 
 /// Counters of one log.
@@ -141,6 +144,8 @@ struct WriteState {
 /// A snapshot the committer syncs: the active segment and the log end written before the sync.
 pub(crate) struct SyncTarget {
     pub(crate) segment: Arc<Segment>,
+    /// The segment itself must be synced (no journal, or batches too large for it).
+    pub(crate) sync_segment: bool,
     end_offset: u64,
     end_pos: u64,
     truncations: u64,
@@ -158,6 +163,12 @@ pub(crate) struct LogInner {
     written_end: AtomicU64,
     durable_end: AtomicU64,
     truncations: AtomicU64,
+    /// The meta generation, stamped on this log's journal entries.
+    generation: AtomicU64,
+    /// Registered with the committer's journal since its last switch.
+    pub(crate) journal_registered: AtomicBool,
+    /// Batches were written that are not in the journal: a sync must sync the segment.
+    direct_dirty: AtomicBool,
     sync_requested: AtomicBool,
     fenced: AtomicBool,
     fence_reason: Mutex<Option<String>>,
@@ -243,21 +254,12 @@ impl Log {
                 disk.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
             }
         }
-        let (segments, meta, recovered) = recover(&*disk, dir, &options)?;
+        let (segments, meta, mut recovered, replay_generation) = recover(&*disk, dir, &options)?;
         let last = segments.last().cloned().expect("recovery leaves at least one segment");
         let end = last.end_offset();
-        let mut checkpoint = CheckpointWriter::open(&*disk, dir)?;
-        checkpoint.write(
-            Checkpoint {
-                generation: meta.generation,
-                segment_base: last.base_offset(),
-                durable_pos: last.end_pos(),
-                durable_end: end,
-                ..Default::default()
-            },
-            false,
-        )?;
+        let checkpoint = CheckpointWriter::open(&*disk, dir)?;
         let start = segments.first().map_or(0, |s| s.base_offset());
+        let replay = committer.take_replay(name);
         let inner = LogInner {
             name: name.to_owned(),
             dir: dir.to_path_buf(),
@@ -270,6 +272,9 @@ impl Log {
             written_end: AtomicU64::new(end),
             durable_end: AtomicU64::new(end),
             truncations: AtomicU64::new(0),
+            generation: AtomicU64::new(meta.generation),
+            journal_registered: AtomicBool::new(false),
+            direct_dirty: AtomicBool::new(false),
             sync_requested: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             fence_reason: Mutex::new(None),
@@ -283,6 +288,23 @@ impl Log {
             recovered,
             counters: Counters::default(),
         };
+        let mut inner = inner;
+        recovered.replayed_batches = inner.replay(&replay, replay_generation)?;
+        if recovered.replayed_batches > 0 {
+            recovered.clean = false;
+        }
+        inner.recovered = recovered;
+        let last = inner.active();
+        inner.checkpoint.lock().write(
+            Checkpoint {
+                generation: meta.generation,
+                segment_base: last.base_offset(),
+                durable_pos: last.end_pos(),
+                durable_end: last.end_offset(),
+                ..Default::default()
+            },
+            false,
+        )?;
         Ok(Log { inner: Arc::new(inner) })
     }
 
@@ -393,15 +415,19 @@ impl Log {
         let frame_len = frame::encode(&mut st.buf, &meta, records).map_err(|e| Error::Invalid(e.to_string()))?;
         let end = base + records.len() as u64;
         let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
-        let active = inner.active();
-        let active = if active.remaining_bytes() < frame_len as u64 { inner.roll(frame_len as u64)? } else { active };
-        if let Err(e) = active.append(&st.buf, base, end, max_ts) {
-            let err = Error::from_segment(e);
-            inner.fence(&err);
-            return Err(err);
+        inner.write_frame(&st.buf, base, end, max_ts)?;
+        let mut staged_bytes = 0;
+        if inner.committer.has_journal() && frame_len < DIRECT_BATCH_BYTES {
+            let generation = inner.generation.load(Ordering::Relaxed);
+            staged_bytes = inner.committer.stage(&self.inner, &inner.name, generation, &st.buf);
+        } else {
+            inner.direct_dirty.store(true, Ordering::SeqCst);
         }
-        inner.written_end.store(end, Ordering::Release);
         drop(st);
+        if staged_bytes > inner.committer.staged_bytes_soft_max() {
+            // Keep the staged journal block bounded even when nobody waits for durability.
+            inner.request_sync();
+        }
         inner.counters.batches.fetch_add(1, Ordering::Relaxed);
         inner.counters.records.fetch_add(records.len() as u64, Ordering::Relaxed);
         inner.counters.bytes.fetch_add(frame_len as u64, Ordering::Relaxed);
@@ -555,6 +581,8 @@ impl Log {
             inner.fence(&e);
             return Err(e);
         }
+        // Journal entries of the cut records carry the old generation: never replayed.
+        inner.generation.store(inner.meta.lock().generation, Ordering::SeqCst);
         inner.written_end.store(offset, Ordering::Release);
         inner.durable_end.store(offset, Ordering::Release);
         let last = inner.active();
@@ -656,6 +684,65 @@ impl Appended {
 }
 
 impl LogInner {
+    /// Writes one encoded frame at the end of the active segment (rolling first when it does
+    /// not fit) and publishes the new written end. Called with the append lock held.
+    fn write_frame(&self, frame_bytes: &[u8], base: u64, end: u64, max_ts: u64) -> Result<()> {
+        let active = self.active();
+        let frame_len = frame_bytes.len() as u64;
+        let active = if active.remaining_bytes() < frame_len { self.roll(frame_len)? } else { active };
+        if let Err(e) = active.append(frame_bytes, base, end, max_ts) {
+            let err = Error::from_segment(e);
+            self.fence(&err);
+            return Err(err);
+        }
+        self.written_end.store(end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Appends the journal's batches that continue this log, then syncs the segment, so the
+    /// journal file holding them may be recycled. Entries of another generation (written
+    /// before a suffix truncation) are never replayed; a gap ends the replay, because a batch
+    /// after a lost one was never acknowledged as durable.
+    fn replay(&self, entries: &[(u64, bytes::Bytes)], generation: u64) -> Result<u64> {
+        let _st = self.write.lock();
+        let mut replayed = 0;
+        for (entry_generation, frame_bytes) in entries {
+            if *entry_generation != generation {
+                continue;
+            }
+            let Ok(Some(frame)) = frame::decode(frame_bytes) else { break };
+            let header = frame.header;
+            let end = self.written_end.load(Ordering::Acquire);
+            if header.end_offset() <= end {
+                continue;
+            }
+            if header.base_offset != end {
+                break;
+            }
+            let bytes = frame_bytes.get(..frame.frame_len).unwrap_or_default();
+            self.write_frame(bytes, header.base_offset, header.end_offset(), header.max_timestamp_ms)?;
+            replayed += 1;
+        }
+        if replayed > 0 {
+            self.active().sync()?;
+            self.durable_end.store(self.written_end.load(Ordering::Acquire), Ordering::Release);
+        }
+        Ok(replayed)
+    }
+
+    /// A snapshot of the active segment and the log end, for a journal switch.
+    pub(crate) fn segment_target(&self) -> SyncTarget {
+        let _st = self.write.lock();
+        let segment = self.active();
+        SyncTarget {
+            end_pos: segment.end_pos(),
+            sync_segment: true,
+            end_offset: self.written_end.load(Ordering::Acquire),
+            segment,
+            truncations: self.truncations.load(Ordering::SeqCst),
+        }
+    }
+
     fn active(&self) -> Arc<Segment> {
         self.segments.read().last().cloned().expect("a log always has a segment")
     }
@@ -760,8 +847,10 @@ impl LogInner {
             return None;
         }
         let segment = self.active();
+        let sync_segment = !self.committer.has_journal() || self.direct_dirty.swap(false, Ordering::SeqCst);
         Some(SyncTarget {
             end_pos: segment.end_pos(),
+            sync_segment,
             segment,
             end_offset,
             truncations: self.truncations.load(Ordering::SeqCst),
@@ -769,17 +858,25 @@ impl LogInner {
     }
 
     /// Called by the committer after syncing `target`.
-    pub(crate) fn complete_sync(&self, target: SyncTarget, result: std::io::Result<()>) {
+    ///
+    /// `synced_segment` says whether the segment itself was synced (rather than the journal),
+    /// which is what a checkpoint may claim.
+    pub(crate) fn complete_sync(&self, target: SyncTarget, result: std::io::Result<()>, synced_segment: bool) {
         if let Err(e) = result {
             self.fence(&Error::io(target.segment.path(), e));
             return;
         }
-        if self.truncations.load(Ordering::SeqCst) != target.truncations {
-            return;
+        {
+            // Under the append lock, so a suffix truncation cannot run between the check and
+            // the raise and leave the durable end above the written end.
+            let _st = self.write.lock();
+            if self.truncations.load(Ordering::SeqCst) != target.truncations {
+                return;
+            }
+            self.durable_end.fetch_max(target.end_offset, Ordering::AcqRel);
         }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        self.durable_end.fetch_max(target.end_offset, Ordering::AcqRel);
-        {
+        if synced_segment {
             let mut checkpoint = self.checkpoint.lock();
             if !self.closed.load(Ordering::SeqCst) {
                 let generation = self.meta.lock().generation;
@@ -909,7 +1006,8 @@ fn corrupt(file: PathBuf, pos: u64, reason: CorruptReason) -> Error {
 }
 
 /// Opens the segments of `dir`, finishes interrupted truncations, and finds the end.
-fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<(Vec<Arc<Segment>>, Meta, Recovered)> {
+/// Also returns the generation that journal entries to replay must carry.
+fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<(Vec<Arc<Segment>>, Meta, Recovered, u64)> {
     let names = disk.list(dir).map_err(|e| Error::io(dir, e))?;
     let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_file_name(n, SEGMENT_EXT)).collect();
     bases.sort_unstable();
@@ -922,8 +1020,9 @@ fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<(Vec<Arc
         segment.sync()?;
         let meta = Meta { generation: 1, start_offset: 0, truncate_to: NO_TRUNCATION };
         meta.write(disk, dir)?; // syncs the directory, making the segment's name durable too
-        return Ok((vec![Arc::new(segment)], meta, Recovered { clean: true, ..Default::default() }));
+        return Ok((vec![Arc::new(segment)], meta, Recovered { clean: true, ..Default::default() }, 0));
     };
+    let replay_generation = meta.generation;
     // Finish a prefix truncation that a crash interrupted.
     let mut removed = false;
     while bases.len() >= 2 && bases.get(1).is_some_and(|b| *b <= meta.start_offset) {
@@ -964,6 +1063,14 @@ fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<(Vec<Arc
                     if let Some((pos, reason)) = report.problem {
                         return Err(corrupt(path, pos, reason));
                     }
+                    // A sealed segment was synced whole and only zeros follow its last frame
+                    // (torn tails are zeroed before a segment is sealed). Data after a zero
+                    // length means a damaged length field, not the end: without this check the
+                    // frames after it are dropped, and the error blames the next segment.
+                    let rest = segment.bytes(report.end_pos, segment.size_bytes())?;
+                    if rest.iter().any(|b| *b != 0) {
+                        return Err(corrupt(path, report.end_pos, CorruptReason::TrailingGarbage));
+                    }
                     segment.install(report.end_pos, report.end_offset, report.max_timestamp_ms, report.entries);
                 }
                 Err(e) => return Err(e.into()),
@@ -985,7 +1092,7 @@ fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<(Vec<Arc
     }
     meta.generation += 1;
     meta.write(disk, dir)?;
-    Ok((segments, meta, recovered))
+    Ok((segments, meta, recovered, replay_generation))
 }
 
 /// Finds the end of the last segment: trusted after a clean close, otherwise walked up to the
@@ -1018,8 +1125,12 @@ fn recover_last(
     if claim_pos > last.size_bytes() {
         return Err(corrupt(path, claim_pos, CorruptReason::Field("checkpoint points past the segment")));
     }
-    // The checkpointed region was verified when written and synced: walk it without checksums.
-    let walk = last.scan(SEGMENT_HEADER_BYTES, base, Some(claim_pos), false)?;
+    // The checkpointed region was verified when it was written, but a media error may have
+    // damaged it since. Verify every checksum here too: an unverified walk only sees damage
+    // that breaks the chain of frame lengths, so a flipped bit in a record or a timestamp
+    // would let the log open and fail only later, at a read, instead of at open as promised.
+    // The cost is bounded by one segment and paid only after a crash.
+    let walk = last.scan(SEGMENT_HEADER_BYTES, base, Some(claim_pos), true)?;
     if let Some((pos, reason)) = walk.problem {
         return Err(corrupt(path, pos, reason));
     }

@@ -143,9 +143,9 @@ pub fn verify_log(disk: &dyn Disk, dir: &Path, on_batch: &mut dyn FnMut(&BatchIn
                 break;
             }
             problem(&mut report, &path, bad_pos, reason.to_string());
-            match segment.resync(bad_pos + 1) {
-                Ok(Some((next_pos, next_offset))) => (pos, offset) = (next_pos, next_offset),
-                _ => {
+            match next_after_damage(&segment, bad_pos) {
+                Some((next_pos, next_offset)) => (pos, offset) = (next_pos, next_offset),
+                None => {
                     expected = None;
                     break;
                 }
@@ -154,6 +154,30 @@ pub fn verify_log(disk: &dyn Disk, dir: &Path, on_batch: &mut dyn FnMut(&BatchIn
         check_index(disk, &segment, is_last, scanned_end, &mut report);
     }
     Ok(report)
+}
+
+/// Where to go on after the damaged frame at `bad_pos`: the position and claimed base offset
+/// of the next frame to check, if any.
+///
+/// Resyncing alone finds the next *intact* frame, skipping every damaged frame before it
+/// unreported. So when the damaged frame's length field leads to a frame header before that
+/// intact frame, that frame is checked next, and each damaged frame of a run is reported at
+/// its own position. A damaged length field may point anywhere, so it is never followed past
+/// the first intact frame: the true next frame cannot lie beyond that one.
+fn next_after_damage(segment: &Segment, bad_pos: u64) -> Option<(u64, u64)> {
+    let intact = segment.resync(bad_pos + 1).ok().flatten();
+    let declared = (|| {
+        let bytes = segment.bytes(bad_pos, segment.size_bytes()).ok()?;
+        let body_len = usize::try_from(frame::peek_body_len(&bytes)?).ok()?;
+        let next_rel = frame::FRAME_PREFIX_BYTES.checked_add(body_len)?;
+        let (header, _) = frame::decode_header_unverified(bytes.get(next_rel..)?).ok()??;
+        Some((bad_pos + next_rel as u64, header.base_offset))
+    })();
+    match (declared, intact) {
+        (Some(declared), Some(intact)) if declared.0 < intact.0 => Some(declared),
+        (Some(declared), None) => Some(declared),
+        (_, intact) => intact,
+    }
 }
 
 fn emit_batches(

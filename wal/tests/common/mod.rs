@@ -43,3 +43,32 @@ pub fn seed(test: &str) -> u64 {
     eprintln!("{test}: seed {seed:#x} (replay with TERN_SEED={seed:#x})");
     seed
 }
+
+/// The directory `open` puts the log in.
+pub fn log_dir() -> &'static Path {
+    Path::new("/data/log")
+}
+
+/// Every record of the log from its start, as (offset, value), or the first error a reader met.
+pub fn try_contents(log: &Log, visibility: Visibility) -> tern_wal::Result<Vec<(u64, Vec<u8>)>> {
+    log.read(log.start_offset(), visibility)?.map(|r| r.map(|r| (r.offset, r.value.to_vec()))).collect()
+}
+
+/// A generator with stable, documented output, so that a printed seed replays after upgrades.
+pub fn rng(seed: u64) -> rand_chacha::ChaCha8Rng {
+    rand::SeedableRng::seed_from_u64(seed)
+}
+
+/// A value of `len_bytes` bytes that names `tag` and is unlikely to equal any other value.
+pub fn value_of(tag: &str, len_bytes: usize) -> Vec<u8> {
+    let mut value = tag.as_bytes().to_vec();
+    let mut x = tag.bytes().fold(0x9e37_79b9_u32, |h, b| h.rotate_left(5) ^ u32::from(b));
+    while value.len() < len_bytes {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        value.push(x as u8);
+    }
+    value.truncate(len_bytes);
+    value
+}
