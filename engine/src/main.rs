@@ -67,6 +67,15 @@ enum Command {
         #[arg(long)]
         log: Option<String>,
     },
+    /// Cut a damaged log at its first damaged frame, dropping it and everything after it.
+    Repair {
+        /// Engine directory (must not be open in another process).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Log name.
+        #[arg(long)]
+        log: String,
+    },
     /// Measure Tern against the raw disk limits of the same directory.
     Bench(tern::bench::BenchArgs),
     /// Run a realistic mixed workload on a temporary directory and print a summary.
@@ -82,6 +91,7 @@ fn main() -> ExitCode {
         Command::Read { dir, log, from, max } => read(&dir, &log, from, max),
         Command::Verify { dir } => verify(&dir),
         Command::Dump { dir, log } => dump(&dir, log.as_deref()),
+        Command::Repair { dir, log } => repair(&dir, &log),
         Command::Bench(args) => tern::bench::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => tern::demo::run(&args).map(|()| ExitCode::SUCCESS),
     };
@@ -306,4 +316,30 @@ fn dump(dir: &Path, only: Option<&str>) -> CliResult {
     }
     out.flush()?;
     Ok(if damaged { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn repair(dir: &Path, name: &str) -> CliResult {
+    let names = logs_in(dir, Some(name))?;
+    // Hold the engine lock, so no process has the log open while it is cut.
+    let lock_path = dir.join("LOCK");
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+    if lock.try_lock().is_err() {
+        return Err(format!("{} is in use by another process", dir.display()).into());
+    }
+    let disk = tern_segment::OsDisk::new();
+    for name in names {
+        let repaired = tern_wal::verify::repair_log(&disk, &Engine::log_dir(dir, &name))?;
+        match repaired.cut_at {
+            None => println!("{name}: intact, nothing cut (ends at offset {})", repaired.end_offset),
+            Some(p) => println!(
+                "{name}: cut at {} byte {} ({}); the log now ends at offset {}; at least {} later records removed",
+                p.file.display(),
+                p.pos,
+                p.reason,
+                repaired.end_offset,
+                repaired.removed_records_min
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

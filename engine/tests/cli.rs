@@ -121,3 +121,42 @@ fn verify_names_every_damaged_frame_and_read_never_returns_damaged_bytes() {
     }
     assert!(!read.status.success() || read.stdout.split(|b| *b == b'\n').count() < 400);
 }
+
+#[test]
+fn repair_cuts_at_the_first_damaged_frame_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { segment_size_bytes: 16 << 10, index_interval_bytes: 1024, ..Config::default() };
+    {
+        let engine = Engine::open(dir.path(), config).unwrap();
+        let log = engine.log("hurt").unwrap();
+        for i in 0..300u32 {
+            log.append(&[format!("value-{i:05}-{}", "v".repeat(60)).as_bytes()], Durability::Local).unwrap();
+        }
+        engine.close().unwrap();
+    }
+    let d = dir.path().to_str().unwrap();
+    let dump = String::from_utf8(tern(&["dump", "--dir", d]).stdout).unwrap();
+    let line = dump.lines().nth(120).unwrap();
+    let f: Vec<&str> = line.split('\t').collect();
+    let pos: u64 = f[2].strip_prefix("pos ").unwrap().parse().unwrap();
+    let first_cut: u64 = f[3].strip_prefix("offsets ").unwrap().split("..").next().unwrap().parse().unwrap();
+    let path = dir.path().join("logs").join("hurt").join(f[1]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[pos as usize + 40] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    // Reading and verifying never change anything.
+    assert_eq!(tern(&["verify", "--dir", d]).status.code(), Some(1));
+    assert_eq!(tern(&["verify", "--dir", d]).status.code(), Some(1));
+    let repair = tern(&["repair", "--dir", d, "--log", "hurt"]);
+    assert!(repair.status.success(), "{}", String::from_utf8_lossy(&repair.stderr));
+    assert!(String::from_utf8_lossy(&repair.stdout).contains(&format!("now ends at offset {first_cut}")));
+    let verify = tern(&["verify", "--dir", d]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let read = tern(&["read", "--dir", d, "--log", "hurt"]);
+    assert!(read.status.success());
+    assert_eq!(read.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as u64, first_cut);
+    // The log takes appends again after the cut.
+    let engine = Engine::open(dir.path(), Config::default()).unwrap();
+    let offsets = engine.existing_log("hurt").unwrap().append(&[b"after"], Durability::Local).unwrap();
+    assert_eq!(offsets.start, first_cut);
+}

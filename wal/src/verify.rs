@@ -236,3 +236,93 @@ fn check_index(
         report.problems.push(Problem { file: path, pos: 0, reason });
     }
 }
+
+/// What [`repair_log`] cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    /// The first damaged place, where the log now ends; `None` when nothing was damaged.
+    pub cut_at: Option<Problem>,
+    /// The log's end offset after the repair.
+    pub end_offset: u64,
+    /// Records removed with whole later segments (records after the damage inside the damaged
+    /// segment cannot be counted).
+    pub removed_records_min: u64,
+}
+
+/// Cuts the log in `dir` at its first damaged frame: that frame and everything after it
+/// (later frames, later segments) are removed, everything before it is kept. Only for an
+/// operator who asked for it: the removed records are gone. The log must not be open.
+///
+/// # Errors
+/// I/O errors; a damaged segment header or meta file, which this cannot repair.
+pub fn repair_log(disk: &dyn Disk, dir: &Path) -> Result<Repaired> {
+    let names = disk.list(dir).map_err(|e| Error::io(dir, e))?;
+    let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_file_name(n, SEGMENT_EXT)).collect();
+    bases.sort_unstable();
+    let Some(mut meta) = Meta::read(disk, dir)? else {
+        return Err(Error::Invalid(format!("{} has no log.meta; not a log directory", dir.display())));
+    };
+    let interval = crate::log::INDEX_INTERVAL_BYTES_DEFAULT;
+    let mut segments = Vec::with_capacity(bases.len());
+    for base in &bases {
+        segments.push(Segment::open(disk, &dir.join(segment_file_name(*base)), interval)?);
+    }
+    let mut cut: Option<(usize, u64, u64, Problem)> = None;
+    let mut expected = segments.first().map_or(0, Segment::base_offset);
+    for (i, segment) in segments.iter().enumerate() {
+        if segment.base_offset() != expected {
+            let problem = Problem {
+                file: segment.path().to_path_buf(),
+                pos: 0,
+                reason: format!("segment starts at offset {}, expected {expected}", segment.base_offset()),
+            };
+            cut = Some((i, SEGMENT_HEADER_BYTES, segment.base_offset(), problem));
+            break;
+        }
+        let scan = segment.scan(SEGMENT_HEADER_BYTES, segment.base_offset(), None, true)?;
+        let rest = segment.bytes(scan.end_pos, segment.size_bytes())?;
+        let trailing = rest.iter().any(|b| *b != 0);
+        if let Some((pos, reason)) = scan.problem {
+            let problem = Problem { file: segment.path().to_path_buf(), pos, reason: reason.to_string() };
+            cut = Some((i, pos, scan.end_offset, problem));
+            break;
+        }
+        if trailing && i + 1 < segments.len() {
+            let problem = Problem {
+                file: segment.path().to_path_buf(),
+                pos: scan.end_pos,
+                reason: "zero length, but data follows".into(),
+            };
+            cut = Some((i, scan.end_pos, scan.end_offset, problem));
+            break;
+        }
+        expected = scan.end_offset;
+    }
+    let Some((index, pos, end_offset, problem)) = cut else {
+        return Ok(Repaired { cut_at: None, end_offset: expected, removed_records_min: 0 });
+    };
+    // Everything after the damage goes: later segments newest first, then the damaged tail.
+    let mut removed_records = 0u64;
+    for segment in segments.iter().skip(index + 1).rev() {
+        let report = segment.scan(SEGMENT_HEADER_BYTES, segment.base_offset(), None, false)?;
+        removed_records += report.end_offset - segment.base_offset();
+        disk.remove(segment.path()).map_err(|e| Error::io(segment.path(), e))?;
+        let idx = segment.index_path();
+        if disk.exists(&idx) {
+            disk.remove(&idx).map_err(|e| Error::io(&idx, e))?;
+        }
+    }
+    let Some(segment) = segments.get(index) else { return Err(Error::Invalid("segment index".into())) };
+    let idx = segment.index_path();
+    if disk.exists(&idx) {
+        disk.remove(&idx).map_err(|e| Error::io(&idx, e))?;
+    }
+    disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    segment.zero_tail(pos)?;
+    segment.sync()?;
+    // A new generation: no checkpoint slot or journal entry from before the repair is trusted.
+    meta.generation += 1;
+    meta.truncate_to = crate::meta::NO_TRUNCATION;
+    meta.write(disk, dir)?;
+    Ok(Repaired { cut_at: Some(problem), end_offset, removed_records_min: removed_records })
+}
