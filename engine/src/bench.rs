@@ -30,8 +30,8 @@ pub struct BenchArgs {
     /// Bytes written by the bulk workload (and read back by scan).
     #[arg(long, default_value_t = 2 << 30)]
     pub bulk_bytes: u64,
-    /// Seconds each small-sync measurement runs.
-    #[arg(long, default_value_t = 3.0)]
+    /// Seconds each small-sync figure is measured for (split over the rounds).
+    #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
@@ -39,6 +39,32 @@ pub struct BenchArgs {
     /// Submit the syncs of several logs one by one instead of through io_uring.
     #[arg(long)]
     pub no_io_uring: bool,
+    /// Who performs group commits.
+    #[arg(long, value_enum, default_value = "leader")]
+    pub commit_mode: CommitModeArg,
+    /// Interleaved rounds per small-sync figure (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+}
+
+/// `--commit-mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CommitModeArg {
+    /// The first waiting writer commits the group.
+    Leader,
+    /// A dedicated committer thread.
+    Thread,
+    /// Both, side by side.
+    Both,
+}
+
+impl From<CommitModeArg> for tern_wal::CommitMode {
+    fn from(arg: CommitModeArg) -> Self {
+        match arg {
+            CommitModeArg::Leader | CommitModeArg::Both => tern_wal::CommitMode::Leader,
+            CommitModeArg::Thread => tern_wal::CommitMode::Thread,
+        }
+    }
 }
 
 /// Which workloads `tern bench` runs.
@@ -92,6 +118,7 @@ impl Progress {
     }
 
     fn step(&self, msg: &str) {
+        settle();
         self.bar.set_message(msg.to_owned());
         self.bar.inc(1);
     }
@@ -102,6 +129,9 @@ impl Progress {
 /// # Errors
 /// I/O errors of the bench directory; errors of the engine.
 pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.rounds == 0 || args.rounds > 100 {
+        return Err("--rounds must be in 1..=100".into());
+    }
     if args.seconds <= 0.0 || !args.seconds.is_finite() {
         return Err("--seconds must be a positive number".into());
     }
@@ -150,52 +180,78 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     let disk: Arc<dyn Disk> = Arc::new(if args.no_io_uring { OsDisk::without_io_uring() } else { OsDisk::new() });
     let mut single_16 = None;
+    let rounds = args.rounds.max(1);
+    let round = seconds / rounds as u32;
+    let modes: Vec<tern_wal::CommitMode> = match args.commit_mode {
+        CommitModeArg::Both => vec![tern_wal::CommitMode::Leader, tern_wal::CommitMode::Thread],
+        one => vec![one.into()],
+    };
     if small {
-        progress.step("raw group commit, 16 writers");
-        let raw16 = raw_group_commit(dir, 16, seconds, false)?;
         let writer_counts: &[usize] = if args.workload == Workload::ManyLogs { &[16] } else { &[1, 4, 16] };
         for &writers in writer_counts {
-            progress.step(&format!("tern small-sync, {writers} writers"));
-            let raw = if writers == 16 { raw16 } else { raw_group_commit(dir, writers, seconds, false)? };
-            let raw_zeroed = raw_group_commit(dir, writers, seconds, true)?;
-            let tern = tern_small_sync(&disk, dir, writers, 1, seconds)?;
-            if writers == 16 {
-                single_16 = Some(tern.records_per_s);
+            progress.step(&format!("small-sync, {writers} writers: raw and tern, {rounds} rounds each"));
+            // Interleaved rounds, medians: this disk's sync latency drifts over seconds, and
+            // measuring one side after the other would credit the drift to one of them.
+            let mut raw = Vec::new();
+            let mut raw_zeroed = Vec::new();
+            let mut tern: Vec<Vec<SmallSync>> = vec![Vec::new(); modes.len()];
+            for _ in 0..rounds {
+                raw.push(raw_group_commit(dir, writers, round, false)?);
+                settle();
+                raw_zeroed.push(raw_group_commit(dir, writers, round, true)?);
+                settle();
+                for (i, mode) in modes.iter().enumerate() {
+                    tern[i].push(tern_small_sync(&disk, *mode, dir, writers, 1, round)?);
+                    settle();
+                }
             }
-            rows.push(Row {
-                name: format!("small-sync {writers} writers x 128 B"),
-                value: tern.records_per_s,
-                unit: "records/s",
-                limit: Some(raw.records_per_s),
-                limit_name: format!(
-                    "raw group commit {:.0}/s (in a zero-filled file {:.0}/s = {:.2}x);",
-                    raw.records_per_s,
-                    raw_zeroed.records_per_s,
-                    tern.records_per_s / raw_zeroed.records_per_s
-                ),
-                detail: format!(
-                    "p50 {:.0} us, p99 {:.0} us = {:.1}x fdatasync p50",
-                    tern.p50_us,
-                    tern.p99_us,
-                    tern.p99_us / sync_p50_us
-                ),
-            });
+            let (raw, raw_zeroed) = (median(&raw), median(&raw_zeroed));
+            for (i, mode) in modes.iter().enumerate() {
+                let tern = median(&tern[i]);
+                if writers == 16 && i == 0 {
+                    single_16 = Some(tern.records_per_s);
+                }
+                rows.push(Row {
+                    name: format!("small-sync {writers} writers x 128 B ({mode:?})"),
+                    value: tern.records_per_s,
+                    unit: "records/s",
+                    limit: Some(raw.records_per_s),
+                    limit_name: format!(
+                        "raw group commit {:.0}/s (in a zero-filled file {:.0}/s = {:.2}x);",
+                        raw.records_per_s,
+                        raw_zeroed.records_per_s,
+                        tern.records_per_s / raw_zeroed.records_per_s
+                    ),
+                    detail: format!(
+                        "p50 {:.0} us, p99 {:.0} us = {:.1}x fdatasync p50",
+                        tern.p50_us,
+                        tern.p99_us,
+                        tern.p99_us / sync_p50_us
+                    ),
+                });
+            }
         }
     }
     if matches!(args.workload, Workload::All | Workload::ManyLogs) {
-        let single = match single_16 {
-            Some(s) => s,
-            None => tern_small_sync(&disk, dir, 16, 1, seconds)?.records_per_s,
-        };
+        let mode = modes[0];
         for logs in [16usize, 64] {
-            progress.step(&format!("tern many-logs, {logs} logs"));
-            let tern = tern_small_sync(&disk, dir, logs, logs, seconds)?;
+            progress.step(&format!("tern many-logs, {logs} logs, {rounds} rounds"));
+            let mut single = Vec::new();
+            let mut many = Vec::new();
+            for _ in 0..rounds {
+                single.push(tern_small_sync(&disk, mode, dir, 16, 1, round)?);
+                settle();
+                many.push(tern_small_sync(&disk, mode, dir, logs, logs, round)?);
+                settle();
+            }
+            let (single, tern) = (median(&single), median(&many));
+            let _ = single_16;
             rows.push(Row {
                 name: format!("many-logs {logs} writers on {logs} logs x 128 B"),
                 value: tern.records_per_s,
                 unit: "records/s",
-                limit: Some(single),
-                limit_name: format!("tern single log, 16 writers {single:.0}/s"),
+                limit: Some(single.records_per_s),
+                limit_name: format!("tern single log, 16 writers {:.0}/s;", single.records_per_s),
                 detail: format!("p50 {:.0} us, p99 {:.0} us", tern.p50_us, tern.p99_us),
             });
         }
@@ -289,6 +345,20 @@ fn percentile(sorted_us: &[f64], p: f64) -> f64 {
     sorted_us[i.min(sorted_us.len() - 1)]
 }
 
+/// A fresh path in `dir`. Files are only deleted with the whole bench directory at the end:
+/// deleting large files on a filesystem mounted with `discard` slows the syncs that follow.
+fn unique(dir: &Path, name: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    dir.join(format!("{name}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Writes back everything dirty before a measurement, so one phase's writeback does not land
+/// in the next one's syncs.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 fn preallocated(path: &Path, size_bytes: u64, direct: bool) -> std::io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(true);
@@ -335,7 +405,7 @@ impl Drop for Aligned {
 }
 
 fn raw_sync_latency(dir: &Path, direct: bool, iterations: usize) -> std::io::Result<Latency> {
-    let path = dir.join(if direct { "raw-latency-direct" } else { "raw-latency" });
+    let path = unique(dir, if direct { "raw-latency-direct" } else { "raw-latency" });
     let file = preallocated(&path, 64 << 20, direct)?;
     let buf = Aligned::new(4096, 0xab);
     // Overwrites: write the region once first, so no sync has to convert unwritten extents.
@@ -351,7 +421,6 @@ fn raw_sync_latency(dir: &Path, direct: bool, iterations: usize) -> std::io::Res
         file.sync_data()?;
         samples.push(start.elapsed().as_secs_f64() * 1e6);
     }
-    std::fs::remove_file(&path)?;
     samples.sort_by(f64::total_cmp);
     Ok(Latency { p50_us: percentile(&samples, 0.5), p99_us: percentile(&samples, 0.99) })
 }
@@ -375,8 +444,8 @@ fn raw_group_commit(dir: &Path, writers: usize, duration: Duration, zero_filled:
         pos: u64,
         failed: bool,
     }
-    let path = dir.join("raw-group-commit");
-    let file = preallocated(&path, 1 << 30, false)?;
+    let path = unique(dir, "raw-group-commit");
+    let file = preallocated(&path, 256 << 20, false)?;
     if zero_filled {
         // The variant where the file's blocks were written before, as Tern's journal files are.
         let zeros = vec![0u8; 1 << 20];
@@ -438,11 +507,17 @@ fn raw_group_commit(dir: &Path, writers: usize, duration: Duration, zero_filled:
         handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
     });
     let elapsed = started.elapsed().as_secs_f64();
-    std::fs::remove_file(&path)?;
     if state.lock().failed {
         return Err(std::io::Error::other("raw group commit: a write or sync failed"));
     }
     Ok(summarize(latencies, elapsed))
+}
+
+/// The run with the median throughput.
+fn median(runs: &[SmallSync]) -> SmallSync {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.records_per_s.total_cmp(&b.records_per_s));
+    sorted.get(sorted.len() / 2).copied().unwrap_or(SmallSync { records_per_s: 0.0, p50_us: 0.0, p99_us: 0.0 })
 }
 
 fn summarize(latencies: Vec<Vec<f64>>, elapsed_s: f64) -> SmallSync {
@@ -456,12 +531,16 @@ fn summarize(latencies: Vec<Vec<f64>>, elapsed_s: f64) -> SmallSync {
 }
 
 /// A committer with the shared journal, as the engine runs it.
-fn bench_committer(disk: &Arc<dyn Disk>, dir: &Path) -> Result<Committer, Box<dyn std::error::Error>> {
+fn bench_committer(
+    disk: &Arc<dyn Disk>,
+    dir: &Path,
+    mode: tern_wal::CommitMode,
+) -> Result<Committer, Box<dyn std::error::Error>> {
     let options = tern_wal::JournalOptions {
         dir: dir.join("journal"),
         file_bytes: tern_wal::journal::JOURNAL_FILE_BYTES_DEFAULT,
     };
-    let committer = Committer::start_with_journal(disk.clone(), &options)?;
+    let committer = Committer::start_with(disk.clone(), Some(&options), mode)?;
     committer.finish_replay()?;
     Ok(committer)
 }
@@ -473,16 +552,17 @@ fn open_bench_log(disk: &Arc<dyn Disk>, committer: &Committer, dir: &Path, name:
 /// `writers` threads append 128-byte records with local durability, spread over `logs` logs.
 fn tern_small_sync(
     disk: &Arc<dyn Disk>,
+    mode: tern_wal::CommitMode,
     dir: &Path,
     writers: usize,
     logs: usize,
     duration: Duration,
 ) -> Result<SmallSync, Box<dyn std::error::Error>> {
-    let run_dir = tempfile::Builder::new().prefix("small-sync-").tempdir_in(dir)?;
-    let committer = bench_committer(disk, run_dir.path())?;
-    let logs: Vec<Log> = (0..logs)
-        .map(|i| open_bench_log(disk, &committer, run_dir.path(), &format!("log-{i}")))
-        .collect::<Result<_, _>>()?;
+    let run_dir = unique(dir, "small-sync");
+    std::fs::create_dir(&run_dir)?;
+    let committer = bench_committer(disk, &run_dir, mode)?;
+    let logs: Vec<Log> =
+        (0..logs).map(|i| open_bench_log(disk, &committer, &run_dir, &format!("log-{i}"))).collect::<Result<_, _>>()?;
     let stop = AtomicBool::new(false);
     let errors = AtomicU64::new(0);
     let record = [0x5au8; 128];
@@ -535,17 +615,12 @@ fn raw_sequential(dir: &Path, total_bytes: u64, direct: bool) -> std::io::Result
         pos += 1 << 20;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    if !direct {
-        std::fs::rename(&path, dir.join("raw-seq-keep"))?;
-    } else {
-        std::fs::remove_file(&path)?;
-    }
     Ok(total_bytes as f64 / elapsed / 1e6)
 }
 
 /// MB/s of reading the buffered raw file through mmap with crc32 over every 1 MiB.
 fn raw_mmap_crc(dir: &Path, total_bytes: u64) -> std::io::Result<f64> {
-    let path = dir.join("raw-seq-keep");
+    let path = dir.join("raw-seq");
     let file = File::open(&path)?;
     // SAFETY: the file was written by this process and nothing changes it while mapped.
     let map = unsafe { memmap2::Mmap::map(&file)? };
@@ -558,7 +633,6 @@ fn raw_mmap_crc(dir: &Path, total_bytes: u64) -> std::io::Result<f64> {
     let elapsed = started.elapsed().as_secs_f64();
     std::hint::black_box(sink);
     drop(map);
-    std::fs::remove_file(&path)?;
     Ok(total_bytes as f64 / elapsed / 1e6)
 }
 

@@ -25,6 +25,8 @@ pub struct Config {
     pub journal: bool,
     /// Size of each of the two journal files. Default 16 MiB; 128 KiB ..= 1 GiB.
     pub journal_file_bytes: u64,
+    /// Who performs group commits: the first waiting writer (default) or a dedicated thread.
+    pub commit_mode: tern_wal::CommitMode,
     /// Submit the syncs of several logs together through io_uring when the kernel allows it.
     /// Default true; threads are used otherwise.
     pub io_uring: bool,
@@ -42,6 +44,7 @@ impl Default for Config {
             create_if_missing: true,
             journal: true,
             journal_file_bytes: tern_wal::journal::JOURNAL_FILE_BYTES_DEFAULT,
+            commit_mode: tern_wal::CommitMode::default(),
             io_uring: true,
         }
     }

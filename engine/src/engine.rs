@@ -112,12 +112,8 @@ impl Engine {
         }
         let logs_dir = dir.join(LOGS_DIR);
         std::fs::create_dir_all(&logs_dir).map_err(|source| Error::Io { path: logs_dir.clone(), source })?;
-        let committer = if config.journal {
-            let options = JournalOptions { dir: dir.join(JOURNAL_DIR), file_bytes: config.journal_file_bytes };
-            Committer::start_with_journal(disk.clone(), &options)?
-        } else {
-            Committer::start(disk.clone())
-        };
+        let journal = JournalOptions { dir: dir.join(JOURNAL_DIR), file_bytes: config.journal_file_bytes };
+        let committer = Committer::start_with(disk.clone(), config.journal.then_some(&journal), config.commit_mode)?;
         let engine =
             Engine { root: dir.to_path_buf(), config, disk, committer, logs: Mutex::new(BTreeMap::new()), _lock: lock };
         // Batches that were durable only in the journal go back into their logs before

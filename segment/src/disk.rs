@@ -52,6 +52,12 @@ pub trait DiskFile: Send + Sync + Debug + 'static {
     /// Returns the bytes of `pos..pos + len_bytes`, which must lie inside the file.
     /// [`OsDisk`] hands out a slice of a shared memory map: no copy.
     fn read_at(&self, pos: u64, len_bytes: u64) -> io::Result<Bytes>;
+    /// Copies `pos..pos + len_bytes` out of the file without mapping it. For small files and
+    /// for files whose syncs are latency-critical: writeback of a mapped page must also
+    /// write-protect its mappings, which costs every later sync.
+    fn read_copy(&self, pos: u64, len_bytes: u64) -> io::Result<Vec<u8>> {
+        Ok(self.read_at(pos, len_bytes)?.to_vec())
+    }
     /// Makes every write before this call durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
     /// Sets the length, zero-filling when it grows.
@@ -72,7 +78,7 @@ pub fn read_small_file(disk: &dyn Disk, path: &Path, len_bytes_max: u64) -> io::
             format!("{} is {len_bytes} bytes, more than the {len_bytes_max} expected", path.display()),
         ));
     }
-    file.read_at(0, len_bytes)
+    Ok(Bytes::from(file.read_copy(0, len_bytes)?))
 }
 
 /// Replaces `path` with `bytes` atomically: write a temporary file, sync it, rename it over.
@@ -323,6 +329,13 @@ impl DiskFile for OsFile {
         let (start, end) =
             (usize::try_from(pos).map_err(io::Error::other)?, usize::try_from(end).map_err(io::Error::other)?);
         Ok(map.slice(start..end))
+    }
+
+    fn read_copy(&self, pos: u64, len_bytes: u64) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(len_bytes).map_err(io::Error::other)?;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, pos)?;
+        Ok(buf)
     }
 
     fn sync_data(&self) -> io::Result<()> {

@@ -31,6 +31,18 @@ pub(crate) enum Msg {
     Stop,
 }
 
+/// Who performs a group commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CommitMode {
+    /// A dedicated committer thread, fed by a channel.
+    Thread,
+    /// The first writer that waits leads: it commits the group of everything queued, in its
+    /// own thread, then hands leadership to a queued writer (as raft-engine's write barrier).
+    /// Saves two thread hand-offs per group.
+    #[default]
+    Leader,
+}
+
 /// Counters of the committer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CommitterStats {
@@ -73,6 +85,10 @@ impl std::fmt::Debug for Committer {
 
 struct Shared {
     disk: Arc<dyn Disk>,
+    mode: CommitMode,
+    queue: Mutex<Vec<Arc<LogInner>>>,
+    leading: AtomicBool,
+    candidates: Mutex<Vec<std::thread::Thread>>,
     tx: Sender<Msg>,
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Counters,
@@ -86,7 +102,23 @@ struct Shared {
 impl Committer {
     /// Starts a committer without a journal: every synced append syncs its log's segment.
     pub fn start(disk: Arc<dyn Disk>) -> Committer {
-        Self::spawn(disk, None, Replay::new())
+        Self::spawn(disk, None, Replay::new(), CommitMode::default())
+    }
+
+    /// Starts a committer of the given mode, with the shared journal when `journal` is given
+    /// (see [`Committer::start_with_journal`] for what the caller must do before appending).
+    ///
+    /// # Errors
+    /// As [`Committer::start_with_journal`].
+    pub fn start_with(disk: Arc<dyn Disk>, journal: Option<&JournalOptions>, mode: CommitMode) -> Result<Committer> {
+        let (journal, replay) = match journal {
+            Some(options) => {
+                let (journal, replay) = Journal::open(disk.clone(), options)?;
+                (Some(journal), replay)
+            }
+            None => (None, Replay::new()),
+        };
+        Ok(Self::spawn(disk, journal, replay, mode))
     }
 
     /// Starts a committer with the shared journal in `options.dir`, recovering it.
@@ -98,16 +130,19 @@ impl Committer {
     /// # Errors
     /// I/O errors creating or reading the journal; [`Error::Invalid`] for a bad size.
     pub fn start_with_journal(disk: Arc<dyn Disk>, options: &JournalOptions) -> Result<Committer> {
-        let (journal, replay) = Journal::open(disk.clone(), options)?;
-        Ok(Self::spawn(disk, Some(journal), replay))
+        Self::start_with(disk, Some(options), CommitMode::default())
     }
 
-    fn spawn(disk: Arc<dyn Disk>, journal: Option<Journal>, replay: Replay) -> Committer {
+    fn spawn(disk: Arc<dyn Disk>, journal: Option<Journal>, replay: Replay, mode: CommitMode) -> Committer {
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
         let staged_bytes_soft_max = journal.as_ref().map_or(usize::MAX, |j| (j.block_bytes_max() / 4) as usize);
         let shared = Arc::new(Shared {
             staged_bytes_soft_max,
             disk,
+            mode,
+            queue: Mutex::new(Vec::new()),
+            leading: AtomicBool::new(false),
+            candidates: Mutex::new(Vec::new()),
             tx,
             thread: Mutex::new(None),
             counters: Counters::default(),
@@ -116,12 +151,14 @@ impl Committer {
             staging: Mutex::new(Staging::default()),
             replay: Mutex::new(replay),
         });
-        let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("tern-committer".into())
-            .spawn(move || run(&thread_shared, &rx))
-            .expect("spawning the committer thread");
-        *shared.thread.lock() = Some(thread);
+        if mode == CommitMode::Thread {
+            let thread_shared = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name("tern-committer".into())
+                .spawn(move || run(&thread_shared, &rx))
+                .expect("spawning the committer thread");
+            *shared.thread.lock() = Some(thread);
+        }
         Committer { shared }
     }
 
@@ -178,9 +215,59 @@ impl Committer {
         }
     }
 
+    /// The commit mode.
+    pub fn mode(&self) -> CommitMode {
+        self.shared.mode
+    }
+
     /// Queues a sync request; false when the committer has stopped.
     pub(crate) fn request(&self, log: Arc<LogInner>) -> bool {
-        self.shared.tx.send(Msg::Sync(log)).is_ok()
+        match self.shared.mode {
+            CommitMode::Thread => self.shared.tx.send(Msg::Sync(log)).is_ok(),
+            CommitMode::Leader => {
+                self.shared.queue.lock().push(log);
+                true
+            }
+        }
+    }
+
+    /// In leader mode, commits one group in the calling thread if nobody else leads, and
+    /// returns true; false when another thread leads (or in thread mode).
+    pub(crate) fn try_lead(&self) -> bool {
+        let shared = &self.shared;
+        if shared.mode != CommitMode::Leader
+            || shared.leading.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err()
+        {
+            return false;
+        }
+        let group = std::mem::take(&mut *shared.queue.lock());
+        let mut unique: Vec<Arc<LogInner>> = Vec::with_capacity(group.len());
+        for log in group {
+            if !unique.iter().any(|g| Arc::ptr_eq(g, &log)) {
+                unique.push(log);
+            }
+        }
+        if !unique.is_empty() {
+            commit_group(shared, unique, &mut Vec::new());
+        }
+        shared.leading.store(false, Ordering::SeqCst);
+        // Hand over: whoever queued meanwhile competes to lead the next group.
+        if !shared.queue.lock().is_empty() {
+            for thread in shared.candidates.lock().drain(..) {
+                thread.unpark();
+            }
+        }
+        true
+    }
+
+    /// Registers the calling thread to be woken when leadership frees up with work queued.
+    /// Returns false when nobody leads (so the caller should try to lead instead of parking).
+    pub(crate) fn await_leadership(&self) -> bool {
+        if self.shared.mode != CommitMode::Leader {
+            return true;
+        }
+        self.shared.candidates.lock().push(std::thread::current());
+        self.shared.leading.load(Ordering::SeqCst)
     }
 
     /// Takes the journal entries of log `name` (frames with their log generation).
@@ -263,76 +350,83 @@ fn run(shared: &Shared, rx: &Receiver<Msg>) {
         if group.is_empty() {
             continue;
         }
-        // Snapshot the logs first: every batch below a snapshot was staged before it.
-        let targets: Vec<_> = group.drain(..).filter_map(|log| log.sync_target().map(|t| (log, t))).collect();
-        if targets.is_empty() {
-            continue;
-        }
-        let mut journal_guard = shared.journal.as_ref().map(|j| j.lock());
-        let mut journal_error: Option<String> = None;
-        let mut wrote_journal = false;
-        if let Some(journal) = journal_guard.as_deref_mut() {
-            let mut block = {
-                let mut staging = shared.staging.lock();
-                std::mem::replace(&mut staging.block, std::mem::take(&mut spare_block))
+        commit_group(shared, std::mem::take(&mut group), &mut spare_block);
+    }
+}
+
+/// Commits one group: snapshots the logs, writes the staged journal block, syncs the journal
+/// and the segments that need it together, and completes every log.
+fn commit_group(shared: &Shared, group: Vec<Arc<LogInner>>, spare_block: &mut Vec<u8>) {
+    let mut group = group;
+    // Snapshot the logs first: every batch below a snapshot was staged before it.
+    let targets: Vec<_> = group.drain(..).filter_map(|log| log.sync_target().map(|t| (log, t))).collect();
+    if targets.is_empty() {
+        return;
+    }
+    let mut journal_guard = shared.journal.as_ref().map(|j| j.lock());
+    let mut journal_error: Option<String> = None;
+    let mut wrote_journal = false;
+    if let Some(journal) = journal_guard.as_deref_mut() {
+        let mut block = {
+            let mut staging = shared.staging.lock();
+            std::mem::replace(&mut staging.block, std::mem::take(spare_block))
+        };
+        if shared.journal_failed.load(Ordering::SeqCst) {
+            journal_error = Some("the journal failed earlier".into());
+        } else if !block.is_empty() {
+            let fits = block.len() as u64 <= journal.remaining_bytes();
+            let result = if fits {
+                journal::seal_block(&mut block, journal.seq());
+                journal.write(&block).map(|()| wrote_journal = true)
+            } else {
+                // The switch syncs the segments of every log that staged, which makes this
+                // block's batches durable without writing it.
+                switch(shared, journal, false)
             };
-            if shared.journal_failed.load(Ordering::SeqCst) {
-                journal_error = Some("the journal failed earlier".into());
-            } else if !block.is_empty() {
-                let fits = block.len() as u64 <= journal.remaining_bytes();
-                let result = if fits {
-                    journal::seal_block(&mut block, journal.seq());
-                    journal.write(&block).map(|()| wrote_journal = true)
-                } else {
-                    // The switch syncs the segments of every log that staged, which makes this
-                    // block's batches durable without writing it.
-                    switch(shared, journal, false)
-                };
-                if let Err(e) = result {
-                    shared.journal_failed.store(true, Ordering::SeqCst);
-                    journal_error = Some(e.to_string());
-                }
-                if wrote_journal {
-                    shared.counters.journal_blocks.fetch_add(1, Ordering::Relaxed);
-                }
+            if let Err(e) = result {
+                shared.journal_failed.store(true, Ordering::SeqCst);
+                journal_error = Some(e.to_string());
             }
-            block.clear();
-            spare_block = block;
-        }
-        if let Some(reason) = journal_error {
-            drop(journal_guard);
-            for (log, _) in targets {
-                log.fence(&Error::Invalid(format!("journal write failed: {reason}")));
+            if wrote_journal {
+                shared.counters.journal_blocks.fetch_add(1, Ordering::Relaxed);
             }
-            continue;
         }
-        let mut files: Vec<&dyn DiskFile> = Vec::with_capacity(targets.len() + 1);
-        if let Some(file) = journal_guard.as_deref().filter(|_| wrote_journal).and_then(Journal::file) {
-            files.push(&**file);
-        }
-        let journal_files = files.len();
-        files.extend(targets.iter().filter(|(_, t)| t.sync_segment).map(|(_, t)| &**t.segment.file()));
-        let mut results = shared.disk.sync_files(&files);
-        shared.counters.groups.fetch_add(1, Ordering::Relaxed);
-        shared.counters.file_syncs.fetch_add(files.len() as u64, Ordering::Relaxed);
-        drop(files);
-        let journal_result = if journal_files == 1 { results.remove(0) } else { Ok(()) };
-        if let Err(e) = &journal_result {
-            shared.journal_failed.store(true, Ordering::SeqCst);
-            let path = journal_guard.as_deref().map(|j| j.path().to_path_buf()).unwrap_or_default();
-            let reason = format!("sync of {} failed: {e}", path.display());
-            drop(journal_guard);
-            for (log, _) in targets {
-                log.fence(&Error::Invalid(reason.clone()));
-            }
-            continue;
-        }
+        block.clear();
+        *spare_block = block;
+    }
+    if let Some(reason) = journal_error {
         drop(journal_guard);
-        let mut results = results.into_iter();
-        for (log, target) in targets {
-            let result = if target.sync_segment { results.next().unwrap_or(Ok(())) } else { Ok(()) };
-            let synced_segment = target.sync_segment;
-            log.complete_sync(target, result, synced_segment);
+        for (log, _) in targets {
+            log.fence(&Error::Invalid(format!("journal write failed: {reason}")));
         }
+        return;
+    }
+    let mut files: Vec<&dyn DiskFile> = Vec::with_capacity(targets.len() + 1);
+    if let Some(file) = journal_guard.as_deref().filter(|_| wrote_journal).and_then(Journal::file) {
+        files.push(&**file);
+    }
+    let journal_files = files.len();
+    files.extend(targets.iter().filter(|(_, t)| t.sync_segment).map(|(_, t)| &**t.segment.file()));
+    let mut results = shared.disk.sync_files(&files);
+    shared.counters.groups.fetch_add(1, Ordering::Relaxed);
+    shared.counters.file_syncs.fetch_add(files.len() as u64, Ordering::Relaxed);
+    drop(files);
+    let journal_result = if journal_files == 1 { results.remove(0) } else { Ok(()) };
+    if let Err(e) = &journal_result {
+        shared.journal_failed.store(true, Ordering::SeqCst);
+        let path = journal_guard.as_deref().map(|j| j.path().to_path_buf()).unwrap_or_default();
+        let reason = format!("sync of {} failed: {e}", path.display());
+        drop(journal_guard);
+        for (log, _) in targets {
+            log.fence(&Error::Invalid(reason.clone()));
+        }
+        return;
+    }
+    drop(journal_guard);
+    let mut results = results.into_iter();
+    for (log, target) in targets {
+        let result = if target.sync_segment { results.next().unwrap_or(Ok(())) } else { Ok(()) };
+        let synced_segment = target.sync_segment;
+        log.complete_sync(target, result, synced_segment);
     }
 }

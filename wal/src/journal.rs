@@ -218,7 +218,7 @@ impl Journal {
         for (path, file) in &files {
             let len = file.len().map_err(|e| Error::io(path, e))?;
             let header = if len >= JOURNAL_HEADER_BYTES {
-                decode_header(&file.read_at(0, JOURNAL_HEADER_BYTES).map_err(|e| Error::io(path, e))?)
+                decode_header(&file.read_copy(0, JOURNAL_HEADER_BYTES).map_err(|e| Error::io(path, e))?)
             } else {
                 None
             };

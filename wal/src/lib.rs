@@ -11,7 +11,7 @@ pub mod meta;
 pub mod read;
 pub mod verify;
 
-pub use committer::{Committer, CommitterStats};
+pub use committer::{CommitMode, Committer, CommitterStats};
 pub use error::{Error, Result};
 pub use journal::JournalOptions;
 pub use log::{now_ms, AppendOptions, Appended, Durability, Log, LogOptions, LogStats, Recovered, Visibility};

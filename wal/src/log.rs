@@ -427,6 +427,7 @@ impl Log {
         if staged_bytes > inner.committer.staged_bytes_soft_max() {
             // Keep the staged journal block bounded even when nobody waits for durability.
             inner.request_sync();
+            inner.committer.try_lead();
         }
         inner.counters.batches.fetch_add(1, Ordering::Relaxed);
         inner.counters.records.fetch_add(records.len() as u64, Ordering::Relaxed);
@@ -817,6 +818,10 @@ impl LogInner {
                 }
                 requested = true;
             }
+            // Leader mode: if nobody is committing, commit the group in this thread.
+            if self.committer.try_lead() {
+                continue;
+            }
             {
                 let mut waiters = self.waiters.lock();
                 if self.durable_end.load(Ordering::Acquire) >= end
@@ -826,6 +831,9 @@ impl LogInner {
                     continue;
                 }
                 waiters.push((end, std::thread::current()));
+            }
+            if !self.committer.await_leadership() {
+                continue; // the leader finished meanwhile: try to lead
             }
             std::thread::park();
             // A later group may be needed if this batch was written after the snapshot of the

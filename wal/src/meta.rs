@@ -183,7 +183,7 @@ impl CheckpointWriter {
         let file = file.map_err(|e| Error::io(&path, e))?;
         let len = file.len().map_err(|e| Error::io(&path, e))?;
         let seq = if len >= 2 * SLOT_BYTES as u64 {
-            let bytes = file.read_at(0, 2 * SLOT_BYTES as u64).map_err(|e| Error::io(&path, e))?;
+            let bytes = file.read_copy(0, 2 * SLOT_BYTES as u64).map_err(|e| Error::io(&path, e))?;
             bytes.chunks(SLOT_BYTES).filter_map(Checkpoint::decode).map(|c| c.seq).max().unwrap_or(0)
         } else {
             0
