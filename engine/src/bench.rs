@@ -457,6 +457,7 @@ fn raw_group_commit(dir: &Path, writers: usize, duration: Duration, zero_filled:
     let state = Mutex::new(State { pending: Vec::new(), queued: 0, durable: 0, leader: false, pos: 0, failed: false });
     let cond = Condvar::new();
     let stop = AtomicBool::new(false);
+    let warmup = duration / 5;
     let record = [0x5au8; 128];
     let started = Instant::now();
     let latencies: Vec<Vec<f64>> = std::thread::scope(|s| {
@@ -495,7 +496,9 @@ fn raw_group_commit(dir: &Path, writers: usize, duration: Duration, zero_filled:
                             cond.wait(&mut st);
                         }
                         drop(st);
-                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        if t >= started + warmup {
+                            lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        }
                         if started.elapsed() >= duration {
                             stop.store(true, Ordering::Relaxed);
                         }
@@ -506,7 +509,7 @@ fn raw_group_commit(dir: &Path, writers: usize, duration: Duration, zero_filled:
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
     });
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().saturating_sub(warmup).as_secs_f64();
     if state.lock().failed {
         return Err(std::io::Error::other("raw group commit: a write or sync failed"));
     }
@@ -566,6 +569,8 @@ fn tern_small_sync(
     let stop = AtomicBool::new(false);
     let errors = AtomicU64::new(0);
     let record = [0x5au8; 128];
+    // The first fifth warms up (fresh files, page cache); only the rest is measured.
+    let warmup = duration / 5;
     let started = Instant::now();
     let latencies: Vec<Vec<f64>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..writers)
@@ -580,7 +585,9 @@ fn tern_small_sync(
                             errors.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
-                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        if t >= started + warmup {
+                            lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        }
                         if started.elapsed() >= duration {
                             stop.store(true, Ordering::Relaxed);
                         }
@@ -591,7 +598,7 @@ fn tern_small_sync(
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
     });
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().saturating_sub(warmup).as_secs_f64();
     for log in &logs {
         log.close()?;
     }

@@ -58,6 +58,14 @@ pub trait DiskFile: Send + Sync + Debug + 'static {
     fn read_copy(&self, pos: u64, len_bytes: u64) -> io::Result<Vec<u8>> {
         Ok(self.read_at(pos, len_bytes)?.to_vec())
     }
+    /// Writes `bytes` at `pos` bypassing the page cache (O_DIRECT), when the implementation
+    /// supports it: `pos` and `bytes.len()` are multiples of [`DIRECT_ALIGN_BYTES`] and
+    /// `bytes` starts at an address aligned to it. Returns `Ok(false)`, writing nothing, when
+    /// direct writes are not available (the caller then uses [`DiskFile::write_at`]). Not
+    /// durable until [`DiskFile::sync_data`] returns.
+    fn write_direct(&self, _pos: u64, _bytes: &[u8]) -> io::Result<bool> {
+        Ok(false)
+    }
     /// Makes every write before this call durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
     /// Sets the length, zero-filling when it grows.
@@ -65,6 +73,100 @@ pub trait DiskFile: Send + Sync + Debug + 'static {
     /// The raw file descriptor, for implementations that batch syncs through io_uring.
     fn raw_fd(&self) -> Option<i32> {
         None
+    }
+}
+
+/// Alignment of position, length and address for [`DiskFile::write_direct`].
+pub const DIRECT_ALIGN_BYTES: usize = 4096;
+
+/// A growable byte buffer whose start is aligned to [`DIRECT_ALIGN_BYTES`], for direct writes.
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    cap: usize,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared references only read the initialized bytes.
+unsafe impl Sync for AlignedBuf {}
+
+impl Default for AlignedBuf {
+    fn default() -> Self {
+        AlignedBuf { ptr: std::ptr::NonNull::dangling(), cap: 0, len: 0 }
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf").field("len", &self.len).field("cap", &self.cap).finish()
+    }
+}
+
+impl AlignedBuf {
+    fn layout(cap: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(cap, DIRECT_ALIGN_BYTES).expect("aligned layout")
+    }
+
+    /// Empties the buffer, keeping its allocation.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        let needed = self.len + additional;
+        if needed <= self.cap {
+            return;
+        }
+        let cap = needed.next_power_of_two().max(DIRECT_ALIGN_BYTES);
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(cap)) };
+        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout(cap)));
+        if self.cap > 0 {
+            // SAFETY: both regions are valid for `len` bytes and do not overlap; the old one
+            // was allocated with the old layout.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), ptr.as_ptr(), self.len);
+                std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap));
+            }
+        }
+        self.ptr = ptr;
+        self.cap = cap;
+    }
+
+    /// Appends `bytes`.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.reserve(bytes.len());
+        // SAFETY: reserve made room for `bytes.len()` more bytes after `len`.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(self.len), bytes.len()) };
+        self.len += bytes.len();
+    }
+
+    /// Appends zeros up to the next multiple of [`DIRECT_ALIGN_BYTES`].
+    pub fn pad_to_alignment(&mut self) {
+        let padded = self.len.next_multiple_of(DIRECT_ALIGN_BYTES);
+        self.reserve(padded - self.len);
+        // SAFETY: reserve made room up to `padded`.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(self.len), 0, padded - self.len) };
+        self.len = padded;
+    }
+
+    /// The bytes written so far.
+    pub fn as_slice(&self) -> &[u8] {
+        if self.cap == 0 {
+            return &[];
+        }
+        // SAFETY: the first `len` bytes are initialized and owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.cap > 0 {
+            // SAFETY: allocated in `reserve` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
+        }
     }
 }
 
@@ -278,11 +380,12 @@ pub struct OsFile {
     file: File,
     path: PathBuf,
     map: Mutex<Option<Bytes>>,
+    direct: std::sync::OnceLock<Option<File>>,
 }
 
 impl OsFile {
     fn new(file: File, path: &Path) -> Self {
-        OsFile { file, path: path.to_path_buf(), map: Mutex::new(None) }
+        OsFile { file, path: path.to_path_buf(), map: Mutex::new(None), direct: std::sync::OnceLock::new() }
     }
 
     fn mapped(&self, end: u64) -> io::Result<Bytes> {
@@ -329,6 +432,24 @@ impl DiskFile for OsFile {
         let (start, end) =
             (usize::try_from(pos).map_err(io::Error::other)?, usize::try_from(end).map_err(io::Error::other)?);
         Ok(map.slice(start..end))
+    }
+
+    fn write_direct(&self, pos: u64, bytes: &[u8]) -> io::Result<bool> {
+        let aligned = |n: u64| n.is_multiple_of(DIRECT_ALIGN_BYTES as u64);
+        assert!(aligned(pos) && aligned(bytes.len() as u64), "unaligned direct write");
+        assert!((bytes.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN_BYTES), "unaligned direct buffer");
+        // A second descriptor with O_DIRECT; filesystems without it (tmpfs) refuse to open one.
+        let direct = self.direct.get_or_init(|| {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&self.path).ok()
+        });
+        let Some(direct) = direct else { return Ok(false) };
+        match direct.write_all_at(bytes, pos) {
+            Ok(()) => Ok(true),
+            // Refused for this file or range: nothing was written, fall back to buffered.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn read_copy(&self, pos: u64, len_bytes: u64) -> io::Result<Vec<u8>> {

@@ -232,6 +232,19 @@ pub struct Segment {
     end_offset: AtomicU64,
     max_timestamp_ms: AtomicU64,
     index: RwLock<Vec<IndexEntry>>,
+    direct: parking_lot::Mutex<DirectState>,
+}
+
+/// Frames of at least this many bytes are written around the page cache (O_DIRECT), where the
+/// file layer supports it: on this machine sequential 1 MiB writes reach several times the
+/// buffered rate that way.
+pub const DIRECT_WRITE_BYTES_MIN: usize = 256 << 10;
+
+#[derive(Debug, Default)]
+struct DirectState {
+    buf: crate::disk::AlignedBuf,
+    /// The bytes of the last partial block after a direct write, and where that block starts.
+    tail: Option<(u64, Vec<u8>)>,
 }
 
 impl Segment {
@@ -269,6 +282,7 @@ impl Segment {
             end_offset: AtomicU64::new(base_offset),
             max_timestamp_ms: AtomicU64::new(0),
             index: RwLock::new(Vec::new()),
+            direct: parking_lot::Mutex::new(DirectState::default()),
         }
     }
 
@@ -284,7 +298,8 @@ impl Segment {
         if size_bytes > SEGMENT_BYTES_MAX {
             return Err(corrupt(CorruptReason::Field("segment larger than 4 GiB")));
         }
-        let header = file.read_at(0, SEGMENT_HEADER_BYTES).map_err(|e| Error::io(path, e))?;
+        // Copied, not mapped: faulting in a map here would read ahead far more than 32 bytes.
+        let header = file.read_copy(0, SEGMENT_HEADER_BYTES).map_err(|e| Error::io(path, e))?;
         let base_offset = decode_segment_header(&header).map_err(corrupt)?;
         if parse_file_name(&path.file_name().unwrap_or_default().to_string_lossy(), SEGMENT_EXT) != Some(base_offset) {
             return Err(corrupt(CorruptReason::Field("base offset does not match the file name")));
@@ -346,6 +361,7 @@ impl Segment {
         );
         assert!(end_offset >= self.base_offset, "end_offset {end_offset} < base {}", self.base_offset);
         *self.index.write() = entries;
+        self.direct.lock().tail = None;
         self.max_timestamp_ms.store(max_timestamp_ms, Ordering::Release);
         self.end_pos.store(end_pos, Ordering::Release);
         self.end_offset.store(end_offset, Ordering::Release);
@@ -361,12 +377,46 @@ impl Segment {
         assert!(end_offset > base_offset, "empty frame");
         let new_end = pos + frame_bytes.len() as u64;
         assert!(new_end <= self.size_bytes, "frame does not fit in {}", self.path.display());
-        self.file.write_at(pos, frame_bytes).map_err(|e| Error::io(&self.path, e))?;
+        if !self.write_direct(pos, frame_bytes)? {
+            self.direct.lock().tail = None;
+            self.file.write_at(pos, frame_bytes).map_err(|e| Error::io(&self.path, e))?;
+        }
         self.note_frame(pos, base_offset);
         self.max_timestamp_ms.fetch_max(max_timestamp_ms, Ordering::AcqRel);
         self.end_pos.store(new_end, Ordering::Release);
         self.end_offset.store(end_offset, Ordering::Release);
         Ok(())
+    }
+
+    /// Writes a large frame with O_DIRECT: whole aligned blocks, starting with the bytes
+    /// already in the block where the frame begins and ending in zeros (only zeros may follow
+    /// the last frame). Returns false when it did not write (small frame, no support).
+    fn write_direct(&self, pos: u64, frame_bytes: &[u8]) -> Result<bool> {
+        let align = crate::disk::DIRECT_ALIGN_BYTES as u64;
+        let block_start = pos - pos % align;
+        let padded_end = (pos + frame_bytes.len() as u64).next_multiple_of(align);
+        // Block 0 holds the segment header: it stays in the page cache for cheap opens.
+        if frame_bytes.len() < DIRECT_WRITE_BYTES_MIN || padded_end > self.size_bytes || block_start == 0 {
+            return Ok(false);
+        }
+        let mut direct = self.direct.lock();
+        let head = match direct.tail.take() {
+            Some((start, bytes)) if start == block_start && start + bytes.len() as u64 == pos => bytes,
+            _ => self.bytes(block_start, pos)?.to_vec(),
+        };
+        let DirectState { buf, tail } = &mut *direct;
+        buf.clear();
+        buf.extend_from_slice(&head);
+        buf.extend_from_slice(frame_bytes);
+        let end = pos + frame_bytes.len() as u64;
+        let last_block = end - end % align;
+        let tail_bytes = buf.as_slice().get((last_block - block_start) as usize..).unwrap_or_default().to_vec();
+        buf.pad_to_alignment();
+        if !self.file.write_direct(block_start, buf.as_slice()).map_err(|e| Error::io(&self.path, e))? {
+            return Ok(false);
+        }
+        *tail = Some((last_block, tail_bytes));
+        Ok(true)
     }
 
     fn note_frame(&self, pos: u64, offset: u64) {
@@ -513,6 +563,7 @@ impl Segment {
     /// Overwrites with zeros every non-zero byte from `from_pos` to the end of the file, so
     /// that stale frames past a cut can never be mistaken for data. Not durable until synced.
     pub fn zero_tail(&self, from_pos: u64) -> Result<()> {
+        self.direct.lock().tail = None;
         let bytes = self.bytes(from_pos, self.size_bytes)?;
         let Some(last) = bytes.iter().rposition(|b| *b != 0) else { return Ok(()) };
         let zeros = vec![0u8; 1 << 20];
@@ -616,6 +667,34 @@ mod tests {
         let crc = index_crc(&bytes);
         bytes[52..56].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(IndexFile::decode(&bytes), Err(CorruptReason::Field("index reserved")));
+    }
+
+    #[test]
+    fn large_frames_written_around_the_page_cache_interleave_with_small_ones() {
+        let disk = SimDisk::new();
+        let seg = Segment::create(&disk, Path::new("/log"), 0, 8 << 20, 4096).unwrap();
+        let mut offset = 0;
+        let mut want = Vec::new();
+        for (i, len) in [300usize << 10, 10, 5, 600 << 10, 400 << 10, 7, 256 << 10].into_iter().enumerate() {
+            let value = vec![i as u8 + 1; len];
+            let mut out = Vec::new();
+            encode(&mut out, &BatchMeta { base_offset: offset, ..Default::default() }, &[Record::new(&value, 1)])
+                .unwrap();
+            seg.append(&out, offset, offset + 1, 1).unwrap();
+            want.push(value);
+            offset += 1;
+        }
+        let report = seg.scan(SEGMENT_HEADER_BYTES, 0, None, true).unwrap();
+        assert_eq!((report.end_offset, report.end_pos, report.problem), (7, seg.end_pos(), None));
+        let bytes = seg.bytes(SEGMENT_HEADER_BYTES, seg.end_pos()).unwrap();
+        let mut rel = 0;
+        for value in &want {
+            let frame = crate::frame::decode(&bytes[rel..]).unwrap().unwrap();
+            assert_eq!(frame.records().next().unwrap().value, value.as_slice());
+            rel += frame.frame_len;
+        }
+        // Only zeros after the end, padding included.
+        assert!(seg.bytes(seg.end_pos(), seg.size_bytes()).unwrap().iter().all(|b| *b == 0));
     }
 
     #[test]

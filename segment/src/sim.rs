@@ -346,6 +346,12 @@ impl DiskFile for SimFile {
         })
     }
 
+    fn write_direct(&self, pos: u64, bytes: &[u8]) -> io::Result<bool> {
+        let align = crate::disk::DIRECT_ALIGN_BYTES as u64;
+        assert!(pos.is_multiple_of(align) && (bytes.len() as u64).is_multiple_of(align), "unaligned direct write");
+        self.write_at(pos, bytes).map(|()| true)
+    }
+
     fn read_at(&self, pos: u64, len_bytes: u64) -> io::Result<Bytes> {
         self.with(|s| {
             let inode = s.inode(self.index)?;
