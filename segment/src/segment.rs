@@ -673,16 +673,15 @@ mod tests {
     fn large_frames_written_around_the_page_cache_interleave_with_small_ones() {
         let disk = SimDisk::new();
         let seg = Segment::create(&disk, Path::new("/log"), 0, 8 << 20, 4096).unwrap();
-        let mut offset = 0;
         let mut want = Vec::new();
         for (i, len) in [300usize << 10, 10, 5, 600 << 10, 400 << 10, 7, 256 << 10].into_iter().enumerate() {
+            let offset = i as u64;
             let value = vec![i as u8 + 1; len];
             let mut out = Vec::new();
             encode(&mut out, &BatchMeta { base_offset: offset, ..Default::default() }, &[Record::new(&value, 1)])
                 .unwrap();
             seg.append(&out, offset, offset + 1, 1).unwrap();
             want.push(value);
-            offset += 1;
         }
         let report = seg.scan(SEGMENT_HEADER_BYTES, 0, None, true).unwrap();
         assert_eq!((report.end_offset, report.end_pos, report.problem), (7, seg.end_pos(), None));
