@@ -66,6 +66,12 @@ pub trait DiskFile: Send + Sync + Debug + 'static {
     fn write_direct(&self, _pos: u64, _bytes: &[u8]) -> io::Result<bool> {
         Ok(false)
     }
+    /// The parts of `from..to` that may hold data; the rest reads as zeros. The default says
+    /// all of it. [`OsDisk`] asks the filesystem (`SEEK_DATA`/`SEEK_HOLE`), so that finding
+    /// the end of the data in a mostly unwritten pre-allocated file does not read it all.
+    fn data_regions(&self, from: u64, to: u64) -> io::Result<Vec<std::ops::Range<u64>>> {
+        Ok(if from < to { vec![from..to] } else { Vec::new() })
+    }
     /// Makes every write before this call durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
     /// Sets the length, zero-filling when it grows.
@@ -450,6 +456,45 @@ impl DiskFile for OsFile {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    fn data_regions(&self, from: u64, to: u64) -> io::Result<Vec<std::ops::Range<u64>>> {
+        let seek = |pos: u64, whence: i32| -> io::Result<Option<u64>> {
+            let pos = libc::off_t::try_from(pos).map_err(io::Error::other)?;
+            // SAFETY: lseek only reads its integer arguments; the fd is open.
+            let rc = unsafe { libc::lseek(self.file.as_raw_fd(), pos, whence) };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                return match err.raw_os_error() {
+                    Some(libc::ENXIO) => Ok(None),
+                    _ => Err(err),
+                };
+            }
+            Ok(Some(rc as u64))
+        };
+        let mut regions = Vec::new();
+        let mut pos = from;
+        while pos < to {
+            let start = match seek(pos, libc::SEEK_DATA) {
+                Ok(Some(start)) => start.max(pos),
+                Ok(None) => break,
+                // No SEEK_DATA here: treat everything as data.
+                Err(_) => return Ok(vec![pos..to]),
+            };
+            if start >= to {
+                break;
+            }
+            let end = match seek(start, libc::SEEK_HOLE) {
+                Ok(Some(end)) => end.min(to),
+                Ok(None) | Err(_) => to,
+            };
+            if end <= start {
+                return Ok(vec![start..to]);
+            }
+            regions.push(start..end);
+            pos = end;
+        }
+        Ok(regions)
     }
 
     fn read_copy(&self, pos: u64, len_bytes: u64) -> io::Result<Vec<u8>> {

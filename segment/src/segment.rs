@@ -564,10 +564,8 @@ impl Segment {
     /// that stale frames past a cut can never be mistaken for data. Not durable until synced.
     pub fn zero_tail(&self, from_pos: u64) -> Result<()> {
         self.direct.lock().tail = None;
-        let bytes = self.bytes(from_pos, self.size_bytes)?;
-        let Some(last) = bytes.iter().rposition(|b| *b != 0) else { return Ok(()) };
+        let Some(end) = self.nonzero_end(from_pos)? else { return Ok(()) };
         let zeros = vec![0u8; 1 << 20];
-        let end = from_pos + last as u64 + 1;
         let mut pos = from_pos;
         while pos < end {
             let n = (end - pos).min(zeros.len() as u64);
@@ -577,6 +575,19 @@ impl Segment {
             pos += n;
         }
         Ok(())
+    }
+
+    /// One past the last non-zero byte at or after `from_pos`, or `None` when only zeros
+    /// follow. Reads only the regions the file layer says may hold data.
+    pub fn nonzero_end(&self, from_pos: u64) -> Result<Option<u64>> {
+        let regions = self.file.data_regions(from_pos, self.size_bytes).map_err(|e| Error::io(&self.path, e))?;
+        for region in regions.iter().rev() {
+            let bytes = self.bytes(region.start, region.end)?;
+            if let Some(last) = bytes.iter().rposition(|b| *b != 0) {
+                return Ok(Some(region.start + last as u64 + 1));
+            }
+        }
+        Ok(None)
     }
 
     /// Syncs the segment's data.
@@ -694,6 +705,22 @@ mod tests {
         }
         // Only zeros after the end, padding included.
         assert!(seg.bytes(seg.end_pos(), seg.size_bytes()).unwrap().iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn stale_bytes_past_the_end_are_found_on_a_real_file_and_zeroed() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = crate::disk::OsDisk::new();
+        let seg = Segment::create(&disk, dir.path(), 0, 8 << 20, 4096).unwrap();
+        seg.append(&frame_of(0, 2), 0, 2, 1).unwrap();
+        assert_eq!(seg.nonzero_end(seg.end_pos()).unwrap(), None);
+        // Bytes far past the end, as a crashed write may leave them.
+        seg.file().write_at(5 << 20, b"stale").unwrap();
+        assert_eq!(seg.nonzero_end(seg.end_pos()).unwrap(), Some((5 << 20) + 5));
+        seg.zero_tail(seg.end_pos()).unwrap();
+        assert_eq!(seg.nonzero_end(seg.end_pos()).unwrap(), None);
+        let report = seg.scan(SEGMENT_HEADER_BYTES, 0, None, true).unwrap();
+        assert_eq!((report.end_offset, report.problem), (2, None));
     }
 
     #[test]

@@ -1148,9 +1148,8 @@ fn recover_last(
     // After it, every frame is verified; the first bad one starts a torn tail.
     let tail = last.scan(claim_pos, walk.end_offset, None, true)?;
     recovered.scanned_bytes += tail.end_pos - SEGMENT_HEADER_BYTES;
-    let after_end = last.bytes(tail.end_pos, last.size_bytes())?;
-    if let Some(last_nonzero) = after_end.iter().rposition(|b| *b != 0) {
-        recovered.torn_tail_bytes = last_nonzero as u64 + 1;
+    if let Some(nonzero_end) = last.nonzero_end(tail.end_pos)? {
+        recovered.torn_tail_bytes = nonzero_end - tail.end_pos;
         last.zero_tail(tail.end_pos)?;
     }
     // What was found may sit only in the page cache (the process died, the machine did not):
