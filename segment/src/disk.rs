@@ -70,7 +70,7 @@ pub trait DiskFile: Send + Sync + Debug + 'static {
     /// all of it. [`OsDisk`] asks the filesystem (`SEEK_DATA`/`SEEK_HOLE`), so that finding
     /// the end of the data in a mostly unwritten pre-allocated file does not read it all.
     fn data_regions(&self, from: u64, to: u64) -> io::Result<Vec<std::ops::Range<u64>>> {
-        Ok(if from < to { vec![from..to] } else { Vec::new() })
+        Ok(if from < to { std::iter::once(from..to).collect() } else { Vec::new() })
     }
     /// Makes every write before this call durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
@@ -479,7 +479,7 @@ impl DiskFile for OsFile {
                 Ok(Some(start)) => start.max(pos),
                 Ok(None) => break,
                 // No SEEK_DATA here: treat everything as data.
-                Err(_) => return Ok(vec![pos..to]),
+                Err(_) => return Ok(std::iter::once(pos..to).collect()),
             };
             if start >= to {
                 break;
@@ -489,7 +489,7 @@ impl DiskFile for OsFile {
                 Ok(None) | Err(_) => to,
             };
             if end <= start {
-                return Ok(vec![start..to]);
+                return Ok(std::iter::once(start..to).collect());
             }
             regions.push(start..end);
             pos = end;
