@@ -209,16 +209,9 @@ pub fn peek_body_len(buf: &[u8]) -> Option<u32> {
     Cursor::new(buf).u32_le().ok()
 }
 
-/// Decodes the frame at the start of `buf`.
-///
-/// Returns `Ok(None)` at the end of the data: fewer than four bytes left, or a zero length
-/// (segments are pre-allocated with zeros). The length is bounded, then the checksum is
-/// verified, and only then is the body interpreted; every record is bounds-checked here so
-/// that iterating a decoded frame cannot fail.
-pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, CorruptReason> {
-    let mut cur = Cursor::new(buf);
-    let Ok(len_field) = cur.take(4) else { return Ok(None) };
-    let body_len = u32::from_le_bytes(len_field.try_into().map_err(|_| CorruptReason::Field("len"))?);
+/// Reads and bounds the body length at the start of a frame. `Ok(None)` at the end of data.
+fn body_len(cur: &mut Cursor<'_>) -> Result<Option<u32>, CorruptReason> {
+    let Ok(body_len) = cur.u32_le() else { return Ok(None) };
     if body_len == 0 {
         return Ok(None);
     }
@@ -229,13 +222,13 @@ pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, CorruptReason> {
     if (body_len as usize) < BATCH_HEADER_BYTES {
         return Err(CorruptReason::FrameTooShort { len_bytes: u64::from(body_len) });
     }
-    let stored = cur.u32_le()?;
-    let body = cur.take(body_len as usize)?;
-    let computed = frame_crc(len_field, body);
-    if stored != computed {
-        return Err(CorruptReason::Checksum { stored, computed });
-    }
-    let mut cur = Cursor::new(body);
+    Ok(Some(body_len))
+}
+
+/// Reads the batch header at the start of a body and checks the fields every frame must get
+/// right: version, zero flags and reserved bits, a non-zero count whose offsets do not overflow,
+/// ordered timestamps.
+fn read_header(cur: &mut Cursor<'_>) -> Result<BatchHeader, CorruptReason> {
     let version = cur.u8()?;
     if version != BATCH_VERSION {
         return Err(CorruptReason::Version { found: u32::from(version) });
@@ -247,11 +240,10 @@ pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, CorruptReason> {
     if cur.u16_le()? != 0 {
         return Err(CorruptReason::Field("reserved"));
     }
-    let record_count = cur.u32_le()?;
     let header = BatchHeader {
         version,
         flags,
-        record_count,
+        record_count: cur.u32_le()?,
         base_offset: cur.u64_le()?,
         epoch: cur.u64_le()?,
         first_timestamp_ms: cur.u64_le()?,
@@ -259,15 +251,37 @@ pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, CorruptReason> {
         producer_id: cur.u64_le()?,
         sequence: cur.u64_le()?,
     };
-    if record_count == 0 {
+    if header.record_count == 0 {
         return Err(CorruptReason::Records("zero records"));
     }
-    if header.base_offset.checked_add(u64::from(record_count)).is_none() {
+    if header.base_offset.checked_add(u64::from(header.record_count)).is_none() {
         return Err(CorruptReason::Field("base_offset"));
     }
     if header.max_timestamp_ms < header.first_timestamp_ms {
         return Err(CorruptReason::Field("max_timestamp_ms"));
     }
+    Ok(header)
+}
+
+/// Decodes the frame at the start of `buf`.
+///
+/// Returns `Ok(None)` at the end of the data: fewer than four bytes left, or a zero length
+/// (segments are pre-allocated with zeros). The length is bounded, then the checksum is
+/// verified, and only then is the body interpreted; every record is bounds-checked here so
+/// that iterating a decoded frame cannot fail.
+pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, CorruptReason> {
+    let mut cur = Cursor::new(buf);
+    let Some(body_len) = body_len(&mut cur)? else { return Ok(None) };
+    let stored = cur.u32_le()?;
+    let body = cur.take(body_len as usize)?;
+    let len_field = buf.get(..4).ok_or(CorruptReason::Truncated { needed_bytes: 4 })?;
+    let computed = frame_crc(len_field, body);
+    if stored != computed {
+        return Err(CorruptReason::Checksum { stored, computed });
+    }
+    let mut cur = Cursor::new(body);
+    let header = read_header(&mut cur)?;
+    let record_count = header.record_count;
     let records = cur.take(cur.remaining_bytes())?;
     // Bound the count by what the bytes can hold before walking them.
     if record_count as usize > records.len() / RECORD_HEADER_BYTES {
@@ -310,39 +324,9 @@ pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, CorruptReason> {
 /// a checkpoint vouches for); the length is still bounded and the frame must fit in `buf`.
 pub fn decode_header_unverified(buf: &[u8]) -> Result<Option<(BatchHeader, usize)>, CorruptReason> {
     let mut cur = Cursor::new(buf);
-    let Ok(body_len) = cur.u32_le() else { return Ok(None) };
-    if body_len == 0 {
-        return Ok(None);
-    }
-    if body_len > FRAME_BODY_BYTES_MAX {
-        let len_bytes = u64::from(body_len);
-        return Err(CorruptReason::FrameTooLong { len_bytes, limit_bytes: FRAME_BODY_BYTES_MAX });
-    }
-    if (body_len as usize) < BATCH_HEADER_BYTES {
-        return Err(CorruptReason::FrameTooShort { len_bytes: u64::from(body_len) });
-    }
+    let Some(body_len) = body_len(&mut cur)? else { return Ok(None) };
     let _crc = cur.u32_le()?;
-    let mut body = Cursor::new(cur.take(body_len as usize)?);
-    let version = body.u8()?;
-    let flags = body.u8()?;
-    let _reserved = body.u16_le()?;
-    let header = BatchHeader {
-        version,
-        flags,
-        record_count: body.u32_le()?,
-        base_offset: body.u64_le()?,
-        epoch: body.u64_le()?,
-        first_timestamp_ms: body.u64_le()?,
-        max_timestamp_ms: body.u64_le()?,
-        producer_id: body.u64_le()?,
-        sequence: body.u64_le()?,
-    };
-    if version != BATCH_VERSION {
-        return Err(CorruptReason::Version { found: u32::from(version) });
-    }
-    if header.record_count == 0 || header.base_offset.checked_add(u64::from(header.record_count)).is_none() {
-        return Err(CorruptReason::Field("record_count"));
-    }
+    let header = read_header(&mut Cursor::new(cur.take(body_len as usize)?))?;
     Ok(Some((header, FRAME_PREFIX_BYTES + body_len as usize)))
 }
 
