@@ -55,3 +55,24 @@ pub fn fix_frame_crcs(buf: &mut [u8]) {
         }
     }
 }
+
+/// A copy of the replication message at the start of `buf` with its checksum made to match
+/// (PROTOCOL.md "Envelope": `{ len u32 | crc32 u32 | type u8 | payload }`, the crc covering
+/// `len` and everything after the crc field, the same layout as a batch frame's prefix).
+pub fn with_message_crc(buf: &[u8]) -> Vec<u8> {
+    let mut out = buf.to_vec();
+    fix_frame_crc(&mut out);
+    out
+}
+
+/// A copy of `buf` as one whole replication message: `len` rewritten to cover everything after
+/// the crc field, then the checksum made to match. `None` when `buf` is shorter than the
+/// eight-byte prefix.
+pub fn sealed_message(buf: &[u8]) -> Option<Vec<u8>> {
+    let len = u32::try_from(buf.len().checked_sub(8)?).ok()?;
+    let mut out = buf.to_vec();
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    let end = out.len();
+    fix_crc(&mut out, 4, &[0..4, 8..end]);
+    Some(out)
+}

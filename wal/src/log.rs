@@ -436,6 +436,67 @@ impl Log {
         Ok(Appended { log: self.clone(), offsets: base..end })
     }
 
+    /// Appends batch frames exactly as another log wrote them (a follower applying what its
+    /// leader shipped): epochs, timestamps and producer fields are kept. Frames that end at or
+    /// before this log's end are skipped, so applying the same frames twice writes them once;
+    /// the first frame kept must start exactly at the end. Returns the offsets now covered by
+    /// `frames` in this log, and a handle to wait for durability.
+    ///
+    /// # Errors
+    /// [`tern_segment::Error::Corrupt`] (inside [`Error::Segment`]) for a frame that does not
+    /// decode or does not continue the log; otherwise as [`Log::append`].
+    pub fn append_frames(&self, frames: &[u8]) -> Result<Appended> {
+        let inner = &self.inner;
+        let st = inner.write.lock();
+        inner.check_writable()?;
+        let start = inner.written_end.load(Ordering::Acquire);
+        let mut rel = 0usize;
+        let mut staged_bytes = 0;
+        while rel < frames.len() {
+            let rest = frames.get(rel..).unwrap_or_default();
+            let pos = rel as u64;
+            let corrupt = move |reason| {
+                Error::Segment(tern_segment::Error::Corrupt { file: PathBuf::from("<shipped frames>"), pos, reason })
+            };
+            let frame =
+                frame::decode(rest).map_err(corrupt)?.ok_or(corrupt(CorruptReason::Truncated { needed_bytes: 4 }))?;
+            let header = frame.header;
+            let bytes = rest.get(..frame.frame_len).unwrap_or_default();
+            rel += frame.frame_len;
+            let end = inner.written_end.load(Ordering::Acquire);
+            if header.end_offset() <= end {
+                continue; // already here
+            }
+            if header.base_offset != end {
+                return Err(corrupt(CorruptReason::Discontinuity { expected: end, found: header.base_offset }));
+            }
+            for record in frame.records() {
+                let len_bytes = (record.value.len() + record.key.map_or(0, <[u8]>::len)) as u64;
+                if len_bytes > inner.options.record_bytes_max {
+                    return Err(Error::RecordTooLarge { len_bytes, limit_bytes: inner.options.record_bytes_max });
+                }
+            }
+            inner.write_frame(bytes, header.base_offset, header.end_offset(), header.max_timestamp_ms)?;
+            if inner.committer.has_journal() && bytes.len() < DIRECT_BATCH_BYTES {
+                let generation = inner.generation.load(Ordering::Relaxed);
+                staged_bytes = inner.committer.stage(&self.inner, &inner.name, generation, bytes);
+            } else {
+                inner.direct_dirty.store(true, Ordering::SeqCst);
+            }
+            inner.counters.batches.fetch_add(1, Ordering::Relaxed);
+            inner.counters.records.fetch_add(u64::from(header.record_count), Ordering::Relaxed);
+            inner.counters.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        let end = inner.written_end.load(Ordering::Acquire);
+        drop(st);
+        if staged_bytes > inner.committer.staged_bytes_soft_max() {
+            inner.request_sync();
+            inner.committer.try_lead();
+        }
+        inner.notify_readers();
+        Ok(Appended { log: self.clone(), offsets: start..end })
+    }
+
     /// Makes everything written so far durable and waits for it.
     ///
     /// # Errors

@@ -1,0 +1,90 @@
+//! The messages of the replication protocol (PROTOCOL.md), as values. The codec
+//! ([`crate::codec`]) turns them into bytes and back; the protocol core
+//! ([`crate::proto`]) consumes and produces them.
+
+use bytes::Bytes;
+
+/// A node of a cluster.
+pub type NodeId = u64;
+
+/// Lowest protocol version this build speaks.
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
+/// Highest protocol version this build speaks.
+pub const PROTOCOL_VERSION_MAX: u16 = 1;
+
+/// A run of consecutive batch frames of one log, as shipped: either the frames themselves or
+/// their zstd compression. Compressed once and shared by every peer that needs the same range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Offset of the first record of the first frame.
+    pub base_offset: u64,
+    /// One past the last record of the last frame.
+    pub end_offset: u64,
+    /// Length of the frames once decompressed (equal to `bytes.len()` when not compressed).
+    pub raw_len_bytes: u32,
+    /// `bytes` is zstd-compressed.
+    pub compressed: bool,
+    /// The frames, or their compression.
+    pub bytes: Bytes,
+}
+
+/// One message of the replication protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// First message of a connection, from the side that connected.
+    Hello {
+        /// Must match the other side's cluster id, or the connection is refused.
+        cluster_id: u64,
+        /// The sender's node id.
+        node_id: NodeId,
+        /// Lowest protocol version the sender speaks.
+        version_min: u16,
+        /// Highest protocol version the sender speaks.
+        version_max: u16,
+        /// Logs the sender follows, with the end of each on its disk (written end).
+        logs: Vec<(String, u64)>,
+    },
+    /// Answer to `Hello`: the highest version both sides speak.
+    Welcome {
+        /// The answering side's cluster id.
+        cluster_id: u64,
+        /// The answering side's node id.
+        node_id: NodeId,
+        /// The version both sides will speak.
+        version: u16,
+    },
+    /// The connection is refused or closed for a stated reason.
+    Refuse {
+        /// A short, human-readable reason.
+        reason: String,
+    },
+    /// Leader to follower: frames of one log, starting exactly at the follower's end.
+    Append {
+        /// The log, by name.
+        log: String,
+        /// The leader's epoch.
+        epoch: u64,
+        /// The highest offset committed (durable on a quorum), so followers can expose it.
+        commit_end: u64,
+        /// The frames.
+        chunk: Chunk,
+    },
+    /// Leader to follower, when there is nothing to send: liveness and the commit point.
+    Heartbeat {
+        /// The leader's epoch.
+        epoch: u64,
+        /// Per log: the leader's written end and commit point.
+        logs: Vec<(String, u64, u64)>,
+    },
+    /// Follower to leader: where a log stands on the follower.
+    Ack {
+        /// The log, by name.
+        log: String,
+        /// The highest epoch the follower has seen.
+        epoch: u64,
+        /// One past the last record the follower holds (written, maybe not synced).
+        written_end: u64,
+        /// One past the last record the follower has synced.
+        durable_end: u64,
+    },
+}

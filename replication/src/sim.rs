@@ -1,0 +1,532 @@
+//! A deterministic simulator: one leader and its followers, each with a real [`tern_wal::Log`]
+//! on its own [`SimDisk`], connected by a seeded network that delays, drops, duplicates,
+//! reorders, corrupts and partitions, with followers crashing (power loss, torn writes) and
+//! restarting. Everything runs in one thread (leader-mode group commit syncs in the caller),
+//! and every random choice comes from one `ChaCha8Rng`, so a seed replays exactly.
+//!
+//! After every step the checkers assert:
+//! - every follower's log is a prefix of the leader's (no record invented or reordered);
+//! - the commit point never goes back;
+//! - every committed record is durable on a quorum of disks (a crash never loses it);
+//! - after the faults stop and the network heals, all logs converge to the leader's.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tern_segment::sim::{SimDisk, Tear};
+use tern_segment::Disk;
+use tern_wal::{CommitMode, Committer, Durability, Log, LogOptions, Visibility};
+
+use crate::codec;
+use crate::message::{Message, NodeId};
+use crate::proto::{Follower, FollowerAction, FollowerInput, Leader, LeaderAction, LeaderConfig, LeaderInput, Quorum};
+
+/// The simulated log's name.
+const LOG: &str = "sim";
+const LEADER: NodeId = 0;
+
+/// Knobs of one simulation. Every random choice comes from `seed`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Seed of the one random generator.
+    pub seed: u64,
+    /// Nodes, the leader included.
+    pub nodes: usize,
+    /// Copies needed to commit.
+    pub quorum: Quorum,
+    /// Chance that a message is lost.
+    pub drop_ratio: f64,
+    /// Chance that a message is delivered twice.
+    pub duplicate_ratio: f64,
+    /// Chance that a message has a byte flipped on the way (the codec must refuse it).
+    pub corrupt_ratio: f64,
+    /// Most delivery delay; delays are uniform, so messages overtake each other.
+    pub delay_ms_max: u64,
+    /// Chance per step that a link is cut or healed.
+    pub partition_ratio: f64,
+    /// Chance per step that a follower loses power and restarts.
+    pub crash_ratio: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            seed: 0,
+            nodes: 3,
+            quorum: Quorum::Count(2),
+            drop_ratio: 0.05,
+            duplicate_ratio: 0.02,
+            corrupt_ratio: 0.01,
+            delay_ms_max: 30,
+            partition_ratio: 0.01,
+            crash_ratio: 0.005,
+        }
+    }
+}
+
+/// The seeds to run: `TERN_SIM_SEED=0x..` replays one; `TERN_SIM_SEEDS=N` runs N (default
+/// `default_count`).
+pub fn seeds(default_count: u64) -> Vec<u64> {
+    if let Some(seed) =
+        std::env::var("TERN_SIM_SEED").ok().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+    {
+        return vec![seed];
+    }
+    let count = std::env::var("TERN_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_count);
+    (0..count).map(|i| 0x7e51_0000_0000_0000 ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect()
+}
+
+struct InFlight {
+    deliver_at_ms: u64,
+    seq: u64,
+    from: NodeId,
+    to: NodeId,
+    bytes: Vec<u8>,
+}
+
+enum Role {
+    Leader(Leader),
+    Follower(Follower),
+}
+
+struct Node {
+    id: NodeId,
+    disk: SimDisk,
+    committer: Committer,
+    log: Option<Log>,
+    role: Role,
+    /// The highest durable end this node ever reported: a crash must not lose it.
+    durable_floor: u64,
+    /// Records up to here were checked against the leader's.
+    checked_end: u64,
+}
+
+/// Faults a run injected, to show that a passing run was not a quiet one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Follower power losses.
+    pub crashes: u64,
+    /// Messages lost.
+    pub dropped: u64,
+    /// Messages delivered twice.
+    pub duplicated: u64,
+    /// Messages damaged on the way (all refused by the codec).
+    pub corrupted: u64,
+    /// Link cuts.
+    pub cuts: u64,
+}
+
+/// One simulated cluster.
+pub struct World {
+    faults_injected: Faults,
+    config: Config,
+    rng: ChaCha8Rng,
+    now_ms: u64,
+    seq: u64,
+    nodes: Vec<Node>,
+    network: Vec<InFlight>,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Every value the leader appended, by offset.
+    sent: Vec<Vec<u8>>,
+    commit_end: u64,
+    faults: bool,
+}
+
+fn log_options() -> LogOptions {
+    LogOptions { segment_size_bytes: 16 << 10, index_interval_bytes: 1024, record_bytes_max: 4096 }
+}
+
+fn open_log(disk: &SimDisk, committer: &Committer) -> Result<Log, String> {
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    Log::open(shared, Path::new("/node/log"), LOG, log_options(), committer.clone(), true).map_err(|e| e.to_string())
+}
+
+impl World {
+    /// A cluster of `config.nodes` nodes with empty logs; node 0 leads.
+    pub fn new(config: Config) -> Result<World, String> {
+        let rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let mut nodes = Vec::with_capacity(config.nodes);
+        let peers: Vec<NodeId> = (1..config.nodes as u64).collect();
+        for id in 0..config.nodes as u64 {
+            let disk = SimDisk::new();
+            let committer =
+                Committer::start_with(Arc::new(disk.clone()), None, CommitMode::Leader).map_err(|e| e.to_string())?;
+            let log = open_log(&disk, &committer)?;
+            let role = if id == LEADER {
+                Role::Leader(Leader::new(
+                    LeaderConfig {
+                        log: LOG.into(),
+                        epoch: 1,
+                        peers: peers.clone(),
+                        quorum: config.quorum,
+                        inflight_bytes_max: 8 << 10,
+                        chunk_bytes_max: 2 << 10,
+                        heartbeat_ms: 50,
+                        resend_ms: 200,
+                    },
+                    0,
+                    0,
+                    0,
+                ))
+            } else {
+                Role::Follower(Follower::new(LOG.into(), 0, 0, 0))
+            };
+            nodes.push(Node { id, disk, committer, log: Some(log), role, durable_floor: 0, checked_end: 0 });
+        }
+        let mut world = World {
+            faults_injected: Faults::default(),
+            config,
+            rng,
+            now_ms: 0,
+            seq: 0,
+            nodes,
+            network: Vec::new(),
+            cut: BTreeSet::new(),
+            sent: Vec::new(),
+            commit_end: 0,
+            faults: true,
+        };
+        for peer in 1..world.config.nodes as u64 {
+            world.leader_input(LeaderInput::Connected { peer, written_end: 0, durable_end: 0 })?;
+        }
+        Ok(world)
+    }
+
+    /// Runs `steps` random steps with faults, then heals everything and runs until the logs
+    /// converge. Returns a description of the first broken invariant.
+    pub fn run(&mut self, steps: u64) -> Result<(), String> {
+        for step in 0..steps {
+            self.step().map_err(|e| format!("step {step} at {} ms: {e}", self.now_ms))?;
+            self.check().map_err(|e| format!("after step {step}: {e}"))?;
+        }
+        self.heal()?;
+        self.check_converged()
+    }
+
+    fn leader(&mut self) -> &mut Leader {
+        match &mut self.nodes[0].role {
+            Role::Leader(l) => l,
+            Role::Follower(_) => unreachable!("node 0 leads"),
+        }
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        let roll: f64 = self.rng.gen();
+        if self.faults && roll < self.config.crash_ratio {
+            let victim = self.rng.gen_range(1..self.config.nodes as u64);
+            return self.crash(victim);
+        }
+        if self.faults && roll < self.config.crash_ratio + self.config.partition_ratio {
+            let peer = self.rng.gen_range(1..self.config.nodes as u64);
+            let link = (LEADER, peer);
+            if !self.cut.remove(&link) {
+                self.cut.insert(link);
+                self.faults_injected.cuts += 1;
+            }
+            return Ok(());
+        }
+        match self.rng.gen_range(0..10) {
+            0..=2 => self.client_append(),
+            3 => {
+                let log = self.nodes[0].log.clone().ok_or("leader has no log")?;
+                log.sync().map_err(|e| format!("leader sync: {e}"))?;
+                self.leader_input(LeaderInput::Synced { end: log.durable_end() })
+            }
+            4 => {
+                self.now_ms += self.rng.gen_range(1..40);
+                let now_ms = self.now_ms;
+                self.leader_input(LeaderInput::Tick { now_ms })
+            }
+            _ => self.deliver_next(),
+        }
+    }
+
+    fn client_append(&mut self) -> Result<(), String> {
+        let count = self.rng.gen_range(1..4);
+        let values: Vec<Vec<u8>> = (0..count)
+            .map(|_| {
+                let len = self.rng.gen_range(0..300);
+                let offset = self.sent.len();
+                let mut v = format!("{offset}:").into_bytes();
+                v.extend((0..len).map(|_| self.rng.gen_range(b'a'..=b'z')));
+                v
+            })
+            .collect();
+        let log = self.nodes[0].log.clone().ok_or("leader has no log")?;
+        let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+        let offsets = log.append(&refs, Durability::None).map_err(|e| format!("leader append: {e}"))?;
+        if offsets.start != self.sent.len() as u64 {
+            return Err(format!("leader gave offsets {offsets:?} with {} sent", self.sent.len()));
+        }
+        self.sent.extend(values);
+        self.leader_input(LeaderInput::Written { end: offsets.end })
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: &Message) {
+        let mut bytes = Vec::new();
+        codec::encode(msg, &mut bytes);
+        let copies = if self.faults && self.rng.gen_bool(self.config.duplicate_ratio) { 2 } else { 1 };
+        self.faults_injected.duplicated += copies - 1;
+        for _ in 0..copies {
+            if self.faults && self.rng.gen_bool(self.config.drop_ratio) {
+                self.faults_injected.dropped += 1;
+                continue;
+            }
+            let mut bytes = bytes.clone();
+            if self.faults && self.rng.gen_bool(self.config.corrupt_ratio) && !bytes.is_empty() {
+                self.faults_injected.corrupted += 1;
+                let i = self.rng.gen_range(0..bytes.len());
+                bytes[i] ^= 1 << self.rng.gen_range(0..8);
+            }
+            let delay = if self.faults { self.rng.gen_range(0..=self.config.delay_ms_max) } else { 1 };
+            self.seq += 1;
+            self.network.push(InFlight { deliver_at_ms: self.now_ms + delay, seq: self.seq, from, to, bytes });
+        }
+    }
+
+    fn deliver_next(&mut self) -> Result<(), String> {
+        let Some(i) = (0..self.network.len()).min_by_key(|i| (self.network[*i].deliver_at_ms, self.network[*i].seq))
+        else {
+            return Ok(());
+        };
+        let m = self.network.swap_remove(i);
+        self.now_ms = self.now_ms.max(m.deliver_at_ms);
+        let link = (m.from.min(m.to), m.from.max(m.to));
+        if self.cut.contains(&link) || self.nodes[m.to as usize].log.is_none() {
+            return Ok(());
+        }
+        let bytes = Bytes::from(m.bytes);
+        // A damaged message must be refused by the codec, never taken for another one.
+        let msg = match codec::decode(&bytes) {
+            Ok(Some((msg, used))) if used == bytes.len() => msg,
+            _ => return Ok(()),
+        };
+        if m.to == LEADER {
+            self.leader_input(LeaderInput::Received { peer: m.from, msg })
+        } else {
+            self.follower_input(m.to, FollowerInput::Received { from: m.from, msg })
+        }
+    }
+
+    fn leader_input(&mut self, input: LeaderInput) -> Result<(), String> {
+        self.leader().handle(input);
+        while let Some(action) = self.leader().poll_action() {
+            match action {
+                LeaderAction::Ship { peer, from, bytes_max, commit_end } => {
+                    let log = self.nodes[0].log.clone().ok_or("leader has no log")?;
+                    let batches = log
+                        .read_batches(from, bytes_max, Visibility::Written)
+                        .map_err(|e| format!("ship read: {e}"))?;
+                    let (Some(first), Some(last)) = (batches.first(), batches.last()) else { continue };
+                    let (base, end) = (first.base_offset, last.end_offset);
+                    let mut frames = Vec::new();
+                    for b in &batches {
+                        frames.extend_from_slice(&b.frame);
+                    }
+                    let chunk = codec::make_chunk(Bytes::from(frames), base, end, 1, 0.1);
+                    let len_bytes = chunk.bytes.len() as u64;
+                    let msg = Message::Append { log: LOG.into(), epoch: 1, commit_end, chunk };
+                    self.send(LEADER, peer, &msg);
+                    self.leader().handle(LeaderInput::Shipped { peer, base_offset: base, end_offset: end, len_bytes });
+                }
+                LeaderAction::Send { peer, msg } => self.send(LEADER, peer, &msg),
+                LeaderAction::Committed { commit_end } => {
+                    if commit_end < self.commit_end {
+                        return Err(format!("commit went back from {} to {commit_end}", self.commit_end));
+                    }
+                    self.commit_end = commit_end;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn follower(&mut self, id: NodeId) -> &mut Follower {
+        match &mut self.nodes[id as usize].role {
+            Role::Follower(f) => f,
+            Role::Leader(_) => unreachable!("node {id} follows"),
+        }
+    }
+
+    fn follower_input(&mut self, id: NodeId, input: FollowerInput) -> Result<(), String> {
+        self.follower(id).handle(input);
+        while let Some(action) = self.follower(id).poll_action() {
+            let log = self.nodes[id as usize].log.clone().ok_or("follower has no log")?;
+            match action {
+                FollowerAction::Apply { chunk } => {
+                    let applied = codec::chunk_frames(&chunk)
+                        .map_err(|e| e.to_string())
+                        .and_then(|frames| log.append_frames(&frames).map_err(|e| e.to_string()));
+                    if let Err(e) = &applied {
+                        if log.is_fenced() {
+                            return Err(format!("follower {id} fenced: {e}"));
+                        }
+                    }
+                    // Frames before a bad one may have been appended: report the real end.
+                    let input = match applied {
+                        Err(_) if log.written_end() == self.follower(id).written_end() => FollowerInput::ApplyFailed,
+                        _ => FollowerInput::Applied { written_end: log.written_end() },
+                    };
+                    self.follower(id).handle(input);
+                }
+                FollowerAction::Sync => {
+                    log.sync().map_err(|e| format!("follower {id} sync: {e}"))?;
+                    let durable = log.durable_end();
+                    let node = &mut self.nodes[id as usize];
+                    node.durable_floor = node.durable_floor.max(durable);
+                    self.follower(id).handle(FollowerInput::Synced { durable_end: durable });
+                }
+                FollowerAction::Send { to, msg } => self.send(id, to, &msg),
+            }
+        }
+        Ok(())
+    }
+
+    /// Power loss on a follower: unsynced bytes are lost (the last write torn), then it
+    /// recovers from its disk and reconnects.
+    fn crash(&mut self, id: NodeId) -> Result<(), String> {
+        let tear = match self.rng.gen_range(0..4) {
+            0 => Tear::None,
+            1 => Tear::Prefix(1),
+            2 => Tear::Half,
+            _ => Tear::AllButOne,
+        };
+        self.faults_injected.crashes += 1;
+        let node = &mut self.nodes[id as usize];
+        node.log = None;
+        node.disk.crash(tear);
+        let log = open_log(&node.disk, &node.committer).map_err(|e| format!("follower {id} recovery: {e}"))?;
+        let (written, durable) = (log.written_end(), log.durable_end());
+        if written < node.durable_floor {
+            return Err(format!("follower {id} lost durable records: {written} < {}", node.durable_floor));
+        }
+        node.checked_end = node.checked_end.min(written);
+        node.durable_floor = node.durable_floor.max(durable);
+        node.log = Some(log);
+        node.role = Role::Follower(Follower::new(LOG.into(), 1, written, durable));
+        self.network.retain(|m| m.to != id && m.from != id);
+        self.leader_input(LeaderInput::Disconnected { peer: id })?;
+        self.leader_input(LeaderInput::Connected { peer: id, written_end: written, durable_end: durable })
+    }
+
+    fn check(&mut self) -> Result<(), String> {
+        let leader_log = self.nodes[0].log.clone().ok_or("leader has no log")?;
+        if leader_log.written_end() != self.sent.len() as u64 {
+            return Err("the leader's log lost records".into());
+        }
+        let leader_commit = self.leader().commit_end();
+        if leader_commit != self.commit_end {
+            return Err(format!("commit point {leader_commit} disagrees with the last announced {}", self.commit_end));
+        }
+        // Committed records are durable on a quorum.
+        let quorum = match self.config.quorum {
+            Quorum::Leader => 1,
+            Quorum::Count(k) => k.clamp(1, self.config.nodes),
+            Quorum::All => self.config.nodes,
+        };
+        let holders = self
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.log.as_ref().is_some_and(|l| l.durable_end() >= self.commit_end) || n.durable_floor >= self.commit_end
+            })
+            .count();
+        if holders < quorum {
+            return Err(format!("commit {} is durable on {holders} nodes, fewer than {quorum}", self.commit_end));
+        }
+        // Followers hold a prefix of the leader's log: check what is new since last time.
+        for i in 1..self.nodes.len() {
+            let Some(log) = self.nodes[i].log.clone() else { continue };
+            let end = log.written_end();
+            if end > self.sent.len() as u64 {
+                return Err(format!("follower {i} holds {end} records, the leader {}", self.sent.len()));
+            }
+            let from = self.nodes[i].checked_end;
+            if end > from {
+                for record in log.read(from, Visibility::Written).map_err(|e| e.to_string())? {
+                    let record = record.map_err(|e| format!("follower {i}: {e}"))?;
+                    if record.value != self.sent[record.offset as usize] {
+                        return Err(format!("follower {i} offset {} differs from the leader's", record.offset));
+                    }
+                }
+                self.nodes[i].checked_end = end;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every fault, heals every link, and runs until every follower has caught up.
+    fn heal(&mut self) -> Result<(), String> {
+        self.faults = false;
+        self.cut.clear();
+        let log = self.nodes[0].log.clone().ok_or("leader has no log")?;
+        log.sync().map_err(|e| e.to_string())?;
+        self.leader_input(LeaderInput::Synced { end: log.durable_end() })?;
+        let target = self.sent.len() as u64;
+        for _ in 0..100_000 {
+            let caught_up = self.nodes[1..].iter().all(|n| n.log.as_ref().is_some_and(|l| l.durable_end() == target));
+            if caught_up && self.commit_end == target {
+                return Ok(());
+            }
+            if self.network.is_empty() {
+                self.now_ms += 50;
+                let now_ms = self.now_ms;
+                self.leader_input(LeaderInput::Tick { now_ms })?;
+            } else {
+                self.deliver_next()?;
+            }
+            self.check()?;
+        }
+        let ends: Vec<_> =
+            self.nodes.iter().map(|n| n.log.as_ref().map(|l| (l.written_end(), l.durable_end()))).collect();
+        Err(format!("no convergence after healing: leader end {target}, commit {}, nodes {ends:?}", self.commit_end))
+    }
+
+    fn check_converged(&mut self) -> Result<(), String> {
+        self.check()?;
+        let leader = self.nodes[0].log.clone().ok_or("leader has no log")?;
+        let want: Vec<Bytes> = leader
+            .read(0, Visibility::Written)
+            .map_err(|e| e.to_string())?
+            .map(|r| r.map(|r| r.value))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        for node in &self.nodes[1..] {
+            let log = node.log.as_ref().ok_or("follower has no log")?;
+            let got: Vec<Bytes> = log
+                .read(0, Visibility::Durable)
+                .map_err(|e| e.to_string())?
+                .map(|r| r.map(|r| r.value))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            if got != want {
+                return Err(format!(
+                    "follower {} did not converge: {} records, leader {}",
+                    node.id,
+                    got.len(),
+                    want.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the leader appended.
+    pub fn appended(&self) -> u64 {
+        self.sent.len() as u64
+    }
+
+    /// The commit point reached.
+    pub fn committed(&self) -> u64 {
+        self.commit_end
+    }
+
+    /// The faults injected so far.
+    pub fn faults(&self) -> Faults {
+        self.faults_injected
+    }
+}
