@@ -1,6 +1,7 @@
 //! The `tern` command: append, read, verify, dump, bench and demo.
 
 use std::io::{BufRead, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -23,13 +24,61 @@ enum DurabilityArg {
     Local,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum AcksArg {
+    /// Synced on the leader.
+    Leader,
+    /// Synced on a quorum.
+    Quorum,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Leader,
+    Follower,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Engine directory of this node (created if missing).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Address to listen on, for peers and clients.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// This node's id.
+    #[arg(long)]
+    node_id: u64,
+    /// The followers, as ID=ADDR,ID=ADDR (leader only).
+    #[arg(long, default_value = "")]
+    peers: String,
+    /// Leader or follower.
+    #[arg(long, value_enum, default_value = "leader")]
+    role: RoleArg,
+    /// Copies that commit a record, the leader included (default: a majority).
+    #[arg(long)]
+    quorum: Option<usize>,
+    /// Cluster id; nodes of another cluster are refused.
+    #[arg(long, default_value_t = 1)]
+    cluster_id: u64,
+    /// Allow a non-loopback listen address without TLS.
+    #[arg(long)]
+    insecure_plaintext: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Append each line of stdin as one record; print each record's offset once it is durable.
     Append {
-        /// Engine directory (created if missing).
+        /// Engine directory (created if missing), for a local append.
+        #[arg(long, conflicts_with = "server", required_unless_present = "server")]
+        dir: Option<PathBuf>,
+        /// Address of a `tern serve` leader, for an append over the network.
         #[arg(long)]
-        dir: PathBuf,
+        server: Option<SocketAddr>,
+        /// Over the network: acknowledge once synced on the leader, or on a quorum.
+        #[arg(long, value_enum, default_value = "quorum")]
+        acks: AcksArg,
         /// Log name.
         #[arg(long)]
         log: String,
@@ -39,9 +88,15 @@ enum Command {
     },
     /// Print records as OFFSET<TAB>RECORD lines.
     Read {
-        /// Engine directory.
+        /// Engine directory, for a local read.
+        #[arg(long, conflicts_with = "server", required_unless_present = "server")]
+        dir: Option<PathBuf>,
+        /// Address of a `tern serve` node: committed records over the network.
         #[arg(long)]
-        dir: PathBuf,
+        server: Option<SocketAddr>,
+        /// Over the network: keep waiting for new committed records.
+        #[arg(long, requires = "server")]
+        follow: bool,
         /// Log name.
         #[arg(long)]
         log: String,
@@ -76,6 +131,17 @@ enum Command {
         #[arg(long)]
         log: String,
     },
+    /// Run a node of a replicated cluster.
+    Serve(ServeArgs),
+    /// Print a node's status: per log its ends and commit point, per peer its acked offsets.
+    Status {
+        /// Address of the node.
+        #[arg(long)]
+        server: SocketAddr,
+        /// Print the JSON document as it is.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure Tern against the raw disk limits of the same directory.
     Bench(tern::bench::BenchArgs),
     /// Run a realistic mixed workload on a temporary directory and print a summary.
@@ -87,8 +153,16 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| eprintln!("tern: internal error: {info}")));
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Append { dir, log, durability } => append(&dir, &log, durability),
-        Command::Read { dir, log, from, max } => read(&dir, &log, from, max),
+        Command::Append { dir: Some(dir), log, durability, .. } => append(&dir, &log, durability),
+        Command::Append { server: Some(server), log, acks, .. } => remote_append(server, &log, acks),
+        Command::Append { .. } => Err("give --dir or --server".into()),
+        Command::Read { dir: Some(dir), log, from, max, .. } => read(&dir, &log, from, max),
+        Command::Read { server: Some(server), log, from, max, follow, .. } => {
+            remote_read(server, &log, from, max, follow)
+        }
+        Command::Read { .. } => Err("give --dir or --server".into()),
+        Command::Serve(args) => serve(&args),
+        Command::Status { server, json } => status(server, json),
         Command::Verify { dir } => verify(&dir),
         Command::Dump { dir, log } => dump(&dir, log.as_deref()),
         Command::Repair { dir, log } => repair(&dir, &log),
@@ -341,5 +415,185 @@ fn repair(dir: &Path, name: &str) -> CliResult {
             ),
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remote_append(server: SocketAddr, name: &str, acks: AcksArg) -> CliResult {
+    tern::validate_log_name(name)?;
+    let mut client = tern_replication::driver::Client::connect(server)?;
+    let quorum = matches!(acks, AcksArg::Quorum);
+    let limit = tern::Config::default().record_bytes_max;
+    let (tx, rx) = mpsc::sync_channel::<Line>(4096);
+    std::thread::spawn(move || read_lines(limit, &tx));
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    while let Ok(first) = rx.recv() {
+        let mut batch: Vec<bytes::Bytes> = Vec::new();
+        let mut next = Some(first);
+        let mut failed = None;
+        while let Some(line) = next.take() {
+            match line {
+                Line::Record(record) => batch.push(record.into()),
+                Line::TooLong { line } => failed = Some(format!("line {line} is longer than the maximum record size")),
+                Line::Failed(e) => failed = Some(format!("reading stdin: {e}")),
+            }
+            if failed.is_some() || batch.len() >= 4096 {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            let (start, end, _) = client.append(name, batch, quorum)?;
+            for offset in start..end {
+                writeln!(out, "{offset}")?;
+            }
+            out.flush()?;
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remote_read(server: SocketAddr, name: &str, from: Option<u64>, max: Option<u64>, follow: bool) -> CliResult {
+    tern::validate_log_name(name)?;
+    let mut client = tern_replication::driver::Client::connect(server)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut next = from.unwrap_or(0);
+    let mut printed = 0u64;
+    loop {
+        let want = max.map_or(65536, |m| (m - printed).min(65536)) as u32;
+        if want == 0 {
+            break;
+        }
+        let (start, _commit, records) = client.read(name, next, want)?;
+        if records.is_empty() {
+            if !follow {
+                break;
+            }
+            out.flush()?;
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        }
+        for (i, record) in records.iter().enumerate() {
+            write!(out, "{}\t", start + i as u64)?;
+            out.write_all(record)?;
+            out.write_all(b"\n")?;
+        }
+        printed += records.len() as u64;
+        next = start + records.len() as u64;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(server: SocketAddr, json: bool) -> CliResult {
+    let text = tern_replication::driver::Client::connect(server)?.status()?;
+    if json {
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let doc: serde_json::Value = serde_json::from_str(&text)?;
+    println!("node {} ({})", doc["node"], doc["role"].as_str().unwrap_or("?"));
+    println!("{:<24} {:>12} {:>12} {:>12}", "log", "written", "durable", "committed");
+    for log in doc["logs"].as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:>12} {:>12} {:>12}",
+            log["log"].as_str().unwrap_or("?"),
+            log["written_end"],
+            log["durable_end"],
+            log["commit_end"]
+        );
+        for peer in log["peers"].as_array().into_iter().flatten() {
+            println!(
+                "  node {:<6} acked written {:>10} durable {:>10} lag {:>8} records{}",
+                peer["node"],
+                peer["acked_written"],
+                peer["acked_durable"],
+                peer["lag_records"],
+                if peer["connected"].as_bool() == Some(true) { "" } else { " (disconnected)" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+struct EngineLogs(std::sync::Arc<Engine>);
+
+impl tern_replication::driver::Logs for EngineLogs {
+    fn open(&self, name: &str) -> Result<tern::Log, String> {
+        self.0.log(name).map_err(|e| e.to_string())
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.0.log_names().unwrap_or_default()
+    }
+}
+
+fn parse_peers(text: &str) -> Result<Vec<(u64, SocketAddr)>, Box<dyn std::error::Error>> {
+    let mut peers = Vec::new();
+    for item in text.split(',').filter(|s| !s.is_empty()) {
+        let (id, addr) = item.split_once('=').ok_or_else(|| format!("peer {item:?} is not ID=ADDR"))?;
+        let id: u64 = id.parse().map_err(|_| format!("peer id {id:?} is not a number"))?;
+        let addr: SocketAddr = addr.parse().map_err(|_| format!("peer address {addr:?} is not HOST:PORT"))?;
+        peers.push((id, addr));
+    }
+    Ok(peers)
+}
+
+fn serve(args: &ServeArgs) -> CliResult {
+    if !args.listen.ip().is_loopback() && !args.insecure_plaintext {
+        return Err(format!(
+            "refusing to listen on {} without TLS; use a loopback address or --insecure-plaintext",
+            args.listen
+        )
+        .into());
+    }
+    let peers = parse_peers(&args.peers)?;
+    if peers.iter().any(|(id, _)| *id == args.node_id) {
+        return Err("--peers names this node itself".into());
+    }
+    let role = match args.role {
+        RoleArg::Leader => tern_replication::driver::Role::Leader,
+        RoleArg::Follower => tern_replication::driver::Role::Follower,
+    };
+    let nodes = peers.len() + 1;
+    let quorum = args.quorum.unwrap_or(nodes / 2 + 1);
+    if quorum == 0 || quorum > nodes {
+        return Err(format!("--quorum {quorum} is outside 1..={nodes}").into());
+    }
+    let engine = std::sync::Arc::new(Engine::open(&args.dir, Config::default())?);
+    let config = tern_replication::driver::ServerConfig {
+        cluster_id: args.cluster_id,
+        node_id: args.node_id,
+        listen: args.listen,
+        role,
+        peers,
+        quorum: tern_replication::proto::Quorum::Count(quorum),
+        connections_max: 256,
+        handshake_timeout: std::time::Duration::from_secs(5),
+        commit_timeout: std::time::Duration::from_secs(30),
+    };
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+    }
+    let server = tern_replication::driver::Server::start(config, std::sync::Arc::new(EngineLogs(engine.clone())))?;
+    eprintln!("tern serve: node {} listening on {}", args.node_id, server.local_addr());
+    while !STOP.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    server.stop();
+    drop(engine);
+    eprintln!("tern serve: node {} stopped", args.node_id);
     Ok(ExitCode::SUCCESS)
 }

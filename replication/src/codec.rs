@@ -38,9 +38,8 @@ use crate::message::{Chunk, Message, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN}
 
 /// Bytes before the type byte: `len u32 | crc32 u32`.
 pub const ENVELOPE_PREFIX_BYTES: usize = 8;
-/// Smallest wire frame: the prefix, the type byte and the shortest payload (a `Refuse` with an
-/// empty reason, two bytes).
-pub const FRAME_BYTES_MIN: usize = ENVELOPE_PREFIX_BYTES + 1 + STRING_LEN_BYTES;
+/// Smallest wire frame: the prefix and the type byte (a `ClientStatus` has no payload).
+pub const FRAME_BYTES_MIN: usize = ENVELOPE_PREFIX_BYTES + 1;
 /// Largest wire frame, prefix included. It must hold the largest message of every type (see the
 /// assertions below): an `Append` whose chunk carries [`CHUNK_RAW_BYTES_MAX`] bytes, a `Hello`
 /// or `Heartbeat` naming [`LOGS_MAX`] logs of the longest name. Changing a limit is a format
@@ -69,6 +68,28 @@ const TYPE_REFUSE: u8 = 3;
 const TYPE_APPEND: u8 = 4;
 const TYPE_HEARTBEAT: u8 = 5;
 const TYPE_ACK: u8 = 6;
+const TYPE_CLIENT_APPEND: u8 = 16;
+const TYPE_CLIENT_APPENDED: u8 = 17;
+const TYPE_CLIENT_READ: u8 = 18;
+const TYPE_CLIENT_RECORDS: u8 = 19;
+const TYPE_CLIENT_STATUS: u8 = 20;
+const TYPE_CLIENT_STATUS_REPLY: u8 = 21;
+
+/// Most records in one client message.
+pub const CLIENT_RECORDS_MAX: u32 = 1 << 20;
+/// Most record bytes in one client message (the records of one batch, as the frame limit).
+pub const CLIENT_RECORD_BYTES_MAX: usize = frame::FRAME_BODY_BYTES_MAX as usize;
+/// Longest status document.
+pub const STATUS_BYTES_MAX: usize = 1 << 20;
+const CLIENT_BYTES_MAX: usize = ENVELOPE_PREFIX_BYTES
+    + 1
+    + STRING_LEN_BYTES
+    + LOG_NAME_BYTES_MAX
+    + 16
+    + 4
+    + CLIENT_RECORDS_MAX as usize * 4
+    + CLIENT_RECORD_BYTES_MAX;
+const _: () = assert!(CLIENT_BYTES_MAX <= FRAME_BYTES_MAX as usize);
 
 const STRING_LEN_BYTES: usize = 2;
 /// Smallest item of a `Hello` log list: a one-byte name and `written_end u64`.
@@ -206,6 +227,38 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             put_u64(out, *written_end);
             put_u64(out, *durable_end);
         }
+        Message::ClientAppend { log, quorum, records } => {
+            out.push(TYPE_CLIENT_APPEND);
+            put_log_name(out, log);
+            out.push(u8::from(*quorum));
+            put_records(out, records);
+        }
+        Message::ClientAppended { start, end, durability } => {
+            out.push(TYPE_CLIENT_APPENDED);
+            put_u64(out, *start);
+            put_u64(out, *end);
+            out.push(*durability);
+        }
+        Message::ClientRead { log, from, max } => {
+            out.push(TYPE_CLIENT_READ);
+            put_log_name(out, log);
+            put_u64(out, *from);
+            out.extend_from_slice(&max.to_le_bytes());
+        }
+        Message::ClientRecords { start, commit_end, records } => {
+            out.push(TYPE_CLIENT_RECORDS);
+            put_u64(out, *start);
+            put_u64(out, *commit_end);
+            put_records(out, records);
+        }
+        Message::ClientStatus => out.push(TYPE_CLIENT_STATUS),
+        Message::ClientStatusReply { json } => {
+            out.push(TYPE_CLIENT_STATUS_REPLY);
+            let json = cut_at_char_boundary(json, STATUS_BYTES_MAX);
+            let len = u32::try_from(json.len()).expect("bounded by STATUS_BYTES_MAX");
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(json.as_bytes());
+        }
     }
     seal(out, start);
     // The decoder re-checks what the encoder wrote (a copy: debug builds only).
@@ -234,6 +287,18 @@ fn frame_crc(len_field: &[u8], covered: &[u8]) -> u32 {
     hasher.update(len_field);
     hasher.update(covered);
     hasher.finalize()
+}
+
+/// `count u32 | { len u32 | bytes } * count`, bounded as the decoder bounds it.
+#[expect(clippy::cast_possible_truncation)] // NOTE: bounded by the asserts just above
+fn put_records(out: &mut Vec<u8>, records: &[Bytes]) {
+    assert!(records.len() <= CLIENT_RECORDS_MAX as usize, "too many records in one client message");
+    assert!(records.iter().map(Bytes::len).sum::<usize>() <= CLIENT_RECORD_BYTES_MAX, "client message too large");
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for record in records {
+        out.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        out.extend_from_slice(record);
+    }
 }
 
 fn put_u64(out: &mut Vec<u8>, value: u64) {
@@ -416,6 +481,34 @@ pub fn decode(buf: &Bytes) -> Result<Option<(Message, usize)>, CodecError> {
             written_end: reader.u64()?,
             durable_end: reader.u64()?,
         },
+        TYPE_CLIENT_APPEND => {
+            let log = reader.log_name()?;
+            let quorum_pos = reader.pos();
+            let quorum = match reader.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(corrupt(quorum_pos, CorruptReason::Field("quorum flag"))),
+            };
+            Message::ClientAppend { log, quorum, records: reader.records()? }
+        }
+        TYPE_CLIENT_APPENDED => {
+            Message::ClientAppended { start: reader.u64()?, end: reader.u64()?, durability: reader.u8()? }
+        }
+        TYPE_CLIENT_READ => Message::ClientRead { log: reader.log_name()?, from: reader.u64()?, max: reader.u32()? },
+        TYPE_CLIENT_RECORDS => {
+            Message::ClientRecords { start: reader.u64()?, commit_end: reader.u64()?, records: reader.records()? }
+        }
+        TYPE_CLIENT_STATUS => Message::ClientStatus,
+        TYPE_CLIENT_STATUS_REPLY => {
+            let pos = reader.pos();
+            let len = reader.u32()? as usize;
+            if len > STATUS_BYTES_MAX {
+                return Err(corrupt(pos, CorruptReason::Field("status length")));
+            }
+            let text =
+                std::str::from_utf8(reader.take(len)?).map_err(|_| corrupt(pos, CorruptReason::Field("status")))?;
+            Message::ClientStatusReply { json: text.to_owned() }
+        }
         message_type => return Err(CodecError::Unsupported { message_type }),
     };
     if reader.cur.remaining_bytes() > 0 {
@@ -472,6 +565,25 @@ impl<'a> Reader<'a> {
         let bytes = self.take(len_bytes)?;
         let text = std::str::from_utf8(bytes).map_err(|_| corrupt(pos, CorruptReason::Field(field)))?;
         Ok(text.to_owned())
+    }
+
+    /// A record list, bounded by [`CLIENT_RECORDS_MAX`] and by what the frame can hold (each
+    /// record takes at least its 4-byte length) before anything is allocated; the records are
+    /// zero-copy slices of the buffer.
+    fn records(&mut self) -> Result<Vec<Bytes>, CodecError> {
+        let pos = self.pos();
+        let count = self.u32()?;
+        if count > CLIENT_RECORDS_MAX || count as usize > self.cur.remaining_bytes() / 4 {
+            return Err(corrupt(pos, CorruptReason::Field("record count")));
+        }
+        let mut records = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let len = self.u32()? as usize;
+            let start = self.pos();
+            self.take(len)?;
+            records.push(self.buf.slice(start..start + len));
+        }
+        Ok(records)
     }
 
     fn log_name(&mut self) -> Result<String, CodecError> {
@@ -716,6 +828,17 @@ mod tests {
     fn every_variant() -> Vec<Message> {
         let (raw, end) = frames(40, &[vec![b"a".to_vec(), b"bb".to_vec()], vec![vec![7; 300]]]);
         vec![
+            Message::ClientAppend {
+                log: "orders".into(),
+                quorum: true,
+                records: vec![Bytes::from_static(b"a"), Bytes::new(), Bytes::from(vec![7u8; 300])],
+            },
+            Message::ClientAppend { log: "o".into(), quorum: false, records: vec![] },
+            Message::ClientAppended { start: 3, end: 6, durability: 2 },
+            Message::ClientRead { log: "orders".into(), from: 9, max: 100 },
+            Message::ClientRecords { start: 9, commit_end: 12, records: vec![Bytes::from_static(b"x"); 3] },
+            Message::ClientStatus,
+            Message::ClientStatusReply { json: "{\"node\":1}".into() },
             Message::Hello {
                 cluster_id: 0xC1,
                 node_id: 2,
@@ -807,8 +930,8 @@ mod tests {
         let largest = (FRAME_BYTES_MAX - ENVELOPE_PREFIX_BYTES as u32).to_le_bytes();
         assert_eq!(frame_len(&largest), Ok(Some(FRAME_BYTES_MAX as usize)));
         assert_eq!(decode(&Bytes::copy_from_slice(&largest)), Ok(None));
-        // Too short to hold a type byte and the smallest payload.
-        let short = 2u32.to_le_bytes();
+        // Too short to hold a type byte.
+        let short = 0u32.to_le_bytes();
         assert_eq!(frame_len(&short), Err(corrupt(0, CorruptReason::Field("len is below the smallest message"))));
         assert_eq!(
             decode(&Bytes::copy_from_slice(&short)),

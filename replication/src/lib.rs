@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod driver;
 pub mod message;
 pub mod proto;
 pub mod sim;

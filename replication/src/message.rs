@@ -87,4 +87,47 @@ pub enum Message {
         /// One past the last record the follower has synced.
         durable_end: u64,
     },
+    /// Client to node: append `records` as one batch to `log`.
+    ClientAppend {
+        /// The log, by name.
+        log: String,
+        /// Wait until the batch is durable on a quorum (otherwise: on the leader's disk).
+        quorum: bool,
+        /// The records.
+        records: Vec<Bytes>,
+    },
+    /// Node to client: the offsets the batch got, and what the acknowledgement promises.
+    ClientAppended {
+        /// First offset.
+        start: u64,
+        /// One past the last offset.
+        end: u64,
+        /// What was achieved: 1 = synced on the leader, 2 = synced on a quorum.
+        durability: u8,
+    },
+    /// Client to node: committed records of `log` from `from`, at most `max`.
+    ClientRead {
+        /// The log, by name.
+        log: String,
+        /// First offset wanted.
+        from: u64,
+        /// Most records wanted.
+        max: u32,
+    },
+    /// Node to client: records at dense offsets from `start`.
+    ClientRecords {
+        /// Offset of the first record.
+        start: u64,
+        /// The commit point the node knows.
+        commit_end: u64,
+        /// The records.
+        records: Vec<Bytes>,
+    },
+    /// Client to node: ask for the node's status.
+    ClientStatus,
+    /// Node to client: the status as a JSON document.
+    ClientStatusReply {
+        /// JSON text.
+        json: String,
+    },
 }
