@@ -16,6 +16,9 @@ use crate::{Config, Durability, Engine, Visibility};
 /// Arguments of `tern demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
+    /// Run the single-node workload instead of the three-node cluster.
+    #[arg(long)]
+    pub single_node: bool,
     /// Keep the engine in this directory instead of a temporary one (must not exist).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -46,13 +49,16 @@ fn event(partition: u64, n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Runs the demo.
+/// Runs the demo: the three-node cluster by default, or the single-node workload.
 ///
 /// # Errors
 /// Any engine error, or a record read back that differs from what was written.
 pub fn run(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
         return Err("--seconds must be in (0, 3600]".into());
+    }
+    if !args.single_node {
+        return crate::cluster_demo::run(args);
     }
     let tmp;
     let dir = match &args.dir {

@@ -31,6 +31,12 @@ fn bad_input_gets_a_short_error_and_no_panic() {
         vec!["dump", "--dir", d, "--log", "missing"],
         vec!["bench", "--seconds", "-3"],
         vec!["demo", "--seconds", "0"],
+        // Fails closed: no plaintext listener on a routable address without the explicit flag.
+        vec!["serve", "--dir", d, "--listen", "0.0.0.0:0", "--node-id", "1"],
+        vec!["serve", "--dir", d, "--listen", "127.0.0.1:0", "--node-id", "1", "--peers", "1=127.0.0.1:9"],
+        vec!["serve", "--dir", d, "--listen", "127.0.0.1:0", "--node-id", "1", "--peers", "2=nowhere"],
+        vec!["append", "--server", "127.0.0.1:1", "--log", "a"],
+        vec!["status", "--server", "127.0.0.1:1"],
     ] {
         assert_clean_failure(&tern(&args));
     }

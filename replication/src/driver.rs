@@ -83,6 +83,30 @@ struct Shared {
     stop: AtomicBool,
     connections: AtomicUsize,
     started: Instant,
+    shipped_raw_bytes: std::sync::atomic::AtomicU64,
+    shipped_wire_bytes: std::sync::atomic::AtomicU64,
+    /// Accepted connections, so that stopping closes them.
+    accepted: Mutex<Vec<TcpStream>>,
+}
+
+/// Counters of a leader's shipping.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShipStats {
+    /// Frame bytes shipped, before compression.
+    pub raw_bytes: u64,
+    /// Chunk bytes on the wire, after compression.
+    pub wire_bytes: u64,
+}
+
+/// Where one follower stands on one log, as its leader knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLag {
+    /// The follower.
+    pub node: NodeId,
+    /// Records the leader holds that the follower has not synced.
+    pub lag_records: u64,
+    /// Whether the follower is connected.
+    pub connected: bool,
 }
 
 /// A running node. Dropping it stops it.
@@ -114,6 +138,9 @@ impl Server {
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             started: Instant::now(),
+            shipped_raw_bytes: std::sync::atomic::AtomicU64::new(0),
+            shipped_wire_bytes: std::sync::atomic::AtomicU64::new(0),
+            accepted: Mutex::new(Vec::new()),
         });
         for name in shared.logs.names() {
             shared.log_state(&name).map_err(io::Error::other)?;
@@ -137,6 +164,41 @@ impl Server {
         self.local_addr
     }
 
+    /// Bytes shipped so far, before and after compression.
+    pub fn ship_stats(&self) -> ShipStats {
+        ShipStats {
+            raw_bytes: self.shared.shipped_raw_bytes.load(Ordering::Relaxed),
+            wire_bytes: self.shared.shipped_wire_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// For a leader: where each follower stands on `log`.
+    pub fn peer_lag(&self, log: &str) -> Vec<PeerLag> {
+        let state = self.shared.lock();
+        let Some(s) = state.get(log) else { return Vec::new() };
+        let Some(leader) = s.leader.as_ref() else { return Vec::new() };
+        let end = s.log.written_end();
+        self.shared
+            .config
+            .peers
+            .iter()
+            .filter_map(|(node, _)| {
+                let (_, durable, connected) = leader.peer_state(*node)?;
+                Some(PeerLag { node: *node, lag_records: end.saturating_sub(durable), connected })
+            })
+            .collect()
+    }
+
+    /// The commit point of `log` as this node knows it.
+    pub fn commit_end(&self, log: &str) -> u64 {
+        let state = self.shared.lock();
+        state.get(log).map_or(0, |s| match (&s.leader, &s.follower) {
+            (Some(l), _) => l.commit_end(),
+            (_, Some(f)) => f.commit_end(),
+            _ => 0,
+        })
+    }
+
     /// Stops accepting and dialing, and waits for the node's threads.
     pub fn stop(mut self) {
         self.halt();
@@ -144,11 +206,20 @@ impl Server {
 
     fn halt(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
+        // Close every connection, accepted or dialed, so blocked reads return; wake the accept
+        // loop; then wait for the threads. Connection threads let go of the node's logs (and
+        // so of its directory lock) within a bounded wait.
+        for stream in self.shared.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
         let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_millis(200));
         self.shared.committed.notify_all();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.shared.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
         // Sync every log so that a clean stop leaves nothing pending.
         if let Ok(state) = self.shared.state.lock() {
@@ -228,10 +299,13 @@ impl Shared {
                     for b in &batches {
                         frames.extend_from_slice(&b.frame);
                     }
+                    let raw_bytes = frames.len() as u64;
                     let chunk = codec::make_chunk(Bytes::from(frames), base, end, 1, 0.1);
                     let len_bytes = chunk.bytes.len() as u64;
                     let msg = Message::Append { log: name.to_owned(), epoch: 1, commit_end, chunk };
                     if self.send_to(peer, &msg) {
+                        self.shipped_raw_bytes.fetch_add(raw_bytes, Ordering::Relaxed);
+                        self.shipped_wire_bytes.fetch_add(len_bytes, Ordering::Relaxed);
                         leader.handle(LeaderInput::Shipped { peer, base_offset: base, end_offset: end, len_bytes });
                     }
                 }
@@ -263,11 +337,17 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             let _ = write_msg(&mut stream, &Message::Refuse { reason: "too many connections".into() });
             continue;
         }
+        if let Ok(clone) = stream.try_clone() {
+            let mut accepted = shared.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            accepted.retain(|s| s.peer_addr().is_ok());
+            accepted.push(clone);
+        }
         let shared = shared.clone();
         std::thread::spawn(move || {
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             if let Err(e) = serve_connection(&shared, stream) {
-                if !shared.stop.load(Ordering::SeqCst) {
+                // A client that hangs up between requests is not an error.
+                if !shared.stop.load(Ordering::SeqCst) && e.kind() != io::ErrorKind::UnexpectedEof {
                     log_line(&format!("connection from {peer} closed: {e}"));
                 }
             }
@@ -437,7 +517,10 @@ fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
                 shared.leader_input(&mut state, &name, LeaderInput::Disconnected { peer });
             }
         }
-        std::thread::sleep(backoff);
+        let resume = Instant::now() + backoff;
+        while Instant::now() < resume && !shared.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
@@ -445,6 +528,10 @@ fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
 fn connect_peer(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) -> io::Result<()> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_nodelay(true)?;
+    if shared.stop.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    shared.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(stream.try_clone()?);
     let hello = Message::Hello {
         cluster_id: shared.config.cluster_id,
         node_id: shared.config.node_id,

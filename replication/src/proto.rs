@@ -208,9 +208,15 @@ impl Leader {
                 self.ship_all();
             }
             LeaderInput::Synced { end } => {
-                assert!(end <= self.written_end, "synced {end} past written {}", self.written_end);
+                // A sync may cover appends whose `Written` has not arrived yet: what is synced
+                // was written.
+                let grew = end > self.written_end;
+                self.written_end = self.written_end.max(end);
                 self.durable_end = self.durable_end.max(end);
                 self.update_commit();
+                if grew {
+                    self.ship_all();
+                }
             }
             LeaderInput::Connected { peer, written_end, durable_end } => {
                 let now = self.now_ms;
