@@ -11,26 +11,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
-use tern_replication::driver::{Client, Logs, Role, Server, ServerConfig};
+use tern_replication::driver::{Client, Role, Server, ServerConfig};
 use tern_replication::proto::Quorum;
 
 use crate::demo::DemoArgs;
-use crate::{Config, Engine, Visibility};
+use crate::{Config, Engine, EngineLogs, Visibility};
 
 const LOG: &str = "orders";
 const WRITERS: u64 = 8;
-
-struct EngineLogs(Arc<Engine>);
-
-impl Logs for EngineLogs {
-    fn open(&self, name: &str) -> Result<crate::Log, String> {
-        self.0.log(name).map_err(|e| e.to_string())
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.0.log_names().unwrap_or_default()
-    }
-}
 
 fn free_addr() -> std::io::Result<SocketAddr> {
     TcpListener::bind("127.0.0.1:0")?.local_addr()

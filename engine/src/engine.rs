@@ -269,3 +269,26 @@ mod tests {
         assert!(matches!(Engine::open(dir.path(), Config::default()), Err(Error::Locked { .. })));
     }
 }
+
+/// An engine as the replication driver's store of logs.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use tern_replication::driver::Logs;
+/// let logs = tern::EngineLogs(std::sync::Arc::new(tern::Engine::open(dir.path(), tern::Config::default())?));
+/// logs.open("orders")?;
+/// assert_eq!(logs.names(), ["orders"]);
+/// # Ok(()) }
+/// ```
+pub struct EngineLogs(pub std::sync::Arc<Engine>);
+
+impl tern_replication::driver::Logs for EngineLogs {
+    fn open(&self, name: &str) -> Result<Log, String> {
+        self.0.log(name).map_err(|e| e.to_string())
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.0.log_names().unwrap_or_default()
+    }
+}

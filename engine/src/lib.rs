@@ -25,7 +25,7 @@ pub mod engine;
 pub mod error;
 
 pub use config::Config;
-pub use engine::{validate_log_name, Engine, Metrics};
+pub use engine::{validate_log_name, Engine, EngineLogs, Metrics};
 pub use error::{Error, Result};
 pub use tern_wal::{
     AppendOptions, Appended, BatchRef, Durability, Log, LogStats, ReadRecord, Reader, Record, Recovered, Visibility,

@@ -526,18 +526,6 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-struct EngineLogs(std::sync::Arc<Engine>);
-
-impl tern_replication::driver::Logs for EngineLogs {
-    fn open(&self, name: &str) -> Result<tern::Log, String> {
-        self.0.log(name).map_err(|e| e.to_string())
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.0.log_names().unwrap_or_default()
-    }
-}
-
 fn parse_peers(text: &str) -> Result<Vec<(u64, SocketAddr)>, Box<dyn std::error::Error>> {
     let mut peers = Vec::new();
     for item in text.split(',').filter(|s| !s.is_empty()) {
@@ -587,7 +575,8 @@ fn serve(args: &ServeArgs) -> CliResult {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
     }
-    let server = tern_replication::driver::Server::start(config, std::sync::Arc::new(EngineLogs(engine.clone())))?;
+    let server =
+        tern_replication::driver::Server::start(config, std::sync::Arc::new(tern::EngineLogs(engine.clone())))?;
     eprintln!("tern serve: node {} listening on {}", args.node_id, server.local_addr());
     while !STOP.load(std::sync::atomic::Ordering::SeqCst) {
         std::thread::sleep(std::time::Duration::from_millis(50));
