@@ -78,6 +78,8 @@ pub enum Workload {
     ManyLogs,
     /// 4 KiB records, 1 MiB per fsync; then the scan of it after reopen, and recovery.
     Bulk,
+    /// A leader and two followers on loopback: small-sync and bulk with quorum acks.
+    Replicate,
 }
 
 /// One measured figure and its limit.
@@ -149,6 +151,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Workload::SmallSync => 6,
         Workload::ManyLogs => 4,
         Workload::Bulk => 8,
+        Workload::Replicate => 7,
     };
     let progress = Progress::new(steps);
     let mut rows = Vec::new();
@@ -255,6 +258,9 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 detail: format!("p50 {:.0} us, p99 {:.0} us", tern.p50_us, tern.p99_us),
             });
         }
+    }
+    if args.workload == Workload::Replicate {
+        replicate(dir, &disk, args, &progress, &mut rows, seconds, sync_p50_us)?;
     }
     if matches!(args.workload, Workload::All | Workload::Bulk) {
         progress.step("raw sequential 1 MiB + fdatasync");
@@ -717,4 +723,188 @@ fn tern_crash_reopen(disk: &Arc<dyn Disk>, dir: &Path) -> Result<(f64, u64), Box
     log.close()?;
     committer.stop();
     Ok((ms, recovered.scanned_bytes))
+}
+
+/// Three in-process nodes on loopback, each with its own engine under `dir`.
+struct Cluster {
+    leader: tern_replication::driver::Server,
+    followers: Vec<tern_replication::driver::Server>,
+}
+
+fn start_cluster(dir: &Path) -> Result<Cluster, Box<dyn std::error::Error>> {
+    use tern_replication::driver::{Role, Server, ServerConfig};
+    let addrs: Vec<std::net::SocketAddr> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
+        .collect::<Result<_, _>>()?;
+    let start =
+        |i: usize, role: Role, peers: Vec<(u64, std::net::SocketAddr)>| -> Result<Server, Box<dyn std::error::Error>> {
+            let engine = Arc::new(crate::Engine::open(&unique(dir, &format!("node-{i}")), crate::Config::default())?);
+            let config = ServerConfig {
+                cluster_id: 9,
+                node_id: i as u64 + 1,
+                listen: addrs[i],
+                role,
+                peers,
+                quorum: tern_replication::proto::Quorum::Count(2),
+                connections_max: 256,
+                handshake_timeout: Duration::from_secs(5),
+                commit_timeout: Duration::from_secs(30),
+            };
+            Ok(Server::start(config, Arc::new(crate::EngineLogs(engine)))?)
+        };
+    let followers = vec![start(1, Role::Follower, vec![])?, start(2, Role::Follower, vec![])?];
+    let leader = start(0, Role::Leader, vec![(2, addrs[1]), (3, addrs[2])])?;
+    Ok(Cluster { leader, followers })
+}
+
+/// `writers` clients append one 128-byte record each, waiting for a quorum ack.
+fn replicate_small_sync(
+    addr: std::net::SocketAddr,
+    writers: usize,
+    duration: Duration,
+) -> Result<SmallSync, Box<dyn std::error::Error>> {
+    let stop = AtomicBool::new(false);
+    let errors = AtomicU64::new(0);
+    let started = Instant::now();
+    let warmup = duration / 5;
+    let latencies: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|_| {
+                let (stop, errors) = (&stop, &errors);
+                s.spawn(move || {
+                    let mut lat = Vec::new();
+                    let Ok(mut client) = tern_replication::driver::Client::connect(addr) else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        return lat;
+                    };
+                    let record = bytes::Bytes::from(vec![0x5au8; 128]);
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        if client.append("bench", vec![record.clone()], true).is_err() {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        if t >= started + warmup {
+                            lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        }
+                        if started.elapsed() >= duration {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    if errors.load(Ordering::Relaxed) > 0 {
+        return Err("a replicated append failed".into());
+    }
+    Ok(summarize(latencies, started.elapsed().saturating_sub(warmup).as_secs_f64()))
+}
+
+/// One client appends `total_bytes` of 4 KiB records, 256 per batch, each batch quorum-acked.
+fn replicate_bulk(
+    addr: std::net::SocketAddr,
+    total_bytes: u64,
+    compressible: bool,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let mut client = tern_replication::driver::Client::connect(addr)?;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let record = |i: u64, state: &mut u64| -> bytes::Bytes {
+        if compressible {
+            let text =
+                format!(r#"{{"event":"page_view","seq":{i},"path":"/products/{}","agent":"Mozilla/5.0"}}"#, i % 5000);
+            bytes::Bytes::from(text.into_bytes().into_iter().cycle().take(4096).collect::<Vec<u8>>())
+        } else {
+            bytes::Bytes::from(
+                (0..512)
+                    .flat_map(|_| {
+                        *state ^= *state << 13;
+                        *state ^= *state >> 7;
+                        *state ^= *state << 17;
+                        state.to_le_bytes()
+                    })
+                    .collect::<Vec<u8>>(),
+            )
+        }
+    };
+    let batches = total_bytes / (1 << 20);
+    let prepared: Vec<Vec<bytes::Bytes>> =
+        (0..batches).map(|b| (0..256).map(|i| record(b * 256 + i, &mut state)).collect()).collect();
+    let started = Instant::now();
+    for batch in prepared {
+        client.append("bulk", batch, true)?;
+    }
+    Ok((batches << 20) as f64 / started.elapsed().as_secs_f64() / 1e6)
+}
+
+fn replicate(
+    dir: &Path,
+    disk: &Arc<dyn Disk>,
+    args: &BenchArgs,
+    progress: &Progress,
+    rows: &mut Vec<Row>,
+    seconds: Duration,
+    sync_p50_us: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    progress.step("single-node small-sync, 16 writers");
+    let single = tern_small_sync(disk, args.commit_mode.into(), dir, 16, 1, seconds)?;
+    progress.step("3-node cluster small-sync, 16 clients, quorum acks");
+    let cluster = start_cluster(dir)?;
+    let addr = cluster.leader.local_addr();
+    let replicated = replicate_small_sync(addr, 16, seconds)?;
+    rows.push(Row {
+        name: "replicate small-sync 16 clients x 128 B, quorum".into(),
+        value: replicated.records_per_s,
+        unit: "records/s",
+        limit: Some(single.records_per_s),
+        limit_name: format!("single-node tern, 16 writers {:.0}/s;", single.records_per_s),
+        detail: format!(
+            "p50 {:.0} us, p99 {:.0} us = {:.1}x fdatasync p50",
+            replicated.p50_us,
+            replicated.p99_us,
+            replicated.p99_us / sync_p50_us
+        ),
+    });
+    let bulk_bytes = (args.bulk_bytes / 4).max(64 << 20);
+    progress.step("raw sequential write + fdatasync");
+    let raw_buffered = raw_sequential(dir, bulk_bytes, false)?;
+    let raw_direct = raw_sequential(dir, bulk_bytes, true).ok();
+    let raw_best = raw_direct.map_or(raw_buffered, |d| d.max(raw_buffered));
+    progress.step("3-node bulk, incompressible");
+    let before = cluster.leader.ship_stats();
+    let bulk = replicate_bulk(addr, bulk_bytes, false)?;
+    let after = cluster.leader.ship_stats();
+    rows.push(Row {
+        name: "replicate bulk 4 KiB records, incompressible, quorum".into(),
+        value: bulk,
+        unit: "MB/s",
+        limit: Some(raw_best / 3.0),
+        limit_name: format!("raw write+fdatasync {raw_best:.0} MB/s / 3 nodes on one disk;"),
+        detail: format!(
+            "wire/raw {:.2}",
+            (after.wire_bytes - before.wire_bytes) as f64 / (after.raw_bytes - before.raw_bytes).max(1) as f64
+        ),
+    });
+    progress.step("3-node bulk, compressible");
+    let before = cluster.leader.ship_stats();
+    let bulk_text = replicate_bulk(addr, bulk_bytes, true)?;
+    let after = cluster.leader.ship_stats();
+    rows.push(Row {
+        name: "replicate bulk 4 KiB records, compressible, quorum".into(),
+        value: bulk_text,
+        unit: "MB/s",
+        limit: Some(raw_best / 3.0),
+        limit_name: format!("raw write+fdatasync {raw_best:.0} MB/s / 3 nodes on one disk;"),
+        detail: format!(
+            "compression {:.1}x",
+            (after.raw_bytes - before.raw_bytes) as f64 / (after.wire_bytes - before.wire_bytes).max(1) as f64
+        ),
+    });
+    cluster.leader.stop();
+    for follower in cluster.followers {
+        follower.stop();
+    }
+    Ok(())
 }

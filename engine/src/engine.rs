@@ -248,28 +248,6 @@ pub fn list_logs(root: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_that_could_escape_the_directory_are_refused() {
-        for bad in ["", ".", "..", "a/b", "../x", "a\\b", "a\0b", &"x".repeat(201)] {
-            assert!(validate_log_name(bad).is_err(), "{bad:?}");
-        }
-        for good in ["orders", "orders-3", "a.b_c", "0"] {
-            validate_log_name(good).unwrap();
-        }
-    }
-
-    #[test]
-    fn a_second_open_of_the_same_directory_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let _engine = Engine::open(dir.path(), Config::default()).unwrap();
-        assert!(matches!(Engine::open(dir.path(), Config::default()), Err(Error::Locked { .. })));
-    }
-}
-
 /// An engine as the replication driver's store of logs.
 ///
 /// ```
@@ -290,5 +268,27 @@ impl tern_replication::driver::Logs for EngineLogs {
 
     fn names(&self) -> Vec<String> {
         self.0.log_names().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_escape_the_directory_are_refused() {
+        for bad in ["", ".", "..", "a/b", "../x", "a\\b", "a\0b", &"x".repeat(201)] {
+            assert!(validate_log_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["orders", "orders-3", "a.b_c", "0"] {
+            validate_log_name(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _engine = Engine::open(dir.path(), Config::default()).unwrap();
+        assert!(matches!(Engine::open(dir.path(), Config::default()), Err(Error::Locked { .. })));
     }
 }

@@ -408,8 +408,66 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream) -> io::Result<(
 }
 
 /// Follower: apply what the leader ships, acknowledge after each apply and each sync.
+/// A follower connection's side channel to its syncer thread: the logs that need a sync.
+#[derive(Default)]
+struct SyncQueue {
+    logs: Mutex<(std::collections::BTreeSet<String>, bool)>, // (logs to sync, connection closed)
+    wake: Condvar,
+}
+
 fn follow(shared: &Arc<Shared>, leader: NodeId, stream: TcpStream) -> io::Result<()> {
     let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let queue = Arc::new(SyncQueue::default());
+    // Syncs run on their own thread, so chunks keep being applied while one runs and the next
+    // sync covers all of them: fsync-batched durability.
+    let syncer = {
+        let (shared, writer, queue) = (shared.clone(), writer.clone(), queue.clone());
+        std::thread::spawn(move || sync_loop(&shared, &writer, &queue))
+    };
+    let result = follow_messages(shared, leader, stream, &writer, &queue);
+    {
+        let mut logs = queue.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        logs.1 = true;
+        queue.wake.notify_all();
+    }
+    let _ = syncer.join();
+    result
+}
+
+fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, queue: &SyncQueue) {
+    loop {
+        let names = {
+            let mut logs = queue.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            while logs.0.is_empty() && !logs.1 {
+                logs = queue.wake.wait(logs).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if logs.1 {
+                return;
+            }
+            std::mem::take(&mut logs.0)
+        };
+        for name in names {
+            let log = shared.lock().get(&name).map(|s| s.log.clone());
+            let Some(log) = log else { continue };
+            if let Err(e) = log.sync() {
+                log_line(&format!("log {name}: sync failed: {e}"));
+                return;
+            }
+            let durable_end = log.durable_end();
+            if follower_input(shared, writer, queue, &name, FollowerInput::Synced { durable_end }).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn follow_messages(
+    shared: &Arc<Shared>,
+    leader: NodeId,
+    stream: TcpStream,
+    writer: &Arc<Mutex<TcpStream>>,
+    queue: &SyncQueue,
+) -> io::Result<()> {
     // Tell the leader where each log stands.
     {
         let state = shared.lock();
@@ -431,20 +489,22 @@ fn follow(shared: &Arc<Shared>, leader: NodeId, stream: TcpStream) -> io::Result
             Message::Heartbeat { logs, .. } => {
                 for (name, _, _) in logs {
                     shared.log_state(name).map_err(io::Error::other)?;
-                    follower_input(shared, &writer, name, FollowerInput::Received { from: leader, msg: msg.clone() })?;
+                    let input = FollowerInput::Received { from: leader, msg: msg.clone() };
+                    follower_input(shared, writer, queue, name, input)?;
                 }
                 continue;
             }
             _ => continue,
         };
         shared.log_state(&name).map_err(io::Error::other)?;
-        follower_input(shared, &writer, &name, FollowerInput::Received { from: leader, msg })?;
+        follower_input(shared, writer, queue, &name, FollowerInput::Received { from: leader, msg })?;
     }
 }
 
 fn follower_input(
     shared: &Arc<Shared>,
     writer: &Arc<Mutex<TcpStream>>,
+    queue: &SyncQueue,
     name: &str,
     input: FollowerInput,
 ) -> io::Result<()> {
@@ -486,10 +546,10 @@ fn follower_input(
         for msg in sends {
             write_msg(&mut writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &msg)?;
         }
-        if let Some(log) = sync {
-            // The group commit batches this sync with every other waiting one.
-            log.sync().map_err(|e| io::Error::other(e.to_string()))?;
-            pending.push(FollowerInput::Synced { durable_end: log.durable_end() });
+        if sync.is_some() {
+            let mut logs = queue.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            logs.0.insert(name.to_owned());
+            queue.wake.notify_one();
         }
     }
     Ok(())
