@@ -7,6 +7,8 @@
 //! expects `Welcome` within the handshake timeout, then `Ack`s that say where each of the
 //! follower's logs ends. A connection that sends a frame over the size limit, a damaged frame,
 //! a wrong cluster id or no handshake in time is closed with a logged reason; the node goes on.
+//! A leader also closes, and dials again, a follower connection that delivers no whole message
+//! for `PEER_SILENCE_MAX`, 3 s (a stream out of step after lost bytes can look like that).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -343,6 +345,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             accepted.push(clone);
         }
         let shared = shared.clone();
+        let closer = stream.try_clone();
         std::thread::spawn(move || {
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             if let Err(e) = serve_connection(&shared, stream) {
@@ -350,6 +353,13 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
                 if !shared.stop.load(Ordering::SeqCst) && e.kind() != io::ErrorKind::UnexpectedEof {
                     log_line(&format!("connection from {peer} closed: {e}"));
                 }
+            }
+            // Dropping `stream` does not close the socket: the clone in `accepted` keeps it
+            // open. Without this shutdown, a peer whose bytes were refused (a damaged frame, a
+            // wrong cluster id) never saw the connection close, and a leader whose stream a
+            // follower had found corrupt kept shipping into a connection nobody read.
+            if let Ok(closer) = closer {
+                let _ = closer.shutdown(Shutdown::Both);
             }
             shared.connections.fetch_sub(1, Ordering::SeqCst);
         });
@@ -368,6 +378,53 @@ fn read_msg(stream: &mut TcpStream) -> io::Result<Message> {
         Some((msg, used)) if used == len => Ok(msg),
         _ => Err(io::Error::other("message does not decode")),
     }
+}
+
+/// How long a leader waits for a whole message from a connected follower, while it has logs,
+/// before it closes the connection and dials again. A follower answers every `Append` and
+/// `Heartbeat`, and the leader sends one or the other at least every `heartbeat_ms` (100 ms),
+/// so this is 30 missed answers.
+///
+/// Without it a connection that lost bytes mid-stream could hang forever: the receiver takes
+/// payload bytes for a length prefix, and a length within `FRAME_BYTES_MAX` makes it wait for
+/// up to 80 MiB that never come. The leader reading the follower's small acks would wait for
+/// hours, since each keeps the socket from going idle; a follower stuck the same way stops
+/// answering. Either way the leader hears no whole message, and the commit point stopped.
+const PEER_SILENCE_MAX: Duration = Duration::from_secs(3);
+
+/// Reads one whole message like [`read_msg`], but fails with `TimedOut` once `give_up()` holds.
+/// It is asked after every read and at least every 100 ms, however slowly bytes trickle in.
+fn read_msg_unless(stream: &mut TcpStream, mut give_up: impl FnMut() -> bool) -> io::Result<Message> {
+    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut buf = vec![0u8; 4];
+    read_all_unless(stream, &mut buf, &mut give_up)?;
+    let len = codec::frame_len(&buf).map_err(io::Error::other)?.ok_or_else(|| io::Error::other("short prefix"))?;
+    buf.resize(len, 0);
+    read_all_unless(stream, &mut buf[4..], &mut give_up)?;
+    match codec::decode(&Bytes::from(buf)).map_err(io::Error::other)? {
+        Some((msg, used)) if used == len => Ok(msg),
+        _ => Err(io::Error::other("message does not decode")),
+    }
+}
+
+fn read_all_unless(stream: &mut TcpStream, buf: &mut [u8], give_up: &mut impl FnMut() -> bool) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        if give_up() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no whole message from the peer in time"));
+        }
+        match stream.read(buf.get_mut(filled..).unwrap_or_default()) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn write_msg(stream: &mut TcpStream, msg: &Message) -> io::Result<()> {
@@ -441,7 +498,13 @@ fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, queue: &SyncQ
             while logs.0.is_empty() && !logs.1 {
                 logs = queue.wake.wait(logs).unwrap_or_else(std::sync::PoisonError::into_inner);
             }
-            if logs.1 {
+            // Syncs asked for before the connection closed are still carried out and reported
+            // to the core. The follower core asks for one sync at a time and waits for its
+            // `Synced`, across connections: a request dropped here (by returning as soon as
+            // the connection closed, or when an ack could not be sent) left it waiting
+            // forever, so the follower's durable end, and with it the leader's commit point,
+            // never moved again on any later connection.
+            if logs.0.is_empty() {
                 return;
             }
             std::mem::take(&mut logs.0)
@@ -454,9 +517,9 @@ fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, queue: &SyncQ
                 return;
             }
             let durable_end = log.durable_end();
-            if follower_input(shared, writer, queue, &name, FollowerInput::Synced { durable_end }).is_err() {
-                return;
-            }
+            // An ack that cannot be sent (the connection broke) is fine: the next connection
+            // starts with an `Ack` of where each log stands.
+            let _ = follower_input(shared, writer, queue, &name, FollowerInput::Synced { durable_end });
         }
     }
 }
@@ -543,13 +606,15 @@ fn follower_input(
                 }
             }
         }
-        for msg in sends {
-            write_msg(&mut writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &msg)?;
-        }
+        // The sync is queued before the acks are sent: if sending fails, the core still gets
+        // the `Synced` it waits for (see `sync_loop`).
         if sync.is_some() {
             let mut logs = queue.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             logs.0.insert(name.to_owned());
             queue.wake.notify_one();
+        }
+        for msg in sends {
+            write_msg(&mut writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &msg)?;
         }
     }
     Ok(())
@@ -559,11 +624,19 @@ fn follower_input(
 fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
     let mut backoff = Duration::from_millis(50);
     while !shared.stop.load(Ordering::SeqCst) {
-        match connect_peer(shared, peer, addr) {
+        let mut welcomed = false;
+        match connect_peer(shared, peer, addr, &mut welcomed) {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(e) => {
-                if !shared.stop.load(Ordering::SeqCst) && backoff >= Duration::from_millis(800) {
+                if !shared.stop.load(Ordering::SeqCst) && (welcomed || backoff >= Duration::from_millis(800)) {
                     log_line(&format!("node {peer} at {addr}: {e}"));
+                }
+                // Back off from a peer that cannot be reached, not from one that was reached and
+                // then lost. A connection ends with an error, so without this the backoff only
+                // ever grew: after a few broken connections every reconnect waited 2 s, and
+                // quorum appends stalled that long after each network blip.
+                if welcomed {
+                    backoff = Duration::from_millis(50);
                 }
             }
         }
@@ -585,13 +658,20 @@ fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
     }
 }
 
-fn connect_peer(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) -> io::Result<()> {
+/// Sets `welcomed` once the follower has answered the handshake.
+fn connect_peer(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr, welcomed: &mut bool) -> io::Result<()> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_nodelay(true)?;
     if shared.stop.load(Ordering::SeqCst) {
         return Ok(());
     }
-    shared.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(stream.try_clone()?);
+    {
+        // Drop the clones of connections closed since, as `accept_loop` does: otherwise a
+        // leader that accepts no new client kept one open descriptor per reconnect.
+        let mut accepted = shared.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        accepted.retain(|s| s.peer_addr().is_ok());
+        accepted.push(stream.try_clone()?);
+    }
     let hello = Message::Hello {
         cluster_id: shared.config.cluster_id,
         node_id: shared.config.node_id,
@@ -602,7 +682,7 @@ fn connect_peer(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) -> io::Res
     write_msg(&mut stream, &hello)?;
     stream.set_read_timeout(Some(shared.config.handshake_timeout))?;
     match read_msg(&mut stream)? {
-        Message::Welcome { cluster_id, .. } if cluster_id == shared.config.cluster_id => {}
+        Message::Welcome { cluster_id, .. } if cluster_id == shared.config.cluster_id => *welcomed = true,
         Message::Refuse { reason } => return Err(io::Error::other(format!("refused: {reason}"))),
         _ => return Err(io::Error::other("unexpected handshake answer")),
     }
@@ -625,14 +705,18 @@ fn connect_peer(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) -> io::Res
             shared.leader_input(&mut state, &name, LeaderInput::Connected { peer, written_end: 0, durable_end: 0 });
         }
     }
+    let mut heard = Instant::now();
     let result = loop {
         if shared.stop.load(Ordering::SeqCst) {
             break Ok(());
         }
-        let msg = match read_msg(&mut stream) {
+        // A leader without logs sends no heartbeats, so its follower has nothing to answer.
+        let silent = || heard.elapsed() >= PEER_SILENCE_MAX && !shared.lock().is_empty();
+        let msg = match read_msg_unless(&mut stream, || silent() || shared.stop.load(Ordering::SeqCst)) {
             Ok(msg) => msg,
             Err(e) => break Err(e),
         };
+        heard = Instant::now();
         if let Message::Ack { log, .. } = &msg {
             let log = log.clone();
             if shared.log_state(&log).is_ok() {
