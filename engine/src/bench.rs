@@ -558,37 +558,34 @@ fn open_bench_log(disk: &Arc<dyn Disk>, committer: &Committer, dir: &Path, name:
     Log::open(disk.clone(), &dir.join(name), name, LogOptions::default(), committer.clone(), true)
 }
 
-/// `writers` threads append 128-byte records with local durability, spread over `logs` logs.
-fn tern_small_sync(
-    disk: &Arc<dyn Disk>,
-    mode: tern_wal::CommitMode,
-    dir: &Path,
+/// Runs `writers` threads, each calling its own operation (made by `make_op`) in a closed loop
+/// for `duration`; the first fifth warms up (fresh files, page cache) and only the rest is
+/// measured. An operation that returns false, or that could not be made, fails the run.
+fn closed_loop<Op: FnMut() -> bool>(
     writers: usize,
-    logs: usize,
     duration: Duration,
+    make_op: impl Fn(usize) -> Option<Op> + Sync,
 ) -> Result<SmallSync, Box<dyn std::error::Error>> {
-    let run_dir = unique(dir, "small-sync");
-    std::fs::create_dir(&run_dir)?;
-    let committer = bench_committer(disk, &run_dir, mode)?;
-    let logs: Vec<Log> =
-        (0..logs).map(|i| open_bench_log(disk, &committer, &run_dir, &format!("log-{i}"))).collect::<Result<_, _>>()?;
     let stop = AtomicBool::new(false);
     let errors = AtomicU64::new(0);
-    let record = [0x5au8; 128];
-    // The first fifth warms up (fresh files, page cache); only the rest is measured.
     let warmup = duration / 5;
     let started = Instant::now();
     let latencies: Vec<Vec<f64>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..writers)
             .map(|w| {
-                let log = &logs[w % logs.len()];
-                let (stop, errors) = (&stop, &errors);
+                let (stop, errors, make_op) = (&stop, &errors, &make_op);
                 s.spawn(move || {
                     let mut lat = Vec::new();
+                    let Some(mut op) = make_op(w) else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        stop.store(true, Ordering::Relaxed);
+                        return lat;
+                    };
                     while !stop.load(Ordering::Relaxed) {
                         let t = Instant::now();
-                        if log.append(&[&record], Durability::Local).is_err() {
+                        if !op() {
                             errors.fetch_add(1, Ordering::Relaxed);
+                            stop.store(true, Ordering::Relaxed);
                             break;
                         }
                         if t >= started + warmup {
@@ -604,15 +601,36 @@ fn tern_small_sync(
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
     });
-    let elapsed = started.elapsed().saturating_sub(warmup).as_secs_f64();
+    if errors.load(Ordering::Relaxed) > 0 {
+        return Err("an operation failed during a small-sync workload".into());
+    }
+    Ok(summarize(latencies, started.elapsed().saturating_sub(warmup).as_secs_f64()))
+}
+
+/// `writers` threads append 128-byte records with local durability, spread over `logs` logs.
+fn tern_small_sync(
+    disk: &Arc<dyn Disk>,
+    mode: tern_wal::CommitMode,
+    dir: &Path,
+    writers: usize,
+    logs: usize,
+    duration: Duration,
+) -> Result<SmallSync, Box<dyn std::error::Error>> {
+    let run_dir = unique(dir, "small-sync");
+    std::fs::create_dir(&run_dir)?;
+    let committer = bench_committer(disk, &run_dir, mode)?;
+    let logs: Vec<Log> =
+        (0..logs).map(|i| open_bench_log(disk, &committer, &run_dir, &format!("log-{i}"))).collect::<Result<_, _>>()?;
+    let record = [0x5au8; 128];
+    let result = closed_loop(writers, duration, |w| {
+        let log = &logs[w % logs.len()];
+        Some(move || log.append(&[&record], Durability::Local).is_ok())
+    });
     for log in &logs {
         log.close()?;
     }
     committer.stop();
-    if errors.load(Ordering::Relaxed) > 0 {
-        return Err("an append failed during the small-sync workload".into());
-    }
-    Ok(summarize(latencies, elapsed))
+    result
 }
 
 /// MB/s of sequential 1 MiB writes, each followed by `fdatasync`, into a pre-allocated file.
@@ -763,44 +781,12 @@ fn replicate_small_sync(
     writers: usize,
     duration: Duration,
 ) -> Result<SmallSync, Box<dyn std::error::Error>> {
-    let stop = AtomicBool::new(false);
-    let errors = AtomicU64::new(0);
-    let started = Instant::now();
-    let warmup = duration / 5;
-    let latencies: Vec<Vec<f64>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..writers)
-            .map(|_| {
-                let (stop, errors) = (&stop, &errors);
-                s.spawn(move || {
-                    let mut lat = Vec::new();
-                    let Ok(mut client) = tern_replication::driver::Client::connect(addr) else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        return lat;
-                    };
-                    let record = bytes::Bytes::from(vec![0x5au8; 128]);
-                    while !stop.load(Ordering::Relaxed) {
-                        let t = Instant::now();
-                        if client.append("bench", vec![record.clone()], true).is_err() {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                        if t >= started + warmup {
-                            lat.push(t.elapsed().as_secs_f64() * 1e6);
-                        }
-                        if started.elapsed() >= duration {
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                    }
-                    lat
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-    });
-    if errors.load(Ordering::Relaxed) > 0 {
-        return Err("a replicated append failed".into());
-    }
-    Ok(summarize(latencies, started.elapsed().saturating_sub(warmup).as_secs_f64()))
+    let record = bytes::Bytes::from(vec![0x5au8; 128]);
+    closed_loop(writers, duration, |_| {
+        let mut client = tern_replication::driver::Client::connect(addr).ok()?;
+        let record = record.clone();
+        Some(move || client.append("bench", vec![record.clone()], true).is_ok())
+    })
 }
 
 /// One client appends `total_bytes` of 4 KiB records, 256 per batch, each batch quorum-acked.

@@ -288,21 +288,16 @@ impl Shared {
         while let Some(action) = leader.poll_action() {
             match action {
                 LeaderAction::Ship { peer, from, bytes_max, commit_end } => {
-                    let batches = match s.log.read_batches(from, bytes_max, Visibility::Written) {
-                        Ok(b) => b,
+                    let chunk = match read_chunk(&s.log, from, bytes_max) {
+                        Ok(Some(chunk)) => chunk,
+                        Ok(None) => continue,
                         Err(e) => {
                             log_line(&format!("log {name}: cannot read from {from} for node {peer}: {e}"));
                             continue;
                         }
                     };
-                    let (Some(first), Some(last)) = (batches.first(), batches.last()) else { continue };
-                    let (base, end) = (first.base_offset, last.end_offset);
-                    let mut frames = Vec::with_capacity(batches.iter().map(|b| b.frame.len()).sum());
-                    for b in &batches {
-                        frames.extend_from_slice(&b.frame);
-                    }
-                    let raw_bytes = frames.len() as u64;
-                    let chunk = codec::make_chunk(Bytes::from(frames), base, end, 1, 0.1);
+                    let (base, end) = (chunk.base_offset, chunk.end_offset);
+                    let raw_bytes = u64::from(chunk.raw_len_bytes);
                     let len_bytes = chunk.bytes.len() as u64;
                     let msg = Message::Append { log: name.to_owned(), epoch: 1, commit_end, chunk };
                     if self.send_to(peer, &msg) {
@@ -325,6 +320,23 @@ impl Shared {
         let peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         peers.get(&peer).is_some_and(|tx| tx.try_send(bytes).is_ok())
     }
+}
+
+/// Reads whole batches of `log` from `from` (at most `bytes_max` bytes unless one batch is
+/// larger) into one chunk, zstd-compressed when that pays: what a [`LeaderAction::Ship`] asks
+/// for. `Ok(None)` when nothing is there to ship.
+///
+/// # Errors
+/// Reading the log (an offset out of range, a damaged frame).
+pub fn read_chunk(log: &Log, from: u64, bytes_max: u64) -> tern_wal::Result<Option<crate::message::Chunk>> {
+    let batches = log.read_batches(from, bytes_max, Visibility::Written)?;
+    let (Some(first), Some(last)) = (batches.first(), batches.last()) else { return Ok(None) };
+    let (base, end) = (first.base_offset, last.end_offset);
+    let mut frames = Vec::with_capacity(batches.iter().map(|b| b.frame.len()).sum());
+    for b in &batches {
+        frames.extend_from_slice(&b.frame);
+    }
+    Ok(Some(codec::make_chunk(Bytes::from(frames), base, end, 1, 0.1)))
 }
 
 fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {

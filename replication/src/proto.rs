@@ -30,6 +30,17 @@ pub enum Quorum {
     All,
 }
 
+impl Quorum {
+    /// Copies needed in a cluster of `nodes` nodes, bounded by it.
+    pub fn size(self, nodes: usize) -> usize {
+        match self {
+            Quorum::Leader => 1,
+            Quorum::Count(k) => k.clamp(1, nodes),
+            Quorum::All => nodes,
+        }
+    }
+}
+
 /// Settings of a leader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderConfig {
@@ -54,12 +65,7 @@ pub struct LeaderConfig {
 impl LeaderConfig {
     /// Copies needed for a quorum, the leader included, bounded by the cluster size.
     pub fn quorum_size(&self) -> usize {
-        let nodes = self.peers.len() + 1;
-        match self.quorum {
-            Quorum::Leader => 1,
-            Quorum::Count(k) => k.clamp(1, nodes),
-            Quorum::All => nodes,
-        }
+        self.quorum.size(self.peers.len() + 1)
     }
 }
 

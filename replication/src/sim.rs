@@ -318,16 +318,11 @@ impl World {
             match action {
                 LeaderAction::Ship { peer, from, bytes_max, commit_end } => {
                     let log = self.nodes[0].log.clone().ok_or("leader has no log")?;
-                    let batches = log
-                        .read_batches(from, bytes_max, Visibility::Written)
-                        .map_err(|e| format!("ship read: {e}"))?;
-                    let (Some(first), Some(last)) = (batches.first(), batches.last()) else { continue };
-                    let (base, end) = (first.base_offset, last.end_offset);
-                    let mut frames = Vec::new();
-                    for b in &batches {
-                        frames.extend_from_slice(&b.frame);
-                    }
-                    let chunk = codec::make_chunk(Bytes::from(frames), base, end, 1, 0.1);
+                    // The driver's own chunk builder: the simulator ships exactly what TCP ships.
+                    let chunk =
+                        crate::driver::read_chunk(&log, from, bytes_max).map_err(|e| format!("ship read: {e}"))?;
+                    let Some(chunk) = chunk else { continue };
+                    let (base, end) = (chunk.base_offset, chunk.end_offset);
                     let len_bytes = chunk.bytes.len() as u64;
                     let msg = Message::Append { log: LOG.into(), epoch: 1, commit_end, chunk };
                     self.send(LEADER, peer, &msg);
@@ -423,11 +418,7 @@ impl World {
             return Err(format!("commit point {leader_commit} disagrees with the last announced {}", self.commit_end));
         }
         // Committed records are durable on a quorum.
-        let quorum = match self.config.quorum {
-            Quorum::Leader => 1,
-            Quorum::Count(k) => k.clamp(1, self.config.nodes),
-            Quorum::All => self.config.nodes,
-        };
+        let quorum = self.config.quorum.size(self.config.nodes);
         let holders = self
             .nodes
             .iter()

@@ -416,23 +416,10 @@ impl Log {
         let end = base + records.len() as u64;
         let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
         inner.write_frame(&st.buf, base, end, max_ts)?;
-        let mut staged_bytes = 0;
-        if inner.committer.has_journal() && frame_len < DIRECT_BATCH_BYTES {
-            let generation = inner.generation.load(Ordering::Relaxed);
-            staged_bytes = inner.committer.stage(&self.inner, &inner.name, generation, &st.buf);
-        } else {
-            inner.direct_dirty.store(true, Ordering::SeqCst);
-        }
+        debug_assert_eq!(st.buf.len(), frame_len);
+        let staged_bytes = self.inner.journal_frame(&st.buf, records.len() as u64);
         drop(st);
-        if staged_bytes > inner.committer.staged_bytes_soft_max() {
-            // Keep the staged journal block bounded even when nobody waits for durability.
-            inner.request_sync();
-            inner.committer.try_lead();
-        }
-        inner.counters.batches.fetch_add(1, Ordering::Relaxed);
-        inner.counters.records.fetch_add(records.len() as u64, Ordering::Relaxed);
-        inner.counters.bytes.fetch_add(frame_len as u64, Ordering::Relaxed);
-        inner.notify_readers();
+        self.inner.appended(staged_bytes);
         Ok(Appended { log: self.clone(), offsets: base..end })
     }
 
@@ -477,23 +464,11 @@ impl Log {
                 }
             }
             inner.write_frame(bytes, header.base_offset, header.end_offset(), header.max_timestamp_ms)?;
-            if inner.committer.has_journal() && bytes.len() < DIRECT_BATCH_BYTES {
-                let generation = inner.generation.load(Ordering::Relaxed);
-                staged_bytes = inner.committer.stage(&self.inner, &inner.name, generation, bytes);
-            } else {
-                inner.direct_dirty.store(true, Ordering::SeqCst);
-            }
-            inner.counters.batches.fetch_add(1, Ordering::Relaxed);
-            inner.counters.records.fetch_add(u64::from(header.record_count), Ordering::Relaxed);
-            inner.counters.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            staged_bytes = self.inner.journal_frame(bytes, u64::from(header.record_count));
         }
         let end = inner.written_end.load(Ordering::Acquire);
         drop(st);
-        if staged_bytes > inner.committer.staged_bytes_soft_max() {
-            inner.request_sync();
-            inner.committer.try_lead();
-        }
-        inner.notify_readers();
+        self.inner.appended(staged_bytes);
         Ok(Appended { log: self.clone(), offsets: start..end })
     }
 
@@ -759,6 +734,31 @@ impl LogInner {
         }
         self.written_end.store(end, Ordering::Release);
         Ok(())
+    }
+
+    /// After a frame was written (append lock held): stages it into the shared journal when it
+    /// is small enough, or marks the segment as needing its own sync; counts it. Returns the
+    /// bytes now staged in the journal block.
+    fn journal_frame(self: &Arc<Self>, frame_bytes: &[u8], record_count: u64) -> usize {
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters.records.fetch_add(record_count, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(frame_bytes.len() as u64, Ordering::Relaxed);
+        if self.committer.has_journal() && frame_bytes.len() < DIRECT_BATCH_BYTES {
+            let generation = self.generation.load(Ordering::Relaxed);
+            return self.committer.stage(self, &self.name, generation, frame_bytes);
+        }
+        self.direct_dirty.store(true, Ordering::SeqCst);
+        0
+    }
+
+    /// After an append released the append lock: keeps the staged journal block bounded even
+    /// when nobody waits for durability, and wakes readers waiting for the log to grow.
+    fn appended(self: &Arc<Self>, staged_bytes: usize) {
+        if staged_bytes > self.committer.staged_bytes_soft_max() {
+            self.request_sync();
+            self.committer.try_lead();
+        }
+        self.notify_readers();
     }
 
     /// Appends the journal's batches that continue this log, then syncs the segment, so the
