@@ -767,6 +767,7 @@ fn start_cluster(dir: &Path) -> Result<Cluster, Box<dyn std::error::Error>> {
                 connections_max: 256,
                 handshake_timeout: Duration::from_secs(5),
                 commit_timeout: Duration::from_secs(30),
+                compression: tern_replication::codec::Compression::default(),
             };
             Ok(Server::start(config, Arc::new(crate::EngineLogs(engine)))?)
         };

@@ -42,6 +42,7 @@ fn start(
         connections_max: 64,
         handshake_timeout: Duration::from_secs(5),
         commit_timeout: Duration::from_secs(30),
+        compression: tern_replication::codec::Compression::default(),
     };
     Ok(Server::start(config, Arc::new(EngineLogs(engine)))?)
 }

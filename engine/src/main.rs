@@ -569,6 +569,7 @@ fn serve(args: &ServeArgs) -> CliResult {
         connections_max: 256,
         handshake_timeout: std::time::Duration::from_secs(5),
         commit_timeout: std::time::Duration::from_secs(30),
+        compression: tern_replication::codec::Compression::default(),
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {

@@ -63,6 +63,7 @@ fn node(dir: &Path, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>) -> Serve
         connections_max: 64,
         handshake_timeout: Duration::from_secs(1),
         commit_timeout: Duration::from_secs(1),
+        compression: tern_replication::codec::Compression::default(),
     };
     Server::start(config, Arc::new(tern::EngineLogs(engine))).expect("start node")
 }

@@ -672,12 +672,39 @@ impl<'a> Reader<'a> {
 // ---------------------------------------------------------------------------------------------
 // Chunks
 
+/// How a leader compresses the chunks it ships.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compression {
+    /// zstd level (1 is fast; up to 22).
+    pub level: i32,
+    /// A chunk is shipped compressed only when that saves at least this fraction of its bytes
+    /// (0.1 = a tenth); otherwise raw. 1 or more turns compression off: zstd is not even run.
+    pub min_saving: f64,
+}
+
+impl Compression {
+    /// No compression: every chunk is shipped raw.
+    pub const OFF: Compression = Compression { level: 1, min_saving: 1.0 };
+
+    /// Whether chunks are compressed at all.
+    pub fn is_on(&self) -> bool {
+        self.min_saving < 1.0
+    }
+}
+
+impl Default for Compression {
+    /// zstd level 1, kept when it saves at least a tenth.
+    fn default() -> Self {
+        Compression { level: 1, min_saving: 0.1 }
+    }
+}
+
 /// Builds the chunk that ships `frames`, consecutive batch frames holding the records
 /// `base_offset..end_offset`.
 ///
 /// The frames are compressed with zstd at `level`, and the compression is kept only when it
 /// saves at least `min_saving` (a fraction: 0.1 = a tenth) of the bytes; otherwise the chunk
-/// carries `frames` itself, without a copy. A chunk is built once and shared by every peer
+/// carries `frames` itself, without a copy. With `min_saving` 1 or more zstd is not run. A chunk is built once and shared by every peer
 /// that needs the same range.
 ///
 /// # Panics
@@ -708,8 +735,12 @@ pub fn make_chunk(frames: Bytes, base_offset: u64, end_offset: u64, level: i32, 
     assert!(end_offset >= base_offset, "chunk end {end_offset} is below its base {base_offset}");
     let raw_len_bytes = frames.len() as u32;
     // A compression error is not the peer's problem: ship the frames as they are.
-    let compressed =
-        zstd::bulk::compress(&frames, level).ok().filter(|c| saves_enough(c.len(), frames.len(), min_saving));
+    // Nothing saves all of the bytes: with `min_saving` 1 or more zstd is not even tried.
+    let compressed = if min_saving >= 1.0 {
+        None
+    } else {
+        compress(&frames, level).filter(|c| saves_enough(c.len(), frames.len(), min_saving))
+    };
     let chunk = match compressed {
         Some(compressed) => {
             Chunk { base_offset, end_offset, raw_len_bytes, compressed: true, bytes: Bytes::from(compressed) }
@@ -719,6 +750,40 @@ pub fn make_chunk(frames: Bytes, base_offset: u64, end_offset: u64, level: i32, 
     // The decoder re-checks the chunk the encoder built: layout, decompression, continuity.
     debug_assert_eq!(chunk_frames(&chunk), Ok(frames), "make_chunk built a chunk that does not decode");
     chunk
+}
+
+// One zstd context per thread, made once and reused: creating a context for every chunk cost
+// more than compressing a small chunk (ZSTD_createCCtx and ZSTD_createDCtx led the profile of
+// the replicated small-sync workload).
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `raw` compressed at `level` with this thread's context; `None` on a zstd error.
+fn compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|(made_at, _)| *made_at != level) {
+            *cell = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, compressor) = cell.as_mut()?;
+        compressor.compress(raw).ok()
+    })
+}
+
+/// `compressed` decompressed into at most `capacity` bytes with this thread's context; `None`
+/// when it is not zstd data or holds more than `capacity` bytes.
+fn decompress(compressed: &[u8], capacity: usize) -> Option<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new().ok()?);
+        }
+        cell.as_mut()?.decompress(compressed, capacity).ok()
+    })
 }
 
 /// True when compressing `raw_bytes` down to `compressed_bytes` saves at least `min_saving` of
@@ -760,8 +825,8 @@ pub fn chunk_frames(chunk: &Chunk) -> Result<Bytes, CodecError> {
     let raw_len_bytes = chunk.raw_len_bytes as usize;
     let raw = if chunk.compressed {
         // The capacity bounds the output: more data than declared fails instead of growing.
-        let raw = zstd::bulk::decompress(&chunk.bytes, raw_len_bytes)
-            .map_err(|_| corrupt(0, CorruptReason::Field("chunk bytes are not zstd data within raw_len")))?;
+        let raw = decompress(&chunk.bytes, raw_len_bytes)
+            .ok_or_else(|| corrupt(0, CorruptReason::Field("chunk bytes are not zstd data within raw_len")))?;
         if raw.len() != raw_len_bytes {
             let needed_bytes = (raw_len_bytes - raw.len()) as u64; // decompress never exceeds its bound
             return Err(corrupt(raw.len(), CorruptReason::Truncated { needed_bytes }));

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,8 +21,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tern_wal::{Durability, Log, Visibility};
 
-use crate::codec;
-use crate::message::{Message, NodeId, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use crate::codec::{self, Compression};
+use crate::message::{Chunk, Message, NodeId, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use crate::proto::{Follower, FollowerAction, FollowerInput, Leader, LeaderAction, LeaderConfig, LeaderInput, Quorum};
 
 /// Where the driver finds logs by name (the engine implements it).
@@ -67,21 +66,55 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// How long a quorum append waits for its commit before failing.
     pub commit_timeout: Duration,
+    /// How a leader compresses what it ships.
+    pub compression: Compression,
 }
 
-struct LogState {
+/// One log of the node: the log itself, outside any lock (appends and syncs take none of the
+/// node's), and its protocol core behind the log's own lock, so that logs never wait for each
+/// other.
+struct LogSlot {
+    name: String,
     log: Log,
+    core: Mutex<Core>,
+    /// The chunks shipped last, newest at the back: a peer asking for a range another peer was
+    /// just sent gets the same chunk, compressed once. Chunks are built under this lock, not
+    /// the core's, so acks and appends go on while a large chunk is compressed.
+    recent_chunks: Mutex<std::collections::VecDeque<Chunk>>,
+    /// Signalled when the commit point moves (leader) or the core changes in a way a waiting
+    /// client cares about.
+    committed: Condvar,
+}
+
+struct Core {
     leader: Option<Leader>,
     follower: Option<Follower>,
+}
+
+/// Chunks kept for reuse per log: one per peer at the same place is what counts.
+const RECENT_CHUNKS_MAX: usize = 4;
+
+impl LogSlot {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn commit_end(&self) -> u64 {
+        let core = self.lock();
+        match (&core.leader, &core.follower) {
+            (Some(l), _) => l.commit_end(),
+            (_, Some(f)) => f.commit_end(),
+            _ => 0,
+        }
+    }
 }
 
 struct Shared {
     config: ServerConfig,
     logs: Arc<dyn Logs>,
-    state: Mutex<BTreeMap<String, LogState>>,
-    committed: Condvar,
-    /// Leader: the writer channel of each connected follower.
-    peers: Mutex<BTreeMap<NodeId, mpsc::SyncSender<Vec<u8>>>>,
+    slots: Mutex<BTreeMap<String, Arc<LogSlot>>>,
+    /// Leader: the outbox of each connected follower.
+    peers: Mutex<BTreeMap<NodeId, Arc<Outbox>>>,
     stop: AtomicBool,
     connections: AtomicUsize,
     started: Instant,
@@ -134,8 +167,7 @@ impl Server {
         let shared = Arc::new(Shared {
             config,
             logs,
-            state: Mutex::new(BTreeMap::new()),
-            committed: Condvar::new(),
+            slots: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
@@ -176,10 +208,10 @@ impl Server {
 
     /// For a leader: where each follower stands on `log`.
     pub fn peer_lag(&self, log: &str) -> Vec<PeerLag> {
-        let state = self.shared.lock();
-        let Some(s) = state.get(log) else { return Vec::new() };
-        let Some(leader) = s.leader.as_ref() else { return Vec::new() };
-        let end = s.log.written_end();
+        let Some(slot) = self.shared.slot(log) else { return Vec::new() };
+        let core = slot.lock();
+        let Some(leader) = core.leader.as_ref() else { return Vec::new() };
+        let end = slot.log.written_end();
         self.shared
             .config
             .peers
@@ -193,12 +225,7 @@ impl Server {
 
     /// The commit point of `log` as this node knows it.
     pub fn commit_end(&self, log: &str) -> u64 {
-        let state = self.shared.lock();
-        state.get(log).map_or(0, |s| match (&s.leader, &s.follower) {
-            (Some(l), _) => l.commit_end(),
-            (_, Some(f)) => f.commit_end(),
-            _ => 0,
-        })
+        self.shared.slot(log).map_or(0, |slot| slot.commit_end())
     }
 
     /// Stops accepting and dialing, and waits for the node's threads.
@@ -215,7 +242,9 @@ impl Server {
             let _ = stream.shutdown(Shutdown::Both);
         }
         let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_millis(200));
-        self.shared.committed.notify_all();
+        for slot in self.shared.all_slots() {
+            slot.committed.notify_all();
+        }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -224,10 +253,8 @@ impl Server {
             std::thread::sleep(Duration::from_millis(5));
         }
         // Sync every log so that a clean stop leaves nothing pending.
-        if let Ok(state) = self.shared.state.lock() {
-            for s in state.values() {
-                let _ = s.log.sync();
-            }
+        for slot in self.shared.all_slots() {
+            let _ = slot.log.sync();
         }
     }
 }
@@ -239,15 +266,25 @@ impl Drop for Server {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, LogState>> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The slot of log `name`, if the node has opened it.
+    fn slot(&self, name: &str) -> Option<Arc<LogSlot>> {
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
     }
 
-    /// The state of log `name`, opening (creating) the log the first time.
-    fn log_state(&self, name: &str) -> Result<(), String> {
-        let mut state = self.lock();
-        if state.contains_key(name) {
-            return Ok(());
+    /// Every log the node has opened, by name.
+    fn all_slots(&self) -> Vec<Arc<LogSlot>> {
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
+    }
+
+    fn has_logs(&self) -> bool {
+        !self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
+    }
+
+    /// The slot of log `name`, opening (creating) the log the first time.
+    fn log_state(&self, name: &str) -> Result<Arc<LogSlot>, String> {
+        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = slots.get(name) {
+            return Ok(slot.clone());
         }
         let log = self.logs.open(name)?;
         let (written, durable) = (log.written_end(), log.durable_end());
@@ -268,57 +305,173 @@ impl Shared {
             }
             Role::Follower => (None, Some(Follower::new(name.to_owned(), 0, written, durable))),
         };
-        state.insert(name.to_owned(), LogState { log, leader, follower });
+        let slot = Arc::new(LogSlot {
+            name: name.to_owned(),
+            log,
+            core: Mutex::new(Core { leader, follower }),
+            recent_chunks: Mutex::new(std::collections::VecDeque::new()),
+            committed: Condvar::new(),
+        });
+        slots.insert(name.to_owned(), slot.clone());
+        drop(slots);
         let connected: Vec<NodeId> = self.peers.lock().map(|p| p.keys().copied().collect()).unwrap_or_default();
         for peer in connected {
-            self.leader_input(&mut state, name, LeaderInput::Connected { peer, written_end: 0, durable_end: 0 });
+            self.leader_input(&slot, LeaderInput::Connected { peer, written_end: 0, durable_end: 0 });
         }
-        Ok(())
+        Ok(slot)
     }
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Feeds a leader input for `name` and carries out the actions, with the state locked.
-    fn leader_input(&self, state: &mut BTreeMap<String, LogState>, name: &str, input: LeaderInput) {
-        let Some(s) = state.get_mut(name) else { return };
-        let Some(leader) = s.leader.as_mut() else { return };
+    /// Feeds a leader input to the core of `slot` and carries out the actions.
+    fn leader_input(&self, slot: &Arc<LogSlot>, input: LeaderInput) {
+        let mut core = slot.lock();
+        self.leader_input_locked(slot, &mut core, input);
+    }
+
+    fn leader_input_locked(&self, slot: &Arc<LogSlot>, core: &mut Core, input: LeaderInput) {
+        let Some(leader) = core.leader.as_mut() else { return };
         leader.handle(input);
         while let Some(action) = leader.poll_action() {
             match action {
                 LeaderAction::Ship { peer, from, bytes_max, commit_end } => {
-                    let chunk = match read_chunk(&s.log, from, bytes_max) {
-                        Ok(Some(chunk)) => chunk,
-                        Ok(None) => continue,
-                        Err(e) => {
-                            log_line(&format!("log {name}: cannot read from {from} for node {peer}: {e}"));
-                            continue;
-                        }
-                    };
-                    let (base, end) = (chunk.base_offset, chunk.end_offset);
-                    let raw_bytes = u64::from(chunk.raw_len_bytes);
-                    let len_bytes = chunk.bytes.len() as u64;
-                    let msg = Message::Append { log: name.to_owned(), epoch: 1, commit_end, chunk };
-                    if self.send_to(peer, &msg) {
-                        self.shipped_raw_bytes.fetch_add(raw_bytes, Ordering::Relaxed);
-                        self.shipped_wire_bytes.fetch_add(len_bytes, Ordering::Relaxed);
-                        leader.handle(LeaderInput::Shipped { peer, base_offset: base, end_offset: end, len_bytes });
+                    let ship = Outgoing::Ship { slot: slot.clone(), from, bytes_max, commit_end };
+                    if !self.outbox(peer).is_some_and(|outbox| outbox.push(ship)) {
+                        leader.handle(LeaderInput::NotShipped { peer });
                     }
                 }
                 LeaderAction::Send { peer, msg } => {
-                    self.send_to(peer, &msg);
+                    let mut bytes = Vec::new();
+                    codec::encode(&msg, &mut bytes);
+                    if let Some(outbox) = self.outbox(peer) {
+                        outbox.push(Outgoing::Bytes(bytes));
+                    }
                 }
-                LeaderAction::Committed { .. } => self.committed.notify_all(),
+                LeaderAction::Committed { .. } => slot.committed.notify_all(),
             }
         }
     }
 
-    fn send_to(&self, peer: NodeId, msg: &Message) -> bool {
-        let mut bytes = Vec::new();
-        codec::encode(msg, &mut bytes);
-        let peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        peers.get(&peer).is_some_and(|tx| tx.try_send(bytes).is_ok())
+    fn outbox(&self, peer: NodeId) -> Option<Arc<Outbox>> {
+        self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&peer).cloned()
+    }
+
+    /// The chunk that ships `from` (within `bytes_max`) to `peer`: one just built for another
+    /// peer from the same offset, otherwise a new one read from the log. A reused chunk may end
+    /// before what was written since; the rest goes in the next one.
+    fn chunk_for(&self, slot: &LogSlot, peer: NodeId, from: u64, bytes_max: u64) -> Option<Chunk> {
+        let mut recent = slot.recent_chunks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Like a new read, a reused chunk may pass the budget by less than one chunk.
+        if let Some(chunk) = recent.iter().rev().find(|c| c.base_offset == from) {
+            return Some(chunk.clone());
+        }
+        match read_chunk(&slot.log, from, bytes_max, &self.config.compression) {
+            Ok(Some(chunk)) => {
+                if recent.len() >= RECENT_CHUNKS_MAX {
+                    recent.pop_front();
+                }
+                recent.push_back(chunk.clone());
+                Some(chunk)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                log_line(&format!("log {}: cannot read from {from} for node {peer}: {e}", slot.name));
+                None
+            }
+        }
+    }
+}
+
+/// What a leader's connection to one follower has to send, in order.
+enum Outgoing {
+    /// A chunk of `slot`'s log to build and send: a [`LeaderAction::Ship`].
+    Ship { slot: Arc<LogSlot>, from: u64, bytes_max: u64, commit_end: u64 },
+    /// An encoded message.
+    Bytes(Vec<u8>),
+}
+
+/// The queue of one follower connection, drained by its shipper thread. Chunks are built when
+/// the shipper gets to them, so everything written until then goes into one chunk: under load,
+/// one chunk (one write, one apply, one ack) carries many appends.
+#[derive(Default)]
+struct Outbox {
+    queue: Mutex<(std::collections::VecDeque<Outgoing>, bool)>, // (items, closed)
+    wake: Condvar,
+}
+
+/// Most messages queued to one follower; more are dropped (heartbeats; a lost one is resent).
+const OUTBOX_MESSAGES_MAX: usize = 4096;
+
+impl Outbox {
+    /// Queues `item`; false when the connection is closed or the queue is full.
+    fn push(&self, item: Outgoing) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if queue.1 || queue.0.len() >= OUTBOX_MESSAGES_MAX {
+            return false;
+        }
+        queue.0.push_back(item);
+        self.wake.notify_one();
+        true
+    }
+
+    fn close(&self) {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1 = true;
+        self.wake.notify_all();
+    }
+
+    /// Everything queued, waiting for something; `None` once closed.
+    fn take(&self) -> Option<std::collections::VecDeque<Outgoing>> {
+        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while queue.0.is_empty() && !queue.1 {
+            queue = self.wake.wait(queue).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if queue.1 {
+            return None;
+        }
+        Some(std::mem::take(&mut queue.0))
+    }
+}
+
+/// A leader's sender to one follower: builds the chunks its outbox asks for, reports each to
+/// the log's core, and writes everything it took in one go.
+fn ship_loop(shared: &Shared, peer: NodeId, outbox: &Arc<Outbox>, mut stream: TcpStream) {
+    let mut out = Vec::new();
+    while let Some(items) = outbox.take() {
+        out.clear();
+        for item in items {
+            match item {
+                Outgoing::Bytes(bytes) => out.extend_from_slice(&bytes),
+                Outgoing::Ship { slot, from, bytes_max, commit_end } => {
+                    let chunk = shared.chunk_for(&slot, peer, from, bytes_max);
+                    let mut core = slot.lock();
+                    // A report from a connection that was replaced meanwhile is not about the
+                    // current one: the core already started that peer afresh.
+                    let current = shared.outbox(peer).is_some_and(|o| Arc::ptr_eq(&o, outbox));
+                    if !current {
+                        continue;
+                    }
+                    let Some(chunk) = chunk else {
+                        shared.leader_input_locked(&slot, &mut core, LeaderInput::NotShipped { peer });
+                        continue;
+                    };
+                    let (base_offset, end_offset) = (chunk.base_offset, chunk.end_offset);
+                    let raw_bytes = u64::from(chunk.raw_len_bytes);
+                    let len_bytes = chunk.bytes.len() as u64;
+                    shared.shipped_raw_bytes.fetch_add(raw_bytes, Ordering::Relaxed);
+                    shared.shipped_wire_bytes.fetch_add(len_bytes, Ordering::Relaxed);
+                    codec::encode(&Message::Append { log: slot.name.clone(), epoch: 1, commit_end, chunk }, &mut out);
+                    let shipped = LeaderInput::Shipped { peer, base_offset, end_offset, len_bytes };
+                    shared.leader_input_locked(&slot, &mut core, shipped);
+                }
+            }
+        }
+        if stream.write_all(&out).is_err() {
+            let _ = stream.shutdown(Shutdown::Both);
+            outbox.close();
+            return;
+        }
     }
 }
 
@@ -328,15 +481,21 @@ impl Shared {
 ///
 /// # Errors
 /// Reading the log (an offset out of range, a damaged frame).
-pub fn read_chunk(log: &Log, from: u64, bytes_max: u64) -> tern_wal::Result<Option<crate::message::Chunk>> {
+pub fn read_chunk(log: &Log, from: u64, bytes_max: u64, compression: &Compression) -> tern_wal::Result<Option<Chunk>> {
     let batches = log.read_batches(from, bytes_max, Visibility::Written)?;
     let (Some(first), Some(last)) = (batches.first(), batches.last()) else { return Ok(None) };
     let (base, end) = (first.base_offset, last.end_offset);
-    let mut frames = Vec::with_capacity(batches.iter().map(|b| b.frame.len()).sum());
-    for b in &batches {
-        frames.extend_from_slice(&b.frame);
-    }
-    Ok(Some(codec::make_chunk(Bytes::from(frames), base, end, 1, 0.1)))
+    // One batch is shipped from where the log holds it, without a copy.
+    let frames = if batches.len() == 1 {
+        first.frame.clone()
+    } else {
+        let mut frames = Vec::with_capacity(batches.iter().map(|b| b.frame.len()).sum());
+        for b in &batches {
+            frames.extend_from_slice(&b.frame);
+        }
+        Bytes::from(frames)
+    };
+    Ok(Some(codec::make_chunk(frames, base, end, compression.level, compression.min_saving)))
 }
 
 fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
@@ -379,7 +538,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
 }
 
 /// Reads one whole message, bounding its size before buffering the body.
-fn read_msg(stream: &mut TcpStream) -> io::Result<Message> {
+fn read_msg(stream: &mut impl Read) -> io::Result<Message> {
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix)?;
     let len = codec::frame_len(&prefix).map_err(io::Error::other)?.ok_or_else(|| io::Error::other("short prefix"))?;
@@ -522,16 +681,19 @@ fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, queue: &SyncQ
             std::mem::take(&mut logs.0)
         };
         for name in names {
-            let log = shared.lock().get(&name).map(|s| s.log.clone());
-            let Some(log) = log else { continue };
-            if let Err(e) = log.sync() {
+            let Some(slot) = shared.slot(&name) else { continue };
+            if let Err(e) = slot.log.sync() {
                 log_line(&format!("log {name}: sync failed: {e}"));
                 return;
             }
-            let durable_end = log.durable_end();
+            let durable_end = slot.log.durable_end();
             // An ack that cannot be sent (the connection broke) is fine: the next connection
             // starts with an `Ack` of where each log stands.
-            let _ = follower_input(shared, writer, queue, &name, FollowerInput::Synced { durable_end });
+            let mut out = Vec::new();
+            for msg in follower_input(&slot, queue, FollowerInput::Synced { durable_end }) {
+                codec::encode(&msg, &mut out);
+            }
+            let _ = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_all(&out);
         }
     }
 }
@@ -544,53 +706,75 @@ fn follow_messages(
     queue: &SyncQueue,
 ) -> io::Result<()> {
     // Tell the leader where each log stands.
-    {
-        let state = shared.lock();
-        for (name, s) in state.iter() {
-            let msg = Message::Ack {
-                log: name.clone(),
-                epoch: s.follower.as_ref().map_or(0, Follower::epoch),
-                written_end: s.log.written_end(),
-                durable_end: s.log.durable_end(),
-            };
-            write_msg(&mut writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &msg)?;
-        }
+    for slot in shared.all_slots() {
+        let msg = Message::Ack {
+            log: slot.name.clone(),
+            epoch: slot.lock().follower.as_ref().map_or(0, Follower::epoch),
+            written_end: slot.log.written_end(),
+            durable_end: slot.log.durable_end(),
+        };
+        write_msg(&mut writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &msg)?;
     }
-    let mut reader = stream;
+    // Messages already received are handled before any ack is sent, and then only the last
+    // ack of each log goes out (an ack says where the log stands, so it replaces the earlier
+    // ones): under load one read, one apply pass and one write serve many chunks.
+    let mut reader = io::BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+    let mut acks: BTreeMap<String, Message> = BTreeMap::new();
     loop {
+        if !has_whole_message(reader.buffer()) && !acks.is_empty() {
+            let mut out = Vec::new();
+            for msg in std::mem::take(&mut acks).values() {
+                codec::encode(msg, &mut out);
+            }
+            writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_all(&out)?;
+        }
         let msg = read_msg(&mut reader)?;
-        let name = match &msg {
-            Message::Append { log, .. } => log.clone(),
+        let mut sends = Vec::new();
+        match &msg {
+            Message::Append { log, .. } => {
+                let slot = shared.log_state(log).map_err(io::Error::other)?;
+                sends = follower_input(&slot, queue, FollowerInput::Received { from: leader, msg });
+            }
             Message::Heartbeat { logs, .. } => {
                 for (name, _, _) in logs {
-                    shared.log_state(name).map_err(io::Error::other)?;
+                    let slot = shared.log_state(name).map_err(io::Error::other)?;
                     let input = FollowerInput::Received { from: leader, msg: msg.clone() };
-                    follower_input(shared, writer, queue, name, input)?;
+                    sends.extend(follower_input(&slot, queue, input));
                 }
-                continue;
             }
-            _ => continue,
-        };
-        shared.log_state(&name).map_err(io::Error::other)?;
-        follower_input(shared, writer, queue, &name, FollowerInput::Received { from: leader, msg })?;
+            _ => {}
+        }
+        for msg in sends {
+            if let Message::Ack { log, .. } = &msg {
+                acks.insert(log.clone(), msg);
+            }
+        }
     }
 }
 
-fn follower_input(
-    shared: &Arc<Shared>,
-    writer: &Arc<Mutex<TcpStream>>,
-    queue: &SyncQueue,
-    name: &str,
-    input: FollowerInput,
-) -> io::Result<()> {
-    let mut pending = vec![input];
-    while let Some(input) = pending.pop() {
+/// What a follower connection reads at once.
+const READ_BUFFER_BYTES: usize = 256 << 10;
+
+/// Whether `buffered` starts with a whole wire frame (or a bad length, which the next read
+/// reports at once).
+fn has_whole_message(buffered: &[u8]) -> bool {
+    match codec::frame_len(buffered) {
+        Ok(Some(len)) => buffered.len() >= len,
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
+/// Feeds a follower input to the core of `slot` and carries out the actions; returns the
+/// messages for the leader.
+fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Vec<Message> {
+    let (s, name) = (slot, &slot.name);
+    {
         let mut sends = Vec::new();
-        let mut sync: Option<Log> = None;
+        let mut sync = false;
         {
-            let mut state = shared.lock();
-            let Some(s) = state.get_mut(name) else { return Ok(()) };
-            let Some(follower) = s.follower.as_mut() else { return Ok(()) };
+            let mut core = slot.lock();
+            let Some(follower) = core.follower.as_mut() else { return Vec::new() };
             follower.handle(input);
             while let Some(action) = follower.poll_action() {
                 match action {
@@ -613,23 +797,20 @@ fn follower_input(
                         };
                         follower.handle(next);
                     }
-                    FollowerAction::Sync => sync = Some(s.log.clone()),
+                    FollowerAction::Sync => sync = true,
                     FollowerAction::Send { msg, .. } => sends.push(msg),
                 }
             }
         }
         // The sync is queued before the acks are sent: if sending fails, the core still gets
         // the `Synced` it waits for (see `sync_loop`).
-        if sync.is_some() {
+        if sync {
             let mut logs = queue.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            logs.0.insert(name.to_owned());
+            logs.0.insert(name.clone());
             queue.wake.notify_one();
         }
-        for msg in sends {
-            write_msg(&mut writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &msg)?;
-        }
+        sends
     }
-    Ok(())
 }
 
 /// Leader: dial a follower, handshake, then stream messages both ways until it breaks.
@@ -653,13 +834,11 @@ fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
             }
         }
         {
-            let mut state = shared.lock();
             if let Ok(mut peers) = shared.peers.lock() {
                 peers.remove(&peer);
             }
-            let names: Vec<String> = state.keys().cloned().collect();
-            for name in names {
-                shared.leader_input(&mut state, &name, LeaderInput::Disconnected { peer });
+            for slot in shared.all_slots() {
+                shared.leader_input(&slot, LeaderInput::Disconnected { peer });
             }
         }
         let resume = Instant::now() + backoff;
@@ -699,23 +878,16 @@ fn connect_peer(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr, welcomed: 
         _ => return Err(io::Error::other("unexpected handshake answer")),
     }
     stream.set_read_timeout(None)?;
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4096);
-    let mut writer = stream.try_clone()?;
-    let writer_thread = std::thread::spawn(move || {
-        while let Ok(bytes) = rx.recv() {
-            if writer.write_all(&bytes).is_err() {
-                let _ = writer.shutdown(Shutdown::Both);
-                return;
-            }
-        }
-    });
-    {
-        let mut state = shared.lock();
-        shared.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(peer, tx);
-        let names: Vec<String> = state.keys().cloned().collect();
-        for name in names {
-            shared.leader_input(&mut state, &name, LeaderInput::Connected { peer, written_end: 0, durable_end: 0 });
-        }
+    let outbox = Arc::new(Outbox::default());
+    let shipper = {
+        let (shared, outbox, writer) = (shared.clone(), outbox.clone(), stream.try_clone()?);
+        std::thread::spawn(move || ship_loop(&shared, peer, &outbox, writer))
+    };
+    // Peer first, logs second; `log_state` does the reverse, so a log opened meanwhile is told
+    // of the peer by one or the other (a second `Connected` only resends).
+    shared.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(peer, outbox.clone());
+    for slot in shared.all_slots() {
+        shared.leader_input(&slot, LeaderInput::Connected { peer, written_end: 0, durable_end: 0 });
     }
     let mut heard = Instant::now();
     let result = loop {
@@ -723,23 +895,22 @@ fn connect_peer(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr, welcomed: 
             break Ok(());
         }
         // A leader without logs sends no heartbeats, so its follower has nothing to answer.
-        let silent = || heard.elapsed() >= PEER_SILENCE_MAX && !shared.lock().is_empty();
+        let silent = || heard.elapsed() >= PEER_SILENCE_MAX && shared.has_logs();
         let msg = match read_msg_unless(&mut stream, || silent() || shared.stop.load(Ordering::SeqCst)) {
             Ok(msg) => msg,
             Err(e) => break Err(e),
         };
         heard = Instant::now();
         if let Message::Ack { log, .. } = &msg {
-            let log = log.clone();
-            if shared.log_state(&log).is_ok() {
-                let mut state = shared.lock();
-                shared.leader_input(&mut state, &log, LeaderInput::Received { peer, msg });
+            if let Ok(slot) = shared.log_state(&log.clone()) {
+                shared.leader_input(&slot, LeaderInput::Received { peer, msg });
             }
         }
     };
     let _ = stream.shutdown(Shutdown::Both);
     shared.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&peer);
-    let _ = writer_thread.join();
+    outbox.close();
+    let _ = shipper.join();
     result
 }
 
@@ -747,10 +918,8 @@ fn tick_loop(shared: &Arc<Shared>) {
     while !shared.stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(10));
         let now_ms = shared.now_ms();
-        let mut state = shared.lock();
-        let names: Vec<String> = state.keys().cloned().collect();
-        for name in names {
-            shared.leader_input(&mut state, &name, LeaderInput::Tick { now_ms });
+        for slot in shared.all_slots() {
+            shared.leader_input(&slot, LeaderInput::Tick { now_ms });
         }
     }
 }
@@ -782,34 +951,29 @@ fn client_append(shared: &Arc<Shared>, name: &str, quorum: bool, records: &[Byte
         let leader = "the leader".to_owned();
         return Message::Refuse { reason: format!("node {} is a follower; append to {leader}", shared.config.node_id) };
     }
-    if let Err(e) = shared.log_state(name) {
-        return Message::Refuse { reason: e };
-    }
-    let log = match shared.lock().get(name) {
-        Some(s) => s.log.clone(),
-        None => return Message::Refuse { reason: format!("no log {name}") },
+    let slot = match shared.log_state(name) {
+        Ok(slot) => slot,
+        Err(e) => return Message::Refuse { reason: e },
     };
+    let log = &slot.log;
     let values: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
     // Written first, so the batch ships in parallel with the local sync.
     let offsets = match log.append(&values, Durability::None) {
         Ok(offsets) => offsets,
         Err(e) => return Message::Refuse { reason: e.to_string() },
     };
-    {
-        let mut state = shared.lock();
-        shared.leader_input(&mut state, name, LeaderInput::Written { end: offsets.end });
-    }
+    shared.leader_input(&slot, LeaderInput::Written { end: offsets.end });
     if let Err(e) = log.sync() {
         return Message::Refuse { reason: e.to_string() };
     }
-    let mut state = shared.lock();
-    shared.leader_input(&mut state, name, LeaderInput::Synced { end: log.durable_end() });
+    shared.leader_input(&slot, LeaderInput::Synced { end: log.durable_end() });
     if !quorum {
         return Message::ClientAppended { start: offsets.start, end: offsets.end, durability: 1 };
     }
     let deadline = Instant::now() + shared.config.commit_timeout;
+    let mut core = slot.lock();
     loop {
-        let commit = state.get(name).and_then(|s| s.leader.as_ref()).map_or(0, Leader::commit_end);
+        let commit = core.leader.as_ref().map_or(0, Leader::commit_end);
         if commit >= offsets.end {
             return Message::ClientAppended { start: offsets.start, end: offsets.end, durability: 2 };
         }
@@ -822,7 +986,7 @@ fn client_append(shared: &Arc<Shared>, name: &str, quorum: bool, records: &[Byte
                 ),
             };
         }
-        state = match shared.committed.wait_timeout(state, deadline - now) {
+        core = match slot.committed.wait_timeout(core, deadline - now) {
             Ok((guard, _)) => guard,
             Err(poisoned) => poisoned.into_inner().0,
         };
@@ -830,16 +994,8 @@ fn client_append(shared: &Arc<Shared>, name: &str, quorum: bool, records: &[Byte
 }
 
 fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32) -> Message {
-    let (log, commit) = {
-        let state = shared.lock();
-        let Some(s) = state.get(name) else { return Message::Refuse { reason: format!("no log named {name:?}") } };
-        let commit = match (&s.leader, &s.follower) {
-            (Some(l), _) => l.commit_end(),
-            (_, Some(f)) => f.commit_end(),
-            _ => 0,
-        };
-        (s.log.clone(), commit)
-    };
+    let Some(slot) = shared.slot(name) else { return Message::Refuse { reason: format!("no log named {name:?}") } };
+    let (log, commit) = (&slot.log, slot.commit_end());
     let from = from.max(log.start_offset());
     if from >= commit {
         return Message::ClientRecords { start: from, commit_end: commit, records: Vec::new() };
@@ -865,17 +1021,17 @@ fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32) -> Message
 }
 
 fn status_json(shared: &Arc<Shared>) -> String {
-    let state = shared.lock();
     let mut logs = Vec::new();
-    for (name, s) in state.iter() {
+    for slot in shared.all_slots() {
+        let core = slot.lock();
         let mut peers = Vec::new();
-        let commit = match (&s.leader, &s.follower) {
+        let commit = match (&core.leader, &core.follower) {
             (Some(l), _) => {
                 for (id, _) in &shared.config.peers {
                     if let Some((written, durable, connected)) = l.peer_state(*id) {
                         peers.push(serde_json::json!({
                             "node": id, "acked_written": written, "acked_durable": durable,
-                            "connected": connected, "lag_records": s.log.written_end().saturating_sub(durable),
+                            "connected": connected, "lag_records": slot.log.written_end().saturating_sub(durable),
                         }));
                     }
                 }
@@ -885,7 +1041,7 @@ fn status_json(shared: &Arc<Shared>) -> String {
             _ => 0,
         };
         logs.push(serde_json::json!({
-            "log": name, "written_end": s.log.written_end(), "durable_end": s.log.durable_end(),
+            "log": slot.name, "written_end": slot.log.written_end(), "durable_end": slot.log.durable_end(),
             "commit_end": commit, "peers": peers,
         }));
     }

@@ -107,6 +107,12 @@ pub enum LeaderInput {
         /// Bytes on the wire.
         len_bytes: u64,
     },
+    /// The driver could not carry out a [`LeaderAction::Ship`] (nothing to read, a read
+    /// error, the connection gone). The peer may be asked again on the next event.
+    NotShipped {
+        /// The peer.
+        peer: NodeId,
+    },
     /// A message from a peer.
     Received {
         /// The sender.
@@ -127,7 +133,10 @@ pub enum LeaderInput {
 pub enum LeaderAction {
     /// Read batches of the log from `from` (whole batches, at most `bytes_max` unless one batch
     /// is larger), make a chunk, send it as [`Message::Append`] with `commit_end`, and report
-    /// it with [`LeaderInput::Shipped`].
+    /// it with [`LeaderInput::Shipped`], or report [`LeaderInput::NotShipped`]. The driver may
+    /// do it later, on another thread: until one of the two reports arrives (or the peer
+    /// reconnects) the leader asks that peer for nothing more, so whatever is written meanwhile
+    /// goes into the next chunk.
     Ship {
         /// The peer.
         peer: NodeId,
@@ -162,6 +171,8 @@ struct Peer {
     inflight_bytes: u64,
     last_progress_ms: u64,
     last_sent_ms: u64,
+    /// A [`LeaderAction::Ship`] was asked and not yet reported.
+    shipping: bool,
 }
 
 /// The leader side of one log.
@@ -239,6 +250,7 @@ impl Leader {
                         inflight_bytes: 0,
                         last_progress_ms: now,
                         last_sent_ms: now,
+                        shipping: false,
                     };
                     self.update_commit();
                     self.ship(peer);
@@ -249,11 +261,15 @@ impl Leader {
                     p.connected = false;
                     p.inflight.clear();
                     p.inflight_bytes = 0;
+                    p.shipping = false;
                 }
             }
             LeaderInput::Shipped { peer, base_offset, end_offset, len_bytes } => {
                 let now = self.now_ms;
                 if let Some(p) = self.peers.get_mut(&peer) {
+                    p.shipping = false;
+                    // An ack may have moved `next_offset` past the chunk while it was being
+                    // sent (the peer had it already): then only the flag is cleared.
                     if p.connected && base_offset == p.next_offset && end_offset > base_offset {
                         p.inflight.push_back((end_offset, len_bytes));
                         p.inflight_bytes += len_bytes;
@@ -262,6 +278,11 @@ impl Leader {
                     }
                 }
                 self.ship(peer);
+            }
+            LeaderInput::NotShipped { peer } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.shipping = false;
+                }
             }
             LeaderInput::Received { peer, msg } => self.receive(peer, msg),
             LeaderInput::Tick { now_ms } => self.tick(now_ms),
@@ -343,16 +364,17 @@ impl Leader {
     }
 
     /// Asks for the next chunk to `peer` if it is connected, behind, and its window has room.
-    /// At most one ship request per peer is outstanding: the next follows its `Shipped`.
+    /// At most one ship request per peer is outstanding: the next follows its `Shipped` (or
+    /// `NotShipped`).
     fn ship(&mut self, peer: NodeId) {
         let written = self.written_end;
         let commit_end = self.commit_end;
         let (window, chunk) = (self.config.inflight_bytes_max, self.config.chunk_bytes_max);
         let Some(p) = self.peers.get_mut(&peer) else { return };
-        let outstanding = self.actions.iter().any(|a| matches!(a, LeaderAction::Ship { peer: q, .. } if *q == peer));
-        if !p.connected || p.next_offset >= written || p.inflight_bytes >= window || outstanding {
+        if !p.connected || p.next_offset >= written || p.inflight_bytes >= window || p.shipping {
             return;
         }
+        p.shipping = true;
         let bytes_max = chunk.min(window - p.inflight_bytes).max(1);
         self.actions.push_back(LeaderAction::Ship { peer, from: p.next_offset, bytes_max, commit_end });
     }

@@ -319,9 +319,12 @@ impl World {
                 LeaderAction::Ship { peer, from, bytes_max, commit_end } => {
                     let log = self.nodes[0].log.clone().ok_or("leader has no log")?;
                     // The driver's own chunk builder: the simulator ships exactly what TCP ships.
-                    let chunk =
-                        crate::driver::read_chunk(&log, from, bytes_max).map_err(|e| format!("ship read: {e}"))?;
-                    let Some(chunk) = chunk else { continue };
+                    let chunk = crate::driver::read_chunk(&log, from, bytes_max, &crate::codec::Compression::default())
+                        .map_err(|e| format!("ship read: {e}"))?;
+                    let Some(chunk) = chunk else {
+                        self.leader().handle(LeaderInput::NotShipped { peer });
+                        continue;
+                    };
                     let (base, end) = (chunk.base_offset, chunk.end_offset);
                     let len_bytes = chunk.bytes.len() as u64;
                     let msg = Message::Append { log: LOG.into(), epoch: 1, commit_end, chunk };
