@@ -26,6 +26,8 @@ enum DurabilityArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum AcksArg {
+    /// Written on the leader (page cache), synced within a few milliseconds.
+    Written,
     /// Synced on the leader.
     Leader,
     /// Synced on a quorum.
@@ -76,7 +78,8 @@ enum Command {
         /// Address of a `tern serve` leader, for an append over the network.
         #[arg(long)]
         server: Option<SocketAddr>,
-        /// Over the network: acknowledge once synced on the leader, or on a quorum.
+        /// Over the network: acknowledge once written on the leader, synced on the leader, or
+        /// synced on a quorum. The receipt of the last batch is printed on stderr.
         #[arg(long, value_enum, default_value = "quorum")]
         acks: AcksArg,
         /// Log name.
@@ -97,6 +100,10 @@ enum Command {
         /// Over the network: keep waiting for new committed records.
         #[arg(long, requires = "server")]
         follow: bool,
+        /// Over the network: also records the node holds that are not committed yet (they
+        /// may still be lost): for tooling.
+        #[arg(long, requires = "server")]
+        uncommitted: bool,
         /// Log name.
         #[arg(long)]
         log: String,
@@ -157,8 +164,8 @@ fn main() -> ExitCode {
         Command::Append { server: Some(server), log, acks, .. } => remote_append(server, &log, acks),
         Command::Append { .. } => Err("give --dir or --server".into()),
         Command::Read { dir: Some(dir), log, from, max, .. } => read(&dir, &log, from, max),
-        Command::Read { server: Some(server), log, from, max, follow, .. } => {
-            remote_read(server, &log, from, max, follow)
+        Command::Read { server: Some(server), log, from, max, follow, uncommitted, .. } => {
+            remote_read(server, &log, from, max, follow, uncommitted)
         }
         Command::Read { .. } => Err("give --dir or --server".into()),
         Command::Serve(args) => serve(&args),
@@ -421,7 +428,12 @@ fn repair(dir: &Path, name: &str) -> CliResult {
 fn remote_append(server: SocketAddr, name: &str, acks: AcksArg) -> CliResult {
     tern::validate_log_name(name)?;
     let mut client = tern_replication::driver::Client::connect(server)?;
-    let quorum = matches!(acks, AcksArg::Quorum);
+    let acks = match acks {
+        AcksArg::Written => tern_replication::message::Acks::Written,
+        AcksArg::Leader => tern_replication::message::Acks::Leader,
+        AcksArg::Quorum => tern_replication::message::Acks::Quorum,
+    };
+    let mut last_receipt = None;
     let limit = tern::Config::default().record_bytes_max;
     let (tx, rx) = mpsc::sync_channel::<Line>(4096);
     std::thread::spawn(move || read_lines(limit, &tx));
@@ -443,7 +455,9 @@ fn remote_append(server: SocketAddr, name: &str, acks: AcksArg) -> CliResult {
             next = rx.try_recv().ok();
         }
         if !batch.is_empty() {
-            let (start, end, _) = client.append(name, batch, quorum)?;
+            let receipt = client.append_acks(name, batch, acks)?;
+            let (start, end) = (receipt.start, receipt.end);
+            last_receipt = Some(receipt);
             for offset in start..end {
                 writeln!(out, "{offset}")?;
             }
@@ -453,10 +467,20 @@ fn remote_append(server: SocketAddr, name: &str, acks: AcksArg) -> CliResult {
             return Err(e.into());
         }
     }
+    if let Some(receipt) = last_receipt {
+        eprintln!("tern append: offsets up to {} acknowledged: {receipt}", receipt.end);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-fn remote_read(server: SocketAddr, name: &str, from: Option<u64>, max: Option<u64>, follow: bool) -> CliResult {
+fn remote_read(
+    server: SocketAddr,
+    name: &str,
+    from: Option<u64>,
+    max: Option<u64>,
+    follow: bool,
+    uncommitted: bool,
+) -> CliResult {
     tern::validate_log_name(name)?;
     let mut client = tern_replication::driver::Client::connect(server)?;
     let stdout = std::io::stdout();
@@ -468,7 +492,7 @@ fn remote_read(server: SocketAddr, name: &str, from: Option<u64>, max: Option<u6
         if want == 0 {
             break;
         }
-        let (start, _commit, records) = client.read(name, next, want)?;
+        let (start, _commit, records) = client.read_from(name, next, want, uncommitted)?;
         if records.is_empty() {
             if !follow {
                 break;
@@ -497,23 +521,46 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
     }
     let doc: serde_json::Value = serde_json::from_str(&text)?;
     println!("node {} ({})", doc["node"], doc["role"].as_str().unwrap_or("?"));
-    println!("{:<24} {:>12} {:>12} {:>12}", "log", "written", "durable", "committed");
+    println!("{:<24} {:>12} {:>12} {:>12} {:>12}", "log", "start", "written", "synced", "committed");
     for log in doc["logs"].as_array().into_iter().flatten() {
         println!(
-            "{:<24} {:>12} {:>12} {:>12}",
+            "{:<24} {:>12} {:>12} {:>12} {:>12}",
             log["log"].as_str().unwrap_or("?"),
+            log["start_offset"],
             log["written_end"],
             log["durable_end"],
             log["commit_end"]
         );
-        for peer in log["peers"].as_array().into_iter().flatten() {
+        let syncs = log["follower_syncs"].as_u64().unwrap_or(0);
+        if syncs > 0 {
+            let records = log["records_synced"].as_u64().unwrap_or(0);
             println!(
-                "  node {:<6} acked written {:>10} durable {:>10} lag {:>8} records{}",
+                "  applied {} chunks, {} bytes; {syncs} syncs, {:.1} records per sync",
+                log["chunks_applied"],
+                log["bytes_applied"],
+                records as f64 / syncs as f64
+            );
+        }
+        let peers: Vec<&serde_json::Value> = log["peers"].as_array().into_iter().flatten().collect();
+        if !peers.is_empty() {
+            println!(
+                "  {:<6} {:>12} {:>12} {:>10} {:>12} {:>9} {:>12} {:>12} {:>9}",
+                "node", "acked", "synced", "lag rec", "lag bytes", "lag ms", "sent raw", "sent wire", "in flight"
+            );
+        }
+        for peer in peers {
+            println!(
+                "  {:<6} {:>12} {:>12} {:>10} {:>12} {:>9} {:>12} {:>12} {:>9}{}",
                 peer["node"],
                 peer["acked_written"],
                 peer["acked_durable"],
                 peer["lag_records"],
-                if peer["connected"].as_bool() == Some(true) { "" } else { " (disconnected)" }
+                peer["lag_bytes"],
+                peer["lag_ms"],
+                peer["shipped_raw_bytes"],
+                peer["shipped_wire_bytes"],
+                peer["chunks_in_flight"],
+                if peer["connected"].as_bool() == Some(true) { "" } else { "  (disconnected)" }
             );
         }
     }

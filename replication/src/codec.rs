@@ -34,7 +34,7 @@ use tern_segment::cursor::Cursor;
 use tern_segment::frame;
 use tern_segment::CorruptReason;
 
-use crate::message::{Chunk, Message, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use crate::message::{Acks, Chunk, Message, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 
 /// Bytes before the type byte: `len u32 | crc32 u32`.
 pub const ENVELOPE_PREFIX_BYTES: usize = 8;
@@ -227,23 +227,24 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             put_u64(out, *written_end);
             put_u64(out, *durable_end);
         }
-        Message::ClientAppend { log, quorum, records } => {
+        Message::ClientAppend { log, acks, records } => {
             out.push(TYPE_CLIENT_APPEND);
             put_log_name(out, log);
-            out.push(u8::from(*quorum));
+            out.push(acks.as_u8());
             put_records(out, records);
         }
-        Message::ClientAppended { start, end, durability } => {
+        Message::ClientAppended { start, end, durability, copies, nodes } => {
             out.push(TYPE_CLIENT_APPENDED);
             put_u64(out, *start);
             put_u64(out, *end);
-            out.push(*durability);
+            out.extend_from_slice(&[durability.as_u8(), *copies, *nodes]);
         }
-        Message::ClientRead { log, from, max } => {
+        Message::ClientRead { log, from, max, uncommitted } => {
             out.push(TYPE_CLIENT_READ);
             put_log_name(out, log);
             put_u64(out, *from);
             out.extend_from_slice(&max.to_le_bytes());
+            out.push(u8::from(*uncommitted));
         }
         Message::ClientRecords { start, commit_end, records } => {
             out.push(TYPE_CLIENT_RECORDS);
@@ -483,18 +484,27 @@ pub fn decode(buf: &Bytes) -> Result<Option<(Message, usize)>, CodecError> {
         },
         TYPE_CLIENT_APPEND => {
             let log = reader.log_name()?;
-            let quorum_pos = reader.pos();
-            let quorum = match reader.u8()? {
-                0 => false,
-                1 => true,
-                _ => return Err(corrupt(quorum_pos, CorruptReason::Field("quorum flag"))),
-            };
-            Message::ClientAppend { log, quorum, records: reader.records()? }
+            let acks = reader.acks()?;
+            Message::ClientAppend { log, acks, records: reader.records()? }
         }
         TYPE_CLIENT_APPENDED => {
-            Message::ClientAppended { start: reader.u64()?, end: reader.u64()?, durability: reader.u8()? }
+            let (start, end, durability) = (reader.u64()?, reader.u64()?, reader.acks()?);
+            let (copies, nodes) = (reader.u8()?, reader.u8()?);
+            if copies > nodes {
+                return Err(corrupt(reader.pos() - 2, CorruptReason::Field("receipt copies exceed nodes")));
+            }
+            Message::ClientAppended { start, end, durability, copies, nodes }
         }
-        TYPE_CLIENT_READ => Message::ClientRead { log: reader.log_name()?, from: reader.u64()?, max: reader.u32()? },
+        TYPE_CLIENT_READ => {
+            let (log, from, max) = (reader.log_name()?, reader.u64()?, reader.u32()?);
+            let flag_pos = reader.pos();
+            let uncommitted = match reader.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(corrupt(flag_pos, CorruptReason::Field("uncommitted flag"))),
+            };
+            Message::ClientRead { log, from, max, uncommitted }
+        }
         TYPE_CLIENT_RECORDS => {
             Message::ClientRecords { start: reader.u64()?, commit_end: reader.u64()?, records: reader.records()? }
         }
@@ -584,6 +594,11 @@ impl<'a> Reader<'a> {
             records.push(self.buf.slice(start..start + len));
         }
         Ok(records)
+    }
+
+    fn acks(&mut self) -> Result<Acks, CodecError> {
+        let pos = self.pos();
+        Acks::from_u8(self.u8()?).ok_or_else(|| corrupt(pos, CorruptReason::Field("unknown ack level")))
     }
 
     fn log_name(&mut self) -> Result<String, CodecError> {
@@ -816,6 +831,15 @@ fn saves_enough(compressed_bytes: usize, raw_bytes: usize, min_saving: f64) -> b
 /// assert!(matches!(chunk_frames(&chunk), Err(CodecError::Corrupt { reason: CorruptReason::FrameTooLong { .. }, .. })));
 /// ```
 pub fn chunk_frames(chunk: &Chunk) -> Result<Bytes, CodecError> {
+    chunk_frames_within(chunk, u64::MAX)
+}
+
+/// [`chunk_frames`], and every frame's epoch must be at most `epoch_max`: a follower applies
+/// nothing stamped by a leader newer than the one that sent it.
+///
+/// # Errors
+/// As [`chunk_frames`]; a frame of a later epoch is [`CodecError::Corrupt`] at its position.
+pub fn chunk_frames_within(chunk: &Chunk, epoch_max: u64) -> Result<Bytes, CodecError> {
     let bytes_len = chunk.bytes.len() as u64;
     if let Some((_, reason)) =
         chunk_layout_error(chunk.base_offset, chunk.end_offset, chunk.raw_len_bytes, chunk.compressed, bytes_len)
@@ -842,6 +866,9 @@ pub fn chunk_frames(chunk: &Chunk) -> Result<Bytes, CodecError> {
         // `None` is a zero length or fewer than four bytes: padding, which a chunk never has.
         let found = frame::decode(rest).map_err(|reason| corrupt(pos, reason))?;
         let found = found.ok_or(corrupt(pos, CorruptReason::TrailingGarbage))?;
+        if found.header.epoch > epoch_max {
+            return Err(corrupt(pos, CorruptReason::Records("batch epoch is later than its sender's")));
+        }
         if found.header.base_offset != next_offset {
             let discontinuity = CorruptReason::Discontinuity { expected: next_offset, found: found.header.base_offset };
             return Err(corrupt(pos, discontinuity));
@@ -895,12 +922,14 @@ mod tests {
         vec![
             Message::ClientAppend {
                 log: "orders".into(),
-                quorum: true,
+                acks: Acks::Quorum,
                 records: vec![Bytes::from_static(b"a"), Bytes::new(), Bytes::from(vec![7u8; 300])],
             },
-            Message::ClientAppend { log: "o".into(), quorum: false, records: vec![] },
-            Message::ClientAppended { start: 3, end: 6, durability: 2 },
-            Message::ClientRead { log: "orders".into(), from: 9, max: 100 },
+            Message::ClientAppend { log: "o".into(), acks: Acks::Written, records: vec![] },
+            Message::ClientAppend { log: "o".into(), acks: Acks::Leader, records: vec![] },
+            Message::ClientAppended { start: 3, end: 6, durability: Acks::Quorum, copies: 2, nodes: 3 },
+            Message::ClientRead { log: "orders".into(), from: 9, max: 100, uncommitted: false },
+            Message::ClientRead { log: "orders".into(), from: 9, max: 100, uncommitted: true },
             Message::ClientRecords { start: 9, commit_end: 12, records: vec![Bytes::from_static(b"x"); 3] },
             Message::ClientStatus,
             Message::ClientStatusReply { json: "{\"node\":1}".into() },

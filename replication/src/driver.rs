@@ -22,7 +22,7 @@ use bytes::Bytes;
 use tern_wal::{Durability, Log, Visibility};
 
 use crate::codec::{self, Compression};
-use crate::message::{Chunk, Message, NodeId, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use crate::message::{Acks, Chunk, Message, NodeId, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use crate::proto::{Follower, FollowerAction, FollowerInput, Leader, LeaderAction, LeaderConfig, LeaderInput, Quorum};
 
 /// Where the driver finds logs by name (the engine implements it).
@@ -84,11 +84,34 @@ struct LogSlot {
     /// Signalled when the commit point moves (leader) or the core changes in a way a waiting
     /// client cares about.
     committed: Condvar,
+    /// Follower counters.
+    applied: Applied,
 }
 
 struct Core {
     leader: Option<Leader>,
     follower: Option<Follower>,
+    /// Leader: what was shipped to each peer.
+    shipped: BTreeMap<NodeId, Shipped>,
+}
+
+/// What a leader shipped to one peer on one log.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shipped {
+    raw_bytes: u64,
+    wire_bytes: u64,
+    chunks: u64,
+    /// When the peer last had synced everything the leader had written (node clock, ms).
+    caught_up_ms: u64,
+}
+
+/// Follower counters of one log.
+#[derive(Debug, Default)]
+struct Applied {
+    chunks: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    syncs: std::sync::atomic::AtomicU64,
+    records_synced: std::sync::atomic::AtomicU64,
 }
 
 /// Chunks kept for reuse per log: one per peer at the same place is what counts.
@@ -223,6 +246,11 @@ impl Server {
             .collect()
     }
 
+    /// Everything the node measures, per log and per peer.
+    pub fn metrics(&self) -> NodeMetrics {
+        self.shared.metrics()
+    }
+
     /// The commit point of `log` as this node knows it.
     pub fn commit_end(&self, log: &str) -> u64 {
         self.shared.slot(log).map_or(0, |slot| slot.commit_end())
@@ -308,9 +336,10 @@ impl Shared {
         let slot = Arc::new(LogSlot {
             name: name.to_owned(),
             log,
-            core: Mutex::new(Core { leader, follower }),
+            core: Mutex::new(Core { leader, follower, shipped: BTreeMap::new() }),
             recent_chunks: Mutex::new(std::collections::VecDeque::new()),
             committed: Condvar::new(),
+            applied: Applied::default(),
         });
         slots.insert(name.to_owned(), slot.clone());
         drop(slots);
@@ -334,6 +363,12 @@ impl Shared {
     fn leader_input_locked(&self, slot: &Arc<LogSlot>, core: &mut Core, input: LeaderInput) {
         let Some(leader) = core.leader.as_mut() else { return };
         leader.handle(input);
+        let now_ms = self.now_ms();
+        for (peer, _) in &self.config.peers {
+            if leader.peer_state(*peer).is_some_and(|(_, durable, _)| durable >= leader.written_end()) {
+                core.shipped.entry(*peer).or_default().caught_up_ms = now_ms;
+            }
+        }
         while let Some(action) = leader.poll_action() {
             match action {
                 LeaderAction::Ship { peer, from, bytes_max, commit_end } => {
@@ -461,6 +496,10 @@ fn ship_loop(shared: &Shared, peer: NodeId, outbox: &Arc<Outbox>, mut stream: Tc
                     let len_bytes = chunk.bytes.len() as u64;
                     shared.shipped_raw_bytes.fetch_add(raw_bytes, Ordering::Relaxed);
                     shared.shipped_wire_bytes.fetch_add(len_bytes, Ordering::Relaxed);
+                    let counters = core.shipped.entry(peer).or_default();
+                    counters.raw_bytes += raw_bytes;
+                    counters.wire_bytes += len_bytes;
+                    counters.chunks += 1;
                     codec::encode(&Message::Append { log: slot.name.clone(), epoch: 1, commit_end, chunk }, &mut out);
                     let shipped = LeaderInput::Shipped { peer, base_offset, end_offset, len_bytes };
                     shared.leader_input_locked(&slot, &mut core, shipped);
@@ -682,11 +721,14 @@ fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, queue: &SyncQ
         };
         for name in names {
             let Some(slot) = shared.slot(&name) else { continue };
+            let before = slot.log.durable_end();
             if let Err(e) = slot.log.sync() {
                 log_line(&format!("log {name}: sync failed: {e}"));
                 return;
             }
             let durable_end = slot.log.durable_end();
+            slot.applied.syncs.fetch_add(1, Ordering::Relaxed);
+            slot.applied.records_synced.fetch_add(durable_end.saturating_sub(before), Ordering::Relaxed);
             // An ack that cannot be sent (the connection broke) is fine: the next connection
             // starts with an `Ack` of where each log stands.
             let mut out = Vec::new();
@@ -778,9 +820,9 @@ fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Ve
             follower.handle(input);
             while let Some(action) = follower.poll_action() {
                 match action {
-                    FollowerAction::Apply { chunk } => {
+                    FollowerAction::Apply { chunk, epoch } => {
                         let before = s.log.written_end();
-                        let applied = codec::chunk_frames(&chunk)
+                        let applied = codec::chunk_frames_within(&chunk, epoch)
                             .map_err(|e| e.to_string())
                             .and_then(|frames| s.log.append_frames(&frames).map_err(|e| e.to_string()));
                         if let Err(e) = &applied {
@@ -790,6 +832,10 @@ fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Ve
                             ));
                         }
                         let after = s.log.written_end();
+                        if applied.is_ok() {
+                            s.applied.chunks.fetch_add(1, Ordering::Relaxed);
+                            s.applied.bytes.fetch_add(u64::from(chunk.raw_len_bytes), Ordering::Relaxed);
+                        }
                         let next = if after == before && applied.is_err() {
                             FollowerInput::ApplyFailed
                         } else {
@@ -919,6 +965,10 @@ fn tick_loop(shared: &Arc<Shared>) {
         std::thread::sleep(Duration::from_millis(10));
         let now_ms = shared.now_ms();
         for slot in shared.all_slots() {
+            // Appends acknowledged as only written are synced here, within a tick.
+            if slot.log.durable_end() < slot.log.written_end() && slot.log.sync().is_ok() {
+                shared.leader_input(&slot, LeaderInput::Synced { end: slot.log.durable_end() });
+            }
             shared.leader_input(&slot, LeaderInput::Tick { now_ms });
         }
     }
@@ -937,8 +987,8 @@ fn serve_client(shared: &Arc<Shared>, mut stream: TcpStream, first: Message) -> 
             },
         };
         let reply = match msg {
-            Message::ClientAppend { log, quorum, records } => client_append(shared, &log, quorum, &records),
-            Message::ClientRead { log, from, max } => client_read(shared, &log, from, max),
+            Message::ClientAppend { log, acks, records } => client_append(shared, &log, acks, &records),
+            Message::ClientRead { log, from, max, uncommitted } => client_read(shared, &log, from, max, uncommitted),
             Message::ClientStatus => Message::ClientStatusReply { json: status_json(shared) },
             _ => Message::Refuse { reason: "unexpected message".into() },
         };
@@ -946,7 +996,7 @@ fn serve_client(shared: &Arc<Shared>, mut stream: TcpStream, first: Message) -> 
     }
 }
 
-fn client_append(shared: &Arc<Shared>, name: &str, quorum: bool, records: &[Bytes]) -> Message {
+fn client_append(shared: &Arc<Shared>, name: &str, acks: Acks, records: &[Bytes]) -> Message {
     if shared.config.role != Role::Leader {
         let leader = "the leader".to_owned();
         return Message::Refuse { reason: format!("node {} is a follower; append to {leader}", shared.config.node_id) };
@@ -963,19 +1013,36 @@ fn client_append(shared: &Arc<Shared>, name: &str, quorum: bool, records: &[Byte
         Err(e) => return Message::Refuse { reason: e.to_string() },
     };
     shared.leader_input(&slot, LeaderInput::Written { end: offsets.end });
+    let receipt = |core: &Core, durability: Acks| {
+        let leader = core.leader.as_ref();
+        let copies = leader.map_or(0, |l| l.copies_durable(offsets.end));
+        let nodes = leader.map_or(1, Leader::nodes);
+        Message::ClientAppended {
+            start: offsets.start,
+            end: offsets.end,
+            durability,
+            copies: u8::try_from(copies).unwrap_or(u8::MAX),
+            nodes: u8::try_from(nodes).unwrap_or(u8::MAX),
+        }
+    };
+    if acks == Acks::Written {
+        // The tick thread syncs it soon (see `tick_loop`); the receipt promises only the write.
+        let core = slot.lock();
+        return receipt(&core, Acks::Written);
+    }
     if let Err(e) = log.sync() {
         return Message::Refuse { reason: e.to_string() };
     }
     shared.leader_input(&slot, LeaderInput::Synced { end: log.durable_end() });
-    if !quorum {
-        return Message::ClientAppended { start: offsets.start, end: offsets.end, durability: 1 };
-    }
     let deadline = Instant::now() + shared.config.commit_timeout;
     let mut core = slot.lock();
     loop {
         let commit = core.leader.as_ref().map_or(0, Leader::commit_end);
         if commit >= offsets.end {
-            return Message::ClientAppended { start: offsets.start, end: offsets.end, durability: 2 };
+            return receipt(&core, Acks::Quorum);
+        }
+        if acks == Acks::Leader {
+            return receipt(&core, Acks::Leader);
         }
         let now = Instant::now();
         if now >= deadline || shared.stop.load(Ordering::SeqCst) {
@@ -993,11 +1060,12 @@ fn client_append(shared: &Arc<Shared>, name: &str, quorum: bool, records: &[Byte
     }
 }
 
-fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32) -> Message {
+fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32, uncommitted: bool) -> Message {
     let Some(slot) = shared.slot(name) else { return Message::Refuse { reason: format!("no log named {name:?}") } };
     let (log, commit) = (&slot.log, slot.commit_end());
+    let end = if uncommitted { log.written_end() } else { commit };
     let from = from.max(log.start_offset());
-    if from >= commit {
+    if from >= end {
         return Message::ClientRecords { start: from, commit_end: commit, records: Vec::new() };
     }
     let mut records = Vec::new();
@@ -1011,7 +1079,7 @@ fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32) -> Message
             Ok(r) => r,
             Err(e) => return Message::Refuse { reason: e.to_string() },
         };
-        if record.offset >= commit || records.len() >= max as usize || bytes + record.value.len() > (16 << 20) {
+        if record.offset >= end || records.len() >= max as usize || bytes + record.value.len() > (16 << 20) {
             break;
         }
         bytes += record.value.len();
@@ -1020,36 +1088,205 @@ fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32) -> Message
     Message::ClientRecords { start: from, commit_end: commit, records }
 }
 
-fn status_json(shared: &Arc<Shared>) -> String {
-    let mut logs = Vec::new();
-    for slot in shared.all_slots() {
-        let core = slot.lock();
-        let mut peers = Vec::new();
-        let commit = match (&core.leader, &core.follower) {
-            (Some(l), _) => {
-                for (id, _) in &shared.config.peers {
-                    if let Some((written, durable, connected)) = l.peer_state(*id) {
-                        peers.push(serde_json::json!({
-                            "node": id, "acked_written": written, "acked_durable": durable,
-                            "connected": connected, "lag_records": slot.log.written_end().saturating_sub(durable),
-                        }));
+/// Bytes of `log` from `offset` to its written end, to the sparse index's precision.
+fn bytes_after(log: &Log, offset: u64) -> u64 {
+    log.segments()
+        .iter()
+        .filter(|s| s.end_offset() > offset)
+        .map(|s| {
+            let from = if s.base_offset() >= offset { 0 } else { s.seek(offset).0 };
+            s.end_pos().saturating_sub(from)
+        })
+        .sum()
+}
+
+impl Shared {
+    fn metrics(&self) -> NodeMetrics {
+        let now_ms = self.now_ms();
+        let logs = self
+            .all_slots()
+            .iter()
+            .map(|slot| {
+                let core = slot.lock();
+                let log = &slot.log;
+                let written_end = log.written_end();
+                let mut peers = Vec::new();
+                if let Some(leader) = core.leader.as_ref() {
+                    for (node, _) in &self.config.peers {
+                        let Some(view) = leader.peer_view(*node) else { continue };
+                        let shipped = core.shipped.get(node).copied().unwrap_or_default();
+                        let lag_records = written_end.saturating_sub(view.acked_durable);
+                        peers.push(PeerMetrics {
+                            node: *node,
+                            connected: view.connected,
+                            acked_written: view.acked_written,
+                            acked_durable: view.acked_durable,
+                            lag_records,
+                            lag_bytes: if lag_records == 0 { 0 } else { bytes_after(log, view.acked_durable) },
+                            lag_ms: if lag_records == 0 { 0 } else { now_ms.saturating_sub(shipped.caught_up_ms) },
+                            shipped_raw_bytes: shipped.raw_bytes,
+                            shipped_wire_bytes: shipped.wire_bytes,
+                            chunks_shipped: shipped.chunks,
+                            chunks_in_flight: view.chunks_in_flight,
+                            bytes_in_flight: view.bytes_in_flight,
+                        });
                     }
                 }
-                l.commit_end()
-            }
-            (_, Some(f)) => f.commit_end(),
-            _ => 0,
-        };
-        logs.push(serde_json::json!({
-            "log": slot.name, "written_end": slot.log.written_end(), "durable_end": slot.log.durable_end(),
-            "commit_end": commit, "peers": peers,
-        }));
+                let commit_end = match (&core.leader, &core.follower) {
+                    (Some(l), _) => l.commit_end(),
+                    (_, Some(f)) => f.commit_end(),
+                    _ => 0,
+                };
+                let applied = &slot.applied;
+                LogMetrics {
+                    log: slot.name.clone(),
+                    start_offset: log.start_offset(),
+                    written_end,
+                    durable_end: log.durable_end(),
+                    commit_end,
+                    peers,
+                    chunks_applied: applied.chunks.load(Ordering::Relaxed),
+                    bytes_applied: applied.bytes.load(Ordering::Relaxed),
+                    follower_syncs: applied.syncs.load(Ordering::Relaxed),
+                    records_synced: applied.records_synced.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        NodeMetrics { node: self.config.node_id, role: self.config.role, logs }
     }
-    let role = match shared.config.role {
-        Role::Leader => "leader",
-        Role::Follower => "follower",
-    };
-    serde_json::json!({ "node": shared.config.node_id, "role": role, "logs": logs }).to_string()
+}
+
+/// A node's metrics ([`Server::metrics`], and `tern status` as JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeMetrics {
+    /// The node.
+    pub node: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// One entry per log, by name.
+    pub logs: Vec<LogMetrics>,
+}
+
+/// Metrics of one log on one node. The three ends are its durability watermarks: what an ack
+/// at each level ([`Acks`]) has promised is below the matching one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogMetrics {
+    /// The log.
+    pub log: String,
+    /// First offset still held.
+    pub start_offset: u64,
+    /// One past the last record written here (page cache): the `written` watermark.
+    pub written_end: u64,
+    /// One past the last record synced here: the `leader` (local fsync) watermark.
+    pub durable_end: u64,
+    /// The commit point: every record below it is synced on a quorum. The `quorum` watermark.
+    pub commit_end: u64,
+    /// Leader: each follower.
+    pub peers: Vec<PeerMetrics>,
+    /// Follower: chunks applied.
+    pub chunks_applied: u64,
+    /// Follower: frame bytes applied.
+    pub bytes_applied: u64,
+    /// Follower: syncs made (each covers every chunk applied before it).
+    pub follower_syncs: u64,
+    /// Follower: records those syncs made durable.
+    pub records_synced: u64,
+}
+
+/// What a leader knows of one follower on one log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerMetrics {
+    /// The follower.
+    pub node: NodeId,
+    /// Whether it is connected.
+    pub connected: bool,
+    /// Its acknowledged written end.
+    pub acked_written: u64,
+    /// Its acknowledged durable end.
+    pub acked_durable: u64,
+    /// Records the leader holds that it has not synced.
+    pub lag_records: u64,
+    /// The same in bytes, to the sparse index's precision (64 KiB by default).
+    pub lag_bytes: u64,
+    /// Milliseconds since it last had synced all the leader had written (0 when it has).
+    pub lag_ms: u64,
+    /// Frame bytes shipped to it, before compression.
+    pub shipped_raw_bytes: u64,
+    /// Chunk bytes shipped to it, after compression.
+    pub shipped_wire_bytes: u64,
+    /// Chunks shipped to it.
+    pub chunks_shipped: u64,
+    /// Chunks sent and not yet acknowledged.
+    pub chunks_in_flight: u64,
+    /// Bytes sent and not yet acknowledged.
+    pub bytes_in_flight: u64,
+}
+
+impl NodeMetrics {
+    /// The metrics as a JSON document (what `tern status --json` prints).
+    pub fn to_json(&self) -> String {
+        let logs: Vec<serde_json::Value> = self
+            .logs
+            .iter()
+            .map(|l| {
+                let peers: Vec<serde_json::Value> = l
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "node": p.node, "connected": p.connected,
+                            "acked_written": p.acked_written, "acked_durable": p.acked_durable,
+                            "lag_records": p.lag_records, "lag_bytes": p.lag_bytes, "lag_ms": p.lag_ms,
+                            "shipped_raw_bytes": p.shipped_raw_bytes, "shipped_wire_bytes": p.shipped_wire_bytes,
+                            "chunks_shipped": p.chunks_shipped, "chunks_in_flight": p.chunks_in_flight,
+                            "bytes_in_flight": p.bytes_in_flight,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "log": l.log, "start_offset": l.start_offset,
+                    "written_end": l.written_end, "durable_end": l.durable_end, "commit_end": l.commit_end,
+                    "peers": peers,
+                    "chunks_applied": l.chunks_applied, "bytes_applied": l.bytes_applied,
+                    "follower_syncs": l.follower_syncs, "records_synced": l.records_synced,
+                })
+            })
+            .collect();
+        let role = match self.role {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+        };
+        serde_json::json!({ "node": self.node, "role": role, "logs": logs }).to_string()
+    }
+}
+
+fn status_json(shared: &Arc<Shared>) -> String {
+    shared.metrics().to_json()
+}
+
+/// What an append's acknowledgement promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// First offset of the batch.
+    pub start: u64,
+    /// One past its last offset.
+    pub end: u64,
+    /// The level reached: at least the one asked for.
+    pub durability: Acks,
+    /// Nodes known to have the batch synced when the ack was sent (the leader included).
+    pub copies: u8,
+    /// Nodes in the cluster.
+    pub nodes: u8,
+}
+
+impl std::fmt::Display for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.durability {
+            Acks::Written => write!(f, "written on the leader, not yet synced"),
+            Acks::Leader => write!(f, "synced on the leader ({} of {} nodes)", self.copies, self.nodes),
+            Acks::Quorum => write!(f, "synced on a quorum ({} of {} nodes)", self.copies, self.nodes),
+        }
+    }
 }
 
 /// A blocking client of a node.
@@ -1082,8 +1319,20 @@ impl Client {
     /// # Errors
     /// The node's refusal, or connection errors.
     pub fn append(&mut self, log: &str, records: Vec<Bytes>, quorum: bool) -> io::Result<(u64, u64, u8)> {
-        match self.call(&Message::ClientAppend { log: log.to_owned(), quorum, records })? {
-            Message::ClientAppended { start, end, durability } => Ok((start, end, durability)),
+        let acks = if quorum { Acks::Quorum } else { Acks::Leader };
+        let receipt = self.append_acks(log, records, acks)?;
+        Ok((receipt.start, receipt.end, receipt.durability.as_u8()))
+    }
+
+    /// Appends `records` as one batch, acknowledged once `acks` holds; returns the receipt.
+    ///
+    /// # Errors
+    /// The node's refusal (a follower, a quorum not reached in time), or connection errors.
+    pub fn append_acks(&mut self, log: &str, records: Vec<Bytes>, acks: Acks) -> io::Result<Receipt> {
+        match self.call(&Message::ClientAppend { log: log.to_owned(), acks, records })? {
+            Message::ClientAppended { start, end, durability, copies, nodes } => {
+                Ok(Receipt { start, end, durability, copies, nodes })
+            }
             _ => Err(io::Error::other("unexpected reply")),
         }
     }
@@ -1093,7 +1342,23 @@ impl Client {
     /// # Errors
     /// The node's refusal, or connection errors.
     pub fn read(&mut self, log: &str, from: u64, max: u32) -> io::Result<(u64, u64, Vec<Bytes>)> {
-        match self.call(&Message::ClientRead { log: log.to_owned(), from, max })? {
+        self.read_from(log, from, max, false)
+    }
+
+    /// Records from `from`, at most `max`, committed ones only unless `uncommitted` (records
+    /// the node holds that may still be lost: for tooling): (first offset, commit point,
+    /// records).
+    ///
+    /// # Errors
+    /// The node's refusal, or connection errors.
+    pub fn read_from(
+        &mut self,
+        log: &str,
+        from: u64,
+        max: u32,
+        uncommitted: bool,
+    ) -> io::Result<(u64, u64, Vec<Bytes>)> {
+        match self.call(&Message::ClientRead { log: log.to_owned(), from, max, uncommitted })? {
             Message::ClientRecords { start, commit_end, records } => Ok((start, commit_end, records)),
             _ => Err(io::Error::other("unexpected reply")),
         }

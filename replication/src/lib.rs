@@ -5,6 +5,8 @@
 //! - [`message`]: the protocol's messages as values.
 //! - [`codec`]: their wire format (PROTOCOL.md), with every length bounded before use.
 //! - [`proto`]: the protocol core, a state machine without I/O: inputs in, actions out.
+//! - [`slots`]: the replication slots file, what a leader knows of each peer on each log,
+//!   kept across restarts.
 //! - [`sim`]: a deterministic simulator running the core over a seeded lossy network and
 //!   fault-injecting disks, with the invariants checked after every step.
 #![warn(missing_docs)]
@@ -14,3 +16,4 @@ pub mod driver;
 pub mod message;
 pub mod proto;
 pub mod sim;
+pub mod slots;

@@ -91,21 +91,28 @@ pub enum Message {
     ClientAppend {
         /// The log, by name.
         log: String,
-        /// Wait until the batch is durable on a quorum (otherwise: on the leader's disk).
-        quorum: bool,
+        /// What the acknowledgement waits for.
+        acks: Acks,
         /// The records.
         records: Vec<Bytes>,
     },
-    /// Node to client: the offsets the batch got, and what the acknowledgement promises.
+    /// Node to client: the offsets the batch got, and what the acknowledgement promises (a
+    /// durability receipt).
     ClientAppended {
         /// First offset.
         start: u64,
         /// One past the last offset.
         end: u64,
-        /// What was achieved: 1 = synced on the leader, 2 = synced on a quorum.
-        durability: u8,
+        /// What was achieved, at least what was asked for.
+        durability: Acks,
+        /// Nodes known to have the batch synced when the ack was sent (the leader included;
+        /// 0 when only written).
+        copies: u8,
+        /// Nodes in the cluster.
+        nodes: u8,
     },
-    /// Client to node: committed records of `log` from `from`, at most `max`.
+    /// Client to node: records of `log` from `from`, at most `max`; committed ones only
+    /// unless `uncommitted`.
     ClientRead {
         /// The log, by name.
         log: String,
@@ -113,6 +120,9 @@ pub enum Message {
         from: u64,
         /// Most records wanted.
         max: u32,
+        /// Also records this node holds that are not committed yet (for tooling): they may
+        /// still be lost or replaced by a failover.
+        uncommitted: bool,
     },
     /// Node to client: records at dense offsets from `start`.
     ClientRecords {
@@ -130,4 +140,41 @@ pub enum Message {
         /// JSON text.
         json: String,
     },
+}
+
+/// The durability an append asks for, and that its receipt reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Acks {
+    /// Written to the leader's log (page cache): lost if the leader's machine crashes.
+    Written = 0,
+    /// Synced on the leader's disk.
+    Leader = 1,
+    /// Synced on a quorum of nodes: the commit point passed it.
+    Quorum = 2,
+}
+
+impl Acks {
+    /// The level of a wire byte; `None` for an unknown one.
+    pub fn from_u8(byte: u8) -> Option<Acks> {
+        match byte {
+            0 => Some(Acks::Written),
+            1 => Some(Acks::Leader),
+            2 => Some(Acks::Quorum),
+            _ => None,
+        }
+    }
+
+    /// The level's wire byte.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Its name: `written`, `leader` or `quorum`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Acks::Written => "written",
+            Acks::Leader => "leader",
+            Acks::Quorum => "quorum",
+        }
+    }
 }

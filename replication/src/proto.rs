@@ -161,6 +161,23 @@ pub enum LeaderAction {
     },
 }
 
+/// What a leader knows of one peer ([`Leader::peer_view`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerView {
+    /// Whether the peer is connected.
+    pub connected: bool,
+    /// The peer's acknowledged written end.
+    pub acked_written: u64,
+    /// The peer's acknowledged durable end.
+    pub acked_durable: u64,
+    /// The next offset to send it.
+    pub next_offset: u64,
+    /// Chunks sent and not yet acknowledged.
+    pub chunks_in_flight: u64,
+    /// Bytes sent and not yet acknowledged.
+    pub bytes_in_flight: u64,
+}
+
 #[derive(Debug, Clone, Default)]
 struct Peer {
     connected: bool,
@@ -215,6 +232,33 @@ impl Leader {
     /// What the leader knows of a peer: (acked written end, acked durable end, connected).
     pub fn peer_state(&self, peer: NodeId) -> Option<(u64, u64, bool)> {
         self.peers.get(&peer).map(|p| (p.acked_written, p.acked_durable, p.connected))
+    }
+
+    /// Everything the leader knows of a peer, for metrics.
+    pub fn peer_view(&self, peer: NodeId) -> Option<PeerView> {
+        self.peers.get(&peer).map(|p| PeerView {
+            connected: p.connected,
+            acked_written: p.acked_written,
+            acked_durable: p.acked_durable,
+            next_offset: p.next_offset,
+            chunks_in_flight: p.inflight.len() as u64,
+            bytes_in_flight: p.inflight_bytes,
+        })
+    }
+
+    /// Nodes known to hold every record below `end` synced, the leader included.
+    pub fn copies_durable(&self, end: u64) -> usize {
+        usize::from(self.durable_end >= end) + self.peers.values().filter(|p| p.acked_durable >= end).count()
+    }
+
+    /// Nodes in the cluster, the leader included.
+    pub fn nodes(&self) -> usize {
+        self.peers.len() + 1
+    }
+
+    /// The local log's written end as the leader knows it.
+    pub fn written_end(&self) -> u64 {
+        self.written_end
     }
 
     /// Feeds one input. Afterwards, drain [`Leader::poll_action`] until it returns `None`.
@@ -427,6 +471,8 @@ pub enum FollowerAction {
     Apply {
         /// The frames.
         chunk: Chunk,
+        /// The sender's epoch: no frame may carry a later one.
+        epoch: u64,
     },
     /// Make the written records durable (through the group commit) and report
     /// [`FollowerInput::Synced`].
@@ -538,7 +584,7 @@ impl Follower {
                     return;
                 }
                 self.applying = true;
-                self.actions.push_back(FollowerAction::Apply { chunk });
+                self.actions.push_back(FollowerAction::Apply { chunk, epoch });
             }
             Message::Heartbeat { epoch, logs } => {
                 if epoch < self.epoch_seen {

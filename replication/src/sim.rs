@@ -355,7 +355,7 @@ impl World {
         while let Some(action) = self.follower(id).poll_action() {
             let log = self.nodes[id as usize].log.clone().ok_or("follower has no log")?;
             match action {
-                FollowerAction::Apply { chunk } => {
+                FollowerAction::Apply { chunk, .. } => {
                     let applied = codec::chunk_frames(&chunk)
                         .map_err(|e| e.to_string())
                         .and_then(|frames| log.append_frames(&frames).map_err(|e| e.to_string()));

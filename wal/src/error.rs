@@ -48,6 +48,15 @@ pub enum Error {
         /// The offset asked for.
         offset: u64,
     },
+    /// [`crate::Log::reset`] was asked for a start below the written end: offsets are never
+    /// reused, so the records there could not be renumbered.
+    #[error("cannot reset the log to offset {offset}: it has written records up to {end}")]
+    ResetBelowEnd {
+        /// The start asked for.
+        offset: u64,
+        /// One past the last offset written.
+        end: u64,
+    },
     /// An invalid argument or configuration value.
     #[error("{0}")]
     Invalid(String),

@@ -27,6 +27,8 @@ pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u64 = 64 << 10;
 /// Default maximum size of one record (key plus value).
 pub const RECORD_BYTES_DEFAULT: u64 = 16 << 20;
+/// The stored retention hold when none is set: no offset reaches it, so it holds nothing.
+const NO_RETENTION_HOLD: u64 = u64::MAX;
 
 /// How durable an append must be before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -165,6 +167,9 @@ pub(crate) struct LogInner {
     truncations: AtomicU64,
     /// The meta generation, stamped on this log's journal entries.
     generation: AtomicU64,
+    /// Retention never deletes a segment holding an offset at or above this
+    /// ([`NO_RETENTION_HOLD`] when none). Changed under the append lock.
+    retention_hold: AtomicU64,
     /// Registered with the committer's journal since its last switch.
     pub(crate) journal_registered: AtomicBool,
     /// Batches were written that are not in the journal: a sync must sync the segment.
@@ -226,11 +231,12 @@ pub fn now_ms() -> u64 {
 impl Log {
     /// Opens the log in `dir`, recovering it after a crash, or creates it when `create` is set.
     ///
-    /// Recovery reads the durable meta file, removes segments a crashed prefix truncation left
-    /// behind, finishes a crashed suffix truncation, trusts sealed segments by their index
-    /// files, and finds the end of the last segment: no scan after a clean close; after a
-    /// crash, a cheap walk up to the last checkpoint and a verified scan of the tail behind it.
-    /// A torn tail is cut; damage before the checkpointed durable point is an error.
+    /// Recovery reads the durable meta file, removes segments a crashed prefix truncation or
+    /// reset left behind (creating the empty first segment of a reset if needed), finishes a
+    /// crashed suffix truncation, trusts sealed segments by their index files, and finds the
+    /// end of the last segment: no scan after a clean close; after a crash, a cheap walk up to
+    /// the last checkpoint and a verified scan of the tail behind it. A torn tail is cut;
+    /// damage before the checkpointed durable point is an error.
     ///
     /// # Errors
     /// [`tern_segment::Error::Corrupt`] (inside [`Error::Segment`]) naming file and byte
@@ -273,6 +279,7 @@ impl Log {
             durable_end: AtomicU64::new(end),
             truncations: AtomicU64::new(0),
             generation: AtomicU64::new(meta.generation),
+            retention_hold: AtomicU64::new(NO_RETENTION_HOLD),
             journal_registered: AtomicBool::new(false),
             direct_dirty: AtomicBool::new(false),
             sync_requested: AtomicBool::new(false),
@@ -517,8 +524,16 @@ impl Log {
     /// # Errors
     /// [`Error::OffsetOutOfRange`] when `offset` is past the written end; I/O errors.
     pub fn truncate_prefix(&self, offset: u64) -> Result<u64> {
+        self.truncate_prefix_below(offset, false)
+    }
+
+    /// [`Log::truncate_prefix`], lowering `offset` to the retention hold when `held` is set.
+    /// The hold is read under the append lock, which [`Log::set_retention_hold`] also takes,
+    /// so a hold set before this takes the lock is always honoured.
+    fn truncate_prefix_below(&self, offset: u64, held: bool) -> Result<u64> {
         let inner = &self.inner;
         let _st = inner.write.lock();
+        let offset = if held { offset.min(inner.retention_hold.load(Ordering::Acquire)) } else { offset };
         let (start, end) = (self.start_offset(), self.written_end());
         if offset > end {
             return Err(Error::OffsetOutOfRange { offset, start, end });
@@ -552,7 +567,8 @@ impl Log {
 
     /// Applies retention: deletes the oldest segments while the log is larger than
     /// `size_bytes_max`, or while their newest record is older than `age_ms_max` at `now_ms`.
-    /// Returns the new log start.
+    /// Never deletes a segment holding an offset at or above the retention hold
+    /// ([`Log::set_retention_hold`]). Returns the new log start.
     ///
     /// # Errors
     /// As [`Log::truncate_prefix`].
@@ -570,9 +586,69 @@ impl Log {
             cut = segment.end_offset();
         }
         if cut > self.start_offset() {
-            return self.truncate_prefix(cut);
+            return self.truncate_prefix_below(cut, true);
         }
         Ok(self.start_offset())
+    }
+
+    /// Sets the retention hold: from when this returns, [`Log::apply_retention`] never deletes
+    /// a segment that holds any offset at or above `hold` (it deletes only segments whose end
+    /// is at most `hold`). `None` lifts the hold. A leader holds the oldest offset a peer still
+    /// needs, so that the peer can catch up from the log instead of needing a fresh copy.
+    ///
+    /// The hold is not persisted: it lives as long as this open log and starts as `None`.
+    /// [`Log::truncate_prefix`] ignores it, because it is an operator's explicit order.
+    /// `Some(u64::MAX)` holds nothing, as no offset reaches it, and reads back as `None`.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use tern_wal::{Committer, Durability, Log, LogOptions};
+    /// let dir = tempfile::tempdir()?;
+    /// let disk: Arc<dyn tern_segment::Disk> = Arc::new(tern_segment::OsDisk::new());
+    /// let committer = Committer::start(disk.clone());
+    /// let options = LogOptions { segment_size_bytes: 4096, index_interval_bytes: 1024, ..LogOptions::default() };
+    /// let log = Log::open(disk, dir.path(), "orders", options, committer.clone(), true)?;
+    /// for _ in 0..40 {
+    ///     log.append(&[&[7u8; 500]], Durability::Local)?; // rolls a segment every few appends
+    /// }
+    /// log.set_retention_hold(Some(0)); // a peer still needs offset 0
+    /// assert_eq!(log.apply_retention(Some(0), None, 0)?, 0, "nothing deleted");
+    /// log.set_retention_hold(None);
+    /// assert!(log.apply_retention(Some(0), None, 0)? > 0, "now retention deletes");
+    /// log.close()?;
+    /// committer.stop();
+    /// # Ok(()) }
+    /// ```
+    pub fn set_retention_hold(&self, hold: Option<u64>) {
+        // Under the append lock, so that no retention run that read the old hold is still
+        // deleting when this returns (see `truncate_prefix_below`).
+        let _st = self.inner.write.lock();
+        self.inner.retention_hold.store(hold.unwrap_or(NO_RETENTION_HOLD), Ordering::Release);
+    }
+
+    /// The retention hold set by [`Log::set_retention_hold`], if any.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use tern_wal::{Committer, Log, LogOptions};
+    /// let dir = tempfile::tempdir()?;
+    /// let disk: Arc<dyn tern_segment::Disk> = Arc::new(tern_segment::OsDisk::new());
+    /// let committer = Committer::start(disk.clone());
+    /// let log = Log::open(disk, dir.path(), "orders", LogOptions::default(), committer.clone(), true)?;
+    /// assert_eq!(log.retention_hold(), None);
+    /// log.set_retention_hold(Some(42));
+    /// assert_eq!(log.retention_hold(), Some(42));
+    /// log.close()?;
+    /// committer.stop();
+    /// # Ok(()) }
+    /// ```
+    pub fn retention_hold(&self) -> Option<u64> {
+        let hold = self.inner.retention_hold.load(Ordering::Acquire);
+        (hold != NO_RETENTION_HOLD).then_some(hold)
     }
 
     /// Removes every record at or after `offset`, which must be a batch boundary (replication
@@ -635,6 +711,139 @@ impl Log {
             false,
         )?;
         drop(st);
+        Ok(())
+    }
+
+    /// Discards every record and makes the log empty, with its start and its next offset both
+    /// at `start_offset`. A follower whose leader no longer holds the records it misses uses
+    /// this before it takes a fresh copy of the leader's segments from `start_offset` on.
+    ///
+    /// Offsets are never reused, so `start_offset` must be at least the written end. Records
+    /// written but not yet durable are synced first, so an append waiting for durability is
+    /// told the truth, and a power loss during the reset finds either the whole old log or the
+    /// empty log at `start_offset`.
+    ///
+    /// # Durability
+    /// Durable when this returns. The new start is recorded in `log.meta` first, under a new
+    /// generation (journal entries and checkpoint slots of the discarded records are never
+    /// trusted again); then the first segment at `start_offset` is created and its name
+    /// synced; then the old segments are removed. Recovery finishes a reset that a crash
+    /// interrupted after the meta was replaced (FORMAT.md "Recovery").
+    ///
+    /// # Errors
+    /// [`Error::ResetBelowEnd`] when `start_offset` is below the written end; [`Error::Fenced`]
+    /// or [`Error::Closed`]; I/O errors, after which the log is fenced and a reopen finishes or
+    /// forgets the reset.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use tern_wal::{Committer, Durability, Log, LogOptions, Visibility};
+    /// let dir = tempfile::tempdir()?;
+    /// let disk: Arc<dyn tern_segment::Disk> = Arc::new(tern_segment::OsDisk::new());
+    /// let committer = Committer::start(disk.clone());
+    /// let log = Log::open(disk.clone(), dir.path(), "orders", LogOptions::default(), committer.clone(), true)?;
+    /// log.append(&[b"old", b"old"], Durability::Local)?;
+    /// log.reset(1000)?;
+    /// assert_eq!((log.start_offset(), log.written_end()), (1000, 1000));
+    /// assert_eq!(log.append(&[b"new"], Durability::Local)?, 1000..1001);
+    /// log.close()?;
+    /// let log = Log::open(disk, dir.path(), "orders", LogOptions::default(), committer.clone(), false)?;
+    /// let records: Vec<_> = log.read(log.start_offset(), Visibility::Durable)?.collect::<Result<_, _>>()?;
+    /// assert_eq!((records.len(), records[0].offset, &records[0].value[..]), (1, 1000, &b"new"[..]));
+    /// log.close()?;
+    /// committer.stop();
+    /// # Ok(()) }
+    /// ```
+    pub fn reset(&self, start_offset: u64) -> Result<()> {
+        let inner = &self.inner;
+        let st = inner.write.lock();
+        inner.check_writable()?;
+        let end = self.written_end();
+        if start_offset < end {
+            return Err(Error::ResetBelowEnd { offset: start_offset, end });
+        }
+        let result = (|| {
+            // Earlier segments were synced whole when they were sealed; only the active one
+            // may hold written records that are not durable yet.
+            if end > inner.durable_end.load(Ordering::Acquire) {
+                inner.active().sync()?;
+                inner.direct_dirty.store(false, Ordering::SeqCst);
+                inner.durable_end.fetch_max(end, Ordering::AcqRel);
+                inner.wake_waiters(end);
+            }
+            let generation = {
+                let mut meta = inner.meta.lock();
+                assert_eq!(meta.truncate_to, NO_TRUNCATION, "a suffix truncation was left unfinished");
+                let next = Meta { generation: meta.generation + 1, start_offset, truncate_to: NO_TRUNCATION };
+                next.write(&*inner.disk, &inner.dir)?;
+                *meta = next;
+                next.generation
+            };
+            // From here a crash ends in the empty log at `start_offset`; a sync of the old
+            // segments still in flight must not raise the durable end or write a checkpoint.
+            inner.truncations.fetch_add(1, Ordering::SeqCst);
+            let old = inner.segments.read().clone();
+            // An empty segment may already start at `start_offset` (the old log ended there
+            // with an empty active segment): it is the new first segment as it stands.
+            let reused = old.last().filter(|s| s.base_offset() == start_offset).cloned();
+            if let Some(segment) = &reused {
+                assert_eq!(segment.end_offset(), start_offset, "a segment at the reset start holds records");
+            }
+            let first = match reused {
+                Some(segment) => segment,
+                None => {
+                    let segment = Segment::create(
+                        &*inner.disk,
+                        &inner.dir,
+                        start_offset,
+                        inner.options.segment_size_bytes,
+                        inner.options.index_interval_bytes,
+                    )?;
+                    segment.sync()?;
+                    // The new segment's name is durable before any old one goes, so the
+                    // directory never holds no segment at all.
+                    inner.disk.sync_dir(&inner.dir).map_err(|e| Error::io(&inner.dir, e))?;
+                    Arc::new(segment)
+                }
+            };
+            let doomed: Vec<&Arc<Segment>> = old.iter().filter(|s| !Arc::ptr_eq(s, &first)).collect();
+            for segment in &doomed {
+                remove_segment_files(&*inner.disk, segment)?;
+            }
+            if !doomed.is_empty() {
+                inner.disk.sync_dir(&inner.dir).map_err(|e| Error::io(&inner.dir, e))?;
+            }
+            Ok((first, generation))
+        })();
+        let (first, generation) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                inner.fence(&e);
+                return Err(e);
+            }
+        };
+        // Journal entries of the discarded records carry an older generation: never replayed.
+        inner.generation.store(generation, Ordering::SeqCst);
+        // Ends before start, so that a reader never sees the start past the end.
+        *inner.segments.write() = vec![first.clone()];
+        inner.written_end.store(start_offset, Ordering::Release);
+        inner.durable_end.store(start_offset, Ordering::Release);
+        inner.start_offset.store(start_offset, Ordering::Release);
+        inner.checkpoint.lock().write(
+            Checkpoint {
+                generation,
+                segment_base: start_offset,
+                durable_pos: first.end_pos(),
+                durable_end: start_offset,
+                ..Default::default()
+            },
+            false,
+        )?;
+        drop(st);
+        inner.wake_waiters(start_offset);
+        inner.notify_readers();
         Ok(())
     }
 
@@ -1070,6 +1279,25 @@ fn cut_suffix(disk: &dyn Disk, dir: &Path, segments: &mut Vec<Arc<Segment>>, off
     Ok(())
 }
 
+/// How many of the oldest segments (`bases`, sorted) hold only records below `start_offset`,
+/// which `log.meta` says are gone, so that recovery removes them.
+///
+/// A segment is below the start when the next one begins at or below it (a prefix truncation,
+/// or a reset, that a crash interrupted). The last segment is one only when it begins below the
+/// start: the log start is always a segment base, so that happens only when a reset lost power
+/// before its first segment, at the start, was durable; every record the old segment holds is
+/// below the start, because a reset never starts below the written end.
+pub(crate) fn segments_below_start(bases: &[u64], start_offset: u64) -> usize {
+    let mut count = 0;
+    while bases.get(count + 1).is_some_and(|base| *base <= start_offset) {
+        count += 1;
+    }
+    if count + 1 == bases.len() && bases.get(count).is_some_and(|base| *base < start_offset) {
+        count += 1;
+    }
+    count
+}
+
 fn corrupt(file: PathBuf, pos: u64, reason: CorruptReason) -> Error {
     Error::Segment(tern_segment::Error::Corrupt { file, pos, reason })
 }
@@ -1092,9 +1320,19 @@ fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<(Vec<Arc
         return Ok((vec![Arc::new(segment)], meta, Recovered { clean: true, ..Default::default() }, 0));
     };
     let replay_generation = meta.generation;
-    // Finish a prefix truncation that a crash interrupted.
+    // Finish a prefix truncation or a reset that a crash interrupted.
+    let below_start = segments_below_start(&bases, meta.start_offset);
+    if below_start > 0 && below_start == bases.len() {
+        // A reset lost power before the name of its first segment was durable. Create that
+        // segment before removing the old ones, so the directory always holds a segment.
+        let segment =
+            Segment::create(disk, dir, meta.start_offset, options.segment_size_bytes, options.index_interval_bytes)?;
+        segment.sync()?;
+        disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+        bases.push(meta.start_offset);
+    }
     let mut removed = false;
-    while bases.len() >= 2 && bases.get(1).is_some_and(|b| *b <= meta.start_offset) {
+    for _ in 0..below_start {
         let base = bases.remove(0);
         let path = dir.join(tern_segment::segment::segment_file_name(base));
         disk.remove(&path).map_err(|e| Error::io(&path, e))?;
@@ -1221,4 +1459,25 @@ fn recover_last(
     entries.extend(tail.entries.into_iter().filter(|e| e.pos > walked_pos));
     last.install(tail.end_pos, tail.end_offset, walk.max_timestamp_ms.max(tail.max_timestamp_ms), entries);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segments_below_start;
+
+    #[test]
+    fn recovery_removes_exactly_the_segments_below_the_log_start() {
+        // In step: the start is the first base.
+        assert_eq!(segments_below_start(&[0, 10, 20], 0), 0);
+        // A prefix truncation or a reset cut short: the next segment begins at or below it.
+        assert_eq!(segments_below_start(&[0, 10, 20], 10), 1);
+        assert_eq!(segments_below_start(&[0, 10, 20], 15), 1);
+        assert_eq!(segments_below_start(&[0, 10, 20, 500], 500), 3);
+        // A reset cut short before its first segment was durable: nothing is at the start.
+        assert_eq!(segments_below_start(&[0, 10, 20], 500), 3);
+        assert_eq!(segments_below_start(&[20], 500), 1);
+        // The last segment at the start stays, as does a log with no segment at all.
+        assert_eq!(segments_below_start(&[500], 500), 0);
+        assert_eq!(segments_below_start(&[], 500), 0);
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! `log.meta` (FORMAT.md "Log meta file") is authoritative and always written durably (temporary
 //! file, fsync, rename, directory fsync): the log-start offset, a pending suffix truncation, and
-//! a generation that changes at every open and every truncation.
+//! a generation that changes at every open, every suffix truncation and every reset.
 //!
 //! `checkpoint` (FORMAT.md "Checkpoint file") is a hint written in place after every group
 //! sync, without its own fsync, into one of two 64-byte slots alternately. A slot only claims
@@ -37,9 +37,12 @@ pub const NO_TRUNCATION: u64 = u64::MAX;
 /// The authoritative per-log state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
-    /// Changes at every open and every truncation; checkpoint slots of other generations are ignored.
+    /// Changes at every open, every suffix truncation and every reset; checkpoint slots and
+    /// journal entries of other generations are ignored.
     pub generation: u64,
-    /// Segments wholly below this offset are deleted (or to be deleted after a crash).
+    /// The log start: no record below it exists. Segments that begin below it are deleted (or
+    /// deleted by recovery after a crash); after a reset, the empty segment at it is created
+    /// by recovery if a crash came first (FORMAT.md "Log meta file").
     pub start_offset: u64,
     /// A suffix truncation to this offset is in progress ([`NO_TRUNCATION`] if none).
     pub truncate_to: u64,

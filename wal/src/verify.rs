@@ -78,6 +78,11 @@ pub fn verify_log(disk: &dyn Disk, dir: &Path, on_batch: &mut dyn FnMut(&BatchIn
     let checkpoint = meta.and_then(|m| CheckpointWriter::read(disk, dir, m.generation).ok().flatten());
     let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_file_name(n, SEGMENT_EXT)).collect();
     bases.sort_unstable();
+    // Segments left behind by a prefix truncation or a reset that a crash interrupted hold
+    // only records below the log start; the next open removes them. They are not the log.
+    if let Some(meta) = meta {
+        bases.drain(..crate::log::segments_below_start(&bases, meta.start_offset));
+    }
     let mut expected: Option<u64> = None;
     let last_base = bases.last().copied();
     for base in bases {
