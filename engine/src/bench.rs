@@ -151,7 +151,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Workload::SmallSync => 6,
         Workload::ManyLogs => 4,
         Workload::Bulk => 8,
-        Workload::Replicate => 7,
+        Workload::Replicate => 10,
     };
     let progress = Progress::new(steps);
     let mut rows = Vec::new();
@@ -567,19 +567,36 @@ fn closed_loop<Op: FnMut() -> bool>(
     make_op: impl Fn(usize) -> Option<Op> + Sync,
 ) -> Result<SmallSync, Box<dyn std::error::Error>> {
     let stop = AtomicBool::new(false);
-    let errors = AtomicU64::new(0);
-    let warmup = duration / 5;
     let started = Instant::now();
-    let latencies: Vec<Vec<f64>> = std::thread::scope(|s| {
+    let measured_from = started + duration / 5;
+    let samples =
+        drive(writers, make_op, &stop, started + duration).map_err(|e| format!("{e} during a small-sync workload"))?;
+    let elapsed = started.elapsed().saturating_sub(duration / 5).as_secs_f64();
+    let latencies = samples.into_iter().filter(|(t, _)| *t >= measured_from).map(|(_, us)| us).collect();
+    Ok(summarize(vec![latencies], elapsed))
+}
+
+/// Runs `writers` threads, each calling its own operation (made by `make_op`) in a closed loop
+/// until `stop` is set or `until` passes. Returns the start and latency (us) of every
+/// operation. An operation that returns false, or that could not be made, stops them all and
+/// fails the run.
+fn drive<Op: FnMut() -> bool>(
+    writers: usize,
+    make_op: impl Fn(usize) -> Option<Op> + Sync,
+    stop: &AtomicBool,
+    until: Instant,
+) -> Result<Vec<(Instant, f64)>, String> {
+    let errors = AtomicU64::new(0);
+    let samples: Vec<Vec<(Instant, f64)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..writers)
             .map(|w| {
-                let (stop, errors, make_op) = (&stop, &errors, &make_op);
+                let (errors, make_op) = (&errors, &make_op);
                 s.spawn(move || {
-                    let mut lat = Vec::new();
+                    let mut samples = Vec::new();
                     let Some(mut op) = make_op(w) else {
                         errors.fetch_add(1, Ordering::Relaxed);
                         stop.store(true, Ordering::Relaxed);
-                        return lat;
+                        return samples;
                     };
                     while !stop.load(Ordering::Relaxed) {
                         let t = Instant::now();
@@ -588,23 +605,22 @@ fn closed_loop<Op: FnMut() -> bool>(
                             stop.store(true, Ordering::Relaxed);
                             break;
                         }
-                        if t >= started + warmup {
-                            lat.push(t.elapsed().as_secs_f64() * 1e6);
-                        }
-                        if started.elapsed() >= duration {
+                        let done = Instant::now();
+                        samples.push((t, (done - t).as_secs_f64() * 1e6));
+                        if done >= until {
                             stop.store(true, Ordering::Relaxed);
                         }
                     }
-                    lat
+                    samples
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
     });
     if errors.load(Ordering::Relaxed) > 0 {
-        return Err("an operation failed during a small-sync workload".into());
+        return Err("an operation failed".into());
     }
-    Ok(summarize(latencies, started.elapsed().saturating_sub(warmup).as_secs_f64()))
+    Ok(samples.into_iter().flatten().collect())
 }
 
 /// `writers` threads append 128-byte records with local durability, spread over `logs` logs.
@@ -743,37 +759,140 @@ fn tern_crash_reopen(disk: &Arc<dyn Disk>, dir: &Path) -> Result<(f64, u64), Box
     Ok((ms, recovered.scanned_bytes))
 }
 
-/// Three in-process nodes on loopback, each with its own engine under `dir`.
-struct Cluster {
-    leader: tern_replication::driver::Server,
-    followers: Vec<tern_replication::driver::Server>,
+/// How one in-process node is started, kept so that it can be stopped and started again on the
+/// same directory and address (the cluster demo does the same with its own copy).
+#[derive(Debug, Clone)]
+pub(crate) struct NodeSpec {
+    /// Node id (the leader is 1).
+    pub(crate) id: u64,
+    /// The node's engine directory.
+    pub(crate) dir: PathBuf,
+    /// The address it listens on.
+    pub(crate) addr: std::net::SocketAddr,
+    /// Leader or follower.
+    pub(crate) role: tern_replication::driver::Role,
+    /// The followers, for a leader.
+    pub(crate) peers: Vec<(u64, std::net::SocketAddr)>,
+    /// How the node ships (it matters for a leader only).
+    pub(crate) compression: tern_replication::codec::Compression,
+    /// Its engine's settings.
+    pub(crate) engine: crate::Config,
 }
 
-fn start_cluster(dir: &Path) -> Result<Cluster, Box<dyn std::error::Error>> {
-    use tern_replication::driver::{Role, Server, ServerConfig};
-    let addrs: Vec<std::net::SocketAddr> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
-        .collect::<Result<_, _>>()?;
-    let start =
-        |i: usize, role: Role, peers: Vec<(u64, std::net::SocketAddr)>| -> Result<Server, Box<dyn std::error::Error>> {
-            let engine = Arc::new(crate::Engine::open(&unique(dir, &format!("node-{i}")), crate::Config::default())?);
-            let config = ServerConfig {
-                cluster_id: 9,
-                node_id: i as u64 + 1,
-                listen: addrs[i],
-                role,
-                peers,
-                quorum: tern_replication::proto::Quorum::Count(2),
-                connections_max: 256,
-                handshake_timeout: Duration::from_secs(5),
-                commit_timeout: Duration::from_secs(30),
-                compression: tern_replication::codec::Compression::default(),
-            };
-            Ok(Server::start(config, Arc::new(crate::EngineLogs(engine)))?)
+/// Opens the node's engine and starts its server. The engine of a node stopped just before may
+/// still be held for a moment by one of its closing connection threads (`Server::stop` waits
+/// for the connections to end, not for their last reference to drop), so a locked directory or
+/// a busy address is retried for a few seconds.
+pub(crate) fn start_node(
+    spec: &NodeSpec,
+) -> Result<(Arc<crate::Engine>, tern_replication::driver::Server), Box<dyn std::error::Error>> {
+    use tern_replication::driver::{Server, ServerConfig};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let engine = loop {
+        match crate::Engine::open(&spec.dir, spec.engine.clone()) {
+            Err(crate::Error::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => break Arc::new(other?),
+        }
+    };
+    let config = ServerConfig {
+        cluster_id: 9,
+        node_id: spec.id,
+        listen: spec.addr,
+        role: spec.role,
+        peers: spec.peers.clone(),
+        quorum: tern_replication::proto::Quorum::Count(2),
+        connections_max: 256,
+        handshake_timeout: Duration::from_secs(5),
+        commit_timeout: Duration::from_secs(30),
+        compression: spec.compression,
+    };
+    loop {
+        match Server::start(config.clone(), Arc::new(crate::EngineLogs(engine.clone()))) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return Ok((engine, other?)),
+        }
+    }
+}
+
+/// One node of a bench cluster; `running` is `None` while it is stopped.
+struct Node {
+    spec: NodeSpec,
+    running: Option<(Arc<crate::Engine>, tern_replication::driver::Server)>,
+}
+
+impl Node {
+    fn start(spec: NodeSpec) -> Result<Node, Box<dyn std::error::Error>> {
+        let running = Some(start_node(&spec)?);
+        Ok(Node { spec, running })
+    }
+
+    fn server(&self) -> &tern_replication::driver::Server {
+        &self.running.as_ref().expect("the node is running").1
+    }
+
+    fn engine(&self) -> &crate::Engine {
+        &self.running.as_ref().expect("the node is running").0
+    }
+
+    /// Stops the server and closes the engine (the server holds the other reference to it).
+    fn stop(&mut self) {
+        if let Some((engine, server)) = self.running.take() {
+            server.stop();
+            drop(engine);
+        }
+    }
+
+    fn restart(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        self.stop();
+        self.running = Some(start_node(&self.spec)?);
+        Ok(())
+    }
+}
+
+/// Three in-process nodes on loopback, each with its own engine under `dir`; `nodes[0]` leads.
+struct Cluster {
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    fn start(
+        dir: &Path,
+        compression: tern_replication::codec::Compression,
+    ) -> Result<Cluster, Box<dyn std::error::Error>> {
+        use tern_replication::driver::Role;
+        let addrs: Vec<std::net::SocketAddr> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
+            .collect::<Result<_, _>>()?;
+        let spec = |i: usize| NodeSpec {
+            id: i as u64 + 1,
+            dir: unique(dir, &format!("node-{i}")),
+            addr: addrs[i],
+            role: if i == 0 { Role::Leader } else { Role::Follower },
+            peers: if i == 0 { vec![(2, addrs[1]), (3, addrs[2])] } else { Vec::new() },
+            compression,
+            engine: crate::Config::default(),
         };
-    let followers = vec![start(1, Role::Follower, vec![])?, start(2, Role::Follower, vec![])?];
-    let leader = start(0, Role::Leader, vec![(2, addrs[1]), (3, addrs[2])])?;
-    Ok(Cluster { leader, followers })
+        // Followers first, so the leader finds them listening.
+        let follower_2 = Node::start(spec(1))?;
+        let follower_3 = Node::start(spec(2))?;
+        let leader = Node::start(spec(0))?;
+        Ok(Cluster { nodes: vec![leader, follower_2, follower_3] })
+    }
+
+    fn leader(&self) -> &tern_replication::driver::Server {
+        self.nodes[0].server()
+    }
+
+    /// Stops the leader first, then the followers.
+    fn stop(mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+    }
 }
 
 /// `writers` clients append one 128-byte record each, waiting for a quorum ack.
@@ -790,15 +909,11 @@ fn replicate_small_sync(
     })
 }
 
-/// One client appends `total_bytes` of 4 KiB records, 256 per batch, each batch quorum-acked.
-fn replicate_bulk(
-    addr: std::net::SocketAddr,
-    total_bytes: u64,
-    compressible: bool,
-) -> Result<f64, Box<dyn std::error::Error>> {
-    let mut client = tern_replication::driver::Client::connect(addr)?;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let record = |i: u64, state: &mut u64| -> bytes::Bytes {
+/// `count` batches of 256 records of 4 KiB (1 MiB each): xorshift output seeded with `seed`
+/// (incompressible), or repetitive JSON (compressible).
+fn bulk_batches(count: u64, compressible: bool, seed: u64) -> Vec<Vec<bytes::Bytes>> {
+    let mut state = seed | 1;
+    let mut record = |i: u64| -> bytes::Bytes {
         if compressible {
             let text =
                 format!(r#"{{"event":"page_view","seq":{i},"path":"/products/{}","agent":"Mozilla/5.0"}}"#, i % 5000);
@@ -807,23 +922,43 @@ fn replicate_bulk(
             bytes::Bytes::from(
                 (0..512)
                     .flat_map(|_| {
-                        *state ^= *state << 13;
-                        *state ^= *state >> 7;
-                        *state ^= *state << 17;
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
                         state.to_le_bytes()
                     })
                     .collect::<Vec<u8>>(),
             )
         }
     };
-    let batches = total_bytes / (1 << 20);
-    let prepared: Vec<Vec<bytes::Bytes>> =
-        (0..batches).map(|b| (0..256).map(|i| record(b * 256 + i, &mut state)).collect()).collect();
+    (0..count).map(|b| (0..256).map(|i| record(b * 256 + i)).collect()).collect()
+}
+
+/// One client appends `count` batches to `log`, cycling through `data`, each batch
+/// quorum-acked; MB/s.
+fn append_bulk(
+    addr: std::net::SocketAddr,
+    log: &str,
+    data: &[Vec<bytes::Bytes>],
+    count: u64,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let mut client = tern_replication::driver::Client::connect(addr)?;
     let started = Instant::now();
-    for batch in prepared {
-        client.append("bulk", batch, true)?;
+    for batch in data.iter().cycle().take(count as usize) {
+        client.append(log, batch.clone(), true)?;
     }
-    Ok((batches << 20) as f64 / started.elapsed().as_secs_f64() / 1e6)
+    let bytes: usize = data.iter().cycle().take(count as usize).flatten().map(bytes::Bytes::len).sum();
+    Ok(bytes as f64 / started.elapsed().as_secs_f64() / 1e6)
+}
+
+fn median_f64(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn wire_ratio(before: tern_replication::driver::ShipStats, after: tern_replication::driver::ShipStats) -> f64 {
+    (after.wire_bytes - before.wire_bytes) as f64 / (after.raw_bytes - before.raw_bytes).max(1) as f64
 }
 
 fn replicate(
@@ -835,18 +970,22 @@ fn replicate(
     seconds: Duration,
     sync_p50_us: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    use tern_replication::codec::Compression;
     progress.step("single-node small-sync, 16 writers");
     let single = tern_small_sync(disk, args.commit_mode.into(), dir, 16, 1, seconds)?;
     progress.step("3-node cluster small-sync, 16 clients, quorum acks");
-    let cluster = start_cluster(dir)?;
-    let addr = cluster.leader.local_addr();
+    let mut cluster = Cluster::start(dir, Compression::default())?;
+    let addr = cluster.leader().local_addr();
     let replicated = replicate_small_sync(addr, 16, seconds)?;
     rows.push(Row {
         name: "replicate small-sync 16 clients x 128 B, quorum".into(),
         value: replicated.records_per_s,
         unit: "records/s",
         limit: Some(single.records_per_s),
-        limit_name: format!("single-node tern, 16 writers {:.0}/s;", single.records_per_s),
+        limit_name: format!(
+            "single-node tern, 16 writers {:.0}/s (p50 {:.0} us, p99 {:.0} us);",
+            single.records_per_s, single.p50_us, single.p99_us
+        ),
         detail: format!(
             "p50 {:.0} us, p99 {:.0} us = {:.1}x fdatasync p50",
             replicated.p50_us,
@@ -859,39 +998,290 @@ fn replicate(
     let raw_buffered = raw_sequential(dir, bulk_bytes, false)?;
     let raw_direct = raw_sequential(dir, bulk_bytes, true).ok();
     let raw_best = raw_direct.map_or(raw_buffered, |d| d.max(raw_buffered));
-    progress.step("3-node bulk, incompressible");
-    let before = cluster.leader.ship_stats();
-    let bulk = replicate_bulk(addr, bulk_bytes, false)?;
-    let after = cluster.leader.ship_stats();
+    let raw_limit = format!("raw write+fdatasync {raw_best:.0} MB/s / 3 nodes on one disk;");
+
+    // Compression on and off, the same bytes in interleaved rounds against two clusters (this
+    // disk drifts over seconds): the leader of the second ships everything raw.
+    const ROUNDS: usize = 3;
+    let off_cluster = Cluster::start(dir, Compression::OFF)?;
+    let round_batches = (bulk_bytes >> 20) / ROUNDS as u64;
+    let data = bulk_batches(round_batches, false, 0x9e37_79b9_7f4a_7c15);
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    let (mut wire_on, mut wire_off) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        progress.step(&format!("3-node bulk, incompressible, compression on and off, round {}/{ROUNDS}", round + 1));
+        // Alternate which goes first.
+        for compressed in [round % 2 == 0, round % 2 == 1] {
+            let (server, speeds, wire) = if compressed {
+                (cluster.leader(), &mut on, &mut wire_on)
+            } else {
+                (off_cluster.leader(), &mut off, &mut wire_off)
+            };
+            let before = server.ship_stats();
+            speeds.push(append_bulk(server.local_addr(), "bulk", &data, round_batches)?);
+            wire.push(wire_ratio(before, server.ship_stats()));
+            settle();
+        }
+    }
+    off_cluster.stop();
+    let (bulk_on, bulk_off) = (median_f64(&on), median_f64(&off));
+    let rounds_text = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
     rows.push(Row {
         name: "replicate bulk 4 KiB records, incompressible, quorum".into(),
-        value: bulk,
+        value: bulk_on,
         unit: "MB/s",
         limit: Some(raw_best / 3.0),
-        limit_name: format!("raw write+fdatasync {raw_best:.0} MB/s / 3 nodes on one disk;"),
+        limit_name: raw_limit.clone(),
         detail: format!(
-            "wire/raw {:.2}",
-            (after.wire_bytes - before.wire_bytes) as f64 / (after.raw_bytes - before.raw_bytes).max(1) as f64
+            "compression on (zstd 1, kept if it saves >= 10%): wire/raw {:.2}; median of {ROUNDS} rounds of {round_batches} MiB ({} MB/s), interleaved with compression off",
+            median_f64(&wire_on),
+            rounds_text(&on)
         ),
     });
+    let on_off = bulk_on / bulk_off;
+    rows.push(Row {
+        name: "replicate bulk incompressible, compression off".into(),
+        value: bulk_off,
+        unit: "MB/s",
+        limit: Some(raw_best / 3.0),
+        limit_name: raw_limit.clone(),
+        detail: format!(
+            "compression on/off {on_off:.2}x (target >= 0.95: {}); wire/raw {:.2}; median of {ROUNDS} rounds ({} MB/s), same bytes as compression on",
+            if on_off >= 0.95 { "met" } else { "NOT met" },
+            median_f64(&wire_off),
+            rounds_text(&off)
+        ),
+    });
+
     progress.step("3-node bulk, compressible");
-    let before = cluster.leader.ship_stats();
-    let bulk_text = replicate_bulk(addr, bulk_bytes, true)?;
-    let after = cluster.leader.ship_stats();
+    let data = bulk_batches(bulk_bytes >> 20, true, 0);
+    let before = cluster.leader().ship_stats();
+    let bulk_text = append_bulk(addr, "bulk", &data, bulk_bytes >> 20)?;
+    let after = cluster.leader().ship_stats();
+    drop(data);
     rows.push(Row {
         name: "replicate bulk 4 KiB records, compressible, quorum".into(),
         value: bulk_text,
         unit: "MB/s",
         limit: Some(raw_best / 3.0),
-        limit_name: format!("raw write+fdatasync {raw_best:.0} MB/s / 3 nodes on one disk;"),
+        limit_name: raw_limit,
+        detail: format!("compression {:.1}x", 1.0 / wire_ratio(before, after)),
+    });
+
+    let backlog_bytes = (args.bulk_bytes / 2).max(64 << 20);
+    let result = catch_up(&mut cluster, backlog_bytes, progress);
+    cluster.stop();
+    let c = result?;
+    let secs = c.elapsed.as_secs_f64();
+    let mb_s = c.bytes as f64 / secs / 1e6;
+    let converged = match c.converged {
+        Ok(t) => format!("lag reached 0 within {:.0} ms of live traffic stopping", t.as_secs_f64() * 1e3),
+        Err(lag) => format!("PROBLEM: lag still {lag} records 30 s after live traffic stopped"),
+    };
+    rows.push(Row {
+        name: format!("replicate catch-up of a follower {} MiB behind", backlog_bytes >> 20),
+        value: if c.caught_up { mb_s } else { 0.0 },
+        unit: "MB/s",
+        limit: Some(bulk_on),
+        limit_name: format!("quorum bulk incompressible {bulk_on:.0} MB/s in this run, taken as the follower's bulk apply rate;"),
+        detail: if c.caught_up {
+            format!(
+                "{:.0} records/s: {} records ({} x 4 KiB incompressible backlog + {} x 128 B live) in {secs:.2} s \
+                 from the leader's reconnect to within {CAUGHT_UP_LAG} records of its end; before that, restart to \
+                 reconnect {:.0} ms (engine reopen {:.0} ms, then the leader's redial backoff); backlog written with \
+                 quorum acks at {:.0} MB/s while the follower was down; {converged}",
+                c.records as f64 / secs,
+                c.records,
+                c.backlog_records,
+                c.records.saturating_sub(c.backlog_records),
+                c.reconnect.as_secs_f64() * 1e3,
+                c.reopen.as_secs_f64() * 1e3,
+                c.backlog_mb_s,
+            )
+        } else {
+            format!(
+                "PROBLEM: not within {CAUGHT_UP_LAG} records of the leader {:.1} s after restart: lag {} records; {converged}",
+                (c.reconnect + c.elapsed).as_secs_f64(),
+                c.lag_left
+            )
+        },
+    });
+    rows.push(Row {
+        name: format!("replicate live traffic during catch-up, {LIVE_CLIENTS} x 128 B"),
+        value: c.live.records_per_s,
+        unit: "records/s",
+        limit: Some(replicated.records_per_s),
+        limit_name: format!("the same clients, no catch-up {:.0}/s;", replicated.records_per_s),
         detail: format!(
-            "compression {:.1}x",
-            (after.raw_bytes - before.raw_bytes) as f64 / (after.wire_bytes - before.wire_bytes).max(1) as f64
+            "{LIVE_CLIENTS} clients each appending one 128 B record with a quorum ack to the log being caught up, \
+             measured from the leader's reconnect to the live end; p50 {:.0} us, p99 {:.0} us",
+            c.live.p50_us, c.live.p99_us
         ),
     });
-    cluster.leader.stop();
-    for follower in cluster.followers {
-        follower.stop();
-    }
     Ok(())
+}
+
+/// The log a follower catches up on.
+const CATCHUP_LOG: &str = "catchup";
+/// Clients appending while a follower catches up.
+const LIVE_CLIENTS: usize = 16;
+/// A follower within this many records of the leader's written end is at the live end: with
+/// one record in flight per live client, the follower that never stopped trails by up to
+/// `LIVE_CLIENTS`.
+const CAUGHT_UP_LAG: u64 = 4 * LIVE_CLIENTS as u64;
+
+/// What [`catch_up`] measured.
+struct CatchUp {
+    /// MB/s of the backlog, written with quorum acks while the follower was down.
+    backlog_mb_s: f64,
+    /// Records of the backlog (4 KiB each).
+    backlog_records: u64,
+    /// Reopen of the follower's engine and start of its server.
+    reopen: Duration,
+    /// From the restart until the leader was connected to the follower again.
+    reconnect: Duration,
+    /// Whether the follower reached the live end before the deadline.
+    caught_up: bool,
+    /// From the leader's reconnect until the follower reached the live end (or the deadline).
+    elapsed: Duration,
+    /// Records the follower made durable in that time, and their bytes.
+    records: u64,
+    bytes: u64,
+    /// The follower's lag when measuring stopped.
+    lag_left: u64,
+    /// The live clients during the catch-up.
+    live: SmallSync,
+    /// Time from the end of live traffic until the follower's lag was 0, or the lag left.
+    converged: Result<Duration, u64>,
+}
+
+/// The lag of follower `node` on `log` as the leader knows it: `(records, connected)`.
+fn lag_of(leader: &tern_replication::driver::Server, log: &str, node: u64) -> Option<(u64, bool)> {
+    leader.peer_lag(log).into_iter().find(|p| p.node == node).map(|p| (p.lag_records, p.connected))
+}
+
+/// Polls until follower `node` is connected with a lag of at most `lag_max` on `log`, or until
+/// `deadline`; returns whether it got there and the last lag seen.
+fn wait_for_lag(
+    leader: &tern_replication::driver::Server,
+    log: &str,
+    node: u64,
+    lag_max: u64,
+    deadline: Instant,
+) -> (bool, u64) {
+    let mut last = u64::MAX;
+    loop {
+        if let Some((lag, connected)) = lag_of(leader, log, node) {
+            last = lag;
+            if connected && lag <= lag_max {
+                return (true, lag);
+            }
+        }
+        if Instant::now() >= deadline {
+            return (false, last);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Stops the third node, writes `backlog_bytes` of 4 KiB records with quorum acks (the other
+/// follower makes the quorum), then restarts it on the same directory and address while
+/// `LIVE_CLIENTS` clients append small records to the same log, and measures how long it takes
+/// to reach the live end.
+fn catch_up(
+    cluster: &mut Cluster,
+    backlog_bytes: u64,
+    progress: &Progress,
+) -> Result<CatchUp, Box<dyn std::error::Error>> {
+    progress.step(&format!("catch-up: {} MiB written with one follower down", backlog_bytes >> 20));
+    let (leader_node, followers) = cluster.nodes.split_at_mut(1);
+    let leader = leader_node[0].server();
+    let follower = &mut followers[1];
+    let node = follower.spec.id;
+    let addr = leader.local_addr();
+    let batches = backlog_bytes >> 20;
+    // Distinct incompressible batches, reused in turn: chunks are compressed one by one, so
+    // repeating 64 MiB does not make the backlog compressible.
+    let data = bulk_batches(batches.min(64), false, 0x2545_f491_4f6c_dd1d);
+    // The log exists on all three before the follower stops.
+    tern_replication::driver::Client::connect(addr)?.append(CATCHUP_LOG, data[0].clone(), true)?;
+    if !wait_for_lag(leader, CATCHUP_LOG, node, 0, Instant::now() + Duration::from_secs(30)).0 {
+        return Err(format!("node {node} did not get the first batch of {CATCHUP_LOG:?} in 30 s").into());
+    }
+    let stopped_at = follower.engine().log(CATCHUP_LOG)?.durable_end();
+    follower.stop();
+    let backlog_mb_s = append_bulk(addr, CATCHUP_LOG, &data, batches)?;
+    drop(data);
+    progress.step("catch-up: follower restarted, live clients appending");
+
+    let stop = AtomicBool::new(false);
+    let record = bytes::Bytes::from(vec![0x5au8; 128]);
+    let timeout = Duration::from_secs(60) + Duration::from_secs(backlog_bytes / (10 << 20));
+    let measured = std::thread::scope(|s| {
+        let live = s.spawn(|| {
+            drive(
+                LIVE_CLIENTS,
+                |_| {
+                    let mut client = tern_replication::driver::Client::connect(addr).ok()?;
+                    let record = record.clone();
+                    Some(move || client.append(CATCHUP_LOG, vec![record.clone()], true).is_ok())
+                },
+                &stop,
+                Instant::now() + timeout + Duration::from_secs(60),
+            )
+        });
+        // Live traffic at its pace before the restart.
+        std::thread::sleep(Duration::from_millis(300));
+        let restarted = Instant::now();
+        let started = follower.restart();
+        let reopen = restarted.elapsed();
+        let outcome = started.map(|()| {
+            // The leader dials again with a backoff (up to 2 s): catch-up starts when it is
+            // connected.
+            let deadline = restarted + timeout;
+            while !lag_of(leader, CATCHUP_LOG, node).is_some_and(|(_, connected)| connected)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let connected = Instant::now();
+            let (caught_up, lag) = wait_for_lag(leader, CATCHUP_LOG, node, CAUGHT_UP_LAG, deadline);
+            let done = Instant::now();
+            let durable = follower.engine().log(CATCHUP_LOG).map(|log| log.durable_end());
+            (connected, caught_up, lag, done, durable)
+        });
+        stop.store(true, Ordering::Relaxed);
+        let samples = live.join().map_err(|_| "a live client panicked".to_owned()).and_then(|r| r);
+        (restarted, reopen, outcome, samples)
+    });
+    let (restarted, reopen, outcome, samples) = measured;
+    let (connected, caught_up, lag_left, done, durable) = outcome?;
+    let samples = samples.map_err(|e| format!("live traffic during catch-up: {e}"))?;
+    let elapsed = done - connected;
+    let live: Vec<f64> = samples
+        .iter()
+        .filter(|(t, us)| *t >= connected && *t + Duration::from_secs_f64(us / 1e6) <= done)
+        .map(|(_, us)| *us)
+        .collect();
+    let live = summarize(vec![live], elapsed.as_secs_f64());
+    let records = durable?.saturating_sub(stopped_at);
+    let backlog_records = batches * 256;
+    let bytes = backlog_records.min(records) * 4096 + records.saturating_sub(backlog_records) * 128;
+    // With the live traffic stopped, the lag must reach 0.
+    let settled = Instant::now();
+    let (zero, lag) = wait_for_lag(leader, CATCHUP_LOG, node, 0, settled + Duration::from_secs(30));
+    let converged = if zero { Ok(settled.elapsed()) } else { Err(lag) };
+    Ok(CatchUp {
+        backlog_mb_s,
+        backlog_records,
+        reopen,
+        reconnect: connected - restarted,
+        caught_up,
+        elapsed,
+        records,
+        bytes,
+        lag_left,
+        live,
+        converged,
+    })
 }
