@@ -807,6 +807,8 @@ pub(crate) fn start_node(
         handshake_timeout: Duration::from_secs(5),
         commit_timeout: Duration::from_secs(30),
         compression: spec.compression,
+        slot_lag_bytes_max: None,
+        reseed: true,
     };
     loop {
         match Server::start(config.clone(), Arc::new(crate::EngineLogs(engine.clone()))) {

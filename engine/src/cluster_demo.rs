@@ -43,6 +43,8 @@ fn start(
         handshake_timeout: Duration::from_secs(5),
         commit_timeout: Duration::from_secs(30),
         compression: tern_replication::codec::Compression::default(),
+        slot_lag_bytes_max: None,
+        reseed: true,
     };
     Ok(Server::start(config, Arc::new(EngineLogs(engine)))?)
 }

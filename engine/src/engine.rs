@@ -269,6 +269,20 @@ impl tern_replication::driver::Logs for EngineLogs {
     fn names(&self) -> Vec<String> {
         self.0.log_names().unwrap_or_default()
     }
+
+    fn state_dir(&self) -> Option<(Arc<dyn Disk>, PathBuf)> {
+        Some((self.0.disk.clone(), self.0.root.clone()))
+    }
+
+    fn apply_retention(&self, log: &Log) -> std::result::Result<(), String> {
+        let config = &self.0.config;
+        if config.retention_bytes.is_none() && config.retention_ms.is_none() {
+            return Ok(());
+        }
+        log.apply_retention(config.retention_bytes, config.retention_ms, tern_wal::now_ms())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]

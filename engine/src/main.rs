@@ -66,6 +66,27 @@ struct ServeArgs {
     /// Allow a non-loopback listen address without TLS.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Retention: keep at most this many bytes per log (whole segments are deleted from the
+    /// front, never one a follower still needs within --slot-lag-bytes-max).
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// Retention: delete segments whose newest record is older than this many milliseconds.
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    /// Leader: a follower further behind than this many bytes stops holding back retention
+    /// (default: it holds it back for as long as it takes).
+    #[arg(long)]
+    slot_lag_bytes_max: Option<u64>,
+    /// Leader: a follower that needs records retention deleted gets a data-loss error instead
+    /// of a re-seed (a full copy of what this node retains).
+    #[arg(long)]
+    no_reseed: bool,
+    /// Leader: zstd level for shipped chunks.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=22))]
+    compression_level: i32,
+    /// Leader: ship chunks raw (do not run zstd).
+    #[arg(long)]
+    no_compression: bool,
 }
 
 #[derive(Subcommand)]
@@ -605,7 +626,14 @@ fn serve(args: &ServeArgs) -> CliResult {
     if quorum == 0 || quorum > nodes {
         return Err(format!("--quorum {quorum} is outside 1..={nodes}").into());
     }
-    let engine = std::sync::Arc::new(Engine::open(&args.dir, Config::default())?);
+    let engine_config =
+        Config { retention_bytes: args.retention_bytes, retention_ms: args.retention_ms, ..Config::default() };
+    let engine = std::sync::Arc::new(Engine::open(&args.dir, engine_config)?);
+    let compression = if args.no_compression {
+        tern_replication::codec::Compression::OFF
+    } else {
+        tern_replication::codec::Compression { level: args.compression_level, ..Default::default() }
+    };
     let config = tern_replication::driver::ServerConfig {
         cluster_id: args.cluster_id,
         node_id: args.node_id,
@@ -616,7 +644,9 @@ fn serve(args: &ServeArgs) -> CliResult {
         connections_max: 256,
         handshake_timeout: std::time::Duration::from_secs(5),
         commit_timeout: std::time::Duration::from_secs(30),
-        compression: tern_replication::codec::Compression::default(),
+        compression,
+        slot_lag_bytes_max: args.slot_lag_bytes_max,
+        reseed: !args.no_reseed,
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {

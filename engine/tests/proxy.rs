@@ -64,6 +64,8 @@ fn node(dir: &Path, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>) -> Serve
         handshake_timeout: Duration::from_secs(1),
         commit_timeout: Duration::from_secs(1),
         compression: tern_replication::codec::Compression::default(),
+        slot_lag_bytes_max: None,
+        reseed: true,
     };
     Server::start(config, Arc::new(tern::EngineLogs(engine))).expect("start node")
 }

@@ -28,6 +28,8 @@ fn node(dir: &Path, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>, listen: 
         handshake_timeout: Duration::from_secs(1),
         commit_timeout: Duration::from_millis(500),
         compression: Compression::default(),
+        slot_lag_bytes_max: None,
+        reseed: true,
     };
     Server::start(config, Arc::new(tern::EngineLogs(engine))).expect("start node")
 }

@@ -68,6 +68,8 @@ const TYPE_REFUSE: u8 = 3;
 const TYPE_APPEND: u8 = 4;
 const TYPE_HEARTBEAT: u8 = 5;
 const TYPE_ACK: u8 = 6;
+const TYPE_RESEED: u8 = 7;
+const TYPE_DATA_LOSS: u8 = 8;
 const TYPE_CLIENT_APPEND: u8 = 16;
 const TYPE_CLIENT_APPENDED: u8 = 17;
 const TYPE_CLIENT_READ: u8 = 18;
@@ -226,6 +228,20 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             put_u64(out, *epoch);
             put_u64(out, *written_end);
             put_u64(out, *durable_end);
+        }
+        Message::Reseed { log, epoch, start_offset, missing_from } => {
+            out.push(TYPE_RESEED);
+            put_log_name(out, log);
+            put_u64(out, *epoch);
+            put_u64(out, *start_offset);
+            put_u64(out, *missing_from);
+        }
+        Message::DataLoss { log, epoch, from, to } => {
+            out.push(TYPE_DATA_LOSS);
+            put_log_name(out, log);
+            put_u64(out, *epoch);
+            put_u64(out, *from);
+            put_u64(out, *to);
         }
         Message::ClientAppend { log, acks, records } => {
             out.push(TYPE_CLIENT_APPEND);
@@ -465,7 +481,8 @@ pub fn decode(buf: &Bytes) -> Result<Option<(Message, usize)>, CodecError> {
     if stored != computed {
         return Err(corrupt(crc_pos, CorruptReason::Checksum { stored, computed }));
     }
-    let msg = match reader.u8()? {
+    let type_byte = reader.u8()?;
+    let msg = match type_byte {
         TYPE_HELLO => reader.hello()?,
         TYPE_WELCOME => reader.welcome()?,
         TYPE_REFUSE => Message::Refuse { reason: reader.string(0, REASON_BYTES_MAX, "refuse reason")? },
@@ -482,6 +499,25 @@ pub fn decode(buf: &Bytes) -> Result<Option<(Message, usize)>, CodecError> {
             written_end: reader.u64()?,
             durable_end: reader.u64()?,
         },
+        TYPE_RESEED | TYPE_DATA_LOSS => {
+            let (log, epoch) = (reader.log_name()?, reader.u64()?);
+            let range_pos = reader.pos();
+            let (a, b) = (reader.u64()?, reader.u64()?);
+            if type_byte == TYPE_RESEED {
+                if b >= a {
+                    return Err(corrupt(
+                        range_pos,
+                        CorruptReason::Field("re-seed start not after the missing records"),
+                    ));
+                }
+                Message::Reseed { log, epoch, start_offset: a, missing_from: b }
+            } else {
+                if a >= b {
+                    return Err(corrupt(range_pos, CorruptReason::Field("empty data loss range")));
+                }
+                Message::DataLoss { log, epoch, from: a, to: b }
+            }
+        }
         TYPE_CLIENT_APPEND => {
             let log = reader.log_name()?;
             let acks = reader.acks()?;
@@ -926,6 +962,8 @@ mod tests {
                 records: vec![Bytes::from_static(b"a"), Bytes::new(), Bytes::from(vec![7u8; 300])],
             },
             Message::ClientAppend { log: "o".into(), acks: Acks::Written, records: vec![] },
+            Message::Reseed { log: "orders".into(), epoch: 3, start_offset: 900, missing_from: 120 },
+            Message::DataLoss { log: "orders".into(), epoch: 3, from: 120, to: 900 },
             Message::ClientAppend { log: "o".into(), acks: Acks::Leader, records: vec![] },
             Message::ClientAppended { start: 3, end: 6, durability: Acks::Quorum, copies: 2, nodes: 3 },
             Message::ClientRead { log: "orders".into(), from: 9, max: 100, uncommitted: false },
@@ -1053,7 +1091,7 @@ mod tests {
     #[test]
     fn unknown_type_is_unsupported_and_a_bad_checksum_corrupt() {
         assert_eq!(decoded(&frame_of(0, &[0, 0])), Err(CodecError::Unsupported { message_type: 0 }));
-        assert_eq!(decoded(&frame_of(7, &[0, 0])), Err(CodecError::Unsupported { message_type: 7 }));
+        assert_eq!(decoded(&frame_of(9, &[0, 0])), Err(CodecError::Unsupported { message_type: 9 }));
         let mut bad_crc = frame_of(TYPE_REFUSE, &[0, 0]);
         bad_crc[4] ^= 1;
         assert!(matches!(

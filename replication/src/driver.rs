@@ -23,7 +23,28 @@ use tern_wal::{Durability, Log, Visibility};
 
 use crate::codec::{self, Compression};
 use crate::message::{Acks, Chunk, Message, NodeId, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
-use crate::proto::{Follower, FollowerAction, FollowerInput, Leader, LeaderAction, LeaderConfig, LeaderInput, Quorum};
+use crate::proto::{
+    Follower, FollowerAction, FollowerInput, Leader, LeaderAction, LeaderConfig, LeaderInput, PeerView, Quorum,
+};
+use crate::slots::{Slot, SlotState, Slots, SLOTS_FILE};
+
+/// A replication failure a node reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The leader no longer holds records `from..to` of `log` that this follower needs (its
+    /// retention deleted them) and re-seeding is off: the follower stops at `from` rather
+    /// than skip them.
+    #[error("log {log}: records {from}..{to} are gone from the leader; this follower stops at {from}")]
+    DataLoss {
+        /// The log.
+        log: String,
+        /// The first record the follower cannot get (its end).
+        from: u64,
+        /// The leader's log start.
+        to: u64,
+    },
+}
 
 /// Where the driver finds logs by name (the engine implements it).
 pub trait Logs: Send + Sync + 'static {
@@ -34,6 +55,20 @@ pub trait Logs: Send + Sync + 'static {
     fn open(&self, name: &str) -> Result<Log, String>;
     /// Names of the logs stored.
     fn names(&self) -> Vec<String>;
+    /// Where the node keeps its replication slots (what each follower acknowledged, kept
+    /// across restarts), and the disk layer to reach it. `None` (the default) keeps nothing.
+    fn state_dir(&self) -> Option<(Arc<dyn tern_segment::Disk>, std::path::PathBuf)> {
+        None
+    }
+    /// Applies the node's retention to `log` (deleting whole segments from its front, never
+    /// past its retention hold). The default keeps everything.
+    ///
+    /// # Errors
+    /// A one-line reason.
+    fn apply_retention(&self, log: &Log) -> Result<(), String> {
+        let _ = log;
+        Ok(())
+    }
 }
 
 /// What a node does.
@@ -68,6 +103,14 @@ pub struct ServerConfig {
     pub commit_timeout: Duration,
     /// How a leader compresses what it ships.
     pub compression: Compression,
+    /// A follower whose acknowledged durable end is more than this many bytes behind stops
+    /// holding back retention: the segments it still needs may be deleted, and it is then
+    /// re-seeded (or told of the data loss). `None` holds them for as long as it takes.
+    pub slot_lag_bytes_max: Option<u64>,
+    /// Re-seed a follower that needs records this leader no longer holds (replace its log by
+    /// a full copy of what is retained here, reported in status and metrics), or, when false,
+    /// send it a data loss it stops at (see [`Server::data_losses`]).
+    pub reseed: bool,
 }
 
 /// One log of the node: the log itself, outside any lock (appends and syncs take none of the
@@ -145,6 +188,10 @@ struct Shared {
     shipped_wire_bytes: std::sync::atomic::AtomicU64,
     /// Accepted connections, so that stopping closes them.
     accepted: Mutex<Vec<TcpStream>>,
+    /// Leader: what each follower acknowledged on each log, and where the file keeping it
+    /// across restarts is.
+    peer_slots: Mutex<Slots>,
+    peer_slots_file: Option<(Arc<dyn tern_segment::Disk>, std::path::PathBuf)>,
 }
 
 /// Counters of a leader's shipping.
@@ -187,6 +234,13 @@ impl Server {
     pub fn start(config: ServerConfig, logs: Arc<dyn Logs>) -> io::Result<Server> {
         let listener = TcpListener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
+        let peer_slots_file = logs.state_dir().map(|(disk, dir)| (disk, dir.join(SLOTS_FILE)));
+        let peer_slots = match &peer_slots_file {
+            Some((disk, path)) if config.role == Role::Leader => {
+                Slots::load(&**disk, path).map_err(|e| io::Error::other(e.to_string()))?
+            }
+            _ => Slots::new(),
+        };
         let shared = Arc::new(Shared {
             config,
             logs,
@@ -198,6 +252,8 @@ impl Server {
             shipped_raw_bytes: std::sync::atomic::AtomicU64::new(0),
             shipped_wire_bytes: std::sync::atomic::AtomicU64::new(0),
             accepted: Mutex::new(Vec::new()),
+            peer_slots: Mutex::new(peer_slots),
+            peer_slots_file,
         });
         for name in shared.logs.names() {
             shared.log_state(&name).map_err(io::Error::other)?;
@@ -210,9 +266,9 @@ impl Server {
                 let dial = shared.clone();
                 threads.push(std::thread::spawn(move || dial_loop(&dial, peer, addr)));
             }
-            let tick = shared.clone();
-            threads.push(std::thread::spawn(move || tick_loop(&tick)));
         }
+        let tick = shared.clone();
+        threads.push(std::thread::spawn(move || tick_loop(&tick)));
         Ok(Server { shared, local_addr, threads })
     }
 
@@ -251,6 +307,20 @@ impl Server {
         self.shared.metrics()
     }
 
+    /// Follower: the logs it cannot follow because its leader no longer holds records it
+    /// needs and re-seeding is off, as [`Error::DataLoss`]. Nothing was skipped: each such log
+    /// stopped at its end.
+    pub fn data_losses(&self) -> Vec<Error> {
+        self.shared
+            .all_slots()
+            .iter()
+            .filter_map(|slot| match slot.lock().follower.as_ref().and_then(Follower::gap) {
+                Some((from, to, false)) => Some(Error::DataLoss { log: slot.name.clone(), from, to }),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The commit point of `log` as this node knows it.
     pub fn commit_end(&self, log: &str) -> u64 {
         self.shared.slot(log).map_or(0, |slot| slot.commit_end())
@@ -284,6 +354,7 @@ impl Server {
         for slot in self.shared.all_slots() {
             let _ = slot.log.sync();
         }
+        self.shared.persist_slots();
     }
 }
 
@@ -327,9 +398,21 @@ impl Shared {
                     chunk_bytes_max: 1 << 20,
                     heartbeat_ms: 100,
                     resend_ms: 2_000,
+                    reseed: self.config.reseed,
                 };
-                // What is durable here when the node starts is not known to be on a quorum.
-                (Some(Leader::new(config, written, durable, 0)), None)
+                // What is durable here when the node starts is on a quorum only as far as the
+                // followers' slots say.
+                let mut leader = Leader::new(config, written, durable, 0);
+                leader.handle(LeaderInput::StartMoved { start: log.start_offset() });
+                let kept = self.peer_slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (peer, _) in &self.config.peers {
+                    if let Some(Slot { durable_end, state: SlotState::Active }) = kept.get(name, *peer) {
+                        leader.restore_peer(*peer, *durable_end);
+                    }
+                }
+                drop(kept);
+                while leader.poll_action().is_some() {}
+                (Some(leader), None)
             }
             Role::Follower => (None, Some(Follower::new(name.to_owned(), 0, written, durable))),
         };
@@ -773,7 +856,7 @@ fn follow_messages(
         let msg = read_msg(&mut reader)?;
         let mut sends = Vec::new();
         match &msg {
-            Message::Append { log, .. } => {
+            Message::Append { log, .. } | Message::Reseed { log, .. } | Message::DataLoss { log, .. } => {
                 let slot = shared.log_state(log).map_err(io::Error::other)?;
                 sends = follower_input(&slot, queue, FollowerInput::Received { from: leader, msg });
             }
@@ -844,6 +927,23 @@ fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Ve
                         follower.handle(next);
                     }
                     FollowerAction::Sync => sync = true,
+                    FollowerAction::Reset { start_offset } => {
+                        let input = match s.log.reset(start_offset) {
+                            Ok(()) => {
+                                log_line(&format!(
+                                    "log {name}: re-seeded: the leader no longer holds records {}..{start_offset}; \
+                                     the log starts again at {start_offset}",
+                                    s.log.written_end().min(start_offset)
+                                ));
+                                FollowerInput::Reset { start_offset }
+                            }
+                            Err(e) => {
+                                log_line(&format!("log {name}: re-seed to {start_offset} failed: {e}"));
+                                FollowerInput::ApplyFailed
+                            }
+                        };
+                        follower.handle(input);
+                    }
                     FollowerAction::Send { msg, .. } => sends.push(msg),
                 }
             }
@@ -960,9 +1060,20 @@ fn connect_peer(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr, welcomed: 
     result
 }
 
+/// How often retention runs and the replication slots are saved.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
 fn tick_loop(shared: &Arc<Shared>) {
+    let mut maintained = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(10));
+        if maintained.elapsed() >= MAINTENANCE_INTERVAL {
+            maintained = Instant::now();
+            shared.maintain();
+        }
+        if shared.config.role != Role::Leader {
+            continue;
+        }
         let now_ms = shared.now_ms();
         for slot in shared.all_slots() {
             // Appends acknowledged as only written are synced here, within a tick.
@@ -1101,6 +1212,72 @@ fn bytes_after(log: &Log, offset: u64) -> u64 {
 }
 
 impl Shared {
+    /// Retention and replication slots, every [`MAINTENANCE_INTERVAL`]. On a leader, each
+    /// log's retention hold is the lowest durable end acknowledged by a follower still held
+    /// for (one re-seeding, or more than `slot_lag_bytes_max` behind, is not), so retention
+    /// never deletes what such a follower needs.
+    fn maintain(&self) {
+        for slot in self.all_slots() {
+            let log = &slot.log;
+            if self.config.role == Role::Leader {
+                let views: Vec<PeerView> = {
+                    let core = slot.lock();
+                    let Some(leader) = core.leader.as_ref() else { continue };
+                    self.config.peers.iter().filter_map(|(peer, _)| leader.peer_view(*peer)).collect()
+                };
+                let written = log.written_end();
+                let hold = views
+                    .iter()
+                    .filter(|v| {
+                        let lag_bytes = if v.acked_durable >= written { 0 } else { bytes_after(log, v.acked_durable) };
+                        v.gap.is_none() && self.config.slot_lag_bytes_max.is_none_or(|max| lag_bytes <= max)
+                    })
+                    .map(|v| v.acked_durable)
+                    .min();
+                log.set_retention_hold(hold);
+            }
+            let start = log.start_offset();
+            if let Err(e) = self.logs.apply_retention(log) {
+                log_line(&format!("log {}: retention: {e}", slot.name));
+            }
+            if log.start_offset() > start {
+                self.leader_input(&slot, LeaderInput::StartMoved { start: log.start_offset() });
+            }
+        }
+        self.persist_slots();
+    }
+
+    /// Saves what each follower acknowledged, if it changed (leader, with a state directory).
+    fn persist_slots(&self) {
+        let Some((disk, path)) = &self.peer_slots_file else { return };
+        if self.config.role != Role::Leader {
+            return;
+        }
+        let mut kept = self.peer_slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut changed = false;
+        for slot in self.all_slots() {
+            let core = slot.lock();
+            let Some(leader) = core.leader.as_ref() else { continue };
+            for (peer, _) in &self.config.peers {
+                let Some(view) = leader.peer_view(*peer) else { continue };
+                let state = match view.gap {
+                    Some((from, to)) if from < to => SlotState::NeedsReseed { missing_from: from, missing_to: to },
+                    _ => SlotState::Active,
+                };
+                let new = Slot { durable_end: view.acked_durable, state };
+                if kept.get(&slot.name, *peer) != Some(&new) {
+                    kept.set(&slot.name, *peer, new);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            if let Err(e) = kept.store(&**disk, path) {
+                log_line(&format!("cannot save the replication slots: {e}"));
+            }
+        }
+    }
+
     fn metrics(&self) -> NodeMetrics {
         let now_ms = self.now_ms();
         let logs = self
@@ -1129,6 +1306,8 @@ impl Shared {
                             chunks_shipped: shipped.chunks,
                             chunks_in_flight: view.chunks_in_flight,
                             bytes_in_flight: view.bytes_in_flight,
+                            gap: view.gap,
+                            reseeds: view.reseeds,
                         });
                     }
                 }
@@ -1149,6 +1328,7 @@ impl Shared {
                     bytes_applied: applied.bytes.load(Ordering::Relaxed),
                     follower_syncs: applied.syncs.load(Ordering::Relaxed),
                     records_synced: applied.records_synced.load(Ordering::Relaxed),
+                    gap: core.follower.as_ref().and_then(Follower::gap),
                 }
             })
             .collect();
@@ -1191,6 +1371,9 @@ pub struct LogMetrics {
     pub follower_syncs: u64,
     /// Follower: records those syncs made durable.
     pub records_synced: u64,
+    /// Follower: records it needed that its leader no longer held (`from..to`), and whether it
+    /// was re-seeded past them (`true`) or stopped there (`false`, a data loss).
+    pub gap: Option<(u64, u64, bool)>,
 }
 
 /// What a leader knows of one follower on one log.
@@ -1220,6 +1403,11 @@ pub struct PeerMetrics {
     pub chunks_in_flight: u64,
     /// Bytes sent and not yet acknowledged.
     pub bytes_in_flight: u64,
+    /// Records it needs that this leader no longer holds (`from..to`): being re-seeded, or
+    /// stopped when re-seeding is off.
+    pub gap: Option<(u64, u64)>,
+    /// Re-seeds it completed.
+    pub reseeds: u64,
 }
 
 impl NodeMetrics {
@@ -1240,6 +1428,8 @@ impl NodeMetrics {
                             "shipped_raw_bytes": p.shipped_raw_bytes, "shipped_wire_bytes": p.shipped_wire_bytes,
                             "chunks_shipped": p.chunks_shipped, "chunks_in_flight": p.chunks_in_flight,
                             "bytes_in_flight": p.bytes_in_flight,
+                            "needs_records": p.gap.map(|(from, to)| serde_json::json!({ "from": from, "to": to })),
+                            "reseeds": p.reseeds,
                         })
                     })
                     .collect();
@@ -1249,6 +1439,9 @@ impl NodeMetrics {
                     "peers": peers,
                     "chunks_applied": l.chunks_applied, "bytes_applied": l.bytes_applied,
                     "follower_syncs": l.follower_syncs, "records_synced": l.records_synced,
+                    "gap": l.gap.map(|(from, to, reseeded)| {
+                        serde_json::json!({ "from": from, "to": to, "outcome": if reseeded { "re-seeded" } else { "data loss" } })
+                    }),
                 })
             })
             .collect();

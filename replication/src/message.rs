@@ -87,6 +87,31 @@ pub enum Message {
         /// One past the last record the follower has synced.
         durable_end: u64,
     },
+    /// Leader to follower: the records from `missing_from` to `start_offset` are gone from the
+    /// leader (retention deleted them); replace the log with an empty one starting at
+    /// `start_offset`, then take a full copy of what the leader holds from there.
+    Reseed {
+        /// The log, by name.
+        log: String,
+        /// The leader's epoch.
+        epoch: u64,
+        /// The leader's log start: where the follower's log starts again.
+        start_offset: u64,
+        /// The follower's end: the first record it will never get.
+        missing_from: u64,
+    },
+    /// Leader to follower, when re-seeding is off: records `from..to` are gone from the leader,
+    /// so this follower cannot continue that log. Nothing is skipped: it stops and reports.
+    DataLoss {
+        /// The log, by name.
+        log: String,
+        /// The leader's epoch.
+        epoch: u64,
+        /// The first record the follower cannot get.
+        from: u64,
+        /// The leader's log start.
+        to: u64,
+    },
     /// Client to node: append `records` as one batch to `log`.
     ClientAppend {
         /// The log, by name.

@@ -60,6 +60,10 @@ pub struct LeaderConfig {
     pub heartbeat_ms: u64,
     /// With bytes in flight and no progress for this long, resend from the peer's acked end.
     pub resend_ms: u64,
+    /// A peer that needs records the leader no longer holds is re-seeded (its log replaced by
+    /// a copy of the leader's from the leader's start); otherwise it is told of the data loss
+    /// and nothing more is shipped to it.
+    pub reseed: bool,
 }
 
 impl LeaderConfig {
@@ -120,6 +124,11 @@ pub enum LeaderInput {
         /// The message.
         msg: Message,
     },
+    /// The local log's start moved forward (retention deleted segments).
+    StartMoved {
+        /// The new log start.
+        start: u64,
+    },
     /// Time passed.
     Tick {
         /// Milliseconds on the driver's monotonic clock.
@@ -176,6 +185,11 @@ pub struct PeerView {
     pub chunks_in_flight: u64,
     /// Bytes sent and not yet acknowledged.
     pub bytes_in_flight: u64,
+    /// Records the peer needs that the leader no longer holds (`from..to`): it is being
+    /// re-seeded, or, with re-seeding off, it is stuck.
+    pub gap: Option<(u64, u64)>,
+    /// Re-seeds this peer completed.
+    pub reseeds: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -190,6 +204,12 @@ struct Peer {
     last_sent_ms: u64,
     /// A [`LeaderAction::Ship`] was asked and not yet reported.
     shipping: bool,
+    /// An `Ack` arrived on this connection: the peer's end is known.
+    heard: bool,
+    /// Records the peer needs that are gone here, and whether it was told on this connection.
+    gap: Option<(u64, u64)>,
+    gap_told: bool,
+    reseeds: u64,
 }
 
 /// The leader side of one log.
@@ -200,6 +220,7 @@ pub struct Leader {
     written_end: u64,
     durable_end: u64,
     commit_end: u64,
+    start_offset: u64,
     now_ms: u64,
     actions: VecDeque<LeaderAction>,
 }
@@ -217,6 +238,7 @@ impl Leader {
             written_end,
             durable_end,
             commit_end: commit_end.min(durable_end),
+            start_offset: 0,
             now_ms: 0,
             actions: VecDeque::new(),
         };
@@ -234,6 +256,18 @@ impl Leader {
         self.peers.get(&peer).map(|p| (p.acked_written, p.acked_durable, p.connected))
     }
 
+    /// Restores what a peer had acknowledged durable before a restart (a replication slot), so
+    /// the commit point and retention account for it before the peer reconnects. Bounded by
+    /// the local written end; never lowers what is known.
+    pub fn restore_peer(&mut self, peer: NodeId, durable_end: u64) {
+        let written = self.written_end;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.acked_durable = p.acked_durable.max(durable_end.min(written));
+            p.acked_written = p.acked_written.max(p.acked_durable);
+        }
+        self.update_commit();
+    }
+
     /// Everything the leader knows of a peer, for metrics.
     pub fn peer_view(&self, peer: NodeId) -> Option<PeerView> {
         self.peers.get(&peer).map(|p| PeerView {
@@ -243,6 +277,8 @@ impl Leader {
             next_offset: p.next_offset,
             chunks_in_flight: p.inflight.len() as u64,
             bytes_in_flight: p.inflight_bytes,
+            gap: p.gap,
+            reseeds: p.reseeds,
         })
     }
 
@@ -295,6 +331,10 @@ impl Leader {
                         last_progress_ms: now,
                         last_sent_ms: now,
                         shipping: false,
+                        heard: false,
+                        gap: p.gap,
+                        gap_told: false,
+                        reseeds: p.reseeds,
                     };
                     self.update_commit();
                     self.ship(peer);
@@ -328,6 +368,10 @@ impl Leader {
                     p.shipping = false;
                 }
             }
+            LeaderInput::StartMoved { start } => {
+                self.start_offset = self.start_offset.max(start.min(self.written_end));
+                self.ship_all();
+            }
             LeaderInput::Received { peer, msg } => self.receive(peer, msg),
             LeaderInput::Tick { now_ms } => self.tick(now_ms),
         }
@@ -355,6 +399,12 @@ impl Leader {
         }
         if written_end > p.acked_written || durable_end > p.acked_durable {
             p.last_progress_ms = now;
+        }
+        p.heard = true;
+        if p.gap.is_some() && written_end >= self.start_offset {
+            // Re-seeded: the peer's log now starts where the leader's does.
+            p.gap = None;
+            p.reseeds += 1;
         }
         p.acked_written = p.acked_written.max(written_end);
         p.acked_durable = p.acked_durable.max(durable_end);
@@ -415,7 +465,29 @@ impl Leader {
         let commit_end = self.commit_end;
         let (window, chunk) = (self.config.inflight_bytes_max, self.config.chunk_bytes_max);
         let Some(p) = self.peers.get_mut(&peer) else { return };
+        if p.connected && p.heard && p.next_offset < self.start_offset && p.acked_written < self.start_offset {
+            // The peer needs records that are gone here. Never skip them: re-seed it, or tell
+            // it and ship it nothing more.
+            if !p.gap_told {
+                p.gap_told = true;
+                let (from, to) = (p.acked_written, self.start_offset);
+                p.gap = Some((from, to));
+                let log = self.config.log.clone();
+                let epoch = self.config.epoch;
+                let msg = if self.config.reseed {
+                    Message::Reseed { log, epoch, start_offset: to, missing_from: from }
+                } else {
+                    Message::DataLoss { log, epoch, from, to }
+                };
+                self.actions.push_back(LeaderAction::Send { peer, msg });
+            }
+            return;
+        }
         if !p.connected || p.next_offset >= written || p.inflight_bytes >= window || p.shipping {
+            return;
+        }
+        if p.next_offset < self.start_offset {
+            // Not known yet where the peer stands (its first ack decides).
             return;
         }
         p.shipping = true;
@@ -455,6 +527,12 @@ pub enum FollowerInput {
     },
     /// The driver could not apply a chunk (it did not decode or continue the log).
     ApplyFailed,
+    /// The driver replaced the log with an empty one starting at `start_offset`, as a
+    /// [`FollowerAction::Reset`] asked (durably).
+    Reset {
+        /// The new start (and end) of the log.
+        start_offset: u64,
+    },
     /// A local sync completed.
     Synced {
         /// New durable end.
@@ -477,6 +555,12 @@ pub enum FollowerAction {
     /// Make the written records durable (through the group commit) and report
     /// [`FollowerInput::Synced`].
     Sync,
+    /// Replace the log, durably, with an empty one starting at `start_offset` (a re-seed: the
+    /// records before it are gone from the leader), then report [`FollowerInput::Reset`].
+    Reset {
+        /// Where the log starts again.
+        start_offset: u64,
+    },
     /// Send a message to the leader.
     Send {
         /// The leader.
@@ -497,6 +581,9 @@ pub struct Follower {
     commit_end: u64,
     applying: bool,
     sync_requested: bool,
+    /// Records the leader no longer holds that this follower needed (`from..to`), and whether
+    /// it was re-seeded past them (true) or stopped (false).
+    gap: Option<(u64, u64, bool)>,
     actions: VecDeque<FollowerAction>,
 }
 
@@ -513,6 +600,7 @@ impl Follower {
             commit_end: 0,
             applying: false,
             sync_requested: false,
+            gap: None,
             actions: VecDeque::new(),
         }
     }
@@ -532,6 +620,13 @@ impl Follower {
         self.epoch_seen
     }
 
+    /// The records this follower needed that its leader no longer held (`from..to`), and
+    /// whether it was re-seeded (`true`: its log now starts at `to`) or stopped (`false`: a
+    /// data loss it cannot get past).
+    pub fn gap(&self) -> Option<(u64, u64, bool)> {
+        self.gap
+    }
+
     /// Feeds one input. Afterwards, drain [`Follower::poll_action`] until it returns `None`.
     pub fn handle(&mut self, input: FollowerInput) {
         match input {
@@ -541,6 +636,13 @@ impl Follower {
                 self.applying = false;
                 self.written_end = written_end;
                 self.request_sync();
+                self.ack();
+            }
+            FollowerInput::Reset { start_offset } => {
+                assert!(start_offset >= self.written_end, "a reset went back");
+                self.applying = false;
+                self.written_end = start_offset;
+                self.durable_end = start_offset;
                 self.ack();
             }
             FollowerInput::ApplyFailed => {
@@ -585,6 +687,35 @@ impl Follower {
                 }
                 self.applying = true;
                 self.actions.push_back(FollowerAction::Apply { chunk, epoch });
+            }
+            Message::Reseed { log, epoch, start_offset, missing_from } => {
+                if log != self.log {
+                    return;
+                }
+                if epoch < self.epoch_seen {
+                    self.leader_ack(from);
+                    return;
+                }
+                self.epoch_seen = epoch;
+                self.leader = Some(from);
+                if start_offset <= self.written_end || self.applying {
+                    // Already past the gap (a late message), or busy: say where we stand.
+                    self.ack();
+                    return;
+                }
+                self.gap = Some((missing_from.min(self.written_end), start_offset, true));
+                self.applying = true;
+                self.actions.push_back(FollowerAction::Reset { start_offset });
+            }
+            Message::DataLoss { log, epoch, from: lost_from, to } => {
+                if log != self.log || epoch < self.epoch_seen {
+                    return;
+                }
+                self.epoch_seen = epoch;
+                self.leader = Some(from);
+                if to > self.written_end {
+                    self.gap = Some((lost_from, to, false));
+                }
             }
             Message::Heartbeat { epoch, logs } => {
                 if epoch < self.epoch_seen {
@@ -640,6 +771,7 @@ mod tests {
             chunk_bytes_max: 64 << 10,
             heartbeat_ms: 100,
             resend_ms: 500,
+            reseed: true,
         }
     }
 

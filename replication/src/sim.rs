@@ -167,6 +167,7 @@ impl World {
                         chunk_bytes_max: 2 << 10,
                         heartbeat_ms: 50,
                         resend_ms: 200,
+                        reseed: true,
                     },
                     0,
                     0,
@@ -377,6 +378,10 @@ impl World {
                     let node = &mut self.nodes[id as usize];
                     node.durable_floor = node.durable_floor.max(durable);
                     self.follower(id).handle(FollowerInput::Synced { durable_end: durable });
+                }
+                FollowerAction::Reset { start_offset } => {
+                    // The simulated leader keeps its whole log, so it never asks for a re-seed.
+                    return Err(format!("follower {id} asked to reset to {start_offset}"));
                 }
                 FollowerAction::Send { to, msg } => self.send(id, to, &msg),
             }
