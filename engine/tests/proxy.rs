@@ -615,3 +615,26 @@ fn a_peer_sending_garbage_is_disconnected_and_the_node_keeps_serving() {
     leader.stop();
     follower.stop();
 }
+
+#[test]
+fn a_follower_drops_a_leader_that_falls_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let follower = node(dir.path(), 2, Role::Follower, vec![]);
+    // A "leader" that completes the handshake, ships one heartbeat naming a log, then says
+    // nothing more without closing: as if its machine vanished.
+    let mut stream = TcpStream::connect(follower.local_addr()).unwrap();
+    let hello = Message::Hello { cluster_id: CLUSTER_ID, node_id: 1, version_min: 1, version_max: 1, logs: vec![] };
+    stream.write_all(&encoded(&hello)).unwrap();
+    let heartbeat = Message::Heartbeat { epoch: 1, logs: vec![(LOG.into(), 0, 0)] };
+    stream.write_all(&encoded(&heartbeat)).unwrap();
+    let started = Instant::now();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The follower answers (Welcome, acks), then must close the connection on its own.
+    let mut sink = Vec::new();
+    let closed = stream.read_to_end(&mut sink);
+    assert!(closed.is_ok(), "the follower kept a silent leader's connection open: {closed:?}");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(15), "closed only after {waited:?}");
+    assert!(!sink.is_empty(), "the follower answered the handshake");
+    drop(follower);
+}

@@ -221,6 +221,11 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// Starts a named thread (the name shows in `top -H`, `perf` and panics).
+fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<JoinHandle<T>> {
+    std::thread::Builder::new().name(name.to_owned()).spawn(f)
+}
+
 fn log_line(what: &str) {
     eprintln!("tern serve: {what}");
 }
@@ -260,15 +265,15 @@ impl Server {
         }
         let mut threads = Vec::new();
         let accept = shared.clone();
-        threads.push(std::thread::spawn(move || accept_loop(&accept, &listener)));
+        threads.push(spawn("tern-accept", move || accept_loop(&accept, &listener))?);
         if shared.config.role == Role::Leader {
             for (peer, addr) in shared.config.peers.clone() {
                 let dial = shared.clone();
-                threads.push(std::thread::spawn(move || dial_loop(&dial, peer, addr)));
+                threads.push(spawn(&format!("tern-dial-{peer}"), move || dial_loop(&dial, peer, addr))?);
             }
         }
         let tick = shared.clone();
-        threads.push(std::thread::spawn(move || tick_loop(&tick)));
+        threads.push(spawn("tern-tick", move || tick_loop(&tick))?);
         Ok(Server { shared, local_addr, threads })
     }
 
@@ -637,9 +642,10 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             accepted.retain(|s| s.peer_addr().is_ok());
             accepted.push(clone);
         }
+        let counted = shared.clone();
         let shared = shared.clone();
         let closer = stream.try_clone();
-        std::thread::spawn(move || {
+        let spawned = spawn("tern-conn", move || {
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             if let Err(e) = serve_connection(&shared, stream) {
                 // A client that hangs up between requests is not an error.
@@ -656,6 +662,12 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             }
             shared.connections.fetch_sub(1, Ordering::SeqCst);
         });
+        if let Err(e) = spawned {
+            // Out of threads: the connection is dropped (its clone in `accepted` is shut at
+            // stop) and the node goes on.
+            log_line(&format!("cannot serve a new connection: {e}"));
+            counted.connections.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -772,7 +784,7 @@ fn follow(shared: &Arc<Shared>, leader: NodeId, stream: TcpStream) -> io::Result
     // sync covers all of them: fsync-batched durability.
     let syncer = {
         let (shared, writer, queue) = (shared.clone(), writer.clone(), queue.clone());
-        std::thread::spawn(move || sync_loop(&shared, &writer, &queue))
+        spawn("tern-fsync", move || sync_loop(&shared, &writer, &queue))?
     };
     let result = follow_messages(shared, leader, stream, &writer, &queue);
     {
@@ -843,6 +855,10 @@ fn follow_messages(
     // Messages already received are handled before any ack is sent, and then only the last
     // ack of each log goes out (an ack says where the log stands, so it replaces the earlier
     // ones): under load one read, one apply pass and one write serve many chunks.
+    // A leader sends something at least every heartbeat (100 ms) while it has logs: a follower
+    // that hears nothing for PEER_SILENCE_MAX drops the connection (the leader vanished
+    // without closing it, or the stream lost bytes) and waits for the leader to dial again.
+    stream.set_read_timeout(Some(PEER_SILENCE_MAX))?;
     let mut reader = io::BufReader::with_capacity(READ_BUFFER_BYTES, stream);
     let mut acks: BTreeMap<String, Message> = BTreeMap::new();
     loop {
@@ -852,6 +868,21 @@ fn follow_messages(
                 codec::encode(msg, &mut out);
             }
             writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_all(&out)?;
+        }
+        if reader.buffer().is_empty() {
+            match io::BufRead::fill_buf(&mut reader) {
+                Ok([]) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                // A leader without logs has nothing to say: silence is fine until it has.
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    if shared.has_logs() {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "nothing from the leader in 3 s"));
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
         }
         let msg = read_msg(&mut reader)?;
         let mut sends = Vec::new();
@@ -1027,7 +1058,7 @@ fn connect_peer(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr, welcomed: 
     let outbox = Arc::new(Outbox::default());
     let shipper = {
         let (shared, outbox, writer) = (shared.clone(), outbox.clone(), stream.try_clone()?);
-        std::thread::spawn(move || ship_loop(&shared, peer, &outbox, writer))
+        spawn(&format!("tern-ship-{peer}"), move || ship_loop(&shared, peer, &outbox, writer))?
     };
     // Peer first, logs second; `log_state` does the reverse, so a log opened meanwhile is told
     // of the peer by one or the other (a second `Connected` only resends).
@@ -1482,6 +1513,10 @@ impl std::fmt::Display for Receipt {
     }
 }
 
+/// How long a [`Client`] call waits for the node by default: longer than a node's own
+/// commit timeout (30 s in `tern serve`), so a quorum append fails with the node's reason.
+pub const CLIENT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+
 /// A blocking client of a node.
 pub struct Client {
     stream: TcpStream,
@@ -1495,7 +1530,20 @@ impl Client {
     pub fn connect(addr: SocketAddr) -> io::Result<Client> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT_DEFAULT))?;
+        stream.set_write_timeout(Some(CLIENT_TIMEOUT_DEFAULT))?;
         Ok(Client { stream })
+    }
+
+    /// How long a call waits for the node's answer (and to send its request) before failing
+    /// with `TimedOut`; `None` waits forever. Default [`CLIENT_TIMEOUT_DEFAULT`]. After a
+    /// timeout the connection is out of step: connect again.
+    ///
+    /// # Errors
+    /// A zero duration.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)
     }
 
     fn call(&mut self, msg: &Message) -> io::Result<Message> {
