@@ -70,6 +70,7 @@ const TYPE_HEARTBEAT: u8 = 5;
 const TYPE_ACK: u8 = 6;
 const TYPE_RESEED: u8 = 7;
 const TYPE_DATA_LOSS: u8 = 8;
+const TYPE_TRUNCATE: u8 = 9;
 const TYPE_CLIENT_APPEND: u8 = 16;
 const TYPE_CLIENT_APPENDED: u8 = 17;
 const TYPE_CLIENT_READ: u8 = 18;
@@ -222,12 +223,21 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
                 put_u64(out, *commit_end);
             }
         }
-        Message::Ack { log, epoch, written_end, durable_end } => {
+        Message::Truncate { log, epoch, to, written_end, last_epoch } => {
+            out.push(TYPE_TRUNCATE);
+            put_log_name(out, log);
+            put_u64(out, *epoch);
+            put_u64(out, *to);
+            put_u64(out, *written_end);
+            put_u64(out, *last_epoch);
+        }
+        Message::Ack { log, epoch, written_end, durable_end, last_epoch } => {
             out.push(TYPE_ACK);
             put_log_name(out, log);
             put_u64(out, *epoch);
             put_u64(out, *written_end);
             put_u64(out, *durable_end);
+            put_u64(out, *last_epoch);
         }
         Message::Reseed { log, epoch, start_offset, missing_from } => {
             out.push(TYPE_RESEED);
@@ -463,7 +473,7 @@ pub fn frame_len(prefix: &[u8]) -> Result<Option<usize>, CodecError> {
 /// use bytes::Bytes;
 /// use tern_replication::codec::{decode, encode};
 /// use tern_replication::message::Message;
-/// let msg = Message::Ack { log: "orders".into(), epoch: 2, written_end: 10, durable_end: 9 };
+/// let msg = Message::Ack { log: "orders".into(), epoch: 2, written_end: 10, durable_end: 9, last_epoch: 2 };
 /// let mut out = Vec::new();
 /// encode(&msg, &mut out);
 /// assert_eq!(decode(&Bytes::copy_from_slice(&out[..out.len() - 1]))?, None); // needs one more byte
@@ -498,7 +508,17 @@ pub fn decode(buf: &Bytes) -> Result<Option<(Message, usize)>, CodecError> {
             epoch: reader.u64()?,
             written_end: reader.u64()?,
             durable_end: reader.u64()?,
+            last_epoch: reader.u64()?,
         },
+        TYPE_TRUNCATE => {
+            let (log, epoch) = (reader.log_name()?, reader.u64()?);
+            let to_pos = reader.pos();
+            let (to, written_end, last_epoch) = (reader.u64()?, reader.u64()?, reader.u64()?);
+            if to > written_end {
+                return Err(corrupt(to_pos, CorruptReason::Field("truncate past the end it answers")));
+            }
+            Message::Truncate { log, epoch, to, written_end, last_epoch }
+        }
         TYPE_RESEED | TYPE_DATA_LOSS => {
             let (log, epoch) = (reader.log_name()?, reader.u64()?);
             let range_pos = reader.pos();
@@ -997,7 +1017,8 @@ mod tests {
             },
             Message::Heartbeat { epoch: 9, logs: vec![("orders".into(), 43, 40), ("x".repeat(255), u64::MAX, 0)] },
             Message::Heartbeat { epoch: 9, logs: vec![] },
-            Message::Ack { log: "orders".into(), epoch: 4, written_end: 43, durable_end: 41 },
+            Message::Ack { log: "orders".into(), epoch: 4, written_end: 43, durable_end: 41, last_epoch: 3 },
+            Message::Truncate { log: "orders".into(), epoch: 5, to: 40, written_end: 43, last_epoch: 3 },
         ]
     }
 
@@ -1091,7 +1112,7 @@ mod tests {
     #[test]
     fn unknown_type_is_unsupported_and_a_bad_checksum_corrupt() {
         assert_eq!(decoded(&frame_of(0, &[0, 0])), Err(CodecError::Unsupported { message_type: 0 }));
-        assert_eq!(decoded(&frame_of(9, &[0, 0])), Err(CodecError::Unsupported { message_type: 9 }));
+        assert_eq!(decoded(&frame_of(10, &[0, 0])), Err(CodecError::Unsupported { message_type: 10 }));
         let mut bad_crc = frame_of(TYPE_REFUSE, &[0, 0]);
         bad_crc[4] ^= 1;
         assert!(matches!(
@@ -1136,7 +1157,7 @@ mod tests {
         let ack = |name: &[u8]| {
             let mut p = (name.len() as u16).to_le_bytes().to_vec();
             p.extend_from_slice(name);
-            p.extend_from_slice(&[0u8; 24]);
+            p.extend_from_slice(&[0u8; 32]);
             decoded(&frame_of(TYPE_ACK, &p))
         };
         assert!(matches!(ack(b"ok"), Ok(Some(_))));
@@ -1352,8 +1373,19 @@ mod tests {
                 .prop_map(|(log, epoch, commit_end, chunk)| Message::Append { log, epoch, commit_end, chunk }),
             (any::<u64>(), proptest::collection::vec((log_name(), any::<u64>(), any::<u64>()), 0..8))
                 .prop_map(|(epoch, logs)| Message::Heartbeat { epoch, logs }),
-            (log_name(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-                |(log, epoch, written_end, durable_end)| { Message::Ack { log, epoch, written_end, durable_end } }
+            (log_name(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(log, epoch, written_end, durable_end, last_epoch)| {
+                    Message::Ack { log, epoch, written_end, durable_end, last_epoch }
+                }
+            ),
+            (log_name(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(log, epoch, a, b, last_epoch)| Message::Truncate {
+                    log,
+                    epoch,
+                    to: a.min(b),
+                    written_end: a.max(b),
+                    last_epoch
+                }
             ),
         ]
     }

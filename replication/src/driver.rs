@@ -394,9 +394,15 @@ impl Shared {
         let (written, durable) = (log.written_end(), log.durable_end());
         let (leader, follower) = match self.config.role {
             Role::Leader => {
+                // Every start of a leader is a new epoch of each of its logs, recorded durably
+                // before anything of it is shipped: a follower holding records of an earlier
+                // epoch past where that epoch ends here (lost here in a power loss) is cut back.
+                let epoch = log.epoch() + 1;
+                log.begin_epoch(epoch).map_err(|e| format!("log {name}: cannot begin epoch {epoch}: {e}"))?;
                 let config = LeaderConfig {
                     log: name.to_owned(),
-                    epoch: 1,
+                    epoch,
+                    epoch_history: log.epoch_history(),
                     peers: self.config.peers.iter().map(|(id, _)| *id).collect(),
                     quorum: self.config.quorum,
                     inflight_bytes_max: 8 << 20,
@@ -411,15 +417,15 @@ impl Shared {
                 leader.handle(LeaderInput::StartMoved { start: log.start_offset() });
                 let kept = self.peer_slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 for (peer, _) in &self.config.peers {
-                    if let Some(Slot { durable_end, state: SlotState::Active }) = kept.get(name, *peer) {
-                        leader.restore_peer(*peer, *durable_end);
+                    if let Some(Slot { durable_end, epoch, state: SlotState::Active }) = kept.get(name, *peer) {
+                        leader.restore_peer(*peer, *durable_end, *epoch);
                     }
                 }
                 drop(kept);
                 while leader.poll_action().is_some() {}
                 (Some(leader), None)
             }
-            Role::Follower => (None, Some(Follower::new(name.to_owned(), 0, written, durable))),
+            Role::Follower => (None, Some(Follower::new(name.to_owned(), 0, written, durable, log.last_epoch()))),
         };
         let slot = Arc::new(LogSlot {
             name: name.to_owned(),
@@ -588,7 +594,8 @@ fn ship_loop(shared: &Shared, peer: NodeId, outbox: &Arc<Outbox>, mut stream: Tc
                     counters.raw_bytes += raw_bytes;
                     counters.wire_bytes += len_bytes;
                     counters.chunks += 1;
-                    codec::encode(&Message::Append { log: slot.name.clone(), epoch: 1, commit_end, chunk }, &mut out);
+                    let epoch = core.leader.as_ref().map_or(0, Leader::epoch);
+                    codec::encode(&Message::Append { log: slot.name.clone(), epoch, commit_end, chunk }, &mut out);
                     let shipped = LeaderInput::Shipped { peer, base_offset, end_offset, len_bytes };
                     shared.leader_input_locked(&slot, &mut core, shipped);
                 }
@@ -846,9 +853,10 @@ fn follow_messages(
     for slot in shared.all_slots() {
         let msg = Message::Ack {
             log: slot.name.clone(),
-            epoch: slot.lock().follower.as_ref().map_or(0, Follower::epoch),
+            epoch: slot.lock().follower.as_ref().map_or(0, Follower::checked_epoch),
             written_end: slot.log.written_end(),
             durable_end: slot.log.durable_end(),
+            last_epoch: slot.log.last_epoch(),
         };
         write_msg(&mut writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &msg)?;
     }
@@ -887,7 +895,10 @@ fn follow_messages(
         let msg = read_msg(&mut reader)?;
         let mut sends = Vec::new();
         match &msg {
-            Message::Append { log, .. } | Message::Reseed { log, .. } | Message::DataLoss { log, .. } => {
+            Message::Append { log, .. }
+            | Message::Truncate { log, .. }
+            | Message::Reseed { log, .. }
+            | Message::DataLoss { log, .. } => {
                 let slot = shared.log_state(log).map_err(io::Error::other)?;
                 sends = follower_input(&slot, queue, FollowerInput::Received { from: leader, msg });
             }
@@ -953,11 +964,34 @@ fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Ve
                         let next = if after == before && applied.is_err() {
                             FollowerInput::ApplyFailed
                         } else {
-                            FollowerInput::Applied { written_end: after }
+                            FollowerInput::Applied { written_end: after, last_epoch: s.log.last_epoch() }
                         };
                         follower.handle(next);
                     }
                     FollowerAction::Sync => sync = true,
+                    FollowerAction::Truncate { to } => {
+                        let end = s.log.written_end();
+                        let input = match quarantine(s, to).and_then(|kept| {
+                            s.log.truncate_suffix(to).map_err(|e| e.to_string())?;
+                            Ok(kept)
+                        }) {
+                            Ok(kept) => {
+                                log_line(&format!(
+                                    "log {name}: records {to}..{end} diverged from the leader's log and were cut{}",
+                                    kept.map_or(String::new(), |path| format!("; kept in {}", path.display()))
+                                ));
+                                FollowerInput::Truncated {
+                                    written_end: s.log.written_end(),
+                                    last_epoch: s.log.last_epoch(),
+                                }
+                            }
+                            Err(e) => {
+                                log_line(&format!("log {name}: cannot cut records {to}..{end}: {e}"));
+                                FollowerInput::ApplyFailed
+                            }
+                        };
+                        follower.handle(input);
+                    }
                     FollowerAction::Reset { start_offset } => {
                         let input = match s.log.reset(start_offset) {
                             Ok(()) => {
@@ -1230,6 +1264,31 @@ fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32, uncommitte
     Message::ClientRecords { start: from, commit_end: commit, records }
 }
 
+/// Copies the records of `slot`'s log from `from` to its end, as their batch frames (the
+/// segment frame format), into `quarantine-FROM-END.frames` in the log's directory, synced,
+/// before they are cut: records that diverged are kept for the operator, never silently
+/// dropped. `None` when there is nothing to keep.
+fn quarantine(slot: &LogSlot, from: u64) -> Result<Option<std::path::PathBuf>, String> {
+    let end = slot.log.written_end();
+    if from >= end {
+        return Ok(None);
+    }
+    let path = slot.log.dir().join(format!("quarantine-{from}-{end}.frames"));
+    let mut file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut next = from;
+    while next < end {
+        let batches = slot.log.read_batches(next, 4 << 20, Visibility::Written).map_err(|e| e.to_string())?;
+        let Some(last) = batches.last() else { break };
+        next = last.end_offset;
+        for batch in &batches {
+            file.write_all(&batch.frame).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    file.sync_all().map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::File::open(slot.log.dir()).and_then(|dir| dir.sync_all()).map_err(|e| e.to_string())?;
+    Ok(Some(path))
+}
+
 /// Bytes of `log` from `offset` to its written end, to the sparse index's precision.
 fn bytes_after(log: &Log, offset: u64) -> u64 {
     log.segments()
@@ -1295,7 +1354,7 @@ impl Shared {
                     Some((from, to)) if from < to => SlotState::NeedsReseed { missing_from: from, missing_to: to },
                     _ => SlotState::Active,
                 };
-                let new = Slot { durable_end: view.acked_durable, state };
+                let new = Slot { durable_end: view.acked_durable, epoch: leader.epoch(), state };
                 if kept.get(&slot.name, *peer) != Some(&new) {
                     kept.set(&slot.name, *peer, new);
                     changed = true;

@@ -80,12 +80,36 @@ pub enum Message {
     Ack {
         /// The log, by name.
         log: String,
-        /// The highest epoch the follower has seen.
+        /// The leader epoch the follower's log was checked against (by its `Truncate`); appends
+        /// of that epoch only are applied.
         epoch: u64,
         /// One past the last record the follower holds (written, maybe not synced).
         written_end: u64,
         /// One past the last record the follower has synced.
         durable_end: u64,
+        /// The epoch of the last batch the follower holds (0 for none): where its log may have
+        /// diverged from a restarted leader's.
+        last_epoch: u64,
+    },
+    /// Leader to follower: the follower's records from `to` on are not the leader's (they were
+    /// written in an epoch the leader's log ends earlier); remove them, durably, and go on
+    /// from `to`. Only records never committed are ever cut.
+    ///
+    /// It also tells a follower that its log was checked against the leader's epoch (with
+    /// `to` at its end, nothing is cut): only then does it apply appends of that epoch. It
+    /// applies only while the follower's log still is as its `Ack` said (`written_end`,
+    /// `last_epoch`), so a late one never cuts what came since.
+    Truncate {
+        /// The log, by name.
+        log: String,
+        /// The leader's epoch.
+        epoch: u64,
+        /// The follower's new end.
+        to: u64,
+        /// The follower's written end this answers.
+        written_end: u64,
+        /// The follower's last batch epoch this answers.
+        last_epoch: u64,
     },
     /// Leader to follower: the records from `missing_from` to `start_offset` are gone from the
     /// leader (retention deleted them); replace the log with an empty one starting at

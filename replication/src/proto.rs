@@ -48,6 +48,10 @@ pub struct LeaderConfig {
     pub log: String,
     /// The leader's epoch, stamped on everything it sends.
     pub epoch: u64,
+    /// The leader's log's epoch history: `(epoch, first offset)`, ascending, ending with
+    /// `epoch` (the log's own record of it, `tern_wal::Log::epoch_history`). It tells where a
+    /// returning follower's log stops being the leader's.
+    pub epoch_history: Vec<(u64, u64)>,
     /// The followers.
     pub peers: Vec<NodeId>,
     /// Copies needed to commit.
@@ -204,8 +208,9 @@ struct Peer {
     last_sent_ms: u64,
     /// A [`LeaderAction::Ship`] was asked and not yet reported.
     shipping: bool,
-    /// An `Ack` arrived on this connection: the peer's end is known.
-    heard: bool,
+    /// The peer's last `Ack` says its log was checked against this leader's epoch: its end is
+    /// known, and it takes appends.
+    checked: bool,
     /// Records the peer needs that are gone here, and whether it was told on this connection.
     gap: Option<(u64, u64)>,
     gap_told: bool,
@@ -251,16 +256,34 @@ impl Leader {
         self.commit_end
     }
 
+    /// The leader's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.config.epoch
+    }
+
+    /// Where a log whose last batch has epoch `epoch` stops agreeing with this leader's: the
+    /// start of the first epoch after the largest one at or below `epoch` in the history (the
+    /// written end if that is the last one). Kafka's OffsetsForLeaderEpoch.
+    pub fn epoch_end(&self, epoch: u64) -> u64 {
+        let history = &self.config.epoch_history;
+        match history.iter().rposition(|(e, _)| *e <= epoch) {
+            Some(i) => history.get(i + 1).map_or(self.written_end, |(_, start)| *start),
+            None => history.first().map_or(self.written_end, |(_, start)| *start),
+        }
+        .min(self.written_end)
+    }
+
     /// What the leader knows of a peer: (acked written end, acked durable end, connected).
     pub fn peer_state(&self, peer: NodeId) -> Option<(u64, u64, bool)> {
         self.peers.get(&peer).map(|p| (p.acked_written, p.acked_durable, p.connected))
     }
 
-    /// Restores what a peer had acknowledged durable before a restart (a replication slot), so
-    /// the commit point and retention account for it before the peer reconnects. Bounded by
-    /// the local written end; never lowers what is known.
-    pub fn restore_peer(&mut self, peer: NodeId, durable_end: u64) {
-        let written = self.written_end;
+    /// Restores what a peer had acknowledged durable in leader epoch `epoch`, before a restart
+    /// (a replication slot), so the commit point and retention account for it before the peer
+    /// reconnects. Only up to where `epoch` ends in this leader's history counts (past it the
+    /// peer holds a tail this log lost); never lowers what is known.
+    pub fn restore_peer(&mut self, peer: NodeId, durable_end: u64, epoch: u64) {
+        let written = self.epoch_end(epoch);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.acked_durable = p.acked_durable.max(durable_end.min(written));
             p.acked_written = p.acked_written.max(p.acked_durable);
@@ -315,23 +338,25 @@ impl Leader {
                     self.ship_all();
                 }
             }
-            LeaderInput::Connected { peer, written_end, durable_end } => {
+            LeaderInput::Connected { peer, written_end, durable_end: _ } => {
                 let now = self.now_ms;
                 if let Some(p) = self.peers.get_mut(&peer) {
-                    // A peer never holds more than the leader wrote; a longer log diverged and
-                    // must be cut back by the failover step, not trusted here.
-                    let written = written_end.min(self.written_end);
+                    // What the peer says at connection time counts only once an `Ack` from a log
+                    // checked against this epoch confirms it (it may hold records this leader
+                    // lost); what is already known of it stands.
+                    let written = self.written_end;
+                    let acked_durable = p.acked_durable.min(written);
                     *p = Peer {
                         connected: true,
-                        acked_written: written,
-                        acked_durable: durable_end.min(written).max(p.acked_durable.min(written)),
-                        next_offset: written,
+                        acked_written: p.acked_written.min(written).max(acked_durable),
+                        acked_durable,
+                        next_offset: written_end.min(written),
                         inflight: VecDeque::new(),
                         inflight_bytes: 0,
                         last_progress_ms: now,
                         last_sent_ms: now,
                         shipping: false,
-                        heard: false,
+                        checked: false,
                         gap: p.gap,
                         gap_told: false,
                         reseeds: p.reseeds,
@@ -383,15 +408,44 @@ impl Leader {
     }
 
     fn receive(&mut self, peer: NodeId, msg: Message) {
-        let Message::Ack { log, epoch: _, written_end, durable_end } = msg else { return };
+        let Message::Ack { log, epoch: checked_epoch, written_end, durable_end, last_epoch } = msg else { return };
         if log != self.config.log {
             return;
         }
         let leader_written = self.written_end;
         let now = self.now_ms;
+        let diverged_at = self.epoch_end(last_epoch);
         let Some(p) = self.peers.get_mut(&peer) else { return };
         if !p.connected {
             return;
+        }
+        // A peer just re-seeded holds nothing: an empty log at this log's start agrees with it.
+        let reseeded = p.gap.is_some() && written_end == self.start_offset && last_epoch == 0;
+        let diverged_at = if reseeded { written_end } else { diverged_at };
+        p.checked = checked_epoch == self.config.epoch;
+        if !p.checked || written_end > diverged_at {
+            // Until the peer's log was checked against this epoch it takes no appends of it.
+            // Its records up to where its last epoch ends here are this log's; any after that
+            // were written by this leader before it lost them in a power loss. None of those
+            // were committed (a commit needs the leader's own sync): they are cut. The
+            // `Truncate` names the state it answers, so a late one never cuts what came since.
+            let to = written_end.min(diverged_at);
+            let msg = Message::Truncate {
+                log: self.config.log.clone(),
+                epoch: self.config.epoch,
+                to,
+                written_end,
+                last_epoch,
+            };
+            self.actions.push_back(LeaderAction::Send { peer, msg });
+            if written_end > diverged_at {
+                // This ack counts for nothing.
+                p.checked = false;
+                p.acked_written = p.acked_written.min(diverged_at);
+                p.acked_durable = p.acked_durable.min(diverged_at);
+                p.next_offset = p.next_offset.min(diverged_at);
+                return;
+            }
         }
         // A peer cannot hold what was never written here; treat such an ack as garbage.
         if written_end > leader_written || durable_end > written_end {
@@ -400,7 +454,6 @@ impl Leader {
         if written_end > p.acked_written || durable_end > p.acked_durable {
             p.last_progress_ms = now;
         }
-        p.heard = true;
         if p.gap.is_some() && written_end >= self.start_offset {
             // Re-seeded: the peer's log now starts where the leader's does.
             p.gap = None;
@@ -465,7 +518,13 @@ impl Leader {
         let commit_end = self.commit_end;
         let (window, chunk) = (self.config.inflight_bytes_max, self.config.chunk_bytes_max);
         let Some(p) = self.peers.get_mut(&peer) else { return };
-        if p.connected && p.heard && p.next_offset < self.start_offset && p.acked_written < self.start_offset {
+        // Nothing is shipped to a peer before its log was checked against this epoch: a log
+        // that diverged must be cut back before anything is added to it (frames it already has
+        // are skipped, not compared).
+        if !p.connected || !p.checked {
+            return;
+        }
+        if p.next_offset < self.start_offset && p.acked_written < self.start_offset {
             // The peer needs records that are gone here. Never skip them: re-seed it, or tell
             // it and ship it nothing more.
             if !p.gap_told {
@@ -499,9 +558,11 @@ impl Leader {
         let mut durable: Vec<u64> = self.peers.values().map(|p| p.acked_durable).collect();
         durable.push(self.durable_end);
         durable.sort_unstable_by(|a, b| b.cmp(a));
-        // The k-th highest durable end: k copies, the leader's counted only once synced.
+        // The k-th highest durable end: k copies, the leader's counted only once synced, and
+        // always one of them: a leader restarted after losing power then still holds every
+        // committed record, and what its followers hold beyond it can be cut.
         let k = self.config.quorum_size();
-        let quorum_end = durable.get(k - 1).copied().unwrap_or(0).min(self.written_end);
+        let quorum_end = durable.get(k - 1).copied().unwrap_or(0).min(self.durable_end);
         if quorum_end > self.commit_end {
             assert!(quorum_end <= self.written_end, "commit past end: {quorum_end} > {}", self.written_end);
             self.commit_end = quorum_end;
@@ -524,6 +585,15 @@ pub enum FollowerInput {
     Applied {
         /// New written end.
         written_end: u64,
+        /// The epoch of the log's last batch now.
+        last_epoch: u64,
+    },
+    /// The driver cut the log as a [`FollowerAction::Truncate`] asked (durably).
+    Truncated {
+        /// New written end.
+        written_end: u64,
+        /// The epoch of the log's last batch now.
+        last_epoch: u64,
     },
     /// The driver could not apply a chunk (it did not decode or continue the log).
     ApplyFailed,
@@ -555,6 +625,12 @@ pub enum FollowerAction {
     /// Make the written records durable (through the group commit) and report
     /// [`FollowerInput::Synced`].
     Sync,
+    /// Remove every record from `to` on, durably (they diverged from the leader's log), then
+    /// report [`FollowerInput::Truncated`], or [`FollowerInput::ApplyFailed`] if it cannot.
+    Truncate {
+        /// The new end.
+        to: u64,
+    },
     /// Replace the log, durably, with an empty one starting at `start_offset` (a re-seed: the
     /// records before it are gone from the leader), then report [`FollowerInput::Reset`].
     Reset {
@@ -581,6 +657,14 @@ pub struct Follower {
     commit_end: u64,
     applying: bool,
     sync_requested: bool,
+    /// The epoch of the last batch held.
+    last_epoch: u64,
+    /// The leader epoch whose log this one was checked against (by its `Truncate`): appends of
+    /// that epoch only are applied. Until a new leader has checked, nothing of it is added,
+    /// since frames already present are skipped by offset, not compared.
+    checked_epoch: u64,
+    /// A cut asked by the leader of this epoch is in progress.
+    cutting_for: u64,
     /// Records the leader no longer holds that this follower needed (`from..to`), and whether
     /// it was re-seeded past them (true) or stopped (false).
     gap: Option<(u64, u64, bool)>,
@@ -588,8 +672,9 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// A follower of `log` whose local log ends at `written_end` (`durable_end` synced).
-    pub fn new(log: String, epoch_seen: u64, written_end: u64, durable_end: u64) -> Follower {
+    /// A follower of `log` whose local log ends at `written_end` (`durable_end` synced), its
+    /// last batch of epoch `last_epoch`.
+    pub fn new(log: String, epoch_seen: u64, written_end: u64, durable_end: u64, last_epoch: u64) -> Follower {
         assert!(durable_end <= written_end, "durable {durable_end} past written {written_end}");
         Follower {
             log,
@@ -600,6 +685,9 @@ impl Follower {
             commit_end: 0,
             applying: false,
             sync_requested: false,
+            last_epoch,
+            checked_epoch: 0,
+            cutting_for: 0,
             gap: None,
             actions: VecDeque::new(),
         }
@@ -620,6 +708,11 @@ impl Follower {
         self.epoch_seen
     }
 
+    /// The leader epoch this log was checked against: appends of that epoch only are applied.
+    pub fn checked_epoch(&self) -> u64 {
+        self.checked_epoch
+    }
+
     /// The records this follower needed that its leader no longer held (`from..to`), and
     /// whether it was re-seeded (`true`: its log now starts at `to`) or stopped (`false`: a
     /// data loss it cannot get past).
@@ -631,10 +724,11 @@ impl Follower {
     pub fn handle(&mut self, input: FollowerInput) {
         match input {
             FollowerInput::Received { from, msg } => self.receive(from, msg),
-            FollowerInput::Applied { written_end } => {
+            FollowerInput::Applied { written_end, last_epoch } => {
                 assert!(written_end >= self.written_end, "written end went back");
                 self.applying = false;
                 self.written_end = written_end;
+                self.last_epoch = last_epoch;
                 self.request_sync();
                 self.ack();
             }
@@ -643,6 +737,17 @@ impl Follower {
                 self.applying = false;
                 self.written_end = start_offset;
                 self.durable_end = start_offset;
+                self.last_epoch = 0;
+                self.ack();
+            }
+            FollowerInput::Truncated { written_end, last_epoch } => {
+                self.applying = false;
+                if self.cutting_for == self.epoch_seen {
+                    self.checked_epoch = self.epoch_seen;
+                }
+                self.written_end = written_end;
+                self.durable_end = self.durable_end.min(written_end);
+                self.last_epoch = last_epoch;
                 self.ack();
             }
             FollowerInput::ApplyFailed => {
@@ -680,13 +785,41 @@ impl Follower {
                 self.epoch_seen = epoch;
                 self.leader = Some(from);
                 self.commit_end = self.commit_end.max(commit_end);
-                if self.applying || chunk.base_offset > self.written_end || chunk.end_offset <= self.written_end {
+                if self.applying
+                    || epoch != self.checked_epoch
+                    || chunk.base_offset > self.written_end
+                    || chunk.end_offset <= self.written_end
+                {
                     // Busy, a gap (something was lost), or nothing new: say where we stand.
                     self.ack();
                     return;
                 }
                 self.applying = true;
                 self.actions.push_back(FollowerAction::Apply { chunk, epoch });
+            }
+            Message::Truncate { log, epoch, to, written_end, last_epoch } => {
+                if log != self.log {
+                    return;
+                }
+                if epoch < self.epoch_seen {
+                    self.leader_ack(from);
+                    return;
+                }
+                self.epoch_seen = epoch;
+                self.leader = Some(from);
+                if self.applying || (written_end, last_epoch) != (self.written_end, self.last_epoch) {
+                    // Busy, or an answer to a state this log has left: the ack brings a new one.
+                    self.ack();
+                    return;
+                }
+                if to >= self.written_end {
+                    self.checked_epoch = epoch;
+                    self.ack();
+                    return;
+                }
+                self.applying = true;
+                self.cutting_for = epoch;
+                self.actions.push_back(FollowerAction::Truncate { to });
             }
             Message::Reseed { log, epoch, start_offset, missing_from } => {
                 if log != self.log {
@@ -705,6 +838,8 @@ impl Follower {
                 }
                 self.gap = Some((missing_from.min(self.written_end), start_offset, true));
                 self.applying = true;
+                // An empty log agrees with any leader's.
+                self.checked_epoch = epoch;
                 self.actions.push_back(FollowerAction::Reset { start_offset });
             }
             Message::DataLoss { log, epoch, from: lost_from, to } => {
@@ -749,9 +884,10 @@ impl Follower {
     fn leader_ack(&mut self, to: NodeId) {
         let msg = Message::Ack {
             log: self.log.clone(),
-            epoch: self.epoch_seen,
+            epoch: self.checked_epoch,
             written_end: self.written_end,
             durable_end: self.durable_end,
+            last_epoch: self.last_epoch,
         };
         self.actions.push_back(FollowerAction::Send { to, msg });
     }
@@ -765,6 +901,7 @@ mod tests {
         LeaderConfig {
             log: "l".into(),
             epoch: 1,
+            epoch_history: vec![(1, 0)],
             peers: vec![2, 3],
             quorum,
             inflight_bytes_max: 1 << 20,
@@ -776,7 +913,7 @@ mod tests {
     }
 
     fn ack(written_end: u64, durable_end: u64) -> Message {
-        Message::Ack { log: "l".into(), epoch: 1, written_end, durable_end }
+        Message::Ack { log: "l".into(), epoch: 1, written_end, durable_end, last_epoch: 1 }
     }
 
     #[test]
@@ -798,14 +935,55 @@ mod tests {
     #[test]
     fn a_peer_is_shipped_from_its_end_within_its_window() {
         let mut leader = Leader::new(config(Quorum::All), 100, 100, 0);
-        leader.handle(LeaderInput::Connected { peer: 2, written_end: 40, durable_end: 40 });
+        leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
+        let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
+        assert!(actions.is_empty(), "nothing is shipped before the peer says where it stands: {actions:?}");
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(40, 40) });
         let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
         assert!(actions.iter().any(|a| matches!(a, LeaderAction::Ship { peer: 2, from: 40, .. })), "{actions:?}");
     }
 
     #[test]
+    fn a_peer_holding_records_of_an_epoch_that_ends_earlier_here_is_cut_back_before_shipping() {
+        // Epoch 1 wrote 0..50 here and more that a power loss took; epoch 2 began at 50.
+        let config = LeaderConfig { epoch: 2, epoch_history: vec![(1, 0), (2, 50)], ..config(Quorum::Count(2)) };
+        let mut leader = Leader::new(config, 80, 80, 0);
+        leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
+        let diverged = Message::Ack { log: "l".into(), epoch: 1, written_end: 70, durable_end: 70, last_epoch: 1 };
+        leader.handle(LeaderInput::Received { peer: 2, msg: diverged });
+        let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
+        let truncate = Message::Truncate { log: "l".into(), epoch: 2, to: 50, written_end: 70, last_epoch: 1 };
+        assert_eq!(actions, vec![LeaderAction::Send { peer: 2, msg: truncate }]);
+        assert_eq!(leader.commit_end(), 0, "the peer's records past 50 count for nothing");
+        let cut = Message::Ack { log: "l".into(), epoch: 2, written_end: 50, durable_end: 50, last_epoch: 1 };
+        // (epoch 2 here: the peer's log was checked against epoch 2 when it cut)
+        leader.handle(LeaderInput::Received { peer: 2, msg: cut });
+        let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
+        assert!(actions.iter().any(|a| matches!(a, LeaderAction::Ship { peer: 2, from: 50, .. })), "{actions:?}");
+        assert_eq!(leader.commit_end(), 50);
+    }
+
+    #[test]
+    fn the_commit_point_never_passes_the_leaders_own_durable_end() {
+        let mut leader = Leader::new(config(Quorum::Count(2)), 0, 0, 0);
+        for peer in [2, 3] {
+            leader.handle(LeaderInput::Connected { peer, written_end: 0, durable_end: 0 });
+            leader.handle(LeaderInput::Received { peer, msg: ack(0, 0) });
+        }
+        leader.handle(LeaderInput::Written { end: 10 });
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(10, 10) });
+        leader.handle(LeaderInput::Received { peer: 3, msg: ack(10, 10) });
+        assert_eq!(leader.commit_end(), 0, "two followers are a quorum of copies, but not without the leader's");
+        leader.handle(LeaderInput::Synced { end: 10 });
+        assert_eq!(leader.commit_end(), 10);
+    }
+
+    #[test]
     fn a_follower_answers_a_gap_with_where_it_stands() {
-        let mut follower = Follower::new("l".into(), 1, 5, 5);
+        let mut follower = Follower::new("l".into(), 1, 5, 5, 1);
+        let check = Message::Truncate { log: "l".into(), epoch: 1, to: 5, written_end: 5, last_epoch: 1 };
+        follower.handle(FollowerInput::Received { from: 1, msg: check });
+        assert_eq!(follower.poll_action(), Some(FollowerAction::Send { to: 1, msg: ack(5, 5) }));
         let chunk =
             Chunk { base_offset: 9, end_offset: 12, raw_len_bytes: 0, compressed: false, bytes: Default::default() };
         follower.handle(FollowerInput::Received {
@@ -814,5 +992,37 @@ mod tests {
         });
         assert_eq!(follower.poll_action(), Some(FollowerAction::Send { to: 1, msg: ack(5, 5) }));
         assert_eq!(follower.poll_action(), None);
+    }
+
+    #[test]
+    fn a_follower_takes_a_new_leaders_appends_only_once_checked_and_never_obeys_a_late_cut() {
+        let chunk = |base, end| Chunk {
+            base_offset: base,
+            end_offset: end,
+            raw_len_bytes: 0,
+            compressed: false,
+            bytes: Default::default(),
+        };
+        let mut follower = Follower::new("l".into(), 1, 50, 50, 1);
+        // A leader of epoch 2 has not checked this log yet: its append is not applied.
+        let append = Message::Append { log: "l".into(), epoch: 2, commit_end: 0, chunk: chunk(50, 60) };
+        follower.handle(FollowerInput::Received { from: 1, msg: append.clone() });
+        assert!(matches!(follower.poll_action(), Some(FollowerAction::Send { .. })));
+        assert_eq!(follower.poll_action(), None);
+        // A cut answering a state the log has left is ignored.
+        let late = Message::Truncate { log: "l".into(), epoch: 2, to: 40, written_end: 45, last_epoch: 1 };
+        follower.handle(FollowerInput::Received { from: 1, msg: late });
+        assert!(matches!(follower.poll_action(), Some(FollowerAction::Send { .. })));
+        assert_eq!(follower.poll_action(), None);
+        // The cut that answers its state is carried out; then the log is checked for epoch 2.
+        let cut = Message::Truncate { log: "l".into(), epoch: 2, to: 40, written_end: 50, last_epoch: 1 };
+        follower.handle(FollowerInput::Received { from: 1, msg: cut });
+        assert_eq!(follower.poll_action(), Some(FollowerAction::Truncate { to: 40 }));
+        follower.handle(FollowerInput::Truncated { written_end: 40, last_epoch: 1 });
+        assert_eq!(follower.checked_epoch(), 2);
+        let _ack = follower.poll_action();
+        let append = Message::Append { log: "l".into(), epoch: 2, commit_end: 0, chunk: chunk(40, 60) };
+        follower.handle(FollowerInput::Received { from: 1, msg: append });
+        assert!(matches!(follower.poll_action(), Some(FollowerAction::Apply { .. })));
     }
 }

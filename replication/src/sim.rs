@@ -50,6 +50,8 @@ pub struct Config {
     pub partition_ratio: f64,
     /// Chance per step that a follower loses power and restarts.
     pub crash_ratio: f64,
+    /// Chance per step that the leader loses power and restarts, in a new epoch.
+    pub leader_crash_ratio: f64,
 }
 
 impl Default for Config {
@@ -64,6 +66,7 @@ impl Default for Config {
             delay_ms_max: 30,
             partition_ratio: 0.01,
             crash_ratio: 0.005,
+            leader_crash_ratio: 0.002,
         }
     }
 }
@@ -110,6 +113,10 @@ struct Node {
 pub struct Faults {
     /// Follower power losses.
     pub crashes: u64,
+    /// Leader power losses.
+    pub leader_crashes: u64,
+    /// Follower records cut because they diverged from a restarted leader's log.
+    pub records_cut: u64,
     /// Messages lost.
     pub dropped: u64,
     /// Messages delivered twice.
@@ -130,8 +137,13 @@ pub struct World {
     nodes: Vec<Node>,
     network: Vec<InFlight>,
     cut: BTreeSet<(NodeId, NodeId)>,
-    /// Every value the leader appended, by offset.
+    /// Every value the leader's log holds, by offset.
     sent: Vec<Vec<u8>>,
+    /// Values the leader wrote at an offset and then lost in a power loss: a follower may
+    /// hold one of them, above the commit point, until it is cut back.
+    lost: std::collections::BTreeMap<u64, Vec<Vec<u8>>>,
+    /// The leader's epoch.
+    epoch: u64,
     commit_end: u64,
     faults: bool,
 }
@@ -157,10 +169,12 @@ impl World {
                 Committer::start_with(Arc::new(disk.clone()), None, CommitMode::Leader).map_err(|e| e.to_string())?;
             let log = open_log(&disk, &committer)?;
             let role = if id == LEADER {
+                log.begin_epoch(1).map_err(|e| e.to_string())?;
                 Role::Leader(Leader::new(
                     LeaderConfig {
                         log: LOG.into(),
                         epoch: 1,
+                        epoch_history: log.epoch_history(),
                         peers: peers.clone(),
                         quorum: config.quorum,
                         inflight_bytes_max: 8 << 10,
@@ -174,7 +188,7 @@ impl World {
                     0,
                 ))
             } else {
-                Role::Follower(Follower::new(LOG.into(), 0, 0, 0))
+                Role::Follower(Follower::new(LOG.into(), 0, 0, 0, 0))
             };
             nodes.push(Node { id, disk, committer, log: Some(log), role, durable_floor: 0, checked_end: 0 });
         }
@@ -188,6 +202,8 @@ impl World {
             network: Vec::new(),
             cut: BTreeSet::new(),
             sent: Vec::new(),
+            lost: std::collections::BTreeMap::new(),
+            epoch: 1,
             commit_end: 0,
             faults: true,
         };
@@ -221,7 +237,14 @@ impl World {
             let victim = self.rng.gen_range(1..self.config.nodes as u64);
             return self.crash(victim);
         }
-        if self.faults && roll < self.config.crash_ratio + self.config.partition_ratio {
+        if self.faults && roll < self.config.crash_ratio + self.config.leader_crash_ratio {
+            return self.crash_leader();
+        }
+        let roll = roll - self.config.leader_crash_ratio;
+        if self.faults
+            && roll >= self.config.crash_ratio
+            && roll < self.config.crash_ratio + self.config.partition_ratio
+        {
             let peer = self.rng.gen_range(1..self.config.nodes as u64);
             let link = (LEADER, peer);
             if !self.cut.remove(&link) {
@@ -235,6 +258,7 @@ impl World {
             3 => {
                 let log = self.nodes[0].log.clone().ok_or("leader has no log")?;
                 log.sync().map_err(|e| format!("leader sync: {e}"))?;
+                self.nodes[0].durable_floor = self.nodes[0].durable_floor.max(log.durable_end());
                 self.leader_input(LeaderInput::Synced { end: log.durable_end() })
             }
             4 => {
@@ -328,7 +352,8 @@ impl World {
                     };
                     let (base, end) = (chunk.base_offset, chunk.end_offset);
                     let len_bytes = chunk.bytes.len() as u64;
-                    let msg = Message::Append { log: LOG.into(), epoch: 1, commit_end, chunk };
+                    let epoch = self.epoch;
+                    let msg = Message::Append { log: LOG.into(), epoch, commit_end, chunk };
                     self.send(LEADER, peer, &msg);
                     self.leader().handle(LeaderInput::Shipped { peer, base_offset: base, end_offset: end, len_bytes });
                 }
@@ -368,7 +393,7 @@ impl World {
                     // Frames before a bad one may have been appended: report the real end.
                     let input = match applied {
                         Err(_) if log.written_end() == self.follower(id).written_end() => FollowerInput::ApplyFailed,
-                        _ => FollowerInput::Applied { written_end: log.written_end() },
+                        _ => FollowerInput::Applied { written_end: log.written_end(), last_epoch: log.last_epoch() },
                     };
                     self.follower(id).handle(input);
                 }
@@ -378,6 +403,28 @@ impl World {
                     let node = &mut self.nodes[id as usize];
                     node.durable_floor = node.durable_floor.max(durable);
                     self.follower(id).handle(FollowerInput::Synced { durable_end: durable });
+                }
+                FollowerAction::Truncate { to } => {
+                    // Below the commit point only records that are not the leader's may be cut.
+                    if to < self.commit_end {
+                        let first = log.read(to, Visibility::Written).map_err(|e| e.to_string())?.next();
+                        let first = first.ok_or("nothing to cut")?.map_err(|e| e.to_string())?;
+                        if self.sent.get(to as usize).is_some_and(|v| *v == first.value) {
+                            return Err(format!(
+                                "follower {id} told to cut committed records at {to} (commit point {})",
+                                self.commit_end
+                            ));
+                        }
+                    }
+                    let cut = log.written_end().saturating_sub(to);
+                    log.truncate_suffix(to).map_err(|e| format!("follower {id} truncate to {to}: {e}"))?;
+                    self.faults_injected.records_cut += cut;
+                    let node = &mut self.nodes[id as usize];
+                    node.durable_floor = node.durable_floor.min(to);
+                    node.checked_end = node.checked_end.min(to);
+                    let input =
+                        FollowerInput::Truncated { written_end: log.written_end(), last_epoch: log.last_epoch() };
+                    self.follower(id).handle(input);
                 }
                 FollowerAction::Reset { start_offset } => {
                     // The simulated leader keeps its whole log, so it never asks for a re-seed.
@@ -409,11 +456,66 @@ impl World {
         }
         node.checked_end = node.checked_end.min(written);
         node.durable_floor = node.durable_floor.max(durable);
+        let last_epoch = log.last_epoch();
         node.log = Some(log);
-        node.role = Role::Follower(Follower::new(LOG.into(), 1, written, durable));
+        node.role = Role::Follower(Follower::new(LOG.into(), 1, written, durable, last_epoch));
         self.network.retain(|m| m.to != id && m.from != id);
         self.leader_input(LeaderInput::Disconnected { peer: id })?;
         self.leader_input(LeaderInput::Connected { peer: id, written_end: written, durable_end: durable })
+    }
+
+    /// Power loss on the leader: its unsynced records are lost (the last write torn); it
+    /// recovers, begins a new epoch, and its followers reconnect. Nothing committed may be lost:
+    /// a commit needs the leader's own sync. Followers holding records it lost are cut back.
+    fn crash_leader(&mut self) -> Result<(), String> {
+        let tear = match self.rng.gen_range(0..4) {
+            0 => Tear::None,
+            1 => Tear::Prefix(1),
+            2 => Tear::Half,
+            _ => Tear::AllButOne,
+        };
+        self.faults_injected.leader_crashes += 1;
+        let node = &mut self.nodes[0];
+        node.log = None;
+        node.disk.crash(tear);
+        let log = open_log(&node.disk, &node.committer).map_err(|e| format!("leader recovery: {e}"))?;
+        let (written, durable) = (log.written_end(), log.durable_end());
+        if written < node.durable_floor {
+            return Err(format!("the leader lost durable records: {written} < {}", node.durable_floor));
+        }
+        if written < self.commit_end {
+            return Err(format!("the leader lost committed records: {written} < {}", self.commit_end));
+        }
+        for (offset, value) in self.sent.iter().enumerate().skip(written as usize) {
+            self.lost.entry(offset as u64).or_default().push(value.clone());
+        }
+        self.sent.truncate(written as usize);
+        node.durable_floor = node.durable_floor.max(durable);
+        self.epoch += 1;
+        log.begin_epoch(self.epoch).map_err(|e| format!("leader epoch {}: {e}", self.epoch))?;
+        let peers: Vec<NodeId> = (1..self.config.nodes as u64).collect();
+        let config = LeaderConfig {
+            log: LOG.into(),
+            epoch: self.epoch,
+            epoch_history: log.epoch_history(),
+            peers: peers.clone(),
+            quorum: self.config.quorum,
+            inflight_bytes_max: 8 << 10,
+            chunk_bytes_max: 2 << 10,
+            heartbeat_ms: 50,
+            resend_ms: 200,
+            reseed: true,
+        };
+        // The commit point it starts from is what its replication slots would give back.
+        node.role = Role::Leader(Leader::new(config, written, durable, self.commit_end));
+        node.log = Some(log);
+        // What the old leader already sent may still arrive (and leave a follower holding
+        // records this one lost); what was on its way to it is gone.
+        self.network.retain(|m| m.to != LEADER);
+        for peer in peers {
+            self.leader_input(LeaderInput::Connected { peer, written_end: 0, durable_end: 0 })?;
+        }
+        Ok(())
     }
 
     fn check(&mut self) -> Result<(), String> {
@@ -425,35 +527,47 @@ impl World {
         if leader_commit != self.commit_end {
             return Err(format!("commit point {leader_commit} disagrees with the last announced {}", self.commit_end));
         }
-        // Committed records are durable on a quorum.
+        // Followers hold a prefix of the leader's log, except records the leader wrote and then
+        // lost, which they may hold until they are cut back. Check what is new; `checked_end`
+        // only grows over records that are the leader's.
+        for i in 1..self.nodes.len() {
+            let Some(log) = self.nodes[i].log.clone() else { continue };
+            let end = log.written_end();
+            let from = self.nodes[i].checked_end;
+            if end > from {
+                let mut matched = true;
+                for record in log.read(from, Visibility::Written).map_err(|e| e.to_string())? {
+                    let record = record.map_err(|e| format!("follower {i}: {e}"))?;
+                    let offset = record.offset;
+                    if self.sent.get(offset as usize).is_some_and(|v| *v == record.value) {
+                        if matched {
+                            self.nodes[i].checked_end = offset + 1;
+                        }
+                        continue;
+                    }
+                    matched = false;
+                    let was_lost = self.lost.get(&offset).is_some_and(|values| values.contains(&record.value.to_vec()));
+                    if !was_lost {
+                        return Err(format!("follower {i} offset {offset} holds a record the leader never wrote"));
+                    }
+                }
+            }
+        }
+        // Committed records are durable on a quorum: the leader's log, and followers whose log
+        // is the leader's up to the commit point.
         let quorum = self.config.quorum.size(self.config.nodes);
+        let commit = self.commit_end;
         let holders = self
             .nodes
             .iter()
             .filter(|n| {
-                n.log.as_ref().is_some_and(|l| l.durable_end() >= self.commit_end) || n.durable_floor >= self.commit_end
+                let durable = n.log.as_ref().map_or(0, Log::durable_end).max(n.durable_floor);
+                let agrees = if n.id == LEADER { u64::MAX } else { n.checked_end };
+                durable.min(agrees) >= commit
             })
             .count();
         if holders < quorum {
-            return Err(format!("commit {} is durable on {holders} nodes, fewer than {quorum}", self.commit_end));
-        }
-        // Followers hold a prefix of the leader's log: check what is new since last time.
-        for i in 1..self.nodes.len() {
-            let Some(log) = self.nodes[i].log.clone() else { continue };
-            let end = log.written_end();
-            if end > self.sent.len() as u64 {
-                return Err(format!("follower {i} holds {end} records, the leader {}", self.sent.len()));
-            }
-            let from = self.nodes[i].checked_end;
-            if end > from {
-                for record in log.read(from, Visibility::Written).map_err(|e| e.to_string())? {
-                    let record = record.map_err(|e| format!("follower {i}: {e}"))?;
-                    if record.value != self.sent[record.offset as usize] {
-                        return Err(format!("follower {i} offset {} differs from the leader's", record.offset));
-                    }
-                }
-                self.nodes[i].checked_end = end;
-            }
+            return Err(format!("commit {commit} is durable on {holders} nodes, fewer than {quorum}"));
         }
         Ok(())
     }

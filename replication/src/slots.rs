@@ -35,8 +35,8 @@ const SLOTS_VERSION: u32 = 1;
 /// Magic, version and entry count.
 const HEADER_BYTES: usize = 16;
 const CRC_BYTES: usize = 4;
-/// An entry without its name: name length, node id, durable end, state, missing range.
-const ENTRY_FIXED_BYTES: usize = 2 + 8 + 8 + 1 + 8 + 8;
+/// An entry without its name: name length, node id, durable end, state, missing range, epoch.
+const ENTRY_FIXED_BYTES: usize = 2 + 8 + 8 + 1 + 8 + 8 + 8;
 /// The smallest entry: a one-byte name.
 const ENTRY_BYTES_MIN: usize = ENTRY_FIXED_BYTES + 1;
 const STATE_ACTIVE: u8 = 0;
@@ -71,6 +71,10 @@ pub enum SlotState {
 pub struct Slot {
     /// The peer's acknowledged durable end: it holds every offset below this on its disk.
     pub durable_end: u64,
+    /// The leader epoch in which it was acknowledged: the peer's records below
+    /// `durable_end` are the leader's log as it stood in that epoch, so after a restart only
+    /// those below where that epoch ends in the leader's history count.
+    pub epoch: u64,
     /// Whether the peer can catch up from the log.
     pub state: SlotState,
 }
@@ -110,9 +114,9 @@ pub enum SlotsError {
 /// ```
 /// use tern_replication::slots::{Slot, SlotState, Slots};
 /// let mut slots = Slots::new();
-/// slots.set("orders", 2, Slot { durable_end: 40, state: SlotState::Active });
+/// slots.set("orders", 2, Slot { durable_end: 40, epoch: 1, state: SlotState::Active });
 /// let missing = SlotState::NeedsReseed { missing_from: 7, missing_to: 90 };
-/// slots.set("orders", 3, Slot { durable_end: 7, state: missing });
+/// slots.set("orders", 3, Slot { durable_end: 7, epoch: 1, state: missing });
 /// let bytes = slots.encode();
 /// let again = Slots::decode(&bytes).expect("a file just encoded decodes");
 /// assert_eq!(again, slots);
@@ -173,7 +177,7 @@ impl Slots {
     /// let disk = tern_segment::sim::SimDisk::new();
     /// let path = Path::new("/data").join(SLOTS_FILE);
     /// let mut slots = Slots::new();
-    /// slots.set("orders", 2, Slot { durable_end: 40, state: SlotState::Active });
+    /// slots.set("orders", 2, Slot { durable_end: 40, epoch: 1, state: SlotState::Active });
     /// slots.store(&disk, &path).expect("stored");
     /// assert_eq!(Slots::load(&disk, &path).expect("loaded"), slots);
     /// ```
@@ -258,6 +262,7 @@ impl Slots {
             w.push(state);
             w.extend_from_slice(&missing_from.to_le_bytes());
             w.extend_from_slice(&missing_to.to_le_bytes());
+            w.extend_from_slice(&slot.epoch.to_le_bytes());
         }
         let crc = crc32fast::hash(&w);
         w.extend_from_slice(&crc.to_le_bytes());
@@ -324,6 +329,7 @@ impl Slots {
             let missing_pos = cur.pos();
             let missing_from = read(&mut cur, Cursor::u64_le)?;
             let missing_to = read(&mut cur, Cursor::u64_le)?;
+            let epoch = read(&mut cur, Cursor::u64_le)?;
             let state = match state {
                 STATE_ACTIVE if missing_from == 0 && missing_to == 0 => SlotState::Active,
                 STATE_ACTIVE => {
@@ -338,7 +344,7 @@ impl Slots {
                 return Err(corrupt(entry_pos, CorruptReason::Field("entries out of order or repeated")));
             }
             last_key = Some(key.clone());
-            entries.insert(key, Slot { durable_end, state });
+            entries.insert(key, Slot { durable_end, epoch, state });
         }
         if cur.remaining_bytes() > 0 {
             return Err(corrupt(cur.pos(), CorruptReason::TrailingGarbage));
@@ -373,14 +379,14 @@ mod tests {
 
     fn sample() -> Slots {
         let mut slots = Slots::new();
-        slots.set("orders", 2, Slot { durable_end: 40, state: SlotState::Active });
+        slots.set("orders", 2, Slot { durable_end: 40, epoch: 1, state: SlotState::Active });
         slots.set(
             "orders",
             3,
-            Slot { durable_end: 7, state: SlotState::NeedsReseed { missing_from: 7, missing_to: 90 } },
+            Slot { durable_end: 7, epoch: 1, state: SlotState::NeedsReseed { missing_from: 7, missing_to: 90 } },
         );
-        slots.set("événements", 1, Slot { durable_end: u64::MAX, state: SlotState::Active });
-        slots.set("a", u64::MAX, Slot { durable_end: 0, state: SlotState::Active });
+        slots.set("événements", 1, Slot { durable_end: u64::MAX, epoch: 1, state: SlotState::Active });
+        slots.set("a", u64::MAX, Slot { durable_end: 0, epoch: 1, state: SlotState::Active });
         slots
     }
 
@@ -405,7 +411,7 @@ mod tests {
         slots.set(
             "ab",
             0x0102,
-            Slot { durable_end: 5, state: SlotState::NeedsReseed { missing_from: 5, missing_to: 9 } },
+            Slot { durable_end: 5, epoch: 1, state: SlotState::NeedsReseed { missing_from: 5, missing_to: 9 } },
         );
         let bytes = slots.encode();
         assert_eq!(bytes.len(), HEADER_BYTES + ENTRY_FIXED_BYTES + 2 + CRC_BYTES);
@@ -419,7 +425,8 @@ mod tests {
         assert_eq!(bytes[36], STATE_NEEDS_RESEED);
         assert_eq!(bytes[37..45], 5u64.to_le_bytes());
         assert_eq!(bytes[45..53], 9u64.to_le_bytes());
-        assert_eq!(bytes[53..57], crc32fast::hash(&bytes[..53]).to_le_bytes());
+        assert_eq!(bytes[53..61], 1u64.to_le_bytes());
+        assert_eq!(bytes[61..65], crc32fast::hash(&bytes[..61]).to_le_bytes());
         let empty = Slots::new().encode();
         assert_eq!(empty.len(), HEADER_BYTES + CRC_BYTES);
         assert_eq!(Slots::decode(&empty).unwrap(), Slots::new());
@@ -529,7 +536,7 @@ mod tests {
         let path = Path::new("/data").join(SLOTS_FILE);
         let before = sample();
         let mut next = sample();
-        next.set("orders", 2, Slot { durable_end: 41, state: SlotState::Active });
+        next.set("orders", 2, Slot { durable_end: 41, epoch: 1, state: SlotState::Active });
         next.remove("a", u64::MAX);
         let setup = |disk: &SimDisk| before.store(disk, &path).unwrap();
         let dry = SimDisk::new();
@@ -557,7 +564,7 @@ mod tests {
                 }
                 // A leftover temporary file does not stop the next store.
                 let mut after = next.clone();
-                after.set("later", 9, Slot { durable_end: 1, state: SlotState::Active });
+                after.set("later", 9, Slot { durable_end: 1, epoch: 1, state: SlotState::Active });
                 after.store(&disk, &path).unwrap();
                 assert_eq!(Slots::load(&disk, &path).unwrap(), after);
             }
@@ -585,7 +592,7 @@ mod tests {
         Slots::new().set(
             "orders",
             1,
-            Slot { durable_end: 5, state: SlotState::NeedsReseed { missing_from: 5, missing_to: 5 } },
+            Slot { durable_end: 5, epoch: 1, state: SlotState::NeedsReseed { missing_from: 5, missing_to: 5 } },
         );
     }
 
@@ -598,13 +605,15 @@ mod tests {
                 SlotState::NeedsReseed { missing_from: from, missing_to: from + len }
             }),
         ];
-        proptest::collection::vec((name, any::<NodeId>(), any::<u64>(), state), 0..24).prop_map(|entries| {
-            let mut slots = Slots::new();
-            for (log, peer, durable_end, state) in entries {
-                slots.set(&log, peer, Slot { durable_end, state });
-            }
-            slots
-        })
+        proptest::collection::vec((name, any::<NodeId>(), any::<u64>(), any::<u64>(), state), 0..24).prop_map(
+            |entries| {
+                let mut slots = Slots::new();
+                for (log, peer, durable_end, epoch, state) in entries {
+                    slots.set(&log, peer, Slot { durable_end, epoch, state });
+                }
+                slots
+            },
+        )
     }
 
     proptest! {

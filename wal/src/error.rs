@@ -57,6 +57,26 @@ pub enum Error {
         /// One past the last offset written.
         end: u64,
     },
+    /// [`crate::Log::begin_epoch`] was asked for an epoch that is not after the log's current
+    /// epoch: epochs only move forward.
+    #[error("cannot begin epoch {epoch}: the log is already at epoch {current}")]
+    EpochNotNewer {
+        /// The epoch asked for.
+        epoch: u64,
+        /// The log's current epoch ([`crate::Log::epoch`]).
+        current: u64,
+    },
+    /// A batch carries an epoch older than the log's current epoch: a stale leader wrote it.
+    /// Nothing of the append was written.
+    #[error("batch at offset {offset} has epoch {epoch}, older than the log's epoch {current}: from a stale leader")]
+    StaleEpoch {
+        /// The batch's epoch.
+        epoch: u64,
+        /// The log's current epoch ([`crate::Log::epoch`]).
+        current: u64,
+        /// The offset the batch was to start at.
+        offset: u64,
+    },
     /// An invalid argument or configuration value.
     #[error("{0}")]
     Invalid(String),

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod committer;
+pub mod epochs;
 pub mod error;
 pub mod journal;
 pub mod log;

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use tern_segment::frame::{self, BatchMeta, Record};
-use tern_segment::segment::{parse_file_name, SEGMENT_EXT, SEGMENT_HEADER_BYTES};
+use tern_segment::segment::{encode_segment_header, parse_file_name, SEGMENT_EXT, SEGMENT_HEADER_BYTES};
 use tern_segment::{CorruptReason, Disk, Segment};
 
 use crate::committer::Committer;
+use crate::epochs::{self, EpochHistory, EPOCHS_FILE};
 use crate::error::{Error, Result};
 use crate::journal::DIRECT_BATCH_BYTES;
 use crate::meta::{Checkpoint, CheckpointWriter, Meta, NO_TRUNCATION};
@@ -96,7 +97,10 @@ impl LogOptions {
 /// Batch-level fields an appender may set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AppendOptions {
-    /// Leader epoch stamped on the batch; `None` uses the log's current epoch.
+    /// Leader epoch stamped on the batch; `None` uses the log's current epoch
+    /// ([`Log::epoch`]). An epoch older than that is refused ([`Error::StaleEpoch`]); a newer
+    /// one is recorded in the epoch history, durably, before the batch is written, as
+    /// [`Log::append_frames`] does.
     pub epoch: Option<u64>,
     /// Producer id (0 = none).
     pub producer_id: u64,
@@ -140,7 +144,20 @@ struct Counters {
 
 struct WriteState {
     buf: Vec<u8>,
-    epoch: u64,
+    /// The epoch history, as durable in the `epochs` file. Its newest epoch is stamped on
+    /// appended batches that name none.
+    history: EpochHistory,
+    /// The frames of one `append_frames` call, checked before any is written.
+    spans: Vec<FrameSpan>,
+}
+
+/// One frame of an `append_frames` call that continues the log.
+#[derive(Debug, Clone, Copy)]
+struct FrameSpan {
+    /// Position of the frame in the call's bytes.
+    rel: usize,
+    len_bytes: usize,
+    header: frame::BatchHeader,
 }
 
 /// A snapshot the committer syncs: the active segment and the log end written before the sync.
@@ -238,10 +255,14 @@ impl Log {
     /// the last checkpoint and a verified scan of the tail behind it. A torn tail is cut;
     /// damage before the checkpointed durable point is an error.
     ///
+    /// It also loads the epoch history (FORMAT.md "Epoch history file"; a missing file is an
+    /// empty history), clears it if a reset that took effect had not yet done so, and removes,
+    /// durably, its entries that start past the recovered end: a crash lost their batches.
+    ///
     /// # Errors
     /// [`tern_segment::Error::Corrupt`] (inside [`Error::Segment`]) naming file and byte
-    /// position when durable data is damaged or missing; I/O errors; [`Error::Invalid`] for bad
-    /// options or a missing log when `create` is false.
+    /// position when durable data or the epoch history is damaged or missing; I/O errors;
+    /// [`Error::Invalid`] for bad options or a missing log when `create` is false.
     pub fn open(
         disk: Arc<dyn Disk>,
         dir: &Path,
@@ -260,7 +281,7 @@ impl Log {
                 disk.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
             }
         }
-        let (segments, meta, mut recovered, replay_generation) = recover(&*disk, dir, &options)?;
+        let (segments, meta, mut recovered, replay_generation, history) = recover(&*disk, dir, &options)?;
         let last = segments.last().cloned().expect("recovery leaves at least one segment");
         let end = last.end_offset();
         let checkpoint = CheckpointWriter::open(&*disk, dir)?;
@@ -272,7 +293,7 @@ impl Log {
             disk,
             options,
             committer,
-            write: Mutex::new(WriteState { buf: Vec::with_capacity(64 << 10), epoch: 0 }),
+            write: Mutex::new(WriteState { buf: Vec::with_capacity(64 << 10), history, spans: Vec::new() }),
             segments: RwLock::new(segments),
             start_offset: AtomicU64::new(start),
             written_end: AtomicU64::new(end),
@@ -301,6 +322,18 @@ impl Log {
             recovered.clean = false;
         }
         inner.recovered = recovered;
+        {
+            // Only now is the end known (the journal may have restored batches). An entry
+            // starting past it names an epoch whose batches a crash lost: drop it, durably,
+            // before a batch of an older epoch is written where it starts.
+            let mut st = inner.write.lock();
+            let end = inner.written_end.load(Ordering::Acquire);
+            let mut history = st.history.clone();
+            if history.truncate_after(end) {
+                history.write(&*inner.disk, dir)?;
+                st.history = history;
+            }
+        }
         let last = inner.active();
         inner.checkpoint.lock().write(
             Checkpoint {
@@ -369,14 +402,154 @@ impl Log {
         self.inner.segments.read().iter().map(|s| s.size_bytes()).sum()
     }
 
-    /// Sets the epoch stamped on later batches. Epochs only move forward.
+    /// Sets the epoch stamped on later batches: [`Log::begin_epoch`], except that the current
+    /// epoch itself is accepted and changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::EpochNotNewer`] for an epoch below the current one; otherwise as
+    /// [`Log::begin_epoch`].
     pub fn set_epoch(&self, epoch: u64) -> Result<()> {
-        let mut st = self.inner.write.lock();
-        if epoch < st.epoch {
-            return Err(Error::Invalid(format!("epoch {epoch} is below the current epoch {}", st.epoch)));
+        if epoch == self.epoch() {
+            return Ok(());
         }
-        st.epoch = epoch;
-        Ok(())
+        self.begin_epoch(epoch)
+    }
+
+    /// Begins `epoch` here, as its leader: records in the epoch history that `epoch` starts at
+    /// the written end, and stamps it on every later batch appended without an epoch of its own
+    /// ([`Log::append`], [`Log::append_records`]).
+    ///
+    /// When the newest epoch of the history starts at the written end too (it wrote nothing
+    /// here), the new entry replaces it: an epoch without batches cannot be where a follower
+    /// diverged, and replacing keeps repeated elections from growing the history.
+    ///
+    /// # Durability
+    /// Durable when this returns: records written before are synced first (so the new entry
+    /// never starts past the durable end, where recovery would drop it), then the history file
+    /// is replaced atomically and durably. A power loss before it returns leaves the old
+    /// history or the new one; no batch of `epoch` is written before the new one is durable.
+    ///
+    /// # Errors
+    /// [`Error::EpochNotNewer`] unless `epoch` is after [`Log::epoch`]; [`Error::Fenced`] or
+    /// [`Error::Closed`]; [`Error::Invalid`] when the history is full
+    /// ([`epochs::EPOCH_ENTRIES_MAX`]); I/O errors, after which the log is fenced.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use tern_wal::{Committer, Durability, Log, LogOptions, Visibility};
+    /// let dir = tempfile::tempdir()?;
+    /// let disk: Arc<dyn tern_segment::Disk> = Arc::new(tern_segment::OsDisk::new());
+    /// let committer = Committer::start(disk.clone());
+    /// let log = Log::open(disk.clone(), dir.path(), "orders", LogOptions::default(), committer.clone(), true)?;
+    /// log.begin_epoch(3)?;
+    /// log.append(&[b"a", b"b"], Durability::Local)?;
+    /// log.begin_epoch(5)?;
+    /// log.append(&[b"c"], Durability::Local)?;
+    /// assert!(log.begin_epoch(5).is_err(), "epochs only move forward");
+    /// assert_eq!(log.epoch_history(), [(3, 0), (5, 2)]);
+    /// log.close()?;
+    /// let log = Log::open(disk, dir.path(), "orders", LogOptions::default(), committer.clone(), false)?;
+    /// assert_eq!((log.epoch(), log.last_epoch()), (5, 5));
+    /// let epochs: Vec<u64> = log.read(0, Visibility::Durable)?.map(|r| r.map(|r| r.epoch)).collect::<Result<_, _>>()?;
+    /// assert_eq!(epochs, [3, 3, 5]);
+    /// log.close()?;
+    /// committer.stop();
+    /// # Ok(()) }
+    /// ```
+    pub fn begin_epoch(&self, epoch: u64) -> Result<()> {
+        let inner = &self.inner;
+        let mut st = inner.write.lock();
+        inner.check_writable()?;
+        let current = st.history.latest_epoch();
+        if epoch <= current {
+            return Err(Error::EpochNotNewer { epoch, current });
+        }
+        if let Err(e) = inner.sync_written() {
+            inner.fence(&e);
+            return Err(e);
+        }
+        let start = inner.written_end.load(Ordering::Acquire);
+        let mut next = st.history.clone();
+        next.record(epoch, start)?;
+        inner.store_history(&mut st.history, next)
+    }
+
+    /// The newest epoch of the epoch history (0 when it is empty): what [`Log::append`] stamps
+    /// on batches. A leader's epoch from [`Log::begin_epoch`], or on a follower the newest epoch
+    /// among the batches it applied. It moves back only when [`Log::truncate_suffix`] or
+    /// [`Log::reset`] removes the entries of the epochs it cuts away.
+    pub fn epoch(&self) -> u64 {
+        self.inner.write.lock().history.latest_epoch()
+    }
+
+    /// The epoch history, oldest first: `(epoch, start_offset)` pairs, strictly increasing in
+    /// epoch and non-decreasing in start offset. From each entry's start offset up to the next
+    /// entry's, batches carry its epoch; below the first entry, epoch 0. An entry may start
+    /// below the log start (retention removed its first batches), and the newest may start at
+    /// the written end (an epoch begun that has written nothing yet).
+    pub fn epoch_history(&self) -> Vec<(u64, u64)> {
+        let st = self.inner.write.lock();
+        st.history.entries().iter().map(|e| (e.epoch, e.start_offset)).collect()
+    }
+
+    /// The epoch of the last batch the log holds: 0 when the log is empty or has no epoch
+    /// history. Read from the history, which always agrees with the batches.
+    pub fn last_epoch(&self) -> u64 {
+        let st = self.inner.write.lock();
+        let end = self.written_end();
+        if end == self.start_offset() {
+            return 0;
+        }
+        st.history.epoch_at(end - 1)
+    }
+
+    /// Where an epoch ends in this log, as Kafka's OffsetsForLeaderEpoch answers a follower:
+    /// `(E', end)`, where `E'` is the newest epoch of the history not after `epoch`, and `end`
+    /// is the offset where `E'` ends here: the start of the next entry, or the written end when
+    /// `E'` is the newest. When no entry is at or below `epoch`, `E'` is 0, the implicit epoch
+    /// of the batches below the first entry, and `end` is the first entry's start (the written
+    /// end when the history is empty).
+    ///
+    /// A follower whose last batch has epoch `epoch` ([`Log::last_epoch`]) asks its leader,
+    /// and keeps only records below `end`: from there on the leader holds batches of epochs
+    /// after `E'`, which no record of the follower's up to epoch `epoch` can match. When
+    /// `E' < epoch`, the leader never wrote `epoch`, and the follower's batches of epochs after
+    /// `E'` diverge too. So, as in Kafka (KIP-279), the follower looks up its own
+    /// `(E'', own_end) = epoch_end(E')`: if `E'' == E'`, it cuts at the smaller of `end` and
+    /// `own_end` ([`Log::truncate_suffix`]); otherwise it never had `E'` and asks again with
+    /// `E''`, which is smaller, so the exchange ends (at epoch 0 at the latest). Records below
+    /// the cut carry the same epoch at the same offset on both sides, so they are the same
+    /// records.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use tern_wal::{Committer, Durability, Log, LogOptions};
+    /// let dir = tempfile::tempdir()?;
+    /// let disk: Arc<dyn tern_segment::Disk> = Arc::new(tern_segment::OsDisk::new());
+    /// let committer = Committer::start(disk.clone());
+    /// let log = Log::open(disk, dir.path(), "orders", LogOptions::default(), committer.clone(), true)?;
+    /// for (epoch, count) in [(1, 50), (2, 30), (4, 40)] {
+    ///     log.begin_epoch(epoch)?;
+    ///     for _ in 0..count {
+    ///         log.append(&[b"x"], Durability::None)?;
+    ///     }
+    /// }
+    /// assert_eq!(log.epoch_history(), [(1, 0), (2, 50), (4, 80)]);
+    /// assert_eq!(log.epoch_end(2), (2, 80));
+    /// assert_eq!(log.epoch_end(3), (2, 80)); // epoch 3 never wrote here: cut where 2 ends
+    /// assert_eq!(log.epoch_end(4), (4, 120));
+    /// assert_eq!(log.epoch_end(0), (0, 0));
+    /// log.close()?;
+    /// committer.stop();
+    /// # Ok(()) }
+    /// ```
+    pub fn epoch_end(&self, epoch: u64) -> (u64, u64) {
+        let st = self.inner.write.lock();
+        st.history.epoch_end(epoch, self.written_end())
     }
 
     /// Appends `values` as one atomic batch, stamped with the current time, and returns the
@@ -413,19 +586,21 @@ impl Log {
                 return Err(Error::RecordTooLarge { len_bytes, limit_bytes: inner.options.record_bytes_max });
             }
         }
-        let mut st = inner.write.lock();
+        let mut guard = inner.write.lock();
+        let st = &mut *guard;
         inner.check_writable()?;
         let base = inner.written_end.load(Ordering::Acquire);
-        let epoch = options.epoch.unwrap_or(st.epoch);
+        let epoch = options.epoch.unwrap_or(st.history.latest_epoch());
         let meta = BatchMeta { base_offset: base, epoch, producer_id: options.producer_id, sequence: options.sequence };
         st.buf.clear();
         let frame_len = frame::encode(&mut st.buf, &meta, records).map_err(|e| Error::Invalid(e.to_string()))?;
+        inner.enter_epoch(&mut st.history, epoch, base)?;
         let end = base + records.len() as u64;
         let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
         inner.write_frame(&st.buf, base, end, max_ts)?;
         debug_assert_eq!(st.buf.len(), frame_len);
         let staged_bytes = self.inner.journal_frame(&st.buf, records.len() as u64);
-        drop(st);
+        drop(guard);
         self.inner.appended(staged_bytes);
         Ok(Appended { log: self.clone(), offsets: base..end })
     }
@@ -436,16 +611,34 @@ impl Log {
     /// the first frame kept must start exactly at the end. Returns the offsets now covered by
     /// `frames` in this log, and a handle to wait for durability.
     ///
+    /// The epoch history follows the frames: before the first frame of an epoch newer than
+    /// [`Log::epoch`] is written, `(its epoch, its base offset)` is recorded durably, so the
+    /// history is never behind the data. The frames of one call may span several epochs.
+    ///
+    /// Every frame is checked before any is written: when one does not decode, does not
+    /// continue the log, holds a record that is too large, or carries an epoch older than the
+    /// one before it (or than [`Log::epoch`] for the first), nothing is written.
+    ///
+    /// # Durability
+    /// As [`Log::append_records`] for the frames; a new epoch's history entry is durable
+    /// before its first frame is written.
+    ///
     /// # Errors
     /// [`tern_segment::Error::Corrupt`] (inside [`Error::Segment`]) for a frame that does not
-    /// decode or does not continue the log; otherwise as [`Log::append`].
+    /// decode or does not continue the log; [`Error::StaleEpoch`] for a frame of an epoch
+    /// older than the log's (a stale leader's: a follower that must accept it first cuts the
+    /// newer epoch's records away with [`Log::truncate_suffix`]); otherwise as [`Log::append`].
     pub fn append_frames(&self, frames: &[u8]) -> Result<Appended> {
         let inner = &self.inner;
-        let st = inner.write.lock();
+        let mut guard = inner.write.lock();
+        let st = &mut *guard;
         inner.check_writable()?;
         let start = inner.written_end.load(Ordering::Acquire);
+        // First pass: decode and check every frame, writing nothing.
+        st.spans.clear();
         let mut rel = 0usize;
-        let mut staged_bytes = 0;
+        let mut end = start;
+        let mut epoch = st.history.latest_epoch();
         while rel < frames.len() {
             let rest = frames.get(rel..).unwrap_or_default();
             let pos = rel as u64;
@@ -455,14 +648,16 @@ impl Log {
             let frame =
                 frame::decode(rest).map_err(corrupt)?.ok_or(corrupt(CorruptReason::Truncated { needed_bytes: 4 }))?;
             let header = frame.header;
-            let bytes = rest.get(..frame.frame_len).unwrap_or_default();
+            let span = FrameSpan { rel, len_bytes: frame.frame_len, header };
             rel += frame.frame_len;
-            let end = inner.written_end.load(Ordering::Acquire);
             if header.end_offset() <= end {
                 continue; // already here
             }
             if header.base_offset != end {
                 return Err(corrupt(CorruptReason::Discontinuity { expected: end, found: header.base_offset }));
+            }
+            if header.epoch < epoch {
+                return Err(Error::StaleEpoch { epoch: header.epoch, current: epoch, offset: header.base_offset });
             }
             for record in frame.records() {
                 let len_bytes = (record.value.len() + record.key.map_or(0, <[u8]>::len)) as u64;
@@ -470,11 +665,21 @@ impl Log {
                     return Err(Error::RecordTooLarge { len_bytes, limit_bytes: inner.options.record_bytes_max });
                 }
             }
+            end = header.end_offset();
+            epoch = header.epoch;
+            st.spans.push(span);
+        }
+        // Second pass: write them, each new epoch's history entry first.
+        let mut staged_bytes = 0;
+        for span in &st.spans {
+            let header = span.header;
+            let bytes = frames.get(span.rel..span.rel + span.len_bytes).unwrap_or_default();
+            inner.enter_epoch(&mut st.history, header.epoch, header.base_offset)?;
             inner.write_frame(bytes, header.base_offset, header.end_offset(), header.max_timestamp_ms)?;
             staged_bytes = self.inner.journal_frame(bytes, u64::from(header.record_count));
         }
         let end = inner.written_end.load(Ordering::Acquire);
-        drop(st);
+        drop(guard);
         self.inner.appended(staged_bytes);
         Ok(Appended { log: self.clone(), offsets: start..end })
     }
@@ -656,18 +861,33 @@ impl Log {
     /// first and finished by recovery if a crash interrupts it; the cut bytes are overwritten
     /// with zeros so they can never reappear.
     ///
+    /// The epoch history loses every entry that starts at or after `offset`: those epochs
+    /// hold no batch any more. That includes an entry starting exactly at `offset`, such as an
+    /// epoch just begun by [`Log::begin_epoch`] that wrote nothing, and it holds when `offset`
+    /// is the written end, where no record is removed: a follower that cut its divergent
+    /// records must accept the leader's batches of older epochs from there on. So
+    /// [`Log::epoch`] may move back; a leader begins its epoch again after truncating.
+    ///
+    /// # Durability
+    /// Durable when this returns. The history entries are removed durably after the
+    /// truncation is recorded and before any record is cut; recovery removes them too when it
+    /// finishes a truncation.
+    ///
     /// # Errors
     /// [`Error::OffsetOutOfRange`], [`Error::NotBatchBoundary`], [`Error::Fenced`], I/O errors.
     pub fn truncate_suffix(&self, offset: u64) -> Result<()> {
         let inner = &self.inner;
-        let st = inner.write.lock();
+        let mut st = inner.write.lock();
         inner.check_writable()?;
         let (start, end) = (self.start_offset(), self.written_end());
         if offset < start || offset > end {
             return Err(Error::OffsetOutOfRange { offset, start, end });
         }
+        let mut history = st.history.clone();
+        let history_cut = history.truncate_from(offset);
         if offset == end {
-            return Ok(());
+            // No record goes, only the entries of epochs that have none.
+            return if history_cut { inner.store_history(&mut st.history, history) } else { Ok(()) };
         }
         let segments = inner.segments.read().clone();
         if !is_batch_boundary(&segments, offset)? {
@@ -681,6 +901,12 @@ impl Log {
             next.write(&*inner.disk, &inner.dir)?;
             *meta = next;
             inner.truncations.fetch_add(1, Ordering::SeqCst);
+            if history_cut {
+                // After the truncation is recorded (so that a crash cannot leave the batches
+                // without their entries), before the records go.
+                history.write(&*inner.disk, &inner.dir)?;
+                st.history = history;
+            }
             let mut segments = segments;
             cut_suffix(&*inner.disk, &inner.dir, &mut segments, offset)?;
             next.truncate_to = NO_TRUNCATION;
@@ -723,12 +949,20 @@ impl Log {
     /// told the truth, and a power loss during the reset finds either the whole old log or the
     /// empty log at `start_offset`.
     ///
+    /// The epoch history is cleared with the records it described, and [`Log::epoch`] becomes
+    /// 0: the copied batches rebuild it as [`Log::append_frames`] applies them. (Keeping the
+    /// current epoch at `start_offset` instead would refuse those batches whenever their epochs
+    /// are older than the one this log had reached.)
+    ///
     /// # Durability
-    /// Durable when this returns. The new start is recorded in `log.meta` first, under a new
-    /// generation (journal entries and checkpoint slots of the discarded records are never
-    /// trusted again); then the first segment at `start_offset` is created and its name
-    /// synced; then the old segments are removed. Recovery finishes a reset that a crash
-    /// interrupted after the meta was replaced (FORMAT.md "Recovery").
+    /// Durable when this returns. When the log has an epoch history, a marker file
+    /// `epochs.reset.<start_offset:020>` is created and its name synced first. The new start is
+    /// then recorded in `log.meta`, under a new generation (journal entries and checkpoint
+    /// slots of the discarded records are never trusted again); then the first segment at
+    /// `start_offset` is created and its name synced; then the old segments are removed; then
+    /// the history file and, after it, the marker. Recovery finishes a reset that a crash
+    /// interrupted after the meta was replaced, clearing the history if the marker is still
+    /// there (FORMAT.md "Recovery").
     ///
     /// # Errors
     /// [`Error::ResetBelowEnd`] when `start_offset` is below the written end; [`Error::Fenced`]
@@ -758,20 +992,24 @@ impl Log {
     /// ```
     pub fn reset(&self, start_offset: u64) -> Result<()> {
         let inner = &self.inner;
-        let st = inner.write.lock();
+        let mut st = inner.write.lock();
         inner.check_writable()?;
         let end = self.written_end();
         if start_offset < end {
             return Err(Error::ResetBelowEnd { offset: start_offset, end });
         }
+        let clear_history = !st.history.is_empty();
+        let marker = inner.dir.join(epochs::reset_marker_name(start_offset));
         let result = (|| {
-            // Earlier segments were synced whole when they were sealed; only the active one
-            // may hold written records that are not durable yet.
-            if end > inner.durable_end.load(Ordering::Acquire) {
-                inner.active().sync()?;
-                inner.direct_dirty.store(false, Ordering::SeqCst);
-                inner.durable_end.fetch_max(end, Ordering::AcqRel);
-                inner.wake_waiters(end);
+            inner.sync_written()?;
+            if clear_history {
+                // Until the marker is gone, recovery clears the history if the new start is
+                // in effect, and otherwise removes the marker (FORMAT.md "Recovery").
+                if inner.disk.exists(&marker) {
+                    inner.disk.remove(&marker).map_err(|e| Error::io(&marker, e))?;
+                }
+                inner.disk.create(&marker, 0).map_err(|e| Error::io(&marker, e))?;
+                inner.disk.sync_dir(&inner.dir).map_err(|e| Error::io(&inner.dir, e))?;
             }
             let generation = {
                 let mut meta = inner.meta.lock();
@@ -815,6 +1053,9 @@ impl Log {
             if !doomed.is_empty() {
                 inner.disk.sync_dir(&inner.dir).map_err(|e| Error::io(&inner.dir, e))?;
             }
+            if clear_history {
+                clear_history_then_marker(&*inner.disk, &inner.dir, &marker)?;
+            }
             Ok((first, generation))
         })();
         let (first, generation) = match result {
@@ -826,6 +1067,7 @@ impl Log {
         };
         // Journal entries of the discarded records carry an older generation: never replayed.
         inner.generation.store(generation, Ordering::SeqCst);
+        st.history = EpochHistory::new();
         // Ends before start, so that a reader never sees the start past the end.
         *inner.segments.write() = vec![first.clone()];
         inner.written_end.store(start_offset, Ordering::Release);
@@ -930,6 +1172,48 @@ impl Appended {
 }
 
 impl LogInner {
+    /// Makes every record written so far durable by syncing the active segment directly (the
+    /// append lock is held, so the committer cannot be waited for). Earlier segments were
+    /// synced whole when they were sealed. The caller fences the log if this fails.
+    fn sync_written(&self) -> Result<()> {
+        let end = self.written_end.load(Ordering::Acquire);
+        if end > self.durable_end.load(Ordering::Acquire) {
+            self.active().sync()?;
+            self.direct_dirty.store(false, Ordering::SeqCst);
+            self.durable_end.fetch_max(end, Ordering::AcqRel);
+            self.wake_waiters(end);
+        }
+        Ok(())
+    }
+
+    /// Replaces the epoch history by `next`: durably in the `epochs` file, then in memory.
+    /// Called with the append lock held. A failure fences the log: the file may then hold
+    /// either history, and batches written against the other one could leave it behind them.
+    fn store_history(&self, current: &mut EpochHistory, next: EpochHistory) -> Result<()> {
+        if let Err(e) = next.write(&*self.disk, &self.dir) {
+            self.fence(&e);
+            return Err(e);
+        }
+        *current = next;
+        Ok(())
+    }
+
+    /// Before a batch of `epoch` is written at `base` (append lock held): refuses an epoch
+    /// older than the history's newest, and records a newer one durably, so that the history
+    /// is never behind the data.
+    fn enter_epoch(&self, history: &mut EpochHistory, epoch: u64, base: u64) -> Result<()> {
+        let current = history.latest_epoch();
+        if epoch < current {
+            return Err(Error::StaleEpoch { epoch, current, offset: base });
+        }
+        if epoch > current {
+            let mut next = history.clone();
+            next.record(epoch, base)?;
+            self.store_history(history, next)?;
+        }
+        Ok(())
+    }
+
     /// Writes one encoded frame at the end of the active segment (rolling first when it does
     /// not fit) and publishes the new written end. Called with the append lock held.
     fn write_frame(&self, frame_bytes: &[u8], base: u64, end: u64, max_ts: u64) -> Result<()> {
@@ -1036,20 +1320,21 @@ impl LogInner {
             let old = self.active();
             let size = self.options.segment_size_bytes.max((SEGMENT_HEADER_BYTES + frame_len).next_multiple_of(4096));
             let base = old.end_offset();
-            if old.end_pos() == SEGMENT_HEADER_BYTES {
+            let replace = old.end_pos() == SEGMENT_HEADER_BYTES;
+            let new = if replace {
                 // An empty segment too small for this frame: replace it by a larger one.
-                remove_segment_files(&*self.disk, &old)?;
-                self.disk.sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+                replace_empty_segment(&*self.disk, &self.dir, &old, size, self.options.index_interval_bytes)?
             } else {
                 old.sync()?;
                 old.write_index(&*self.disk)?;
-            }
-            let new = Segment::create(&*self.disk, &self.dir, base, size, self.options.index_interval_bytes)?;
-            new.sync()?;
-            self.disk.sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+                let new = Segment::create(&*self.disk, &self.dir, base, size, self.options.index_interval_bytes)?;
+                new.sync()?;
+                self.disk.sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+                new
+            };
             let new = Arc::new(new);
             let mut segments = self.segments.write();
-            if old.end_pos() == SEGMENT_HEADER_BYTES {
+            if replace {
                 segments.pop();
             }
             segments.push(new.clone());
@@ -1219,6 +1504,83 @@ fn remove_segment_files(disk: &dyn Disk, segment: &Segment) -> Result<()> {
     disk.remove(segment.path()).map_err(|e| Error::io(segment.path(), e))
 }
 
+/// Finishes the epoch history's part of a reset whose new start is in effect: the history
+/// file goes (a missing file is an empty history) durably, and only then the reset's marker,
+/// so that no crash leaves the old history without the marker that condemns it.
+fn clear_history_then_marker(disk: &dyn Disk, dir: &Path, marker: &Path) -> Result<()> {
+    let path = dir.join(EPOCHS_FILE);
+    if disk.exists(&path) {
+        disk.remove(&path).map_err(|e| Error::io(&path, e))?;
+        disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    disk.remove(marker).map_err(|e| Error::io(marker, e))?;
+    disk.sync_dir(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Suffix of the file that a replacement segment is built in before it is renamed over the
+/// segment (`<base:020>.seg.tmp`). Recovery removes a leftover one.
+const SEGMENT_TMP_SUFFIX: &str = ".tmp";
+
+/// The temporary file a replacement of the segment at `path` is built in.
+fn segment_tmp_path(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(SEGMENT_TMP_SUFFIX);
+    PathBuf::from(tmp)
+}
+
+/// Replaces the empty segment `old` by an empty one of `size_bytes` at the same base.
+///
+/// At every instant, across a power loss, the directory holds a valid segment at that base:
+/// the new file is created and synced under a temporary name, renamed over the old one, and
+/// the directory is synced. Removing the old file first and creating the new one after (as
+/// rolls once did) left no segment file at all, and a log that could not be opened, when power
+/// failed in between and the old segment was the log's only one.
+fn replace_empty_segment(
+    disk: &dyn Disk,
+    dir: &Path,
+    old: &Segment,
+    size_bytes: u64,
+    index_interval_bytes: u64,
+) -> Result<Segment> {
+    let base = old.base_offset();
+    assert_eq!(old.end_pos(), SEGMENT_HEADER_BYTES, "replacing a segment that holds frames");
+    assert_eq!(old.end_offset(), base, "replacing a segment that holds records");
+    let path = old.path().to_path_buf();
+    let tmp = segment_tmp_path(&path);
+    if disk.exists(&tmp) {
+        disk.remove(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    // An index file of the empty segment would describe the replacement just as well; it goes
+    // anyway, so that no file describes a segment that no longer exists.
+    let index = old.index_path();
+    if disk.exists(&index) {
+        disk.remove(&index).map_err(|e| Error::io(&index, e))?;
+    }
+    let file = disk.create(&tmp, size_bytes).map_err(|e| Error::io(&tmp, e))?;
+    file.write_at(0, &encode_segment_header(base)).map_err(|e| Error::io(&tmp, e))?;
+    file.sync_data().map_err(|e| Error::io(&tmp, e))?;
+    drop(file);
+    disk.rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let new = Segment::open(disk, &path, index_interval_bytes)?;
+    debug_assert_eq!(new.size_bytes(), size_bytes, "the replacement segment is not the one just built");
+    new.install(SEGMENT_HEADER_BYTES, base, 0, Vec::new());
+    Ok(new)
+}
+
+/// Removes files that replacements of empty segments left behind when a crash came before
+/// their rename (`<base:020>.seg.tmp`): they were never part of the log.
+fn remove_segment_tmp_files(disk: &dyn Disk, dir: &Path, names: &[String]) -> Result<()> {
+    for name in names {
+        let Some(stem) = name.strip_suffix(SEGMENT_TMP_SUFFIX) else { continue };
+        if parse_file_name(stem, SEGMENT_EXT).is_some() {
+            let path = dir.join(name);
+            disk.remove(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// True when some batch starts exactly at `offset` (or `offset` is a segment base).
 fn is_batch_boundary(segments: &[Arc<Segment>], offset: u64) -> Result<bool> {
     let Some(segment) = segments.iter().rev().find(|s| s.base_offset() <= offset) else { return Ok(false) };
@@ -1302,12 +1664,17 @@ fn corrupt(file: PathBuf, pos: u64, reason: CorruptReason) -> Error {
     Error::Segment(tern_segment::Error::Corrupt { file, pos, reason })
 }
 
-/// Opens the segments of `dir`, finishes interrupted truncations, and finds the end.
-/// Also returns the generation that journal entries to replay must carry.
-fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<(Vec<Arc<Segment>>, Meta, Recovered, u64)> {
+/// What recovery returns: the segments, the meta, what it found, the generation that journal
+/// entries to replay must carry, and the epoch history.
+type RecoveredLog = (Vec<Arc<Segment>>, Meta, Recovered, u64, EpochHistory);
+
+/// Opens the segments of `dir`, finishes interrupted truncations and resets, finds the end,
+/// and loads the epoch history.
+fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<RecoveredLog> {
     let names = disk.list(dir).map_err(|e| Error::io(dir, e))?;
     let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_file_name(n, SEGMENT_EXT)).collect();
     bases.sort_unstable();
+    remove_segment_tmp_files(disk, dir, &names)?;
     let Some(mut meta) = Meta::read(disk, dir)? else {
         if !bases.is_empty() {
             return Err(corrupt(dir.join(crate::meta::META_FILE), 0, CorruptReason::Field("meta file missing")));
@@ -1317,9 +1684,28 @@ fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<(Vec<Arc
         segment.sync()?;
         let meta = Meta { generation: 1, start_offset: 0, truncate_to: NO_TRUNCATION };
         meta.write(disk, dir)?; // syncs the directory, making the segment's name durable too
-        return Ok((vec![Arc::new(segment)], meta, Recovered { clean: true, ..Default::default() }, 0));
+        let recovered = Recovered { clean: true, ..Default::default() };
+        return Ok((vec![Arc::new(segment)], meta, recovered, 0, EpochHistory::new()));
     };
     let replay_generation = meta.generation;
+    // A reset that must clear the epoch history left its marker: the reset took effect if the
+    // meta has its start (a reset never starts below the old written end, so the old log
+    // starts there only if it was already empty there), and then the history goes with the
+    // records it described; otherwise the reset never happened, and the marker just goes.
+    let mut marker_removed = false;
+    for reset_start in names.iter().filter_map(|name| epochs::parse_reset_marker(name)) {
+        let marker = dir.join(epochs::reset_marker_name(reset_start));
+        if meta.start_offset >= reset_start {
+            clear_history_then_marker(disk, dir, &marker)?;
+        } else {
+            disk.remove(&marker).map_err(|e| Error::io(&marker, e))?;
+            marker_removed = true;
+        }
+    }
+    if marker_removed {
+        disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut history = EpochHistory::read(disk, dir)?;
     // Finish a prefix truncation or a reset that a crash interrupted.
     let below_start = segments_below_start(&bases, meta.start_offset);
     if below_start > 0 && below_start == bases.len() {
@@ -1394,12 +1780,17 @@ fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<(Vec<Arc
     recover_last(disk, &last, checkpoint, &mut recovered)?;
     if meta.truncate_to != NO_TRUNCATION {
         cut_suffix(disk, dir, &mut segments, meta.truncate_to)?;
+        // As `truncate_suffix` does: the epochs of the cut batches go, durably, while the
+        // truncation is still recorded as pending.
+        if history.truncate_from(meta.truncate_to) {
+            history.write(disk, dir)?;
+        }
         meta.truncate_to = NO_TRUNCATION;
         recovered.clean = false;
     }
     meta.generation += 1;
     meta.write(disk, dir)?;
-    Ok((segments, meta, recovered, replay_generation))
+    Ok((segments, meta, recovered, replay_generation, history))
 }
 
 /// Finds the end of the last segment: trusted after a clean close, otherwise walked up to the

@@ -1,13 +1,16 @@
 //! Read-only checks of a log directory: every frame of every segment, the index files, the
-//! meta file and the continuity of offsets. Used by `tern verify` and `tern dump`.
+//! meta file, the epoch history (it decodes, and every batch carries the epoch it says is in
+//! effect at the batch's offset) and the continuity of offsets. Used by `tern verify` and
+//! `tern dump`.
 
 use std::path::{Path, PathBuf};
 
 use tern_segment::segment::{parse_file_name, segment_file_name, SEGMENT_EXT, SEGMENT_HEADER_BYTES};
 use tern_segment::{frame, Disk, Segment};
 
+use crate::epochs::{EpochHistory, EPOCHS_FILE};
 use crate::error::{Error, Result};
-use crate::meta::{CheckpointWriter, Meta};
+use crate::meta::{CheckpointWriter, Meta, NO_TRUNCATION};
 
 /// A damaged place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +78,39 @@ pub fn verify_log(disk: &dyn Disk, dir: &Path, on_batch: &mut dyn FnMut(&BatchIn
             None
         }
     };
+    let history = match EpochHistory::read(disk, dir) {
+        Ok(history) => Some(history),
+        Err(e) => {
+            let pos = match &e {
+                Error::Segment(tern_segment::Error::Corrupt { pos, .. }) => *pos,
+                _ => 0,
+            };
+            problem(&mut report, &dir.join(EPOCHS_FILE), pos, e.to_string());
+            None
+        }
+    };
+    // Batches at or after a suffix truncation in progress are gone once the log opens, and
+    // their epochs may already be gone from the history.
+    let checked_end = meta.map_or(NO_TRUNCATION, |m| m.truncate_to);
+    let mut epoch_problems = Vec::new();
+    let mut on_batch = |batch: &BatchInfo| {
+        if let Some(history) = history.as_ref().filter(|_| batch.base_offset < checked_end) {
+            let in_effect = history.epoch_at(batch.base_offset);
+            if in_effect != batch.epoch {
+                epoch_problems.push(Problem {
+                    file: batch.file.clone(),
+                    pos: batch.pos,
+                    reason: format!(
+                        "batch at offset {} has epoch {}, but the epoch history says epoch {in_effect} is in \
+                         effect there",
+                        batch.base_offset, batch.epoch
+                    ),
+                });
+            }
+        }
+        on_batch(batch);
+    };
+    let on_batch: &mut dyn FnMut(&BatchInfo) = &mut on_batch;
     let checkpoint = meta.and_then(|m| CheckpointWriter::read(disk, dir, m.generation).ok().flatten());
     let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_file_name(n, SEGMENT_EXT)).collect();
     bases.sort_unstable();
@@ -158,6 +194,7 @@ pub fn verify_log(disk: &dyn Disk, dir: &Path, on_batch: &mut dyn FnMut(&BatchIn
         }
         check_index(disk, &segment, is_last, scanned_end, &mut report);
     }
+    report.problems.append(&mut epoch_problems);
     Ok(report)
 }
 
@@ -259,7 +296,8 @@ pub struct Repaired {
 /// operator who asked for it: the removed records are gone. The log must not be open.
 ///
 /// # Errors
-/// I/O errors; a damaged segment header or meta file, which this cannot repair.
+/// I/O errors; a damaged segment header, meta file or epoch history, which this cannot
+/// repair.
 pub fn repair_log(disk: &dyn Disk, dir: &Path) -> Result<Repaired> {
     let names = disk.list(dir).map_err(|e| Error::io(dir, e))?;
     let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_file_name(n, SEGMENT_EXT)).collect();
@@ -267,6 +305,8 @@ pub fn repair_log(disk: &dyn Disk, dir: &Path) -> Result<Repaired> {
     let Some(mut meta) = Meta::read(disk, dir)? else {
         return Err(Error::Invalid(format!("{} has no log.meta; not a log directory", dir.display())));
     };
+    // Read before anything changes, so that a damaged history stops the repair early.
+    let mut history = EpochHistory::read(disk, dir)?;
     let interval = crate::log::INDEX_INTERVAL_BYTES_DEFAULT;
     let mut segments = Vec::with_capacity(bases.len());
     for base in &bases {
@@ -325,6 +365,10 @@ pub fn repair_log(disk: &dyn Disk, dir: &Path) -> Result<Repaired> {
     disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
     segment.zero_tail(pos)?;
     segment.sync()?;
+    // The epochs of the removed batches go, as in a suffix truncation.
+    if history.truncate_from(end_offset) {
+        history.write(disk, dir)?;
+    }
     // A new generation: no checkpoint slot or journal entry from before the repair is trusted.
     meta.generation += 1;
     meta.truncate_to = crate::meta::NO_TRUNCATION;
