@@ -109,3 +109,71 @@ fn quorum_acked_appends_survive_follower_sigkills_and_logs_converge() {
         assert_eq!(records, acked, "node at {addr} differs");
     }
 }
+
+#[test]
+fn quorum_acked_appends_survive_leader_sigkills_and_logs_converge() {
+    let rounds: usize = std::env::var("TERN_CLUSTER_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let peers = format!("2={},3={}", addrs[1], addrs[2]);
+    let leader =
+        || serve(dirs[0].path(), addrs[0], 1, &["--peers".into(), peers.clone(), "--quorum".into(), "2".into()]);
+    let mut nodes = Nodes(vec![leader()]);
+    for i in 1..3 {
+        nodes.0.push(serve(dirs[i].path(), addrs[i], i as u64 + 1, &["--role".into(), "follower".into()]));
+    }
+    // Each acknowledged batch: where the receipt put it, and its records.
+    let mut acked: Vec<(u64, Vec<Bytes>)> = Vec::new();
+    for round in 0..rounds {
+        let mut client = eventually("the leader to listen", Duration::from_secs(20), || Client::connect(addrs[0]).ok());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer = {
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for n in 0.. {
+                    let batch: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("r{round}-{n}-{i}"))).collect();
+                    match client.append("orders", batch.clone(), true) {
+                        Ok((start, end, 2)) if end == start + 5 => acked.push((start, batch)),
+                        Ok(other) => panic!("a quorum append was acknowledged as {other:?}"),
+                        Err(_) => return acked, // the leader was killed
+                    }
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                acked
+            })
+        };
+        // Kill the leader mid-stream, once some appends went through, and start it again.
+        eventually("appends to be acknowledged", Duration::from_secs(30), || {
+            (count.load(std::sync::atomic::Ordering::SeqCst) >= 30).then_some(())
+        });
+        nodes.0[0].kill().unwrap();
+        nodes.0[0].wait().unwrap();
+        acked.extend(writer.join().unwrap());
+        nodes.0[0] = leader();
+    }
+    // All three logs converge to the same records, and every acknowledged batch is where its
+    // receipt said. (Batches written but not acknowledged before a kill may be there too.)
+    let mut client = eventually("the leader to listen", Duration::from_secs(20), || Client::connect(addrs[0]).ok());
+    let (end, _, _) = eventually("a last quorum append", Duration::from_secs(30), || {
+        client.append("orders", vec![Bytes::from_static(b"last")], true).ok()
+    });
+    let target = end + 1;
+    let logs: Vec<Vec<Bytes>> = addrs
+        .iter()
+        .map(|addr| {
+            eventually("convergence", Duration::from_secs(30), || {
+                all_records(*addr)
+                    .filter(|(commit, records)| *commit >= target && records.len() as u64 >= target)
+                    .map(|(_, records)| records)
+            })
+        })
+        .collect();
+    assert_eq!(logs[0], logs[1], "node 2 differs from the leader");
+    assert_eq!(logs[0], logs[2], "node 3 differs from the leader");
+    for (start, batch) in &acked {
+        let at = &logs[0][*start as usize..*start as usize + batch.len()];
+        assert_eq!(at, &batch[..], "an acknowledged batch is not where its receipt put it");
+    }
+    assert!(acked.len() >= 30 * rounds, "only {} batches acknowledged", acked.len());
+}
