@@ -95,6 +95,9 @@ fn receipts_say_what_was_achieved_and_watermarks_what_was_promised() {
     });
     let m = log_metrics(&f2);
     assert!(m.follower_syncs >= 1 && m.chunks_applied >= 1 && m.bytes_applied > 0, "{m:?}");
+    for f in [&f2, &f3] {
+        assert_eq!(log_metrics(f).records_cut, 0, "a follower of a leader that never restarted cut records");
+    }
     let peers = log_metrics(&leader).peers;
     assert_eq!(peers.len(), 2);
     for p in &peers {

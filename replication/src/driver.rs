@@ -155,6 +155,7 @@ struct Applied {
     bytes: std::sync::atomic::AtomicU64,
     syncs: std::sync::atomic::AtomicU64,
     records_synced: std::sync::atomic::AtomicU64,
+    records_cut: std::sync::atomic::AtomicU64,
 }
 
 /// Chunks kept for reuse per log: one per peer at the same place is what counts.
@@ -976,6 +977,7 @@ fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Ve
                             Ok(kept)
                         }) {
                             Ok(kept) => {
+                                s.applied.records_cut.fetch_add(end.saturating_sub(to), Ordering::Relaxed);
                                 log_line(&format!(
                                     "log {name}: records {to}..{end} diverged from the leader's log and were cut{}",
                                     kept.map_or(String::new(), |path| format!("; kept in {}", path.display()))
@@ -1418,6 +1420,7 @@ impl Shared {
                     bytes_applied: applied.bytes.load(Ordering::Relaxed),
                     follower_syncs: applied.syncs.load(Ordering::Relaxed),
                     records_synced: applied.records_synced.load(Ordering::Relaxed),
+                    records_cut: applied.records_cut.load(Ordering::Relaxed),
                     gap: core.follower.as_ref().and_then(Follower::gap),
                 }
             })
@@ -1461,6 +1464,9 @@ pub struct LogMetrics {
     pub follower_syncs: u64,
     /// Follower: records those syncs made durable.
     pub records_synced: u64,
+    /// Follower: records cut because they diverged from a restarted leader's log (kept in
+    /// quarantine files in the log's directory).
+    pub records_cut: u64,
     /// Follower: records it needed that its leader no longer held (`from..to`), and whether it
     /// was re-seeded past them (`true`) or stopped there (`false`, a data loss).
     pub gap: Option<(u64, u64, bool)>,
@@ -1529,6 +1535,7 @@ impl NodeMetrics {
                     "peers": peers,
                     "chunks_applied": l.chunks_applied, "bytes_applied": l.bytes_applied,
                     "follower_syncs": l.follower_syncs, "records_synced": l.records_synced,
+                    "records_cut": l.records_cut,
                     "gap": l.gap.map(|(from, to, reseeded)| {
                         serde_json::json!({ "from": from, "to": to, "outcome": if reseeded { "re-seeded" } else { "data loss" } })
                     }),

@@ -262,15 +262,15 @@ impl Leader {
     }
 
     /// Where a log whose last batch has epoch `epoch` stops agreeing with this leader's: the
-    /// start of the first epoch after the largest one at or below `epoch` in the history (the
-    /// written end if that is the last one). Kafka's OffsetsForLeaderEpoch.
+    /// start of the first epoch after the largest one at or below `epoch` in the history
+    /// (Kafka's OffsetsForLeaderEpoch), or `u64::MAX` when that is the current epoch, which
+    /// goes on (the local log may already hold more than a `Written` has said).
     pub fn epoch_end(&self, epoch: u64) -> u64 {
         let history = &self.config.epoch_history;
         match history.iter().rposition(|(e, _)| *e <= epoch) {
-            Some(i) => history.get(i + 1).map_or(self.written_end, |(_, start)| *start),
-            None => history.first().map_or(self.written_end, |(_, start)| *start),
+            Some(i) => history.get(i + 1).map_or(u64::MAX, |(_, start)| *start),
+            None => history.first().map_or(u64::MAX, |(_, start)| *start),
         }
-        .min(self.written_end)
     }
 
     /// What the leader knows of a peer: (acked written end, acked durable end, connected).
@@ -283,7 +283,7 @@ impl Leader {
     /// reconnects. Only up to where `epoch` ends in this leader's history counts (past it the
     /// peer holds a tail this log lost); never lowers what is known.
     pub fn restore_peer(&mut self, peer: NodeId, durable_end: u64, epoch: u64) {
-        let written = self.epoch_end(epoch);
+        let written = self.epoch_end(epoch).min(self.written_end);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.acked_durable = p.acked_durable.max(durable_end.min(written));
             p.acked_written = p.acked_written.max(p.acked_durable);
@@ -375,6 +375,9 @@ impl Leader {
             }
             LeaderInput::Shipped { peer, base_offset, end_offset, len_bytes } => {
                 let now = self.now_ms;
+                // What was read from the local log to ship was written, whether or not its
+                // `Written` has arrived yet.
+                self.written_end = self.written_end.max(end_offset);
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.shipping = false;
                     // An ack may have moved `next_offset` past the chunk while it was being
@@ -756,8 +759,8 @@ impl Follower {
             }
             FollowerInput::Synced { durable_end } => {
                 self.sync_requested = false;
-                assert!(durable_end <= self.written_end, "synced past the written end");
-                self.durable_end = self.durable_end.max(durable_end);
+                // A sync that ran while the log was cut back reports an end past the cut.
+                self.durable_end = self.durable_end.max(durable_end.min(self.written_end));
                 if self.durable_end < self.written_end {
                     self.request_sync();
                 }
@@ -961,6 +964,25 @@ mod tests {
         let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
         assert!(actions.iter().any(|a| matches!(a, LeaderAction::Ship { peer: 2, from: 50, .. })), "{actions:?}");
         assert_eq!(leader.commit_end(), 50);
+    }
+
+    #[test]
+    fn a_peer_acking_records_shipped_before_their_written_arrived_is_not_taken_for_diverged() {
+        // The driver reads the local log to ship, so a chunk can carry records whose `Written`
+        // has not reached the core yet; the peer's ack of them must not look like divergence.
+        let mut leader = Leader::new(config(Quorum::Count(2)), 0, 0, 0);
+        leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(0, 0) });
+        leader.handle(LeaderInput::Written { end: 5 });
+        let _ = std::iter::from_fn(|| leader.poll_action()).count();
+        leader.handle(LeaderInput::Shipped { peer: 2, base_offset: 0, end_offset: 8, len_bytes: 100 });
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(8, 8) });
+        let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
+        assert!(
+            !actions.iter().any(|a| matches!(a, LeaderAction::Send { msg: Message::Truncate { .. }, .. })),
+            "{actions:?}"
+        );
+        assert_eq!(leader.peer_state(2), Some((8, 8, true)));
     }
 
     #[test]
