@@ -936,20 +936,42 @@ fn bulk_batches(count: u64, compressible: bool, seed: u64) -> Vec<Vec<bytes::Byt
     (0..count).map(|b| (0..256).map(|i| record(b * 256 + i)).collect()).collect()
 }
 
-/// One client appends `count` batches to `log`, cycling through `data`, each batch
-/// quorum-acked; MB/s.
+/// Clients appending bulk batches at once: a bulk producer keeps several batches in flight, so
+/// the leader's sync, the shipping and the followers' syncs of different batches overlap.
+const BULK_CLIENTS: usize = 4;
+
+/// [`BULK_CLIENTS`] clients append `count` batches to `log` between them, cycling through
+/// `data`, each batch quorum-acked; MB/s.
 fn append_bulk(
     addr: std::net::SocketAddr,
     log: &str,
     data: &[Vec<bytes::Bytes>],
     count: u64,
 ) -> Result<f64, Box<dyn std::error::Error>> {
-    let mut client = tern_replication::driver::Client::connect(addr)?;
+    let mut clients =
+        (0..BULK_CLIENTS).map(|_| tern_replication::driver::Client::connect(addr)).collect::<Result<Vec<_>, _>>()?;
+    let batches: Vec<&Vec<bytes::Bytes>> = data.iter().cycle().take(count as usize).collect();
     let started = Instant::now();
-    for batch in data.iter().cycle().take(count as usize) {
-        client.append(log, batch.clone(), true)?;
-    }
-    let bytes: usize = data.iter().cycle().take(count as usize).flatten().map(bytes::Bytes::len).sum();
+    std::thread::scope(|scope| -> Result<(), String> {
+        let handles: Vec<_> = clients
+            .iter_mut()
+            .enumerate()
+            .map(|(k, client)| {
+                let mine: Vec<&Vec<bytes::Bytes>> = batches.iter().skip(k).step_by(BULK_CLIENTS).copied().collect();
+                scope.spawn(move || -> Result<(), String> {
+                    for batch in mine {
+                        client.append(log, batch.clone(), true).map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().map_err(|_| "a bulk client panicked".to_owned())??;
+        }
+        Ok(())
+    })?;
+    let bytes: usize = batches.iter().copied().flatten().map(bytes::Bytes::len).sum();
     Ok(bytes as f64 / started.elapsed().as_secs_f64() / 1e6)
 }
 

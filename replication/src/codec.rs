@@ -807,7 +807,7 @@ pub fn make_chunk(frames: Bytes, base_offset: u64, end_offset: u64, level: i32, 
     let raw_len_bytes = frames.len() as u32;
     // A compression error is not the peer's problem: ship the frames as they are.
     // Nothing saves all of the bytes: with `min_saving` 1 or more zstd is not even tried.
-    let compressed = if min_saving >= 1.0 {
+    let compressed = if min_saving >= 1.0 || !sample_compresses(&frames, level, min_saving) {
         None
     } else {
         compress(&frames, level).filter(|c| saves_enough(c.len(), frames.len(), min_saving))
@@ -855,6 +855,22 @@ fn decompress(compressed: &[u8], capacity: usize) -> Option<Vec<u8>> {
         }
         cell.as_mut()?.decompress(compressed, capacity).ok()
     })
+}
+
+/// Bytes of a large chunk compressed first, to learn whether compressing all of it pays.
+const SAMPLE_BYTES: usize = 64 << 10;
+
+/// Whether `frames` look worth compressing: a chunk of more than four samples is judged by one
+/// sample from its middle, so incompressible data (already compressed or encrypted payloads)
+/// costs a sixteenth of a 1 MiB chunk's compression instead of all of it. A smaller chunk is
+/// simply compressed.
+fn sample_compresses(frames: &[u8], level: i32, min_saving: f64) -> bool {
+    if frames.len() <= 4 * SAMPLE_BYTES {
+        return true;
+    }
+    let start = (frames.len() - SAMPLE_BYTES) / 2;
+    let Some(sample) = frames.get(start..start + SAMPLE_BYTES) else { return true };
+    compress(sample, level).is_some_and(|c| saves_enough(c.len(), sample.len(), min_saving))
 }
 
 /// True when compressing `raw_bytes` down to `compressed_bytes` saves at least `min_saving` of
@@ -1251,6 +1267,28 @@ mod tests {
         let chunk = make_chunk(raw.clone(), 100, end, 3, 0.1);
         assert!(!chunk.compressed);
         assert_eq!(chunk.bytes.as_ptr(), raw.as_ptr(), "raw frames are shipped without a copy");
+        assert_eq!(chunk_frames(&chunk), Ok(raw));
+    }
+
+    #[test]
+    fn a_large_chunk_is_judged_by_a_sample() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let noise: Vec<Vec<u8>> = (0..128)
+            .map(|_| {
+                let mut value = vec![0u8; 8192];
+                rng.fill_bytes(&mut value);
+                value
+            })
+            .collect();
+        let (raw, end) = frames(0, &[noise]);
+        assert!(raw.len() > 4 * SAMPLE_BYTES);
+        assert!(!make_chunk(raw.clone(), 0, end, 1, 0.1).compressed, "1 MiB of noise ships raw");
+        let text: Vec<Vec<u8>> =
+            (0..12_000).map(|i| format!("event {i}: page view of /products/{}", i % 50).into_bytes()).collect();
+        let (raw, end) = frames(0, &[text]);
+        assert!(raw.len() > 4 * SAMPLE_BYTES);
+        let chunk = make_chunk(raw.clone(), 0, end, 1, 0.1);
+        assert!(chunk.compressed && chunk.bytes.len() * 4 < raw.len());
         assert_eq!(chunk_frames(&chunk), Ok(raw));
     }
 
