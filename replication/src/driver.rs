@@ -400,6 +400,11 @@ impl Shared {
                 // epoch past where that epoch ends here (lost here in a power loss) is cut back.
                 let epoch = log.epoch() + 1;
                 log.begin_epoch(epoch).map_err(|e| format!("log {name}: cannot begin epoch {epoch}: {e}"))?;
+                // The shipper reads every batch right after it is written: keep large ones in
+                // the page cache instead of reading them back from the disk.
+                if !self.config.peers.is_empty() {
+                    log.set_direct_writes(false);
+                }
                 let config = LeaderConfig {
                     log: name.to_owned(),
                     epoch,

@@ -233,6 +233,8 @@ pub struct Segment {
     max_timestamp_ms: AtomicU64,
     index: RwLock<Vec<IndexEntry>>,
     direct: parking_lot::Mutex<DirectState>,
+    /// Frames of at least this many bytes are written with O_DIRECT.
+    direct_write_bytes_min: std::sync::atomic::AtomicUsize,
 }
 
 /// Frames of at least this many bytes are written around the page cache (O_DIRECT), where the
@@ -283,6 +285,7 @@ impl Segment {
             max_timestamp_ms: AtomicU64::new(0),
             index: RwLock::new(Vec::new()),
             direct: parking_lot::Mutex::new(DirectState::default()),
+            direct_write_bytes_min: std::sync::atomic::AtomicUsize::new(DIRECT_WRITE_BYTES_MIN),
         }
     }
 
@@ -396,7 +399,8 @@ impl Segment {
         let block_start = pos - pos % align;
         let padded_end = (pos + frame_bytes.len() as u64).next_multiple_of(align);
         // Block 0 holds the segment header: it stays in the page cache for cheap opens.
-        if frame_bytes.len() < DIRECT_WRITE_BYTES_MIN || padded_end > self.size_bytes || block_start == 0 {
+        let direct_min = self.direct_write_bytes_min.load(Ordering::Relaxed);
+        if frame_bytes.len() < direct_min || padded_end > self.size_bytes || block_start == 0 {
             return Ok(false);
         }
         let mut direct = self.direct.lock();
@@ -417,6 +421,14 @@ impl Segment {
         }
         *tail = Some((last_block, tail_bytes));
         Ok(true)
+    }
+
+    /// Whether large frames ([`DIRECT_WRITE_BYTES_MIN`] and more) are written with O_DIRECT
+    /// (the default) or through the page cache, where a reader that comes right after finds
+    /// them (a replication leader's shipper).
+    pub fn set_direct_writes(&self, on: bool) {
+        let min = if on { DIRECT_WRITE_BYTES_MIN } else { usize::MAX };
+        self.direct_write_bytes_min.store(min, Ordering::Relaxed);
     }
 
     fn note_frame(&self, pos: u64, offset: u64) {

@@ -191,6 +191,8 @@ pub(crate) struct LogInner {
     pub(crate) journal_registered: AtomicBool,
     /// Batches were written that are not in the journal: a sync must sync the segment.
     direct_dirty: AtomicBool,
+    /// Large frames go around the page cache (O_DIRECT): see [`Log::set_direct_writes`].
+    direct_writes: AtomicBool,
     sync_requested: AtomicBool,
     fenced: AtomicBool,
     fence_reason: Mutex<Option<String>>,
@@ -303,6 +305,7 @@ impl Log {
             retention_hold: AtomicU64::new(NO_RETENTION_HOLD),
             journal_registered: AtomicBool::new(false),
             direct_dirty: AtomicBool::new(false),
+            direct_writes: AtomicBool::new(true),
             sync_requested: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             fence_reason: Mutex::new(None),
@@ -351,6 +354,29 @@ impl Log {
     /// The log's name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Whether frames of 256 KiB and more are written around the page cache with O_DIRECT
+    /// (the default: fastest for a writer that does not read them back) or through it. A
+    /// replication leader turns it off: its shipper reads every batch right after it is
+    /// written, and would otherwise read large ones back from the disk.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::sync::Arc;
+    /// use tern_wal::{Committer, Durability, Log, LogOptions};
+    /// let disk: Arc<dyn tern_segment::Disk> = Arc::new(tern_segment::OsDisk::new());
+    /// let log = Log::open(disk.clone(), dir.path(), "bulk", LogOptions::default(), Committer::start(disk), true)?;
+    /// log.set_direct_writes(false);
+    /// log.append(&[&vec![7u8; 1 << 20]], Durability::Local)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_direct_writes(&self, on: bool) {
+        self.inner.direct_writes.store(on, Ordering::Relaxed);
+        for segment in self.inner.segments.read().iter() {
+            segment.set_direct_writes(on);
+        }
     }
 
     /// The log's directory.
@@ -1332,6 +1358,7 @@ impl LogInner {
                 self.disk.sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
                 new
             };
+            new.set_direct_writes(self.direct_writes.load(Ordering::Relaxed));
             let new = Arc::new(new);
             let mut segments = self.segments.write();
             if replace {
