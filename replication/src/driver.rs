@@ -1036,15 +1036,25 @@ fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Ve
 }
 
 /// Leader: dial a follower, handshake, then stream messages both ways until it breaks.
+/// Longest wait between two dials of an unreachable follower: how long a follower that comes
+/// back may wait before its catch-up starts.
+const REDIAL_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
 fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
     let mut backoff = Duration::from_millis(50);
+    // The same failure is logged once, then at most every 10 s.
+    let mut logged: Option<(String, Instant)> = None;
     while !shared.stop.load(Ordering::SeqCst) {
         let mut welcomed = false;
         match connect_peer(shared, peer, addr, &mut welcomed) {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(e) => {
-                if !shared.stop.load(Ordering::SeqCst) && (welcomed || backoff >= Duration::from_millis(800)) {
-                    log_line(&format!("node {peer} at {addr}: {e}"));
+                let line = format!("node {peer} at {addr}: {e}");
+                let repeated =
+                    logged.as_ref().is_some_and(|(last, at)| *last == line && at.elapsed() < Duration::from_secs(10));
+                if !shared.stop.load(Ordering::SeqCst) && !repeated {
+                    log_line(&line);
+                    logged = Some((line, Instant::now()));
                 }
                 // Back off from a peer that cannot be reached, not from one that was reached and
                 // then lost. A connection ends with an error, so without this the backoff only
@@ -1067,7 +1077,7 @@ fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
         while Instant::now() < resume && !shared.stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(REDIAL_BACKOFF_MAX);
     }
 }
 
