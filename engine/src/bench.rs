@@ -1026,7 +1026,7 @@ fn replicate(
 
     // Compression on and off, the same bytes in interleaved rounds against two clusters (this
     // disk drifts over seconds): the leader of the second ships everything raw.
-    const ROUNDS: usize = 3;
+    const ROUNDS: usize = 5;
     let off_cluster = Cluster::start(dir, Compression::OFF)?;
     let round_batches = (bulk_bytes >> 20) / ROUNDS as u64;
     let data = bulk_batches(round_batches, false, 0x9e37_79b9_7f4a_7c15);
