@@ -541,24 +541,26 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
         return Ok(ExitCode::SUCCESS);
     }
     let doc: serde_json::Value = serde_json::from_str(&text)?;
+    // A JSON number ignores width when displayed; as an integer it lines up.
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     println!("node {} ({})", doc["node"], doc["role"].as_str().unwrap_or("?"));
     println!("{:<24} {:>12} {:>12} {:>12} {:>12}", "log", "start", "written", "synced", "committed");
     for log in doc["logs"].as_array().into_iter().flatten() {
         println!(
             "{:<24} {:>12} {:>12} {:>12} {:>12}",
             log["log"].as_str().unwrap_or("?"),
-            log["start_offset"],
-            log["written_end"],
-            log["durable_end"],
-            log["commit_end"]
+            n(&log["start_offset"]),
+            n(&log["written_end"]),
+            n(&log["durable_end"]),
+            n(&log["commit_end"])
         );
         let syncs = log["follower_syncs"].as_u64().unwrap_or(0);
         if syncs > 0 {
             let records = log["records_synced"].as_u64().unwrap_or(0);
             println!(
                 "  applied {} chunks, {} bytes; {syncs} syncs, {:.1} records per sync",
-                log["chunks_applied"],
-                log["bytes_applied"],
+                n(&log["chunks_applied"]),
+                n(&log["bytes_applied"]),
                 records as f64 / syncs as f64
             );
         }
@@ -572,16 +574,40 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
         for peer in peers {
             println!(
                 "  {:<6} {:>12} {:>12} {:>10} {:>12} {:>9} {:>12} {:>12} {:>9}{}",
-                peer["node"],
-                peer["acked_written"],
-                peer["acked_durable"],
-                peer["lag_records"],
-                peer["lag_bytes"],
-                peer["lag_ms"],
-                peer["shipped_raw_bytes"],
-                peer["shipped_wire_bytes"],
-                peer["chunks_in_flight"],
+                n(&peer["node"]),
+                n(&peer["acked_written"]),
+                n(&peer["acked_durable"]),
+                n(&peer["lag_records"]),
+                n(&peer["lag_bytes"]),
+                n(&peer["lag_ms"]),
+                n(&peer["shipped_raw_bytes"]),
+                n(&peer["shipped_wire_bytes"]),
+                n(&peer["chunks_in_flight"]),
                 if peer["connected"].as_bool() == Some(true) { "" } else { "  (disconnected)" }
+            );
+            if let Some(gap) = peer["needs_records"].as_object() {
+                println!(
+                    "         needs records {}..{} that this node no longer holds",
+                    n(&gap["from"]),
+                    n(&gap["to"])
+                );
+            }
+            if n(&peer["reseeds"]) > 0 {
+                println!("         re-seeded {} times", n(&peer["reseeds"]));
+            }
+        }
+        if let Some(gap) = log["gap"].as_object() {
+            println!(
+                "  records {}..{} are gone from the leader: {}",
+                n(&gap["from"]),
+                n(&gap["to"]),
+                gap["outcome"].as_str().unwrap_or("?")
+            );
+        }
+        if n(&log["records_cut"]) > 0 {
+            println!(
+                "  {} records cut after diverging from a restarted leader (kept in quarantine files)",
+                n(&log["records_cut"])
             );
         }
     }
