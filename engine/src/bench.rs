@@ -808,6 +808,7 @@ pub(crate) fn start_node(
         commit_timeout: Duration::from_secs(30),
         compression: spec.compression,
         slot_lag_bytes_max: None,
+        quorum_lag_bytes_max: Some(256 << 20),
         reseed: true,
     };
     loop {

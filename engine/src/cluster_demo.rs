@@ -44,6 +44,7 @@ fn start(
         commit_timeout: Duration::from_secs(30),
         compression: tern_replication::codec::Compression::default(),
         slot_lag_bytes_max: None,
+        quorum_lag_bytes_max: Some(256 << 20),
         reseed: true,
     };
     Ok(Server::start(config, Arc::new(EngineLogs(engine)))?)

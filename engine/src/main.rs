@@ -77,6 +77,10 @@ struct ServeArgs {
     /// (default: it holds it back for as long as it takes).
     #[arg(long)]
     slot_lag_bytes_max: Option<u64>,
+    /// Leader: while more than this many bytes of a log are not yet on a quorum, appends to it
+    /// wait (producer backpressure); 0 turns it off.
+    #[arg(long, default_value_t = 256 << 20)]
+    quorum_lag_bytes_max: u64,
     /// Leader: a follower that needs records retention deleted gets a data-loss error instead
     /// of a re-seed (a full copy of what this node retains).
     #[arg(long)]
@@ -672,6 +676,7 @@ fn serve(args: &ServeArgs) -> CliResult {
         commit_timeout: std::time::Duration::from_secs(30),
         compression,
         slot_lag_bytes_max: args.slot_lag_bytes_max,
+        quorum_lag_bytes_max: (args.quorum_lag_bytes_max > 0).then_some(args.quorum_lag_bytes_max),
         reseed: !args.no_reseed,
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.

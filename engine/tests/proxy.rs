@@ -65,6 +65,7 @@ fn node(dir: &Path, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>) -> Serve
         commit_timeout: Duration::from_secs(1),
         compression: tern_replication::codec::Compression::default(),
         slot_lag_bytes_max: None,
+        quorum_lag_bytes_max: Some(256 << 20),
         reseed: true,
     };
     Server::start(config, Arc::new(tern::EngineLogs(engine))).expect("start node")

@@ -16,6 +16,17 @@ use tern_replication::proto::Quorum;
 const LOG: &str = "events";
 
 fn node(dir: &Path, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>, listen: SocketAddr) -> Server {
+    node_with(dir, id, role, peers, listen, Some(256 << 20))
+}
+
+fn node_with(
+    dir: &Path,
+    id: u64,
+    role: Role,
+    peers: Vec<(u64, SocketAddr)>,
+    listen: SocketAddr,
+    quorum_lag_bytes_max: Option<u64>,
+) -> Server {
     let engine = Arc::new(tern::Engine::open(dir, tern::Config::default()).expect("open engine"));
     let config = ServerConfig {
         cluster_id: 0x5ec,
@@ -29,6 +40,7 @@ fn node(dir: &Path, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>, listen: 
         commit_timeout: Duration::from_millis(500),
         compression: Compression::default(),
         slot_lag_bytes_max: None,
+        quorum_lag_bytes_max,
         reseed: true,
     };
     Server::start(config, Arc::new(tern::EngineLogs(engine))).expect("start node")
@@ -132,4 +144,37 @@ fn receipts_say_what_was_achieved_and_watermarks_what_was_promised() {
     assert_eq!((p.lag_records, p.lag_bytes, p.lag_ms), (0, 0, 0), "{p:?}");
     leader.stop();
     f3.stop();
+}
+
+#[test]
+fn producers_wait_when_the_quorum_falls_behind_the_bound_and_go_on_once_it_catches_up() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let bound = 256 << 10;
+    let f2 = node_with(dirs[1].path(), 2, Role::Follower, vec![], any_port(), Some(bound));
+    let f3 = node_with(dirs[2].path(), 3, Role::Follower, vec![], any_port(), Some(bound));
+    let f2_addr = f2.local_addr();
+    let peers = vec![(2, f2_addr), (3, f3.local_addr())];
+    let leader = node_with(dirs[0].path(), 1, Role::Leader, peers, any_port(), Some(bound));
+    let mut client = Client::connect(leader.local_addr()).unwrap();
+    let batch = || vec![Bytes::from(vec![7u8; 16 << 10])];
+    client.append_acks(LOG, batch(), Acks::Quorum).unwrap();
+    // No quorum: leader-acked appends go on until the uncommitted bytes pass the bound, then
+    // wait and are refused, naming the bound.
+    f2.stop();
+    f3.stop();
+    let mut accepted = 0u64;
+    let refused = loop {
+        match client.append_acks(LOG, batch(), Acks::Leader) {
+            Ok(_) => accepted += 16 << 10,
+            Err(e) => break e.to_string(),
+        }
+        assert!(accepted < 1 << 20, "appends went on far past the bound");
+    };
+    assert!(refused.contains("not yet on a quorum (the bound is 262144)"), "{refused}");
+    // The lag is counted to the sparse index's precision (64 KiB by default).
+    assert!(accepted + (64 << 10) >= bound, "refused well before the bound: {accepted} bytes accepted");
+    // A quorum again (leader and node 2): the backlog commits and appends go on.
+    let _f2 = node_with(dirs[1].path(), 2, Role::Follower, vec![], f2_addr, Some(bound));
+    let r = eventually("appends to be accepted again", || client.append_acks(LOG, batch(), Acks::Quorum).ok());
+    assert_eq!(r.durability, Acks::Quorum);
 }

@@ -54,6 +54,7 @@ fn node(dir: &Path, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>, listen: 
         commit_timeout: Duration::from_secs(5),
         compression: Compression::default(),
         slot_lag_bytes_max: o.slot_lag_bytes_max,
+        quorum_lag_bytes_max: Some(256 << 20),
         reseed: o.reseed,
     };
     Server::start(config, Arc::new(tern::EngineLogs(engine))).expect("start node")

@@ -107,6 +107,10 @@ pub struct ServerConfig {
     /// holding back retention: the segments it still needs may be deleted, and it is then
     /// re-seeded (or told of the data loss). `None` holds them for as long as it takes.
     pub slot_lag_bytes_max: Option<u64>,
+    /// Producer backpressure: while more than this many bytes of a log are not yet on a
+    /// quorum, appends to it wait for the quorum (and are refused after `commit_timeout`).
+    /// `None` never holds producers back.
+    pub quorum_lag_bytes_max: Option<u64>,
     /// Re-seed a follower that needs records this leader no longer holds (replace its log by
     /// a full copy of what is retained here, reported in status and metrics), or, when false,
     /// send it a data loss it stops at (see [`Server::data_losses`]).
@@ -1193,6 +1197,34 @@ fn serve_client(shared: &Arc<Shared>, mut stream: TcpStream, first: Message) -> 
     }
 }
 
+/// Backpressure on producers: while the records not yet on a quorum take more than
+/// `quorum_lag_bytes_max`, an append waits (up to `commit_timeout`, then it is refused) for the
+/// quorum to catch up. A slow follower alone never triggers it while a quorum keeps up.
+fn wait_for_quorum_lag(shared: &Shared, slot: &LogSlot) -> Result<(), String> {
+    let Some(max) = shared.config.quorum_lag_bytes_max else { return Ok(()) };
+    let deadline = Instant::now() + shared.config.commit_timeout;
+    let mut core = slot.lock();
+    loop {
+        let commit = core.leader.as_ref().map_or(0, Leader::commit_end);
+        // Counting bytes walks the segments: only when the lag could matter.
+        let lag_bytes = if slot.log.written_end() > commit { bytes_after(&slot.log, commit) } else { 0 };
+        if lag_bytes <= max {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline || shared.stop.load(Ordering::SeqCst) {
+            return Err(format!(
+                "log {}: {lag_bytes} bytes are not yet on a quorum (the bound is {max}); try again later",
+                slot.name
+            ));
+        }
+        core = match slot.committed.wait_timeout(core, (deadline - now).min(Duration::from_millis(100))) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+    }
+}
+
 fn client_append(shared: &Arc<Shared>, name: &str, acks: Acks, records: &[Bytes]) -> Message {
     if shared.config.role != Role::Leader {
         let leader = "the leader".to_owned();
@@ -1203,6 +1235,9 @@ fn client_append(shared: &Arc<Shared>, name: &str, acks: Acks, records: &[Bytes]
         Err(e) => return Message::Refuse { reason: e },
     };
     let log = &slot.log;
+    if let Err(reason) = wait_for_quorum_lag(shared, &slot) {
+        return Message::Refuse { reason };
+    }
     let values: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
     // Written first, so the batch ships in parallel with the local sync.
     let offsets = match log.append(&values, Durability::None) {
