@@ -774,42 +774,42 @@ impl Follower {
         self.actions.pop_front()
     }
 
+    /// Whether a message of `epoch` from `from` is the current leader's, taking note of it; a
+    /// stale leader's is answered with where this log stands, so it learns it is behind.
+    fn accept(&mut self, from: NodeId, epoch: u64) -> bool {
+        if epoch < self.epoch_seen {
+            self.leader_ack(from);
+            return false;
+        }
+        self.epoch_seen = epoch;
+        self.leader = Some(from);
+        true
+    }
+
     fn receive(&mut self, from: NodeId, msg: Message) {
         match msg {
-            Message::Append { log, epoch, commit_end, chunk } => {
-                if log != self.log {
+            Message::Append { log, epoch, commit_end, chunk } if log == self.log => {
+                if !self.accept(from, epoch) {
                     return;
                 }
-                if epoch < self.epoch_seen {
-                    // A stale leader: tell it the epoch it is behind.
-                    self.leader_ack(from);
-                    return;
-                }
-                self.epoch_seen = epoch;
-                self.leader = Some(from);
                 self.commit_end = self.commit_end.max(commit_end);
                 if self.applying
                     || epoch != self.checked_epoch
                     || chunk.base_offset > self.written_end
                     || chunk.end_offset <= self.written_end
                 {
-                    // Busy, a gap (something was lost), or nothing new: say where we stand.
+                    // Busy, not checked for this epoch yet, a gap (something was lost), or
+                    // nothing new: say where we stand.
                     self.ack();
                     return;
                 }
                 self.applying = true;
                 self.actions.push_back(FollowerAction::Apply { chunk, epoch });
             }
-            Message::Truncate { log, epoch, to, written_end, last_epoch } => {
-                if log != self.log {
+            Message::Truncate { log, epoch, to, written_end, last_epoch } if log == self.log => {
+                if !self.accept(from, epoch) {
                     return;
                 }
-                if epoch < self.epoch_seen {
-                    self.leader_ack(from);
-                    return;
-                }
-                self.epoch_seen = epoch;
-                self.leader = Some(from);
                 if self.applying || (written_end, last_epoch) != (self.written_end, self.last_epoch) {
                     // Busy, or an answer to a state this log has left: the ack brings a new one.
                     self.ack();
@@ -824,16 +824,10 @@ impl Follower {
                 self.cutting_for = epoch;
                 self.actions.push_back(FollowerAction::Truncate { to });
             }
-            Message::Reseed { log, epoch, start_offset, missing_from } => {
-                if log != self.log {
+            Message::Reseed { log, epoch, start_offset, missing_from } if log == self.log => {
+                if !self.accept(from, epoch) {
                     return;
                 }
-                if epoch < self.epoch_seen {
-                    self.leader_ack(from);
-                    return;
-                }
-                self.epoch_seen = epoch;
-                self.leader = Some(from);
                 if start_offset <= self.written_end || self.applying {
                     // Already past the gap (a late message), or busy: say where we stand.
                     self.ack();
@@ -845,23 +839,15 @@ impl Follower {
                 self.checked_epoch = epoch;
                 self.actions.push_back(FollowerAction::Reset { start_offset });
             }
-            Message::DataLoss { log, epoch, from: lost_from, to } => {
-                if log != self.log || epoch < self.epoch_seen {
-                    return;
-                }
-                self.epoch_seen = epoch;
-                self.leader = Some(from);
-                if to > self.written_end {
+            Message::DataLoss { log, epoch, from: lost_from, to } if log == self.log => {
+                if self.accept(from, epoch) && to > self.written_end {
                     self.gap = Some((lost_from, to, false));
                 }
             }
             Message::Heartbeat { epoch, logs } => {
-                if epoch < self.epoch_seen {
-                    self.leader_ack(from);
+                if !self.accept(from, epoch) {
                     return;
                 }
-                self.epoch_seen = epoch;
-                self.leader = Some(from);
                 if let Some((_, _, commit)) = logs.iter().find(|(name, _, _)| *name == self.log) {
                     self.commit_end = self.commit_end.max(*commit);
                 }

@@ -157,6 +157,25 @@ fn open_log(disk: &SimDisk, committer: &Committer) -> Result<Log, String> {
     Log::open(shared, Path::new("/node/log"), LOG, log_options(), committer.clone(), true).map_err(|e| e.to_string())
 }
 
+/// The leader core of `log` in a new `epoch` (begun in the log first), starting from
+/// `commit_end`.
+fn leader_core(log: &Log, epoch: u64, peers: &[NodeId], quorum: Quorum, commit_end: u64) -> Result<Leader, String> {
+    log.begin_epoch(epoch).map_err(|e| format!("leader epoch {epoch}: {e}"))?;
+    let config = LeaderConfig {
+        log: LOG.into(),
+        epoch,
+        epoch_history: log.epoch_history(),
+        peers: peers.to_vec(),
+        quorum,
+        inflight_bytes_max: 8 << 10,
+        chunk_bytes_max: 2 << 10,
+        heartbeat_ms: 50,
+        resend_ms: 200,
+        reseed: true,
+    };
+    Ok(Leader::new(config, log.written_end(), log.durable_end(), commit_end))
+}
+
 impl World {
     /// A cluster of `config.nodes` nodes with empty logs; node 0 leads.
     pub fn new(config: Config) -> Result<World, String> {
@@ -169,24 +188,7 @@ impl World {
                 Committer::start_with(Arc::new(disk.clone()), None, CommitMode::Leader).map_err(|e| e.to_string())?;
             let log = open_log(&disk, &committer)?;
             let role = if id == LEADER {
-                log.begin_epoch(1).map_err(|e| e.to_string())?;
-                Role::Leader(Leader::new(
-                    LeaderConfig {
-                        log: LOG.into(),
-                        epoch: 1,
-                        epoch_history: log.epoch_history(),
-                        peers: peers.clone(),
-                        quorum: config.quorum,
-                        inflight_bytes_max: 8 << 10,
-                        chunk_bytes_max: 2 << 10,
-                        heartbeat_ms: 50,
-                        resend_ms: 200,
-                        reseed: true,
-                    },
-                    0,
-                    0,
-                    0,
-                ))
+                Role::Leader(leader_core(&log, 1, &peers, config.quorum, 0)?)
             } else {
                 Role::Follower(Follower::new(LOG.into(), 0, 0, 0, 0))
             };
@@ -439,12 +441,7 @@ impl World {
     /// Power loss on a follower: unsynced bytes are lost (the last write torn), then it
     /// recovers from its disk and reconnects.
     fn crash(&mut self, id: NodeId) -> Result<(), String> {
-        let tear = match self.rng.gen_range(0..4) {
-            0 => Tear::None,
-            1 => Tear::Prefix(1),
-            2 => Tear::Half,
-            _ => Tear::AllButOne,
-        };
+        let tear = self.random_tear();
         self.faults_injected.crashes += 1;
         let node = &mut self.nodes[id as usize];
         node.log = None;
@@ -468,12 +465,7 @@ impl World {
     /// recovers, begins a new epoch, and its followers reconnect. Nothing committed may be lost:
     /// a commit needs the leader's own sync. Followers holding records it lost are cut back.
     fn crash_leader(&mut self) -> Result<(), String> {
-        let tear = match self.rng.gen_range(0..4) {
-            0 => Tear::None,
-            1 => Tear::Prefix(1),
-            2 => Tear::Half,
-            _ => Tear::AllButOne,
-        };
+        let tear = self.random_tear();
         self.faults_injected.leader_crashes += 1;
         let node = &mut self.nodes[0];
         node.log = None;
@@ -492,22 +484,9 @@ impl World {
         self.sent.truncate(written as usize);
         node.durable_floor = node.durable_floor.max(durable);
         self.epoch += 1;
-        log.begin_epoch(self.epoch).map_err(|e| format!("leader epoch {}: {e}", self.epoch))?;
         let peers: Vec<NodeId> = (1..self.config.nodes as u64).collect();
-        let config = LeaderConfig {
-            log: LOG.into(),
-            epoch: self.epoch,
-            epoch_history: log.epoch_history(),
-            peers: peers.clone(),
-            quorum: self.config.quorum,
-            inflight_bytes_max: 8 << 10,
-            chunk_bytes_max: 2 << 10,
-            heartbeat_ms: 50,
-            resend_ms: 200,
-            reseed: true,
-        };
         // The commit point it starts from is what its replication slots would give back.
-        node.role = Role::Leader(Leader::new(config, written, durable, self.commit_end));
+        node.role = Role::Leader(leader_core(&log, self.epoch, &peers, self.config.quorum, self.commit_end)?);
         node.log = Some(log);
         // What the old leader already sent may still arrive (and leave a follower holding
         // records this one lost); what was on its way to it is gone.
@@ -516,6 +495,15 @@ impl World {
             self.leader_input(LeaderInput::Connected { peer, written_end: 0, durable_end: 0 })?;
         }
         Ok(())
+    }
+
+    fn random_tear(&mut self) -> Tear {
+        match self.rng.gen_range(0..4) {
+            0 => Tear::None,
+            1 => Tear::Prefix(1),
+            2 => Tear::Half,
+            _ => Tear::AllButOne,
+        }
     }
 
     fn check(&mut self) -> Result<(), String> {
