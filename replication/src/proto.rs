@@ -840,7 +840,10 @@ impl Follower {
                 self.actions.push_back(FollowerAction::Reset { start_offset });
             }
             Message::DataLoss { log, epoch, from: lost_from, to } if log == self.log => {
-                if self.accept(from, epoch) && to > self.written_end {
+                if !self.accept(from, epoch) {
+                    return;
+                }
+                if to > self.written_end {
                     self.gap = Some((lost_from, to, false));
                 }
             }
