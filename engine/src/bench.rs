@@ -779,23 +779,13 @@ pub(crate) struct NodeSpec {
     pub(crate) engine: crate::Config,
 }
 
-/// Opens the node's engine and starts its server. The engine of a node stopped just before may
-/// still be held for a moment by one of its closing connection threads (`Server::stop` waits
-/// for the connections to end, not for their last reference to drop), so a locked directory or
-/// a busy address is retried for a few seconds.
+/// Opens the node's engine and starts its server (`Server::stop` lets go of the engine and
+/// the address before it returns, so a node can be started again at once).
 pub(crate) fn start_node(
     spec: &NodeSpec,
 ) -> Result<(Arc<crate::Engine>, tern_replication::driver::Server), Box<dyn std::error::Error>> {
     use tern_replication::driver::{Server, ServerConfig};
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let engine = loop {
-        match crate::Engine::open(&spec.dir, spec.engine.clone()) {
-            Err(crate::Error::Locked { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            other => break Arc::new(other?),
-        }
-    };
+    let engine = Arc::new(crate::Engine::open(&spec.dir, spec.engine.clone())?);
     let config = ServerConfig {
         cluster_id: 9,
         node_id: spec.id,
@@ -811,14 +801,8 @@ pub(crate) fn start_node(
         quorum_lag_bytes_max: Some(256 << 20),
         reseed: true,
     };
-    loop {
-        match Server::start(config.clone(), Arc::new(crate::EngineLogs(engine.clone()))) {
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            other => return Ok((engine, other?)),
-        }
-    }
+    let server = Server::start(config, Arc::new(crate::EngineLogs(engine.clone())))?;
+    Ok((engine, server))
 }
 
 /// One node of a bench cluster; `running` is `None` while it is stopped.

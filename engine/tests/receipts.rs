@@ -178,3 +178,18 @@ fn producers_wait_when_the_quorum_falls_behind_the_bound_and_go_on_once_it_catch
     let r = eventually("appends to be accepted again", || client.append_acks(LOG, batch(), Acks::Quorum).ok());
     assert_eq!(r.durability, Acks::Quorum);
 }
+
+#[test]
+fn a_stopped_node_lets_go_of_its_directory_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20 {
+        let node = node(dir.path(), 1, Role::Leader, vec![], any_port());
+        // A client connection is open while the node stops: its thread must have let go of
+        // the engine by the time `stop` returns.
+        let mut client = Client::connect(node.local_addr()).unwrap();
+        client.append_acks(LOG, records(1, "r"), Acks::Leader).unwrap();
+        node.stop();
+        let engine = tern::Engine::open(dir.path(), tern::Config::default());
+        assert!(engine.is_ok(), "round {round}: the directory is still held: {:?}", engine.err());
+    }
+}

@@ -30,18 +30,8 @@ fn node(dir: &Path, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>, listen: 
         retention_bytes: Some(RETENTION_BYTES),
         ..tern::Config::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // A node stopped a moment ago may still hold its directory lock for a few milliseconds.
-    let engine = loop {
-        match tern::Engine::open(dir, engine_config.clone()) {
-            Ok(engine) => break Arc::new(engine),
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("open engine: {e}"),
-        }
-    };
+    // A node stopped a moment ago has let go of its directory: no retry.
+    let engine = Arc::new(tern::Engine::open(dir, engine_config).expect("open engine"));
     let config = ServerConfig {
         cluster_id: 0x5107,
         node_id: id,

@@ -187,7 +187,10 @@ struct Shared {
     /// Leader: the outbox of each connected follower.
     peers: Mutex<BTreeMap<NodeId, Arc<Outbox>>>,
     stop: AtomicBool,
-    connections: AtomicUsize,
+    /// Connection threads running. Each counts itself out only after it let go of the node,
+    /// so once it is 0 at a stop, nothing but the `Server` holds the logs (and the engine's
+    /// directory lock).
+    connections: Arc<AtomicUsize>,
     started: Instant,
     shipped_raw_bytes: std::sync::atomic::AtomicU64,
     shipped_wire_bytes: std::sync::atomic::AtomicU64,
@@ -257,7 +260,7 @@ impl Server {
             slots: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
-            connections: AtomicUsize::new(0),
+            connections: Arc::new(AtomicUsize::new(0)),
             started: Instant::now(),
             shipped_raw_bytes: std::sync::atomic::AtomicU64::new(0),
             shipped_wire_bytes: std::sync::atomic::AtomicU64::new(0),
@@ -663,7 +666,8 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             accepted.retain(|s| s.peer_addr().is_ok());
             accepted.push(clone);
         }
-        let counted = shared.clone();
+        let open = shared.connections.clone();
+        let counted = open.clone();
         let shared = shared.clone();
         let closer = stream.try_clone();
         let spawned = spawn("tern-conn", move || {
@@ -681,13 +685,14 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             if let Ok(closer) = closer {
                 let _ = closer.shutdown(Shutdown::Both);
             }
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            drop(shared);
+            open.fetch_sub(1, Ordering::SeqCst);
         });
         if let Err(e) = spawned {
             // Out of threads: the connection is dropped (its clone in `accepted` is shut at
             // stop) and the node goes on.
             log_line(&format!("cannot serve a new connection: {e}"));
-            counted.connections.fetch_sub(1, Ordering::SeqCst);
+            counted.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
