@@ -2,16 +2,15 @@
 //! follower is killed with SIGKILL mid-stream and restarted, several times; every append
 //! acknowledged at quorum stays, and at the end all three logs are identical.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tern_replication::driver::Client;
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
+mod common;
+use common::{eventually, free_addr};
 
 fn serve(dir: &std::path::Path, addr: SocketAddr, id: u64, extra: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tern"))
@@ -25,18 +24,6 @@ fn serve(dir: &std::path::Path, addr: SocketAddr, id: u64, extra: &[String]) -> 
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn tern serve")
-}
-
-/// Retries until `f` succeeds or the deadline passes: waiting for a state, not for a time.
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn all_records(addr: SocketAddr) -> Option<(u64, Vec<Bytes>)> {

@@ -23,9 +23,11 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tern_replication::codec;
-use tern_replication::driver::{Client, Role, Server, ServerConfig};
+use tern_replication::driver::{Client, Role, Server};
+
+mod common;
+use common::eventually;
 use tern_replication::message::Message;
-use tern_replication::proto::Quorum;
 
 const LOG: &str = "orders";
 const CLUSTER_ID: u64 = 0x7e57;
@@ -51,36 +53,8 @@ fn rounds() -> usize {
 }
 
 fn node(dir: &Path, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>) -> Server {
-    let engine = Arc::new(tern::Engine::open(dir, tern::Config::default()).expect("open engine"));
-    let config = ServerConfig {
-        cluster_id: CLUSTER_ID,
-        node_id: id,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        role,
-        peers,
-        // Leader and follower: every quorum append needs the follower.
-        quorum: Quorum::Count(2),
-        connections_max: 64,
-        handshake_timeout: Duration::from_secs(1),
-        commit_timeout: Duration::from_secs(1),
-        compression: tern_replication::codec::Compression::default(),
-        slot_lag_bytes_max: None,
-        quorum_lag_bytes_max: Some(256 << 20),
-        reseed: true,
-    };
-    Server::start(config, Arc::new(tern::EngineLogs(engine))).expect("start node")
-}
-
-/// Retries until `f` succeeds or the deadline passes: waiting for a state, not for a time.
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Leader and follower: every quorum append needs the follower.
+    common::start(dir, tern::Config::default(), common::config(CLUSTER_ID, id, role, peers, common::any_port()))
 }
 
 /// Every committed record of the log, read through the client protocol: (commit point, records).

@@ -4,14 +4,14 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tern_replication::codec::Compression;
 use tern_replication::driver::{Client, LogMetrics, Role, Server, ServerConfig};
 use tern_replication::message::Acks;
-use tern_replication::proto::Quorum;
+
+mod common;
+use common::any_port;
 
 const LOG: &str = "events";
 
@@ -27,43 +27,21 @@ fn node_with(
     listen: SocketAddr,
     quorum_lag_bytes_max: Option<u64>,
 ) -> Server {
-    let engine = Arc::new(tern::Engine::open(dir, tern::Config::default()).expect("open engine"));
     let config = ServerConfig {
-        cluster_id: 0x5ec,
-        node_id: id,
-        listen,
-        role,
-        peers,
-        quorum: Quorum::Count(2),
-        connections_max: 64,
-        handshake_timeout: Duration::from_secs(1),
         commit_timeout: Duration::from_millis(500),
-        compression: Compression::default(),
-        slot_lag_bytes_max: None,
         quorum_lag_bytes_max,
-        reseed: true,
+        ..common::config(0x5ec, id, role, peers, listen)
     };
-    Server::start(config, Arc::new(tern::EngineLogs(engine))).expect("start node")
+    common::start(dir, tern::Config::default(), config)
 }
 
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// Retries until `f` succeeds or the deadline passes: waiting for a state, not for a time.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Waits up to 10 s.
+fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    common::eventually(what, Duration::from_secs(10), f)
 }
 
 fn log_metrics(server: &Server) -> LogMetrics {
-    server.metrics().logs.into_iter().find(|l| l.log == LOG).expect("the log is open")
+    common::log_metrics(server, LOG)
 }
 
 fn records(n: usize, tag: &str) -> Vec<Bytes> {

@@ -6,13 +6,13 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tern_replication::codec::Compression;
 use tern_replication::driver::{Client, Error, LogMetrics, Role, Server, ServerConfig};
-use tern_replication::proto::Quorum;
+
+mod common;
+use common::any_port;
 
 const LOG: &str = "events";
 const SEGMENT_BYTES: u64 = 64 << 10;
@@ -24,50 +24,28 @@ struct Options {
 }
 
 fn node(dir: &Path, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>, listen: SocketAddr, o: &Options) -> Server {
-    let engine_config = tern::Config {
+    let engine = tern::Config {
         segment_size_bytes: SEGMENT_BYTES,
         index_interval_bytes: 4 << 10,
         retention_bytes: Some(RETENTION_BYTES),
         ..tern::Config::default()
     };
-    // A node stopped a moment ago has let go of its directory: no retry.
-    let engine = Arc::new(tern::Engine::open(dir, engine_config).expect("open engine"));
     let config = ServerConfig {
-        cluster_id: 0x5107,
-        node_id: id,
-        listen,
-        role,
-        peers,
-        quorum: Quorum::Count(2),
-        connections_max: 64,
-        handshake_timeout: Duration::from_secs(1),
         commit_timeout: Duration::from_secs(5),
-        compression: Compression::default(),
         slot_lag_bytes_max: o.slot_lag_bytes_max,
-        quorum_lag_bytes_max: Some(256 << 20),
         reseed: o.reseed,
+        ..common::config(0x5107, id, role, peers, listen)
     };
-    Server::start(config, Arc::new(tern::EngineLogs(engine))).expect("start node")
+    common::start(dir, engine, config)
 }
 
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// Retries until `f` succeeds or the deadline passes: waiting for a state, not for a time.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits up to 20 s.
+fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    common::eventually(what, Duration::from_secs(20), f)
 }
 
 fn metrics(server: &Server) -> LogMetrics {
-    server.metrics().logs.into_iter().find(|l| l.log == LOG).expect("the log is open")
+    common::log_metrics(server, LOG)
 }
 
 /// Appends `batches` batches of 16 records of 1 KiB, each acknowledged on a quorum; returns

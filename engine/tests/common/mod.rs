@@ -1,0 +1,62 @@
+//! What the cluster tests share: waiting for a state, ports, and in-process nodes.
+#![allow(dead_code)] // each test file uses part of it
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern_replication::driver::{LogMetrics, Role, Server, ServerConfig};
+use tern_replication::proto::Quorum;
+
+/// Retries until `f` succeeds or `timeout` passes: waiting for a state, not for a time.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Any free loopback port, chosen when bound.
+pub fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A loopback port free now, to bind later (a node restarted on the same address).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A node's settings for tests: quorum 2, short timeouts, defaults elsewhere.
+pub fn config(cluster_id: u64, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>, listen: SocketAddr) -> ServerConfig {
+    ServerConfig {
+        cluster_id,
+        node_id: id,
+        listen,
+        role,
+        peers,
+        quorum: Quorum::Count(2),
+        connections_max: 64,
+        handshake_timeout: Duration::from_secs(1),
+        commit_timeout: Duration::from_secs(1),
+        compression: tern_replication::codec::Compression::default(),
+        slot_lag_bytes_max: None,
+        quorum_lag_bytes_max: Some(256 << 20),
+        reseed: true,
+    }
+}
+
+/// A node serving an engine opened in `dir`.
+pub fn start(dir: &Path, engine: tern::Config, config: ServerConfig) -> Server {
+    let engine = Arc::new(tern::Engine::open(dir, engine).expect("open engine"));
+    Server::start(config, Arc::new(tern::EngineLogs(engine))).expect("start node")
+}
+
+/// The metrics of `log` on `server`.
+pub fn log_metrics(server: &Server, log: &str) -> LogMetrics {
+    server.metrics().logs.into_iter().find(|l| l.log == log).expect("the log is open")
+}
