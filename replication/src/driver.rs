@@ -990,10 +990,7 @@ fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Ve
                     FollowerAction::Sync => sync = true,
                     FollowerAction::Truncate { to } => {
                         let end = s.log.written_end();
-                        let input = match quarantine(s, to).and_then(|kept| {
-                            s.log.truncate_suffix(to).map_err(|e| e.to_string())?;
-                            Ok(kept)
-                        }) {
+                        let input = match s.log.truncate_suffix_to_quarantine(to) {
                             Ok(kept) => {
                                 s.applied.records_cut.fetch_add(end.saturating_sub(to), Ordering::Relaxed);
                                 log_line(&format!(
@@ -1323,31 +1320,6 @@ fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32, uncommitte
         records.push(record.value);
     }
     Message::ClientRecords { start: from, commit_end: commit, records }
-}
-
-/// Copies the records of `slot`'s log from `from` to its end, as their batch frames (the
-/// segment frame format), into `quarantine-FROM-END.frames` in the log's directory, synced,
-/// before they are cut: records that diverged are kept for the operator, never silently
-/// dropped. `None` when there is nothing to keep.
-fn quarantine(slot: &LogSlot, from: u64) -> Result<Option<std::path::PathBuf>, String> {
-    let end = slot.log.written_end();
-    if from >= end {
-        return Ok(None);
-    }
-    let path = slot.log.dir().join(format!("quarantine-{from}-{end}.frames"));
-    let mut file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut next = from;
-    while next < end {
-        let batches = slot.log.read_batches(next, 4 << 20, Visibility::Written).map_err(|e| e.to_string())?;
-        let Some(last) = batches.last() else { break };
-        next = last.end_offset;
-        for batch in &batches {
-            file.write_all(&batch.frame).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    file.sync_all().map_err(|e| format!("{}: {e}", path.display()))?;
-    std::fs::File::open(slot.log.dir()).and_then(|dir| dir.sync_all()).map_err(|e| e.to_string())?;
-    Ok(Some(path))
 }
 
 /// Bytes of `log` from `offset` to its written end, to the sparse index's precision.

@@ -26,6 +26,8 @@ pub const SEGMENT_BYTES_MIN: u64 = 4096;
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 /// Default distance between sparse index entries.
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u64 = 64 << 10;
+/// Name prefix of the files that keep records cut by [`Log::truncate_suffix_to_quarantine`].
+pub const QUARANTINE_FILE_PREFIX: &str = "quarantine-";
 /// Default maximum size of one record (key plus value).
 pub const RECORD_BYTES_DEFAULT: u64 = 16 << 20;
 /// The stored retention hold when none is set: no offset reaches it, so it holds nothing.
@@ -880,6 +882,38 @@ impl Log {
     pub fn retention_hold(&self) -> Option<u64> {
         let hold = self.inner.retention_hold.load(Ordering::Acquire);
         (hold != NO_RETENTION_HOLD).then_some(hold)
+    }
+
+    /// [`Log::truncate_suffix`], keeping what it removes: the batches from `offset` to the
+    /// written end are first written, durably, to `quarantine-OFFSET-END.frames` in the log's
+    /// directory (their frames back to back, the segment frame format, FORMAT.md). A
+    /// replication follower uses it to cut records that diverged from its leader's log, so
+    /// they stay for the operator. Returns the file's path, or `None` when nothing was cut.
+    /// The caller is the log's only writer meanwhile.
+    ///
+    /// # Errors
+    /// As [`Log::truncate_suffix`], and I/O errors writing the file (then nothing is cut).
+    pub fn truncate_suffix_to_quarantine(&self, offset: u64) -> Result<Option<PathBuf>> {
+        let end = self.written_end();
+        if offset >= end {
+            self.truncate_suffix(offset)?;
+            return Ok(None);
+        }
+        let mut frames = Vec::new();
+        let mut next = offset;
+        while next < end {
+            let batches = self.read_batches(next, 4 << 20, Visibility::Written)?;
+            let Some(last) = batches.last() else { break };
+            next = last.end_offset;
+            for batch in &batches {
+                frames.extend_from_slice(&batch.frame);
+            }
+        }
+        let path = self.inner.dir.join(format!("{QUARANTINE_FILE_PREFIX}{offset}-{end}.frames"));
+        tern_segment::disk::write_file_atomic(&*self.inner.disk, &path, &frames, true)
+            .map_err(|e| Error::io(&path, e))?;
+        self.truncate_suffix(offset)?;
+        Ok(Some(path))
     }
 
     /// Removes every record at or after `offset`, which must be a batch boundary (replication
