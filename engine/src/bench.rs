@@ -760,7 +760,7 @@ fn tern_crash_reopen(disk: &Arc<dyn Disk>, dir: &Path) -> Result<(f64, u64), Box
 }
 
 /// How one in-process node is started, kept so that it can be stopped and started again on the
-/// same directory and address (the cluster demo does the same with its own copy).
+/// same directory and address (by the bench and by the cluster demo).
 #[derive(Debug, Clone)]
 pub(crate) struct NodeSpec {
     /// Node id (the leader is 1).

@@ -6,16 +6,14 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
-use tern_replication::driver::{Client, Role, Server, ServerConfig};
-use tern_replication::proto::Quorum;
+use tern_replication::driver::{Client, Role, Server};
 
 use crate::demo::DemoArgs;
-use crate::{Config, Engine, EngineLogs, Visibility};
+use crate::{Config, Engine, Visibility};
 
 const LOG: &str = "orders";
 const WRITERS: u64 = 8;
@@ -31,23 +29,17 @@ fn start(
     role: Role,
     peers: Vec<(u64, SocketAddr)>,
 ) -> Result<Server, Box<dyn std::error::Error>> {
-    let engine = Arc::new(Engine::open(dir, Config { segment_size_bytes: 16 << 20, ..Config::default() })?);
-    let config = ServerConfig {
-        cluster_id: 7,
-        node_id: id,
-        listen: addr,
+    let spec = crate::bench::NodeSpec {
+        id,
+        dir: dir.to_path_buf(),
+        addr,
         role,
         peers,
-        quorum: Quorum::Count(2),
-        connections_max: 64,
-        handshake_timeout: Duration::from_secs(5),
-        commit_timeout: Duration::from_secs(30),
         compression: tern_replication::codec::Compression::default(),
-        slot_lag_bytes_max: None,
-        quorum_lag_bytes_max: Some(256 << 20),
-        reseed: true,
+        engine: Config { segment_size_bytes: 16 << 20, ..Config::default() },
     };
-    Ok(Server::start(config, Arc::new(EngineLogs(engine)))?)
+    // The server holds the engine; the demo needs only the server.
+    Ok(crate::bench::start_node(&spec)?.1)
 }
 
 /// An order event: JSON that compresses the way real events do.
