@@ -795,7 +795,6 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream) -> io::Result<(
     }
 }
 
-/// Follower: apply what the leader ships, acknowledge after each apply and each sync.
 /// A follower connection's side channel to its syncer thread: the logs that need a sync.
 #[derive(Default)]
 struct SyncQueue {
@@ -803,6 +802,7 @@ struct SyncQueue {
     wake: Condvar,
 }
 
+/// Follower: apply what the leader ships, acknowledge after each apply and each sync.
 fn follow(shared: &Arc<Shared>, leader: NodeId, stream: TcpStream) -> io::Result<()> {
     let writer = Arc::new(Mutex::new(stream.try_clone()?));
     let queue = Arc::new(SyncQueue::default());
@@ -955,97 +955,95 @@ fn has_whole_message(buffered: &[u8]) -> bool {
 /// messages for the leader.
 fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Vec<Message> {
     let (s, name) = (slot, &slot.name);
+    let mut sends = Vec::new();
+    let mut sync = false;
     {
-        let mut sends = Vec::new();
-        let mut sync = false;
-        {
-            let mut core = slot.lock();
-            let Some(follower) = core.follower.as_mut() else { return Vec::new() };
-            follower.handle(input);
-            while let Some(action) = follower.poll_action() {
-                match action {
-                    FollowerAction::Apply { chunk, epoch } => {
-                        let before = s.log.written_end();
-                        let applied = codec::chunk_frames_within(&chunk, epoch)
-                            .map_err(|e| e.to_string())
-                            .and_then(|frames| s.log.append_frames(&frames).map_err(|e| e.to_string()));
-                        if let Err(e) = &applied {
-                            log_line(&format!(
-                                "log {name}: chunk {}..{} refused: {e}",
-                                chunk.base_offset, chunk.end_offset
-                            ));
-                        }
-                        let after = s.log.written_end();
-                        if applied.is_ok() {
-                            s.applied.chunks.fetch_add(1, Ordering::Relaxed);
-                            s.applied.bytes.fetch_add(u64::from(chunk.raw_len_bytes), Ordering::Relaxed);
-                        }
-                        let next = if after == before && applied.is_err() {
-                            FollowerInput::ApplyFailed
-                        } else {
-                            FollowerInput::Applied { written_end: after, last_epoch: s.log.last_epoch() }
-                        };
-                        follower.handle(next);
+        let mut core = slot.lock();
+        let Some(follower) = core.follower.as_mut() else { return Vec::new() };
+        follower.handle(input);
+        while let Some(action) = follower.poll_action() {
+            match action {
+                FollowerAction::Apply { chunk, epoch } => {
+                    let before = s.log.written_end();
+                    let applied = codec::chunk_frames_within(&chunk, epoch)
+                        .map_err(|e| e.to_string())
+                        .and_then(|frames| s.log.append_frames(&frames).map_err(|e| e.to_string()));
+                    if let Err(e) = &applied {
+                        log_line(&format!(
+                            "log {name}: chunk {}..{} refused: {e}",
+                            chunk.base_offset, chunk.end_offset
+                        ));
                     }
-                    FollowerAction::Sync => sync = true,
-                    FollowerAction::Truncate { to } => {
-                        let end = s.log.written_end();
-                        let input = match s.log.truncate_suffix_to_quarantine(to) {
-                            Ok(kept) => {
-                                s.applied.records_cut.fetch_add(end.saturating_sub(to), Ordering::Relaxed);
-                                log_line(&format!(
-                                    "log {name}: records {to}..{end} diverged from the leader's log and were cut{}",
-                                    kept.map_or(String::new(), |path| format!("; kept in {}", path.display()))
-                                ));
-                                FollowerInput::Truncated {
-                                    written_end: s.log.written_end(),
-                                    last_epoch: s.log.last_epoch(),
-                                }
-                            }
-                            Err(e) => {
-                                log_line(&format!("log {name}: cannot cut records {to}..{end}: {e}"));
-                                FollowerInput::ApplyFailed
-                            }
-                        };
-                        follower.handle(input);
+                    let after = s.log.written_end();
+                    if applied.is_ok() {
+                        s.applied.chunks.fetch_add(1, Ordering::Relaxed);
+                        s.applied.bytes.fetch_add(u64::from(chunk.raw_len_bytes), Ordering::Relaxed);
                     }
-                    FollowerAction::Reset { start_offset } => {
-                        let input = match s.log.reset(start_offset) {
-                            Ok(()) => {
-                                log_line(&format!(
-                                    "log {name}: re-seeded: the leader no longer holds records {}..{start_offset}; \
-                                     the log starts again at {start_offset}",
-                                    s.log.written_end().min(start_offset)
-                                ));
-                                FollowerInput::Reset { start_offset }
-                            }
-                            Err(e) => {
-                                log_line(&format!("log {name}: re-seed to {start_offset} failed: {e}"));
-                                FollowerInput::ApplyFailed
-                            }
-                        };
-                        follower.handle(input);
-                    }
-                    FollowerAction::Send { msg, .. } => sends.push(msg),
+                    let next = if after == before && applied.is_err() {
+                        FollowerInput::ApplyFailed
+                    } else {
+                        FollowerInput::Applied { written_end: after, last_epoch: s.log.last_epoch() }
+                    };
+                    follower.handle(next);
                 }
+                FollowerAction::Sync => sync = true,
+                FollowerAction::Truncate { to } => {
+                    let end = s.log.written_end();
+                    let input = match s.log.truncate_suffix_to_quarantine(to) {
+                        Ok(kept) => {
+                            s.applied.records_cut.fetch_add(end.saturating_sub(to), Ordering::Relaxed);
+                            log_line(&format!(
+                                "log {name}: records {to}..{end} diverged from the leader's log and were cut{}",
+                                kept.map_or(String::new(), |path| format!("; kept in {}", path.display()))
+                            ));
+                            FollowerInput::Truncated {
+                                written_end: s.log.written_end(),
+                                last_epoch: s.log.last_epoch(),
+                            }
+                        }
+                        Err(e) => {
+                            log_line(&format!("log {name}: cannot cut records {to}..{end}: {e}"));
+                            FollowerInput::ApplyFailed
+                        }
+                    };
+                    follower.handle(input);
+                }
+                FollowerAction::Reset { start_offset } => {
+                    let input = match s.log.reset(start_offset) {
+                        Ok(()) => {
+                            log_line(&format!(
+                                "log {name}: re-seeded: the leader no longer holds records {}..{start_offset}; \
+                                     the log starts again at {start_offset}",
+                                s.log.written_end().min(start_offset)
+                            ));
+                            FollowerInput::Reset { start_offset }
+                        }
+                        Err(e) => {
+                            log_line(&format!("log {name}: re-seed to {start_offset} failed: {e}"));
+                            FollowerInput::ApplyFailed
+                        }
+                    };
+                    follower.handle(input);
+                }
+                FollowerAction::Send { msg, .. } => sends.push(msg),
             }
         }
-        // The sync is queued before the acks are sent: if sending fails, the core still gets
-        // the `Synced` it waits for (see `sync_loop`).
-        if sync {
-            let mut logs = queue.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            logs.0.insert(name.clone());
-            queue.wake.notify_one();
-        }
-        sends
     }
+    // The sync is queued before the acks are sent: if sending fails, the core still gets
+    // the `Synced` it waits for (see `sync_loop`).
+    if sync {
+        let mut logs = queue.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        logs.0.insert(name.clone());
+        queue.wake.notify_one();
+    }
+    sends
 }
 
-/// Leader: dial a follower, handshake, then stream messages both ways until it breaks.
 /// Longest wait between two dials of an unreachable follower: how long a follower that comes
 /// back may wait before its catch-up starts.
 const REDIAL_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
+/// Leader: dial a follower, handshake, then stream messages both ways until it breaks.
 fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
     let mut backoff = Duration::from_millis(50);
     // The same failure is logged once, then at most every 10 s.
