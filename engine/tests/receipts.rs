@@ -112,6 +112,11 @@ fn receipts_say_what_was_achieved_and_watermarks_what_was_promised() {
     for p in &m.peers {
         assert!(!p.connected && p.lag_records == 4 && p.lag_bytes > 0, "{p:?}");
     }
+    // The lag in time is the age of the oldest record a follower lacks: it grows while they are
+    // away.
+    eventually("the followers' lag in time to grow", || {
+        log_metrics(&leader).peers.iter().all(|p| (20..60_000).contains(&p.lag_ms)).then_some(())
+    });
 
     // A follower that comes back catches up, and the commit point passes everything.
     let f3 = node(dirs[2].path(), 3, Role::Follower, vec![], f3_addr);

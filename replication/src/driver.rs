@@ -148,8 +148,6 @@ struct Shipped {
     raw_bytes: u64,
     wire_bytes: u64,
     chunks: u64,
-    /// When the peer last had synced everything the leader had written (node clock, ms).
-    caught_up_ms: u64,
 }
 
 /// Follower counters of one log.
@@ -470,12 +468,6 @@ impl Shared {
     fn leader_input_locked(&self, slot: &Arc<LogSlot>, core: &mut Core, input: LeaderInput) {
         let Some(leader) = core.leader.as_mut() else { return };
         leader.handle(input);
-        let now_ms = self.now_ms();
-        for (peer, _) in &self.config.peers {
-            if leader.peer_state(*peer).is_some_and(|(_, durable, _)| durable >= leader.written_end()) {
-                core.shipped.entry(*peer).or_default().caught_up_ms = now_ms;
-            }
-        }
         while let Some(action) = leader.poll_action() {
             match action {
                 LeaderAction::Ship { peer, from, bytes_max, commit_end } => {
@@ -1320,6 +1312,13 @@ fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32, uncommitte
     Message::ClientRecords { start: from, commit_end: commit, records }
 }
 
+/// How long ago the record at `offset` was appended (its timestamp), in milliseconds: how far
+/// in time a peer that lacks it is behind. 0 when it cannot be read.
+fn age_ms(log: &Log, offset: u64, now_ms: u64) -> u64 {
+    let first = log.read(offset, Visibility::Written).ok().and_then(|mut reader| reader.next());
+    first.and_then(Result::ok).map_or(0, |record| now_ms.saturating_sub(record.timestamp_ms))
+}
+
 /// Bytes of `log` from `offset` to its written end, to the sparse index's precision.
 fn bytes_after(log: &Log, offset: u64) -> u64 {
     log.segments()
@@ -1400,7 +1399,7 @@ impl Shared {
     }
 
     fn metrics(&self) -> NodeMetrics {
-        let now_ms = self.now_ms();
+        let now_ms = tern_wal::now_ms();
         let logs = self
             .all_slots()
             .iter()
@@ -1421,7 +1420,7 @@ impl Shared {
                             acked_durable: view.acked_durable,
                             lag_records,
                             lag_bytes: if lag_records == 0 { 0 } else { bytes_after(log, view.acked_durable) },
-                            lag_ms: if lag_records == 0 { 0 } else { now_ms.saturating_sub(shipped.caught_up_ms) },
+                            lag_ms: if lag_records == 0 { 0 } else { age_ms(log, view.acked_durable, now_ms) },
                             shipped_raw_bytes: shipped.raw_bytes,
                             shipped_wire_bytes: shipped.wire_bytes,
                             chunks_shipped: shipped.chunks,
@@ -1516,7 +1515,8 @@ pub struct PeerMetrics {
     pub lag_records: u64,
     /// The same in bytes, to the sparse index's precision (64 KiB by default).
     pub lag_bytes: u64,
-    /// Milliseconds since it last had synced all the leader had written (0 when it has).
+    /// Age of the oldest record it has not synced, from that record's timestamp (0 when it
+    /// lacks none).
     pub lag_ms: u64,
     /// Frame bytes shipped to it, before compression.
     pub shipped_raw_bytes: u64,
