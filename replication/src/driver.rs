@@ -190,8 +190,6 @@ struct Shared {
     /// directory lock).
     connections: Arc<AtomicUsize>,
     started: Instant,
-    shipped_raw_bytes: std::sync::atomic::AtomicU64,
-    shipped_wire_bytes: std::sync::atomic::AtomicU64,
     /// Accepted connections, so that stopping closes them.
     accepted: Mutex<Vec<TcpStream>>,
     /// Leader: what each follower acknowledged on each log, and where the file keeping it
@@ -260,8 +258,6 @@ impl Server {
             stop: AtomicBool::new(false),
             connections: Arc::new(AtomicUsize::new(0)),
             started: Instant::now(),
-            shipped_raw_bytes: std::sync::atomic::AtomicU64::new(0),
-            shipped_wire_bytes: std::sync::atomic::AtomicU64::new(0),
             accepted: Mutex::new(Vec::new()),
             peer_slots: Mutex::new(peer_slots),
             peer_slots_file,
@@ -288,12 +284,16 @@ impl Server {
         self.local_addr
     }
 
-    /// Bytes shipped so far, before and after compression.
+    /// Bytes shipped so far, before and after compression, over every log and follower.
     pub fn ship_stats(&self) -> ShipStats {
-        ShipStats {
-            raw_bytes: self.shared.shipped_raw_bytes.load(Ordering::Relaxed),
-            wire_bytes: self.shared.shipped_wire_bytes.load(Ordering::Relaxed),
+        let mut stats = ShipStats::default();
+        for slot in self.shared.all_slots() {
+            for shipped in slot.lock().shipped.values() {
+                stats.raw_bytes += shipped.raw_bytes;
+                stats.wire_bytes += shipped.wire_bytes;
+            }
         }
+        stats
     }
 
     /// For a leader: where each follower stands on `log`.
@@ -597,8 +597,6 @@ fn ship_loop(shared: &Shared, peer: NodeId, outbox: &Arc<Outbox>, mut stream: Tc
                     let (base_offset, end_offset) = (chunk.base_offset, chunk.end_offset);
                     let raw_bytes = u64::from(chunk.raw_len_bytes);
                     let len_bytes = chunk.bytes.len() as u64;
-                    shared.shipped_raw_bytes.fetch_add(raw_bytes, Ordering::Relaxed);
-                    shared.shipped_wire_bytes.fetch_add(len_bytes, Ordering::Relaxed);
                     let counters = core.shipped.entry(peer).or_default();
                     counters.raw_bytes += raw_bytes;
                     counters.wire_bytes += len_bytes;
