@@ -613,3 +613,16 @@ fn a_follower_drops_a_leader_that_falls_silent() {
     assert!(!sink.is_empty(), "the follower answered the handshake");
     drop(follower);
 }
+
+#[test]
+fn a_client_call_to_a_node_that_never_answers_times_out() {
+    // A listener that never accepts: the kernel completes the connection, nobody answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let mut client = Client::connect(addr).unwrap();
+    client.set_timeout(Some(Duration::from_millis(200))).unwrap();
+    let started = Instant::now();
+    let err = client.status().expect_err("no answer must not be taken for one");
+    assert!(matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "waited {:?}", started.elapsed());
+}

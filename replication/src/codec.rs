@@ -1271,6 +1271,18 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_of_a_later_epoch_than_its_sender_is_refused() {
+        // The test frames carry epoch 2.
+        let (raw, end) = compressible_frames();
+        let chunk = make_chunk(raw.clone(), 100, end, 1, 0.1);
+        assert_eq!(chunk_frames_within(&chunk, 2), Ok(raw));
+        assert!(matches!(
+            chunk_frames_within(&chunk, 1),
+            Err(CodecError::Corrupt { pos: 0, reason: CorruptReason::Records(_) })
+        ));
+    }
+
+    #[test]
     fn a_large_chunk_is_judged_by_a_sample() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
         let noise: Vec<Vec<u8>> = (0..128)
