@@ -375,16 +375,35 @@ impl Segment {
     /// The caller is the only writer of this segment and checked that the frame fits. The new
     /// end is published only after the write completed, so readers never see a partial frame.
     pub fn append(&self, frame_bytes: &[u8], base_offset: u64, end_offset: u64, max_timestamp_ms: u64) -> Result<()> {
+        self.append_run(frame_bytes, &[(0, base_offset)], end_offset, max_timestamp_ms)
+    }
+
+    /// Appends consecutive encoded frames with one write: `frames` holds them back to back,
+    /// `starts` the position of each in `frames` (the first at 0) with its first offset (the
+    /// first at [`Segment::end_offset`]), and they hold everything up to `end_offset`.
+    ///
+    /// The caller is the only writer of this segment and checked that the frames fit and
+    /// decode. The new end is published only after the write completed.
+    pub fn append_run(
+        &self,
+        frames: &[u8],
+        starts: &[(u64, u64)],
+        end_offset: u64,
+        max_timestamp_ms: u64,
+    ) -> Result<()> {
         let pos = self.end_pos();
-        assert_eq!(base_offset, self.end_offset(), "offsets must be dense in {}", self.path.display());
-        assert!(end_offset > base_offset, "empty frame");
-        let new_end = pos + frame_bytes.len() as u64;
+        let first = starts.first().map_or(end_offset, |&(_, base)| base);
+        assert_eq!(first, self.end_offset(), "offsets must be dense in {}", self.path.display());
+        assert!(end_offset > first, "empty frame");
+        let new_end = pos + frames.len() as u64;
         assert!(new_end <= self.size_bytes, "frame does not fit in {}", self.path.display());
-        if !self.write_direct(pos, frame_bytes)? {
+        if !self.write_direct(pos, frames)? {
             self.direct.lock().tail = None;
-            self.file.write_at(pos, frame_bytes).map_err(|e| Error::io(&self.path, e))?;
+            self.file.write_at(pos, frames).map_err(|e| Error::io(&self.path, e))?;
         }
-        self.note_frame(pos, base_offset);
+        for &(rel, base) in starts {
+            self.note_frame(pos + rel, base);
+        }
         self.max_timestamp_ms.fetch_max(max_timestamp_ms, Ordering::AcqRel);
         self.end_pos.store(new_end, Ordering::Release);
         self.end_offset.store(end_offset, Ordering::Release);

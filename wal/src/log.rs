@@ -697,14 +697,31 @@ impl Log {
             epoch = header.epoch;
             st.spans.push(span);
         }
-        // Second pass: write them, each new epoch's history entry first.
+        // Second pass: write them, each new epoch's history entry first. Consecutive frames
+        // of one epoch that fit in the active segment go out in one write.
         let mut staged_bytes = 0;
-        for span in &st.spans {
-            let header = span.header;
-            let bytes = frames.get(span.rel..span.rel + span.len_bytes).unwrap_or_default();
-            inner.enter_epoch(&mut st.history, header.epoch, header.base_offset)?;
-            inner.write_frame(bytes, header.base_offset, header.end_offset(), header.max_timestamp_ms)?;
-            staged_bytes = self.inner.journal_frame(bytes, u64::from(header.record_count));
+        let mut i = 0;
+        while let Some(first) = st.spans.get(i) {
+            inner.enter_epoch(&mut st.history, first.header.epoch, first.header.base_offset)?;
+            let room = inner.active().remaining_bytes();
+            let mut run_bytes = first.len_bytes as u64;
+            let mut j = i + 1;
+            while let Some(next) = st.spans.get(j) {
+                let prev = st.spans.get(j - 1).map_or(0, |p| p.rel + p.len_bytes);
+                let bytes = run_bytes + next.len_bytes as u64;
+                if next.rel != prev || next.header.epoch != first.header.epoch || bytes > room {
+                    break;
+                }
+                run_bytes = bytes;
+                j += 1;
+            }
+            let run = st.spans.get(i..j).unwrap_or_default();
+            inner.write_run(frames, run)?;
+            for span in run {
+                let bytes = frames.get(span.rel..span.rel + span.len_bytes).unwrap_or_default();
+                staged_bytes = self.inner.journal_frame(bytes, u64::from(span.header.record_count));
+            }
+            i = j;
         }
         let end = inner.written_end.load(Ordering::Acquire);
         drop(guard);
@@ -1281,6 +1298,27 @@ impl LogInner {
         let frame_len = frame_bytes.len() as u64;
         let active = if active.remaining_bytes() < frame_len { self.roll(frame_len)? } else { active };
         if let Err(e) = active.append(frame_bytes, base, end, max_ts) {
+            let err = Error::from_segment(e);
+            self.fence(&err);
+            return Err(err);
+        }
+        self.written_end.store(end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes the consecutive frames `run` of `frames` at the end of the active segment, with
+    /// one write when there is more than one (the caller checked they fit), and publishes the
+    /// new written end. Called with the append lock held.
+    fn write_run(&self, frames: &[u8], run: &[FrameSpan]) -> Result<()> {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else { return Ok(()) };
+        let bytes = frames.get(first.rel..last.rel + last.len_bytes).unwrap_or_default();
+        let end = last.header.end_offset();
+        let max_ts = run.iter().map(|s| s.header.max_timestamp_ms).max().unwrap_or(0);
+        if run.len() == 1 {
+            return self.write_frame(bytes, first.header.base_offset, end, max_ts);
+        }
+        let starts: Vec<(u64, u64)> = run.iter().map(|s| ((s.rel - first.rel) as u64, s.header.base_offset)).collect();
+        if let Err(e) = self.active().append_run(bytes, &starts, end, max_ts) {
             let err = Error::from_segment(e);
             self.fence(&err);
             return Err(err);
