@@ -2,13 +2,15 @@
 //! acknowledgement says what it achieved, each log's three watermarks say what every ack
 //! promised, and a reader sees committed records unless it asks for more.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tern_replication::codec;
 use tern_replication::driver::{Client, LogMetrics, Role, Server, ServerConfig};
-use tern_replication::message::Acks;
+use tern_replication::message::{Acks, Message};
 
 mod common;
 use common::any_port;
@@ -174,5 +176,107 @@ fn a_stopped_node_lets_go_of_its_directory_at_once() {
         node.stop();
         let engine = tern::Engine::open(dir.path(), tern::Config::default());
         assert!(engine.is_ok(), "round {round}: the directory is still held: {:?}", engine.err());
+    }
+}
+
+/// Sends `requests` in one write, as a client that does not wait between them.
+fn send_all(stream: &mut std::net::TcpStream, requests: &[Message]) {
+    let mut out = Vec::new();
+    for msg in requests {
+        codec::encode(msg, &mut out);
+    }
+    stream.write_all(&out).unwrap();
+}
+
+/// The next whole reply on `stream`.
+fn next_reply(stream: &mut std::net::TcpStream, buffered: &mut Vec<u8>) -> Message {
+    loop {
+        if let Some((msg, used)) = codec::decode(&Bytes::copy_from_slice(buffered)).unwrap() {
+            buffered.drain(..used);
+            return msg;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "the node closed the connection");
+        buffered.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn append(acks: Acks, tag: &str) -> Message {
+    Message::ClientAppend { log: LOG.into(), acks, records: records(1, tag) }
+}
+
+#[test]
+fn requests_sent_without_waiting_are_answered_in_order_and_a_waiting_append_holds_up_no_reading() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (f2_addr, f3_addr) = (common::free_addr(), common::free_addr());
+    let leader = node(dirs[0].path(), 1, Role::Leader, vec![(2, f2_addr), (3, f3_addr)], any_port());
+    let mut stream = std::net::TcpStream::connect(leader.local_addr()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buffered = Vec::new();
+
+    // No follower is up: the quorum append waits for its commit timeout (500 ms) and is
+    // refused. The requests after it are handled meanwhile (the leader-acked one is synced
+    // and both reach the log), but their replies wait for it.
+    let started = std::time::Instant::now();
+    let status = Message::ClientStatus;
+    send_all(&mut stream, &[append(Acks::Quorum, "q"), status, append(Acks::Leader, "l")]);
+    match next_reply(&mut stream, &mut buffered) {
+        Message::Refuse { reason } => assert!(reason.contains("not yet on a quorum"), "{reason}"),
+        other => panic!("expected the quorum append to be refused, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(450), "refused before its commit timeout");
+    assert!(matches!(next_reply(&mut stream, &mut buffered), Message::ClientStatusReply { .. }));
+    match next_reply(&mut stream, &mut buffered) {
+        Message::ClientAppended { start: 1, end: 2, durability: Acks::Leader, .. } => {}
+        other => panic!("expected the leader-acked append of offset 1, got {other:?}"),
+    }
+
+    // With the followers up, a run of quorum appends, a read and a written-only append sent at
+    // once: every reply in request order, offsets in order.
+    let _f2 = node(dirs[1].path(), 2, Role::Follower, vec![], f2_addr);
+    let _f3 = node(dirs[2].path(), 3, Role::Follower, vec![], f3_addr);
+    eventually("the followers to catch up", || (log_metrics(&leader).commit_end >= 2).then_some(()));
+    let mut requests: Vec<Message> = (0..20).map(|i| append(Acks::Quorum, &format!("p{i}"))).collect();
+    requests.insert(10, Message::ClientRead { log: LOG.into(), from: 0, max: 1000, uncommitted: true });
+    requests.push(append(Acks::Written, "w"));
+    send_all(&mut stream, &requests);
+    let mut next_offset = 2;
+    for (i, request) in requests.iter().enumerate() {
+        match (request, next_reply(&mut stream, &mut buffered)) {
+            (Message::ClientAppend { acks, .. }, Message::ClientAppended { start, end, durability, .. }) => {
+                assert_eq!((start, end), (next_offset, next_offset + 1), "reply {i}");
+                assert!(durability >= *acks, "reply {i}: {durability:?} for {acks:?}");
+                next_offset = end;
+            }
+            (Message::ClientRead { .. }, Message::ClientRecords { records, .. }) => {
+                assert_eq!(records.len(), 12, "the read sees the ten appends sent before it");
+            }
+            (request, reply) => panic!("reply {i}: {reply:?} to {request:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_append_waiting_for_its_quorum_when_the_node_stops_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        commit_timeout: Duration::from_secs(60),
+        ..common::config(0x5ec, 1, Role::Leader, vec![(2, common::free_addr()), (3, common::free_addr())], any_port())
+    };
+    let leader = common::start(dir.path(), tern::Config::default(), config);
+    let mut stream = std::net::TcpStream::connect(leader.local_addr()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    send_all(&mut stream, &[append(Acks::Quorum, "q")]);
+    eventually("the append to be on the leader's disk", || {
+        leader.metrics().logs.iter().any(|l| l.log == LOG && l.durable_end >= 1).then_some(())
+    });
+    leader.stop();
+    match next_reply(&mut stream, &mut Vec::new()) {
+        Message::Refuse { reason } => {
+            assert!(reason.contains("offsets 0..1 are on the leader's disk but not yet on a quorum"), "{reason}");
+            assert!(reason.contains("the node is stopping"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -140,6 +142,177 @@ struct Core {
     follower: Option<Follower>,
     /// Leader: what was shipped to each peer.
     shipped: BTreeMap<NodeId, Shipped>,
+    /// Leader: client appends waiting for their acks.
+    waiters: Waiters,
+    /// Leader: replies to waiters whose acks now hold, sent once the core is unlocked.
+    replies: Vec<Reply>,
+}
+
+/// A client append waiting for its acks. Its connection's thread does not wait with it: the
+/// reply is sent by whichever thread sees the acks hold (the leader's syncer for its own sync,
+/// a follower connection's reader for the quorum), and the connection goes on reading.
+struct Waiter {
+    start: u64,
+    end: u64,
+    deadline: Instant,
+    conn: Arc<ClientConn>,
+    seq: u64,
+}
+
+/// The waiting appends of one log, each queue in order of end offset.
+#[derive(Default)]
+struct Waiters {
+    /// Waiting for the leader's own sync ([`Acks::Leader`]).
+    synced: std::collections::VecDeque<Waiter>,
+    /// Waiting for the commit point ([`Acks::Quorum`]).
+    committed: std::collections::VecDeque<Waiter>,
+}
+
+impl Waiters {
+    fn add(&mut self, acks: Acks, waiter: Waiter) {
+        let queue = if acks == Acks::Quorum { &mut self.committed } else { &mut self.synced };
+        let at = queue.partition_point(|w| w.end <= waiter.end);
+        queue.insert(at, waiter);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.synced.is_empty() && self.committed.is_empty()
+    }
+}
+
+/// A reply for a client connection, in the place `seq` of its replies.
+struct Reply {
+    conn: Arc<ClientConn>,
+    seq: u64,
+    msg: Message,
+}
+
+fn deliver(replies: Vec<Reply>) {
+    for reply in replies {
+        reply.conn.fill(reply.seq, &reply.msg);
+    }
+}
+
+/// What an append's acknowledgement says it achieved.
+fn receipt(leader: Option<&Leader>, start: u64, end: u64, durability: Acks) -> Message {
+    let copies = leader.map_or(0, |l| l.copies_durable(end));
+    let nodes = leader.map_or(1, Leader::nodes);
+    Message::ClientAppended {
+        start,
+        end,
+        durability,
+        copies: u8::try_from(copies).unwrap_or(u8::MAX),
+        nodes: u8::try_from(nodes).unwrap_or(u8::MAX),
+    }
+}
+
+/// Replies to the waiters whose acks hold: those at or below the commit point, and those
+/// waiting for the leader's sync at or below its durable end (they say `Quorum` if the commit
+/// point passed them too).
+fn complete_waiters(core: &mut Core) {
+    let Core { leader, waiters, replies, .. } = core;
+    let Some(leader) = leader.as_ref() else { return };
+    let (commit, durable_end) = (leader.commit_end(), leader.durable_end());
+    while let Some(w) = waiters.committed.pop_front() {
+        if w.end > commit {
+            waiters.committed.push_front(w);
+            break;
+        }
+        let msg = receipt(Some(leader), w.start, w.end, Acks::Quorum);
+        replies.push(Reply { conn: w.conn, seq: w.seq, msg });
+    }
+    while let Some(w) = waiters.synced.pop_front() {
+        if w.end > durable_end {
+            waiters.synced.push_front(w);
+            break;
+        }
+        let durability = if w.end <= commit { Acks::Quorum } else { Acks::Leader };
+        let msg = receipt(Some(leader), w.start, w.end, durability);
+        replies.push(Reply { conn: w.conn, seq: w.seq, msg });
+    }
+}
+
+/// Refuses the waiters `expired` picks, saying how far each got.
+fn refuse_waiters(core: &mut Core, durable_end: u64, mut expired: impl FnMut(&Waiter) -> bool, why: &str) {
+    let Core { waiters, replies, .. } = core;
+    for queue in [&mut waiters.synced, &mut waiters.committed] {
+        let (gone, kept): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(queue).into_iter().partition(&mut expired);
+        *queue = kept.into();
+        for w in gone {
+            let reason = if w.end <= durable_end {
+                format!("offsets {}..{} are on the leader's disk but not yet on a quorum{why}", w.start, w.end)
+            } else {
+                format!("offsets {}..{} are not yet synced on the leader{why}", w.start, w.end)
+            };
+            replies.push(Reply { conn: w.conn, seq: w.seq, msg: Message::Refuse { reason } });
+        }
+    }
+}
+
+/// The replies of one client connection, sent in the order of its requests. A request whose
+/// reply is not ready (an append waiting for its acks) holds its place; the thread that fills
+/// it in sends every reply then first in line.
+struct ClientConn {
+    replies: Mutex<ConnReplies>,
+    /// Signalled when a place is freed.
+    room: Condvar,
+}
+
+struct ConnReplies {
+    stream: TcpStream,
+    /// The place of `queue[0]`.
+    head: u64,
+    queue: std::collections::VecDeque<Option<Vec<u8>>>,
+    /// A write failed: the connection is gone, and later replies are dropped.
+    broken: bool,
+}
+
+/// Requests of one client connection whose replies may be outstanding at once; its reader
+/// waits for room beyond that.
+const PENDING_REPLIES_MAX: usize = 1024;
+
+impl ClientConn {
+    fn new(stream: TcpStream) -> ClientConn {
+        let replies = ConnReplies { stream, head: 0, queue: std::collections::VecDeque::new(), broken: false };
+        ClientConn { replies: Mutex::new(replies), room: Condvar::new() }
+    }
+
+    /// The place of the next reply.
+    fn reserve(&self) -> u64 {
+        let mut replies = self.replies.lock();
+        while replies.queue.len() >= PENDING_REPLIES_MAX && !replies.broken {
+            self.room.wait(&mut replies);
+        }
+        replies.queue.push_back(None);
+        replies.head + replies.queue.len() as u64 - 1
+    }
+
+    /// Puts `msg` in place `seq` and sends every reply now first in line.
+    fn fill(&self, seq: u64, msg: &Message) {
+        let mut bytes = Vec::new();
+        codec::encode(msg, &mut bytes);
+        let mut replies = self.replies.lock();
+        let Some(place) = seq.checked_sub(replies.head).and_then(|i| replies.queue.get_mut(i as usize)) else {
+            return;
+        };
+        *place = Some(bytes);
+        let mut out = Vec::new();
+        while let Some(Some(_)) = replies.queue.front() {
+            if let Some(Some(bytes)) = replies.queue.pop_front() {
+                if out.is_empty() {
+                    out = bytes;
+                } else {
+                    out.extend_from_slice(&bytes);
+                }
+            }
+            replies.head += 1;
+        }
+        if !out.is_empty() && !replies.broken && replies.stream.write_all(&out).is_err() {
+            replies.broken = true;
+            let _ = replies.stream.shutdown(Shutdown::Both);
+        }
+        self.room.notify_one();
+    }
 }
 
 /// What a leader shipped to one peer on one log.
@@ -165,7 +338,7 @@ const RECENT_CHUNKS_MAX: usize = 4;
 
 impl LogSlot {
     fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.core.lock()
     }
 
     fn commit_end(&self) -> u64 {
@@ -196,6 +369,8 @@ struct Shared {
     /// across restarts is.
     peer_slots: Mutex<Slots>,
     peer_slots_file: Option<(Arc<dyn tern_segment::Disk>, std::path::PathBuf)>,
+    /// Leader: the logs with appends waiting for a local sync, for the syncer thread.
+    syncs: SyncQueue,
 }
 
 /// Counters of a leader's shipping.
@@ -261,6 +436,7 @@ impl Server {
             accepted: Mutex::new(Vec::new()),
             peer_slots: Mutex::new(peer_slots),
             peer_slots_file,
+            syncs: SyncQueue::default(),
         });
         for name in shared.logs.names() {
             shared.log_state(&name).map_err(io::Error::other)?;
@@ -273,6 +449,10 @@ impl Server {
                 let dial = shared.clone();
                 threads.push(spawn(&format!("tern-dial-{peer}"), move || dial_loop(&dial, peer, addr))?);
             }
+        }
+        if shared.config.role == Role::Leader {
+            let syncer = shared.clone();
+            threads.push(spawn("tern-sync", move || leader_sync_loop(&syncer))?);
         }
         let tick = shared.clone();
         threads.push(spawn("tern-tick", move || tick_loop(&tick))?);
@@ -344,15 +524,23 @@ impl Server {
 
     fn halt(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        for slot in self.shared.all_slots() {
+            self.shared.refuse_waiters(&slot, |_| true, "; the node is stopping");
+        }
         // Close every connection, accepted or dialed, so blocked reads return; wake the accept
         // loop; then wait for the threads. Connection threads let go of the node's logs (and
         // so of its directory lock) within a bounded wait.
-        for stream in self.shared.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
+        for stream in self.shared.accepted.lock().drain(..) {
             let _ = stream.shutdown(Shutdown::Both);
         }
         let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_millis(200));
         for slot in self.shared.all_slots() {
             slot.committed.notify_all();
+        }
+        {
+            let mut syncs = self.shared.syncs.logs.lock();
+            syncs.1 = true;
+            self.shared.syncs.wake.notify_all();
         }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -378,21 +566,21 @@ impl Drop for Server {
 impl Shared {
     /// The slot of log `name`, if the node has opened it.
     fn slot(&self, name: &str) -> Option<Arc<LogSlot>> {
-        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+        self.slots.lock().get(name).cloned()
     }
 
     /// Every log the node has opened, by name.
     fn all_slots(&self) -> Vec<Arc<LogSlot>> {
-        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
+        self.slots.lock().values().cloned().collect()
     }
 
     fn has_logs(&self) -> bool {
-        !self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
+        !self.slots.lock().is_empty()
     }
 
     /// The slot of log `name`, opening (creating) the log the first time.
     fn log_state(&self, name: &str) -> Result<Arc<LogSlot>, String> {
-        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slots = self.slots.lock();
         if let Some(slot) = slots.get(name) {
             return Ok(slot.clone());
         }
@@ -426,7 +614,7 @@ impl Shared {
                 // followers' slots say.
                 let mut leader = Leader::new(config, written, durable, 0);
                 leader.handle(LeaderInput::StartMoved { start: log.start_offset() });
-                let kept = self.peer_slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let kept = self.peer_slots.lock();
                 for (peer, _) in &self.config.peers {
                     if let Some(Slot { durable_end, epoch, state: SlotState::Active }) = kept.get(name, *peer) {
                         leader.restore_peer(*peer, *durable_end, *epoch);
@@ -441,14 +629,20 @@ impl Shared {
         let slot = Arc::new(LogSlot {
             name: name.to_owned(),
             log,
-            core: Mutex::new(Core { leader, follower, shipped: BTreeMap::new() }),
+            core: Mutex::new(Core {
+                leader,
+                follower,
+                shipped: BTreeMap::new(),
+                waiters: Waiters::default(),
+                replies: Vec::new(),
+            }),
             recent_chunks: Mutex::new(std::collections::VecDeque::new()),
             committed: Condvar::new(),
             applied: Applied::default(),
         });
         slots.insert(name.to_owned(), slot.clone());
         drop(slots);
-        let connected: Vec<NodeId> = self.peers.lock().map(|p| p.keys().copied().collect()).unwrap_or_default();
+        let connected: Vec<NodeId> = self.peers.lock().keys().copied().collect();
         for peer in connected {
             self.leader_input(&slot, LeaderInput::Connected { peer, written_end: 0, durable_end: 0 });
         }
@@ -461,8 +655,12 @@ impl Shared {
 
     /// Feeds a leader input to the core of `slot` and carries out the actions.
     fn leader_input(&self, slot: &Arc<LogSlot>, input: LeaderInput) {
-        let mut core = slot.lock();
-        self.leader_input_locked(slot, &mut core, input);
+        let replies = {
+            let mut core = slot.lock();
+            self.leader_input_locked(slot, &mut core, input);
+            std::mem::take(&mut core.replies)
+        };
+        deliver(replies);
     }
 
     fn leader_input_locked(&self, slot: &Arc<LogSlot>, core: &mut Core, input: LeaderInput) {
@@ -483,20 +681,47 @@ impl Shared {
                         outbox.push(Outgoing::Bytes(bytes));
                     }
                 }
-                LeaderAction::Committed { .. } => slot.committed.notify_all(),
+                LeaderAction::Committed { .. } => {
+                    slot.committed.notify_all();
+                }
             }
+        }
+        if !core.waiters.is_empty() {
+            complete_waiters(core);
         }
     }
 
+    /// Leader: asks the syncer to sync `slot`'s log.
+    fn want_sync(&self, slot: &LogSlot) {
+        let mut logs = self.syncs.logs.lock();
+        if !logs.0.contains(&slot.name) {
+            logs.0.insert(slot.name.clone());
+            self.syncs.wake.notify_one();
+        }
+    }
+
+    /// Leader: refuses the waiting appends of `slot` that `expired` picks.
+    fn refuse_waiters(&self, slot: &LogSlot, expired: impl FnMut(&Waiter) -> bool, why: &str) {
+        let replies = {
+            let mut core = slot.lock();
+            if core.waiters.is_empty() {
+                return;
+            }
+            refuse_waiters(&mut core, slot.log.durable_end(), expired, why);
+            std::mem::take(&mut core.replies)
+        };
+        deliver(replies);
+    }
+
     fn outbox(&self, peer: NodeId) -> Option<Arc<Outbox>> {
-        self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&peer).cloned()
+        self.peers.lock().get(&peer).cloned()
     }
 
     /// The chunk that ships `from` (within `bytes_max`) to `peer`: one just built for another
     /// peer from the same offset, otherwise a new one read from the log. A reused chunk may end
     /// before what was written since; the rest goes in the next one.
     fn chunk_for(&self, slot: &LogSlot, peer: NodeId, from: u64, bytes_max: u64) -> Option<Chunk> {
-        let mut recent = slot.recent_chunks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut recent = slot.recent_chunks.lock();
         // Like a new read, a reused chunk may pass the budget by less than one chunk.
         if let Some(chunk) = recent.iter().rev().find(|c| c.base_offset == from) {
             return Some(chunk.clone());
@@ -541,7 +766,7 @@ const OUTBOX_MESSAGES_MAX: usize = 4096;
 impl Outbox {
     /// Queues `item`; false when the connection is closed or the queue is full.
     fn push(&self, item: Outgoing) -> bool {
-        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut queue = self.queue.lock();
         if queue.1 || queue.0.len() >= OUTBOX_MESSAGES_MAX {
             return false;
         }
@@ -551,15 +776,15 @@ impl Outbox {
     }
 
     fn close(&self) {
-        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1 = true;
+        self.queue.lock().1 = true;
         self.wake.notify_all();
     }
 
     /// Everything queued, waiting for something; `None` once closed.
     fn take(&self) -> Option<std::collections::VecDeque<Outgoing>> {
-        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut queue = self.queue.lock();
         while queue.0.is_empty() && !queue.1 {
-            queue = self.wake.wait(queue).unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.wake.wait(&mut queue);
         }
         if queue.1 {
             return None;
@@ -592,6 +817,9 @@ fn ship_loop(shared: &Shared, peer: NodeId, outbox: &Arc<Outbox>, mut stream: Tc
                     }
                     let Some(chunk) = chunk else {
                         shared.leader_input_locked(&slot, &mut core, LeaderInput::NotShipped { peer });
+                        let replies = std::mem::take(&mut core.replies);
+                        drop(core);
+                        deliver(replies);
                         continue;
                     };
                     let (base_offset, end_offset) = (chunk.base_offset, chunk.end_offset);
@@ -605,6 +833,9 @@ fn ship_loop(shared: &Shared, peer: NodeId, outbox: &Arc<Outbox>, mut stream: Tc
                     codec::encode(&Message::Append { log: slot.name.clone(), epoch, commit_end, chunk }, &mut out);
                     let shipped = LeaderInput::Shipped { peer, base_offset, end_offset, len_bytes };
                     shared.leader_input_locked(&slot, &mut core, shipped);
+                    let replies = std::mem::take(&mut core.replies);
+                    drop(core);
+                    deliver(replies);
                 }
             }
         }
@@ -652,7 +883,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             continue;
         }
         if let Ok(clone) = stream.try_clone() {
-            let mut accepted = shared.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut accepted = shared.accepted.lock();
             accepted.retain(|s| s.peer_addr().is_ok());
             accepted.push(clone);
         }
@@ -714,9 +945,9 @@ fn read_msg(stream: &mut impl Read) -> io::Result<Message> {
 const PEER_SILENCE_MAX: Duration = Duration::from_secs(3);
 
 /// Reads one whole message like [`read_msg`], but fails with `TimedOut` once `give_up()` holds.
-/// It is asked after every read and at least every 100 ms, however slowly bytes trickle in.
-fn read_msg_unless(stream: &mut TcpStream, mut give_up: impl FnMut() -> bool) -> io::Result<Message> {
-    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+/// It is asked after every read and at least every [`GIVE_UP_POLL`] (the read timeout the
+/// caller set on the socket), however slowly bytes trickle in.
+fn read_msg_unless(stream: &mut impl Read, mut give_up: impl FnMut() -> bool) -> io::Result<Message> {
     let mut buf = vec![0u8; 4];
     read_all_unless(stream, &mut buf, &mut give_up)?;
     let len = codec::frame_len(&buf).map_err(io::Error::other)?.ok_or_else(|| io::Error::other("short prefix"))?;
@@ -728,7 +959,10 @@ fn read_msg_unless(stream: &mut TcpStream, mut give_up: impl FnMut() -> bool) ->
     }
 }
 
-fn read_all_unless(stream: &mut TcpStream, buf: &mut [u8], give_up: &mut impl FnMut() -> bool) -> io::Result<()> {
+/// The read timeout of a socket read by [`read_msg_unless`].
+const GIVE_UP_POLL: Duration = Duration::from_millis(100);
+
+fn read_all_unless(stream: &mut impl Read, buf: &mut [u8], give_up: &mut impl FnMut() -> bool) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         if give_up() {
@@ -804,7 +1038,7 @@ fn follow(shared: &Arc<Shared>, leader: NodeId, stream: TcpStream) -> io::Result
     };
     let result = follow_messages(shared, leader, stream, &writer, &queue);
     {
-        let mut logs = queue.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut logs = queue.logs.lock();
         logs.1 = true;
         queue.wake.notify_all();
     }
@@ -815,9 +1049,9 @@ fn follow(shared: &Arc<Shared>, leader: NodeId, stream: TcpStream) -> io::Result
 fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, queue: &SyncQueue) {
     loop {
         let names = {
-            let mut logs = queue.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut logs = queue.logs.lock();
             while logs.0.is_empty() && !logs.1 {
-                logs = queue.wake.wait(logs).unwrap_or_else(std::sync::PoisonError::into_inner);
+                queue.wake.wait(&mut logs);
             }
             // Syncs asked for before the connection closed are still carried out and reported
             // to the core. The follower core asks for one sync at a time and waits for its
@@ -846,7 +1080,7 @@ fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, queue: &SyncQ
             for msg in follower_input(&slot, queue, FollowerInput::Synced { durable_end }) {
                 codec::encode(&msg, &mut out);
             }
-            let _ = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_all(&out);
+            let _ = writer.lock().write_all(&out);
         }
     }
 }
@@ -867,7 +1101,7 @@ fn follow_messages(
             durable_end: slot.log.durable_end(),
             last_epoch: slot.log.last_epoch(),
         };
-        write_msg(&mut writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &msg)?;
+        write_msg(&mut writer.lock(), &msg)?;
     }
     // Messages already received are handled before any ack is sent, and then only the last
     // ack of each log goes out (an ack says where the log stands, so it replaces the earlier
@@ -884,7 +1118,7 @@ fn follow_messages(
             for msg in std::mem::take(&mut acks).values() {
                 codec::encode(msg, &mut out);
             }
-            writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_all(&out)?;
+            writer.lock().write_all(&out)?;
         }
         if reader.buffer().is_empty() {
             match io::BufRead::fill_buf(&mut reader) {
@@ -1022,7 +1256,7 @@ fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Ve
     // The sync is queued before the acks are sent: if sending fails, the core still gets
     // the `Synced` it waits for (see `sync_loop`).
     if sync {
-        let mut logs = queue.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut logs = queue.logs.lock();
         logs.0.insert(name.clone());
         queue.wake.notify_one();
     }
@@ -1060,9 +1294,7 @@ fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
             }
         }
         {
-            if let Ok(mut peers) = shared.peers.lock() {
-                peers.remove(&peer);
-            }
+            shared.peers.lock().remove(&peer);
             for slot in shared.all_slots() {
                 shared.leader_input(&slot, LeaderInput::Disconnected { peer });
             }
@@ -1085,7 +1317,7 @@ fn connect_peer(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr, welcomed: 
     {
         // Drop the clones of connections closed since, as `accept_loop` does: otherwise a
         // leader that accepts no new client kept one open descriptor per reconnect.
-        let mut accepted = shared.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut accepted = shared.accepted.lock();
         accepted.retain(|s| s.peer_addr().is_ok());
         accepted.push(stream.try_clone()?);
     }
@@ -1111,18 +1343,20 @@ fn connect_peer(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr, welcomed: 
     };
     // Peer first, logs second; `log_state` does the reverse, so a log opened meanwhile is told
     // of the peer by one or the other (a second `Connected` only resends).
-    shared.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(peer, outbox.clone());
+    shared.peers.lock().insert(peer, outbox.clone());
     for slot in shared.all_slots() {
         shared.leader_input(&slot, LeaderInput::Connected { peer, written_end: 0, durable_end: 0 });
     }
     let mut heard = Instant::now();
+    stream.set_read_timeout(Some(GIVE_UP_POLL))?;
+    let mut reader = io::BufReader::with_capacity(CLIENT_READ_BUFFER_BYTES, stream.try_clone()?);
     let result = loop {
         if shared.stop.load(Ordering::SeqCst) {
             break Ok(());
         }
         // A leader without logs sends no heartbeats, so its follower has nothing to answer.
         let silent = || heard.elapsed() >= PEER_SILENCE_MAX && shared.has_logs();
-        let msg = match read_msg_unless(&mut stream, || silent() || shared.stop.load(Ordering::SeqCst)) {
+        let msg = match read_msg_unless(&mut reader, || silent() || shared.stop.load(Ordering::SeqCst)) {
             Ok(msg) => msg,
             Err(e) => break Err(e),
         };
@@ -1134,7 +1368,7 @@ fn connect_peer(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr, welcomed: 
         }
     };
     let _ = stream.shutdown(Shutdown::Both);
-    shared.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&peer);
+    shared.peers.lock().remove(&peer);
     outbox.close();
     let _ = shipper.join();
     result
@@ -1161,31 +1395,43 @@ fn tick_loop(shared: &Arc<Shared>) {
                 shared.leader_input(&slot, LeaderInput::Synced { end: slot.log.durable_end() });
             }
             shared.leader_input(&slot, LeaderInput::Tick { now_ms });
+            let now = Instant::now();
+            shared.refuse_waiters(&slot, |w| w.deadline <= now, "");
         }
     }
 }
 
-/// A client connection: appends (leader only), committed reads, status.
-fn serve_client(shared: &Arc<Shared>, mut stream: TcpStream, first: Message) -> io::Result<()> {
+/// A client connection: appends (leader only), committed reads, status. Replies go out in
+/// the order of the requests; an append that waits for its acks does not hold up reading.
+fn serve_client(shared: &Arc<Shared>, stream: TcpStream, first: Message) -> io::Result<()> {
+    let conn = Arc::new(ClientConn::new(stream.try_clone()?));
+    let mut reader = io::BufReader::with_capacity(CLIENT_READ_BUFFER_BYTES, stream);
     let mut next = Some(first);
     loop {
         let msg = match next.take() {
             Some(msg) => msg,
-            None => match read_msg(&mut stream) {
+            None => match read_msg(&mut reader) {
                 Ok(msg) => msg,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
                 Err(e) => return Err(e),
             },
         };
+        let seq = conn.reserve();
         let reply = match msg {
-            Message::ClientAppend { log, acks, records } => client_append(shared, &log, acks, &records),
+            Message::ClientAppend { log, acks, records } => {
+                client_append(shared, &conn, seq, &log, acks, &records);
+                continue;
+            }
             Message::ClientRead { log, from, max, uncommitted } => client_read(shared, &log, from, max, uncommitted),
             Message::ClientStatus => Message::ClientStatusReply { json: status_json(shared) },
             _ => Message::Refuse { reason: "unexpected message".into() },
         };
-        write_msg(&mut stream, &reply)?;
+        conn.fill(seq, &reply);
     }
 }
+
+/// What a client connection reads at once.
+const CLIENT_READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// Backpressure on producers: while the records not yet on a quorum take more than
 /// `quorum_lag_bytes_max`, an append waits (up to `commit_timeout`, then it is refused) for the
@@ -1208,77 +1454,78 @@ fn wait_for_quorum_lag(shared: &Shared, slot: &LogSlot) -> Result<(), String> {
                 slot.name
             ));
         }
-        core = match slot.committed.wait_timeout(core, (deadline - now).min(Duration::from_millis(100))) {
-            Ok((guard, _)) => guard,
-            Err(poisoned) => poisoned.into_inner().0,
-        };
+        slot.committed.wait_for(&mut core, (deadline - now).min(Duration::from_millis(100)));
     }
 }
 
-fn client_append(shared: &Arc<Shared>, name: &str, acks: Acks, records: &[Bytes]) -> Message {
+/// Appends a client's batch and replies in place `seq` of `conn`: at once when it fails or
+/// asks only for the write, otherwise once its acks hold (see [`Waiter`]).
+fn client_append(shared: &Arc<Shared>, conn: &Arc<ClientConn>, seq: u64, name: &str, acks: Acks, records: &[Bytes]) {
+    let refuse = |reason: String| conn.fill(seq, &Message::Refuse { reason });
     if shared.config.role != Role::Leader {
         let leader = "the leader".to_owned();
-        return Message::Refuse { reason: format!("node {} is a follower; append to {leader}", shared.config.node_id) };
+        return refuse(format!("node {} is a follower; append to {leader}", shared.config.node_id));
     }
     let slot = match shared.log_state(name) {
         Ok(slot) => slot,
-        Err(e) => return Message::Refuse { reason: e },
+        Err(e) => return refuse(e),
     };
-    let log = &slot.log;
     if let Err(reason) = wait_for_quorum_lag(shared, &slot) {
-        return Message::Refuse { reason };
+        return refuse(reason);
     }
     let values: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
     // Written first, so the batch ships in parallel with the local sync.
-    let offsets = match log.append(&values, Durability::None) {
+    let offsets = match slot.log.append(&values, Durability::None) {
         Ok(offsets) => offsets,
-        Err(e) => return Message::Refuse { reason: e.to_string() },
+        Err(e) => return refuse(e.to_string()),
     };
-    shared.leader_input(&slot, LeaderInput::Written { end: offsets.end });
-    let receipt = |core: &Core, durability: Acks| {
-        let leader = core.leader.as_ref();
-        let copies = leader.map_or(0, |l| l.copies_durable(offsets.end));
-        let nodes = leader.map_or(1, Leader::nodes);
-        Message::ClientAppended {
-            start: offsets.start,
-            end: offsets.end,
-            durability,
-            copies: u8::try_from(copies).unwrap_or(u8::MAX),
-            nodes: u8::try_from(nodes).unwrap_or(u8::MAX),
+    if acks != Acks::Written {
+        shared.want_sync(&slot);
+    }
+    let replies = {
+        let mut core = slot.lock();
+        shared.leader_input_locked(&slot, &mut core, LeaderInput::Written { end: offsets.end });
+        if acks == Acks::Written {
+            // The tick thread syncs it soon (see `tick_loop`); the receipt promises only the
+            // write.
+            let msg = receipt(core.leader.as_ref(), offsets.start, offsets.end, Acks::Written);
+            core.replies.push(Reply { conn: conn.clone(), seq, msg });
+        } else {
+            let deadline = Instant::now() + shared.config.commit_timeout;
+            let waiter = Waiter { start: offsets.start, end: offsets.end, deadline, conn: conn.clone(), seq };
+            core.waiters.add(acks, waiter);
+            complete_waiters(&mut core);
         }
+        std::mem::take(&mut core.replies)
     };
-    if acks == Acks::Written {
-        // The tick thread syncs it soon (see `tick_loop`); the receipt promises only the write.
-        let core = slot.lock();
-        return receipt(&core, Acks::Written);
-    }
-    if let Err(e) = log.sync() {
-        return Message::Refuse { reason: e.to_string() };
-    }
-    shared.leader_input(&slot, LeaderInput::Synced { end: log.durable_end() });
-    let deadline = Instant::now() + shared.config.commit_timeout;
-    let mut core = slot.lock();
+    deliver(replies);
+}
+
+/// Leader: syncs the logs whose appends wait for it, one sync for everything written so far,
+/// and reports each to the log's core (which answers the appends it covers).
+fn leader_sync_loop(shared: &Arc<Shared>) {
     loop {
-        let commit = core.leader.as_ref().map_or(0, Leader::commit_end);
-        if commit >= offsets.end {
-            return receipt(&core, Acks::Quorum);
-        }
-        if acks == Acks::Leader {
-            return receipt(&core, Acks::Leader);
-        }
-        let now = Instant::now();
-        if now >= deadline || shared.stop.load(Ordering::SeqCst) {
-            return Message::Refuse {
-                reason: format!(
-                    "offsets {}..{} are on the leader's disk but not yet on a quorum",
-                    offsets.start, offsets.end
-                ),
-            };
-        }
-        core = match slot.committed.wait_timeout(core, deadline - now) {
-            Ok((guard, _)) => guard,
-            Err(poisoned) => poisoned.into_inner().0,
+        let names = {
+            let mut logs = shared.syncs.logs.lock();
+            while logs.0.is_empty() && !logs.1 {
+                shared.syncs.wake.wait(&mut logs);
+            }
+            if logs.1 {
+                return;
+            }
+            std::mem::take(&mut logs.0)
         };
+        for name in names {
+            let Some(slot) = shared.slot(&name) else { continue };
+            match slot.log.sync() {
+                Ok(()) => shared.leader_input(&slot, LeaderInput::Synced { end: slot.log.durable_end() }),
+                Err(e) => {
+                    log_line(&format!("log {name}: sync failed: {e}"));
+                    let durable = slot.log.durable_end();
+                    shared.refuse_waiters(&slot, |w| w.end > durable, &format!(": the sync failed: {e}"));
+                }
+            }
+        }
     }
 }
 
@@ -1371,7 +1618,7 @@ impl Shared {
         if self.config.role != Role::Leader {
             return;
         }
-        let mut kept = self.peer_slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut kept = self.peer_slots.lock();
         let mut changed = false;
         for slot in self.all_slots() {
             let core = slot.lock();
@@ -1613,6 +1860,8 @@ pub const CLIENT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// A blocking client of a node.
 pub struct Client {
     stream: TcpStream,
+    /// The same socket, read through a buffer: one read takes a whole reply.
+    reader: io::BufReader<TcpStream>,
 }
 
 impl Client {
@@ -1625,7 +1874,8 @@ impl Client {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(CLIENT_TIMEOUT_DEFAULT))?;
         stream.set_write_timeout(Some(CLIENT_TIMEOUT_DEFAULT))?;
-        Ok(Client { stream })
+        let reader = io::BufReader::with_capacity(CLIENT_READ_BUFFER_BYTES, stream.try_clone()?);
+        Ok(Client { stream, reader })
     }
 
     /// How long a call waits for the node's answer (and to send its request) before failing
@@ -1641,7 +1891,7 @@ impl Client {
 
     fn call(&mut self, msg: &Message) -> io::Result<Message> {
         write_msg(&mut self.stream, msg)?;
-        match read_msg(&mut self.stream)? {
+        match read_msg(&mut self.reader)? {
             Message::Refuse { reason } => Err(io::Error::other(reason)),
             reply => Ok(reply),
         }

@@ -315,6 +315,11 @@ impl Leader {
         self.peers.len() + 1
     }
 
+    /// The local log's durable end as the leader knows it (from [`LeaderInput::Synced`]).
+    pub fn durable_end(&self) -> u64 {
+        self.durable_end
+    }
+
     /// The local log's written end as the leader knows it.
     pub fn written_end(&self) -> u64 {
         self.written_end
