@@ -280,3 +280,47 @@ fn an_append_waiting_for_its_quorum_when_the_node_stops_is_refused_with_the_reas
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[test]
+fn a_client_that_stops_reading_its_replies_holds_up_no_one_else() {
+    let dir = tempfile::tempdir().unwrap();
+    // Its follower is never started: quorum appends wait for their 3 s commit timeout.
+    let config = ServerConfig {
+        commit_timeout: Duration::from_secs(3),
+        ..common::config(0x5ec, 1, Role::Leader, vec![(2, common::free_addr())], any_port())
+    };
+    let leader = common::start(dir.path(), tern::Config::default(), config);
+    let mut other = Client::connect(leader.local_addr()).unwrap();
+    let big: Vec<Bytes> = (0..32).map(|i| Bytes::from(vec![i as u8; 64 << 10])).collect();
+    other.append_acks(LOG, big.clone(), Acks::Leader).unwrap();
+
+    // A client sends a quorum append and then reads of 32 MiB in all, and reads nothing back.
+    // Their replies queue behind the append's, and are ready when the tick thread refuses it.
+    let mut stuck = std::net::TcpStream::connect(leader.local_addr()).unwrap();
+    let mut requests = vec![append(Acks::Quorum, "stuck")];
+    requests.extend((0..16).map(|_| Message::ClientRead { log: LOG.into(), from: 0, max: 1000, uncommitted: true }));
+    send_all(&mut stuck, &requests);
+    eventually("the stuck client's append to be written", || {
+        leader.metrics().logs.iter().any(|l| l.log == LOG && l.written_end >= 33).then_some(())
+    });
+
+    // Another client's quorum append is still refused on time: the thread answering both
+    // does not wait for the first client to read.
+    other.set_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = std::time::Instant::now();
+    let err = other.append_acks(LOG, records(1, "other"), Acks::Quorum).unwrap_err();
+    assert!(err.to_string().contains("not yet on a quorum"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused only after {:?}", started.elapsed());
+
+    // Everything the stuck client asked for is there, in order, once it reads.
+    stuck.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buffered = Vec::new();
+    assert!(matches!(next_reply(&mut stuck, &mut buffered), Message::Refuse { .. }));
+    for i in 0..16 {
+        match next_reply(&mut stuck, &mut buffered) {
+            Message::ClientRecords { start: 0, records, .. } => assert_eq!(records[..32], big[..], "read {i}"),
+            other => panic!("read {i}: {other:?}"),
+        }
+    }
+    leader.stop();
+}

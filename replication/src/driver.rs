@@ -189,7 +189,7 @@ struct Reply {
 
 fn deliver(replies: Vec<Reply>) {
     for reply in replies {
-        reply.conn.fill(reply.seq, &reply.msg);
+        reply.conn.fill(reply.seq, &reply.msg, false);
     }
 }
 
@@ -252,6 +252,12 @@ fn refuse_waiters(core: &mut Core, durable_end: u64, mut expired: impl FnMut(&Wa
 /// The replies of one client connection, sent in the order of its requests. A request whose
 /// reply is not ready (an append waiting for its acks) holds its place; the thread that fills
 /// it in sends every reply then first in line.
+///
+/// Only the connection's own thread ever blocks on its socket. Another thread (the syncer, a
+/// follower's ack reader) sends what the socket takes at once and leaves the rest for the
+/// connection's thread, which sends it when it next wakes (a request, or every
+/// [`STALLED_FLUSH_INTERVAL`]): a client that stops reading its replies stalls itself, never
+/// the commit of anyone else.
 struct ClientConn {
     replies: Mutex<ConnReplies>,
     /// Signalled when a place is freed.
@@ -263,6 +269,12 @@ struct ConnReplies {
     /// The place of `queue[0]`.
     head: u64,
     queue: std::collections::VecDeque<Option<Vec<u8>>>,
+    /// Bytes of replies in `queue`.
+    queued_bytes: usize,
+    /// Replies ready, in order, not yet taken by the socket.
+    out: Vec<u8>,
+    /// The connection's thread is sending `out` (others only add to it meanwhile).
+    flushing: bool,
     /// A write failed: the connection is gone, and later replies are dropped.
     broken: bool,
 }
@@ -270,48 +282,137 @@ struct ConnReplies {
 /// Requests of one client connection whose replies may be outstanding at once; its reader
 /// waits for room beyond that.
 const PENDING_REPLIES_MAX: usize = 1024;
+/// Reply bytes of one client connection held back (behind a waiting append, or not yet taken
+/// by the socket) before its reader waits.
+const PENDING_REPLY_BYTES_MAX: usize = 64 << 20;
+/// How often a client connection's thread wakes to send replies its socket could not take
+/// when they were ready.
+const STALLED_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sends what `stream` takes of `bytes` without waiting; how many it took.
+fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut sent = 0;
+    while let Some(rest) = bytes.get(sent..).filter(|r| !r.is_empty()) {
+        // SAFETY: `rest` is valid for `rest.len()` bytes for the duration of the call, and the
+        // descriptor belongs to `stream`, which outlives it.
+        let n = unsafe {
+            libc::send(stream.as_raw_fd(), rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return Ok(sent),
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+        }
+        sent += n as usize;
+    }
+    Ok(sent)
+}
 
 impl ClientConn {
     fn new(stream: TcpStream) -> ClientConn {
-        let replies = ConnReplies { stream, head: 0, queue: std::collections::VecDeque::new(), broken: false };
+        let replies = ConnReplies {
+            stream,
+            head: 0,
+            queue: std::collections::VecDeque::new(),
+            queued_bytes: 0,
+            out: Vec::new(),
+            flushing: false,
+            broken: false,
+        };
         ClientConn { replies: Mutex::new(replies), room: Condvar::new() }
     }
 
-    /// The place of the next reply.
+    /// The place of the next reply (the connection's thread, which waits here while too many
+    /// replies are held back).
     fn reserve(&self) -> u64 {
         let mut replies = self.replies.lock();
-        while replies.queue.len() >= PENDING_REPLIES_MAX && !replies.broken {
-            self.room.wait(&mut replies);
+        while (replies.queue.len() >= PENDING_REPLIES_MAX
+            || replies.queued_bytes + replies.out.len() > PENDING_REPLY_BYTES_MAX)
+            && !replies.broken
+        {
+            if !replies.out.is_empty() && !replies.flushing {
+                drop(replies);
+                self.flush();
+                replies = self.replies.lock();
+                continue;
+            }
+            self.room.wait_for(&mut replies, STALLED_FLUSH_INTERVAL);
         }
         replies.queue.push_back(None);
         replies.head + replies.queue.len() as u64 - 1
     }
 
-    /// Puts `msg` in place `seq` and sends every reply now first in line.
-    fn fill(&self, seq: u64, msg: &Message) {
+    /// Puts `msg` in place `seq` and sends every reply now first in line, as far as the socket
+    /// takes it at once; the connection's own thread (`own`) sends all of it.
+    fn fill(&self, seq: u64, msg: &Message, own: bool) {
         let mut bytes = Vec::new();
         codec::encode(msg, &mut bytes);
         let mut replies = self.replies.lock();
-        let Some(place) = seq.checked_sub(replies.head).and_then(|i| replies.queue.get_mut(i as usize)) else {
+        let r = &mut *replies;
+        let Some(place) = seq.checked_sub(r.head).and_then(|i| r.queue.get_mut(i as usize)) else {
             return;
         };
+        r.queued_bytes += bytes.len();
         *place = Some(bytes);
-        let mut out = Vec::new();
-        while let Some(Some(_)) = replies.queue.front() {
-            if let Some(Some(bytes)) = replies.queue.pop_front() {
-                if out.is_empty() {
-                    out = bytes;
+        while let Some(Some(_)) = r.queue.front() {
+            if let Some(Some(bytes)) = r.queue.pop_front() {
+                r.queued_bytes -= bytes.len();
+                if r.out.is_empty() {
+                    r.out = bytes;
                 } else {
-                    out.extend_from_slice(&bytes);
+                    r.out.extend_from_slice(&bytes);
                 }
             }
-            replies.head += 1;
+            r.head += 1;
         }
-        if !out.is_empty() && !replies.broken && replies.stream.write_all(&out).is_err() {
-            replies.broken = true;
-            let _ = replies.stream.shutdown(Shutdown::Both);
+        if r.broken {
+            r.out.clear();
         }
-        self.room.notify_one();
+        if !r.out.is_empty() && !r.flushing {
+            match send_now(&r.stream, &r.out) {
+                Ok(n) => drop(r.out.drain(..n)),
+                Err(_) => {
+                    r.broken = true;
+                    r.out.clear();
+                    let _ = r.stream.shutdown(Shutdown::Both);
+                }
+            }
+        }
+        let stalled = !r.out.is_empty();
+        drop(replies);
+        self.room.notify_all();
+        if own && stalled {
+            self.flush();
+        }
+    }
+
+    /// The connection's thread: sends every ready reply, waiting for the socket as long as it
+    /// takes. Others only add to `out` meanwhile; their bytes go out after these.
+    fn flush(&self) {
+        let mut replies = self.replies.lock();
+        if replies.flushing {
+            return;
+        }
+        while !replies.out.is_empty() && !replies.broken {
+            replies.flushing = true;
+            let out = std::mem::take(&mut replies.out);
+            let stream = replies.stream.try_clone();
+            drop(replies);
+            let sent = stream.and_then(|mut s| s.write_all(&out));
+            replies = self.replies.lock();
+            replies.flushing = false;
+            if sent.is_err() {
+                replies.broken = true;
+                replies.out.clear();
+                let _ = replies.stream.shutdown(Shutdown::Both);
+            }
+        }
+        drop(replies);
+        self.room.notify_all();
     }
 }
 
@@ -1405,12 +1506,18 @@ fn tick_loop(shared: &Arc<Shared>) {
 /// the order of the requests; an append that waits for its acks does not hold up reading.
 fn serve_client(shared: &Arc<Shared>, stream: TcpStream, first: Message) -> io::Result<()> {
     let conn = Arc::new(ClientConn::new(stream.try_clone()?));
+    // Woken at least this often, whether the client sends or not, to send replies its socket
+    // could not take when they were ready.
+    stream.set_read_timeout(Some(STALLED_FLUSH_INTERVAL))?;
     let mut reader = io::BufReader::with_capacity(CLIENT_READ_BUFFER_BYTES, stream);
     let mut next = Some(first);
     loop {
         let msg = match next.take() {
             Some(msg) => msg,
-            None => match read_msg(&mut reader) {
+            None => match read_msg_unless(&mut reader, || {
+                conn.flush();
+                shared.stop.load(Ordering::SeqCst)
+            }) {
                 Ok(msg) => msg,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
                 Err(e) => return Err(e),
@@ -1426,7 +1533,7 @@ fn serve_client(shared: &Arc<Shared>, stream: TcpStream, first: Message) -> io::
             Message::ClientStatus => Message::ClientStatusReply { json: status_json(shared) },
             _ => Message::Refuse { reason: "unexpected message".into() },
         };
-        conn.fill(seq, &reply);
+        conn.fill(seq, &reply, true);
     }
 }
 
@@ -1461,7 +1568,7 @@ fn wait_for_quorum_lag(shared: &Shared, slot: &LogSlot) -> Result<(), String> {
 /// Appends a client's batch and replies in place `seq` of `conn`: at once when it fails or
 /// asks only for the write, otherwise once its acks hold (see [`Waiter`]).
 fn client_append(shared: &Arc<Shared>, conn: &Arc<ClientConn>, seq: u64, name: &str, acks: Acks, records: &[Bytes]) {
-    let refuse = |reason: String| conn.fill(seq, &Message::Refuse { reason });
+    let refuse = |reason: String| conn.fill(seq, &Message::Refuse { reason }, true);
     if shared.config.role != Role::Leader {
         let leader = "the leader".to_owned();
         return refuse(format!("node {} is a follower; append to {leader}", shared.config.node_id));
