@@ -235,6 +235,18 @@ pub struct Segment {
     direct: parking_lot::Mutex<DirectState>,
     /// Frames of at least this many bytes are written with O_DIRECT.
     direct_write_bytes_min: std::sync::atomic::AtomicUsize,
+    /// Where the last read of whole batches ended: a shipper's next read starts there instead
+    /// of walking every frame after the sparse index entry before it.
+    read_hint: parking_lot::Mutex<ReadHint>,
+}
+
+/// A frame boundary a read ended at, valid while `generation` is the segment's: every
+/// [`Segment::install`] (a truncation, a recovery) starts a new one.
+#[derive(Debug, Default, Clone, Copy)]
+struct ReadHint {
+    generation: u64,
+    /// (first offset of the frame there, its position)
+    at: Option<(u64, u64)>,
 }
 
 /// Frames of at least this many bytes are written around the page cache (O_DIRECT), where the
@@ -286,6 +298,7 @@ impl Segment {
             index: RwLock::new(Vec::new()),
             direct: parking_lot::Mutex::new(DirectState::default()),
             direct_write_bytes_min: std::sync::atomic::AtomicUsize::new(DIRECT_WRITE_BYTES_MIN),
+            read_hint: parking_lot::Mutex::new(ReadHint::default()),
         }
     }
 
@@ -364,6 +377,11 @@ impl Segment {
         );
         assert!(end_offset >= self.base_offset, "end_offset {end_offset} < base {}", self.base_offset);
         *self.index.write() = entries;
+        {
+            let mut hint = self.read_hint.lock();
+            hint.generation += 1;
+            hint.at = None;
+        }
         self.direct.lock().tail = None;
         self.max_timestamp_ms.store(max_timestamp_ms, Ordering::Release);
         self.end_pos.store(end_pos, Ordering::Release);
@@ -459,13 +477,38 @@ impl Segment {
     }
 
     /// Position of the frame to start reading at to find `offset`: the indexed frame with the
-    /// largest first offset not above it. Frames from there on must be walked.
+    /// largest first offset not above it, or where the last read ended if that is closer
+    /// ([`Segment::note_read_end`]). Frames from there on must be walked.
     pub fn seek(&self, offset: u64) -> (u64, u64) {
-        let index = self.index.read();
-        let i = index.partition_point(|e| e.offset <= offset);
-        match i.checked_sub(1).and_then(|i| index.get(i)) {
-            Some(e) => (e.pos, e.offset),
-            None => (SEGMENT_HEADER_BYTES, self.base_offset),
+        let indexed = {
+            let index = self.index.read();
+            let i = index.partition_point(|e| e.offset <= offset);
+            match i.checked_sub(1).and_then(|i| index.get(i)) {
+                Some(e) => (e.pos, e.offset),
+                None => (SEGMENT_HEADER_BYTES, self.base_offset),
+            }
+        };
+        match self.read_hint.lock().at {
+            Some((hint_offset, hint_pos)) if hint_offset <= offset && hint_offset > indexed.1 => {
+                (hint_pos, hint_offset)
+            }
+            _ => indexed,
+        }
+    }
+
+    /// The current generation of read hints, to pass to [`Segment::note_read_end`]: take it
+    /// before reading.
+    pub fn read_generation(&self) -> u64 {
+        self.read_hint.lock().generation
+    }
+
+    /// Notes that a read of whole frames, begun in `generation`, ended at `pos`, where the
+    /// frame holding `offset` first starts (or the segment's end). Ignored if the segment was
+    /// truncated or recovered since the read began.
+    pub fn note_read_end(&self, generation: u64, offset: u64, pos: u64) {
+        let mut hint = self.read_hint.lock();
+        if hint.generation == generation && pos <= self.end_pos() {
+            hint.at = Some((offset, pos));
         }
     }
 

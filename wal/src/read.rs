@@ -48,6 +48,8 @@ pub struct Reader {
     next_offset: u64,
     limit: u64,
     segment: Option<Arc<Segment>>,
+    /// The read hint generation of `segment` when it was located.
+    generation: u64,
     pos: u64,
     pending: VecDeque<ReadRecord>,
     failed: bool,
@@ -69,6 +71,7 @@ impl Log {
             next_offset: from,
             limit: end,
             segment: None,
+            generation: 0,
             pos: 0,
             pending: VecDeque::new(),
             failed: false,
@@ -84,11 +87,17 @@ impl Log {
         let mut reader = self.read(from, visibility)?;
         let mut out = Vec::new();
         let mut total = 0u64;
+        let mut ended = None;
         while total < bytes_max || out.is_empty() {
             let Some(batch) = reader.next_batch(&mut |_, _| {})? else { break };
             total += batch.frame.len() as u64;
             reader.next_offset = batch.end_offset;
+            ended = reader.segment.clone().map(|s| (s, reader.generation, batch.end_offset, reader.pos));
             out.push(batch);
+        }
+        // The next read (a shipper's, from where this one ended) starts there.
+        if let Some((segment, generation, offset, pos)) = ended {
+            segment.note_read_end(generation, offset, pos);
         }
         Ok(out)
     }
@@ -115,6 +124,7 @@ impl Reader {
             let (start, end) = (self.log.start_offset(), self.log.written_end());
             return Err(Error::OffsetOutOfRange { offset: self.next_offset, start, end });
         };
+        self.generation = segment.read_generation();
         let (pos, _) = segment.seek(self.next_offset);
         self.pos = pos;
         self.segment = Some(segment.clone());

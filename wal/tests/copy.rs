@@ -61,3 +61,36 @@ fn frames_copied_in_runs_read_back_exactly_from_every_offset_and_survive_power_l
         committer.stop();
     }
 }
+
+#[test]
+fn where_a_read_ended_is_forgotten_when_the_log_is_cut_back() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let log = open_at(&disk, &committer, "/data/log");
+    let batch = |tag: &str, len: usize| {
+        let value = value_of(tag, len);
+        log.append(&[value.as_slice()], Durability::None).unwrap();
+    };
+    for i in 0..40 {
+        batch(&format!("old-{i}"), 60);
+    }
+    // A shipper-like read ends somewhere past 25: the next read from there starts at its end.
+    let read = log.read_batches(20, 10 * 80, Visibility::Written).unwrap();
+    let ended = read.last().unwrap().end_offset;
+    assert!(ended > 25, "{ended}");
+    // Cut back below it, then write batches of other sizes: the old boundary means nothing now.
+    log.truncate_suffix(22).unwrap();
+    for i in 22..40 {
+        batch(&format!("new-{i}"), 23 + i % 7);
+    }
+    // From the old boundary first (a read from anywhere sets a new one).
+    let froms = std::iter::once(ended).chain(22..40u64);
+    for from in froms {
+        let first = log.read_batches(from, 1, Visibility::Written).unwrap().remove(0);
+        assert_eq!(first.base_offset, from);
+        let record = log.read(from, Visibility::Written).unwrap().next().unwrap().unwrap();
+        assert_eq!(record.value.as_ref(), value_of(&format!("new-{from}"), 23 + from as usize % 7).as_slice());
+    }
+    drop(log);
+    committer.stop();
+}
