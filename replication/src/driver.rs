@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tern_wal::{Durability, Log, Visibility};
+use tern_wal::{Log, Visibility};
 
 use crate::codec::{self, Compression};
 use crate::message::{Acks, Chunk, Message, NodeId, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
@@ -29,6 +29,9 @@ use crate::proto::{
     Follower, FollowerAction, FollowerInput, Leader, LeaderAction, LeaderConfig, LeaderInput, PeerView, Quorum,
 };
 use crate::slots::{Slot, SlotState, Slots, SLOTS_FILE};
+
+mod clients;
+use clients::{ClientConn, ClientLoop, Counted};
 
 /// A replication failure a node reports.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,7 +192,7 @@ struct Reply {
 
 fn deliver(replies: Vec<Reply>) {
     for reply in replies {
-        reply.conn.fill(reply.seq, &reply.msg, false);
+        reply.conn.fill(reply.seq, &reply.msg);
     }
 }
 
@@ -249,173 +252,6 @@ fn refuse_waiters(core: &mut Core, durable_end: u64, mut expired: impl FnMut(&Wa
     }
 }
 
-/// The replies of one client connection, sent in the order of its requests. A request whose
-/// reply is not ready (an append waiting for its acks) holds its place; the thread that fills
-/// it in sends every reply then first in line.
-///
-/// Only the connection's own thread ever blocks on its socket. Another thread (the syncer, a
-/// follower's ack reader) sends what the socket takes at once and leaves the rest for the
-/// connection's thread, which sends it when it next wakes (a request, or every
-/// [`STALLED_FLUSH_INTERVAL`]): a client that stops reading its replies stalls itself, never
-/// the commit of anyone else.
-struct ClientConn {
-    replies: Mutex<ConnReplies>,
-    /// Signalled when a place is freed.
-    room: Condvar,
-}
-
-struct ConnReplies {
-    stream: TcpStream,
-    /// The place of `queue[0]`.
-    head: u64,
-    queue: std::collections::VecDeque<Option<Vec<u8>>>,
-    /// Bytes of replies in `queue`.
-    queued_bytes: usize,
-    /// Replies ready, in order, not yet taken by the socket.
-    out: Vec<u8>,
-    /// The connection's thread is sending `out` (others only add to it meanwhile).
-    flushing: bool,
-    /// A write failed: the connection is gone, and later replies are dropped.
-    broken: bool,
-}
-
-/// Requests of one client connection whose replies may be outstanding at once; its reader
-/// waits for room beyond that.
-const PENDING_REPLIES_MAX: usize = 1024;
-/// Reply bytes of one client connection held back (behind a waiting append, or not yet taken
-/// by the socket) before its reader waits.
-const PENDING_REPLY_BYTES_MAX: usize = 64 << 20;
-/// How often a client connection's thread wakes to send replies its socket could not take
-/// when they were ready.
-const STALLED_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Sends what `stream` takes of `bytes` without waiting; how many it took.
-fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let mut sent = 0;
-    while let Some(rest) = bytes.get(sent..).filter(|r| !r.is_empty()) {
-        // SAFETY: `rest` is valid for `rest.len()` bytes for the duration of the call, and the
-        // descriptor belongs to `stream`, which outlives it.
-        let n = unsafe {
-            libc::send(stream.as_raw_fd(), rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock => return Ok(sent),
-                io::ErrorKind::Interrupted => continue,
-                _ => return Err(e),
-            }
-        }
-        sent += n as usize;
-    }
-    Ok(sent)
-}
-
-impl ClientConn {
-    fn new(stream: TcpStream) -> ClientConn {
-        let replies = ConnReplies {
-            stream,
-            head: 0,
-            queue: std::collections::VecDeque::new(),
-            queued_bytes: 0,
-            out: Vec::new(),
-            flushing: false,
-            broken: false,
-        };
-        ClientConn { replies: Mutex::new(replies), room: Condvar::new() }
-    }
-
-    /// The place of the next reply (the connection's thread, which waits here while too many
-    /// replies are held back).
-    fn reserve(&self) -> u64 {
-        let mut replies = self.replies.lock();
-        while (replies.queue.len() >= PENDING_REPLIES_MAX
-            || replies.queued_bytes + replies.out.len() > PENDING_REPLY_BYTES_MAX)
-            && !replies.broken
-        {
-            if !replies.out.is_empty() && !replies.flushing {
-                drop(replies);
-                self.flush();
-                replies = self.replies.lock();
-                continue;
-            }
-            self.room.wait_for(&mut replies, STALLED_FLUSH_INTERVAL);
-        }
-        replies.queue.push_back(None);
-        replies.head + replies.queue.len() as u64 - 1
-    }
-
-    /// Puts `msg` in place `seq` and sends every reply now first in line, as far as the socket
-    /// takes it at once; the connection's own thread (`own`) sends all of it.
-    fn fill(&self, seq: u64, msg: &Message, own: bool) {
-        let mut bytes = Vec::new();
-        codec::encode(msg, &mut bytes);
-        let mut replies = self.replies.lock();
-        let r = &mut *replies;
-        let Some(place) = seq.checked_sub(r.head).and_then(|i| r.queue.get_mut(i as usize)) else {
-            return;
-        };
-        r.queued_bytes += bytes.len();
-        *place = Some(bytes);
-        while let Some(Some(_)) = r.queue.front() {
-            if let Some(Some(bytes)) = r.queue.pop_front() {
-                r.queued_bytes -= bytes.len();
-                if r.out.is_empty() {
-                    r.out = bytes;
-                } else {
-                    r.out.extend_from_slice(&bytes);
-                }
-            }
-            r.head += 1;
-        }
-        if r.broken {
-            r.out.clear();
-        }
-        if !r.out.is_empty() && !r.flushing {
-            match send_now(&r.stream, &r.out) {
-                Ok(n) => drop(r.out.drain(..n)),
-                Err(_) => {
-                    r.broken = true;
-                    r.out.clear();
-                    let _ = r.stream.shutdown(Shutdown::Both);
-                }
-            }
-        }
-        let stalled = !r.out.is_empty();
-        drop(replies);
-        self.room.notify_all();
-        if own && stalled {
-            self.flush();
-        }
-    }
-
-    /// The connection's thread: sends every ready reply, waiting for the socket as long as it
-    /// takes. Others only add to `out` meanwhile; their bytes go out after these.
-    fn flush(&self) {
-        let mut replies = self.replies.lock();
-        if replies.flushing {
-            return;
-        }
-        while !replies.out.is_empty() && !replies.broken {
-            replies.flushing = true;
-            let out = std::mem::take(&mut replies.out);
-            let stream = replies.stream.try_clone();
-            drop(replies);
-            let sent = stream.and_then(|mut s| s.write_all(&out));
-            replies = self.replies.lock();
-            replies.flushing = false;
-            if sent.is_err() {
-                replies.broken = true;
-                replies.out.clear();
-                let _ = replies.stream.shutdown(Shutdown::Both);
-            }
-        }
-        drop(replies);
-        self.room.notify_all();
-    }
-}
-
 /// What a leader shipped to one peer on one log.
 #[derive(Debug, Clone, Copy, Default)]
 struct Shipped {
@@ -472,6 +308,8 @@ struct Shared {
     peer_slots_file: Option<(Arc<dyn tern_segment::Disk>, std::path::PathBuf)>,
     /// Leader: the logs with appends waiting for a local sync, for the syncer thread.
     syncs: SyncQueue,
+    /// The client connections, served by one thread.
+    clients: ClientLoop,
 }
 
 /// Counters of a leader's shipping.
@@ -538,6 +376,7 @@ impl Server {
             peer_slots: Mutex::new(peer_slots),
             peer_slots_file,
             syncs: SyncQueue::default(),
+            clients: ClientLoop::new()?,
         });
         for name in shared.logs.names() {
             shared.log_state(&name).map_err(io::Error::other)?;
@@ -555,6 +394,8 @@ impl Server {
             let syncer = shared.clone();
             threads.push(spawn("tern-sync", move || leader_sync_loop(&syncer))?);
         }
+        let clients = shared.clone();
+        threads.push(spawn("tern-clients", move || clients::client_loop(&clients))?);
         let tick = shared.clone();
         threads.push(spawn("tern-tick", move || tick_loop(&tick))?);
         Ok(Server { shared, local_addr, threads })
@@ -988,13 +829,14 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             accepted.retain(|s| s.peer_addr().is_ok());
             accepted.push(clone);
         }
-        let open = shared.connections.clone();
-        let counted = open.clone();
+        // Counts the connection until its thread ends, or, for a client, until the client
+        // loop lets go of it.
+        let mut counted = Some(Counted(shared.connections.clone()));
         let shared = shared.clone();
         let closer = stream.try_clone();
         let spawned = spawn("tern-conn", move || {
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            if let Err(e) = serve_connection(&shared, stream) {
+            if let Err(e) = serve_connection(&shared, stream, &mut counted) {
                 // A client that hangs up between requests is not an error.
                 if !shared.stop.load(Ordering::SeqCst) && e.kind() != io::ErrorKind::UnexpectedEof {
                     log_line(&format!("connection from {peer} closed: {e}"));
@@ -1003,18 +845,21 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             // Dropping `stream` does not close the socket: the clone in `accepted` keeps it
             // open. Without this shutdown, a peer whose bytes were refused (a damaged frame, a
             // wrong cluster id) never saw the connection close, and a leader whose stream a
-            // follower had found corrupt kept shipping into a connection nobody read.
-            if let Ok(closer) = closer {
-                let _ = closer.shutdown(Shutdown::Both);
+            // follower had found corrupt kept shipping into a connection nobody read. A client
+            // handed over to the client loop (which took `counted`) stays open.
+            if counted.is_some() {
+                if let Ok(closer) = closer {
+                    let _ = closer.shutdown(Shutdown::Both);
+                }
             }
+            // The node first, then the count: once it is 0 at a stop, nothing else holds it.
             drop(shared);
-            open.fetch_sub(1, Ordering::SeqCst);
+            drop(counted);
         });
         if let Err(e) = spawned {
             // Out of threads: the connection is dropped (its clone in `accepted` is shut at
-            // stop) and the node goes on.
+            // stop; the closure's count is dropped with it) and the node goes on.
             log_line(&format!("cannot serve a new connection: {e}"));
-            counted.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -1089,7 +934,9 @@ fn write_msg(stream: &mut TcpStream, msg: &Message) -> io::Result<()> {
     stream.write_all(&bytes)
 }
 
-fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream) -> io::Result<()> {
+/// Serves an accepted connection: a follower's until it ends; a client's is handed over to
+/// the client loop with `counted`.
+fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, counted: &mut Option<Counted>) -> io::Result<()> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(shared.config.handshake_timeout))?;
     let first = read_msg(&mut stream)?;
@@ -1116,7 +963,10 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream) -> io::Result<(
             write_msg(&mut stream, &welcome)?;
             follow(shared, node_id, stream)
         }
-        other => serve_client(shared, stream, other),
+        other => match counted.take() {
+            Some(count) => clients::serve_client(shared, stream, other, count),
+            None => Ok(()),
+        },
     }
 }
 
@@ -1502,111 +1352,8 @@ fn tick_loop(shared: &Arc<Shared>) {
     }
 }
 
-/// A client connection: appends (leader only), committed reads, status. Replies go out in
-/// the order of the requests; an append that waits for its acks does not hold up reading.
-fn serve_client(shared: &Arc<Shared>, stream: TcpStream, first: Message) -> io::Result<()> {
-    let conn = Arc::new(ClientConn::new(stream.try_clone()?));
-    // Woken at least this often, whether the client sends or not, to send replies its socket
-    // could not take when they were ready.
-    stream.set_read_timeout(Some(STALLED_FLUSH_INTERVAL))?;
-    let mut reader = io::BufReader::with_capacity(CLIENT_READ_BUFFER_BYTES, stream);
-    let mut next = Some(first);
-    loop {
-        let msg = match next.take() {
-            Some(msg) => msg,
-            None => match read_msg_unless(&mut reader, || {
-                conn.flush();
-                shared.stop.load(Ordering::SeqCst)
-            }) {
-                Ok(msg) => msg,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
-            },
-        };
-        let seq = conn.reserve();
-        let reply = match msg {
-            Message::ClientAppend { log, acks, records } => {
-                client_append(shared, &conn, seq, &log, acks, &records);
-                continue;
-            }
-            Message::ClientRead { log, from, max, uncommitted } => client_read(shared, &log, from, max, uncommitted),
-            Message::ClientStatus => Message::ClientStatusReply { json: status_json(shared) },
-            _ => Message::Refuse { reason: "unexpected message".into() },
-        };
-        conn.fill(seq, &reply, true);
-    }
-}
-
 /// What a client connection reads at once.
 const CLIENT_READ_BUFFER_BYTES: usize = 64 << 10;
-
-/// Backpressure on producers: while the records not yet on a quorum take more than
-/// `quorum_lag_bytes_max`, an append waits (up to `commit_timeout`, then it is refused) for the
-/// quorum to catch up. A slow follower alone never triggers it while a quorum keeps up.
-fn wait_for_quorum_lag(shared: &Shared, slot: &LogSlot) -> Result<(), String> {
-    let Some(max) = shared.config.quorum_lag_bytes_max else { return Ok(()) };
-    let deadline = Instant::now() + shared.config.commit_timeout;
-    let mut core = slot.lock();
-    loop {
-        let commit = core.leader.as_ref().map_or(0, Leader::commit_end);
-        // Counting bytes walks the segments: only when the lag could matter.
-        let lag_bytes = if slot.log.written_end() > commit { bytes_after(&slot.log, commit) } else { 0 };
-        if lag_bytes <= max {
-            return Ok(());
-        }
-        let now = Instant::now();
-        if now >= deadline || shared.stop.load(Ordering::SeqCst) {
-            return Err(format!(
-                "log {}: {lag_bytes} bytes are not yet on a quorum (the bound is {max}); try again later",
-                slot.name
-            ));
-        }
-        slot.committed.wait_for(&mut core, (deadline - now).min(Duration::from_millis(100)));
-    }
-}
-
-/// Appends a client's batch and replies in place `seq` of `conn`: at once when it fails or
-/// asks only for the write, otherwise once its acks hold (see [`Waiter`]).
-fn client_append(shared: &Arc<Shared>, conn: &Arc<ClientConn>, seq: u64, name: &str, acks: Acks, records: &[Bytes]) {
-    let refuse = |reason: String| conn.fill(seq, &Message::Refuse { reason }, true);
-    if shared.config.role != Role::Leader {
-        let leader = "the leader".to_owned();
-        return refuse(format!("node {} is a follower; append to {leader}", shared.config.node_id));
-    }
-    let slot = match shared.log_state(name) {
-        Ok(slot) => slot,
-        Err(e) => return refuse(e),
-    };
-    if let Err(reason) = wait_for_quorum_lag(shared, &slot) {
-        return refuse(reason);
-    }
-    let values: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
-    // Written first, so the batch ships in parallel with the local sync.
-    let offsets = match slot.log.append(&values, Durability::None) {
-        Ok(offsets) => offsets,
-        Err(e) => return refuse(e.to_string()),
-    };
-    if acks != Acks::Written {
-        shared.want_sync(&slot);
-    }
-    let replies = {
-        let mut core = slot.lock();
-        shared.leader_input_locked(&slot, &mut core, LeaderInput::Written { end: offsets.end });
-        if acks == Acks::Written {
-            // The tick thread syncs it soon (see `tick_loop`); the receipt promises only the
-            // write.
-            let msg = receipt(core.leader.as_ref(), offsets.start, offsets.end, Acks::Written);
-            core.replies.push(Reply { conn: conn.clone(), seq, msg });
-        } else {
-            let deadline = Instant::now() + shared.config.commit_timeout;
-            let waiter = Waiter { start: offsets.start, end: offsets.end, deadline, conn: conn.clone(), seq };
-            core.waiters.add(acks, waiter);
-            complete_waiters(&mut core);
-        }
-        std::mem::take(&mut core.replies)
-    };
-    deliver(replies);
-}
 
 /// Leader: syncs the logs whose appends wait for it, one sync for everything written so far,
 /// and reports each to the log's core (which answers the appends it covers).
@@ -1634,34 +1381,6 @@ fn leader_sync_loop(shared: &Arc<Shared>) {
             }
         }
     }
-}
-
-fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32, uncommitted: bool) -> Message {
-    let Some(slot) = shared.slot(name) else { return Message::Refuse { reason: format!("no log named {name:?}") } };
-    let (log, commit) = (&slot.log, slot.commit_end());
-    let end = if uncommitted { log.written_end() } else { commit };
-    let from = from.max(log.start_offset());
-    if from >= end {
-        return Message::ClientRecords { start: from, commit_end: commit, records: Vec::new() };
-    }
-    let mut records = Vec::new();
-    let mut bytes = 0usize;
-    let reader = match log.read(from, Visibility::Written) {
-        Ok(r) => r,
-        Err(e) => return Message::Refuse { reason: e.to_string() },
-    };
-    for record in reader {
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => return Message::Refuse { reason: e.to_string() },
-        };
-        if record.offset >= end || records.len() >= max as usize || bytes + record.value.len() > (16 << 20) {
-            break;
-        }
-        bytes += record.value.len();
-        records.push(record.value);
-    }
-    Message::ClientRecords { start: from, commit_end: commit, records }
 }
 
 /// How long ago the record at `offset` was appended (its timestamp), in milliseconds: how far

@@ -1,0 +1,572 @@
+//! Client connections, all served by one thread with epoll (`tern-clients`).
+//!
+//! The thread that accepted a connection reads its first message (a `Hello` makes it a
+//! follower connection instead) and hands it over. From then on the loop reads what every
+//! ready connection sent, handles each connection's requests in order, and writes the appends
+//! of one pass to each log together: one wakeup, one core lock and one request to the syncer
+//! for many clients. An append that waits for its acks is answered by whichever thread sees
+//! them hold ([`Waiter`]). Nobody waits on a client's socket: what it does not take at once is
+//! sent by the loop when it becomes writable, so a client that stops reading stalls only
+//! itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tern_wal::{Durability, Visibility};
+
+use super::{
+    bytes_after, codec, complete_waiters, deliver, log_line, receipt, status_json, Acks, Leader, LeaderInput, LogSlot,
+    Message, Reply, Role, Shared, Waiter,
+};
+
+/// Requests of one client connection whose replies may be outstanding at once; the loop stops
+/// reading its requests beyond that.
+const PENDING_REPLIES_MAX: usize = 1024;
+/// Reply bytes of one client connection held back (behind a waiting append, or not yet taken
+/// by its socket) beyond which the loop stops reading its requests.
+const PENDING_REPLY_BYTES_MAX: usize = 64 << 20;
+/// What one read from a client connection takes at most, unless a larger message needs more.
+const SMALL_READ_BYTES: usize = 16 << 10;
+/// How long the loop sleeps at most when some connection waits for something other than its
+/// socket (room for replies, an append held back by the quorum-lag bound).
+const RETRY_INTERVAL_MS: i32 = 10;
+/// How long the loop sleeps at most otherwise (it checks for a stop, and sends what sockets
+/// did not take, at least this often).
+const IDLE_INTERVAL_MS: i32 = 100;
+
+/// The replies of one client connection, sent in the order of its requests. A request whose
+/// reply is not ready (an append waiting for its acks) holds its place; the thread that fills
+/// it in sends every reply then first in line, as far as the socket takes it at once.
+pub(super) struct ClientConn {
+    replies: Mutex<ConnReplies>,
+}
+
+struct ConnReplies {
+    stream: TcpStream,
+    /// The place of `queue[0]`.
+    head: u64,
+    queue: VecDeque<Option<Vec<u8>>>,
+    /// Bytes of replies in `queue`.
+    queued_bytes: usize,
+    /// Replies ready, in order, not yet taken by the socket.
+    out: Vec<u8>,
+    /// A write failed: the connection is gone, and later replies are dropped.
+    broken: bool,
+}
+
+/// Sends what `stream` takes of `bytes` without waiting; how many it took.
+fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let mut sent = 0;
+    while let Some(rest) = bytes.get(sent..).filter(|r| !r.is_empty()) {
+        // SAFETY: `rest` is valid for `rest.len()` bytes for the duration of the call, and the
+        // descriptor belongs to `stream`, which outlives it.
+        let n = unsafe {
+            libc::send(stream.as_raw_fd(), rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return Ok(sent),
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+        }
+        sent += n as usize;
+    }
+    Ok(sent)
+}
+
+/// Reads what `stream` holds into `buf` without waiting: `Ok(0)` at the end of the stream,
+/// `WouldBlock` when nothing is there.
+fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call,
+        // and the descriptor belongs to `stream`, which outlives it.
+        let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+impl ClientConn {
+    fn new(stream: TcpStream) -> ClientConn {
+        let replies =
+            ConnReplies { stream, head: 0, queue: VecDeque::new(), queued_bytes: 0, out: Vec::new(), broken: false };
+        ClientConn { replies: Mutex::new(replies) }
+    }
+
+    /// The place of the next reply, unless too many replies are held back.
+    fn try_reserve(&self) -> Option<u64> {
+        let mut r = self.replies.lock();
+        if r.queue.len() >= PENDING_REPLIES_MAX || r.queued_bytes + r.out.len() > PENDING_REPLY_BYTES_MAX {
+            return None;
+        }
+        r.queue.push_back(None);
+        Some(r.head + r.queue.len() as u64 - 1)
+    }
+
+    /// Puts `msg` in place `seq` and sends every reply now first in line, as far as the socket
+    /// takes it at once (the loop sends the rest when the socket becomes writable).
+    pub(super) fn fill(&self, seq: u64, msg: &Message) {
+        let mut bytes = Vec::new();
+        codec::encode(msg, &mut bytes);
+        let mut replies = self.replies.lock();
+        let r = &mut *replies;
+        let Some(place) = seq.checked_sub(r.head).and_then(|i| r.queue.get_mut(i as usize)) else {
+            return;
+        };
+        r.queued_bytes += bytes.len();
+        *place = Some(bytes);
+        while let Some(Some(_)) = r.queue.front() {
+            if let Some(Some(bytes)) = r.queue.pop_front() {
+                r.queued_bytes -= bytes.len();
+                if r.out.is_empty() {
+                    r.out = bytes;
+                } else {
+                    r.out.extend_from_slice(&bytes);
+                }
+            }
+            r.head += 1;
+        }
+        r.send_out();
+    }
+
+    /// Sends what the socket takes of the replies ready (the loop, when it is writable).
+    fn send_ready(&self) {
+        self.replies.lock().send_out();
+    }
+}
+
+impl ConnReplies {
+    fn send_out(&mut self) {
+        if self.broken {
+            self.out.clear();
+        }
+        if self.out.is_empty() {
+            return;
+        }
+        match send_now(&self.stream, &self.out) {
+            Ok(n) => drop(self.out.drain(..n)),
+            Err(_) => {
+                self.broken = true;
+                self.out.clear();
+                let _ = self.stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Counts a connection in [`Shared::connections`] until dropped.
+pub(super) struct Counted(pub(super) Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The epoll set of a node's client connections, and those handed over since the loop last
+/// looked.
+pub(super) struct ClientLoop {
+    epoll: OwnedFd,
+    incoming: Mutex<Vec<(u64, Conn)>>,
+    next_token: AtomicU64,
+}
+
+impl ClientLoop {
+    pub(super) fn new() -> io::Result<ClientLoop> {
+        // SAFETY: plain system call; a valid descriptor is owned from here on.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by epoll_create1 and nothing else owns it.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(ClientLoop { epoll, incoming: Mutex::new(Vec::new()), next_token: AtomicU64::new(1) })
+    }
+
+    fn ctl(&self, op: libc::c_int, stream: &TcpStream, token: u64) -> io::Result<()> {
+        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        let mut event = libc::epoll_event { events, u64: token };
+        // SAFETY: both descriptors are open for the duration of the call, and `event` is a
+        // valid epoll_event.
+        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, stream.as_raw_fd(), &mut event) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// The loop's side of one client connection.
+pub(super) struct Conn {
+    stream: TcpStream,
+    peer: String,
+    replies: Arc<ClientConn>,
+    /// Bytes read and not yet handled, from `start`.
+    buf: Vec<u8>,
+    start: usize,
+    /// The socket may hold more than was read.
+    more: bool,
+    /// A message read and not handled yet (the first, read before the hand-over, or one that
+    /// found no room for its reply).
+    next: Option<Message>,
+    /// An append not written yet because its log is over the quorum-lag bound, with its place
+    /// and when it gives up; nothing after it on this connection is handled meanwhile.
+    held: Option<Held>,
+    /// The last pass could not take a place for the next request's reply.
+    no_room: bool,
+    _counted: Counted,
+}
+
+struct Held {
+    slot: Arc<LogSlot>,
+    acks: Acks,
+    records: Vec<Bytes>,
+    seq: u64,
+    deadline: Instant,
+}
+
+/// Hands a client connection whose first message is `first` over to the loop.
+pub(super) fn serve_client(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    first: Message,
+    counted: Counted,
+) -> io::Result<()> {
+    let replies = Arc::new(ClientConn::new(stream.try_clone()?));
+    let token = shared.clients.next_token.fetch_add(1, Ordering::Relaxed);
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let conn = Conn {
+        stream: stream.try_clone()?,
+        peer,
+        replies,
+        buf: Vec::new(),
+        start: 0,
+        more: true,
+        next: Some(first),
+        held: None,
+        no_room: false,
+        _counted: counted,
+    };
+    // Listed before it is watched, so that its first event finds it (adding it makes one at
+    // once: the socket is writable).
+    shared.clients.incoming.lock().push((token, conn));
+    shared.clients.ctl(libc::EPOLL_CTL_ADD, &stream, token)
+}
+
+/// The client loop of a node, until it stops.
+pub(super) fn client_loop(shared: &Arc<Shared>) {
+    let clients = &shared.clients;
+    let mut conns: HashMap<u64, Conn> = HashMap::new();
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    let mut swept = Instant::now();
+    while !shared.stop.load(Ordering::SeqCst) {
+        let waiting = conns.values().any(|c| c.held.is_some() || c.no_room);
+        let timeout = if waiting { RETRY_INTERVAL_MS } else { IDLE_INTERVAL_MS };
+        // SAFETY: `events` is valid for writes of its length, and the epoll descriptor is open.
+        let n = unsafe {
+            libc::epoll_wait(clients.epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as libc::c_int, timeout)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                log_line(&format!("client connections: epoll_wait failed: {e}"));
+                std::thread::sleep(Duration::from_millis(IDLE_INTERVAL_MS as u64));
+            }
+            continue;
+        }
+        conns.extend(clients.incoming.lock().drain(..));
+        for event in events.get(..n as usize).unwrap_or_default() {
+            let (bits, token) = (event.events, event.u64);
+            let Some(conn) = conns.get_mut(&token) else { continue };
+            if bits & libc::EPOLLOUT as u32 != 0 {
+                conn.replies.send_ready();
+            }
+            if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                conn.more = true;
+            }
+        }
+        if swept.elapsed() >= Duration::from_millis(IDLE_INTERVAL_MS as u64) {
+            swept = Instant::now();
+            for conn in conns.values() {
+                conn.replies.send_ready();
+            }
+        }
+        let mut batch = Batch::default();
+        let mut closed = Vec::new();
+        for (token, conn) in &mut conns {
+            if conn.more || conn.next.is_some() || conn.held.is_some() || conn.start < conn.buf.len() {
+                if let Err(e) = serve(shared, conn, &mut batch) {
+                    if e.kind() != io::ErrorKind::UnexpectedEof && !shared.stop.load(Ordering::SeqCst) {
+                        log_line(&format!("connection from {} closed: {e}", conn.peer));
+                    }
+                    closed.push(*token);
+                }
+            }
+        }
+        batch.write(shared);
+        for token in closed {
+            if let Some(conn) = conns.remove(&token) {
+                let _ = clients.ctl(libc::EPOLL_CTL_DEL, &conn.stream, token);
+                // The clone in `accepted` keeps the socket open: shut it so the peer sees it.
+                let _ = conn.stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Reads what `conn` sent and handles its whole requests in order, as far as it can now.
+fn serve(shared: &Arc<Shared>, conn: &mut Conn, batch: &mut Batch) -> io::Result<()> {
+    conn.no_room = false;
+    if let Some(held) = conn.held.take() {
+        match quorum_lag_refusal(shared, &held.slot) {
+            None => batch.push(held.slot, &conn.replies, held.seq, held.acks, held.records),
+            Some(reason) if Instant::now() >= held.deadline || shared.stop.load(Ordering::SeqCst) => {
+                conn.replies.fill(held.seq, &Message::Refuse { reason });
+            }
+            Some(_) => {
+                conn.held = Some(held);
+                return Ok(());
+            }
+        }
+    }
+    loop {
+        if conn.held.is_some() {
+            return Ok(());
+        }
+        let msg = match conn.next.take() {
+            Some(msg) => msg,
+            None => match next_message(conn)? {
+                Some(msg) => msg,
+                None => return Ok(()),
+            },
+        };
+        let Some(seq) = conn.replies.try_reserve() else {
+            conn.no_room = true;
+            conn.next = Some(msg);
+            return Ok(());
+        };
+        handle(shared, conn, seq, msg, batch);
+    }
+}
+
+/// The next whole message `conn` sent, reading more from its socket when needed.
+fn next_message(conn: &mut Conn) -> io::Result<Option<Message>> {
+    loop {
+        let buffered = conn.buf.get(conn.start..).unwrap_or_default();
+        let need = match codec::frame_len(buffered).map_err(io::Error::other)? {
+            Some(len) if buffered.len() >= len => {
+                let bytes = if conn.start == 0 && conn.buf.len() == len {
+                    // The buffer holds exactly this message (a large one is read that way):
+                    // it becomes the message's bytes, uncopied.
+                    Bytes::from(std::mem::take(&mut conn.buf))
+                } else {
+                    let bytes = Bytes::copy_from_slice(buffered.get(..len).unwrap_or_default());
+                    conn.start += len;
+                    if conn.start == conn.buf.len() {
+                        conn.buf.clear();
+                        conn.start = 0;
+                    }
+                    bytes
+                };
+                return match codec::decode(&bytes).map_err(io::Error::other)? {
+                    Some((msg, used)) if used == len => Ok(Some(msg)),
+                    _ => Err(io::Error::other("message does not decode")),
+                };
+            }
+            Some(len) => len - buffered.len(),
+            None => 1,
+        };
+        if !conn.more {
+            return Ok(None);
+        }
+        if conn.start > 0 {
+            conn.buf.drain(..conn.start);
+            conn.start = 0;
+        }
+        // Small reads go through a buffer on the stack (no zeroing of a large one each time);
+        // the rest of a large message is read straight into place.
+        let asked = need.max(SMALL_READ_BYTES);
+        let got = if need <= SMALL_READ_BYTES {
+            let mut chunk = [0u8; SMALL_READ_BYTES];
+            let got = recv_now(&conn.stream, &mut chunk);
+            if let Ok(n) = got {
+                conn.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            }
+            got
+        } else {
+            let old = conn.buf.len();
+            conn.buf.resize(old + need, 0);
+            let got = recv_now(&conn.stream, conn.buf.get_mut(old..).unwrap_or_default());
+            conn.buf.truncate(old + *got.as_ref().unwrap_or(&0));
+            got
+        };
+        match got {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            // A short read took everything there was: what comes later raises a new event.
+            Ok(n) if n < asked => conn.more = false,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.more = false;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Handles one request of `conn`, whose reply goes in place `seq`. Appends join `batch`;
+/// anything else first writes the batch, so that it sees what the connection appended
+/// before it.
+fn handle(shared: &Arc<Shared>, conn: &mut Conn, seq: u64, msg: Message, batch: &mut Batch) {
+    let reply = match msg {
+        Message::ClientAppend { log, acks, records } => {
+            if shared.config.role != Role::Leader {
+                let reason = format!("node {} is a follower; append to the leader", shared.config.node_id);
+                return conn.replies.fill(seq, &Message::Refuse { reason });
+            }
+            let slot = match shared.log_state(&log) {
+                Ok(slot) => slot,
+                Err(reason) => return conn.replies.fill(seq, &Message::Refuse { reason }),
+            };
+            if quorum_lag_refusal(shared, &slot).is_some() {
+                let deadline = Instant::now() + shared.config.commit_timeout;
+                conn.held = Some(Held { slot, acks, records, seq, deadline });
+                return;
+            }
+            return batch.push(slot, &conn.replies, seq, acks, records);
+        }
+        Message::ClientRead { log, from, max, uncommitted } => {
+            batch.write(shared);
+            client_read(shared, &log, from, max, uncommitted)
+        }
+        Message::ClientStatus => {
+            batch.write(shared);
+            Message::ClientStatusReply { json: status_json(shared) }
+        }
+        _ => Message::Refuse { reason: "unexpected message".into() },
+    };
+    conn.replies.fill(seq, &reply);
+}
+
+/// Backpressure on producers: while the records of `slot` not yet on a quorum take more than
+/// `quorum_lag_bytes_max`, appends to it are held (up to `commit_timeout`, then refused with
+/// this reason) until the quorum catches up. A slow follower alone never triggers it while a
+/// quorum keeps up.
+fn quorum_lag_refusal(shared: &Shared, slot: &LogSlot) -> Option<String> {
+    let max = shared.config.quorum_lag_bytes_max?;
+    let commit = slot.lock().leader.as_ref().map_or(0, Leader::commit_end);
+    // Counting bytes walks the segments: only when the lag could matter.
+    let lag_bytes = if slot.log.written_end() > commit { bytes_after(&slot.log, commit) } else { 0 };
+    (lag_bytes > max).then(|| {
+        format!("log {}: {lag_bytes} bytes are not yet on a quorum (the bound is {max}); try again later", slot.name)
+    })
+}
+
+/// One append of a pass.
+struct Pending {
+    replies: Arc<ClientConn>,
+    seq: u64,
+    acks: Acks,
+    records: Vec<Bytes>,
+}
+
+/// The appends of one pass of the loop, by log.
+#[derive(Default)]
+struct Batch {
+    logs: Vec<(Arc<LogSlot>, Vec<Pending>)>,
+}
+
+impl Batch {
+    fn push(&mut self, slot: Arc<LogSlot>, replies: &Arc<ClientConn>, seq: u64, acks: Acks, records: Vec<Bytes>) {
+        let pending = Pending { replies: replies.clone(), seq, acks, records };
+        match self.logs.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &slot)) {
+            Some((_, list)) => list.push(pending),
+            None => self.logs.push((slot, vec![pending])),
+        }
+    }
+
+    /// Writes every append, each as its own batch, then per log: one request to the syncer,
+    /// one `Written`, and the waiters (or the replies of appends that asked only for the
+    /// write).
+    fn write(&mut self, shared: &Arc<Shared>) {
+        for (slot, list) in self.logs.drain(..) {
+            let mut written = Vec::with_capacity(list.len());
+            for p in list {
+                let values: Vec<&[u8]> = p.records.iter().map(|r| r.as_ref()).collect();
+                // Written first, so the batch ships in parallel with the local sync.
+                match slot.log.append(&values, Durability::None) {
+                    Ok(offsets) => written.push((p, offsets)),
+                    Err(e) => p.replies.fill(p.seq, &Message::Refuse { reason: e.to_string() }),
+                }
+            }
+            let Some(end) = written.iter().map(|(_, o)| o.end).max() else { continue };
+            if written.iter().any(|(p, _)| p.acks != Acks::Written) {
+                shared.want_sync(&slot);
+            }
+            let replies = {
+                let mut core = slot.lock();
+                shared.leader_input_locked(&slot, &mut core, LeaderInput::Written { end });
+                let deadline = Instant::now() + shared.config.commit_timeout;
+                for (p, offsets) in written {
+                    if p.acks == Acks::Written {
+                        // The tick thread syncs it soon (see `tick_loop`); the receipt promises
+                        // only the write.
+                        let msg = receipt(core.leader.as_ref(), offsets.start, offsets.end, Acks::Written);
+                        core.replies.push(Reply { conn: p.replies, seq: p.seq, msg });
+                    } else {
+                        let waiter =
+                            Waiter { start: offsets.start, end: offsets.end, deadline, conn: p.replies, seq: p.seq };
+                        core.waiters.add(p.acks, waiter);
+                    }
+                }
+                complete_waiters(&mut core);
+                std::mem::take(&mut core.replies)
+            };
+            deliver(replies);
+        }
+    }
+}
+
+/// Records of `name` from `from`, at most `max` and 16 MiB, below the commit point unless
+/// `uncommitted`.
+fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32, uncommitted: bool) -> Message {
+    let Some(slot) = shared.slot(name) else { return Message::Refuse { reason: format!("no log named {name:?}") } };
+    let (log, commit) = (&slot.log, slot.commit_end());
+    let end = if uncommitted { log.written_end() } else { commit };
+    let from = from.max(log.start_offset());
+    if from >= end {
+        return Message::ClientRecords { start: from, commit_end: commit, records: Vec::new() };
+    }
+    let mut records = Vec::new();
+    let mut bytes = 0usize;
+    let reader = match log.read(from, Visibility::Written) {
+        Ok(r) => r,
+        Err(e) => return Message::Refuse { reason: e.to_string() },
+    };
+    for record in reader {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => return Message::Refuse { reason: e.to_string() },
+        };
+        if record.offset >= end || records.len() >= max as usize || bytes + record.value.len() > (16 << 20) {
+            break;
+        }
+        bytes += record.value.len();
+        records.push(record.value);
+    }
+    Message::ClientRecords { start: from, commit_end: commit, records }
+}
