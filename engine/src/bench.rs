@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::{Condvar, Mutex};
+use tern_replication::message::Acks;
 use tern_segment::{Disk, OsDisk};
 use tern_wal::{Committer, Durability, Log, LogOptions, Visibility};
 
@@ -151,7 +152,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Workload::SmallSync => 6,
         Workload::ManyLogs => 4,
         Workload::Bulk => 8,
-        Workload::Replicate => 10,
+        Workload::Replicate => 8 + args.rounds.max(1) as u64,
     };
     let progress = Progress::new(steps);
     let mut rows = Vec::new();
@@ -882,17 +883,18 @@ impl Cluster {
     }
 }
 
-/// `writers` clients append one 128-byte record each, waiting for a quorum ack.
+/// `writers` clients append one 128-byte record each, waiting for an ack at `acks`.
 fn replicate_small_sync(
     addr: std::net::SocketAddr,
     writers: usize,
     duration: Duration,
+    acks: Acks,
 ) -> Result<SmallSync, Box<dyn std::error::Error>> {
     let record = bytes::Bytes::from(vec![0x5au8; 128]);
     closed_loop(writers, duration, |_| {
         let mut client = tern_replication::driver::Client::connect(addr).ok()?;
         let record = record.clone();
-        Some(move || client.append("bench", vec![record.clone()], true).is_ok())
+        Some(move || client.append_acks("bench", vec![record.clone()], acks).is_ok())
     })
 }
 
@@ -980,12 +982,33 @@ fn replicate(
     sync_p50_us: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use tern_replication::codec::Compression;
-    progress.step("single-node small-sync, 16 writers");
-    let single = tern_small_sync(disk, args.commit_mode.into(), dir, 16, 1, seconds)?;
-    progress.step("3-node cluster small-sync, 16 clients, quorum acks");
+    // Interleaved rounds, medians (this disk drifts over seconds): single-node Tern in
+    // process, one node serving the same clients over TCP with leader acks (the client path
+    // without replication), and the three-node cluster with quorum acks.
+    let rounds = args.rounds.max(1);
+    let round = seconds / rounds as u32;
     let mut cluster = Cluster::start(dir, Compression::default())?;
     let addr = cluster.leader().local_addr();
-    let replicated = replicate_small_sync(addr, 16, seconds)?;
+    let one_node = NodeSpec {
+        id: 1,
+        dir: unique(dir, "one-node"),
+        addr: std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?,
+        role: tern_replication::driver::Role::Leader,
+        peers: Vec::new(),
+        compression: Compression::default(),
+        engine: crate::Config::default(),
+    };
+    let (one_engine, one_server) = start_node(&one_node)?;
+    let (mut single, mut served, mut replicated) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        progress.step(&format!("small-sync: single-node, one node over TCP, 3 nodes; round {}/{rounds}", r + 1));
+        single.push(tern_small_sync(disk, args.commit_mode.into(), dir, 16, 1, round)?);
+        served.push(replicate_small_sync(one_server.local_addr(), 16, round, Acks::Leader)?);
+        replicated.push(replicate_small_sync(addr, 16, round, Acks::Quorum)?);
+    }
+    one_server.stop();
+    drop(one_engine);
+    let (single, served, replicated) = (median(&single), median(&served), median(&replicated));
     rows.push(Row {
         name: "replicate small-sync 16 clients x 128 B, quorum".into(),
         value: replicated.records_per_s,
@@ -996,10 +1019,22 @@ fn replicate(
             single.records_per_s, single.p50_us, single.p99_us
         ),
         detail: format!(
-            "p50 {:.0} us, p99 {:.0} us = {:.1}x fdatasync p50",
+            "p50 {:.0} us, p99 {:.0} us = {:.1}x fdatasync p50; {:.2}x of one node over TCP; medians of {rounds} interleaved rounds",
             replicated.p50_us,
             replicated.p99_us,
-            replicated.p99_us / sync_p50_us
+            replicated.p99_us / sync_p50_us,
+            replicated.records_per_s / served.records_per_s.max(1.0),
+        ),
+    });
+    rows.push(Row {
+        name: "small-sync 16 clients x 128 B, one node over TCP, leader acks".into(),
+        value: served.records_per_s,
+        unit: "records/s",
+        limit: Some(single.records_per_s),
+        limit_name: "single-node tern in process, same rounds;".into(),
+        detail: format!(
+            "p50 {:.0} us, p99 {:.0} us: the client path (TCP, one sync per group) without replication",
+            served.p50_us, served.p99_us
         ),
     });
     let bulk_bytes = (args.bulk_bytes / 4).max(64 << 20);
