@@ -34,6 +34,8 @@ const PENDING_REPLIES_MAX: usize = 1024;
 const PENDING_REPLY_BYTES_MAX: usize = 64 << 20;
 /// What one read from a client connection takes at most, unless a larger message needs more.
 const SMALL_READ_BYTES: usize = 16 << 10;
+/// What one read takes at most for a larger message.
+const LARGE_READ_BYTES: usize = 4 << 20;
 /// How long the loop sleeps at most when some connection waits for something other than its
 /// socket (room for replies, an append held back by the quorum-lag bound).
 const RETRY_INTERVAL_MS: i32 = 10;
@@ -399,6 +401,9 @@ fn next_message(conn: &mut Conn) -> io::Result<Option<Message>> {
         }
         // Small reads go through a buffer on the stack (no zeroing of a large one each time);
         // the rest of a large message is read straight into place.
+        // A large message's buffer grows with what arrives, 4 MiB at a time at most, not with
+        // what its length prefix claims.
+        let need = need.min(LARGE_READ_BYTES);
         let asked = need.max(SMALL_READ_BYTES);
         let got = if need <= SMALL_READ_BYTES {
             let mut chunk = [0u8; SMALL_READ_BYTES];
