@@ -517,13 +517,16 @@ fn remote_read(
         if want == 0 {
             break;
         }
-        let (start, _commit, records) = client.read_from(name, next, want, uncommitted)?;
+        // Following, the node holds the read until a record comes (or a second passes).
+        let wait = if follow { std::time::Duration::from_secs(1) } else { std::time::Duration::ZERO };
+        if follow {
+            out.flush()?;
+        }
+        let (start, _commit, records) = client.read_wait(name, next, want, uncommitted, wait)?;
         if records.is_empty() {
             if !follow {
                 break;
             }
-            out.flush()?;
-            std::thread::sleep(std::time::Duration::from_millis(50));
             continue;
         }
         for (i, record) in records.iter().enumerate() {

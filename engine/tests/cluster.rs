@@ -164,3 +164,36 @@ fn quorum_acked_appends_survive_leader_sigkills_and_logs_converge() {
     }
     assert!(acked.len() >= 30 * rounds, "only {} batches acknowledged", acked.len());
 }
+
+#[test]
+fn tern_read_follow_prints_each_record_once_it_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _node = Nodes(vec![serve(dir.path(), addr, 1, &[])]);
+    let mut client = eventually("the node to listen", Duration::from_secs(20), || Client::connect(addr).ok());
+    client.append("orders", vec![Bytes::from("first")], true).unwrap();
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["read", "--server", &addr.to_string(), "--log", "orders", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if lines_tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || lines.recv_timeout(Duration::from_secs(20)).expect("a line from tern read --follow");
+    assert_eq!(next(), "0\tfirst");
+    // Each append shows up while the reader waits, in order, once.
+    for i in 1..=5 {
+        client.append("orders", vec![Bytes::from(format!("later-{i}"))], true).unwrap();
+        assert_eq!(next(), format!("{i}\tlater-{i}"));
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+}

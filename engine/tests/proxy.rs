@@ -537,7 +537,8 @@ fn a_peer_sending_garbage_is_disconnected_and_the_node_keeps_serving() {
         version_max: 1,
         logs: vec![],
     });
-    let mut flipped = encoded(&Message::ClientRead { log: LOG.into(), from: 0, max: 10, uncommitted: false });
+    let mut flipped =
+        encoded(&Message::ClientRead { log: LOG.into(), from: 0, max: 10, uncommitted: false, wait_ms: 0 });
     let last = flipped.len() - 1;
     flipped[last] ^= 0x10; // the checksum no longer matches
     let mut unknown_type = encoded(&Message::ClientStatus);

@@ -238,7 +238,7 @@ fn requests_sent_without_waiting_are_answered_in_order_and_a_waiting_append_hold
     let _f3 = node(dirs[2].path(), 3, Role::Follower, vec![], f3_addr);
     eventually("the followers to catch up", || (log_metrics(&leader).commit_end >= 2).then_some(()));
     let mut requests: Vec<Message> = (0..20).map(|i| append(Acks::Quorum, &format!("p{i}"))).collect();
-    requests.insert(10, Message::ClientRead { log: LOG.into(), from: 0, max: 1000, uncommitted: true });
+    requests.insert(10, Message::ClientRead { log: LOG.into(), from: 0, max: 1000, uncommitted: true, wait_ms: 0 });
     requests.push(append(Acks::Written, "w"));
     send_all(&mut stream, &requests);
     let mut next_offset = 2;
@@ -298,7 +298,13 @@ fn a_client_that_stops_reading_its_replies_holds_up_no_one_else() {
     // Their replies queue behind the append's, and are ready when the tick thread refuses it.
     let mut stuck = std::net::TcpStream::connect(leader.local_addr()).unwrap();
     let mut requests = vec![append(Acks::Quorum, "stuck")];
-    requests.extend((0..16).map(|_| Message::ClientRead { log: LOG.into(), from: 0, max: 1000, uncommitted: true }));
+    requests.extend((0..16).map(|_| Message::ClientRead {
+        log: LOG.into(),
+        from: 0,
+        max: 1000,
+        uncommitted: true,
+        wait_ms: 0,
+    }));
     send_all(&mut stuck, &requests);
     eventually("the stuck client's append to be written", || {
         leader.metrics().logs.iter().any(|l| l.log == LOG && l.written_end >= 33).then_some(())
@@ -323,4 +329,50 @@ fn a_client_that_stops_reading_its_replies_holds_up_no_one_else() {
         }
     }
     leader.stop();
+}
+
+#[test]
+fn a_waiting_read_answers_once_a_record_is_committed_on_the_leader_and_on_a_follower() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let f2 = node(dirs[1].path(), 2, Role::Follower, vec![], any_port());
+    let f3 = node(dirs[2].path(), 3, Role::Follower, vec![], any_port());
+    let leader = node(dirs[0].path(), 1, Role::Leader, vec![(2, f2.local_addr()), (3, f3.local_addr())], any_port());
+    let mut writer = Client::connect(leader.local_addr()).unwrap();
+    writer.append_acks(LOG, records(3, "before"), Acks::Quorum).unwrap();
+    eventually("the follower to know the commit point", || (log_metrics(&f2).commit_end >= 3).then_some(()));
+
+    // Nothing from offset 3 yet: a read with a wait is answered empty once the wait is over.
+    let mut reader = Client::connect(leader.local_addr()).unwrap();
+    let started = std::time::Instant::now();
+    let (start, _, none) = reader.read_wait(LOG, 3, 10, false, Duration::from_millis(300)).unwrap();
+    assert_eq!((start, none.len()), (3, 0));
+    assert!(started.elapsed() >= Duration::from_millis(300), "answered after {:?}", started.elapsed());
+
+    // Readers on the leader and on a follower wait; an append wakes both as soon as it is
+    // committed (the leader's at once, the follower's when the next append or heartbeat
+    // brings it the commit point: within 100 ms), long before their 20 s are over.
+    let waiting: Vec<_> = [leader.local_addr(), f2.local_addr()]
+        .into_iter()
+        .map(|addr| {
+            std::thread::spawn(move || {
+                let mut reader = Client::connect(addr).unwrap();
+                let started = std::time::Instant::now();
+                let got = reader.read_wait(LOG, 3, 10, false, Duration::from_secs(20)).unwrap();
+                (got, started.elapsed())
+            })
+        })
+        .collect();
+    for server in [&leader, &f2] {
+        eventually("the read to wait", || (server.metrics().reads_waiting == 1).then_some(()));
+    }
+    writer.append_acks(LOG, records(2, "after"), Acks::Quorum).unwrap();
+    for handle in waiting {
+        let ((start, _, got), took) = handle.join().unwrap();
+        assert_eq!((start, got), (3, records(2, "after")));
+        assert!(took < Duration::from_secs(10), "answered only after {took:?}");
+    }
+    assert_eq!(leader.metrics().reads_waiting, 0);
+    leader.stop();
+    f2.stop();
+    f3.stop();
 }

@@ -34,7 +34,7 @@ use tern_segment::cursor::Cursor;
 use tern_segment::frame;
 use tern_segment::CorruptReason;
 
-use crate::message::{Acks, Chunk, Message, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use crate::message::{Acks, Chunk, Message, CLIENT_READ_WAIT_MS_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 
 /// Bytes before the type byte: `len u32 | crc32 u32`.
 pub const ENVELOPE_PREFIX_BYTES: usize = 8;
@@ -265,12 +265,13 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             put_u64(out, *end);
             out.extend_from_slice(&[durability.as_u8(), *copies, *nodes]);
         }
-        Message::ClientRead { log, from, max, uncommitted } => {
+        Message::ClientRead { log, from, max, uncommitted, wait_ms } => {
             out.push(TYPE_CLIENT_READ);
             put_log_name(out, log);
             put_u64(out, *from);
             out.extend_from_slice(&max.to_le_bytes());
             out.push(u8::from(*uncommitted));
+            out.extend_from_slice(&wait_ms.to_le_bytes());
         }
         Message::ClientRecords { start, commit_end, records } => {
             out.push(TYPE_CLIENT_RECORDS);
@@ -559,7 +560,13 @@ pub fn decode(buf: &Bytes) -> Result<Option<(Message, usize)>, CodecError> {
                 1 => true,
                 _ => return Err(corrupt(flag_pos, CorruptReason::Field("uncommitted flag"))),
             };
-            Message::ClientRead { log, from, max, uncommitted }
+            // Absent in the first version of the message: no wait.
+            let wait_pos = reader.pos();
+            let wait_ms = if reader.pos() < frame.len() { reader.u32()? } else { 0 };
+            if wait_ms > CLIENT_READ_WAIT_MS_MAX {
+                return Err(corrupt(wait_pos, CorruptReason::Field("read wait over 30 s")));
+            }
+            Message::ClientRead { log, from, max, uncommitted, wait_ms }
         }
         TYPE_CLIENT_RECORDS => {
             Message::ClientRecords { start: reader.u64()?, commit_end: reader.u64()?, records: reader.records()? }
@@ -1002,8 +1009,8 @@ mod tests {
             Message::DataLoss { log: "orders".into(), epoch: 3, from: 120, to: 900 },
             Message::ClientAppend { log: "o".into(), acks: Acks::Leader, records: vec![] },
             Message::ClientAppended { start: 3, end: 6, durability: Acks::Quorum, copies: 2, nodes: 3 },
-            Message::ClientRead { log: "orders".into(), from: 9, max: 100, uncommitted: false },
-            Message::ClientRead { log: "orders".into(), from: 9, max: 100, uncommitted: true },
+            Message::ClientRead { log: "orders".into(), from: 9, max: 100, uncommitted: false, wait_ms: 0 },
+            Message::ClientRead { log: "orders".into(), from: 9, max: 100, uncommitted: true, wait_ms: 30_000 },
             Message::ClientRecords { start: 9, commit_end: 12, records: vec![Bytes::from_static(b"x"); 3] },
             Message::ClientStatus,
             Message::ClientStatusReply { json: "{\"node\":1}".into() },
@@ -1143,6 +1150,21 @@ mod tests {
         out.push(0);
         let out = resealed(out);
         assert_eq!(decoded(&out), Err(corrupt(out.len() - 1, CorruptReason::TrailingGarbage)));
+    }
+
+    #[test]
+    fn a_read_without_its_wait_waits_for_nothing_and_a_wait_over_the_bound_is_refused() {
+        let read = Message::ClientRead { log: "o".into(), from: 5, max: 7, uncommitted: true, wait_ms: 250 };
+        let full = encoded(&read);
+        // The first version of the message ended at the flag.
+        let short = resealed(full[..full.len() - 4].to_vec());
+        let want = Message::ClientRead { log: "o".into(), from: 5, max: 7, uncommitted: true, wait_ms: 0 };
+        assert_eq!(decoded(&short), Ok(Some((want, short.len()))));
+        let mut over = full.clone();
+        let at = over.len() - 4;
+        over[at..].copy_from_slice(&(CLIENT_READ_WAIT_MS_MAX + 1).to_le_bytes());
+        let over = resealed(over);
+        assert_eq!(decoded(&over), Err(corrupt(at, CorruptReason::Field("read wait over 30 s"))));
     }
 
     #[test]

@@ -24,7 +24,9 @@ use bytes::Bytes;
 use tern_wal::{Log, Visibility};
 
 use crate::codec::{self, Compression};
-use crate::message::{Acks, Chunk, Message, NodeId, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use crate::message::{
+    Acks, Chunk, Message, NodeId, CLIENT_READ_WAIT_MS_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
+};
 use crate::proto::{
     Follower, FollowerAction, FollowerInput, Leader, LeaderAction, LeaderConfig, LeaderInput, PeerView, Quorum,
 };
@@ -625,6 +627,7 @@ impl Shared {
                 }
                 LeaderAction::Committed { .. } => {
                     slot.committed.notify_all();
+                    self.clients.poke();
                 }
             }
         }
@@ -1105,6 +1108,8 @@ fn follow_messages(
             }
             _ => {}
         }
+        // The log may have grown, or its commit point moved: reads waiting for that go on.
+        shared.clients.poke();
         for msg in sends {
             if let Message::Ack { log, .. } = &msg {
                 acks.insert(log.clone(), msg);
@@ -1524,7 +1529,13 @@ impl Shared {
                 }
             })
             .collect();
-        NodeMetrics { node: self.config.node_id, role: self.config.role, logs }
+        NodeMetrics {
+            node: self.config.node_id,
+            role: self.config.role,
+            connections: self.connections.load(Ordering::SeqCst) as u64,
+            reads_waiting: self.clients.reads_waiting() as u64,
+            logs,
+        }
     }
 }
 
@@ -1535,6 +1546,10 @@ pub struct NodeMetrics {
     pub node: NodeId,
     /// Its role.
     pub role: Role,
+    /// Accepted connections open: clients, and on a follower its leader's.
+    pub connections: u64,
+    /// Client reads waiting for a first record ([`Client::read_wait`]).
+    pub reads_waiting: u64,
     /// One entry per log, by name.
     pub logs: Vec<LogMetrics>,
 }
@@ -1646,7 +1661,11 @@ impl NodeMetrics {
             Role::Leader => "leader",
             Role::Follower => "follower",
         };
-        serde_json::json!({ "node": self.node, "role": role, "logs": logs }).to_string()
+        serde_json::json!({
+            "node": self.node, "role": role, "connections": self.connections,
+            "reads_waiting": self.reads_waiting, "logs": logs,
+        })
+        .to_string()
     }
 }
 
@@ -1768,7 +1787,24 @@ impl Client {
         max: u32,
         uncommitted: bool,
     ) -> io::Result<(u64, u64, Vec<Bytes>)> {
-        match self.call(&Message::ClientRead { log: log.to_owned(), from, max, uncommitted })? {
+        self.read_wait(log, from, max, uncommitted, Duration::ZERO)
+    }
+
+    /// Like [`Client::read_from`], but when the node has no record from `from` yet, it waits
+    /// up to `wait` (at most 30 s) for one before answering with none: a tail without polling.
+    ///
+    /// # Errors
+    /// The node's refusal, or connection errors.
+    pub fn read_wait(
+        &mut self,
+        log: &str,
+        from: u64,
+        max: u32,
+        uncommitted: bool,
+        wait: Duration,
+    ) -> io::Result<(u64, u64, Vec<Bytes>)> {
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).min(CLIENT_READ_WAIT_MS_MAX);
+        match self.call(&Message::ClientRead { log: log.to_owned(), from, max, uncommitted, wait_ms })? {
             Message::ClientRecords { start, commit_end, records } => Ok((start, commit_end, records)),
             _ => Err(io::Error::other("unexpected reply")),
         }

@@ -12,6 +12,9 @@ pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// Highest protocol version this build speaks.
 pub const PROTOCOL_VERSION_MAX: u16 = 1;
 
+/// Longest wait a `ClientRead` may ask for (30 s, below a client's default timeout).
+pub const CLIENT_READ_WAIT_MS_MAX: u32 = 30_000;
+
 /// A run of consecutive batch frames of one log, as shipped: either the frames themselves or
 /// their zstd compression. Compressed once and shared by every peer that needs the same range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +175,9 @@ pub enum Message {
         /// Also records this node holds that are not committed yet (for tooling): they may
         /// still be lost or replaced by a failover.
         uncommitted: bool,
+        /// How long the node may wait for a first record when it has none from `from` yet, in
+        /// milliseconds: 0 answers at once (at most [`CLIENT_READ_WAIT_MS_MAX`]).
+        wait_ms: u32,
     },
     /// Node to client: records at dense offsets from `start`.
     ClientRecords {

@@ -185,7 +185,15 @@ pub(super) struct ClientLoop {
     epoll: OwnedFd,
     incoming: Mutex<Vec<(u64, Conn)>>,
     next_token: AtomicU64,
+    /// An eventfd in the epoll set (token [`WAKE_TOKEN`]): written when a log grows or its
+    /// commit point moves while reads wait for that.
+    wake: OwnedFd,
+    /// Reads waiting for records (`ClientRead` with a wait).
+    reads_waiting: AtomicUsize,
 }
+
+/// The epoll token of [`ClientLoop::wake`]; connections count from 1.
+const WAKE_TOKEN: u64 = 0;
 
 impl ClientLoop {
     pub(super) fn new() -> io::Result<ClientLoop> {
@@ -196,19 +204,83 @@ impl ClientLoop {
         }
         // SAFETY: `fd` was just returned by epoll_create1 and nothing else owns it.
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(ClientLoop { epoll, incoming: Mutex::new(Vec::new()), next_token: AtomicU64::new(1) })
+        // SAFETY: plain system call; a valid descriptor is owned from here on.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and nothing else owns it.
+        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
+        let clients = ClientLoop {
+            epoll,
+            incoming: Mutex::new(Vec::new()),
+            next_token: AtomicU64::new(WAKE_TOKEN + 1),
+            wake,
+            reads_waiting: AtomicUsize::new(0),
+        };
+        clients.ctl_fd(libc::EPOLL_CTL_ADD, clients.wake.as_raw_fd(), libc::EPOLLIN as u32, WAKE_TOKEN)?;
+        Ok(clients)
     }
 
     fn ctl(&self, op: libc::c_int, stream: &TcpStream, token: u64) -> io::Result<()> {
         let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        self.ctl_fd(op, stream.as_raw_fd(), events, token)
+    }
+
+    fn ctl_fd(&self, op: libc::c_int, fd: std::os::fd::RawFd, events: u32, token: u64) -> io::Result<()> {
         let mut event = libc::epoll_event { events, u64: token };
         // SAFETY: both descriptors are open for the duration of the call, and `event` is a
         // valid epoll_event.
-        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, stream.as_raw_fd(), &mut event) };
+        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// A log grew or its commit point moved: wakes the loop if reads wait for that (one
+    /// atomic load otherwise).
+    pub(super) fn poke(&self) {
+        if self.reads_waiting.load(Ordering::Relaxed) > 0 {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: `one` is valid for 8 bytes and the eventfd is open. A full counter (it
+            // cannot be, the loop drains it) would only mean the loop is already woken.
+            let _ = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
+    }
+
+    /// Reads waiting for a first record.
+    pub(super) fn reads_waiting(&self) -> usize {
+        self.reads_waiting.load(Ordering::Relaxed)
+    }
+
+    fn drain_wake(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: `count` is valid for 8 bytes and the eventfd is open (non-blocking).
+        let _ = unsafe { libc::read(self.wake.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+    }
+}
+
+/// A read that waits for its first record.
+struct WaitingRead {
+    replies: Arc<ClientConn>,
+    seq: u64,
+    log: String,
+    from: u64,
+    max: u32,
+    uncommitted: bool,
+    deadline: Instant,
+}
+
+impl WaitingRead {
+    /// Whether it can be answered: a record is there, its wait is over, or the node stops.
+    fn ready(&self, shared: &Shared, now: Instant) -> bool {
+        if now >= self.deadline || shared.stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        let Some(slot) = shared.slot(&self.log) else { return true };
+        let end = if self.uncommitted { slot.log.written_end() } else { slot.commit_end() };
+        end > self.from
     }
 }
 
@@ -273,11 +345,16 @@ pub(super) fn serve_client(
 pub(super) fn client_loop(shared: &Arc<Shared>) {
     let clients = &shared.clients;
     let mut conns: HashMap<u64, Conn> = HashMap::new();
+    let mut reads: Vec<WaitingRead> = Vec::new();
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
     let mut swept = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
         let waiting = conns.values().any(|c| c.held.is_some() || c.no_room);
-        let timeout = if waiting { RETRY_INTERVAL_MS } else { IDLE_INTERVAL_MS };
+        let mut timeout = if waiting { RETRY_INTERVAL_MS } else { IDLE_INTERVAL_MS };
+        if let Some(first) = reads.iter().map(|r| r.deadline).min() {
+            let ms = first.saturating_duration_since(Instant::now()).as_millis();
+            timeout = timeout.min(i32::try_from(ms).unwrap_or(i32::MAX));
+        }
         // SAFETY: `events` is valid for writes of its length, and the epoll descriptor is open.
         let n = unsafe {
             libc::epoll_wait(clients.epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as libc::c_int, timeout)
@@ -293,6 +370,10 @@ pub(super) fn client_loop(shared: &Arc<Shared>) {
         conns.extend(clients.incoming.lock().drain(..));
         for event in events.get(..n as usize).unwrap_or_default() {
             let (bits, token) = (event.events, event.u64);
+            if token == WAKE_TOKEN {
+                clients.drain_wake();
+                continue;
+            }
             let Some(conn) = conns.get_mut(&token) else { continue };
             if bits & libc::EPOLLOUT as u32 != 0 {
                 conn.replies.send_ready();
@@ -311,7 +392,7 @@ pub(super) fn client_loop(shared: &Arc<Shared>) {
         let mut closed = Vec::new();
         for (token, conn) in &mut conns {
             if conn.more || conn.next.is_some() || conn.held.is_some() || conn.start < conn.buf.len() {
-                if let Err(e) = serve(shared, conn, &mut batch) {
+                if let Err(e) = serve(shared, conn, &mut batch, &mut reads) {
                     if e.kind() != io::ErrorKind::UnexpectedEof && !shared.stop.load(Ordering::SeqCst) {
                         log_line(&format!("connection from {} closed: {e}", conn.peer));
                     }
@@ -320,6 +401,20 @@ pub(super) fn client_loop(shared: &Arc<Shared>) {
             }
         }
         batch.write(shared);
+        // After the requests, so that a read that began waiting in this pass sees a record
+        // written since it looked (it was counted as waiting before that, so anything later
+        // wakes the loop).
+        if !reads.is_empty() {
+            let now = Instant::now();
+            let (ready, still): (Vec<WaitingRead>, Vec<WaitingRead>) =
+                std::mem::take(&mut reads).into_iter().partition(|r| r.ready(shared, now));
+            reads = still;
+            for r in ready {
+                let reply = client_read(shared, &r.log, r.from, r.max, r.uncommitted);
+                r.replies.fill(r.seq, &reply);
+            }
+        }
+        clients.reads_waiting.store(reads.len(), Ordering::Relaxed);
         for token in closed {
             if let Some(conn) = conns.remove(&token) {
                 let _ = clients.ctl(libc::EPOLL_CTL_DEL, &conn.stream, token);
@@ -331,7 +426,7 @@ pub(super) fn client_loop(shared: &Arc<Shared>) {
 }
 
 /// Reads what `conn` sent and handles its whole requests in order, as far as it can now.
-fn serve(shared: &Arc<Shared>, conn: &mut Conn, batch: &mut Batch) -> io::Result<()> {
+fn serve(shared: &Arc<Shared>, conn: &mut Conn, batch: &mut Batch, reads: &mut Vec<WaitingRead>) -> io::Result<()> {
     conn.no_room = false;
     if let Some(held) = conn.held.take() {
         match quorum_lag_refusal(shared, &held.slot) {
@@ -361,7 +456,7 @@ fn serve(shared: &Arc<Shared>, conn: &mut Conn, batch: &mut Batch) -> io::Result
             conn.next = Some(msg);
             return Ok(());
         };
-        handle(shared, conn, seq, msg, batch);
+        handle(shared, conn, seq, msg, batch, reads);
     }
 }
 
@@ -436,7 +531,14 @@ fn next_message(conn: &mut Conn) -> io::Result<Option<Message>> {
 /// Handles one request of `conn`, whose reply goes in place `seq`. Appends join `batch`;
 /// anything else first writes the batch, so that it sees what the connection appended
 /// before it.
-fn handle(shared: &Arc<Shared>, conn: &mut Conn, seq: u64, msg: Message, batch: &mut Batch) {
+fn handle(
+    shared: &Arc<Shared>,
+    conn: &mut Conn,
+    seq: u64,
+    msg: Message,
+    batch: &mut Batch,
+    reads: &mut Vec<WaitingRead>,
+) {
     let reply = match msg {
         Message::ClientAppend { log, acks, records } => {
             if shared.config.role != Role::Leader {
@@ -454,9 +556,20 @@ fn handle(shared: &Arc<Shared>, conn: &mut Conn, seq: u64, msg: Message, batch: 
             }
             return batch.push(slot, &conn.replies, seq, acks, records);
         }
-        Message::ClientRead { log, from, max, uncommitted } => {
+        Message::ClientRead { log, from, max, uncommitted, wait_ms } => {
             batch.write(shared);
-            client_read(shared, &log, from, max, uncommitted)
+            let reply = client_read(shared, &log, from, max, uncommitted);
+            let empty = matches!(&reply, Message::ClientRecords { records, .. } if records.is_empty());
+            if wait_ms > 0 && empty {
+                let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms));
+                let replies = conn.replies.clone();
+                reads.push(WaitingRead { replies, seq, log, from, max, uncommitted, deadline });
+                // Counted at once, so that a record written before the loop's next pass
+                // wakes it.
+                shared.clients.reads_waiting.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            reply
         }
         Message::ClientStatus => {
             batch.write(shared);
