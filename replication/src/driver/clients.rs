@@ -102,6 +102,28 @@ fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Reads what `stream` holds, up to `max` bytes, onto the end of `buf` without waiting (and
+/// without zeroing the space first), like [`recv_now`].
+fn recv_into_spare(stream: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
+    loop {
+        // SAFETY: `spare` is valid for writes of `len` bytes for the duration of the call, and
+        // the descriptor belongs to `stream`, which outlives it.
+        let n = unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: recv initialized the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 impl ClientConn {
     fn new(stream: TcpStream) -> ClientConn {
         let replies =
@@ -508,11 +530,8 @@ fn next_message(conn: &mut Conn) -> io::Result<Option<Message>> {
             }
             got
         } else {
-            let old = conn.buf.len();
-            conn.buf.resize(old + need, 0);
-            let got = recv_now(&conn.stream, conn.buf.get_mut(old..).unwrap_or_default());
-            conn.buf.truncate(old + *got.as_ref().unwrap_or(&0));
-            got
+            conn.buf.reserve(need);
+            recv_into_spare(&conn.stream, &mut conn.buf, need)
         };
         match got {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
