@@ -271,7 +271,11 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             put_u64(out, *from);
             out.extend_from_slice(&max.to_le_bytes());
             out.push(u8::from(*uncommitted));
-            out.extend_from_slice(&wait_ms.to_le_bytes());
+            // Written only when there is a wait (and so the first layout, which ended at the
+            // flag, is the one for no wait).
+            if *wait_ms > 0 {
+                out.extend_from_slice(&wait_ms.to_le_bytes());
+            }
         }
         Message::ClientRecords { start, commit_end, records } => {
             out.push(TYPE_CLIENT_RECORDS);
@@ -560,9 +564,13 @@ pub fn decode(buf: &Bytes) -> Result<Option<(Message, usize)>, CodecError> {
                 1 => true,
                 _ => return Err(corrupt(flag_pos, CorruptReason::Field("uncommitted flag"))),
             };
-            // Absent in the first version of the message: no wait.
+            // Absent for no wait (as in the first layout of the message), so that one message
+            // has one encoding.
             let wait_pos = reader.pos();
             let wait_ms = if reader.pos() < frame.len() { reader.u32()? } else { 0 };
+            if reader.pos() > wait_pos && wait_ms == 0 {
+                return Err(corrupt(wait_pos, CorruptReason::Field("read wait of 0 written out")));
+            }
             if wait_ms > CLIENT_READ_WAIT_MS_MAX {
                 return Err(corrupt(wait_pos, CorruptReason::Field("read wait over 30 s")));
             }
@@ -1153,18 +1161,23 @@ mod tests {
     }
 
     #[test]
-    fn a_read_without_its_wait_waits_for_nothing_and_a_wait_over_the_bound_is_refused() {
-        let read = Message::ClientRead { log: "o".into(), from: 5, max: 7, uncommitted: true, wait_ms: 250 };
-        let full = encoded(&read);
-        // The first version of the message ended at the flag.
-        let short = resealed(full[..full.len() - 4].to_vec());
-        let want = Message::ClientRead { log: "o".into(), from: 5, max: 7, uncommitted: true, wait_ms: 0 };
-        assert_eq!(decoded(&short), Ok(Some((want, short.len()))));
-        let mut over = full.clone();
-        let at = over.len() - 4;
-        over[at..].copy_from_slice(&(CLIENT_READ_WAIT_MS_MAX + 1).to_le_bytes());
-        let over = resealed(over);
+    fn a_read_waits_only_when_its_wait_is_written_and_within_the_bound() {
+        let read = |wait_ms| Message::ClientRead { log: "o".into(), from: 5, max: 7, uncommitted: true, wait_ms };
+        let (full, short) = (encoded(&read(250)), encoded(&read(0)));
+        // No wait is the first layout of the message, which ended at the flag.
+        assert_eq!(short.len() + 4, full.len());
+        assert_eq!(decoded(&short), Ok(Some((read(0), short.len()))));
+        let at = full.len() - 4;
+        let with_wait = |wait_ms: u32| {
+            let mut bytes = full.clone();
+            bytes[at..].copy_from_slice(&wait_ms.to_le_bytes());
+            resealed(bytes)
+        };
+        assert_eq!(decoded(&with_wait(0)), Err(corrupt(at, CorruptReason::Field("read wait of 0 written out"))));
+        let over = with_wait(CLIENT_READ_WAIT_MS_MAX + 1);
         assert_eq!(decoded(&over), Err(corrupt(at, CorruptReason::Field("read wait over 30 s"))));
+        let most = with_wait(CLIENT_READ_WAIT_MS_MAX);
+        assert_eq!(decoded(&most), Ok(Some((read(CLIENT_READ_WAIT_MS_MAX), most.len()))));
     }
 
     #[test]
