@@ -161,6 +161,16 @@ impl SimDisk {
         Ok(())
     }
 
+    /// The process dies and a new one starts, the machine stays up: everything written stays
+    /// (the page cache survives), synced or not; open files become invalid.
+    pub fn kill(&self) {
+        let mut state = self.state.lock();
+        state.generation += 1;
+        state.dead = false;
+        state.crash_at_sync = None;
+        state.faults.clear();
+    }
+
     /// Power loss and reboot: names and bytes fall back to what was made durable, with the
     /// last unsynced write of each file torn as `tear` says. Open files become invalid.
     pub fn crash(&self, tear: Tear) {

@@ -1763,6 +1763,26 @@ fn corrupt(file: PathBuf, pos: u64, reason: CorruptReason) -> Error {
     Error::Segment(tern_segment::Error::Corrupt { file, pos, reason })
 }
 
+/// Whether the lone first segment of a log without a meta is what a creation that stopped
+/// part way left: a file too short for its header, a header not written yet (zeros), or a
+/// valid header and no frame. Anything else is data, and a missing meta then is corruption,
+/// never a new log.
+fn creation_interrupted(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<bool> {
+    let path = dir.join(tern_segment::segment::segment_file_name(0));
+    let segment = match Segment::open(disk, &path, options.index_interval_bytes) {
+        Ok(segment) => segment,
+        Err(tern_segment::Error::Corrupt { reason: CorruptReason::Truncated { .. }, .. }) => return Ok(true),
+        Err(tern_segment::Error::Corrupt { reason: CorruptReason::Magic, .. }) => {
+            let file = disk.open(&path).map_err(|e| Error::io(&path, e))?;
+            let header = file.read_copy(0, SEGMENT_HEADER_BYTES).map_err(|e| Error::io(&path, e))?;
+            return Ok(header.iter().all(|b| *b == 0));
+        }
+        Err(e) => return Err(Error::from_segment(e)),
+    };
+    let report = segment.scan(SEGMENT_HEADER_BYTES, 0, None, true).map_err(Error::from_segment)?;
+    Ok(report.frame_count == 0 && report.problem.is_none())
+}
+
 /// What recovery returns: the segments, the meta, what it found, the generation that journal
 /// entries to replay must carry, and the epoch history.
 type RecoveredLog = (Vec<Arc<Segment>>, Meta, Recovered, u64, EpochHistory);
@@ -1775,7 +1795,13 @@ fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<Recovere
     bases.sort_unstable();
     remove_segment_tmp_files(disk, dir, &names)?;
     let Some(mut meta) = Meta::read(disk, dir)? else {
-        if !bases.is_empty() {
+        if bases.len() == 1 && bases.first() == Some(&0) && creation_interrupted(disk, dir, options)? {
+            // The first segment of a new log, and the log's creation stopped before the meta
+            // was written: nothing was ever appended to it (appends start after the meta is
+            // durable). Create the log afresh.
+            let path = dir.join(tern_segment::segment::segment_file_name(0));
+            disk.remove(&path).map_err(|e| Error::io(&path, e))?;
+        } else if !bases.is_empty() {
             return Err(corrupt(dir.join(crate::meta::META_FILE), 0, CorruptReason::Field("meta file missing")));
         }
         // A new log.
