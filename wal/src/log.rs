@@ -1767,9 +1767,9 @@ fn corrupt(file: PathBuf, pos: u64, reason: CorruptReason) -> Error {
 /// part way left: a file too short for its header, a header not written yet (zeros), or a
 /// valid header and no frame. Anything else is data, and a missing meta then is corruption,
 /// never a new log.
-fn creation_interrupted(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<bool> {
+pub(crate) fn creation_interrupted(disk: &dyn Disk, dir: &Path, index_interval_bytes: u64) -> Result<bool> {
     let path = dir.join(tern_segment::segment::segment_file_name(0));
-    let segment = match Segment::open(disk, &path, options.index_interval_bytes) {
+    let segment = match Segment::open(disk, &path, index_interval_bytes) {
         Ok(segment) => segment,
         Err(tern_segment::Error::Corrupt { reason: CorruptReason::Truncated { .. }, .. }) => return Ok(true),
         Err(tern_segment::Error::Corrupt { reason: CorruptReason::Magic, .. }) => {
@@ -1795,7 +1795,7 @@ fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<Recovere
     bases.sort_unstable();
     remove_segment_tmp_files(disk, dir, &names)?;
     let Some(mut meta) = Meta::read(disk, dir)? else {
-        if bases.len() == 1 && bases.first() == Some(&0) && creation_interrupted(disk, dir, options)? {
+        if bases == [0] && creation_interrupted(disk, dir, options.index_interval_bytes)? {
             // The first segment of a new log, and the log's creation stopped before the meta
             // was written: nothing was ever appended to it (appends start after the meta is
             // durable). Create the log afresh.

@@ -70,6 +70,13 @@ pub fn verify_log(disk: &dyn Disk, dir: &Path, on_batch: &mut dyn FnMut(&BatchIn
     let meta = match Meta::read(disk, dir) {
         Ok(Some(meta)) => Some(meta),
         Ok(None) => {
+            let bases: Vec<u64> = names.iter().filter_map(|n| parse_file_name(n, SEGMENT_EXT)).collect();
+            if bases.is_empty() || (bases == [0] && crate::log::creation_interrupted(disk, dir, 4096).unwrap_or(false))
+            {
+                // A creation that stopped part way (or never began): it holds nothing, and
+                // opening the log creates it afresh (FORMAT.md "Log meta file").
+                return Ok(report);
+            }
             problem(&mut report, &dir.join(crate::meta::META_FILE), 0, "meta file missing".into());
             None
         }

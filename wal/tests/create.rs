@@ -10,8 +10,12 @@ use tern_segment::sim::{FaultOp, SimDisk, Tear};
 use tern_segment::Disk;
 use tern_wal::{Durability, Visibility};
 
-/// Opens the log again and checks that it is empty and takes appends.
+/// Checks that `tern verify` finds nothing wrong, then opens the log again and checks that it
+/// is empty and takes appends.
 fn reopens_as_new(disk: &SimDisk, what: &str) {
+    if let Ok(report) = tern_wal::verify::verify_log(disk, log_dir(), &mut |_| {}) {
+        assert!(report.problems.is_empty(), "{what}: verify reports {:?}", report.problems);
+    }
     let committer = sim_committer(disk);
     let log = open(disk, &committer).unwrap_or_else(|e| panic!("{what}: the log does not open again: {e}"));
     assert_eq!((log.start_offset(), log.written_end()), (0, 0), "{what}");
@@ -64,6 +68,8 @@ fn a_first_segment_holding_records_without_its_meta_is_corruption_not_a_new_log(
     disk.remove(&meta).unwrap();
     let err = open(&disk, &committer).expect_err("a log that lost its meta does not open");
     assert!(err.to_string().contains("meta file missing"), "{err}");
+    let report = tern_wal::verify::verify_log(&disk, log_dir(), &mut |_| {}).unwrap();
+    assert!(report.problems.iter().any(|p| p.reason.contains("meta file missing")), "{:?}", report.problems);
     assert_eq!(disk.files().iter().filter(|f| f.extension().is_some_and(|e| e == "seg")).count(), 1, "nothing removed");
     committer.stop();
 }
