@@ -1238,7 +1238,13 @@ fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
         match connect_peer(shared, peer, addr, &mut welcomed) {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(e) => {
-                let line = format!("node {peer} at {addr}: {e}");
+                // Says whether the follower was lost or could not be reached, and that the
+                // leader keeps trying (a stopped follower is routine, not a failure).
+                let line = if welcomed {
+                    format!("node {peer} at {addr}: connection lost ({e}); dialing it again")
+                } else {
+                    format!("node {peer} at {addr}: cannot connect ({e}); trying again every {REDIAL_BACKOFF_MAX:?} at most")
+                };
                 let repeated =
                     logged.as_ref().is_some_and(|(last, at)| *last == line && at.elapsed() < Duration::from_secs(10));
                 if !shared.stop.load(Ordering::SeqCst) && !repeated {
