@@ -1,0 +1,243 @@
+//! A follower's side of its leader connection: applying what the leader ships, the syncer
+//! that makes it durable in groups, and the acks.
+
+use super::*;
+
+/// Follower: apply what the leader ships, acknowledge after each apply and each sync.
+pub(super) fn follow(shared: &Arc<Shared>, leader: NodeId, stream: TcpStream) -> io::Result<()> {
+    let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let queue = Arc::new(SyncQueue::default());
+    // Syncs run on their own thread, so chunks keep being applied while one runs and the next
+    // sync covers all of them: fsync-batched durability.
+    let syncer = {
+        let (shared, writer, queue) = (shared.clone(), writer.clone(), queue.clone());
+        spawn("tern-fsync", move || sync_loop(&shared, &writer, &queue))?
+    };
+    let result = follow_messages(shared, leader, stream, &writer, &queue);
+    {
+        let mut logs = queue.logs.lock();
+        logs.1 = true;
+        queue.wake.notify_all();
+    }
+    let _ = syncer.join();
+    result
+}
+
+pub(super) fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, queue: &SyncQueue) {
+    loop {
+        let names = {
+            let mut logs = queue.logs.lock();
+            while logs.0.is_empty() && !logs.1 {
+                queue.wake.wait(&mut logs);
+            }
+            // Syncs asked for before the connection closed are still carried out and reported
+            // to the core. The follower core asks for one sync at a time and waits for its
+            // `Synced`, across connections: a request dropped here (by returning as soon as
+            // the connection closed, or when an ack could not be sent) left it waiting
+            // forever, so the follower's durable end, and with it the leader's commit point,
+            // never moved again on any later connection.
+            if logs.0.is_empty() {
+                return;
+            }
+            std::mem::take(&mut logs.0)
+        };
+        for name in names {
+            let Some(slot) = shared.slot(&name) else { continue };
+            let before = slot.log.durable_end();
+            if let Err(e) = slot.log.sync() {
+                log_line(&format!("log {name}: sync failed: {e}"));
+                return;
+            }
+            let durable_end = slot.log.durable_end();
+            slot.applied.syncs.fetch_add(1, Ordering::Relaxed);
+            slot.applied.records_synced.fetch_add(durable_end.saturating_sub(before), Ordering::Relaxed);
+            // An ack that cannot be sent (the connection broke) is fine: the next connection
+            // starts with an `Ack` of where each log stands.
+            let mut out = Vec::new();
+            for msg in follower_input(&slot, queue, FollowerInput::Synced { durable_end }) {
+                codec::encode(&msg, &mut out);
+            }
+            let _ = writer.lock().write_all(&out);
+        }
+    }
+}
+
+pub(super) fn follow_messages(
+    shared: &Arc<Shared>,
+    leader: NodeId,
+    stream: TcpStream,
+    writer: &Arc<Mutex<TcpStream>>,
+    queue: &SyncQueue,
+) -> io::Result<()> {
+    // Tell the leader where each log stands.
+    for slot in shared.all_slots() {
+        let msg = Message::Ack {
+            log: slot.name.clone(),
+            epoch: slot.lock().follower.as_ref().map_or(0, Follower::checked_epoch),
+            written_end: slot.log.written_end(),
+            durable_end: slot.log.durable_end(),
+            last_epoch: slot.log.last_epoch(),
+        };
+        write_msg(&mut writer.lock(), &msg)?;
+    }
+    // Messages already received are handled before any ack is sent, and then only the last
+    // ack of each log goes out (an ack says where the log stands, so it replaces the earlier
+    // ones): under load one read, one apply pass and one write serve many chunks.
+    // A leader sends something at least every heartbeat (100 ms) while it has logs: a follower
+    // that hears nothing for PEER_SILENCE_MAX drops the connection (the leader vanished
+    // without closing it, or the stream lost bytes) and waits for the leader to dial again.
+    stream.set_read_timeout(Some(PEER_SILENCE_MAX))?;
+    let mut reader = io::BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+    let mut acks: BTreeMap<String, Message> = BTreeMap::new();
+    loop {
+        if !has_whole_message(reader.buffer()) && !acks.is_empty() {
+            let mut out = Vec::new();
+            for msg in std::mem::take(&mut acks).values() {
+                codec::encode(msg, &mut out);
+            }
+            writer.lock().write_all(&out)?;
+        }
+        if reader.buffer().is_empty() {
+            match io::BufRead::fill_buf(&mut reader) {
+                Ok([]) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                // A leader without logs has nothing to say: silence is fine until it has.
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    if shared.has_logs() {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "nothing from the leader in 3 s"));
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let msg = read_msg(&mut reader)?;
+        let mut sends = Vec::new();
+        match &msg {
+            Message::Append { log, .. }
+            | Message::Truncate { log, .. }
+            | Message::Reseed { log, .. }
+            | Message::DataLoss { log, .. } => {
+                let slot = shared.log_state(log).map_err(io::Error::other)?;
+                sends = follower_input(&slot, queue, FollowerInput::Received { from: leader, msg });
+            }
+            Message::Heartbeat { logs, .. } => {
+                for (name, _, _) in logs {
+                    let slot = shared.log_state(name).map_err(io::Error::other)?;
+                    let input = FollowerInput::Received { from: leader, msg: msg.clone() };
+                    sends.extend(follower_input(&slot, queue, input));
+                }
+            }
+            _ => {}
+        }
+        // The log may have grown, or its commit point moved: reads waiting for that go on.
+        shared.clients.poke();
+        for msg in sends {
+            if let Message::Ack { log, .. } = &msg {
+                acks.insert(log.clone(), msg);
+            }
+        }
+    }
+}
+
+/// What a follower connection reads at once.
+pub(super) const READ_BUFFER_BYTES: usize = 256 << 10;
+
+/// Whether `buffered` starts with a whole wire frame (or a bad length, which the next read
+/// reports at once).
+pub(super) fn has_whole_message(buffered: &[u8]) -> bool {
+    match codec::frame_len(buffered) {
+        Ok(Some(len)) => buffered.len() >= len,
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
+/// Feeds a follower input to the core of `slot` and carries out the actions; returns the
+/// messages for the leader.
+pub(super) fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Vec<Message> {
+    let (s, name) = (slot, &slot.name);
+    let mut sends = Vec::new();
+    let mut sync = false;
+    {
+        let mut core = slot.lock();
+        let Some(follower) = core.follower.as_mut() else { return Vec::new() };
+        follower.handle(input);
+        while let Some(action) = follower.poll_action() {
+            match action {
+                FollowerAction::Apply { chunk, epoch } => {
+                    let before = s.log.written_end();
+                    let applied = codec::chunk_frames_within(&chunk, epoch)
+                        .map_err(|e| e.to_string())
+                        .and_then(|frames| s.log.append_frames(&frames).map_err(|e| e.to_string()));
+                    if let Err(e) = &applied {
+                        log_line(&format!(
+                            "log {name}: chunk {}..{} refused: {e}",
+                            chunk.base_offset, chunk.end_offset
+                        ));
+                    }
+                    let after = s.log.written_end();
+                    if applied.is_ok() {
+                        s.applied.chunks.fetch_add(1, Ordering::Relaxed);
+                        s.applied.bytes.fetch_add(u64::from(chunk.raw_len_bytes), Ordering::Relaxed);
+                    }
+                    let next = if after == before && applied.is_err() {
+                        FollowerInput::ApplyFailed
+                    } else {
+                        FollowerInput::Applied { written_end: after, last_epoch: s.log.last_epoch() }
+                    };
+                    follower.handle(next);
+                }
+                FollowerAction::Sync => sync = true,
+                FollowerAction::Truncate { to } => {
+                    let end = s.log.written_end();
+                    let input = match s.log.truncate_suffix_to_quarantine(to) {
+                        Ok(kept) => {
+                            s.applied.records_cut.fetch_add(end.saturating_sub(to), Ordering::Relaxed);
+                            log_line(&format!(
+                                "log {name}: records {to}..{end} diverged from the leader's log and were cut{}",
+                                kept.map_or(String::new(), |path| format!("; kept in {}", path.display()))
+                            ));
+                            FollowerInput::Truncated {
+                                written_end: s.log.written_end(),
+                                last_epoch: s.log.last_epoch(),
+                            }
+                        }
+                        Err(e) => {
+                            log_line(&format!("log {name}: cannot cut records {to}..{end}: {e}"));
+                            FollowerInput::ApplyFailed
+                        }
+                    };
+                    follower.handle(input);
+                }
+                FollowerAction::Reset { start_offset } => {
+                    let input = match s.log.reset(start_offset) {
+                        Ok(()) => {
+                            log_line(&format!(
+                                "log {name}: re-seeded: the leader no longer holds records {}..{start_offset}; \
+                                     the log starts again at {start_offset}",
+                                s.log.written_end().min(start_offset)
+                            ));
+                            FollowerInput::Reset { start_offset }
+                        }
+                        Err(e) => {
+                            log_line(&format!("log {name}: re-seed to {start_offset} failed: {e}"));
+                            FollowerInput::ApplyFailed
+                        }
+                    };
+                    follower.handle(input);
+                }
+                FollowerAction::Send { msg, .. } => sends.push(msg),
+            }
+        }
+    }
+    // The sync is queued before the acks are sent: if sending fails, the core still gets
+    // the `Synced` it waits for (see `sync_loop`).
+    if sync {
+        let mut logs = queue.logs.lock();
+        logs.0.insert(name.clone());
+        queue.wake.notify_one();
+    }
+    sends
+}
