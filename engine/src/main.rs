@@ -550,7 +550,13 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
     let doc: serde_json::Value = serde_json::from_str(&text)?;
     // A JSON number ignores width when displayed; as an integer it lines up.
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-    println!("node {} ({})", doc["node"], doc["role"].as_str().unwrap_or("?"));
+    println!(
+        "node {} ({}): {} connections, {} reads waiting for records",
+        doc["node"],
+        doc["role"].as_str().unwrap_or("?"),
+        n(&doc["connections"]),
+        n(&doc["reads_waiting"])
+    );
     println!("{:<24} {:>12} {:>12} {:>12} {:>12}", "log", "start", "written", "synced", "committed");
     for log in doc["logs"].as_array().into_iter().flatten() {
         println!(
