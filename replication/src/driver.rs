@@ -849,10 +849,7 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, counted: &mut O
             write_msg(&mut stream, &welcome)?;
             follow(shared, node_id, stream)
         }
-        other => match counted.take() {
-            Some(count) => clients::serve_client(shared, stream, other, count),
-            None => Ok(()),
-        },
+        other => clients::serve_client(shared, stream, other, counted),
     }
 }
 

@@ -264,11 +264,16 @@ impl ClientLoop {
     /// atomic load otherwise).
     pub(super) fn poke(&self) {
         if self.reads_waiting.load(Ordering::Relaxed) > 0 {
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: `one` is valid for 8 bytes and the eventfd is open. A full counter (it
-            // cannot be, the loop drains it) would only mean the loop is already woken.
-            let _ = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+            self.wake();
         }
+    }
+
+    /// Wakes the loop.
+    fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: `one` is valid for 8 bytes and the eventfd is open. A full counter (it cannot
+        // be, the loop drains it) would only mean the loop is already woken.
+        let _ = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 
     /// Reads waiting for a first record.
@@ -335,16 +340,23 @@ struct Held {
     deadline: Instant,
 }
 
-/// Hands a client connection whose first message is `first` over to the loop.
+/// Hands a client connection whose first message is `first` over to the loop, with its count
+/// (taken from `counted` only once the loop watches it: on an error it stays with the caller,
+/// which closes the connection).
 pub(super) fn serve_client(
     shared: &Arc<Shared>,
     stream: TcpStream,
     first: Message,
-    counted: Counted,
+    counted: &mut Option<Counted>,
 ) -> io::Result<()> {
     let replies = Arc::new(ClientConn::new(stream.try_clone()?));
     let token = shared.clients.next_token.fetch_add(1, Ordering::Relaxed);
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    // Watched first: a connection the loop could never hear from must not be handed over. An
+    // event that comes before the connection is listed finds no connection and is dropped;
+    // the wake below makes the loop look at it anyway (a new one is read without an event).
+    shared.clients.ctl(libc::EPOLL_CTL_ADD, &stream, token)?;
+    let Some(count) = counted.take() else { return Ok(()) };
     let conn = Conn {
         stream: stream.try_clone()?,
         peer,
@@ -355,12 +367,11 @@ pub(super) fn serve_client(
         next: Some(first),
         held: None,
         no_room: false,
-        _counted: counted,
+        _counted: count,
     };
-    // Listed before it is watched, so that its first event finds it (adding it makes one at
-    // once: the socket is writable).
     shared.clients.incoming.lock().push((token, conn));
-    shared.clients.ctl(libc::EPOLL_CTL_ADD, &stream, token)
+    shared.clients.wake();
+    Ok(())
 }
 
 /// The client loop of a node, until it stops.
