@@ -32,7 +32,7 @@ const PENDING_REPLIES_MAX: usize = 1024;
 /// Reply bytes of one client connection held back (behind a waiting append, or not yet taken
 /// by its socket) beyond which the loop stops reading its requests.
 const PENDING_REPLY_BYTES_MAX: usize = 64 << 20;
-/// What one read from a client connection takes at most, unless a larger message needs more.
+/// What one read from a client connection takes at least room for.
 const SMALL_READ_BYTES: usize = 16 << 10;
 /// What one read takes at most for a larger message.
 const LARGE_READ_BYTES: usize = 4 << 20;
@@ -85,25 +85,9 @@ fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     Ok(sent)
 }
 
-/// Reads what `stream` holds into `buf` without waiting: `Ok(0)` at the end of the stream,
-/// `WouldBlock` when nothing is there.
-fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call,
-        // and the descriptor belongs to `stream`, which outlives it.
-        let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// Reads what `stream` holds, up to `max` bytes, onto the end of `buf` without waiting (and
-/// without zeroing the space first), like [`recv_now`].
+/// Reads what `stream` holds, up to `max` bytes, onto the end of `buf` without waiting and
+/// without zeroing the space first: `Ok(0)` at the end of the stream, `WouldBlock` when
+/// nothing is there.
 fn recv_into_spare(stream: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     let len = spare.len().min(max);
@@ -527,23 +511,12 @@ fn next_message(conn: &mut Conn) -> io::Result<Option<Message>> {
             conn.buf.drain(..conn.start);
             conn.start = 0;
         }
-        // Small reads go through a buffer on the stack (no zeroing of a large one each time);
-        // the rest of a large message is read straight into place.
-        // A large message's buffer grows with what arrives, 4 MiB at a time at most, not with
-        // what its length prefix claims.
-        let need = need.min(LARGE_READ_BYTES);
-        let asked = need.max(SMALL_READ_BYTES);
-        let got = if need <= SMALL_READ_BYTES {
-            let mut chunk = [0u8; SMALL_READ_BYTES];
-            let got = recv_now(&conn.stream, &mut chunk);
-            if let Ok(n) = got {
-                conn.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-            }
-            got
-        } else {
-            conn.buf.reserve(need);
-            recv_into_spare(&conn.stream, &mut conn.buf, need)
-        };
+        // At least a small read's worth; for a large message, what it still needs, but at
+        // most 4 MiB at a time, so that its buffer grows with what arrives, not with what its
+        // length prefix claims.
+        let asked = need.clamp(SMALL_READ_BYTES, LARGE_READ_BYTES);
+        conn.buf.reserve(asked);
+        let got = recv_into_spare(&conn.stream, &mut conn.buf, asked);
         match got {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             // A short read took everything there was: what comes later raises a new event.
