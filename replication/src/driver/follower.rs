@@ -42,25 +42,38 @@ pub(super) fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, qu
             std::mem::take(&mut logs.0)
         };
         for name in names {
-            let Some(slot) = shared.slot(&name) else { continue };
-            let before = slot.log.durable_end();
-            if let Err(e) = slot.log.sync() {
-                log_line(&format!("log {name}: sync failed: {e}"));
-                return;
-            }
-            let durable_end = slot.log.durable_end();
-            slot.applied.syncs.fetch_add(1, Ordering::Relaxed);
-            slot.applied.records_synced.fetch_add(durable_end.saturating_sub(before), Ordering::Relaxed);
+            let Some(sends) = sync_log(shared, queue, &name) else { return };
             // An ack that cannot be sent (the connection broke) is fine: the next connection
             // starts with an `Ack` of where each log stands.
             let mut out = Vec::new();
-            for msg in follower_input(&slot, queue, FollowerInput::Synced { durable_end }) {
+            for msg in sends {
                 codec::encode(&msg, &mut out);
             }
             let _ = writer.lock().write_all(&out);
         }
     }
 }
+
+/// Syncs log `name` as its core asked and reports the new durable end to the core; returns
+/// the messages for the leader, or `None` when the sync failed (logged here).
+fn sync_log(shared: &Shared, queue: &SyncQueue, name: &str) -> Option<Vec<Message>> {
+    let Some(slot) = shared.slot(name) else { return Some(Vec::new()) };
+    let before = slot.log.durable_end();
+    if let Err(e) = slot.log.sync() {
+        log_line(&format!("log {name}: sync failed: {e}"));
+        return None;
+    }
+    let durable_end = slot.log.durable_end();
+    slot.applied.syncs.fetch_add(1, Ordering::Relaxed);
+    slot.applied.records_synced.fetch_add(durable_end.saturating_sub(before), Ordering::Relaxed);
+    Some(follower_input(&slot, queue, FollowerInput::Synced { durable_end }))
+}
+
+/// Below this many bytes received since the last sync, the connection's reader syncs itself
+/// instead of waking the syncer: small chunks wait in the socket during the sync, and the one
+/// ack after it says both where the log is written and where it is durable. Larger amounts go
+/// to the syncer, so applying goes on while it syncs.
+const INLINE_SYNC_MAX_BYTES: usize = 64 << 10;
 
 pub(super) fn follow_messages(
     shared: &Arc<Shared>,
@@ -89,7 +102,27 @@ pub(super) fn follow_messages(
     stream.set_read_timeout(Some(PEER_SILENCE_MAX))?;
     let mut reader = io::BufReader::with_capacity(READ_BUFFER_BYTES, stream);
     let mut acks: BTreeMap<String, Message> = BTreeMap::new();
+    let mut unsynced_bytes = 0usize;
     loop {
+        if !has_whole_message(reader.buffer()) {
+            let names = {
+                let mut logs = queue.logs.lock();
+                if logs.0.is_empty() || unsynced_bytes > INLINE_SYNC_MAX_BYTES {
+                    if !logs.0.is_empty() {
+                        queue.wake.notify_one();
+                    }
+                    Default::default()
+                } else {
+                    std::mem::take(&mut logs.0)
+                }
+            };
+            unsynced_bytes = 0;
+            for name in names {
+                let sends = sync_log(shared, queue, &name)
+                    .ok_or_else(|| io::Error::other(format!("log {name}: sync failed")))?;
+                collect_acks(&mut acks, sends);
+            }
+        }
         if !has_whole_message(reader.buffer()) && !acks.is_empty() {
             let mut out = Vec::new();
             for msg in std::mem::take(&mut acks).values() {
@@ -112,6 +145,9 @@ pub(super) fn follow_messages(
                 Err(e) => return Err(e),
             }
         }
+        if let Ok(Some(len)) = codec::frame_len(reader.buffer()) {
+            unsynced_bytes += len;
+        }
         let msg = read_msg(&mut reader)?;
         let mut sends = Vec::new();
         match &msg {
@@ -133,10 +169,16 @@ pub(super) fn follow_messages(
         }
         // The log may have grown, or its commit point moved: reads waiting for that go on.
         shared.clients.poke();
-        for msg in sends {
-            if let Message::Ack { log, .. } = &msg {
-                acks.insert(log.clone(), msg);
-            }
+        collect_acks(&mut acks, sends);
+    }
+}
+
+/// Keeps the last ack of each log among `sends`: an ack says where the log stands, so it
+/// replaces the earlier ones.
+fn collect_acks(acks: &mut BTreeMap<String, Message>, sends: Vec<Message>) {
+    for msg in sends {
+        if let Message::Ack { log, .. } = &msg {
+            acks.insert(log.clone(), msg);
         }
     }
 }
@@ -233,11 +275,11 @@ pub(super) fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerI
         }
     }
     // The sync is queued before the acks are sent: if sending fails, the core still gets
-    // the `Synced` it waits for (see `sync_loop`).
+    // the `Synced` it waits for (see `sync_loop`). The syncer is woken by the connection's
+    // reader once it has handled what it received, unless the reader syncs itself; a syncer
+    // that asks again finds the request without a wake.
     if sync {
-        let mut logs = queue.logs.lock();
-        logs.0.insert(name.clone());
-        queue.wake.notify_one();
+        queue.logs.lock().0.insert(name.clone());
     }
     sends
 }
