@@ -556,6 +556,9 @@ impl Shared {
                     inflight_bytes_max: 8 << 20,
                     chunk_bytes_max: 1 << 20,
                     heartbeat_ms: 100,
+                    // The tick thread runs every 10 ms: a follower learns of a commit within
+                    // about one tick once the leader has nothing more to ship it.
+                    commit_notice_ms: 5,
                     resend_ms: 2_000,
                     reseed: self.config.reseed,
                 };

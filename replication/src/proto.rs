@@ -62,6 +62,10 @@ pub struct LeaderConfig {
     pub chunk_bytes_max: u64,
     /// A heartbeat goes to a peer that was sent nothing for this long.
     pub heartbeat_ms: u64,
+    /// A peer that was sent nothing for this long, and not yet the current commit point, gets
+    /// a heartbeat that carries it: a follower serving reads learns of the last commits of a
+    /// burst within this, not within `heartbeat_ms`. Under steady load, appends carry it.
+    pub commit_notice_ms: u64,
     /// With bytes in flight and no progress for this long, resend from the peer's acked end.
     pub resend_ms: u64,
     /// A peer that needs records the leader no longer holds is re-seeded (its log replaced by
@@ -206,6 +210,8 @@ struct Peer {
     inflight_bytes: u64,
     last_progress_ms: u64,
     last_sent_ms: u64,
+    /// The highest commit point this peer was sent, in an append or a heartbeat.
+    commit_told: u64,
     /// A [`LeaderAction::Ship`] was asked and not yet reported.
     shipping: bool,
     /// The peer's last `Ack` says its log was checked against this leader's epoch: its end is
@@ -360,6 +366,7 @@ impl Leader {
                         inflight_bytes: 0,
                         last_progress_ms: now,
                         last_sent_ms: now,
+                        commit_told: 0,
                         shipping: false,
                         checked: false,
                         gap: p.gap,
@@ -499,8 +506,11 @@ impl Leader {
                 p.next_offset = p.acked_written;
                 p.last_progress_ms = now;
             }
-            if now.saturating_sub(p.last_sent_ms) >= self.config.heartbeat_ms {
+            let idle_ms = now.saturating_sub(p.last_sent_ms);
+            let commit_untold = self.commit_end > p.commit_told && idle_ms >= self.config.commit_notice_ms;
+            if idle_ms >= self.config.heartbeat_ms || commit_untold {
                 p.last_sent_ms = now;
+                p.commit_told = p.commit_told.max(self.commit_end);
                 let msg = Message::Heartbeat {
                     epoch: self.config.epoch,
                     logs: vec![(self.config.log.clone(), self.written_end, self.commit_end)],
@@ -558,6 +568,7 @@ impl Leader {
             return;
         }
         p.shipping = true;
+        p.commit_told = p.commit_told.max(commit_end);
         let bytes_max = chunk.min(window - p.inflight_bytes).max(1);
         self.actions.push_back(LeaderAction::Ship { peer, from: p.next_offset, bytes_max, commit_end });
     }
@@ -904,6 +915,7 @@ mod tests {
             inflight_bytes_max: 1 << 20,
             chunk_bytes_max: 64 << 10,
             heartbeat_ms: 100,
+            commit_notice_ms: 5,
             resend_ms: 500,
             reseed: true,
         }
@@ -927,6 +939,46 @@ mod tests {
         // A peer reconnecting with less never moves the commit point back.
         leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
         assert_eq!(leader.commit_end(), 10);
+    }
+
+    #[test]
+    fn a_commit_after_the_last_chunk_reaches_the_followers_without_waiting_for_a_heartbeat() {
+        let heartbeats = |actions: &[LeaderAction]| -> Vec<(NodeId, u64)> {
+            actions
+                .iter()
+                .filter_map(|a| match a {
+                    LeaderAction::Send { peer, msg: Message::Heartbeat { logs, .. } } => Some((*peer, logs[0].2)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut leader = Leader::new(config(Quorum::Count(2)), 0, 0, 0);
+        for peer in [2, 3] {
+            leader.handle(LeaderInput::Connected { peer, written_end: 0, durable_end: 0 });
+            leader.handle(LeaderInput::Received { peer, msg: ack(0, 0) });
+        }
+        leader.handle(LeaderInput::Written { end: 10 });
+        for peer in [2, 3] {
+            leader.handle(LeaderInput::Shipped { peer, base_offset: 0, end_offset: 10, len_bytes: 100 });
+        }
+        let _ = std::iter::from_fn(|| leader.poll_action()).count();
+        // The chunk carried commit point 0; 10 commits once a follower and the leader synced.
+        leader.handle(LeaderInput::Synced { end: 10 });
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(10, 10) });
+        assert_eq!(leader.commit_end(), 10);
+        leader.handle(LeaderInput::Tick { now_ms: 3 });
+        let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
+        assert_eq!(heartbeats(&actions), vec![], "a chunk went out 3 ms ago: {actions:?}");
+        leader.handle(LeaderInput::Tick { now_ms: 6 });
+        let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
+        assert_eq!(heartbeats(&actions), vec![(2, 10), (3, 10)], "{actions:?}");
+        // Told once: the next heartbeat is the idle one.
+        leader.handle(LeaderInput::Tick { now_ms: 50 });
+        let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
+        assert_eq!(heartbeats(&actions), vec![], "{actions:?}");
+        leader.handle(LeaderInput::Tick { now_ms: 106 });
+        let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
+        assert_eq!(heartbeats(&actions), vec![(2, 10), (3, 10)], "{actions:?}");
     }
 
     #[test]

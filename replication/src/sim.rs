@@ -170,6 +170,7 @@ fn leader_core(log: &Log, epoch: u64, peers: &[NodeId], quorum: Quorum, commit_e
         inflight_bytes_max: 8 << 10,
         chunk_bytes_max: 2 << 10,
         heartbeat_ms: 50,
+        commit_notice_ms: 10,
         resend_ms: 200,
         reseed: true,
     };
