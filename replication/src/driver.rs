@@ -861,6 +861,8 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, counted: &mut O
 struct SyncQueue {
     logs: Mutex<(std::collections::BTreeSet<String>, bool)>, // (logs to sync, connection closed)
     wake: Condvar,
+    /// A follower's syncer is syncing (set and cleared by it).
+    busy: AtomicBool,
 }
 
 /// How often retention runs and the replication slots are saved.

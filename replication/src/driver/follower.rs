@@ -39,6 +39,7 @@ pub(super) fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, qu
             if logs.0.is_empty() {
                 return;
             }
+            queue.busy.store(true, Ordering::Relaxed);
             std::mem::take(&mut logs.0)
         };
         for name in names {
@@ -51,6 +52,7 @@ pub(super) fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, qu
             }
             let _ = writer.lock().write_all(&out);
         }
+        queue.busy.store(false, Ordering::Relaxed);
     }
 }
 
@@ -107,16 +109,21 @@ pub(super) fn follow_messages(
         if !has_whole_message(reader.buffer()) {
             let names = {
                 let mut logs = queue.logs.lock();
-                if logs.0.is_empty() || unsynced_bytes > INLINE_SYNC_MAX_BYTES {
-                    if !logs.0.is_empty() {
-                        queue.wake.notify_one();
-                    }
+                if logs.0.is_empty() {
                     Default::default()
                 } else {
-                    std::mem::take(&mut logs.0)
+                    // What arrived while the syncer was busy may be a lot: leave it to the
+                    // syncer, which takes it once done.
+                    let inline = unsynced_bytes <= INLINE_SYNC_MAX_BYTES && !queue.busy.load(Ordering::Relaxed);
+                    unsynced_bytes = 0;
+                    if inline {
+                        std::mem::take(&mut logs.0)
+                    } else {
+                        queue.wake.notify_one();
+                        Default::default()
+                    }
                 }
             };
-            unsynced_bytes = 0;
             for name in names {
                 let sends = sync_log(shared, queue, &name)
                     .ok_or_else(|| io::Error::other(format!("log {name}: sync failed")))?;
