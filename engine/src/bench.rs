@@ -438,6 +438,58 @@ struct SmallSync {
     records_per_s: f64,
     p50_us: f64,
     p99_us: f64,
+    /// Operations in the whole run, the warm-up included.
+    ops: u64,
+}
+
+/// What this process (every thread, those that ended included) used: CPU time and context
+/// switches, from `getrusage`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    cpu_us: f64,
+    voluntary: f64,
+    involuntary: f64,
+}
+
+impl Usage {
+    fn now() -> Usage {
+        // SAFETY: `getrusage` writes only into the zeroed struct it is given.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; RUSAGE_SELF covers the calling process.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+            return Usage::default();
+        }
+        let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+        Usage {
+            cpu_us: us(ru.ru_utime) + us(ru.ru_stime),
+            voluntary: ru.ru_nvcsw as f64,
+            involuntary: ru.ru_nivcsw as f64,
+        }
+    }
+
+    /// Runs `run` and adds what the process used meanwhile to `self`; the operations it made
+    /// go to `ops`.
+    fn add<E>(&mut self, ops: &mut u64, run: impl FnOnce() -> Result<SmallSync, E>) -> Result<SmallSync, E> {
+        let before = Usage::now();
+        let result = run()?;
+        let after = Usage::now();
+        self.cpu_us += after.cpu_us - before.cpu_us;
+        self.voluntary += after.voluntary - before.voluntary;
+        self.involuntary += after.involuntary - before.involuntary;
+        *ops += result.ops;
+        Ok(result)
+    }
+
+    /// Per operation, as "CPU N us, V+I context switches".
+    fn per_op(&self, ops: u64) -> String {
+        let n = ops.max(1) as f64;
+        format!(
+            "CPU {:.0} us, {:.1}+{:.1} context switches (voluntary+involuntary)",
+            self.cpu_us / n,
+            self.voluntary / n,
+            self.involuntary / n
+        )
+    }
 }
 
 /// The raw group-commit limit: writers queue 128-byte records; whoever finds no leader
@@ -527,7 +579,7 @@ fn raw_group_commit(dir: &Path, writers: usize, duration: Duration, zero_filled:
 fn median(runs: &[SmallSync]) -> SmallSync {
     let mut sorted = runs.to_vec();
     sorted.sort_by(|a, b| a.records_per_s.total_cmp(&b.records_per_s));
-    sorted.get(sorted.len() / 2).copied().unwrap_or(SmallSync { records_per_s: 0.0, p50_us: 0.0, p99_us: 0.0 })
+    sorted.get(sorted.len() / 2).copied().unwrap_or(SmallSync { records_per_s: 0.0, p50_us: 0.0, p99_us: 0.0, ops: 0 })
 }
 
 fn summarize(latencies: Vec<Vec<f64>>, elapsed_s: f64) -> SmallSync {
@@ -537,6 +589,7 @@ fn summarize(latencies: Vec<Vec<f64>>, elapsed_s: f64) -> SmallSync {
         records_per_s: all.len() as f64 / elapsed_s,
         p50_us: percentile(&all, 0.5),
         p99_us: percentile(&all, 0.99),
+        ops: all.len() as u64,
     }
 }
 
@@ -573,8 +626,9 @@ fn closed_loop<Op: FnMut() -> bool>(
     let samples =
         drive(writers, make_op, &stop, started + duration).map_err(|e| format!("{e} during a small-sync workload"))?;
     let elapsed = started.elapsed().saturating_sub(duration / 5).as_secs_f64();
+    let ops = samples.len() as u64;
     let latencies = samples.into_iter().filter(|(t, _)| *t >= measured_from).map(|(_, us)| us).collect();
-    Ok(summarize(vec![latencies], elapsed))
+    Ok(SmallSync { ops, ..summarize(vec![latencies], elapsed) })
 }
 
 /// Runs `writers` threads, each calling its own operation (made by `make_op`) in a closed loop
@@ -1000,11 +1054,16 @@ fn replicate(
     };
     let (one_engine, one_server) = start_node(&one_node)?;
     let (mut single, mut served, mut replicated) = (Vec::new(), Vec::new(), Vec::new());
+    // What the whole process (clients and every node) spends per record in each setting.
+    let mut usage = [Usage::default(); 3];
+    let mut ops = [0u64; 3];
     for r in 0..rounds {
         progress.step(&format!("small-sync: single-node, one node over TCP, 3 nodes; round {}/{rounds}", r + 1));
-        single.push(tern_small_sync(disk, args.commit_mode.into(), dir, 16, 1, round)?);
-        served.push(replicate_small_sync(one_server.local_addr(), 16, round, Acks::Leader)?);
-        replicated.push(replicate_small_sync(addr, 16, round, Acks::Quorum)?);
+        let [u_single, u_served, u_replicated] = &mut usage;
+        let [o_single, o_served, o_replicated] = &mut ops;
+        single.push(u_single.add(o_single, || tern_small_sync(disk, args.commit_mode.into(), dir, 16, 1, round))?);
+        served.push(u_served.add(o_served, || replicate_small_sync(one_server.local_addr(), 16, round, Acks::Leader))?);
+        replicated.push(u_replicated.add(o_replicated, || replicate_small_sync(addr, 16, round, Acks::Quorum))?);
     }
     one_server.stop();
     drop(one_engine);
@@ -1019,11 +1078,13 @@ fn replicate(
             single.records_per_s, single.p50_us, single.p99_us
         ),
         detail: format!(
-            "p50 {:.0} us, p99 {:.0} us = {:.1}x fdatasync p50; {:.2}x of one node over TCP; medians of {rounds} interleaved rounds",
+            "p50 {:.0} us, p99 {:.0} us = {:.1}x fdatasync p50; {:.2}x of one node over TCP; medians of {rounds} interleaved rounds; per record, whole process (clients and nodes): {} (in process: {})",
             replicated.p50_us,
             replicated.p99_us,
             replicated.p99_us / sync_p50_us,
             replicated.records_per_s / served.records_per_s.max(1.0),
+            usage[2].per_op(ops[2]),
+            usage[0].per_op(ops[0]),
         ),
     });
     rows.push(Row {
@@ -1033,8 +1094,10 @@ fn replicate(
         limit: Some(single.records_per_s),
         limit_name: "single-node tern in process, same rounds;".into(),
         detail: format!(
-            "p50 {:.0} us, p99 {:.0} us: the client path (TCP, one sync per group) without replication",
-            served.p50_us, served.p99_us
+            "p50 {:.0} us, p99 {:.0} us: the client path (TCP, one sync per group) without replication; per record, whole process: {}",
+            served.p50_us,
+            served.p99_us,
+            usage[1].per_op(ops[1]),
         ),
     });
     let bulk_bytes = (args.bulk_bytes / 4).max(64 << 20);
