@@ -275,6 +275,8 @@ struct Applied {
     syncs: std::sync::atomic::AtomicU64,
     records_synced: std::sync::atomic::AtomicU64,
     records_cut: std::sync::atomic::AtomicU64,
+    /// Cuts the leader asked for that failed (logged the first time, then every 600th).
+    cuts_failed: std::sync::atomic::AtomicU64,
 }
 
 /// Chunks kept for reuse per log: one per peer at the same place is what counts.

@@ -684,6 +684,8 @@ pub struct Follower {
     checked_epoch: u64,
     /// A cut asked by the leader of this epoch is in progress.
     cutting_for: u64,
+    /// The action in progress is a cut (a [`FollowerAction::Truncate`]).
+    cut_pending: bool,
     /// Records the leader no longer holds that this follower needed (`from..to`), and whether
     /// it was re-seeded past them (true) or stopped (false).
     gap: Option<(u64, u64, bool)>,
@@ -707,6 +709,7 @@ impl Follower {
             last_epoch,
             checked_epoch: 0,
             cutting_for: 0,
+            cut_pending: false,
             gap: None,
             actions: VecDeque::new(),
         }
@@ -761,6 +764,7 @@ impl Follower {
             }
             FollowerInput::Truncated { written_end, last_epoch } => {
                 self.applying = false;
+                self.cut_pending = false;
                 if self.cutting_for == self.epoch_seen {
                     self.checked_epoch = self.epoch_seen;
                 }
@@ -771,7 +775,13 @@ impl Follower {
             }
             FollowerInput::ApplyFailed => {
                 self.applying = false;
-                self.ack();
+                // After a failed cut the log stands where it stood, and an ack now would bring
+                // the same `Truncate` straight back: a failure that lasts (the cut point is
+                // below this log's start) became a loop at the speed of the network. The ack
+                // of the next heartbeat brings it back instead, at most ten times a second.
+                if !std::mem::take(&mut self.cut_pending) {
+                    self.ack();
+                }
             }
             FollowerInput::Synced { durable_end } => {
                 self.sync_requested = false;
@@ -838,6 +848,7 @@ impl Follower {
                 }
                 self.applying = true;
                 self.cutting_for = epoch;
+                self.cut_pending = true;
                 self.actions.push_back(FollowerAction::Truncate { to });
             }
             Message::Reseed { log, epoch, start_offset, missing_from } if log == self.log => {
@@ -1044,6 +1055,88 @@ mod tests {
         assert_eq!(leader.commit_end(), 0, "two followers are a quorum of copies, but not without the leader's");
         leader.handle(LeaderInput::Synced { end: 10 });
         assert_eq!(leader.commit_end(), 10);
+    }
+
+    #[test]
+    fn a_follower_that_diverged_below_the_leaders_start_is_cut_then_reseeded() {
+        // Epoch 1 wrote 0..70 on the follower; the leader lost 50..70 in a power loss, began
+        // epoch 2 at 50, wrote up to 100, and retention then deleted everything below 80.
+        let config = LeaderConfig { epoch: 2, epoch_history: vec![(1, 0), (2, 50)], ..config(Quorum::Count(2)) };
+        let mut leader = Leader::new(config, 100, 100, 0);
+        leader.handle(LeaderInput::StartMoved { start: 80 });
+        let mut follower = Follower::new("l".into(), 1, 70, 70, 1);
+        leader.handle(LeaderInput::Connected { peer: 2, written_end: 70, durable_end: 70 });
+        let hello = Message::Ack { log: "l".into(), epoch: 1, written_end: 70, durable_end: 70, last_epoch: 1 };
+        leader.handle(LeaderInput::Received { peer: 2, msg: hello });
+        // Pump messages both ways, carrying out the follower's actions as its driver would.
+        let mut cuts = Vec::new();
+        let mut resets = Vec::new();
+        let mut shipped_from = None;
+        for _ in 0..20 {
+            let mut to_follower = Vec::new();
+            while let Some(action) = leader.poll_action() {
+                match action {
+                    LeaderAction::Send { peer: 2, msg } => to_follower.push(msg),
+                    LeaderAction::Ship { peer: 2, from, .. } => shipped_from = Some(from),
+                    _ => {}
+                }
+            }
+            for msg in to_follower {
+                follower.handle(FollowerInput::Received { from: 1, msg });
+            }
+            let mut to_leader = Vec::new();
+            while let Some(action) = follower.poll_action() {
+                match action {
+                    FollowerAction::Send { msg, .. } => to_leader.push(msg),
+                    FollowerAction::Truncate { to } => {
+                        cuts.push(to);
+                        follower.handle(FollowerInput::Truncated { written_end: to, last_epoch: 1 });
+                    }
+                    FollowerAction::Reset { start_offset } => {
+                        resets.push(start_offset);
+                        follower.handle(FollowerInput::Reset { start_offset });
+                    }
+                    _ => {}
+                }
+            }
+            for msg in to_leader {
+                leader.handle(LeaderInput::Received { peer: 2, msg });
+            }
+        }
+        assert_eq!(cuts, vec![50], "the records the leader lost are cut, nothing it holds");
+        assert_eq!(resets, vec![80], "then the follower is re-seeded at the leader's start");
+        assert_eq!(shipped_from, Some(80), "and shipped from there");
+        assert_eq!(follower.written_end(), 80);
+    }
+
+    #[test]
+    fn a_failed_cut_is_retried_with_the_next_heartbeat_not_at_once() {
+        let mut follower = Follower::new("l".into(), 1, 70, 70, 1);
+        let cut = Message::Truncate { log: "l".into(), epoch: 2, to: 50, written_end: 70, last_epoch: 1 };
+        for _ in 0..3 {
+            follower.handle(FollowerInput::Received { from: 1, msg: cut.clone() });
+            assert_eq!(follower.poll_action(), Some(FollowerAction::Truncate { to: 50 }));
+            follower.handle(FollowerInput::ApplyFailed);
+            assert_eq!(follower.poll_action(), None, "no ack that would bring the same cut straight back");
+            let heartbeat = Message::Heartbeat { epoch: 2, logs: vec![("l".into(), 100, 0)] };
+            follower.handle(FollowerInput::Received { from: 1, msg: heartbeat });
+            let still = Message::Ack { log: "l".into(), epoch: 0, written_end: 70, durable_end: 70, last_epoch: 1 };
+            assert_eq!(follower.poll_action(), Some(FollowerAction::Send { to: 1, msg: still }));
+        }
+        // A failed apply is still answered at once (the leader resends after `resend_ms`).
+        let chunk =
+            Chunk { base_offset: 70, end_offset: 71, raw_len_bytes: 0, compressed: false, bytes: Default::default() };
+        let mut follower = Follower::new("l".into(), 1, 70, 70, 1);
+        let check = Message::Truncate { log: "l".into(), epoch: 1, to: 70, written_end: 70, last_epoch: 1 };
+        follower.handle(FollowerInput::Received { from: 1, msg: check });
+        let _ = std::iter::from_fn(|| follower.poll_action()).count();
+        follower.handle(FollowerInput::Received {
+            from: 1,
+            msg: Message::Append { log: "l".into(), epoch: 1, commit_end: 0, chunk },
+        });
+        assert!(matches!(follower.poll_action(), Some(FollowerAction::Apply { .. })));
+        follower.handle(FollowerInput::ApplyFailed);
+        assert!(matches!(follower.poll_action(), Some(FollowerAction::Send { .. })));
     }
 
     #[test]

@@ -254,7 +254,21 @@ pub(super) fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerI
                             }
                         }
                         Err(e) => {
-                            log_line(&format!("log {name}: cannot cut records {to}..{end}: {e}"));
+                            // The leader asks again with each heartbeat while the cut fails.
+                            let failed = s.applied.cuts_failed.fetch_add(1, Ordering::Relaxed);
+                            if failed % 600 == 0 {
+                                let below_start = to < s.log.start_offset();
+                                log_line(&format!(
+                                    "log {name}: cannot cut records {to}..{end}: {e}{}",
+                                    if below_start {
+                                        "; every record here diverged from the leader's log, and the point to cut \
+                                         back to is below this log's start: remove this node's copy of the log \
+                                         (the leader then re-seeds it)"
+                                    } else {
+                                        ""
+                                    }
+                                ));
+                            }
                             FollowerInput::ApplyFailed
                         }
                     };
