@@ -507,10 +507,13 @@ impl Leader {
                 p.last_progress_ms = now;
             }
             let idle_ms = now.saturating_sub(p.last_sent_ms);
-            let commit_untold = self.commit_end > p.commit_told && idle_ms >= self.config.commit_notice_ms;
+            // A peer not checked yet ignores the commit point (see `Follower::learn_commit`).
+            let commit_untold = p.checked && self.commit_end > p.commit_told && idle_ms >= self.config.commit_notice_ms;
             if idle_ms >= self.config.heartbeat_ms || commit_untold {
                 p.last_sent_ms = now;
-                p.commit_told = p.commit_told.max(self.commit_end);
+                if p.checked {
+                    p.commit_told = p.commit_told.max(self.commit_end);
+                }
                 let msg = Message::Heartbeat {
                     epoch: self.config.epoch,
                     logs: vec![(self.config.log.clone(), self.written_end, self.commit_end)],
@@ -818,7 +821,7 @@ impl Follower {
                 if !self.accept(from, epoch) {
                     return;
                 }
-                self.commit_end = self.commit_end.max(commit_end);
+                self.learn_commit(epoch, commit_end);
                 if self.applying
                     || epoch != self.checked_epoch
                     || chunk.base_offset > self.written_end
@@ -879,11 +882,21 @@ impl Follower {
                     return;
                 }
                 if let Some((_, _, commit)) = logs.iter().find(|(name, _, _)| *name == self.log) {
-                    self.commit_end = self.commit_end.max(*commit);
+                    self.learn_commit(epoch, *commit);
                 }
                 self.ack();
             }
             _ => {}
+        }
+    }
+
+    /// Takes the commit point the leader of `epoch` sent, once this log was checked against
+    /// that epoch: before that it may hold records the leader does not (a tail its earlier
+    /// run lost, about to be cut), and below the leader's commit point they would read as
+    /// committed.
+    fn learn_commit(&mut self, epoch: u64, commit_end: u64) {
+        if epoch == self.checked_epoch {
+            self.commit_end = self.commit_end.max(commit_end);
         }
     }
 
@@ -1137,6 +1150,27 @@ mod tests {
         assert!(matches!(follower.poll_action(), Some(FollowerAction::Apply { .. })));
         follower.handle(FollowerInput::ApplyFailed);
         assert!(matches!(follower.poll_action(), Some(FollowerAction::Send { .. })));
+    }
+
+    #[test]
+    fn a_follower_takes_the_commit_point_only_once_its_log_was_checked() {
+        // Records 50..70 here are a tail the leader lost; its epoch 2 began at 50 and has
+        // committed up to 90.
+        let mut follower = Follower::new("l".into(), 1, 70, 70, 1);
+        let heartbeat = Message::Heartbeat { epoch: 2, logs: vec![("l".into(), 100, 90)] };
+        follower.handle(FollowerInput::Received { from: 1, msg: heartbeat.clone() });
+        assert_eq!(follower.commit_end(), 0, "50..70 are not the leader's: none of them is committed");
+        let chunk =
+            Chunk { base_offset: 90, end_offset: 95, raw_len_bytes: 0, compressed: false, bytes: Default::default() };
+        let append = Message::Append { log: "l".into(), epoch: 2, commit_end: 90, chunk };
+        follower.handle(FollowerInput::Received { from: 1, msg: append });
+        assert_eq!(follower.commit_end(), 0);
+        let cut = Message::Truncate { log: "l".into(), epoch: 2, to: 50, written_end: 70, last_epoch: 1 };
+        follower.handle(FollowerInput::Received { from: 1, msg: cut });
+        let _ = std::iter::from_fn(|| follower.poll_action()).count();
+        follower.handle(FollowerInput::Truncated { written_end: 50, last_epoch: 1 });
+        follower.handle(FollowerInput::Received { from: 1, msg: heartbeat });
+        assert_eq!(follower.commit_end(), 50, "checked: records up to its end are the leader's");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! After every step the checkers assert:
 //! - every follower's log is a prefix of the leader's (no record invented or reordered);
 //! - the commit point never goes back;
+//! - a follower calls committed only records that are the leader's, up to the leader's commit;
 //! - every committed record is durable on a quorum of disks (a crash never loses it);
 //! - after the faults stop and the network heals, all logs converge to the leader's.
 
@@ -540,6 +541,18 @@ impl World {
                         return Err(format!("follower {i} offset {offset} holds a record the leader never wrote"));
                     }
                 }
+            }
+        }
+        // A follower calls committed only records that are the leader's, and no more than the
+        // leader committed: its readers see nothing else.
+        for node in &self.nodes[1..] {
+            let Role::Follower(follower) = &node.role else { continue };
+            let told = follower.commit_end();
+            if told > self.commit_end || told > node.checked_end {
+                return Err(format!(
+                    "follower {} reads up to {told} as committed; leader commit {}, its log is the leader's up to {}",
+                    node.id, self.commit_end, node.checked_end
+                ));
             }
         }
         // Committed records are durable on a quorum: the leader's log, and followers whose log
