@@ -990,19 +990,15 @@ mod tests {
         leader.handle(LeaderInput::Synced { end: 10 });
         leader.handle(LeaderInput::Received { peer: 2, msg: ack(10, 10) });
         assert_eq!(leader.commit_end(), 10);
-        leader.handle(LeaderInput::Tick { now_ms: 3 });
-        let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
-        assert_eq!(heartbeats(&actions), vec![], "a chunk went out 3 ms ago: {actions:?}");
-        leader.handle(LeaderInput::Tick { now_ms: 6 });
-        let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
-        assert_eq!(heartbeats(&actions), vec![(2, 10), (3, 10)], "{actions:?}");
+        let mut heartbeats_at = |now_ms| {
+            leader.handle(LeaderInput::Tick { now_ms });
+            heartbeats(&std::iter::from_fn(|| leader.poll_action()).collect::<Vec<_>>())
+        };
+        assert_eq!(heartbeats_at(3), vec![], "a chunk went out 3 ms ago");
+        assert_eq!(heartbeats_at(6), vec![(2, 10), (3, 10)]);
         // Told once: the next heartbeat is the idle one.
-        leader.handle(LeaderInput::Tick { now_ms: 50 });
-        let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
-        assert_eq!(heartbeats(&actions), vec![], "{actions:?}");
-        leader.handle(LeaderInput::Tick { now_ms: 106 });
-        let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
-        assert_eq!(heartbeats(&actions), vec![(2, 10), (3, 10)], "{actions:?}");
+        assert_eq!(heartbeats_at(50), vec![]);
+        assert_eq!(heartbeats_at(106), vec![(2, 10), (3, 10)]);
     }
 
     #[test]
