@@ -623,6 +623,12 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
                 n(&log["records_cut"])
             );
         }
+        if n(&log["cuts_failed"]) > 0 {
+            println!(
+                "  {} cuts asked by the leader failed; this node's log says why (nothing is shipped here meanwhile)",
+                n(&log["cuts_failed"])
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

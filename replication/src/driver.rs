@@ -1034,6 +1034,7 @@ impl Shared {
                     follower_syncs: applied.syncs.load(Ordering::Relaxed),
                     records_synced: applied.records_synced.load(Ordering::Relaxed),
                     records_cut: applied.records_cut.load(Ordering::Relaxed),
+                    cuts_failed: applied.cuts_failed.load(Ordering::Relaxed),
                     gap: core.follower.as_ref().and_then(Follower::gap),
                 }
             })
@@ -1090,6 +1091,9 @@ pub struct LogMetrics {
     /// Follower: records cut because they diverged from a restarted leader's log (kept in
     /// quarantine files in the log's directory).
     pub records_cut: u64,
+    /// Follower: cuts its leader asked for that failed (the log says why; while it lasts the
+    /// leader asks again with each heartbeat and ships this log nothing).
+    pub cuts_failed: u64,
     /// Follower: records it needed that its leader no longer held (`from..to`), and whether it
     /// was re-seeded past them (`true`) or stopped there (`false`, a data loss).
     pub gap: Option<(u64, u64, bool)>,
@@ -1159,7 +1163,7 @@ impl NodeMetrics {
                     "peers": peers,
                     "chunks_applied": l.chunks_applied, "bytes_applied": l.bytes_applied,
                     "follower_syncs": l.follower_syncs, "records_synced": l.records_synced,
-                    "records_cut": l.records_cut,
+                    "records_cut": l.records_cut, "cuts_failed": l.cuts_failed,
                     "gap": l.gap.map(|(from, to, reseeded)| {
                         serde_json::json!({ "from": from, "to": to, "outcome": if reseeded { "re-seeded" } else { "data loss" } })
                     }),
