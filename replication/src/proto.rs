@@ -434,8 +434,13 @@ impl Leader {
         if !p.connected {
             return;
         }
-        // A peer just re-seeded holds nothing: an empty log at this log's start agrees with it.
-        let reseeded = p.gap.is_some() && written_end == self.start_offset && last_epoch == 0;
+        // A re-seeded peer holds nothing and no epoch until records arrive, and says so again
+        // after it restarts or reconnects: a log without epochs that ends at or below this
+        // log's start agrees with it as far as can be told (what it may hold lies below this
+        // log's start: it cannot be compared, and is replaced by a re-seed when the peer
+        // needs what is gone here). Taking it for diverged at the first epoch's start asked it
+        // for a cut below its own start, which it can never make.
+        let reseeded = last_epoch == 0 && written_end <= self.start_offset;
         let diverged_at = if reseeded { written_end } else { diverged_at };
         p.checked = checked_epoch == self.config.epoch;
         if !p.checked || written_end > diverged_at {
@@ -470,8 +475,11 @@ impl Leader {
             p.last_progress_ms = now;
         }
         if p.gap.is_some() && written_end >= self.start_offset {
-            // Re-seeded: the peer's log now starts where the leader's does.
+            // Re-seeded: the peer's log now starts where the leader's does. If it falls
+            // behind retention again, it is told again (`gap_told` left set kept the second
+            // re-seed from ever being sent on this connection).
             p.gap = None;
+            p.gap_told = false;
             p.reseeds += 1;
         }
         p.acked_written = p.acked_written.max(written_end);
@@ -504,6 +512,13 @@ impl Leader {
                 p.inflight.clear();
                 p.inflight_bytes = 0;
                 p.next_offset = p.acked_written;
+                p.last_progress_ms = now;
+            }
+            if p.gap.is_some() && p.gap_told && now.saturating_sub(p.last_progress_ms) >= self.config.resend_ms {
+                // The peer still lacks what is gone here: tell it again (`ship` below). Over
+                // TCP a message is lost only with its connection, which starts afresh; the
+                // core does not count on that.
+                p.gap_told = false;
                 p.last_progress_ms = now;
             }
             let idle_ms = now.saturating_sub(p.last_sent_ms);

@@ -1,14 +1,17 @@
 //! A deterministic simulator: one leader and its followers, each with a real [`tern_wal::Log`]
 //! on its own [`SimDisk`], connected by a seeded network that delays, drops, duplicates,
 //! reorders, corrupts and partitions, with followers crashing (power loss, torn writes) and
-//! restarting. Everything runs in one thread (leader-mode group commit syncs in the caller),
-//! and every random choice comes from one `ChaCha8Rng`, so a seed replays exactly.
+//! restarting, and a leader whose retention deletes committed segments (a follower that still
+//! needs them is re-seeded). Everything runs in one thread (leader-mode group commit syncs in
+//! the caller), every random choice comes from one `ChaCha8Rng`, and records carry the
+//! simulated clock's timestamps, so a seed replays exactly.
 //!
 //! After every step the checkers assert:
 //! - every follower's log is a prefix of the leader's (no record invented or reordered);
 //! - the commit point never goes back;
 //! - a follower calls committed only records that are the leader's, up to the leader's commit;
 //! - every committed record is durable on a quorum of disks (a crash never loses it);
+//! - a re-seed never skips a record the leader still holds;
 //! - after the faults stop and the network heals, all logs converge to the leader's.
 
 use std::collections::BTreeSet;
@@ -20,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tern_segment::sim::{SimDisk, Tear};
 use tern_segment::Disk;
-use tern_wal::{CommitMode, Committer, Durability, Log, LogOptions, Visibility};
+use tern_wal::{AppendOptions, CommitMode, Committer, Durability, Log, LogOptions, Record, Visibility};
 
 use crate::codec;
 use crate::message::{Message, NodeId};
@@ -53,6 +56,10 @@ pub struct Config {
     pub crash_ratio: f64,
     /// Chance per step that the leader loses power and restarts, in a new epoch.
     pub leader_crash_ratio: f64,
+    /// Chance per step that the leader's retention deletes committed segments, whether or not
+    /// every follower has them (as once a follower's lag passes the bound): a follower that
+    /// still needs them must be re-seeded, never moved past them silently.
+    pub retention_ratio: f64,
 }
 
 impl Default for Config {
@@ -68,6 +75,7 @@ impl Default for Config {
             partition_ratio: 0.01,
             crash_ratio: 0.005,
             leader_crash_ratio: 0.002,
+            retention_ratio: 0.003,
         }
     }
 }
@@ -126,6 +134,10 @@ pub struct Faults {
     pub corrupted: u64,
     /// Link cuts.
     pub cuts: u64,
+    /// Times the leader's retention deleted segments.
+    pub retentions: u64,
+    /// Followers re-seeded from the leader's start.
+    pub reseeds: u64,
 }
 
 /// One simulated cluster.
@@ -175,7 +187,10 @@ fn leader_core(log: &Log, epoch: u64, peers: &[NodeId], quorum: Quorum, commit_e
         resend_ms: 200,
         reseed: true,
     };
-    Ok(Leader::new(config, log.written_end(), log.durable_end(), commit_end))
+    let mut leader = Leader::new(config, log.written_end(), log.durable_end(), commit_end);
+    // As the driver does: the core learns where the log starts (retention may have moved it).
+    leader.handle(LeaderInput::StartMoved { start: log.start_offset() });
+    Ok(leader)
 }
 
 impl World {
@@ -257,6 +272,13 @@ impl World {
             }
             return Ok(());
         }
+        let roll = roll - self.config.partition_ratio;
+        if self.faults
+            && roll >= self.config.crash_ratio
+            && roll < self.config.crash_ratio + self.config.retention_ratio
+        {
+            return self.retain();
+        }
         match self.rng.gen_range(0..10) {
             0..=2 => self.client_append(),
             3 => {
@@ -274,6 +296,24 @@ impl World {
         }
     }
 
+    /// The leader's retention: deletes the segments below a committed offset.
+    fn retain(&mut self) -> Result<(), String> {
+        let log = self.nodes[0].log.clone().ok_or("leader has no log")?;
+        let start = log.start_offset();
+        if self.commit_end <= start {
+            return Ok(());
+        }
+        // Mostly everything committed, so that whole segments go (16 KiB each here).
+        let offset =
+            if self.rng.gen_bool(0.75) { self.commit_end } else { self.rng.gen_range(start..=self.commit_end) };
+        let new_start = log.truncate_prefix(offset).map_err(|e| format!("leader retention to {offset}: {e}"))?;
+        if new_start > start {
+            self.faults_injected.retentions += 1;
+            self.leader_input(LeaderInput::StartMoved { start: new_start })?;
+        }
+        Ok(())
+    }
+
     fn client_append(&mut self) -> Result<(), String> {
         let count = self.rng.gen_range(1..4);
         let values: Vec<Vec<u8>> = (0..count)
@@ -286,8 +326,15 @@ impl World {
             })
             .collect();
         let log = self.nodes[0].log.clone().ok_or("leader has no log")?;
-        let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
-        let offsets = log.append(&refs, Durability::None).map_err(|e| format!("leader append: {e}"))?;
+        // Timestamps from the simulated clock, not the wall clock: they are in the frames, so
+        // they change compressed sizes, and with them chunk sizes and the shipping window. With
+        // the wall clock a seed did not replay the run it named.
+        let ts = self.now_ms;
+        let records: Vec<Record<'_>> = values.iter().map(|v| Record::new(v, ts)).collect();
+        let offsets = log
+            .append_records(&records, AppendOptions::default())
+            .and_then(|appended| appended.wait(Durability::None))
+            .map_err(|e| format!("leader append: {e}"))?;
         if offsets.start != self.sent.len() as u64 {
             return Err(format!("leader gave offsets {offsets:?} with {} sent", self.sent.len()));
         }
@@ -431,8 +478,21 @@ impl World {
                     self.follower(id).handle(input);
                 }
                 FollowerAction::Reset { start_offset } => {
-                    // The simulated leader keeps its whole log, so it never asks for a re-seed.
-                    return Err(format!("follower {id} asked to reset to {start_offset}"));
+                    // A re-seed never skips a record the leader still holds: what this log
+                    // lacks below `start_offset` is gone from the leader's.
+                    let leader_start = self.nodes[0].log.as_ref().map_or(0, Log::start_offset);
+                    let end = log.written_end();
+                    if end >= start_offset || start_offset > leader_start {
+                        return Err(format!(
+                            "follower {id} at {end} re-seeded at {start_offset}; the leader's log starts at {leader_start}"
+                        ));
+                    }
+                    log.reset(start_offset).map_err(|e| format!("follower {id} reset to {start_offset}: {e}"))?;
+                    self.faults_injected.reseeds += 1;
+                    let node = &mut self.nodes[id as usize];
+                    node.checked_end = start_offset;
+                    node.durable_floor = node.durable_floor.max(start_offset);
+                    self.follower(id).handle(FollowerInput::Reset { start_offset });
                 }
                 FollowerAction::Send { to, msg } => self.send(id, to, &msg),
             }
@@ -523,7 +583,7 @@ impl World {
         for i in 1..self.nodes.len() {
             let Some(log) = self.nodes[i].log.clone() else { continue };
             let end = log.written_end();
-            let from = self.nodes[i].checked_end;
+            let from = self.nodes[i].checked_end.max(log.start_offset());
             if end > from {
                 let mut matched = true;
                 for record in log.read(from, Visibility::Written).map_err(|e| e.to_string())? {
@@ -596,16 +656,25 @@ impl World {
             }
             self.check()?;
         }
-        let ends: Vec<_> =
-            self.nodes.iter().map(|n| n.log.as_ref().map(|l| (l.written_end(), l.durable_end()))).collect();
-        Err(format!("no convergence after healing: leader end {target}, commit {}, nodes {ends:?}", self.commit_end))
+        let ends: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| n.log.as_ref().map(|l| (l.start_offset(), l.written_end(), l.durable_end())))
+            .collect();
+        Err(format!(
+            "no convergence after healing: leader end {target}, commit {}, nodes (start, written, durable) {ends:?}",
+            self.commit_end
+        ))
     }
 
     fn check_converged(&mut self) -> Result<(), String> {
         self.check()?;
         let leader = self.nodes[0].log.clone().ok_or("leader has no log")?;
+        // Retention may have deleted the leader's first records; from its start on, every log
+        // must hold the same.
+        let start = leader.start_offset();
         let want: Vec<Bytes> = leader
-            .read(0, Visibility::Written)
+            .read(start, Visibility::Written)
             .map_err(|e| e.to_string())?
             .map(|r| r.map(|r| r.value))
             .collect::<Result<_, _>>()
@@ -613,7 +682,7 @@ impl World {
         for node in &self.nodes[1..] {
             let log = node.log.as_ref().ok_or("follower has no log")?;
             let got: Vec<Bytes> = log
-                .read(0, Visibility::Durable)
+                .read(start, Visibility::Durable)
                 .map_err(|e| e.to_string())?
                 .map(|r| r.map(|r| r.value))
                 .collect::<Result<_, _>>()
