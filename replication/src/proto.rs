@@ -869,7 +869,7 @@ impl Follower {
                 self.cut_pending = true;
                 self.actions.push_back(FollowerAction::Truncate { to });
             }
-            Message::Reseed { log, epoch, start_offset, missing_from } if log == self.log => {
+            Message::Reseed { log, epoch, start_offset, missing_from: _ } if log == self.log => {
                 if !self.accept(from, epoch) {
                     return;
                 }
@@ -878,18 +878,22 @@ impl Follower {
                     self.ack();
                     return;
                 }
-                self.gap = Some((missing_from.min(self.written_end), start_offset, true));
+                // What it never got starts at its own end (the leader's `missing_from` is
+                // where it last heard this log stood, which may be behind).
+                self.gap = Some((self.written_end, start_offset, true));
                 self.applying = true;
                 // An empty log agrees with any leader's.
                 self.checked_epoch = epoch;
                 self.actions.push_back(FollowerAction::Reset { start_offset });
             }
-            Message::DataLoss { log, epoch, from: lost_from, to } if log == self.log => {
+            Message::DataLoss { log, epoch, from: _, to } if log == self.log => {
                 if !self.accept(from, epoch) {
                     return;
                 }
+                // The records this log will never get start at its own end: the leader's
+                // `from` is where it last heard this log stood, which may be behind.
                 if to > self.written_end {
-                    self.gap = Some((lost_from, to, false));
+                    self.gap = Some((self.written_end, to, false));
                 }
             }
             Message::Heartbeat { epoch, logs } => {

@@ -60,6 +60,9 @@ pub struct Config {
     /// every follower has them (as once a follower's lag passes the bound): a follower that
     /// still needs them must be re-seeded, never moved past them silently.
     pub retention_ratio: f64,
+    /// Whether a follower behind the leader's retention is re-seeded; otherwise it is told of
+    /// the data loss and stays where it is.
+    pub reseed: bool,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             crash_ratio: 0.005,
             leader_crash_ratio: 0.002,
             retention_ratio: 0.003,
+            reseed: true,
         }
     }
 }
@@ -172,20 +176,20 @@ fn open_log(disk: &SimDisk, committer: &Committer) -> Result<Log, String> {
 
 /// The leader core of `log` in a new `epoch` (begun in the log first), starting from
 /// `commit_end`.
-fn leader_core(log: &Log, epoch: u64, peers: &[NodeId], quorum: Quorum, commit_end: u64) -> Result<Leader, String> {
+fn leader_core(log: &Log, epoch: u64, peers: &[NodeId], config: &Config, commit_end: u64) -> Result<Leader, String> {
     log.begin_epoch(epoch).map_err(|e| format!("leader epoch {epoch}: {e}"))?;
     let config = LeaderConfig {
         log: LOG.into(),
         epoch,
         epoch_history: log.epoch_history(),
         peers: peers.to_vec(),
-        quorum,
+        quorum: config.quorum,
         inflight_bytes_max: 8 << 10,
         chunk_bytes_max: 2 << 10,
         heartbeat_ms: 50,
         commit_notice_ms: 10,
         resend_ms: 200,
-        reseed: true,
+        reseed: config.reseed,
     };
     let mut leader = Leader::new(config, log.written_end(), log.durable_end(), commit_end);
     // As the driver does: the core learns where the log starts (retention may have moved it).
@@ -205,7 +209,7 @@ impl World {
                 Committer::start_with(Arc::new(disk.clone()), None, CommitMode::Leader).map_err(|e| e.to_string())?;
             let log = open_log(&disk, &committer)?;
             let role = if id == LEADER {
-                Role::Leader(leader_core(&log, 1, &peers, config.quorum, 0)?)
+                Role::Leader(leader_core(&log, 1, &peers, &config, 0)?)
             } else {
                 Role::Follower(Follower::new(LOG.into(), 0, 0, 0, 0))
             };
@@ -478,6 +482,9 @@ impl World {
                     self.follower(id).handle(input);
                 }
                 FollowerAction::Reset { start_offset } => {
+                    if !self.config.reseed {
+                        return Err(format!("follower {id} re-seeded at {start_offset} with re-seeding off"));
+                    }
                     // A re-seed never skips a record the leader still holds: what this log
                     // lacks below `start_offset` is gone from the leader's.
                     let leader_start = self.nodes[0].log.as_ref().map_or(0, Log::start_offset);
@@ -548,7 +555,7 @@ impl World {
         self.epoch += 1;
         let peers: Vec<NodeId> = (1..self.config.nodes as u64).collect();
         // The commit point it starts from is what its replication slots would give back.
-        node.role = Role::Leader(leader_core(&log, self.epoch, &peers, self.config.quorum, self.commit_end)?);
+        node.role = Role::Leader(leader_core(&log, self.epoch, &peers, &self.config, self.commit_end)?);
         node.log = Some(log);
         // What the old leader already sent may still arrive (and leave a follower holding
         // records this one lost); what was on its way to it is gone.
@@ -643,8 +650,16 @@ impl World {
         self.leader_input(LeaderInput::Synced { end: log.durable_end() })?;
         let target = self.sent.len() as u64;
         for _ in 0..100_000 {
-            let caught_up = self.nodes[1..].iter().all(|n| n.log.as_ref().is_some_and(|l| l.durable_end() == target));
-            if caught_up && self.commit_end == target {
+            // A follower told of a data loss stays where it was told it (never moved past it);
+            // the commit point then reaches the end only if the others still make a quorum.
+            let lost: Vec<bool> = self.nodes[1..].iter().map(|n| self.data_loss(n).is_some()).collect();
+            let caught_up = self.nodes[1..]
+                .iter()
+                .zip(&lost)
+                .all(|(n, lost)| *lost || n.log.as_ref().is_some_and(|l| l.durable_end() == target));
+            let live = 1 + lost.iter().filter(|l| !**l).count();
+            let committed = self.commit_end == target || live < self.config.quorum.size(self.config.nodes);
+            if caught_up && committed {
                 return Ok(());
             }
             if self.network.is_empty() {
@@ -667,6 +682,14 @@ impl World {
         ))
     }
 
+    /// The data loss `node` was told of (`from..to`), if it is a follower that was.
+    fn data_loss(&self, node: &Node) -> Option<(u64, u64)> {
+        match &node.role {
+            Role::Follower(f) => f.gap().filter(|(_, _, reseeded)| !reseeded).map(|(from, to, _)| (from, to)),
+            Role::Leader(_) => None,
+        }
+    }
+
     fn check_converged(&mut self) -> Result<(), String> {
         self.check()?;
         let leader = self.nodes[0].log.clone().ok_or("leader has no log")?;
@@ -681,6 +704,18 @@ impl World {
             .map_err(|e| e.to_string())?;
         for node in &self.nodes[1..] {
             let log = node.log.as_ref().ok_or("follower has no log")?;
+            if let Some((from, to)) = self.data_loss(node) {
+                // It holds the leader's records up to the loss (`check` compared them) and
+                // nothing after: it was not moved past it.
+                if log.written_end() != from || to <= from || to > start {
+                    return Err(format!(
+                        "follower {} told of lost records {from}..{to} ends at {}; the leader starts at {start}",
+                        node.id,
+                        log.written_end()
+                    ));
+                }
+                continue;
+            }
             let got: Vec<Bytes> = log
                 .read(start, Visibility::Durable)
                 .map_err(|e| e.to_string())?
@@ -707,6 +742,11 @@ impl World {
     /// The commit point reached.
     pub fn committed(&self) -> u64 {
         self.commit_end
+    }
+
+    /// Followers that were told of a data loss and stopped there.
+    pub fn data_losses(&self) -> u64 {
+        self.nodes.iter().filter(|n| self.data_loss(n).is_some()).count() as u64
     }
 
     /// The faults injected so far.
