@@ -768,6 +768,11 @@ impl Follower {
                 assert!(written_end >= self.written_end, "written end went back");
                 self.applying = false;
                 self.written_end = written_end;
+                // Records shipped before the leader's retention deleted the rest may still
+                // arrive after its `DataLoss`: what is lost then starts later.
+                if let Some((from, to, false)) = self.gap {
+                    self.gap = Some((from.max(written_end.min(to)), to, false));
+                }
                 self.last_epoch = last_epoch;
                 self.request_sync();
                 self.ack();

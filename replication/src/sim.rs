@@ -256,7 +256,7 @@ impl World {
 
     fn step(&mut self) -> Result<(), String> {
         let roll: f64 = self.rng.gen();
-        if self.faults && roll < self.config.crash_ratio {
+        if self.faults && roll < self.config.crash_ratio && self.config.nodes > 1 {
             let victim = self.rng.gen_range(1..self.config.nodes as u64);
             return self.crash(victim);
         }
@@ -265,6 +265,7 @@ impl World {
         }
         let roll = roll - self.config.leader_crash_ratio;
         if self.faults
+            && self.config.nodes > 1
             && roll >= self.config.crash_ratio
             && roll < self.config.crash_ratio + self.config.partition_ratio
         {
@@ -563,7 +564,9 @@ impl World {
         for peer in peers {
             self.leader_input(LeaderInput::Connected { peer, written_end: 0, durable_end: 0 })?;
         }
-        Ok(())
+        // What the new core did on its own (a leader alone commits what it holds durably).
+        let now_ms = self.now_ms;
+        self.leader_input(LeaderInput::Tick { now_ms })
     }
 
     fn random_tear(&mut self) -> Tear {

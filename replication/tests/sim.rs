@@ -152,3 +152,20 @@ fn replication_invariants_hold_with_five_nodes_and_heavy_faults() {
         }
     }
 }
+
+#[test]
+fn replication_invariants_hold_in_other_cluster_shapes() {
+    // A leader alone, two nodes, leader-only acks, and a quorum smaller than a majority; with
+    // more retention than the default.
+    let shapes =
+        [(1, Quorum::Leader), (2, Quorum::Count(2)), (2, Quorum::Leader), (3, Quorum::Leader), (4, Quorum::Count(2))];
+    for (nodes, quorum) in shapes {
+        for seed in seeds(16) {
+            let config = Config { seed, nodes, quorum, retention_ratio: 0.01, ..Config::default() };
+            let mut world = World::new(config).unwrap_or_else(|e| panic!("seed {seed:#x}: setup: {e}"));
+            if let Err(broken) = world.run(600) {
+                panic!("{nodes} nodes, {quorum:?}: seed {seed:#x}: {broken}; replay with TERN_SIM_SEED={seed:#x}");
+            }
+        }
+    }
+}
