@@ -11,6 +11,17 @@
 use tern_replication::proto::Quorum;
 use tern_replication::sim::{seeds, Config, World};
 
+/// Runs `config` for `steps` steps, then heals and checks convergence; a broken invariant
+/// panics with the seed that replays it (and the cluster's shape).
+fn run_seed(config: Config, steps: u64) -> World {
+    let (seed, nodes, quorum) = (config.seed, config.nodes, config.quorum);
+    let mut world = World::new(config).unwrap_or_else(|e| panic!("seed {seed:#x}: setup: {e}"));
+    if let Err(broken) = world.run(steps) {
+        panic!("{nodes} nodes, {quorum:?}: seed {seed:#x}: {broken}; replay with TERN_SIM_SEED={seed:#x}");
+    }
+    world
+}
+
 /// `retains`: whether the leader's retention must have deleted something across the seeds
 /// (with `Quorum::All` the commit point, which bounds it, seldom passes the first segment).
 fn run_all(quorum: Quorum, steps: u64, retains: bool) {
@@ -24,10 +35,7 @@ fn run_all(quorum: Quorum, steps: u64, retains: bool) {
     let mut reseeds = 0;
     for seed in seeds(64) {
         let config = Config { seed, quorum, ..Config::default() };
-        let mut world = World::new(config).unwrap_or_else(|e| panic!("seed {seed:#x}: setup: {e}"));
-        if let Err(broken) = world.run(steps) {
-            panic!("seed {seed:#x}: {broken}; replay with TERN_SIM_SEED={seed:#x}");
-        }
+        let world = run_seed(config, steps);
         committed += world.committed();
         let faults = world.faults();
         crashes += faults.crashes;
@@ -98,10 +106,7 @@ fn a_restarted_leader_cuts_back_followers_holding_records_it_lost() {
             delay_ms_max: 2,
             ..Config::default()
         };
-        let mut world = World::new(config).unwrap_or_else(|e| panic!("seed {seed:#x}: setup: {e}"));
-        if let Err(broken) = world.run(600) {
-            panic!("seed {seed:#x}: {broken}; replay with TERN_SIM_SEED={seed:#x}");
-        }
+        let world = run_seed(config, 600);
         cut += world.faults().records_cut;
         leader_crashes += world.faults().leader_crashes;
     }
@@ -117,10 +122,7 @@ fn with_reseeding_off_a_follower_behind_retention_stops_at_its_data_loss() {
     let mut told = 0;
     for seed in seeds(64) {
         let config = Config { seed, reseed: false, retention_ratio: 0.02, partition_ratio: 0.03, ..Config::default() };
-        let mut world = World::new(config).unwrap_or_else(|e| panic!("seed {seed:#x}: setup: {e}"));
-        if let Err(broken) = world.run(600) {
-            panic!("seed {seed:#x}: {broken}; replay with TERN_SIM_SEED={seed:#x}");
-        }
+        let world = run_seed(config, 600);
         told += world.data_losses();
     }
     eprintln!("{told} followers stopped at a data loss");
@@ -146,10 +148,7 @@ fn replication_invariants_hold_with_five_nodes_and_heavy_faults() {
             partition_ratio: 0.05,
             ..Config::default()
         };
-        let mut world = World::new(config).unwrap_or_else(|e| panic!("seed {seed:#x}: setup: {e}"));
-        if let Err(broken) = world.run(600) {
-            panic!("seed {seed:#x}: {broken}; replay with TERN_SIM_SEED={seed:#x}");
-        }
+        run_seed(config, 600);
     }
 }
 
@@ -162,10 +161,7 @@ fn replication_invariants_hold_in_other_cluster_shapes() {
     for (nodes, quorum) in shapes {
         for seed in seeds(16) {
             let config = Config { seed, nodes, quorum, retention_ratio: 0.01, ..Config::default() };
-            let mut world = World::new(config).unwrap_or_else(|e| panic!("seed {seed:#x}: setup: {e}"));
-            if let Err(broken) = world.run(600) {
-                panic!("{nodes} nodes, {quorum:?}: seed {seed:#x}: {broken}; replay with TERN_SIM_SEED={seed:#x}");
-            }
+            run_seed(config, 600);
         }
     }
 }
