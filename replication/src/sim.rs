@@ -8,9 +8,11 @@
 //!
 //! After every step the checkers assert:
 //! - every follower's log is a prefix of the leader's (no record invented or reordered);
-//! - the commit point never goes back;
+//! - the commit point never goes back while a leader runs (a restarted one starts from its
+//!   replication slots, saved a while before, as the driver's does);
 //! - a follower calls committed only records that are the leader's, up to the leader's commit;
-//! - every committed record is durable on a quorum of disks (a crash never loses it);
+//! - every record any leader called committed is durable on a quorum of disks (a crash never
+//!   loses it);
 //! - a re-seed never skips a record the leader still holds;
 //! - after the faults stop and the network heals, all logs converge to the leader's.
 
@@ -161,7 +163,13 @@ pub struct World {
     lost: std::collections::BTreeMap<u64, Vec<Vec<u8>>>,
     /// The leader's epoch.
     epoch: u64,
+    /// The current leader's commit point.
     commit_end: u64,
+    /// The highest commit point any leader announced: all of it stays durable on a quorum.
+    max_commit: u64,
+    /// The leader's replication slots as last saved: each follower's acknowledged durable end
+    /// and the epoch it was acknowledged in (the driver saves them every second).
+    slots: std::collections::BTreeMap<NodeId, (u64, u64)>,
     faults: bool,
 }
 
@@ -228,6 +236,8 @@ impl World {
             lost: std::collections::BTreeMap::new(),
             epoch: 1,
             commit_end: 0,
+            max_commit: 0,
+            slots: std::collections::BTreeMap::new(),
             faults: true,
         };
         for peer in 1..world.config.nodes as u64 {
@@ -295,6 +305,9 @@ impl World {
             4 => {
                 self.now_ms += self.rng.gen_range(1..40);
                 let now_ms = self.now_ms;
+                if self.rng.gen_bool(0.3) {
+                    self.save_slots();
+                }
                 self.leader_input(LeaderInput::Tick { now_ms })
             }
             _ => self.deliver_next(),
@@ -317,6 +330,22 @@ impl World {
             self.leader_input(LeaderInput::StartMoved { start: new_start })?;
         }
         Ok(())
+    }
+
+    /// Saves the replication slots as the driver does: a follower being re-seeded or stopped
+    /// at a data loss has none that counts.
+    fn save_slots(&mut self) {
+        let epoch = self.epoch;
+        for peer in 1..self.config.nodes as u64 {
+            match self.leader().peer_view(peer) {
+                Some(view) if view.gap.is_none() => {
+                    self.slots.insert(peer, (view.acked_durable, epoch));
+                }
+                _ => {
+                    self.slots.remove(&peer);
+                }
+            }
+        }
     }
 
     fn client_append(&mut self) -> Result<(), String> {
@@ -419,6 +448,7 @@ impl World {
                         return Err(format!("commit went back from {} to {commit_end}", self.commit_end));
                     }
                     self.commit_end = commit_end;
+                    self.max_commit = self.max_commit.max(commit_end);
                 }
             }
         }
@@ -462,13 +492,13 @@ impl World {
                 }
                 FollowerAction::Truncate { to } => {
                     // Below the commit point only records that are not the leader's may be cut.
-                    if to < self.commit_end {
+                    if to < self.max_commit {
                         let first = log.read(to, Visibility::Written).map_err(|e| e.to_string())?.next();
                         let first = first.ok_or("nothing to cut")?.map_err(|e| e.to_string())?;
                         if self.sent.get(to as usize).is_some_and(|v| *v == first.value) {
                             return Err(format!(
                                 "follower {id} told to cut committed records at {to} (commit point {})",
-                                self.commit_end
+                                self.max_commit
                             ));
                         }
                     }
@@ -545,8 +575,8 @@ impl World {
         if written < node.durable_floor {
             return Err(format!("the leader lost durable records: {written} < {}", node.durable_floor));
         }
-        if written < self.commit_end {
-            return Err(format!("the leader lost committed records: {written} < {}", self.commit_end));
+        if written < self.max_commit {
+            return Err(format!("the leader lost committed records: {written} < {}", self.max_commit));
         }
         for (offset, value) in self.sent.iter().enumerate().skip(written as usize) {
             self.lost.entry(offset as u64).or_default().push(value.clone());
@@ -555,9 +585,15 @@ impl World {
         node.durable_floor = node.durable_floor.max(durable);
         self.epoch += 1;
         let peers: Vec<NodeId> = (1..self.config.nodes as u64).collect();
-        // The commit point it starts from is what its replication slots would give back.
-        node.role = Role::Leader(leader_core(&log, self.epoch, &peers, &self.config, self.commit_end)?);
+        // As the driver's: the commit point starts from nothing and is what the replication
+        // slots, saved a while before the power loss, give back; the first acks raise it.
+        let mut leader = leader_core(&log, self.epoch, &peers, &self.config, 0)?;
+        for (peer, (durable_end, epoch)) in &self.slots {
+            leader.restore_peer(*peer, *durable_end, *epoch);
+        }
+        node.role = Role::Leader(leader);
         node.log = Some(log);
+        self.commit_end = 0;
         // What the old leader already sent may still arrive (and leave a follower holding
         // records this one lost); what was on its way to it is gone.
         self.network.retain(|m| m.to != LEADER);
@@ -618,17 +654,18 @@ impl World {
         for node in &self.nodes[1..] {
             let Role::Follower(follower) = &node.role else { continue };
             let told = follower.commit_end();
-            if told > self.commit_end || told > node.checked_end {
+            if told > self.max_commit || told > node.checked_end {
                 return Err(format!(
                     "follower {} reads up to {told} as committed; leader commit {}, its log is the leader's up to {}",
-                    node.id, self.commit_end, node.checked_end
+                    node.id, self.max_commit, node.checked_end
                 ));
             }
         }
         // Committed records are durable on a quorum: the leader's log, and followers whose log
         // is the leader's up to the commit point.
         let quorum = self.config.quorum.size(self.config.nodes);
-        let commit = self.commit_end;
+        // Every commit point any leader announced, not only the current one's.
+        let commit = self.max_commit.max(self.leader().commit_end());
         let holders = self
             .nodes
             .iter()
