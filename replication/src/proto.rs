@@ -1194,6 +1194,22 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_slot_counts_only_up_to_where_its_epoch_ends_here() {
+        // The slot was saved in epoch 1, when the follower had 0..100 durable; this log lost
+        // 80..100 in a power loss, and epochs 2 and 3 wrote 80..120 since. The follower's
+        // 80..100 are epoch 1's lost tail, not these records: the slot counts up to 80.
+        let config =
+            LeaderConfig { epoch: 3, epoch_history: vec![(1, 0), (2, 80), (3, 110)], ..config(Quorum::Count(2)) };
+        let mut leader = Leader::new(config, 120, 120, 0);
+        leader.restore_peer(2, 100, 1);
+        assert_eq!(leader.commit_end(), 80);
+        assert_eq!(leader.peer_state(2), Some((80, 80, false)));
+        // A slot saved in the current epoch counts in full.
+        leader.restore_peer(3, 115, 3);
+        assert_eq!(leader.commit_end(), 115);
+    }
+
+    #[test]
     fn a_follower_answers_a_gap_with_where_it_stands() {
         let mut follower = Follower::new("l".into(), 1, 5, 5, 1);
         let check = Message::Truncate { log: "l".into(), epoch: 1, to: 5, written_end: 5, last_epoch: 1 };
