@@ -13,9 +13,9 @@ use tern_wal::{Durability, Visibility};
 /// Checks that `tern verify` finds nothing wrong, then opens the log again and checks that it
 /// is empty and takes appends.
 fn reopens_as_new(disk: &SimDisk, what: &str) {
-    if let Ok(report) = tern_wal::verify::verify_log(disk, log_dir(), &mut |_| {}) {
-        assert!(report.problems.is_empty(), "{what}: verify reports {:?}", report.problems);
-    }
+    let report = tern_wal::verify::verify_log(disk, log_dir(), &mut |_| {})
+        .unwrap_or_else(|e| panic!("{what}: verify fails: {e}"));
+    assert!(report.problems.is_empty(), "{what}: verify reports {:?}", report.problems);
     let committer = sim_committer(disk);
     let log = open(disk, &committer).unwrap_or_else(|e| panic!("{what}: the log does not open again: {e}"));
     assert_eq!((log.start_offset(), log.written_end()), (0, 0), "{what}");
