@@ -43,7 +43,11 @@ pub(super) fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, qu
             std::mem::take(&mut logs.0)
         };
         for name in names {
-            let Some(sends) = sync_log(shared, queue, &name) else { return };
+            let Some(sends) = sync_log(shared, queue, &name) else {
+                // The log is fenced: the reader's own sync reports the failure from here on.
+                queue.busy.store(false, Ordering::Relaxed);
+                return;
+            };
             // An ack that cannot be sent (the connection broke) is fine: the next connection
             // starts with an `Ack` of where each log stands.
             let mut out = Vec::new();
@@ -106,36 +110,20 @@ pub(super) fn follow_messages(
     let mut acks: BTreeMap<String, Message> = BTreeMap::new();
     let mut unsynced_bytes = 0usize;
     loop {
+        // Everything received is handled: sync (or hand the sync over), then ack.
         if !has_whole_message(reader.buffer()) {
-            let names = {
-                let mut logs = queue.logs.lock();
-                if logs.0.is_empty() {
-                    Default::default()
-                } else {
-                    // What arrived while the syncer was busy may be a lot: leave it to the
-                    // syncer, which takes it once done.
-                    let inline = unsynced_bytes <= INLINE_SYNC_MAX_BYTES && !queue.busy.load(Ordering::Relaxed);
-                    unsynced_bytes = 0;
-                    if inline {
-                        std::mem::take(&mut logs.0)
-                    } else {
-                        queue.wake.notify_one();
-                        Default::default()
-                    }
-                }
-            };
-            for name in names {
+            for name in inline_syncs(queue, &mut unsynced_bytes) {
                 let sends = sync_log(shared, queue, &name)
                     .ok_or_else(|| io::Error::other(format!("log {name}: sync failed")))?;
                 collect_acks(&mut acks, sends);
             }
-        }
-        if !has_whole_message(reader.buffer()) && !acks.is_empty() {
-            let mut out = Vec::new();
-            for msg in std::mem::take(&mut acks).values() {
-                codec::encode(msg, &mut out);
+            if !acks.is_empty() {
+                let mut out = Vec::new();
+                for msg in std::mem::take(&mut acks).values() {
+                    codec::encode(msg, &mut out);
+                }
+                writer.lock().write_all(&out)?;
             }
-            writer.lock().write_all(&out)?;
         }
         if reader.buffer().is_empty() {
             match io::BufRead::fill_buf(&mut reader) {
@@ -178,6 +166,23 @@ pub(super) fn follow_messages(
         shared.clients.poke();
         collect_acks(&mut acks, sends);
     }
+}
+
+/// The syncs asked for that the connection's reader makes itself: all of them when at most
+/// [`INLINE_SYNC_MAX_BYTES`] arrived since the last sync and the syncer is idle; otherwise
+/// none, and the syncer is woken for them (what arrived while it was busy may be a lot).
+fn inline_syncs(queue: &SyncQueue, unsynced_bytes: &mut usize) -> std::collections::BTreeSet<String> {
+    let mut logs = queue.logs.lock();
+    if logs.0.is_empty() {
+        return Default::default();
+    }
+    let inline = *unsynced_bytes <= INLINE_SYNC_MAX_BYTES && !queue.busy.load(Ordering::Relaxed);
+    *unsynced_bytes = 0;
+    if inline {
+        return std::mem::take(&mut logs.0);
+    }
+    queue.wake.notify_one();
+    Default::default()
 }
 
 /// Keeps the last ack of each log among `sends`: an ack says where the log stands, so it
