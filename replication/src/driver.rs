@@ -920,7 +920,8 @@ impl Shared {
     /// Retention and replication slots, every [`MAINTENANCE_INTERVAL`]. On a leader, each
     /// log's retention hold is the lowest durable end acknowledged by a follower still held
     /// for (one re-seeding, or more than `slot_lag_bytes_max` behind, is not), so retention
-    /// never deletes what such a follower needs.
+    /// never deletes what such a follower needs. On a follower it is the commit point learned
+    /// from the leader.
     fn maintain(&self) {
         for slot in self.all_slots() {
             let log = &slot.log;
@@ -940,6 +941,12 @@ impl Shared {
                     .map(|v| v.acked_durable)
                     .min();
                 log.set_retention_hold(hold);
+            } else {
+                // A follower keeps what may still have to be cut: above the commit point it
+                // learned, its records may have diverged from the leader's, and a cut back to
+                // below its own start could never be made.
+                let hold = slot.lock().follower.as_ref().map_or(0, Follower::retention_hold);
+                log.set_retention_hold(Some(hold));
             }
             let start = log.start_offset();
             if let Err(e) = self.logs.apply_retention(log) {

@@ -738,6 +738,14 @@ impl Follower {
         self.commit_end.min(self.written_end)
     }
 
+    /// Where this follower's own retention must stop ([`tern_wal::Log::set_retention_hold`]):
+    /// the commit point it learned. Every record below it is the leader's; a record above it
+    /// may have diverged from the leader's log (a tail a restarted leader lost), and a cut back
+    /// to below the log's start could never be made.
+    pub fn retention_hold(&self) -> u64 {
+        self.commit_end()
+    }
+
     /// One past the last record the follower knows it holds.
     pub fn written_end(&self) -> u64 {
         self.written_end
@@ -769,9 +777,11 @@ impl Follower {
                 self.applying = false;
                 self.written_end = written_end;
                 // Records shipped before the leader's retention deleted the rest may still
-                // arrive after its `DataLoss`: what is lost then starts later.
+                // arrive after its `DataLoss`: what is lost then starts later, and once they
+                // reach the leader's start nothing is lost.
                 if let Some((from, to, false)) = self.gap {
-                    self.gap = Some((from.max(written_end.min(to)), to, false));
+                    let from = from.max(written_end.min(to));
+                    self.gap = (from < to).then_some((from, to, false));
                 }
                 self.last_epoch = last_epoch;
                 self.request_sync();
@@ -1223,6 +1233,33 @@ mod tests {
         });
         assert_eq!(follower.poll_action(), Some(FollowerAction::Send { to: 1, msg: ack(5, 5) }));
         assert_eq!(follower.poll_action(), None);
+    }
+
+    #[test]
+    fn a_data_loss_shrinks_as_late_records_arrive_and_is_gone_once_they_reach_the_leaders_start() {
+        let mut follower = Follower::new("l".into(), 1, 40, 40, 1);
+        let check = Message::Truncate { log: "l".into(), epoch: 1, to: 40, written_end: 40, last_epoch: 1 };
+        follower.handle(FollowerInput::Received { from: 1, msg: check });
+        let loss = Message::DataLoss { log: "l".into(), epoch: 1, from: 30, to: 44 };
+        follower.handle(FollowerInput::Received { from: 1, msg: loss });
+        assert_eq!(follower.gap(), Some((40, 44, false)), "lost from its own end, not the leader's `from`");
+        while follower.poll_action().is_some() {}
+        let chunk = |base, end| Chunk {
+            base_offset: base,
+            end_offset: end,
+            raw_len_bytes: 0,
+            compressed: false,
+            bytes: Default::default(),
+        };
+        // Shipped before the leader's retention deleted the rest, delivered after its notice.
+        for (base, end, gap) in [(40, 42, Some((42, 44, false))), (42, 44, None)] {
+            let msg = Message::Append { log: "l".into(), epoch: 1, commit_end: 0, chunk: chunk(base, end) };
+            follower.handle(FollowerInput::Received { from: 1, msg });
+            assert!(matches!(follower.poll_action(), Some(FollowerAction::Apply { .. })));
+            follower.handle(FollowerInput::Applied { written_end: end, last_epoch: 1 });
+            assert_eq!(follower.gap(), gap, "after {base}..{end} arrived");
+            while follower.poll_action().is_some() {}
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! on its own [`SimDisk`], connected by a seeded network that delays, drops, duplicates,
 //! reorders, corrupts and partitions, with followers crashing (power loss, torn writes) and
 //! restarting, and a leader whose retention deletes committed segments (a follower that still
-//! needs them is re-seeded). Everything runs in one thread (leader-mode group commit syncs in
+//! needs them is re-seeded), and followers whose own retention runs as the driver's does.
+//! Everything runs in one thread (leader-mode group commit syncs in
 //! the caller), every random choice comes from one `ChaCha8Rng`, and records carry the
 //! simulated clock's timestamps, so a seed replays exactly.
 //!
@@ -62,6 +63,10 @@ pub struct Config {
     /// every follower has them (as once a follower's lag passes the bound): a follower that
     /// still needs them must be re-seeded, never moved past them silently.
     pub retention_ratio: f64,
+    /// Chance per step that a follower's own retention runs, as the driver runs it: held at
+    /// the commit point that follower learned, so it never deletes records that may still
+    /// diverge from the leader's (and have to be cut).
+    pub follower_retention_ratio: f64,
     /// Whether a follower behind the leader's retention is re-seeded; otherwise it is told of
     /// the data loss and stays where it is.
     pub reseed: bool,
@@ -81,6 +86,7 @@ impl Default for Config {
             crash_ratio: 0.005,
             leader_crash_ratio: 0.002,
             retention_ratio: 0.003,
+            follower_retention_ratio: 0.003,
             reseed: true,
         }
     }
@@ -142,6 +148,8 @@ pub struct Faults {
     pub cuts: u64,
     /// Times the leader's retention deleted segments.
     pub retentions: u64,
+    /// Times a follower's retention deleted segments.
+    pub follower_retentions: u64,
     /// Followers re-seeded from the leader's start.
     pub reseeds: u64,
 }
@@ -174,7 +182,7 @@ pub struct World {
 }
 
 fn log_options() -> LogOptions {
-    LogOptions { segment_size_bytes: 16 << 10, index_interval_bytes: 1024, record_bytes_max: 4096 }
+    LogOptions { segment_size_bytes: 4 << 10, index_interval_bytes: 1024, record_bytes_max: 2048 }
 }
 
 fn open_log(disk: &SimDisk, committer: &Committer) -> Result<Log, String> {
@@ -294,6 +302,15 @@ impl World {
         {
             return self.retain();
         }
+        let roll = roll - self.config.retention_ratio;
+        if self.faults
+            && self.config.nodes > 1
+            && roll >= self.config.crash_ratio
+            && roll < self.config.crash_ratio + self.config.follower_retention_ratio
+        {
+            let id = self.rng.gen_range(1..self.config.nodes as u64);
+            return self.follower_retain(id);
+        }
         match self.rng.gen_range(0..10) {
             0..=2 => self.client_append(),
             3 => {
@@ -328,6 +345,23 @@ impl World {
         if new_start > start {
             self.faults_injected.retentions += 1;
             self.leader_input(LeaderInput::StartMoved { start: new_start })?;
+        }
+        Ok(())
+    }
+
+    /// A follower's own retention, as the driver runs it: everything but the active segment may
+    /// go, held at the commit point the follower learned (`Follower::retention_hold`).
+    fn follower_retain(&mut self, id: NodeId) -> Result<(), String> {
+        let Some(log) = self.nodes[id as usize].log.clone() else { return Ok(()) };
+        let hold = self.follower(id).retention_hold();
+        log.set_retention_hold(Some(hold));
+        let start = log.start_offset();
+        // Mostly everything but the active segment, so that the newest records are at stake.
+        let size_max = if self.rng.gen_bool(0.75) { 1 } else { self.rng.gen_range(1..64 << 10) };
+        log.apply_retention(Some(size_max), None, self.now_ms)
+            .map_err(|e| format!("follower {id} retention held at {hold}: {e}"))?;
+        if log.start_offset() > start {
+            self.faults_injected.follower_retentions += 1;
         }
         Ok(())
     }
@@ -491,6 +525,13 @@ impl World {
                     self.follower(id).handle(FollowerInput::Synced { durable_end: durable });
                 }
                 FollowerAction::Truncate { to } => {
+                    let start = log.start_offset();
+                    if to < start {
+                        return Err(format!(
+                            "follower {id} told to cut back to {to}, below its log's start {start}: its own \
+                             retention deleted records that diverged from the leader's"
+                        ));
+                    }
                     // Below the commit point only records that are not the leader's may be cut.
                     if to < self.max_commit {
                         let first = log.read(to, Visibility::Written).map_err(|e| e.to_string())?.next();
@@ -756,12 +797,15 @@ impl World {
                 }
                 continue;
             }
+            // The follower's own retention may have deleted more than the leader's.
+            let from = log.start_offset().max(start);
             let got: Vec<Bytes> = log
-                .read(start, Visibility::Durable)
+                .read(from, Visibility::Durable)
                 .map_err(|e| e.to_string())?
                 .map(|r| r.map(|r| r.value))
                 .collect::<Result<_, _>>()
                 .map_err(|e| e.to_string())?;
+            let want = want.get((from - start) as usize..).unwrap_or_default();
             if got != want {
                 return Err(format!(
                     "follower {} did not converge: {} records, leader {}",

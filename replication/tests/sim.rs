@@ -1,5 +1,6 @@
 //! The protocol core under a seeded lossy network, crashing followers, a crashing leader
-//! (power loss, then a new epoch) and the leader's retention deleting committed segments:
+//! (power loss, then a new epoch), the leader's retention deleting committed segments and the
+//! followers' own retention:
 //! every follower's log stays a prefix of the leader's (above the commit point it may hold
 //! records the leader lost, until they are cut back), a follower calls committed only the
 //! leader's records, the commit point never goes back, no committed record is ever lost or
@@ -163,5 +164,34 @@ fn replication_invariants_hold_in_other_cluster_shapes() {
             let config = Config { seed, nodes, quorum, retention_ratio: 0.01, ..Config::default() };
             run_seed(config, 600);
         }
+    }
+}
+
+#[test]
+fn a_followers_own_retention_never_deletes_records_a_restarted_leader_must_cut() {
+    // Followers close behind a leader that loses power often, so they hold tails it lost,
+    // while their own retention runs often: it must stop at the commit point they learned,
+    // or a cut back to below a follower's start could never be made.
+    let (mut follower_retentions, mut cut) = (0, 0);
+    for seed in seeds(64) {
+        let config = Config {
+            seed,
+            drop_ratio: 0.0,
+            duplicate_ratio: 0.0,
+            corrupt_ratio: 0.0,
+            partition_ratio: 0.03,
+            crash_ratio: 0.002,
+            leader_crash_ratio: 0.01,
+            follower_retention_ratio: 0.2,
+            delay_ms_max: 2,
+            ..Config::default()
+        };
+        let world = run_seed(config, 600);
+        follower_retentions += world.faults().follower_retentions;
+        cut += world.faults().records_cut;
+    }
+    eprintln!("{follower_retentions} follower retention runs; {cut} diverged follower records cut");
+    if seeds(64).len() >= 64 {
+        assert!(follower_retentions > 0 && cut > 0, "the scenario did not happen: {follower_retentions} {cut}");
     }
 }
