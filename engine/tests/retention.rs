@@ -159,6 +159,13 @@ fn retention_waits_for_a_lagging_follower_and_a_restarted_leader_remembers_its_f
     });
     assert_eq!(metrics(c.followers[1].as_ref().unwrap()).gap, None, "no re-seed was needed");
     same_records(c.addrs[2], c.addrs[0], kept);
+    // A follower's own retention runs as well, held at the commit point it learned (above
+    // it, records may still have to be cut back if the leader lost them).
+    let node2 = eventually("node 2's own retention to run", || {
+        let m = metrics(c.followers[0].as_ref()?);
+        (m.start_offset > 0).then_some(m)
+    });
+    assert!(node2.start_offset <= node2.commit_end, "node 2 deleted past its commit point: {node2:?}");
 
     // Once both are caught up the hold lifts, and retention goes on.
     eventually("retention to resume once node 3 caught up", || (metrics(c.leader()).start_offset > kept).then_some(()));
