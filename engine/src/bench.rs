@@ -4,7 +4,8 @@
 //! Raw limits: (a) `fdatasync` latency of a 4 KiB overwrite in a pre-allocated file, buffered
 //! and O_DIRECT; (b) a raw group commit: writers append 128-byte records, a leader writes all
 //! that is pending to a pre-allocated file and syncs once; (c) sequential 1 MiB writes plus
-//! `fdatasync`, buffered and O_DIRECT; (d) a memory-mapped read of the same bytes with crc32.
+//! `fdatasync`, buffered and O_DIRECT; (d) a memory-mapped read of the same bytes with crc32;
+//! (e) for replication, a raw three-node pipeline over loopback TCP (`bench/pipeline.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod pipeline;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::{Condvar, Mutex};
@@ -1053,21 +1056,31 @@ fn replicate(
         engine: crate::Config::default(),
     };
     let (one_engine, one_server) = start_node(&one_node)?;
-    let (mut single, mut served, mut replicated) = (Vec::new(), Vec::new(), Vec::new());
+    // The same pipeline with nothing of Tern in it: what this machine allows.
+    let raw_dir = unique(dir, "raw-pipeline");
+    std::fs::create_dir(&raw_dir)?;
+    let raw_pipeline = pipeline::Pipeline::start(&raw_dir, 2, 1)?;
+    let (mut single, mut served, mut replicated, mut raw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // What the whole process (clients and every node) spends per record in each setting.
-    let mut usage = [Usage::default(); 3];
-    let mut ops = [0u64; 3];
+    let mut usage = [Usage::default(); 4];
+    let mut ops = [0u64; 4];
     for r in 0..rounds {
-        progress.step(&format!("small-sync: single-node, one node over TCP, 3 nodes; round {}/{rounds}", r + 1));
-        let [u_single, u_served, u_replicated] = &mut usage;
-        let [o_single, o_served, o_replicated] = &mut ops;
+        progress.step(&format!(
+            "small-sync: single-node, one node over TCP, 3 nodes, raw 3-node pipeline; round {}/{rounds}",
+            r + 1
+        ));
+        let [u_single, u_served, u_replicated, u_raw] = &mut usage;
+        let [o_single, o_served, o_replicated, o_raw] = &mut ops;
         single.push(u_single.add(o_single, || tern_small_sync(disk, args.commit_mode.into(), dir, 16, 1, round))?);
         served.push(u_served.add(o_served, || replicate_small_sync(one_server.local_addr(), 16, round, Acks::Leader))?);
         replicated.push(u_replicated.add(o_replicated, || replicate_small_sync(addr, 16, round, Acks::Quorum))?);
+        raw.push(u_raw.add(o_raw, || closed_loop(16, round, |_| pipeline::client(raw_pipeline.addr())))?);
     }
     one_server.stop();
     drop(one_engine);
-    let (single, served, replicated) = (median(&single), median(&served), median(&replicated));
+    raw_pipeline.stop();
+    std::fs::remove_dir_all(&raw_dir)?;
+    let (single, served, replicated, raw) = (median(&single), median(&served), median(&replicated), median(&raw));
     rows.push(Row {
         name: "replicate small-sync 16 clients x 128 B, quorum".into(),
         value: replicated.records_per_s,
@@ -1078,11 +1091,12 @@ fn replicate(
             single.records_per_s, single.p50_us, single.p99_us
         ),
         detail: format!(
-            "p50 {:.0} us, p99 {:.0} us = {:.1}x fdatasync p50; {:.2}x of one node over TCP; medians of {rounds} interleaved rounds; per record, whole process (clients and nodes): {} (in process: {})",
+            "p50 {:.0} us, p99 {:.0} us = {:.1}x fdatasync p50; {:.2}x of one node over TCP; {:.2}x of the raw 3-node pipeline; medians of {rounds} interleaved rounds; per record, whole process (clients and nodes): {} (in process: {})",
             replicated.p50_us,
             replicated.p99_us,
             replicated.p99_us / sync_p50_us,
             replicated.records_per_s / served.records_per_s.max(1.0),
+            replicated.records_per_s / raw.records_per_s.max(1.0),
             usage[2].per_op(ops[2]),
             usage[0].per_op(ops[0]),
         ),
@@ -1098,6 +1112,19 @@ fn replicate(
             served.p50_us,
             served.p99_us,
             usage[1].per_op(ops[1]),
+        ),
+    });
+    rows.push(Row {
+        name: "raw 3-node pipeline, 16 clients x 128 B, quorum".into(),
+        value: raw.records_per_s,
+        unit: "records/s",
+        limit: Some(single.records_per_s),
+        limit_name: "single-node tern in process, same rounds;".into(),
+        detail: format!(
+            "p50 {:.0} us, p99 {:.0} us: the ceiling for the row above on this machine: leader and 2 followers with nothing of Tern (bare records over TCP, one write per pass, fdatasync into zero-filled files, no framing, checksums or epochs); per record, whole process: {}",
+            raw.p50_us,
+            raw.p99_us,
+            usage[3].per_op(ops[3]),
         ),
     });
     let bulk_bytes = (args.bulk_bytes / 4).max(64 << 20);
