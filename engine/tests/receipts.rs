@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tern_replication::codec;
-use tern_replication::driver::{Client, LogMetrics, Role, Server, ServerConfig};
+use tern_replication::driver::{Client, LogMetrics, Receipt, Role, Server, ServerConfig};
 use tern_replication::message::{Acks, Message};
 
 mod common;
@@ -375,4 +375,52 @@ fn a_waiting_read_answers_once_a_record_is_committed_on_the_leader_and_on_a_foll
     leader.stop();
     f2.stop();
     f3.stop();
+}
+
+#[test]
+fn concurrent_appends_each_get_their_own_records_at_the_offsets_their_receipts_name() {
+    // Appends arriving together are written as one batch on the leader; each must still get
+    // the offsets of exactly its own records, on every node.
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let f2 = node(dirs[1].path(), 2, Role::Follower, vec![], any_port());
+    let f3 = node(dirs[2].path(), 3, Role::Follower, vec![], any_port());
+    let leader = node(dirs[0].path(), 1, Role::Leader, vec![(2, f2.local_addr()), (3, f3.local_addr())], any_port());
+    let addr = leader.local_addr();
+    let sent: Vec<Vec<(Receipt, Vec<Bytes>)>> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                s.spawn(move || {
+                    let mut client = Client::connect(addr).unwrap();
+                    (0..40)
+                        .map(|i| {
+                            let batch = records(1 + (w + i) % 4, &format!("w{w}-a{i}"));
+                            (client.append_acks(LOG, batch.clone(), Acks::Quorum).unwrap(), batch)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        writers.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let end = sent.iter().flatten().map(|(r, _)| r.end).max().unwrap();
+    for server in [&leader, &f2, &f3] {
+        eventually("the node to hold every record", || (log_metrics(server).durable_end >= end).then_some(()));
+        let mut reader = Client::connect(server.local_addr()).unwrap();
+        let (_, _, all) = reader.read_from(LOG, 0, u32::MAX, true).unwrap();
+        assert_eq!(all.len() as u64, end, "every offset holds exactly one record");
+        for (receipt, batch) in sent.iter().flatten() {
+            let got = &all[receipt.start as usize..receipt.end as usize];
+            assert_eq!(
+                got,
+                batch.as_slice(),
+                "node {:?}: records at {}..{}",
+                server.local_addr(),
+                receipt.start,
+                receipt.end
+            );
+        }
+    }
+    for server in [leader, f2, f3] {
+        server.stop();
+    }
 }

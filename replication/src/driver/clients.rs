@@ -620,18 +620,43 @@ impl Batch {
         }
     }
 
-    /// Writes every append, each as its own batch, then per log: one request to the syncer,
-    /// one `Written`, and the waiters (or the replies of appends that asked only for the
-    /// write).
+    /// Writes every append, then per log: one request to the syncer, one `Written`, and the
+    /// waiters (or the replies of appends that asked only for the write). Consecutive small
+    /// appends of a pass go into the log as one batch, with one write (see [`merge_runs`]);
+    /// each still gets its own offsets, and a batch is atomic, so each append's records are
+    /// still all there after a crash or none.
     fn write(&mut self, shared: &Arc<Shared>) {
         for (slot, list) in self.logs.drain(..) {
             let mut written = Vec::with_capacity(list.len());
-            for p in list {
-                let values: Vec<&[u8]> = p.records.iter().map(|r| r.as_ref()).collect();
+            let mut list = list.into_iter().peekable();
+            while list.peek().is_some() {
+                let run = merge_runs(&mut list, |p| p.records.iter().map(Bytes::len).sum());
+                let values: Vec<&[u8]> = run.iter().flat_map(|p| p.records.iter().map(|r| r.as_ref())).collect();
                 // Written first, so the batch ships in parallel with the local sync.
                 match slot.log.append(&values, Durability::None) {
-                    Ok(offsets) => written.push((p, offsets)),
-                    Err(e) => p.replies.fill(p.seq, &Message::Refuse { reason: e.to_string() }),
+                    Ok(offsets) => {
+                        let mut start = offsets.start;
+                        for p in run {
+                            let end = start + p.records.len() as u64;
+                            written.push((p, start..end));
+                            start = end;
+                        }
+                    }
+                    Err(_) if run.len() > 1 => {
+                        // One append's records may be refused (too large): each on its own.
+                        for p in run {
+                            let values: Vec<&[u8]> = p.records.iter().map(|r| r.as_ref()).collect();
+                            match slot.log.append(&values, Durability::None) {
+                                Ok(offsets) => written.push((p, offsets)),
+                                Err(e) => p.replies.fill(p.seq, &Message::Refuse { reason: e.to_string() }),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        for p in run {
+                            p.replies.fill(p.seq, &Message::Refuse { reason: e.to_string() });
+                        }
+                    }
                 }
             }
             let Some(end) = written.iter().map(|(_, o)| o.end).max() else { continue };
@@ -662,6 +687,33 @@ impl Batch {
     }
 }
 
+/// Appends of one pass merged into one batch while each holds at most this many bytes.
+const MERGE_APPEND_BYTES_MAX: usize = 16 << 10;
+/// ... and the merged batch at most this many (the journal takes batches below 64 KiB).
+const MERGE_BATCH_BYTES_MAX: usize = 60 << 10;
+
+/// Takes the next items of `list` that go into the log as one batch: a run of small ones
+/// (at most [`MERGE_APPEND_BYTES_MAX`] bytes each by `bytes`, [`MERGE_BATCH_BYTES_MAX`]
+/// together), or one larger one alone. The leader wrote each append of a pass with its own
+/// `pwrite` and journal entry before: about one per record under small-sync.
+fn merge_runs<T>(list: &mut std::iter::Peekable<impl Iterator<Item = T>>, bytes: impl Fn(&T) -> usize) -> Vec<T> {
+    let mut run = Vec::new();
+    let mut total = 0;
+    while let Some(next) = list.peek() {
+        let size = bytes(next);
+        let small = size <= MERGE_APPEND_BYTES_MAX;
+        if !run.is_empty() && (!small || total + size > MERGE_BATCH_BYTES_MAX) {
+            break;
+        }
+        run.extend(list.next());
+        total += size;
+        if !small {
+            break;
+        }
+    }
+    run
+}
+
 /// Records of `name` from `from`, at most `max` and 16 MiB, below the commit point unless
 /// `uncommitted`.
 fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32, uncommitted: bool) -> Message {
@@ -690,4 +742,30 @@ fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32, uncommitte
         records.push(record.value);
     }
     Message::ClientRecords { start: from, commit_end: commit, records }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(sizes: &[usize]) -> Vec<Vec<usize>> {
+        let mut list = sizes.iter().copied().peekable();
+        let mut out = Vec::new();
+        while list.peek().is_some() {
+            out.push(merge_runs(&mut list, |s| *s));
+        }
+        out
+    }
+
+    #[test]
+    fn small_appends_of_a_pass_are_merged_and_large_ones_go_alone() {
+        assert_eq!(runs(&[128, 128, 128]), vec![vec![128, 128, 128]]);
+        assert_eq!(runs(&[128, 1 << 20, 128, 256]), vec![vec![128], vec![1 << 20], vec![128, 256]]);
+        // Each batch stays under the journal's bound.
+        let k16 = 16 << 10;
+        assert_eq!(runs(&[k16, k16, k16, k16, 10]), vec![vec![k16, k16, k16], vec![k16, 10]]);
+        assert_eq!(runs(&[(16 << 10) + 1, 5]), vec![vec![(16 << 10) + 1], vec![5]]);
+        assert_eq!(runs(&[0, 0]), vec![vec![0, 0]]);
+        assert!(runs(&[]).is_empty());
+    }
 }
