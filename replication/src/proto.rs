@@ -979,6 +979,11 @@ mod tests {
         }
     }
 
+    /// An uncompressed chunk of offsets `base..end` (the core never looks inside).
+    fn chunk(base: u64, end: u64) -> Chunk {
+        Chunk { base_offset: base, end_offset: end, raw_len_bytes: 0, compressed: false, bytes: Default::default() }
+    }
+
     fn ack(written_end: u64, durable_end: u64) -> Message {
         Message::Ack { log: "l".into(), epoch: 1, written_end, durable_end, last_epoch: 1 }
     }
@@ -1167,8 +1172,7 @@ mod tests {
             assert_eq!(follower.poll_action(), Some(FollowerAction::Send { to: 1, msg: still }));
         }
         // A failed apply is still answered at once (the leader resends after `resend_ms`).
-        let chunk =
-            Chunk { base_offset: 70, end_offset: 71, raw_len_bytes: 0, compressed: false, bytes: Default::default() };
+        let chunk = chunk(70, 71);
         let mut follower = Follower::new("l".into(), 1, 70, 70, 1);
         let check = Message::Truncate { log: "l".into(), epoch: 1, to: 70, written_end: 70, last_epoch: 1 };
         follower.handle(FollowerInput::Received { from: 1, msg: check });
@@ -1190,8 +1194,7 @@ mod tests {
         let heartbeat = Message::Heartbeat { epoch: 2, logs: vec![("l".into(), 100, 90)] };
         follower.handle(FollowerInput::Received { from: 1, msg: heartbeat.clone() });
         assert_eq!(follower.commit_end(), 0, "50..70 are not the leader's: none of them is committed");
-        let chunk =
-            Chunk { base_offset: 90, end_offset: 95, raw_len_bytes: 0, compressed: false, bytes: Default::default() };
+        let chunk = chunk(90, 95);
         let append = Message::Append { log: "l".into(), epoch: 2, commit_end: 90, chunk };
         follower.handle(FollowerInput::Received { from: 1, msg: append });
         assert_eq!(follower.commit_end(), 0);
@@ -1225,8 +1228,7 @@ mod tests {
         let check = Message::Truncate { log: "l".into(), epoch: 1, to: 5, written_end: 5, last_epoch: 1 };
         follower.handle(FollowerInput::Received { from: 1, msg: check });
         assert_eq!(follower.poll_action(), Some(FollowerAction::Send { to: 1, msg: ack(5, 5) }));
-        let chunk =
-            Chunk { base_offset: 9, end_offset: 12, raw_len_bytes: 0, compressed: false, bytes: Default::default() };
+        let chunk = chunk(9, 12);
         follower.handle(FollowerInput::Received {
             from: 1,
             msg: Message::Append { log: "l".into(), epoch: 1, commit_end: 0, chunk },
@@ -1244,13 +1246,6 @@ mod tests {
         follower.handle(FollowerInput::Received { from: 1, msg: loss });
         assert_eq!(follower.gap(), Some((40, 44, false)), "lost from its own end, not the leader's `from`");
         while follower.poll_action().is_some() {}
-        let chunk = |base, end| Chunk {
-            base_offset: base,
-            end_offset: end,
-            raw_len_bytes: 0,
-            compressed: false,
-            bytes: Default::default(),
-        };
         // Shipped before the leader's retention deleted the rest, delivered after its notice.
         for (base, end, gap) in [(40, 42, Some((42, 44, false))), (42, 44, None)] {
             let msg = Message::Append { log: "l".into(), epoch: 1, commit_end: 0, chunk: chunk(base, end) };
@@ -1264,13 +1259,6 @@ mod tests {
 
     #[test]
     fn a_follower_takes_a_new_leaders_appends_only_once_checked_and_never_obeys_a_late_cut() {
-        let chunk = |base, end| Chunk {
-            base_offset: base,
-            end_offset: end,
-            raw_len_bytes: 0,
-            compressed: false,
-            bytes: Default::default(),
-        };
         let mut follower = Follower::new("l".into(), 1, 50, 50, 1);
         // A leader of epoch 2 has not checked this log yet: its append is not applied.
         let append = Message::Append { log: "l".into(), epoch: 2, commit_end: 0, chunk: chunk(50, 60) };
