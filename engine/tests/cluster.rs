@@ -112,31 +112,40 @@ fn quorum_acked_appends_survive_leader_sigkills_and_logs_converge() {
     // Each acknowledged batch: where the receipt put it, and its records.
     let mut acked: Vec<(u64, Vec<Bytes>)> = Vec::new();
     for round in 0..rounds {
-        let mut client = eventually("the leader to listen", Duration::from_secs(20), || Client::connect(addrs[0]).ok());
         let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let writer = {
-            let count = count.clone();
-            std::thread::spawn(move || {
-                let mut acked = Vec::new();
-                for n in 0.. {
-                    let batch: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("r{round}-{n}-{i}"))).collect();
-                    match client.append("orders", batch.clone(), true) {
-                        Ok((start, end, 2)) if end == start + 5 => acked.push((start, batch)),
-                        Ok(other) => panic!("a quorum append was acknowledged as {other:?}"),
-                        Err(_) => return acked, // the leader was killed
+        // Four writers at once, with batches of 1 to 5 records: the leader writes the appends
+        // that arrive together as one batch, and each receipt must still name its own records.
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let count = count.clone();
+                let mut client =
+                    eventually("the leader to listen", Duration::from_secs(20), || Client::connect(addrs[0]).ok());
+                std::thread::spawn(move || {
+                    let mut acked = Vec::new();
+                    for n in 0.. {
+                        let len = 1 + (w + n) % 5;
+                        let batch: Vec<Bytes> =
+                            (0..len).map(|i| Bytes::from(format!("r{round}-w{w}-{n}-{i}"))).collect();
+                        match client.append("orders", batch.clone(), true) {
+                            Ok((start, end, 2)) if end == start + len => acked.push((start, batch)),
+                            Ok(other) => panic!("a quorum append of {len} was acknowledged as {other:?}"),
+                            Err(_) => return acked, // the leader was killed
+                        }
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
-                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                acked
+                    acked
+                })
             })
-        };
+            .collect();
         // Kill the leader mid-stream, once some appends went through, and start it again.
         eventually("appends to be acknowledged", Duration::from_secs(30), || {
             (count.load(std::sync::atomic::Ordering::SeqCst) >= 30).then_some(())
         });
         nodes.0[0].kill().unwrap();
         nodes.0[0].wait().unwrap();
-        acked.extend(writer.join().unwrap());
+        for writer in writers {
+            acked.extend(writer.join().unwrap());
+        }
         nodes.0[0] = leader();
     }
     // All three logs converge to the same records, and every acknowledged batch is where its
