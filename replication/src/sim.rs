@@ -273,20 +273,24 @@ impl World {
     }
 
     fn step(&mut self) -> Result<(), String> {
+        // One roll picks at most one fault, each from its own band of [0, 1); anything above
+        // the bands (or any roll once healing began) is an ordinary step.
         let roll: f64 = self.rng.gen();
-        if self.faults && roll < self.config.crash_ratio && self.config.nodes > 1 {
+        let (faults, followers) = (self.faults, self.config.nodes > 1);
+        let mut floor = 0.0;
+        let mut rolled = |ratio: f64| {
+            let hit = faults && roll >= floor && roll < floor + ratio;
+            floor += ratio;
+            hit
+        };
+        if rolled(self.config.crash_ratio) && followers {
             let victim = self.rng.gen_range(1..self.config.nodes as u64);
             return self.crash(victim);
         }
-        if self.faults && roll < self.config.crash_ratio + self.config.leader_crash_ratio {
+        if rolled(self.config.leader_crash_ratio) {
             return self.crash_leader();
         }
-        let roll = roll - self.config.leader_crash_ratio;
-        if self.faults
-            && self.config.nodes > 1
-            && roll >= self.config.crash_ratio
-            && roll < self.config.crash_ratio + self.config.partition_ratio
-        {
+        if rolled(self.config.partition_ratio) && followers {
             let peer = self.rng.gen_range(1..self.config.nodes as u64);
             let link = (LEADER, peer);
             if !self.cut.remove(&link) {
@@ -295,19 +299,10 @@ impl World {
             }
             return Ok(());
         }
-        let roll = roll - self.config.partition_ratio;
-        if self.faults
-            && roll >= self.config.crash_ratio
-            && roll < self.config.crash_ratio + self.config.retention_ratio
-        {
+        if rolled(self.config.retention_ratio) {
             return self.retain();
         }
-        let roll = roll - self.config.retention_ratio;
-        if self.faults
-            && self.config.nodes > 1
-            && roll >= self.config.crash_ratio
-            && roll < self.config.crash_ratio + self.config.follower_retention_ratio
-        {
+        if rolled(self.config.follower_retention_ratio) && followers {
             let id = self.rng.gen_range(1..self.config.nodes as u64);
             return self.follower_retain(id);
         }
@@ -338,7 +333,7 @@ impl World {
         if self.commit_end <= start {
             return Ok(());
         }
-        // Mostly everything committed, so that whole segments go (16 KiB each here).
+        // Mostly everything committed, so that whole segments go (4 KiB each here).
         let offset =
             if self.rng.gen_bool(0.75) { self.commit_end } else { self.rng.gen_range(start..=self.commit_end) };
         let new_start = log.truncate_prefix(offset).map_err(|e| format!("leader retention to {offset}: {e}"))?;
