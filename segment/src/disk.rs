@@ -19,6 +19,10 @@ pub trait Disk: Send + Sync + Debug + 'static {
     /// Creates a new file (failing if it exists) of `size_bytes` zero bytes, with its blocks
     /// allocated where the platform allows, so that later writes inside it need no size change.
     /// The new name is durable only after [`Disk::sync_dir`] of its parent.
+    ///
+    /// # Errors
+    /// On error no file is left at `path`: an implementation that created the name before the
+    /// allocation failed (ENOSPC) removes it again.
     fn create(&self, path: &Path, size_bytes: u64) -> io::Result<Arc<dyn DiskFile>>;
     /// Opens an existing file for reading and writing.
     fn open(&self, path: &Path) -> io::Result<Arc<dyn DiskFile>>;
@@ -295,7 +299,14 @@ impl Disk for OsDisk {
         self.refuse_write()?;
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
         if size_bytes > 0 {
-            preallocate(&file, size_bytes)?;
+            if let Err(err) = preallocate(&file, size_bytes) {
+                drop(file);
+                // A failed create leaves no file (the `Disk::create` contract), so that a retry
+                // does not find an empty file where a pre-allocated one was expected. If the
+                // removal fails too, the allocation error is the one the caller can act on.
+                let _ = std::fs::remove_file(path);
+                return Err(err);
+            }
         }
         Ok(Arc::new(OsFile::new(file, path)))
     }
