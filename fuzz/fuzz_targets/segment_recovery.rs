@@ -22,7 +22,7 @@ use tern_segment::frame::{self, BatchMeta, Record};
 use tern_segment::segment::{encode_segment_header, segment_file_name, SEGMENT_HEADER_BYTES};
 use tern_segment::sim::SimDisk;
 use tern_segment::Disk;
-use tern_wal::meta::{Checkpoint, Meta, CHECKPOINT_FILE, NO_TRUNCATION};
+use tern_wal::meta::{Checkpoint, Meta, CHECKPOINT_FILE};
 use tern_wal::{Committer, Log, LogOptions, Visibility};
 
 /// The smallest segment a log accepts. libFuzzer's inputs stay below 4 KiB by default, so a
@@ -115,7 +115,7 @@ fn lay_out(disk: &SimDisk, dir: &Path, body: &[u8], checkpoint: Option<Checkpoin
         file.sync_data().expect("sync checkpoint");
     }
     // Writes log.meta durably and syncs the directory, which makes every name durable.
-    Meta { generation: GENERATION, start_offset: 0, truncate_to: NO_TRUNCATION }.write(disk, dir).expect("write meta");
+    Meta::new_log(GENERATION, 0).write(disk, dir).expect("write meta");
     disk.sync_dir(dir).expect("sync dir");
 }
 

@@ -238,6 +238,49 @@ pub struct Segment {
     /// Where the last read of whole batches ended: a shipper's next read starts there instead
     /// of walking every frame after the sparse index entry before it.
     read_hint: parking_lot::Mutex<ReadHint>,
+    /// Syncs of this file run one at a time, and remember a failure (see [`Segment::lock_sync`]).
+    sync_state: parking_lot::Mutex<SyncState>,
+}
+
+/// Whether a sync of a segment file ever failed.
+#[derive(Debug, Default)]
+struct SyncState {
+    failed: Option<String>,
+}
+
+/// Held while a segment file is synced: syncs of one file never run at once, and once one
+/// failed, every later one fails too.
+///
+/// On Linux a failed `fdatasync` may drop the dirty pages it was to write, and the error is
+/// reported once: a second sync, or one that ran at the same time on the same open file,
+/// reports success although the data never reached the disk. So a failure is remembered here,
+/// under the same lock that every sync of the file holds, and nobody syncs the file again.
+#[derive(Debug)]
+pub struct SyncGuard<'a> {
+    segment: &'a Segment,
+    state: parking_lot::MutexGuard<'a, SyncState>,
+}
+
+impl SyncGuard<'_> {
+    /// `Err` when an earlier sync of this segment failed: nothing written since it opened can
+    /// be made durable any more.
+    pub fn check(&self) -> Result<()> {
+        match &self.state.failed {
+            None => Ok(()),
+            Some(reason) => Err(Error::io(
+                &self.segment.path,
+                io::Error::other(format!("an earlier sync of this segment failed ({reason}); it is never retried")),
+            )),
+        }
+    }
+
+    /// Records the outcome of a sync made while holding this guard, and returns it.
+    pub fn record(&mut self, result: io::Result<()>) -> Result<()> {
+        if let Err(e) = &result {
+            self.state.failed.get_or_insert_with(|| e.to_string());
+        }
+        result.map_err(|e| Error::io(&self.segment.path, e))
+    }
 }
 
 /// A frame boundary a read ended at, valid while `generation` is the segment's: every
@@ -299,6 +342,7 @@ impl Segment {
             direct: parking_lot::Mutex::new(DirectState::default()),
             direct_write_bytes_min: std::sync::atomic::AtomicUsize::new(DIRECT_WRITE_BYTES_MIN),
             read_hint: parking_lot::Mutex::new(ReadHint::default()),
+            sync_state: parking_lot::Mutex::new(SyncState::default()),
         }
     }
 
@@ -664,9 +708,19 @@ impl Segment {
         Ok(None)
     }
 
-    /// Syncs the segment's data.
+    /// Syncs the segment's data. Fails without syncing when an earlier sync of this segment
+    /// failed ([`SyncGuard`]).
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+        let mut guard = self.lock_sync();
+        guard.check()?;
+        let result = self.file.sync_data();
+        guard.record(result)
+    }
+
+    /// Takes the segment's sync lock, for a caller that syncs the file itself (several files
+    /// at once, [`crate::Disk::sync_files`]): check the guard first, record the result after.
+    pub fn lock_sync(&self) -> SyncGuard<'_> {
+        SyncGuard { segment: self, state: self.sync_state.lock() }
     }
 }
 

@@ -8,6 +8,7 @@
 //! wrote batches too large for the journal, all together ([`Disk::sync_files`]). While it
 //! syncs, writers keep writing and the next group gathers. A writer alone never waits on a timer.
 
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,20 +16,11 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
-use tern_segment::{Disk, DiskFile};
+use tern_segment::{Disk, DiskFile, Segment};
 
 use crate::error::{Error, Result};
 use crate::journal::{self, Journal, JournalOptions, Replay};
 use crate::log::LogInner;
-
-/// Groups whose syncs may be in flight at once in leader mode: 1, or `TERN_LEADERS` (1..=4)
-/// for measuring. With more, while one group's sync runs the next group writes its journal
-/// block and starts its own sync instead of waiting (the later sync covers the earlier block
-/// too). Measured on this machine it did not pay: 16 writers x 128 B, 84k/s with 2 against
-/// 99k/s with 1 (ARCHITECTURE.md).
-fn leaders_max() -> usize {
-    std::env::var("TERN_LEADERS").ok().and_then(|v| v.parse().ok()).filter(|n| (1..=4).contains(n)).unwrap_or(1)
-}
 
 /// Most logs synced in one group.
 pub const GROUP_LOGS_MAX: usize = 1024;
@@ -96,9 +88,9 @@ struct Shared {
     disk: Arc<dyn Disk>,
     mode: CommitMode,
     queue: Mutex<Vec<Arc<LogInner>>>,
-    /// Leaders committing now (leader mode), at most `leaders_max`.
+    /// Leaders committing now (leader mode): at most one, so that groups complete in order
+    /// and no two syncs of one file ever run at once.
     leading: AtomicUsize,
-    leaders_max: usize,
     candidates: Mutex<Vec<std::thread::Thread>>,
     tx: Sender<Msg>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -153,7 +145,6 @@ impl Committer {
             mode,
             queue: Mutex::new(Vec::new()),
             leading: AtomicUsize::new(0),
-            leaders_max: leaders_max(),
             candidates: Mutex::new(Vec::new()),
             tx,
             thread: Mutex::new(None),
@@ -248,10 +239,7 @@ impl Committer {
     pub(crate) fn try_lead(&self) -> bool {
         let shared = &self.shared;
         if shared.mode != CommitMode::Leader
-            || shared
-                .leading
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < shared.leaders_max).then_some(n + 1))
-                .is_err()
+            || shared.leading.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_err()
         {
             return false;
         }
@@ -282,7 +270,7 @@ impl Committer {
             return true;
         }
         self.shared.candidates.lock().push(std::thread::current());
-        self.shared.leading.load(Ordering::SeqCst) >= self.shared.leaders_max
+        self.shared.leading.load(Ordering::SeqCst) > 0
     }
 
     /// Takes the journal entries of log `name` (frames with their log generation).
@@ -308,8 +296,81 @@ impl Committer {
     }
 }
 
-/// Syncs the segments of every log that staged into the current journal file, then starts the
-/// other file. Holding the journal lock keeps the committer thread out meanwhile.
+/// Syncs `segments` together with `extra` files ([`Disk::sync_files`]) and returns the results
+/// of each, in order. Each segment is synced under its sync lock, taken in one global order
+/// (by address) so that two callers never wait for each other: a segment whose earlier sync
+/// failed is not synced again and fails at once ([`tern_segment::segment::SyncGuard`]).
+fn sync_segments(
+    shared: &Shared,
+    segments: &[&Segment],
+    extra: &[&dyn DiskFile],
+) -> (Vec<io::Result<()>>, Vec<io::Result<()>>) {
+    let mut order: Vec<usize> = (0..segments.len()).collect();
+    order.sort_by_key(|&i| segments.get(i).map_or(0, |s| std::ptr::from_ref::<Segment>(s) as usize));
+    order.dedup_by_key(|i| segments.get(*i).map_or(0, |s| std::ptr::from_ref::<Segment>(s) as usize));
+    let mut guards: Vec<(usize, tern_segment::segment::SyncGuard<'_>)> =
+        order.iter().filter_map(|&i| segments.get(i).map(|s| (i, s.lock_sync()))).collect();
+    let mut results: Vec<Option<io::Result<()>>> = (0..segments.len()).map(|_| None).collect();
+    let mut files: Vec<&dyn DiskFile> = extra.to_vec();
+    let mut synced: Vec<usize> = Vec::with_capacity(guards.len());
+    for (g, (i, guard)) in guards.iter().enumerate() {
+        match guard.check() {
+            Ok(()) => {
+                if let Some(segment) = segments.get(*i) {
+                    files.push(&**segment.file());
+                    synced.push(g);
+                }
+            }
+            Err(e) => {
+                if let Some(slot) = results.get_mut(*i) {
+                    *slot = Some(Err(io::Error::other(e.to_string())));
+                }
+            }
+        }
+    }
+    let mut all = shared.disk.sync_files(&files).into_iter();
+    shared.counters.file_syncs.fetch_add(files.len() as u64, Ordering::Relaxed);
+    let extra_results: Vec<io::Result<()>> = extra.iter().map(|_| all.next().unwrap_or(Ok(()))).collect();
+    for g in synced {
+        let result = all.next().unwrap_or_else(|| Err(io::Error::other("no sync result")));
+        if let Some((i, guard)) = guards.get_mut(g) {
+            let recorded = guard.record(result).map_err(|e| io::Error::other(e.to_string()));
+            if let Some(slot) = results.get_mut(*i) {
+                *slot = Some(recorded);
+            }
+        }
+    }
+    drop(guards);
+    // A segment listed twice shares the result of its one sync.
+    for i in 0..segments.len() {
+        if results.get(i).is_some_and(Option::is_none) {
+            let twin = (0..segments.len()).find(|&j| {
+                j != i
+                    && results.get(j).is_some_and(Option::is_some)
+                    && segments.get(j).map(|s| std::ptr::from_ref::<Segment>(s))
+                        == segments.get(i).map(|s| std::ptr::from_ref::<Segment>(s))
+            });
+            let shared_result = twin
+                .and_then(|j| results.get(j).and_then(|r| r.as_ref()))
+                .map(|r| r.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+            if let Some(slot) = results.get_mut(i) {
+                *slot = shared_result;
+            }
+        }
+    }
+    (extra_results, results.into_iter().map(|r| r.unwrap_or_else(|| Err(io::Error::other("not synced")))).collect())
+}
+
+/// Starts the other journal file, once nothing in the current one is needed any more: the
+/// segments of every log that staged into it are synced (and their checkpoints claim it), except
+/// for fenced logs, whose entries are carried into the new file instead.
+///
+/// A fenced log's segment is never synced again: after a failed sync the kernel may have
+/// dropped its dirty pages, and a new sync would report success without writing them. Its
+/// batches acknowledged through the journal may exist nowhere else, so they stay in the journal
+/// (the new file's first block) until the log is recovered at the next open. The new file is
+/// marked clean only when `clean` is asked and nothing was carried. Holding the journal lock
+/// keeps groups out meanwhile.
 fn switch(shared: &Shared, journal: &mut Journal, clean: bool) -> Result<()> {
     let registry = {
         let mut staging = shared.staging.lock();
@@ -318,25 +379,48 @@ fn switch(shared: &Shared, journal: &mut Journal, clean: bool) -> Result<()> {
         }
         std::mem::take(&mut staging.registry)
     };
-    let targets: Vec<_> = registry.into_iter().map(|log| (log.segment_target(), log)).collect();
-    let files: Vec<&dyn DiskFile> = targets.iter().map(|(t, _)| &**t.segment.file()).collect();
-    let results = shared.disk.sync_files(&files);
-    shared.counters.file_syncs.fetch_add(files.len() as u64, Ordering::Relaxed);
-    drop(files);
+    let (fenced, live): (Vec<_>, Vec<_>) = registry.into_iter().partition(|log| log.is_fenced());
+    let targets: Vec<_> = live.into_iter().map(|log| (log.segment_target(), log)).collect();
+    let segments: Vec<&Segment> = targets.iter().map(|(t, _)| &*t.segment).collect();
+    let (_, results) = sync_segments(shared, &segments, &[]);
+    drop(segments);
     let mut failed = None;
+    let mut synced = Vec::with_capacity(targets.len());
     for ((target, log), result) in targets.into_iter().zip(results) {
         if let Err(e) = &result {
             failed
                 .get_or_insert_with(|| Error::io(target.segment.path(), std::io::Error::new(e.kind(), e.to_string())));
         }
         log.complete_sync(target, result, true);
+        synced.push(log);
     }
     if let Some(e) = failed {
         // The journal still holds batches whose segments did not sync: never switch away.
         shared.journal_failed.store(true, Ordering::SeqCst);
         return Err(e);
     }
-    journal.switch(clean).inspect_err(|_| shared.journal_failed.store(true, Ordering::SeqCst))?;
+    // The checkpoints now claim what the journal held; make them durable with it.
+    let checkpoints: Vec<(&Arc<LogInner>, Arc<dyn DiskFile>, u64)> =
+        synced.iter().filter_map(|log| log.checkpoint_to_sync().map(|(file, seq)| (log, file, seq))).collect();
+    let files: Vec<&dyn DiskFile> = checkpoints.iter().map(|(_, file, _)| &**file).collect();
+    let results = shared.disk.sync_files(&files);
+    shared.counters.file_syncs.fetch_add(files.len() as u64, Ordering::Relaxed);
+    for ((log, _, seq), result) in checkpoints.iter().zip(results) {
+        // A failed checkpoint sync only leaves recovery an older claim.
+        if result.is_ok() {
+            log.checkpoint_synced(*seq);
+        }
+    }
+    let names: Vec<&str> = fenced.iter().map(|log| log.name()).collect();
+    let carried =
+        journal.switch_carrying(clean, &names).inspect_err(|_| shared.journal_failed.store(true, Ordering::SeqCst))?;
+    if carried > 0 {
+        let mut staging = shared.staging.lock();
+        for log in fenced {
+            log.journal_registered.store(true, Ordering::SeqCst);
+            staging.registry.push(log);
+        }
+    }
     shared.counters.journal_switches.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -424,17 +508,13 @@ fn commit_group(shared: &Shared, group: Vec<Arc<LogInner>>, spare_block: &mut Ve
         .filter(|_| wrote_journal)
         .and_then(|j| j.file().map(|f| (f.clone(), j.path().to_path_buf())));
     drop(journal_guard);
-    let mut files: Vec<&dyn DiskFile> = Vec::with_capacity(targets.len() + 1);
-    if let Some((file, _)) = &journal_file {
-        files.push(&**file);
-    }
-    let journal_files = files.len();
-    files.extend(targets.iter().filter(|(_, t)| t.sync_segment).map(|(_, t)| &**t.segment.file()));
-    let mut results = shared.disk.sync_files(&files);
+    let extra: Vec<&dyn DiskFile> = journal_file.iter().map(|(file, _)| &**file).collect();
+    let segments: Vec<&Segment> = targets.iter().filter(|(_, t)| t.sync_segment).map(|(_, t)| &*t.segment).collect();
+    let (mut extra_results, results) = sync_segments(shared, &segments, &extra);
+    drop(segments);
     shared.counters.groups.fetch_add(1, Ordering::Relaxed);
-    shared.counters.file_syncs.fetch_add(files.len() as u64, Ordering::Relaxed);
-    drop(files);
-    let journal_result = if journal_files == 1 { results.remove(0) } else { Ok(()) };
+    let journal_result = if extra.is_empty() { Ok(()) } else { extra_results.remove(0) };
+    drop(extra);
     if let Err(e) = &journal_result {
         shared.journal_failed.store(true, Ordering::SeqCst);
         let path = journal_file.map(|(_, p)| p).unwrap_or_default();

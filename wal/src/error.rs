@@ -18,6 +18,18 @@ pub enum Error {
         /// The failure that fenced the log.
         reason: String,
     },
+    /// Records being waited for were removed by [`crate::Log::truncate_suffix`] (or
+    /// [`crate::Log::truncate_suffix_to_quarantine`]) before they became durable. Records
+    /// written at those offsets afterwards are other records: the append did not take effect.
+    #[error("log {log}: records below offset {end} were cut at offset {cut} by a suffix truncation before they became durable")]
+    Truncated {
+        /// Log name.
+        log: String,
+        /// One past the last record waited for.
+        end: u64,
+        /// Where the log was cut.
+        cut: u64,
+    },
     /// The disk is full. What was durable stays readable.
     #[error("disk full while writing {}", .file.display())]
     DiskFull {

@@ -281,18 +281,45 @@ impl Journal {
         Ok(())
     }
 
-    /// Starts the other file with the next sequence number. The caller must first have synced
-    /// every segment that the current file's blocks describe: they are stale from now on.
-    pub(crate) fn switch(&mut self, clean: bool) -> Result<()> {
+    /// Starts the other file with the next sequence number, carrying over the current file's
+    /// entries of the logs named in `carry` as its first block, and returns how many entries it
+    /// carried. The caller must first have synced every other segment that the current file's
+    /// blocks describe: the rest of it is stale from now on. The new file is marked clean only
+    /// when `clean` is asked and nothing was carried.
+    pub(crate) fn switch_carrying(&mut self, clean: bool, carry: &[&str]) -> Result<usize> {
+        let mut block = Vec::new();
+        let mut carried = 0;
+        if !carry.is_empty() {
+            let (path, file) = self.files.get(self.current).ok_or_else(|| Error::Invalid("journal file".into()))?;
+            let written = self.pos.min(self.file_bytes).saturating_sub(JOURNAL_HEADER_BYTES);
+            let body = file.read_at(JOURNAL_HEADER_BYTES, written).map_err(|e| Error::io(path, e))?;
+            for (name, generation, frame) in decode_blocks(&body, self.seq).0 {
+                if carry.contains(&name.as_str()) {
+                    stage_entry(&mut block, &name, generation, &frame);
+                    carried += 1;
+                }
+            }
+        }
         let next = (self.current + 1) % self.files.len();
         let seq = self.seq + 1;
+        let mut bytes = encode_header(seq, clean && carried == 0).to_vec();
+        if carried > 0 {
+            seal_block(&mut block, seq);
+            bytes.extend_from_slice(&block);
+        }
         let (path, file) = self.files.get(next).ok_or_else(|| Error::Invalid("journal file".into()))?;
-        file.write_at(0, &encode_header(seq, clean)).map_err(|e| Error::io(path, e))?;
+        if bytes.len() as u64 > self.file_bytes {
+            return Err(Error::Invalid(format!(
+                "the journal entries of fenced logs ({} bytes) no longer fit a journal file; reopen the engine",
+                block.len()
+            )));
+        }
+        file.write_at(0, &bytes).map_err(|e| Error::io(path, e))?;
         file.sync_data().map_err(|e| Error::io(path, e))?;
         self.current = next;
         self.seq = seq;
-        self.pos = JOURNAL_HEADER_BYTES;
-        Ok(())
+        self.pos = bytes.len() as u64;
+        Ok(carried)
     }
 }
 

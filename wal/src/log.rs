@@ -10,23 +10,23 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 use tern_segment::frame::{self, BatchMeta, Record};
 use tern_segment::segment::{encode_segment_header, parse_file_name, SEGMENT_EXT, SEGMENT_HEADER_BYTES};
-use tern_segment::{CorruptReason, Disk, Segment};
+use tern_segment::{CorruptReason, Disk, DiskFile, Segment};
 
 use crate::committer::Committer;
 use crate::epochs::{self, EpochHistory, EPOCHS_FILE};
 use crate::error::{Error, Result};
 use crate::journal::DIRECT_BATCH_BYTES;
-use crate::meta::{Checkpoint, CheckpointWriter, Meta, NO_TRUNCATION};
+use crate::meta::{Checkpoint, CheckpointWriter, Claim, Meta, NO_TRUNCATION};
 
 mod commit;
 mod recovery;
 mod roll;
 mod truncate;
 
-use recovery::recover;
+use recovery::{corrupt, recover, RecoveredLog};
 pub(crate) use recovery::{creation_interrupted, segments_below_start};
-use roll::SEGMENT_TMP_SUFFIX;
-use truncate::{clear_history_then_marker, cut_suffix};
+use roll::{copy_segment_prefix, create_segment_file, SEGMENT_TMP_SUFFIX};
+use truncate::{clear_history_then_marker, frame_pos};
 
 /// Default size of a segment file.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
@@ -180,6 +180,8 @@ pub(crate) struct SyncTarget {
     end_offset: u64,
     end_pos: u64,
     truncations: u64,
+    /// The meta generation when the snapshot was taken: a checkpoint slot claims it.
+    generation: u64,
 }
 
 pub(crate) struct LogInner {
@@ -193,7 +195,14 @@ pub(crate) struct LogInner {
     start_offset: AtomicU64,
     written_end: AtomicU64,
     durable_end: AtomicU64,
+    /// Records below this are durable in the segments themselves, not only in the journal:
+    /// what a checkpoint may claim, and what must hold before a generation change makes the
+    /// journal's copies of them stale.
+    segment_synced_end: AtomicU64,
+    /// Suffix truncations so far (while open).
     truncations: AtomicU64,
+    /// Recent suffix truncations `(count after it, offset)`, for waiters appended before them.
+    cuts: Mutex<Vec<(u64, u64)>>,
     /// The meta generation, stamped on this log's journal entries.
     generation: AtomicU64,
     /// Retention never deletes a segment holding an offset at or above this
@@ -295,7 +304,7 @@ impl Log {
                 disk.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
             }
         }
-        let (segments, meta, mut recovered, replay_generation, history) = recover(&*disk, dir, &options)?;
+        let RecoveredLog { segments, meta, mut recovered, history } = recover(&*disk, dir, &options)?;
         let last = segments.last().cloned().expect("recovery leaves at least one segment");
         let end = last.end_offset();
         let checkpoint = CheckpointWriter::open(&*disk, dir)?;
@@ -312,7 +321,9 @@ impl Log {
             start_offset: AtomicU64::new(start),
             written_end: AtomicU64::new(end),
             durable_end: AtomicU64::new(end),
+            segment_synced_end: AtomicU64::new(end),
             truncations: AtomicU64::new(0),
+            cuts: Mutex::new(Vec::new()),
             generation: AtomicU64::new(meta.generation),
             retention_hold: AtomicU64::new(NO_RETENTION_HOLD),
             journal_registered: AtomicBool::new(false),
@@ -332,7 +343,9 @@ impl Log {
             counters: Counters::default(),
         };
         let mut inner = inner;
-        recovered.replayed_batches = inner.replay(&replay, replay_generation)?;
+        // The journal's batches go into the segment and are synced there (`replay`) before the
+        // generation changes below: from then on their journal entries are stale.
+        recovered.replayed_batches = inner.replay(&replay, meta.generation)?;
         if recovered.replayed_batches > 0 {
             recovered.clean = false;
         }
@@ -349,17 +362,17 @@ impl Log {
                 st.history = history;
             }
         }
-        let last = inner.active();
-        inner.checkpoint.lock().write(
-            Checkpoint {
-                generation: meta.generation,
-                segment_base: last.base_offset(),
-                durable_pos: last.end_pos(),
-                durable_end: last.end_offset(),
-                ..Default::default()
-            },
-            false,
-        )?;
+        // A new generation, recorded with a claim for everything recovered (synced by
+        // recovery and replay): after any later crash, damage below it is corruption.
+        let active = inner.active();
+        let claim = Claim { segment_base: active.base_offset(), pos: active.end_pos(), end: active.end_offset() };
+        let meta = inner.update_meta(|meta| {
+            meta.generation += 1;
+            meta.truncate_to = NO_TRUNCATION;
+            meta.last_base = Some(claim.segment_base);
+            meta.claim = Some(claim);
+        })?;
+        inner.generation.store(meta.generation, Ordering::SeqCst);
         Ok(Log { inner: Arc::new(inner) })
     }
 
@@ -616,7 +629,7 @@ impl Log {
         let inner = &self.inner;
         if records.is_empty() {
             let end = self.written_end();
-            return Ok(Appended { log: self.clone(), offsets: end..end });
+            return Ok(Appended { log: self.clone(), offsets: end..end, truncations: 0 });
         }
         for record in records {
             let len_bytes = (record.value.len() + record.key.map_or(0, <[u8]>::len)) as u64;
@@ -638,9 +651,10 @@ impl Log {
         inner.write_frame(&st.buf, base, end, max_ts)?;
         debug_assert_eq!(st.buf.len(), frame_len);
         let staged_bytes = self.inner.journal_frame(&st.buf, records.len() as u64);
+        let truncations = inner.truncations.load(Ordering::SeqCst);
         drop(guard);
         self.inner.appended(staged_bytes);
-        Ok(Appended { log: self.clone(), offsets: base..end })
+        Ok(Appended { log: self.clone(), offsets: base..end, truncations })
     }
 
     /// Appends batch frames exactly as another log wrote them (a follower applying what its
@@ -734,9 +748,10 @@ impl Log {
             i = j;
         }
         let end = inner.written_end.load(Ordering::Acquire);
+        let truncations = inner.truncations.load(Ordering::SeqCst);
         drop(guard);
         self.inner.appended(staged_bytes);
-        Ok(Appended { log: self.clone(), offsets: start..end })
+        Ok(Appended { log: self.clone(), offsets: start..end, truncations })
     }
 
     /// Makes everything written so far durable and waits for it.
@@ -744,8 +759,11 @@ impl Log {
     /// # Errors
     /// [`Error::Fenced`] if the sync failed.
     pub fn sync(&self) -> Result<()> {
-        let end = self.written_end();
-        self.inner.wait_durable(&self.inner, end)
+        let (end, truncations) = {
+            let _st = self.inner.write.lock();
+            (self.written_end(), self.inner.truncations.load(Ordering::SeqCst))
+        };
+        self.inner.wait_durable(&self.inner, end, truncations)
     }
 
     /// Blocks until the log's `visibility` end passes `offset` (so `offset` can be read), the
@@ -781,7 +799,8 @@ impl Log {
     /// next open needs no scan. Appends fail with [`Error::Closed`] afterwards.
     ///
     /// # Errors
-    /// I/O errors; [`Error::Fenced`] if the final sync failed.
+    /// I/O errors; [`Error::Fenced`] if the final sync failed, or if the log was fenced before
+    /// (it is closed then, but not cleanly: the next open recovers it).
     pub fn close(&self) -> Result<()> {
         let inner = &self.inner;
         let _st = inner.write.lock();
@@ -791,9 +810,10 @@ impl Log {
         let mut checkpoint = inner.checkpoint.lock();
         inner.closed.store(true, Ordering::SeqCst);
         inner.notify_readers();
-        if inner.fenced.load(Ordering::SeqCst) {
+        if let Err(e) = inner.check_not_fenced() {
+            // Closed, but not cleanly: what the failed sync was to persist may be gone.
             inner.wake_all_waiters();
-            return Ok(());
+            return Err(e);
         }
         let last = inner.active();
         let end = inner.written_end.load(Ordering::Acquire);
@@ -808,6 +828,7 @@ impl Log {
             inner.fence(&err);
             return Err(err);
         }
+        inner.segment_synced_end.fetch_max(end, Ordering::AcqRel);
         inner.durable_end.fetch_max(end, Ordering::AcqRel);
         inner.wake_waiters(end);
         let generation = inner.meta.lock().generation;
@@ -843,17 +864,20 @@ pub struct Appended {
     log: Log,
     /// Offsets given to the batch's records.
     pub offsets: Range<u64>,
+    /// The log's suffix truncation count when the batch was written.
+    truncations: u64,
 }
 
 impl Appended {
     /// Waits until the batch is as durable as `durability` asks and returns its offsets.
     ///
     /// # Errors
-    /// [`Error::Fenced`] if the sync covering this batch failed.
+    /// [`Error::Fenced`] if the sync covering this batch failed; [`Error::Truncated`] if a
+    /// suffix truncation removed the batch before it was durable.
     pub fn wait(self, durability: Durability) -> Result<Range<u64>> {
         if durability == Durability::Local && !self.offsets.is_empty() {
             let inner = &self.log.inner;
-            inner.wait_durable(&inner.clone(), self.offsets.end)?;
+            inner.wait_durable(&inner.clone(), self.offsets.end, self.truncations)?;
         }
         Ok(self.offsets)
     }

@@ -1,14 +1,18 @@
 //! The two small per-log files besides segments.
 //!
 //! `log.meta` (FORMAT.md "Log meta file") is authoritative and always written durably (temporary
-//! file, fsync, rename, directory fsync): the log-start offset, a pending suffix truncation, and
-//! a generation that changes at every open, every suffix truncation and every reset.
+//! file, fsync, rename, directory fsync): the log-start offset, the newest segment, a pending
+//! suffix truncation, a generation that changes at every open, every suffix truncation and every
+//! reset, and a [`Claim`]: how far the log's segments were synced when it was written. So after
+//! any crash the log knows which segments must exist and a durable end below which damage is
+//! corruption, never a torn tail.
 //!
-//! `checkpoint` (FORMAT.md "Checkpoint file") is a hint written in place after every group
-//! sync, without its own fsync, into one of two 64-byte slots alternately. A slot only claims
-//! what a completed sync made durable, so a slot that survives a crash tells the truth; a torn
-//! slot fails its checksum and the other one is used; a slot from an older generation is
-//! ignored, so no claim from before a truncation or from an earlier run is ever trusted.
+//! `checkpoint` (FORMAT.md "Checkpoint file") is written in place after every segment sync, into
+//! one of two 64-byte slots alternately, and synced at a clean close, at every journal switch, and
+//! at most every [`CHECKPOINT_SYNC_INTERVAL_MS`] while syncs go on. A slot only claims what a
+//! completed sync made durable, so a slot that survives a crash tells the truth; a torn slot fails
+//! its checksum and the other one is used; a slot from an older generation is ignored, so no claim
+//! from before a truncation is ever trusted.
 #![deny(clippy::indexing_slicing, clippy::cast_possible_truncation)]
 
 use std::path::{Path, PathBuf};
@@ -16,6 +20,7 @@ use std::sync::Arc;
 
 use tern_segment::cursor::Cursor;
 use tern_segment::disk::{read_small_file, write_file_atomic};
+use tern_segment::segment::SEGMENT_HEADER_BYTES;
 use tern_segment::{CorruptReason, Disk, DiskFile};
 
 use crate::error::{Error, Result};
@@ -25,14 +30,41 @@ pub const META_FILE: &str = "log.meta";
 /// Name of the checkpoint file in a log directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 const META_MAGIC: [u8; 8] = *b"TERNMETA";
-const META_VERSION: u32 = 1;
-const META_BYTES: usize = 40;
+/// Meta file version written by this build. Version 1 (40 bytes, without the newest segment and
+/// the claim) is still read.
+pub const META_VERSION: u32 = 2;
+const META_V1_BYTES: usize = 40;
+/// Bytes of a version 2 meta file.
+pub const META_BYTES: usize = 72;
 const CHECKPOINT_MAGIC: [u8; 8] = *b"TERNCKPT";
 const CHECKPOINT_VERSION: u32 = 1;
 /// Bytes of one checkpoint slot.
 pub const SLOT_BYTES: usize = 64;
 /// No suffix truncation pending.
 pub const NO_TRUNCATION: u64 = u64::MAX;
+/// While syncs go on, a log's checkpoint file is synced at most this often (and always at a
+/// clean close and a journal switch): the claim a power loss can lose is at most this old.
+pub const CHECKPOINT_SYNC_INTERVAL_MS: u64 = 100;
+
+/// A statement that a sync completed: every record below `end` is durable in the log's
+/// segments, the segment starting at offset `segment_base` up to byte `pos`. Recovery verifies
+/// the frames below a claim and treats damage there as corruption, never as a torn tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Claim {
+    /// Base offset of the segment the claim is about.
+    pub segment_base: u64,
+    /// Bytes of that segment before this position were synced.
+    pub pos: u64,
+    /// Records before this offset were synced.
+    pub end: u64,
+}
+
+impl Claim {
+    /// The claim of an empty segment at `base`: nothing in it, everything before it.
+    pub fn empty_segment(base: u64) -> Claim {
+        Claim { segment_base: base, pos: SEGMENT_HEADER_BYTES, end: base }
+    }
+}
 
 /// The authoritative per-log state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,15 +78,35 @@ pub struct Meta {
     pub start_offset: u64,
     /// A suffix truncation to this offset is in progress ([`NO_TRUNCATION`] if none).
     pub truncate_to: u64,
+    /// Base offset of the newest segment, recorded when a roll creates it: every segment from
+    /// the one at `start_offset` to this one must exist. `None` in a version 1 file.
+    pub last_base: Option<u64>,
+    /// How far the segments were synced when this was written. `None` in a version 1 file.
+    pub claim: Option<Claim>,
 }
 
 impl Meta {
-    /// Encodes the meta file.
+    /// The meta of a new log whose empty first segment starts at `start_offset`.
+    pub fn new_log(generation: u64, start_offset: u64) -> Meta {
+        Meta {
+            generation,
+            start_offset,
+            truncate_to: NO_TRUNCATION,
+            last_base: Some(start_offset),
+            claim: Some(Claim::empty_segment(start_offset)),
+        }
+    }
+
+    /// Encodes the meta file (always the current version).
     pub fn encode(&self) -> Vec<u8> {
+        let last_base = self.last_base.unwrap_or(self.start_offset);
+        let claim = self.claim.unwrap_or_else(|| Claim::empty_segment(self.start_offset));
         let mut w = Vec::with_capacity(META_BYTES);
         w.extend_from_slice(&META_MAGIC);
         w.extend_from_slice(&META_VERSION.to_le_bytes());
-        for field in [self.generation, self.start_offset, self.truncate_to] {
+        for field in
+            [self.generation, self.start_offset, self.truncate_to, last_base, claim.segment_base, claim.pos, claim.end]
+        {
             w.extend_from_slice(&field.to_le_bytes());
         }
         let crc = crc32fast::hash(&w);
@@ -63,27 +115,45 @@ impl Meta {
         w
     }
 
-    /// Decodes and checks the meta file.
+    /// Decodes and checks the meta file (version 1 or 2).
     pub fn decode(buf: &[u8]) -> Result<Meta, CorruptReason> {
-        if buf.len() != META_BYTES {
+        if buf.len() != META_BYTES && buf.len() != META_V1_BYTES {
             return Err(CorruptReason::Field("meta file length"));
         }
         let mut cur = Cursor::new(buf);
-        let covered = cur.clone().take(META_BYTES - 4)?;
+        let covered = cur.clone().take(buf.len() - 4)?;
         if cur.take(8)? != META_MAGIC {
             return Err(CorruptReason::Magic);
         }
         let version = cur.u32_le()?;
-        let meta = Meta { generation: cur.u64_le()?, start_offset: cur.u64_le()?, truncate_to: cur.u64_le()? };
+        let (generation, start_offset, truncate_to) = (cur.u64_le()?, cur.u64_le()?, cur.u64_le()?);
+        let (last_base, claim) = if buf.len() == META_BYTES {
+            let last_base = cur.u64_le()?;
+            let claim = Claim { segment_base: cur.u64_le()?, pos: cur.u64_le()?, end: cur.u64_le()? };
+            (Some(last_base), Some(claim))
+        } else {
+            (None, None)
+        };
         let stored = cur.u32_le()?;
         let computed = crc32fast::hash(covered);
         if stored != computed {
             return Err(CorruptReason::Checksum { stored, computed });
         }
-        if version != META_VERSION {
+        let expected_version = if buf.len() == META_BYTES { META_VERSION } else { 1 };
+        if version != expected_version {
             return Err(CorruptReason::Version { found: version });
         }
-        Ok(meta)
+        if let (Some(last_base), Some(claim)) = (last_base, claim) {
+            let ordered = start_offset <= last_base
+                && claim.segment_base >= start_offset
+                && claim.segment_base <= last_base
+                && claim.end >= claim.segment_base
+                && claim.pos >= SEGMENT_HEADER_BYTES;
+            if !ordered {
+                return Err(CorruptReason::Field("meta segment range or claim"));
+            }
+        }
+        Ok(Meta { generation, start_offset, truncate_to, last_base, claim })
     }
 
     /// Reads `log.meta` from `dir`. `Ok(None)` when it does not exist.
@@ -123,6 +193,11 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// What the slot claims.
+    pub fn claim(&self) -> Claim {
+        Claim { segment_base: self.segment_base, pos: self.durable_pos, end: self.durable_end }
+    }
+
     /// Encodes one slot.
     pub fn encode(&self) -> [u8; SLOT_BYTES] {
         let mut w = Vec::with_capacity(SLOT_BYTES);
@@ -176,6 +251,10 @@ pub struct CheckpointWriter {
     path: PathBuf,
     file: Arc<dyn DiskFile>,
     seq: u64,
+    /// A slot was written since the file was last synced.
+    unsynced: bool,
+    /// When the file was last synced (or opened).
+    synced_at: std::time::Instant,
 }
 
 impl CheckpointWriter {
@@ -191,7 +270,7 @@ impl CheckpointWriter {
         } else {
             0
         };
-        Ok(CheckpointWriter { path, file, seq })
+        Ok(CheckpointWriter { path, file, seq, unsynced: false, synced_at: std::time::Instant::now() })
     }
 
     /// Reads the newest trusted slot of `generation` from `dir`.
@@ -210,10 +289,49 @@ impl CheckpointWriter {
         cp.seq = self.seq;
         let pos = (self.seq % 2) * SLOT_BYTES as u64;
         self.file.write_at(pos, &cp.encode()).map_err(|e| Error::io(&self.path, e))?;
+        self.unsynced = true;
         if sync {
             self.file.sync_data().map_err(|e| Error::io(&self.path, e))?;
+            self.mark_synced();
         }
         Ok(())
+    }
+
+    /// True when a slot was written since the last sync and that sync is at least
+    /// [`CHECKPOINT_SYNC_INTERVAL_MS`] old.
+    pub fn sync_due(&self, now: std::time::Instant) -> bool {
+        self.unsynced
+            && now.saturating_duration_since(self.synced_at)
+                >= std::time::Duration::from_millis(CHECKPOINT_SYNC_INTERVAL_MS)
+    }
+
+    /// The checkpoint file, for syncing it together with others.
+    pub fn file(&self) -> &Arc<dyn DiskFile> {
+        &self.file
+    }
+
+    /// The sequence number of the last slot written.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// True when a slot was written since the file was last synced.
+    pub fn is_unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// Notes that the file was synced after the slot numbered `seq` was written; a later slot
+    /// stays unsynced.
+    pub fn mark_synced_through(&mut self, seq: u64) {
+        if self.seq == seq {
+            self.mark_synced();
+        }
+    }
+
+    /// Notes that the file was synced after the last slot was written.
+    pub fn mark_synced(&mut self) {
+        self.unsynced = false;
+        self.synced_at = std::time::Instant::now();
     }
 }
 
@@ -224,7 +342,11 @@ mod tests {
 
     #[test]
     fn meta_round_trips_and_rejects_damage() {
-        let meta = Meta { generation: 3, start_offset: 10, truncate_to: NO_TRUNCATION };
+        let meta = Meta {
+            last_base: Some(30),
+            claim: Some(Claim { segment_base: 20, pos: 100, end: 25 }),
+            ..Meta::new_log(3, 10)
+        };
         let bytes = meta.encode();
         assert_eq!(Meta::decode(&bytes), Ok(meta));
         for i in 0..bytes.len() {
@@ -232,6 +354,29 @@ mod tests {
             bad[i] ^= 0x10;
             assert!(Meta::decode(&bad).is_err(), "byte {i}");
         }
+    }
+
+    #[test]
+    fn a_version_1_meta_is_read_without_segment_range_or_claim() {
+        let mut w = Vec::new();
+        w.extend_from_slice(b"TERNMETA");
+        w.extend_from_slice(&1u32.to_le_bytes());
+        for field in [4u64, 10, NO_TRUNCATION] {
+            w.extend_from_slice(&field.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&w);
+        w.extend_from_slice(&crc.to_le_bytes());
+        let meta = Meta::decode(&w).unwrap();
+        assert_eq!((meta.generation, meta.start_offset, meta.last_base, meta.claim), (4, 10, None, None));
+        // Written back, it becomes a version 2 file that claims nothing beyond its start.
+        let again = Meta::decode(&meta.encode()).unwrap();
+        assert_eq!((again.last_base, again.claim), (Some(10), Some(Claim::empty_segment(10))));
+    }
+
+    #[test]
+    fn a_claim_outside_the_segment_range_is_corrupt() {
+        let bad = Meta { claim: Some(Claim { segment_base: 50, pos: 32, end: 50 }), ..Meta::new_log(1, 0) };
+        assert_eq!(Meta::decode(&bad.encode()), Err(CorruptReason::Field("meta segment range or claim")));
     }
 
     #[test]

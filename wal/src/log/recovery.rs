@@ -1,5 +1,22 @@
-//! Recovery at open: finishing interrupted truncations and resets, finding the durable end of
-//! the last segment, cutting a torn tail, and replaying the shared journal.
+//! Recovery at open: finishing interrupted truncations, resets and rolls, finding the durable
+//! end of the last segment, cutting a torn tail, and replaying the shared journal.
+//!
+//! The crash rules, in the order recovery applies them (FORMAT.md "Recovery"):
+//! 1. Leftover temporary files of segment creations are removed: they were never part of the
+//!    log.
+//! 2. `log.meta` is the authority on which segments exist: from the one at `start_offset` to
+//!    the one at `last_base`, contiguous. Segments below the start (a prefix truncation or a
+//!    reset cut short) are removed; a pending suffix truncation removes the segments past its
+//!    cut; a segment past `last_base` was created by a roll that stopped before recording it,
+//!    holds nothing, and is removed. A segment missing at either end, or in the middle, is
+//!    corruption naming the missing file.
+//! 3. The durable claim is the newest of the meta's and of the checkpoint slots of the meta's
+//!    generation. Frames below it are verified, and damage there is corruption naming file
+//!    and byte; after it, the first bad frame starts a torn tail, which is cut.
+//! 4. The journal's batches of the meta's generation that continue the log are appended, and
+//!    the segment is synced; only then does the meta get a new generation (with a claim for
+//!    everything recovered), which makes those journal entries stale. A crash anywhere in
+//!    between recovers the same way again.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -8,10 +25,10 @@ use std::sync::Arc;
 use super::*;
 
 impl LogInner {
-    /// Appends the journal's batches that continue this log, then syncs the segment, so the
-    /// journal file holding them may be recycled. Entries of another generation (written
-    /// before a suffix truncation) are never replayed; a gap ends the replay, because a batch
-    /// after a lost one was never acknowledged as durable.
+    /// Appends the journal's batches that continue this log and syncs the segment, so that
+    /// they are durable in the segment before the generation changes. Entries of another
+    /// generation (written before a suffix truncation) are never replayed; a gap ends the
+    /// replay, because a batch after a lost one was never acknowledged as durable.
     pub(super) fn replay(&self, entries: &[(u64, bytes::Bytes)], generation: u64) -> Result<u64> {
         let _st = self.write.lock();
         let mut replayed = 0;
@@ -33,15 +50,15 @@ impl LogInner {
             replayed += 1;
         }
         if replayed > 0 {
-            self.active().sync()?;
-            self.durable_end.store(self.written_end.load(Ordering::Acquire), Ordering::Release);
+            let active = self.active();
+            self.sync_segment(&active)?;
         }
         Ok(replayed)
     }
 }
 
-/// Removes files that replacements of empty segments left behind when a crash came before
-/// their rename (`<base:020>.seg.tmp`): they were never part of the log.
+/// Removes files that segment creations left behind when a crash came before their rename
+/// (`<base:020>.seg.tmp`): they were never part of the log.
 pub(super) fn remove_segment_tmp_files(disk: &dyn Disk, dir: &Path, names: &[String]) -> Result<()> {
     for name in names {
         let Some(stem) = name.strip_suffix(SEGMENT_TMP_SUFFIX) else { continue };
@@ -82,50 +99,88 @@ pub(super) fn corrupt(file: PathBuf, pos: u64, reason: CorruptReason) -> Error {
 /// never a new log.
 pub(crate) fn creation_interrupted(disk: &dyn Disk, dir: &Path, index_interval_bytes: u64) -> Result<bool> {
     let path = dir.join(tern_segment::segment::segment_file_name(0));
-    let segment = match Segment::open(disk, &path, index_interval_bytes) {
-        Ok(segment) => segment,
-        Err(tern_segment::Error::Corrupt { reason: CorruptReason::Truncated { .. }, .. }) => return Ok(true),
-        Err(tern_segment::Error::Corrupt { reason: CorruptReason::Magic, .. }) => {
-            let file = disk.open(&path).map_err(|e| Error::io(&path, e))?;
-            let header = file.read_copy(0, SEGMENT_HEADER_BYTES).map_err(|e| Error::io(&path, e))?;
-            return Ok(header.iter().all(|b| *b == 0));
-        }
-        Err(e) => return Err(Error::from_segment(e)),
-    };
+    if blank_header(disk, &path)? {
+        return Ok(true);
+    }
+    let segment = Segment::open(disk, &path, index_interval_bytes)?;
     let report = segment.scan(SEGMENT_HEADER_BYTES, 0, None, true).map_err(Error::from_segment)?;
     Ok(report.frame_count == 0 && report.problem.is_none())
 }
 
-/// What recovery returns: the segments, the meta, what it found, the generation that journal
-/// entries to replay must carry, and the epoch history.
-pub(super) type RecoveredLog = (Vec<Arc<Segment>>, Meta, Recovered, u64, EpochHistory);
+/// Whether the segment file at `path` has no header yet: shorter than one, or zeros where it
+/// belongs. Such a file was being created when a crash came (or by a build that created
+/// segments in place), and holds nothing.
+pub(crate) fn blank_header(disk: &dyn Disk, path: &Path) -> Result<bool> {
+    let file = disk.open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.len().map_err(|e| Error::io(path, e))?;
+    if len < SEGMENT_HEADER_BYTES {
+        return Ok(true);
+    }
+    let header = file.read_copy(0, SEGMENT_HEADER_BYTES).map_err(|e| Error::io(path, e))?;
+    Ok(header.iter().all(|b| *b == 0))
+}
 
-/// Opens the segments of `dir`, finishes interrupted truncations and resets, finds the end,
-/// and loads the epoch history.
+/// What recovery found: the segments, the meta as it was read (the new generation is written
+/// only after the journal's batches are replayed and synced), what recovery did, and the epoch
+/// history.
+pub(super) struct RecoveredLog {
+    pub(super) segments: Vec<Arc<Segment>>,
+    pub(super) meta: Meta,
+    pub(super) recovered: Recovered,
+    pub(super) history: EpochHistory,
+}
+
+/// Creates a new log in `dir` (which holds no meta): its empty first segment, durably, then
+/// the meta. A lone first segment that an interrupted creation left is replaced.
+fn create_log(disk: &dyn Disk, dir: &Path, options: &LogOptions, bases: &[u64]) -> Result<RecoveredLog> {
+    if bases == [0] && creation_interrupted(disk, dir, options.index_interval_bytes)? {
+        // The first segment of a new log, and the log's creation stopped before the meta was
+        // written: nothing was ever appended to it (appends start after the meta is durable).
+        let path = dir.join(tern_segment::segment::segment_file_name(0));
+        disk.remove(&path).map_err(|e| Error::io(&path, e))?;
+    } else if !bases.is_empty() {
+        return Err(corrupt(dir.join(crate::meta::META_FILE), 0, CorruptReason::Field("meta file missing")));
+    }
+    let segment = create_segment_file(disk, dir, 0, options.segment_size_bytes, options.index_interval_bytes, None)?;
+    let meta = Meta::new_log(1, 0);
+    meta.write(disk, dir)?;
+    let recovered = Recovered { clean: true, ..Default::default() };
+    Ok(RecoveredLog { segments: vec![Arc::new(segment)], meta, recovered, history: EpochHistory::new() })
+}
+
+/// Removes segment files (and their index files) and syncs the directory if any went.
+fn remove_segments(disk: &dyn Disk, dir: &Path, bases: &[u64]) -> Result<()> {
+    for &base in bases {
+        let path = dir.join(tern_segment::segment::segment_file_name(base));
+        disk.remove(&path).map_err(|e| Error::io(&path, e))?;
+        let index = path.with_extension(tern_segment::segment::INDEX_EXT);
+        if disk.exists(&index) {
+            disk.remove(&index).map_err(|e| Error::io(&index, e))?;
+        }
+    }
+    if !bases.is_empty() {
+        disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// The newest of the claims the meta and the checkpoint slots of its generation make.
+pub(crate) fn durable_claim(meta: &Meta, checkpoint: Option<Checkpoint>) -> Option<Claim> {
+    let from_checkpoint = checkpoint.map(|cp| cp.claim());
+    [meta.claim, from_checkpoint].into_iter().flatten().max_by_key(|c| (c.end, c.segment_base, c.pos))
+}
+
+/// Opens the segments of `dir`, finishes interrupted truncations, resets and rolls, finds the
+/// end, and loads the epoch history. Changes only what a crash left unfinished or torn;
+/// damage below the durable claim is an error that names file and byte and changes nothing.
 pub(super) fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Result<RecoveredLog> {
     let names = disk.list(dir).map_err(|e| Error::io(dir, e))?;
     let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_file_name(n, SEGMENT_EXT)).collect();
     bases.sort_unstable();
     remove_segment_tmp_files(disk, dir, &names)?;
-    let Some(mut meta) = Meta::read(disk, dir)? else {
-        if bases == [0] && creation_interrupted(disk, dir, options.index_interval_bytes)? {
-            // The first segment of a new log, and the log's creation stopped before the meta
-            // was written: nothing was ever appended to it (appends start after the meta is
-            // durable). Create the log afresh.
-            let path = dir.join(tern_segment::segment::segment_file_name(0));
-            disk.remove(&path).map_err(|e| Error::io(&path, e))?;
-        } else if !bases.is_empty() {
-            return Err(corrupt(dir.join(crate::meta::META_FILE), 0, CorruptReason::Field("meta file missing")));
-        }
-        // A new log.
-        let segment = Segment::create(disk, dir, 0, options.segment_size_bytes, options.index_interval_bytes)?;
-        segment.sync()?;
-        let meta = Meta { generation: 1, start_offset: 0, truncate_to: NO_TRUNCATION };
-        meta.write(disk, dir)?; // syncs the directory, making the segment's name durable too
-        let recovered = Recovered { clean: true, ..Default::default() };
-        return Ok((vec![Arc::new(segment)], meta, recovered, 0, EpochHistory::new()));
+    let Some(meta) = Meta::read(disk, dir)? else {
+        return create_log(disk, dir, options, &bases);
     };
-    let replay_generation = meta.generation;
     // A reset that must clear the epoch history left its marker: the reset took effect if the
     // meta has its start (a reset never starts below the old written end, so the old log
     // starts there only if it was already empty there), and then the history goes with the
@@ -144,133 +199,168 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Resu
         disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
     }
     let mut history = EpochHistory::read(disk, dir)?;
+    let interval = options.index_interval_bytes;
     // Finish a prefix truncation or a reset that a crash interrupted.
     let below_start = segments_below_start(&bases, meta.start_offset);
     if below_start > 0 && below_start == bases.len() {
         // A reset lost power before the name of its first segment was durable. Create that
         // segment before removing the old ones, so the directory always holds a segment.
-        let segment =
-            Segment::create(disk, dir, meta.start_offset, options.segment_size_bytes, options.index_interval_bytes)?;
-        segment.sync()?;
-        disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+        create_segment_file(disk, dir, meta.start_offset, options.segment_size_bytes, interval, None)?;
         bases.push(meta.start_offset);
     }
-    let mut removed = false;
-    for _ in 0..below_start {
-        let base = bases.remove(0);
-        let path = dir.join(tern_segment::segment::segment_file_name(base));
-        disk.remove(&path).map_err(|e| Error::io(&path, e))?;
-        let index = path.with_extension(tern_segment::segment::INDEX_EXT);
-        if disk.exists(&index) {
-            disk.remove(&index).map_err(|e| Error::io(&index, e))?;
+    let gone: Vec<u64> = bases.drain(..below_start).collect();
+    remove_segments(disk, dir, &gone)?;
+    let segment_path = |base: u64| dir.join(tern_segment::segment::segment_file_name(base));
+    match bases.first() {
+        Some(&first) if first == meta.start_offset => {}
+        _ => {
+            let reason = CorruptReason::Field("the log's first segment is missing");
+            return Err(corrupt(segment_path(meta.start_offset), 0, reason));
         }
-        removed = true;
     }
-    if removed {
-        disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    // Finish a suffix truncation's removal of the segments past its cut (the first segment
+    // stays: a cut at the log start empties it in place).
+    if meta.truncate_to != NO_TRUNCATION {
+        let keep = bases.iter().skip(1).take_while(|base| **base < meta.truncate_to).count() + 1;
+        let gone: Vec<u64> = bases.drain(keep.min(bases.len())..).rev().collect();
+        remove_segments(disk, dir, &gone)?;
     }
-    let Some(&last_base) = bases.last() else {
-        return Err(corrupt(dir.to_path_buf(), 0, CorruptReason::Field("log has no segment files")));
-    };
+    let checkpoint = CheckpointWriter::read(disk, dir, meta.generation)?;
+    let claim = durable_claim(&meta, checkpoint);
+    if let Some(last_base) = meta.last_base {
+        // A roll creates its segment, then records it here: one it did not record yet holds
+        // nothing (appends go there only after the record is durable).
+        let unrecorded: Vec<u64> = bases.iter().copied().filter(|base| *base > last_base).collect();
+        for &base in &unrecorded {
+            let path = segment_path(base);
+            if !blank_header(disk, &path)? {
+                let segment = Segment::open(disk, &path, interval)?;
+                let report = segment.scan(SEGMENT_HEADER_BYTES, base, None, true)?;
+                if report.frame_count > 0 {
+                    let reason = CorruptReason::Field("a segment past the newest one log.meta records holds frames");
+                    return Err(corrupt(path, SEGMENT_HEADER_BYTES, reason));
+                }
+            }
+        }
+        bases.retain(|base| *base <= last_base);
+        remove_segments(disk, dir, &unrecorded)?;
+        if bases.last() != Some(&last_base) && meta.truncate_to == NO_TRUNCATION {
+            let reason = CorruptReason::Field("the log's newest segment is missing");
+            return Err(corrupt(segment_path(last_base), 0, reason));
+        }
+    }
+    let last_base = *bases.last().expect("the first segment is there");
+    if let Some(claim) = claim.filter(|c| c.segment_base > last_base) {
+        let reason = CorruptReason::Field("a synced segment is missing");
+        return Err(corrupt(segment_path(claim.segment_base), 0, reason));
+    }
+    // A last segment without a header holds nothing, when no claim reaches into it: it was
+    // being created when the crash came (a build that created segments in place).
+    if claim.is_none_or(|c| c.end <= last_base) && blank_header(disk, &segment_path(last_base))? {
+        disk.remove(&segment_path(last_base)).map_err(|e| Error::io(segment_path(last_base), e))?;
+        create_segment_file(disk, dir, last_base, options.segment_size_bytes, interval, None)?;
+    }
     let mut recovered = Recovered::default();
     let mut segments = Vec::with_capacity(bases.len());
-    let mut expected = bases.first().copied().unwrap_or(0);
+    let mut expected = meta.start_offset;
     for &base in &bases {
-        let path = dir.join(tern_segment::segment::segment_file_name(base));
-        let segment = Segment::open(disk, &path, options.index_interval_bytes)?;
+        let path = segment_path(base);
         if base != expected {
+            let missing = segment_path(expected.min(base));
             let reason = CorruptReason::Discontinuity { expected, found: base };
-            return Err(corrupt(path, 0, reason));
+            return Err(corrupt(if base > expected { missing } else { path }, 0, reason));
         }
+        let segment = Segment::open(disk, &path, interval)?;
         if base != last_base {
-            // Sealed: synced whole at roll. Trust its index file, or verify it whole.
-            match segment.read_index(disk) {
-                Ok(Some(index)) => {
-                    segment.install(index.end_pos, index.end_offset, index.max_timestamp_ms, index.entries)
-                }
-                Ok(None) | Err(tern_segment::Error::Corrupt { .. }) => {
-                    let report = segment.scan(SEGMENT_HEADER_BYTES, base, None, true)?;
-                    recovered.scanned_bytes += report.end_pos - SEGMENT_HEADER_BYTES;
-                    if let Some((pos, reason)) = report.problem {
-                        return Err(corrupt(path, pos, reason));
-                    }
-                    // A sealed segment was synced whole and only zeros follow its last frame
-                    // (torn tails are zeroed before a segment is sealed). Data after a zero
-                    // length means a damaged length field, not the end: without this check the
-                    // frames after it are dropped, and the error blames the next segment.
-                    let rest = segment.bytes(report.end_pos, segment.size_bytes())?;
-                    if rest.iter().any(|b| *b != 0) {
-                        return Err(corrupt(path, report.end_pos, CorruptReason::TrailingGarbage));
-                    }
-                    segment.install(report.end_pos, report.end_offset, report.max_timestamp_ms, report.entries);
-                }
-                Err(e) => return Err(e.into()),
-            }
-            if segment.end_offset() == base {
-                return Err(corrupt(path, SEGMENT_HEADER_BYTES, CorruptReason::Field("sealed segment is empty")));
+            recover_sealed(disk, &segment, &mut recovered)?;
+            if let Some(claim) = claim.filter(|c| c.segment_base == base && c.end > segment.end_offset()) {
+                let reason = CorruptReason::Truncated { needed_bytes: claim.pos.saturating_sub(segment.end_pos()) };
+                return Err(corrupt(path, segment.end_pos(), reason));
             }
         }
         expected = segment.end_offset();
         segments.push(Arc::new(segment));
     }
     let last = segments.last().cloned().expect("checked above");
-    let checkpoint = CheckpointWriter::read(disk, dir, meta.generation)?;
-    recover_last(disk, &last, checkpoint, &mut recovered)?;
+    let claim_in_last = claim.filter(|c| c.segment_base == last.base_offset());
+    let clean = checkpoint.filter(|cp| cp.clean && cp.segment_base == last.base_offset());
+    recover_last(disk, &last, claim_in_last, clean, &mut recovered)?;
     if meta.truncate_to != NO_TRUNCATION {
-        cut_suffix(disk, dir, &mut segments, meta.truncate_to)?;
+        cut_in_place(disk, dir, &mut segments, meta.truncate_to)?;
         // As `truncate_suffix` does: the epochs of the cut batches go, durably, while the
         // truncation is still recorded as pending.
         if history.truncate_from(meta.truncate_to) {
             history.write(disk, dir)?;
         }
-        meta.truncate_to = NO_TRUNCATION;
         recovered.clean = false;
     }
-    meta.generation += 1;
-    meta.write(disk, dir)?;
-    Ok((segments, meta, recovered, replay_generation, history))
+    Ok(RecoveredLog { segments, meta, recovered, history })
 }
 
-/// Finds the end of the last segment: trusted after a clean close, otherwise walked up to the
-/// checkpointed durable point and verified frame by frame after it, cutting a torn tail.
-pub(super) fn recover_last(
+/// Finds the end of a sealed segment: from its index file, or by verifying it whole.
+fn recover_sealed(disk: &dyn Disk, segment: &Segment, recovered: &mut Recovered) -> Result<()> {
+    let base = segment.base_offset();
+    let path = segment.path().to_path_buf();
+    match segment.read_index(disk) {
+        Ok(Some(index)) => segment.install(index.end_pos, index.end_offset, index.max_timestamp_ms, index.entries),
+        Ok(None) | Err(tern_segment::Error::Corrupt { .. }) => {
+            let report = segment.scan(SEGMENT_HEADER_BYTES, base, None, true)?;
+            recovered.scanned_bytes += report.end_pos - SEGMENT_HEADER_BYTES;
+            if let Some((pos, reason)) = report.problem {
+                return Err(corrupt(path, pos, reason));
+            }
+            // A sealed segment was synced whole and only zeros follow its last frame (torn
+            // tails are zeroed before a segment is sealed). Data after a zero length means a
+            // damaged length field, not the end: without this check the frames after it are
+            // dropped, and the error blames the next segment.
+            if segment.nonzero_end(report.end_pos)?.is_some() {
+                return Err(corrupt(path, report.end_pos, CorruptReason::TrailingGarbage));
+            }
+            segment.install(report.end_pos, report.end_offset, report.max_timestamp_ms, report.entries);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if segment.end_offset() == base {
+        return Err(corrupt(path, SEGMENT_HEADER_BYTES, CorruptReason::Field("sealed segment is empty")));
+    }
+    Ok(())
+}
+
+/// Finds the end of the last segment: trusted after a clean close, otherwise verified up to
+/// the durable claim (damage there is corruption) and frame by frame after it, cutting a torn
+/// tail.
+fn recover_last(
     disk: &dyn Disk,
     last: &Segment,
-    checkpoint: Option<Checkpoint>,
+    claim: Option<Claim>,
+    clean: Option<Checkpoint>,
     recovered: &mut Recovered,
 ) -> Result<()> {
     let path = last.path().to_path_buf();
     let base = last.base_offset();
-    if let Some(cp) = checkpoint {
-        if cp.segment_base > base {
-            let missing = last.path().with_file_name(tern_segment::segment::segment_file_name(cp.segment_base));
-            return Err(corrupt(missing, 0, CorruptReason::Field("a synced segment is missing")));
-        }
-        if cp.clean && cp.segment_base == base {
-            if let Ok(Some(index)) = last.read_index(disk) {
-                if index.end_pos == cp.durable_pos && index.end_offset == cp.durable_end {
-                    last.install(index.end_pos, index.end_offset, index.max_timestamp_ms, index.entries);
-                    recovered.clean = true;
-                    return Ok(());
-                }
+    if let Some(cp) = clean {
+        if let Ok(Some(index)) = last.read_index(disk) {
+            if index.end_pos == cp.durable_pos && index.end_offset == cp.durable_end {
+                last.install(index.end_pos, index.end_offset, index.max_timestamp_ms, index.entries);
+                recovered.clean = true;
+                return Ok(());
             }
         }
     }
-    let claim = checkpoint.filter(|cp| cp.segment_base == base);
-    let claim_pos = claim.map_or(SEGMENT_HEADER_BYTES, |cp| cp.durable_pos.max(SEGMENT_HEADER_BYTES));
+    let claim_pos = claim.map_or(SEGMENT_HEADER_BYTES, |c| c.pos.max(SEGMENT_HEADER_BYTES));
     if claim_pos > last.size_bytes() {
-        return Err(corrupt(path, claim_pos, CorruptReason::Field("checkpoint points past the segment")));
+        return Err(corrupt(path, claim_pos, CorruptReason::Field("the durable claim points past the segment")));
     }
-    // The checkpointed region was verified when it was written, but a media error may have
-    // damaged it since. Verify every checksum here too: an unverified walk only sees damage
-    // that breaks the chain of frame lengths, so a flipped bit in a record or a timestamp
-    // would let the log open and fail only later, at a read, instead of at open as promised.
-    // The cost is bounded by one segment and paid only after a crash.
+    // The claimed region was verified when it was written, but a media error may have damaged
+    // it since. Verify every checksum here too: an unverified walk only sees damage that
+    // breaks the chain of frame lengths, so a flipped bit in a record or a timestamp would let
+    // the log open and fail only later, at a read, instead of at open as promised. The cost is
+    // bounded by one segment and paid only after a crash.
     let walk = last.scan(SEGMENT_HEADER_BYTES, base, Some(claim_pos), true)?;
     if let Some((pos, reason)) = walk.problem {
         return Err(corrupt(path, pos, reason));
     }
-    if walk.end_pos != claim_pos || claim.is_some_and(|cp| cp.durable_end != walk.end_offset) {
+    if walk.end_pos != claim_pos || claim.is_some_and(|c| c.end != walk.end_offset) {
         return Err(corrupt(path, walk.end_pos, CorruptReason::Truncated { needed_bytes: claim_pos - walk.end_pos }));
     }
     // After it, every frame is verified; the first bad one starts a torn tail.
@@ -287,6 +377,28 @@ pub(super) fn recover_last(
     let walked_pos = entries.last().map_or(0, |e| e.pos);
     entries.extend(tail.entries.into_iter().filter(|e| e.pos > walked_pos));
     last.install(tail.end_pos, tail.end_offset, walk.max_timestamp_ms.max(tail.max_timestamp_ms), entries);
+    Ok(())
+}
+
+/// Finishes a suffix truncation at recovery, where no reader holds a map yet: later segments
+/// go, and the segment holding `offset` has its tail overwritten with zeros and synced.
+fn cut_in_place(disk: &dyn Disk, dir: &Path, segments: &mut Vec<Arc<Segment>>, offset: u64) -> Result<()> {
+    let gone: Vec<u64> =
+        segments.iter().skip(1).filter(|s| s.base_offset() >= offset).map(|s| s.base_offset()).collect();
+    segments.truncate(segments.len() - gone.len());
+    remove_segments(disk, dir, &gone)?;
+    let last = segments.last().cloned().expect("at least one segment");
+    let cut_pos = frame_pos(&last, offset)?;
+    let cut_offset = offset.clamp(last.base_offset(), last.end_offset());
+    let index = last.index_path();
+    if disk.exists(&index) {
+        disk.remove(&index).map_err(|e| Error::io(&index, e))?;
+        disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    last.zero_tail(cut_pos)?;
+    last.sync()?;
+    let report = last.scan(SEGMENT_HEADER_BYTES, last.base_offset(), Some(cut_pos), false)?;
+    last.install(cut_pos, cut_offset, report.max_timestamp_ms, report.entries);
     Ok(())
 }
 

@@ -14,7 +14,8 @@ impl Log {
     /// start. Crash-safe: the new start is recorded durably before any file is removed.
     ///
     /// # Errors
-    /// [`Error::OffsetOutOfRange`] when `offset` is past the written end; I/O errors.
+    /// [`Error::OffsetOutOfRange`] when `offset` is past the written end; [`Error::Fenced`] or
+    /// [`Error::Closed`]; I/O errors.
     pub fn truncate_prefix(&self, offset: u64) -> Result<u64> {
         self.truncate_prefix_below(offset, false)
     }
@@ -25,6 +26,7 @@ impl Log {
     pub(super) fn truncate_prefix_below(&self, offset: u64, held: bool) -> Result<u64> {
         let inner = &self.inner;
         let _st = inner.write.lock();
+        inner.check_writable()?;
         let offset = if held { offset.min(inner.retention_hold.load(Ordering::Acquire)) } else { offset };
         let (start, end) = (self.start_offset(), self.written_end());
         if offset > end {
@@ -41,13 +43,7 @@ impl Log {
         if doomed.is_empty() {
             return Ok(start);
         }
-        {
-            let mut meta = inner.meta.lock();
-            let mut next = *meta;
-            next.start_offset = new_start;
-            next.write(&*inner.disk, &inner.dir)?;
-            *meta = next;
-        }
+        inner.update_meta(|meta| meta.start_offset = new_start)?;
         for segment in &doomed {
             remove_segment_files(&*inner.disk, segment)?;
         }
@@ -177,8 +173,13 @@ impl Log {
 
     /// Removes every record at or after `offset`, which must be a batch boundary (replication
     /// uses this to drop a divergent suffix). Crash-safe: the truncation is recorded durably
-    /// first and finished by recovery if a crash interrupts it; the cut bytes are overwritten
-    /// with zeros so they can never reappear.
+    /// first and finished by recovery if a crash interrupts it.
+    ///
+    /// Bytes already handed to readers never change: when the cut falls inside a segment, the
+    /// records that stay are copied into a new file that replaces it (built under a temporary
+    /// name, synced, renamed into place), and appends continue there. The old file lives on,
+    /// unchanged, for as long as a reader holds a slice of its map. A waiter for records the cut
+    /// removed fails with [`Error::Truncated`], even once new records fill their offsets.
     ///
     /// The epoch history loses every entry that starts at or after `offset`: those epochs
     /// hold no batch any more. That includes an entry starting exactly at `offset`, such as an
@@ -188,9 +189,10 @@ impl Log {
     /// [`Log::epoch`] may move back; a leader begins its epoch again after truncating.
     ///
     /// # Durability
-    /// Durable when this returns. The history entries are removed durably after the
-    /// truncation is recorded and before any record is cut; recovery removes them too when it
-    /// finishes a truncation.
+    /// Durable when this returns. The records below the cut are synced into their segment
+    /// first: the truncation is recorded under a new generation, which makes their journal
+    /// copies stale. Then the history entries are removed durably, before any record is cut;
+    /// recovery removes them too when it finishes a truncation.
     ///
     /// # Errors
     /// [`Error::OffsetOutOfRange`], [`Error::NotBatchBoundary`], [`Error::Fenced`], I/O errors.
@@ -213,49 +215,46 @@ impl Log {
             return Err(Error::NotBatchBoundary { offset });
         }
         let result = (|| {
-            let mut meta = inner.meta.lock();
-            let mut next = *meta;
-            next.truncate_to = offset;
-            next.generation += 1;
-            next.write(&*inner.disk, &inner.dir)?;
-            *meta = next;
+            inner.sync_written()?;
+            let holder = kept_segments(&segments, offset).last().cloned().expect("the first segment is kept");
+            let claim = Claim { segment_base: holder.base_offset(), pos: frame_pos(&holder, offset)?, end: offset };
+            let meta = inner.update_meta(|meta| {
+                meta.truncate_to = offset;
+                meta.generation += 1;
+                meta.last_base = Some(claim.segment_base);
+                meta.claim = Some(claim);
+            })?;
+            // Journal entries staged from now on carry the new generation; none are staged
+            // meanwhile (the append lock is held).
+            inner.generation.store(meta.generation, Ordering::SeqCst);
             inner.truncations.fetch_add(1, Ordering::SeqCst);
+            inner.remember_cut(offset);
             if history_cut {
                 // After the truncation is recorded (so that a crash cannot leave the batches
                 // without their entries), before the records go.
                 history.write(&*inner.disk, &inner.dir)?;
                 st.history = history;
             }
-            let mut segments = segments;
-            cut_suffix(&*inner.disk, &inner.dir, &mut segments, offset)?;
-            next.truncate_to = NO_TRUNCATION;
-            next.generation += 1;
-            next.write(&*inner.disk, &inner.dir)?;
-            *meta = next;
-            *inner.segments.write() = segments;
-            Ok(())
+            let kept = cut_suffix(inner, &segments, offset)?;
+            inner.update_meta(|meta| meta.truncate_to = NO_TRUNCATION)?;
+            Ok(kept)
         })();
-        if let Err(e) = result {
-            inner.fence(&e);
-            return Err(e);
-        }
-        // Journal entries of the cut records carry the old generation: never replayed.
-        inner.generation.store(inner.meta.lock().generation, Ordering::SeqCst);
+        let kept = match result {
+            Ok(kept) => kept,
+            Err(e) => {
+                inner.fence(&e);
+                return Err(e);
+            }
+        };
+        *inner.segments.write() = kept;
+        inner.direct_dirty.store(false, Ordering::SeqCst);
         inner.written_end.store(offset, Ordering::Release);
         inner.durable_end.store(offset, Ordering::Release);
-        let last = inner.active();
-        let meta = *inner.meta.lock();
-        inner.checkpoint.lock().write(
-            Checkpoint {
-                generation: meta.generation,
-                segment_base: last.base_offset(),
-                durable_pos: last.end_pos(),
-                durable_end: offset,
-                ..Default::default()
-            },
-            false,
-        )?;
+        inner.segment_synced_end.store(offset, Ordering::Release);
         drop(st);
+        // Waiters for cut records find the cut and fail.
+        inner.wake_all_waiters();
+        inner.notify_readers();
         Ok(())
     }
 
@@ -333,7 +332,7 @@ impl Log {
             let generation = {
                 let mut meta = inner.meta.lock();
                 assert_eq!(meta.truncate_to, NO_TRUNCATION, "a suffix truncation was left unfinished");
-                let next = Meta { generation: meta.generation + 1, start_offset, truncate_to: NO_TRUNCATION };
+                let next = Meta::new_log(meta.generation + 1, start_offset);
                 next.write(&*inner.disk, &inner.dir)?;
                 *meta = next;
                 next.generation
@@ -350,20 +349,16 @@ impl Log {
             }
             let first = match reused {
                 Some(segment) => segment,
-                None => {
-                    let segment = Segment::create(
-                        &*inner.disk,
-                        &inner.dir,
-                        start_offset,
-                        inner.options.segment_size_bytes,
-                        inner.options.index_interval_bytes,
-                    )?;
-                    segment.sync()?;
-                    // The new segment's name is durable before any old one goes, so the
-                    // directory never holds no segment at all.
-                    inner.disk.sync_dir(&inner.dir).map_err(|e| Error::io(&inner.dir, e))?;
-                    Arc::new(segment)
-                }
+                // The new segment's name is durable before any old one goes, so the directory
+                // never holds no segment at all.
+                None => Arc::new(create_segment_file(
+                    &*inner.disk,
+                    &inner.dir,
+                    start_offset,
+                    inner.options.segment_size_bytes,
+                    inner.options.index_interval_bytes,
+                    None,
+                )?),
             };
             let doomed: Vec<&Arc<Segment>> = old.iter().filter(|s| !Arc::ptr_eq(s, &first)).collect();
             for segment in &doomed {
@@ -389,19 +384,11 @@ impl Log {
         st.history = EpochHistory::new();
         // Ends before start, so that a reader never sees the start past the end.
         *inner.segments.write() = vec![first.clone()];
+        first.set_direct_writes(inner.direct_writes.load(Ordering::Relaxed));
         inner.written_end.store(start_offset, Ordering::Release);
         inner.durable_end.store(start_offset, Ordering::Release);
+        inner.segment_synced_end.store(start_offset, Ordering::Release);
         inner.start_offset.store(start_offset, Ordering::Release);
-        inner.checkpoint.lock().write(
-            Checkpoint {
-                generation,
-                segment_base: start_offset,
-                durable_pos: first.end_pos(),
-                durable_end: start_offset,
-                ..Default::default()
-            },
-            false,
-        )?;
         drop(st);
         inner.wake_waiters(start_offset);
         inner.notify_readers();
@@ -467,25 +454,37 @@ pub(super) fn frame_pos(segment: &Segment, offset: u64) -> Result<u64> {
     Ok(at)
 }
 
-/// Removes every record at or after `offset`: later segments go, newest first; the segment
-/// holding `offset` loses its index file and has its tail overwritten with zeros.
-pub(super) fn cut_suffix(disk: &dyn Disk, dir: &Path, segments: &mut Vec<Arc<Segment>>, offset: u64) -> Result<()> {
-    while segments.len() > 1 && segments.last().is_some_and(|s| s.base_offset() >= offset) {
-        if let Some(segment) = segments.pop() {
-            remove_segment_files(disk, &segment)?;
-        }
+/// The segments that keep records below `offset`: those that start below it, and the first
+/// one always (a cut at the log start empties it).
+fn kept_segments(segments: &[Arc<Segment>], offset: u64) -> &[Arc<Segment>] {
+    let keep = 1 + segments.iter().skip(1).take_while(|s| s.base_offset() < offset).count();
+    segments.get(..keep.min(segments.len())).unwrap_or_default()
+}
+
+/// Removes every record at or after `offset` from an open log, without changing a byte a
+/// reader may hold: later segments go, newest first; when the cut falls inside the segment
+/// holding `offset`, that segment is replaced by a copy of the frames below the cut. Returns
+/// the segments that remain. Called with the append lock held, the truncation recorded.
+fn cut_suffix(inner: &LogInner, segments: &[Arc<Segment>], offset: u64) -> Result<Vec<Arc<Segment>>> {
+    let (disk, dir) = (&*inner.disk, inner.dir.as_path());
+    let mut kept = kept_segments(segments, offset).to_vec();
+    for segment in segments.iter().skip(kept.len()).rev() {
+        remove_segment_files(disk, segment)?;
     }
-    let last = segments.last().cloned().expect("at least one segment");
-    let cut_pos = frame_pos(&last, offset)?;
-    let cut_offset = offset.clamp(last.base_offset(), last.end_offset());
-    let index = last.index_path();
+    let holder = kept.last().cloned().expect("the first segment is kept");
+    // Appends continue in this segment: an index file would describe it wrongly.
+    let index = holder.index_path();
     if disk.exists(&index) {
         disk.remove(&index).map_err(|e| Error::io(&index, e))?;
     }
     disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
-    last.zero_tail(cut_pos)?;
-    last.sync()?;
-    let report = last.scan(SEGMENT_HEADER_BYTES, last.base_offset(), Some(cut_pos), false)?;
-    last.install(cut_pos, cut_offset, report.max_timestamp_ms, report.entries);
-    Ok(())
+    if offset < holder.end_offset() {
+        let cut_pos = frame_pos(&holder, offset)?;
+        let copy = copy_segment_prefix(disk, dir, &holder, cut_pos, inner.options.index_interval_bytes)?;
+        copy.set_direct_writes(inner.direct_writes.load(Ordering::Relaxed));
+        if let Some(last) = kept.last_mut() {
+            *last = Arc::new(copy);
+        }
+    }
+    Ok(kept)
 }
