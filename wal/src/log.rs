@@ -23,8 +23,8 @@ mod recovery;
 mod roll;
 mod truncate;
 
+pub(crate) use recovery::{blank_header, creation_interrupted, durable_claim, plan_segments};
 use recovery::{corrupt, recover, RecoveredLog};
-pub(crate) use recovery::{creation_interrupted, segments_below_start};
 use roll::{copy_segment_prefix, create_segment_file, SEGMENT_TMP_SUFFIX};
 use truncate::{clear_history_then_marker, frame_pos};
 

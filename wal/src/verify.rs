@@ -119,12 +119,41 @@ pub fn verify_log(disk: &dyn Disk, dir: &Path, on_batch: &mut dyn FnMut(&BatchIn
     };
     let on_batch: &mut dyn FnMut(&BatchInfo) = &mut on_batch;
     let checkpoint = meta.and_then(|m| CheckpointWriter::read(disk, dir, m.generation).ok().flatten());
+    let claim = meta.and_then(|m| crate::log::durable_claim(&m, checkpoint));
     let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_file_name(n, SEGMENT_EXT)).collect();
     bases.sort_unstable();
-    // Segments left behind by a prefix truncation or a reset that a crash interrupted hold
-    // only records below the log start; the next open removes them. They are not the log.
+    // Recovery's plan: segments below the start, past a pending cut or not yet recorded by the
+    // meta are not the log (the next open removes them); a segment the meta names that is not
+    // there is damage.
     if let Some(meta) = meta {
-        bases.drain(..crate::log::segments_below_start(&bases, meta.start_offset));
+        let plan = crate::log::plan_segments(&bases, &meta);
+        if let Some((base, why)) = plan.missing {
+            problem(&mut report, &dir.join(segment_file_name(base)), 0, why.to_owned());
+        }
+        for &base in &plan.unrecorded {
+            let path = dir.join(segment_file_name(base));
+            let holds_frames = !crate::log::blank_header(disk, &path).unwrap_or(false)
+                && Segment::open(disk, &path, crate::log::INDEX_INTERVAL_BYTES_DEFAULT)
+                    .and_then(|s| s.scan(SEGMENT_HEADER_BYTES, base, None, true))
+                    .is_ok_and(|r| r.frame_count > 0);
+            if holds_frames {
+                let reason = "a segment past the newest one log.meta records holds frames".to_owned();
+                problem(&mut report, &path, SEGMENT_HEADER_BYTES, reason);
+            }
+        }
+        bases = plan.kept.into_iter().filter(|base| bases.contains(base)).collect();
+    }
+    if let Some(claim) = claim.filter(|c| bases.last().is_some_and(|last| c.segment_base > *last)) {
+        let path = dir.join(segment_file_name(claim.segment_base));
+        problem(&mut report, &path, 0, "a synced segment is missing".into());
+    }
+    // A last segment without a header holds nothing when no claim reaches into it: the next
+    // open creates it afresh.
+    if let Some(&last) = bases.last() {
+        let blank = crate::log::blank_header(disk, &dir.join(segment_file_name(last))).unwrap_or(false);
+        if blank && claim.is_none_or(|c| c.end <= last) && bases.len() > 1 {
+            bases.pop();
+        }
     }
     let mut expected: Option<u64> = None;
     let last_base = bases.last().copied();
@@ -143,9 +172,9 @@ pub fn verify_log(disk: &dyn Disk, dir: &Path, on_batch: &mut dyn FnMut(&BatchIn
             problem(&mut report, &path, 0, format!("segment starts at offset {base}, expected {expected}"));
         }
         let is_last = Some(base) == last_base;
-        // Only the last segment may end in a torn tail, and only past the checkpointed point.
-        let durable_pos = match checkpoint {
-            Some(cp) if is_last && cp.segment_base == base => cp.durable_pos,
+        // Only the last segment may end in a torn tail, and only past the durable claim.
+        let durable_pos = match claim {
+            Some(c) if is_last && c.segment_base == base => c.pos,
             _ if is_last => SEGMENT_HEADER_BYTES,
             _ => u64::MAX,
         };

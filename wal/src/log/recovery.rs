@@ -120,6 +120,55 @@ pub(crate) fn blank_header(disk: &dyn Disk, path: &Path) -> Result<bool> {
     Ok(header.iter().all(|b| *b == 0))
 }
 
+/// Which segment files recovery keeps, removes and expects, decided from their base offsets
+/// and the meta alone. Recovery and `verify` both follow it, so they agree.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentPlan {
+    /// Below the log start: a prefix truncation or a reset cut short. Removed.
+    pub(crate) below_start: Vec<u64>,
+    /// A reset moved the start past every segment and lost power before its first segment
+    /// was durable: recovery creates that segment.
+    pub(crate) create_first: bool,
+    /// At or past a pending suffix truncation's cut (never the first segment). Removed.
+    pub(crate) past_cut: Vec<u64>,
+    /// Past the newest segment the meta records: created by a roll that stopped before
+    /// recording it, so they hold nothing. Removed.
+    pub(crate) unrecorded: Vec<u64>,
+    /// The log's segments, oldest first.
+    pub(crate) kept: Vec<u64>,
+    /// A segment the meta says exists that is not there, and which one: the log's corrupt.
+    pub(crate) missing: Option<(u64, &'static str)>,
+}
+
+/// Plans recovery's handling of the segment files with `bases` (sorted) under `meta`.
+pub(crate) fn plan_segments(bases: &[u64], meta: &Meta) -> SegmentPlan {
+    let mut plan = SegmentPlan::default();
+    let below = segments_below_start(bases, meta.start_offset);
+    plan.below_start = bases.get(..below).unwrap_or_default().to_vec();
+    let mut kept: Vec<u64> = bases.get(below..).unwrap_or_default().to_vec();
+    if below > 0 && kept.is_empty() {
+        plan.create_first = true;
+        kept.push(meta.start_offset);
+    }
+    if kept.first() != Some(&meta.start_offset) {
+        plan.missing = Some((meta.start_offset, "the log's first segment is missing"));
+    }
+    if meta.truncate_to != NO_TRUNCATION {
+        let keep = 1 + kept.iter().skip(1).take_while(|base| **base < meta.truncate_to).count();
+        plan.past_cut = kept.split_off(keep.min(kept.len()));
+    }
+    if let Some(last_base) = meta.last_base {
+        let unrecorded = kept.iter().position(|base| *base > last_base).unwrap_or(kept.len());
+        plan.unrecorded = kept.split_off(unrecorded);
+        let cut_removed_it = meta.truncate_to != NO_TRUNCATION;
+        if plan.missing.is_none() && kept.last() != Some(&last_base) && !cut_removed_it {
+            plan.missing = Some((last_base, "the log's newest segment is missing"));
+        }
+    }
+    plan.kept = kept;
+    plan
+}
+
 /// What recovery found: the segments, the meta as it was read (the new generation is written
 /// only after the journal's batches are replayed and synced), what recovery did, and the epoch
 /// history.
@@ -200,55 +249,37 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path, options: &LogOptions) -> Resu
     }
     let mut history = EpochHistory::read(disk, dir)?;
     let interval = options.index_interval_bytes;
-    // Finish a prefix truncation or a reset that a crash interrupted.
-    let below_start = segments_below_start(&bases, meta.start_offset);
-    if below_start > 0 && below_start == bases.len() {
+    let plan = plan_segments(&bases, &meta);
+    let segment_path = |base: u64| dir.join(tern_segment::segment::segment_file_name(base));
+    if plan.create_first {
         // A reset lost power before the name of its first segment was durable. Create that
         // segment before removing the old ones, so the directory always holds a segment.
         create_segment_file(disk, dir, meta.start_offset, options.segment_size_bytes, interval, None)?;
-        bases.push(meta.start_offset);
     }
-    let gone: Vec<u64> = bases.drain(..below_start).collect();
-    remove_segments(disk, dir, &gone)?;
-    let segment_path = |base: u64| dir.join(tern_segment::segment::segment_file_name(base));
-    match bases.first() {
-        Some(&first) if first == meta.start_offset => {}
-        _ => {
-            let reason = CorruptReason::Field("the log's first segment is missing");
-            return Err(corrupt(segment_path(meta.start_offset), 0, reason));
-        }
+    // Finish a prefix truncation or a reset, then a suffix truncation's removal of the
+    // segments past its cut, that a crash interrupted.
+    remove_segments(disk, dir, &plan.below_start)?;
+    if let Some((base, why)) = plan.missing {
+        return Err(corrupt(segment_path(base), 0, CorruptReason::Field(why)));
     }
-    // Finish a suffix truncation's removal of the segments past its cut (the first segment
-    // stays: a cut at the log start empties it in place).
-    if meta.truncate_to != NO_TRUNCATION {
-        let keep = bases.iter().skip(1).take_while(|base| **base < meta.truncate_to).count() + 1;
-        let gone: Vec<u64> = bases.drain(keep.min(bases.len())..).rev().collect();
-        remove_segments(disk, dir, &gone)?;
-    }
-    let checkpoint = CheckpointWriter::read(disk, dir, meta.generation)?;
-    let claim = durable_claim(&meta, checkpoint);
-    if let Some(last_base) = meta.last_base {
-        // A roll creates its segment, then records it here: one it did not record yet holds
-        // nothing (appends go there only after the record is durable).
-        let unrecorded: Vec<u64> = bases.iter().copied().filter(|base| *base > last_base).collect();
-        for &base in &unrecorded {
-            let path = segment_path(base);
-            if !blank_header(disk, &path)? {
-                let segment = Segment::open(disk, &path, interval)?;
-                let report = segment.scan(SEGMENT_HEADER_BYTES, base, None, true)?;
-                if report.frame_count > 0 {
-                    let reason = CorruptReason::Field("a segment past the newest one log.meta records holds frames");
-                    return Err(corrupt(path, SEGMENT_HEADER_BYTES, reason));
-                }
+    remove_segments(disk, dir, &plan.past_cut.iter().rev().copied().collect::<Vec<_>>())?;
+    // A roll creates its segment, then records it in the meta: one it did not record yet
+    // holds nothing (appends go there only after the record is durable).
+    for &base in &plan.unrecorded {
+        let path = segment_path(base);
+        if !blank_header(disk, &path)? {
+            let segment = Segment::open(disk, &path, interval)?;
+            let report = segment.scan(SEGMENT_HEADER_BYTES, base, None, true)?;
+            if report.frame_count > 0 {
+                let reason = CorruptReason::Field("a segment past the newest one log.meta records holds frames");
+                return Err(corrupt(path, SEGMENT_HEADER_BYTES, reason));
             }
         }
-        bases.retain(|base| *base <= last_base);
-        remove_segments(disk, dir, &unrecorded)?;
-        if bases.last() != Some(&last_base) && meta.truncate_to == NO_TRUNCATION {
-            let reason = CorruptReason::Field("the log's newest segment is missing");
-            return Err(corrupt(segment_path(last_base), 0, reason));
-        }
     }
+    remove_segments(disk, dir, &plan.unrecorded)?;
+    let bases = plan.kept;
+    let checkpoint = CheckpointWriter::read(disk, dir, meta.generation)?;
+    let claim = durable_claim(&meta, checkpoint);
     let last_base = *bases.last().expect("the first segment is there");
     if let Some(claim) = claim.filter(|c| c.segment_base > last_base) {
         let reason = CorruptReason::Field("a synced segment is missing");
