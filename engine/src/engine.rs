@@ -112,8 +112,18 @@ impl Engine {
         }
         let logs_dir = dir.join(LOGS_DIR);
         std::fs::create_dir_all(&logs_dir).map_err(|source| Error::Io { path: logs_dir.clone(), source })?;
-        let journal = JournalOptions { dir: dir.join(JOURNAL_DIR), file_bytes: config.journal_file_bytes };
-        let committer = Committer::start_with(disk.clone(), config.journal.then_some(&journal), config.commit_mode)?;
+        let journal = Self::journal_options(dir, &config);
+        let committer =
+            match Committer::start_with(disk.clone(), config.journal.then_some(&journal), config.commit_mode) {
+                // A damaged journal holds nothing needed when every log was closed cleanly after its
+                // last append: rebuild it (at full size) and go on. Otherwise the error stands: records
+                // acknowledged through it may be missing, and only an operator's repair goes on.
+                Err(tern_wal::Error::JournalDamaged { .. }) if all_closed_cleanly(&*disk, dir)? => {
+                    tern_wal::journal::rebuild(&*disk, &journal)?;
+                    Committer::start_with(disk.clone(), Some(&journal), config.commit_mode)?
+                }
+                other => other?,
+            };
         let engine =
             Engine { root: dir.to_path_buf(), config, disk, committer, logs: Mutex::new(BTreeMap::new()), _lock: lock };
         // Batches that were durable only in the journal go back into their logs before
@@ -133,6 +143,11 @@ impl Engine {
     /// The configuration the engine was opened with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Where the shared journal of the engine in `root` lives, and its file size.
+    pub fn journal_options(root: &Path, config: &Config) -> JournalOptions {
+        JournalOptions { dir: root.join(JOURNAL_DIR), file_bytes: config.journal_file_bytes }
     }
 
     /// Directory of the log `name` inside an engine directory.
@@ -226,6 +241,16 @@ impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
+}
+
+/// Whether every log in the engine directory `root` was last closed cleanly, so that nothing
+/// depends on the shared journal ([`tern_wal::verify::closed_cleanly`]).
+///
+/// # Errors
+/// I/O errors listing the directory.
+pub fn all_closed_cleanly(disk: &dyn Disk, root: &Path) -> Result<bool> {
+    let names = if root.join(LOGS_DIR).is_dir() { list_logs(root)? } else { Vec::new() };
+    Ok(names.iter().all(|name| tern_wal::verify::closed_cleanly(disk, &Engine::log_dir(root, name))))
 }
 
 /// Names of the logs stored in an engine directory, without opening or locking it.

@@ -154,14 +154,18 @@ enum Command {
         #[arg(long)]
         log: Option<String>,
     },
-    /// Cut a damaged log at its first damaged frame, dropping it and everything after it.
+    /// Make a damaged log open again from what can be read (cut after the last intact frame,
+    /// rebuild headers and indexes), or rebuild a damaged journal (`--journal`).
     Repair {
         /// Engine directory (must not be open in another process).
         #[arg(long)]
         dir: PathBuf,
         /// Log name.
+        #[arg(long, required_unless_present = "journal")]
+        log: Option<String>,
+        /// Rebuild the shared journal from what can be read.
         #[arg(long)]
-        log: String,
+        journal: bool,
     },
     /// Run a node of a replicated cluster.
     Serve(ServeArgs),
@@ -197,7 +201,7 @@ fn main() -> ExitCode {
         Command::Status { server, json } => status(server, json),
         Command::Verify { dir } => verify(&dir),
         Command::Dump { dir, log } => dump(&dir, log.as_deref()),
-        Command::Repair { dir, log } => repair(&dir, &log),
+        Command::Repair { dir, log, journal } => repair(&dir, log.as_deref(), journal),
         Command::Bench(args) => tern::bench::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => tern::demo::run(&args).map(|()| ExitCode::SUCCESS),
     };
@@ -385,8 +389,34 @@ fn verify(dir: &Path) -> CliResult {
         batches += report.batch_count;
         records += report.record_count;
     }
+    // The journal, as the engine's open judges it: damage that may hold acknowledged records
+    // stops the open unless every log was closed cleanly, when the open rebuilds the journal.
+    let journal_dir = Engine::journal_options(dir, &Config::default()).dir;
+    if journal_dir.is_dir() {
+        let inspection = tern_wal::journal::inspect(&disk, &journal_dir)?;
+        let clean = tern::engine::all_closed_cleanly(&disk, dir)?;
+        for damage in &inspection.damage {
+            if clean {
+                println!(
+                    "{}: byte {}: {} (every log was closed cleanly, so it holds nothing needed; the next open \
+                     rebuilds it)",
+                    damage.file.display(),
+                    damage.pos,
+                    damage.reason
+                );
+            } else {
+                println!(
+                    "{}: byte {}: {}; records acknowledged through it may be missing (`tern repair --journal`)",
+                    damage.file.display(),
+                    damage.pos,
+                    damage.reason
+                );
+                problems += 1;
+            }
+        }
+    }
     if problems > 0 {
-        println!("{problems} damaged places in {} logs", names.len());
+        println!("{problems} damaged places in {} logs and the journal", names.len());
         return Ok(ExitCode::FAILURE);
     }
     println!("{} logs, {batches} batches, {records} records: intact", names.len());
@@ -424,27 +454,68 @@ fn dump(dir: &Path, only: Option<&str>) -> CliResult {
     Ok(if damaged { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-fn repair(dir: &Path, name: &str) -> CliResult {
-    let names = logs_in(dir, Some(name))?;
-    // Hold the engine lock, so no process has the log open while it is cut.
+fn repair(dir: &Path, name: Option<&str>, journal: bool) -> CliResult {
+    if !dir.is_dir() {
+        return Err(format!("engine directory {} does not exist", dir.display()).into());
+    }
+    // Hold the engine lock, so no process has the log open while it is changed.
     let lock_path = dir.join("LOCK");
     let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
     if lock.try_lock().is_err() {
         return Err(format!("{} is in use by another process", dir.display()).into());
     }
     let disk = tern_segment::OsDisk::new();
-    for name in names {
-        let repaired = tern_wal::verify::repair_log(&disk, &Engine::log_dir(dir, &name))?;
-        match repaired.cut_at {
-            None => println!("{name}: intact, nothing cut (ends at offset {})", repaired.end_offset),
-            Some(p) => println!(
-                "{name}: cut at {} byte {} ({}); the log now ends at offset {}; at least {} later records removed",
-                p.file.display(),
-                p.pos,
-                p.reason,
-                repaired.end_offset,
-                repaired.removed_records_min
-            ),
+    if journal {
+        let rebuilt = tern_wal::journal::rebuild(&disk, &Engine::journal_options(dir, &Config::default()))?;
+        for aside in &rebuilt.moved_aside {
+            println!("journal: moved {} aside", aside.display());
+        }
+        println!(
+            "journal: rebuilt; {} entries of {} logs kept for the next open to replay{}",
+            rebuilt.salvaged_entries,
+            rebuilt.logs.len(),
+            if rebuilt.logs.is_empty() { String::new() } else { format!(" ({})", rebuilt.logs.join(", ")) }
+        );
+    }
+    let Some(name) = name else { return Ok(ExitCode::SUCCESS) };
+    for name in logs_in(dir, Some(name))? {
+        let r = tern_wal::verify::repair_log(&disk, &Engine::log_dir(dir, &name))?;
+        for path in &r.headers_rebuilt {
+            println!("{name}: rebuilt the header of {} from its file name", path.display());
+        }
+        for path in &r.indexes_rebuilt {
+            println!("{name}: rebuilt {}", path.display());
+        }
+        for path in &r.segments_removed {
+            println!("{name}: removed {}", path.display());
+        }
+        if let Some(front) = &r.removed_front {
+            println!(
+                "{name}: the first segments could not be read; removed offsets {}..{} ({} records); the log now starts \
+                 at offset {}",
+                front.start,
+                front.end,
+                front.end - front.start,
+                r.start_offset
+            );
+        }
+        match (&r.cut_at, &r.removed_back) {
+            (Some(p), back) => {
+                let removed = back.as_ref().map_or("no record was removed".to_owned(), |b| {
+                    format!("removed offsets {}..{} ({} records)", b.start, b.end, b.end - b.start)
+                });
+                println!(
+                    "{name}: cut at {} byte {} ({}); the log now ends at offset {}; {removed}",
+                    p.file.display(),
+                    p.pos,
+                    p.reason,
+                    r.end_offset
+                );
+            }
+            (None, _) if r.removed_front.is_none() && r.indexes_rebuilt.is_empty() && r.headers_rebuilt.is_empty() => {
+                println!("{name}: intact, nothing changed (offsets {}..{})", r.start_offset, r.end_offset)
+            }
+            (None, _) => println!("{name}: the log now holds offsets {}..{}", r.start_offset, r.end_offset),
         }
     }
     Ok(ExitCode::SUCCESS)

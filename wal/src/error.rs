@@ -30,6 +30,21 @@ pub enum Error {
         /// Where the log was cut.
         cut: u64,
     },
+    /// The shared journal is damaged where it may hold acknowledged records: a file that
+    /// cannot be used while the journal was in use, or a damaged block before valid ones.
+    #[error(
+        "journal file {} is damaged at byte {pos}: {reason}; records acknowledged through it may be \
+         missing (`tern repair --journal` rebuilds it from what can be read)",
+        .file.display()
+    )]
+    JournalDamaged {
+        /// The damaged file.
+        file: PathBuf,
+        /// Byte position of the damage.
+        pos: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// The disk is full. What was durable stays readable.
     #[error("disk full while writing {}", .file.display())]
     DiskFull {

@@ -175,6 +175,269 @@ fn decode_entry(block: &mut Cursor<'_>, body: &Bytes, block_start: usize) -> Opt
     Some((name, generation, body.slice(frame_start..frame_start + frame_len)))
 }
 
+/// Where, at or after `from`, a block of journal `seq` with a valid checksum starts in `body`:
+/// the next block after a damaged one. A block of another sequence (stale, from an earlier use
+/// of the file) never matches.
+pub fn next_valid_block(body: &[u8], from: usize, seq: u64) -> Option<usize> {
+    let seq_bytes = seq.to_le_bytes();
+    let mut pos = from;
+    while pos + BLOCK_HEADER_BYTES <= body.len() {
+        if body.get(pos + 8..pos + 16) == Some(&seq_bytes[..]) {
+            let len =
+                body.get(pos..pos + 4).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default())) as usize;
+            if len >= BLOCK_HEADER_BYTES - 8 && pos + 8 + len <= body.len() {
+                let stored =
+                    body.get(pos + 4..pos + 8).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
+                let mut h = crc32fast::Hasher::new();
+                h.update(body.get(pos..pos + 4).unwrap_or_default());
+                h.update(body.get(pos + 8..pos + 8 + len).unwrap_or_default());
+                if h.finalize() == stored {
+                    return Some(pos);
+                }
+            }
+        }
+        pos += 1;
+    }
+    None
+}
+
+/// What one journal file is, as found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileState {
+    /// A valid header.
+    Valid {
+        /// Its sequence number: the highest is the current file.
+        seq: u64,
+        /// Marked clean by an engine that closed every log first: nothing in it is needed.
+        clean: bool,
+        /// The file's length.
+        len_bytes: u64,
+    },
+    /// Long enough, without a valid header: never used (zeros), or a switch to it that a crash
+    /// cut short (the other file is then still current). Nothing in it is current.
+    Unused {
+        /// The file's length.
+        len_bytes: u64,
+    },
+    /// Missing, not a regular file, unreadable, or too short to be a journal file.
+    Unusable {
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A damaged place in the journal: a file, a byte position, and what is wrong there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalDamage {
+    /// The damaged file.
+    pub file: PathBuf,
+    /// Byte position of the damage.
+    pub pos: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// What [`inspect`] found in a journal directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// Each journal file with its state.
+    pub files: Vec<(PathBuf, FileState)>,
+    /// The current file (the valid header with the highest sequence), if any.
+    pub current: Option<usize>,
+    /// Damage that can cost acknowledged records: a file that cannot be used while the journal
+    /// was in use (the other has a valid header, so the unusable one may have been current),
+    /// or, in a current file not marked clean, a block that fails its checksum with a valid
+    /// block of the same sequence after it (a torn last block is a crash, not damage).
+    pub damage: Vec<JournalDamage>,
+}
+
+/// The smallest journal file this build writes or accepts.
+pub const JOURNAL_FILE_BYTES_MIN: u64 = JOURNAL_HEADER_BYTES + (1 << 16);
+
+/// Looks at the journal in `dir` without changing anything (for `tern verify` and for open).
+///
+/// # Errors
+/// I/O errors other than a file that is missing or cannot be opened (which is its state).
+pub fn inspect(disk: &dyn Disk, dir: &Path) -> Result<Inspection> {
+    let mut files = Vec::with_capacity(NAMES.len());
+    for name in NAMES {
+        let path = dir.join(name);
+        let state = file_state(disk, &path);
+        files.push((path, state));
+    }
+    let current = files
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, state))| match state {
+            FileState::Valid { seq, .. } => Some((*seq, i)),
+            _ => None,
+        })
+        .max()
+        .map(|(_, i)| i);
+    let mut damage = Vec::new();
+    if current.is_some() {
+        for (path, state) in &files {
+            if let FileState::Unusable { reason } = state {
+                damage.push(JournalDamage { file: path.clone(), pos: 0, reason: reason.clone() });
+            }
+        }
+    }
+    if let Some((path, FileState::Valid { seq, clean: false, len_bytes })) = current.and_then(|i| files.get(i)) {
+        let file = disk.open(path).map_err(|e| Error::io(path, e))?;
+        let body =
+            file.read_at(JOURNAL_HEADER_BYTES, len_bytes - JOURNAL_HEADER_BYTES).map_err(|e| Error::io(path, e))?;
+        let (_, valid_len) = decode_blocks(&body, *seq);
+        if let Some(next) = next_valid_block(&body, valid_len + 1, *seq) {
+            damage.push(JournalDamage {
+                file: path.clone(),
+                pos: JOURNAL_HEADER_BYTES + valid_len as u64,
+                reason: format!(
+                    "a block fails its checksum, and a valid block of the same sequence follows at byte {}",
+                    JOURNAL_HEADER_BYTES + next as u64
+                ),
+            });
+        }
+    }
+    Ok(Inspection { files, current, damage })
+}
+
+fn file_state(disk: &dyn Disk, path: &Path) -> FileState {
+    let unusable = |reason: String| FileState::Unusable { reason };
+    if !disk.exists(path) {
+        return unusable("missing".into());
+    }
+    let file = match disk.open(path) {
+        Ok(file) => file,
+        Err(e) => return unusable(format!("cannot be opened as a file: {e}")),
+    };
+    let len_bytes = match file.len() {
+        Ok(len) => len,
+        Err(e) => return unusable(format!("cannot be read: {e}")),
+    };
+    if len_bytes < JOURNAL_FILE_BYTES_MIN {
+        return unusable(format!("{len_bytes} bytes, shorter than a journal file ({JOURNAL_FILE_BYTES_MIN})"));
+    }
+    match file.read_copy(0, JOURNAL_HEADER_BYTES) {
+        Ok(header) => match decode_header(&header) {
+            Some((seq, clean)) => FileState::Valid { seq, clean, len_bytes },
+            None => FileState::Unused { len_bytes },
+        },
+        Err(e) => unusable(format!("cannot be read: {e}")),
+    }
+}
+
+/// What [`rebuild`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Entries read from the current file (before and after any damage) and kept in the new
+    /// one, so that the next open replays them as before.
+    pub salvaged_entries: u64,
+    /// The logs those entries belong to.
+    pub logs: Vec<String>,
+    /// Files that were moved aside (`<name>.damaged`, `.damaged.1`, ...) for the operator.
+    pub moved_aside: Vec<PathBuf>,
+}
+
+/// Rebuilds the journal in `options.dir` from whatever can be read, for `tern repair`: every
+/// entry of the current file that decodes (damaged blocks are skipped) is carried into a new
+/// current file; both files are recreated at their full size, filled with written zeros; the old
+/// ones are moved aside, never deleted. The engine must not be open.
+///
+/// Records acknowledged through entries that could not be read are not restored: the logs
+/// that relied on them recover to what their segments hold.
+///
+/// # Errors
+/// I/O errors; [`Error::Invalid`] for a bad size or when the salvaged entries do not fit a file.
+pub fn rebuild(disk: &dyn Disk, options: &JournalOptions) -> Result<Rebuilt> {
+    check_file_bytes(options.file_bytes)?;
+    let dir = &options.dir;
+    if !disk.exists(dir) {
+        disk.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let inspection = inspect(disk, dir)?;
+    let mut rebuilt = Rebuilt::default();
+    let mut block = Vec::new();
+    let mut seq = 0;
+    if let Some((path, FileState::Valid { seq: current, clean, len_bytes })) =
+        inspection.current.and_then(|i| inspection.files.get(i))
+    {
+        seq = *current;
+        if !clean {
+            let file = disk.open(path).map_err(|e| Error::io(path, e))?;
+            let body =
+                file.read_at(JOURNAL_HEADER_BYTES, len_bytes - JOURNAL_HEADER_BYTES).map_err(|e| Error::io(path, e))?;
+            let mut pos = 0;
+            loop {
+                let (entries, valid_len) = decode_blocks(&body.slice(pos..), *current);
+                for (name, generation, frame) in entries {
+                    stage_entry(&mut block, &name, generation, &frame);
+                    rebuilt.salvaged_entries += 1;
+                    if !rebuilt.logs.contains(&name) {
+                        rebuilt.logs.push(name);
+                    }
+                }
+                match next_valid_block(&body, pos + valid_len + 1, *current) {
+                    Some(next) => pos = next,
+                    None => break,
+                }
+            }
+        }
+    }
+    let seq = seq + 1;
+    let mut first = encode_header(seq, block.is_empty()).to_vec();
+    if !block.is_empty() {
+        seal_block(&mut block, seq);
+        first.extend_from_slice(&block);
+    }
+    if first.len() as u64 > options.file_bytes {
+        return Err(Error::Invalid(format!(
+            "the salvaged journal entries ({} bytes) do not fit a journal file",
+            block.len()
+        )));
+    }
+    // Build both new files under temporary names, then move the old ones aside and rename.
+    let mut built = Vec::new();
+    for (i, name) in NAMES.iter().enumerate() {
+        let tmp = dir.join(format!("{name}.tmp"));
+        if disk.exists(&tmp) {
+            disk.remove(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        let file = create_zeroed(disk, &tmp, options.file_bytes)?;
+        if i == 0 {
+            file.write_at(0, &first).map_err(|e| Error::io(&tmp, e))?;
+            file.sync_data().map_err(|e| Error::io(&tmp, e))?;
+        }
+        built.push((tmp, dir.join(name)));
+    }
+    for (tmp, path) in built {
+        if disk.exists(&path) {
+            let aside = (0..)
+                .map(|n| {
+                    if n == 0 {
+                        format!("{}.damaged", path.display())
+                    } else {
+                        format!("{}.damaged.{n}", path.display())
+                    }
+                })
+                .map(PathBuf::from)
+                .find(|p| !disk.exists(p))
+                .unwrap_or_default();
+            disk.rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
+            rebuilt.moved_aside.push(aside);
+        }
+        disk.rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    }
+    disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(rebuilt)
+}
+
+fn check_file_bytes(file_bytes: u64) -> Result<()> {
+    if !(JOURNAL_FILE_BYTES_MIN..=(1 << 30)).contains(&file_bytes) {
+        return Err(Error::Invalid(format!("journal file size {file_bytes} is outside 128 KiB..=1 GiB")));
+    }
+    Ok(())
+}
+
 /// The journal files and the write position, owned by the committer.
 #[derive(Debug)]
 pub(crate) struct Journal {
@@ -188,60 +451,68 @@ pub(crate) struct Journal {
 
 impl Journal {
     /// Opens (creating when missing) the journal and returns what must be replayed.
+    ///
+    /// # Errors
+    /// [`Error::JournalDamaged`] when the journal was in use and a file cannot be used, or the
+    /// current file has a damaged block before valid ones ([`inspect`]): what was lost may have
+    /// been acknowledged. The engine opens anyway when every log was closed cleanly (nothing in
+    /// the journal is needed); otherwise [`rebuild`] mends it when an operator asks.
     pub(crate) fn open(disk: Arc<dyn Disk>, options: &JournalOptions) -> Result<(Journal, Replay)> {
         let dir = options.dir.clone();
-        if options.file_bytes < JOURNAL_HEADER_BYTES + (1 << 16) || options.file_bytes > (1 << 30) {
-            return Err(Error::Invalid(format!("journal file size {} is outside 128 KiB..=1 GiB", options.file_bytes)));
-        }
+        check_file_bytes(options.file_bytes)?;
         if !disk.exists(&dir) {
             disk.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
             if let Some(parent) = dir.parent() {
                 disk.sync_dir(parent).map_err(|e| Error::io(parent, e))?;
             }
         }
-        let mut files = Vec::with_capacity(2);
+        let inspection = inspect(&*disk, &dir)?;
+        if let Some(damage) = inspection.damage.first() {
+            return Err(Error::JournalDamaged {
+                file: damage.file.clone(),
+                pos: damage.pos,
+                reason: damage.reason.clone(),
+            });
+        }
+        // Without a valid header anywhere the journal was never used (or its creation was cut
+        // short): files that cannot be used are made again, at full size.
         let mut created = false;
-        for name in NAMES {
-            let path = dir.join(name);
-            let file = if disk.exists(&path) {
-                disk.open(&path).map_err(|e| Error::io(&path, e))?
-            } else {
+        for (path, state) in &inspection.files {
+            if let FileState::Unusable { .. } = state {
+                if disk.exists(path) {
+                    disk.remove(path).map_err(|e| Error::io(path, e))?;
+                }
+                create_zeroed(&*disk, path, options.file_bytes)?;
                 created = true;
-                create_zeroed(&*disk, &path, options.file_bytes)?
-            };
-            files.push((path, file));
+            }
         }
         if created {
             disk.sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        let mut headers = Vec::with_capacity(2);
-        for (path, file) in &files {
-            let len = file.len().map_err(|e| Error::io(path, e))?;
-            let header = if len >= JOURNAL_HEADER_BYTES {
-                decode_header(&file.read_copy(0, JOURNAL_HEADER_BYTES).map_err(|e| Error::io(path, e))?)
-            } else {
-                None
-            };
-            headers.push((header, len));
+        let mut files = Vec::with_capacity(NAMES.len());
+        let mut lens = Vec::with_capacity(NAMES.len());
+        for (path, _) in &inspection.files {
+            let file = disk.open(path).map_err(|e| Error::io(path, e))?;
+            lens.push(file.len().map_err(|e| Error::io(path, e))?);
+            files.push((path.clone(), file));
         }
-        let file_bytes = headers.iter().map(|(_, len)| *len).min().unwrap_or(options.file_bytes);
-        let current = headers.iter().enumerate().filter_map(|(i, (h, _))| h.map(|(seq, clean)| (seq, clean, i))).max();
+        let file_bytes = lens.iter().copied().min().unwrap_or(options.file_bytes);
         let mut replay = Replay::new();
-        let (seq, current) = match current {
-            Some((seq, clean, i)) => {
+        let (seq, current) = match inspection.current.and_then(|i| inspection.files.get(i).map(|f| (i, &f.1))) {
+            Some((i, FileState::Valid { seq, clean, .. })) => {
                 if !clean {
                     let (path, file) = files.get(i).ok_or_else(|| Error::Invalid("journal file".into()))?;
                     let body = file
                         .read_at(JOURNAL_HEADER_BYTES, file_bytes - JOURNAL_HEADER_BYTES)
                         .map_err(|e| Error::io(path, e))?;
-                    let (entries, _) = decode_blocks(&body, seq);
+                    let (entries, _) = decode_blocks(&body, *seq);
                     for (name, generation, frame) in entries {
                         replay.entry(name).or_default().push((generation, frame));
                     }
                 }
-                (seq, i)
+                (*seq, i)
             }
-            None => (0, 1),
+            _ => (0, 1),
         };
         let journal = Journal { dir, file_bytes, files, current, seq, pos: file_bytes };
         Ok((journal, replay))

@@ -18,3 +18,13 @@ pub use journal::JournalOptions;
 pub use log::{now_ms, AppendOptions, Appended, Durability, Log, LogOptions, LogStats, Recovered, Visibility};
 pub use read::{BatchRef, ReadRecord, Reader};
 pub use tern_segment::frame::Record;
+
+/// A named failpoint (the `fail` crate): a pause or fault that a test turns on to make a race
+/// happen on purpose. Compiled to nothing without the `failpoints` feature.
+macro_rules! fail_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+pub(crate) use fail_point;

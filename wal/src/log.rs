@@ -23,9 +23,10 @@ mod recovery;
 mod roll;
 mod truncate;
 
-pub(crate) use recovery::{blank_header, creation_interrupted, durable_claim, plan_segments};
+pub(crate) use recovery::{blank_header, creation_interrupted, durable_claim, plan_segments, segments_below_start};
 use recovery::{corrupt, recover, RecoveredLog};
-use roll::{copy_segment_prefix, create_segment_file, SEGMENT_TMP_SUFFIX};
+pub(crate) use roll::create_segment_file;
+use roll::{copy_segment_prefix, SEGMENT_TMP_SUFFIX};
 use truncate::{clear_history_then_marker, frame_pos};
 
 /// Default size of a segment file.

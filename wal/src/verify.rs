@@ -315,99 +315,261 @@ fn check_index(
     }
 }
 
-/// What [`repair_log`] cut.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Repaired {
-    /// The first damaged place, where the log now ends; `None` when nothing was damaged.
-    pub cut_at: Option<Problem>,
-    /// The log's end offset after the repair.
-    pub end_offset: u64,
-    /// Records removed with whole later segments (records after the damage inside the damaged
-    /// segment cannot be counted).
-    pub removed_records_min: u64,
+/// Whether the log in `dir` was last closed cleanly (its newest trusted checkpoint slot is a
+/// clean close's), so that nothing of it depends on the shared journal. A directory without a
+/// meta holds no records and counts as clean; anything unreadable does not.
+pub fn closed_cleanly(disk: &dyn Disk, dir: &Path) -> bool {
+    match Meta::read(disk, dir) {
+        Ok(None) => true,
+        Ok(Some(meta)) => {
+            matches!(CheckpointWriter::read(disk, dir, meta.generation), Ok(Some(cp)) if cp.clean)
+        }
+        Err(_) => false,
+    }
 }
 
-/// Cuts the log in `dir` at its first damaged frame: that frame and everything after it
-/// (later frames, later segments) are removed, everything before it is kept. Only for an
-/// operator who asked for it: the removed records are gone. The log must not be open.
+/// What [`repair_log`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// The damaged place where the log was cut (its end now), or `None` when nothing was cut.
+    pub cut_at: Option<Problem>,
+    /// The log's start after the repair.
+    pub start_offset: u64,
+    /// The log's end after the repair.
+    pub end_offset: u64,
+    /// Offsets removed at the front: the first segments could not be read at all, and the log
+    /// now starts at the first one that could.
+    pub removed_front: Option<std::ops::Range<u64>>,
+    /// Offsets removed at the back, from the cut to the highest end that any readable frame
+    /// after it, or the log's durable claim, names. Offsets are dense, so this many records
+    /// went.
+    pub removed_back: Option<std::ops::Range<u64>>,
+    /// Segment headers rewritten from their file names (the frames after them were intact).
+    pub headers_rebuilt: Vec<PathBuf>,
+    /// Index files rewritten because they were missing, damaged or did not match their segment.
+    pub indexes_rebuilt: Vec<PathBuf>,
+    /// Segment files removed.
+    pub segments_removed: Vec<PathBuf>,
+}
+
+/// Makes a damaged log open again, working from whatever can be read: a segment header that
+/// was damaged is rewritten from the file name when the frames after it are intact; leading
+/// segments that cannot be read at all are dropped (the log starts after them); from the start,
+/// the log keeps every frame up to the first damaged one (a bad frame, a missing or unreadable
+/// segment, offsets that do not continue) and removes everything after it; the indexes of the
+/// segments kept are rebuilt where they do not match; the epoch history loses the entries of
+/// removed epochs; `log.meta` gets a new generation (no checkpoint slot or journal entry from
+/// before the repair is trusted), the new start and end. Only for an operator who asked: the
+/// removed records are gone, and [`Repaired`] says exactly which offsets went. The log must
+/// not be open.
 ///
 /// # Errors
-/// I/O errors; a damaged segment header, meta file or epoch history, which this cannot
-/// repair.
+/// I/O errors; a missing or damaged `log.meta` or epoch history, which this cannot rebuild.
 pub fn repair_log(disk: &dyn Disk, dir: &Path) -> Result<Repaired> {
-    let names = disk.list(dir).map_err(|e| Error::io(dir, e))?;
-    let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_file_name(n, SEGMENT_EXT)).collect();
-    bases.sort_unstable();
+    let interval = crate::log::INDEX_INTERVAL_BYTES_DEFAULT;
     let Some(mut meta) = Meta::read(disk, dir)? else {
         return Err(Error::Invalid(format!("{} has no log.meta; not a log directory", dir.display())));
     };
     // Read before anything changes, so that a damaged history stops the repair early.
     let mut history = EpochHistory::read(disk, dir)?;
-    let interval = crate::log::INDEX_INTERVAL_BYTES_DEFAULT;
-    let mut segments = Vec::with_capacity(bases.len());
-    for base in &bases {
-        segments.push(Segment::open(disk, &dir.join(segment_file_name(*base)), interval)?);
+    let names = disk.list(dir).map_err(|e| Error::io(dir, e))?;
+    let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_file_name(n, SEGMENT_EXT)).collect();
+    bases.sort_unstable();
+    let mut repaired = Repaired::default();
+    let checkpoint = CheckpointWriter::read(disk, dir, meta.generation).ok().flatten();
+    let claim_end = crate::log::durable_claim(&meta, checkpoint).map_or(0, |c| c.end);
+    let path_of = |base: u64| dir.join(segment_file_name(base));
+    // Leftovers below the start go, as recovery removes them; a pending truncation's cut is
+    // where the log ends at the latest.
+    let below = crate::log::segments_below_start(&bases, meta.start_offset);
+    let leftovers: Vec<u64> = bases.drain(..below).collect();
+    let end_max = if meta.truncate_to == NO_TRUNCATION { u64::MAX } else { meta.truncate_to };
+    // Open every segment that can be opened, rebuilding a damaged header from the file name
+    // when the frame after it starts at that offset.
+    let mut segments: Vec<(u64, Option<Segment>)> = Vec::with_capacity(bases.len());
+    for &base in &bases {
+        let path = path_of(base);
+        let segment = match Segment::open(disk, &path, interval) {
+            Ok(segment) => Some(segment),
+            Err(tern_segment::Error::Corrupt { .. }) => match rebuild_header(disk, &path, base, interval)? {
+                Some(segment) => {
+                    repaired.headers_rebuilt.push(path.clone());
+                    Some(segment)
+                }
+                None => None,
+            },
+            Err(e) => return Err(e.into()),
+        };
+        segments.push((base, segment));
     }
-    let mut cut: Option<(usize, u64, u64, Problem)> = None;
-    let mut expected = segments.first().map_or(0, Segment::base_offset);
-    for (i, segment) in segments.iter().enumerate() {
-        if segment.base_offset() != expected {
-            let problem = Problem {
-                file: segment.path().to_path_buf(),
-                pos: 0,
-                reason: format!("segment starts at offset {}, expected {expected}", segment.base_offset()),
-            };
-            cut = Some((i, SEGMENT_HEADER_BYTES, segment.base_offset(), problem));
-            break;
-        }
-        let scan = segment.scan(SEGMENT_HEADER_BYTES, segment.base_offset(), None, true)?;
-        let rest = segment.bytes(scan.end_pos, segment.size_bytes())?;
-        let trailing = rest.iter().any(|b| *b != 0);
-        if let Some((pos, reason)) = scan.problem {
-            let problem = Problem { file: segment.path().to_path_buf(), pos, reason: reason.to_string() };
-            cut = Some((i, pos, scan.end_offset, problem));
-            break;
-        }
-        if trailing && i + 1 < segments.len() {
-            let problem = Problem {
-                file: segment.path().to_path_buf(),
-                pos: scan.end_pos,
-                reason: "zero length, but data follows".into(),
-            };
-            cut = Some((i, scan.end_pos, scan.end_offset, problem));
-            break;
-        }
-        expected = scan.end_offset;
-    }
-    let Some((index, pos, end_offset, problem)) = cut else {
-        return Ok(Repaired { cut_at: None, end_offset: expected, removed_records_min: 0 });
+    // The log starts at its first readable segment; leading unreadable ones go.
+    let first_readable = segments.iter().position(|(_, s)| s.is_some());
+    let start = match first_readable {
+        Some(i) => segments.get(i).map_or(meta.start_offset, |(base, _)| *base).max(meta.start_offset),
+        None => meta.start_offset,
     };
-    // Everything after the damage goes: later segments newest first, then the damaged tail.
-    let mut removed_records = 0u64;
-    for segment in segments.iter().skip(index + 1).rev() {
-        let report = segment.scan(SEGMENT_HEADER_BYTES, segment.base_offset(), None, false)?;
-        removed_records += report.end_offset - segment.base_offset();
-        disk.remove(segment.path()).map_err(|e| Error::io(segment.path(), e))?;
-        let idx = segment.index_path();
-        if disk.exists(&idx) {
-            disk.remove(&idx).map_err(|e| Error::io(&idx, e))?;
+    if start > meta.start_offset {
+        repaired.removed_front = Some(meta.start_offset..start);
+    }
+    // Walk from the start: keep frames up to the first damage.
+    let mut expected = start;
+    let mut kept: Vec<Segment> = Vec::new();
+    let mut cut: Option<(u64, u64, Problem)> = None; // (position, offset, what)
+    let mut highest_end = expected;
+    for (base, segment) in segments.iter().skip(first_readable.unwrap_or(segments.len())) {
+        let path = path_of(*base);
+        let Some(segment) = segment else {
+            if cut.is_none() {
+                cut = Some((
+                    u64::MAX,
+                    expected,
+                    Problem { file: path, pos: 0, reason: "unreadable segment header".into() },
+                ));
+            }
+            continue;
+        };
+        // Count what later segments hold, for the report, even past the cut.
+        let unverified = segment.scan(SEGMENT_HEADER_BYTES, *base, None, false)?;
+        highest_end = highest_end.max(unverified.end_offset);
+        if cut.is_some() {
+            continue;
+        }
+        if *base != expected {
+            let reason = format!("segment starts at offset {base}, expected {expected} (a segment is missing)");
+            cut = Some((u64::MAX, expected, Problem { file: path, pos: 0, reason }));
+            continue;
+        }
+        if *base >= end_max && !kept.is_empty() {
+            let reason = "a suffix truncation was pending".to_owned();
+            cut = Some((0, expected, Problem { file: path, pos: SEGMENT_HEADER_BYTES, reason }));
+            continue;
+        }
+        let scan = segment.scan(SEGMENT_HEADER_BYTES, *base, None, true)?;
+        let reopened = Segment::open(disk, segment.path(), interval)?;
+        if scan.end_offset > end_max {
+            // A pending suffix truncation ends the log inside this segment.
+            let pos = frame_end_pos(segment, end_max)?;
+            let kept_part = reopened.scan(SEGMENT_HEADER_BYTES, *base, Some(pos), true)?;
+            reopened.install(kept_part.end_pos, kept_part.end_offset, kept_part.max_timestamp_ms, kept_part.entries);
+            kept.push(reopened);
+            let reason = "a suffix truncation was pending".to_owned();
+            cut = Some((pos, end_max, Problem { file: path, pos, reason }));
+            continue;
+        }
+        let mut problem = scan.problem.map(|(pos, reason)| (pos, reason.to_string()));
+        if problem.is_none() && segment.nonzero_end(scan.end_pos)?.is_some() {
+            problem = Some((scan.end_pos, "zero length, but data follows".into()));
+        }
+        reopened.install(scan.end_pos, scan.end_offset, scan.max_timestamp_ms, scan.entries);
+        kept.push(reopened);
+        expected = scan.end_offset;
+        if let Some((pos, reason)) = problem {
+            cut = Some((pos, scan.end_offset, Problem { file: path, pos, reason }));
         }
     }
-    let Some(segment) = segments.get(index) else { return Err(Error::Invalid("segment index".into())) };
-    let idx = segment.index_path();
-    if disk.exists(&idx) {
-        disk.remove(&idx).map_err(|e| Error::io(&idx, e))?;
+    let end = kept.last().map_or(start, Segment::end_offset);
+    // A kept segment that holds nothing is dropped, unless it is the only one.
+    while kept.len() > 1 && kept.last().is_some_and(|s| s.end_offset() == s.base_offset()) {
+        kept.pop();
+    }
+    let back_end = highest_end.max(claim_end).max(meta.last_base.unwrap_or(0)).min(end_max.max(end));
+    if back_end > end {
+        repaired.removed_back = Some(end..back_end);
+    }
+    repaired.cut_at = cut.map(|(_, _, problem)| problem);
+    // Apply: remove every segment file not kept, newest first.
+    let kept_bases: Vec<u64> = kept.iter().map(Segment::base_offset).collect();
+    let doomed: Vec<u64> =
+        leftovers.iter().chain(bases.iter()).copied().filter(|b| !kept_bases.contains(b)).rev().collect();
+    for base in doomed {
+        let path = path_of(base);
+        disk.remove(&path).map_err(|e| Error::io(&path, e))?;
+        let index = path.with_extension(tern_segment::segment::INDEX_EXT);
+        if disk.exists(&index) {
+            disk.remove(&index).map_err(|e| Error::io(&index, e))?;
+        }
+        repaired.segments_removed.push(path);
+    }
+    if kept.is_empty() {
+        // Nothing readable: the log restarts empty at its start.
+        kept.push(crate::log::create_segment_file(
+            disk,
+            dir,
+            start,
+            crate::log::SEGMENT_BYTES_DEFAULT,
+            interval,
+            None,
+        )?);
+    }
+    let last = kept.last().expect("a segment is kept");
+    // Appends continue in the last segment: an index would describe it wrongly.
+    let last_index = last.index_path();
+    if disk.exists(&last_index) {
+        disk.remove(&last_index).map_err(|e| Error::io(&last_index, e))?;
     }
     disk.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
-    segment.zero_tail(pos)?;
-    segment.sync()?;
-    // The epochs of the removed batches go, as in a suffix truncation.
-    if history.truncate_from(end_offset) {
+    last.zero_tail(last.end_pos())?;
+    last.sync()?;
+    // Indexes of sealed segments: rebuilt where they are missing, damaged or wrong.
+    for segment in kept.iter().take(kept.len() - 1) {
+        let matches = matches!(segment.read_index(disk), Ok(Some(index))
+            if index.end_pos == segment.end_pos() && index.end_offset == segment.end_offset());
+        if !matches {
+            segment.write_index(disk)?;
+            repaired.indexes_rebuilt.push(segment.index_path());
+        }
+    }
+    // The epochs of removed batches go, as in a suffix truncation.
+    if history.truncate_from(end) {
         history.write(disk, dir)?;
     }
     // A new generation: no checkpoint slot or journal entry from before the repair is trusted.
     meta.generation += 1;
-    meta.truncate_to = crate::meta::NO_TRUNCATION;
+    meta.truncate_to = NO_TRUNCATION;
+    meta.start_offset = kept.first().map_or(start, Segment::base_offset);
+    meta.last_base = Some(last.base_offset());
+    meta.claim = Some(crate::meta::Claim { segment_base: last.base_offset(), pos: last.end_pos(), end });
     meta.write(disk, dir)?;
-    Ok(Repaired { cut_at: Some(problem), end_offset, removed_records_min: removed_records })
+    repaired.start_offset = meta.start_offset;
+    repaired.end_offset = end;
+    Ok(repaired)
+}
+
+/// Rewrites the header of the segment at `path` from its file name, when the first frame after
+/// the header is intact and starts at `base`; returns the segment then, `None` otherwise.
+fn rebuild_header(disk: &dyn Disk, path: &Path, base: u64, interval: u64) -> Result<Option<Segment>> {
+    let Ok(file) = disk.open(path) else { return Ok(None) };
+    let len = file.len().map_err(|e| Error::io(path, e))?;
+    if len <= SEGMENT_HEADER_BYTES {
+        return Ok(None);
+    }
+    let probe = file
+        .read_copy(
+            SEGMENT_HEADER_BYTES,
+            (len - SEGMENT_HEADER_BYTES).min(u64::from(frame::FRAME_BODY_BYTES_MAX) + frame::FRAME_PREFIX_BYTES as u64),
+        )
+        .map_err(|e| Error::io(path, e))?;
+    match frame::decode(&probe) {
+        Ok(Some(f)) if f.header.base_offset == base => {}
+        _ => return Ok(None),
+    }
+    file.write_at(0, &tern_segment::segment::encode_segment_header(base)).map_err(|e| Error::io(path, e))?;
+    file.sync_data().map_err(|e| Error::io(path, e))?;
+    Ok(Some(Segment::open(disk, path, interval)?))
+}
+
+/// Position just after the frame that ends at `offset` in `segment` (walked from its start).
+fn frame_end_pos(segment: &Segment, offset: u64) -> Result<u64> {
+    let report = segment.scan(SEGMENT_HEADER_BYTES, segment.base_offset(), None, false)?;
+    let bytes = segment.bytes(SEGMENT_HEADER_BYTES, report.end_pos)?;
+    let (mut pos, mut next) = (SEGMENT_HEADER_BYTES, segment.base_offset());
+    while next < offset {
+        let rel = (pos - SEGMENT_HEADER_BYTES) as usize;
+        let Ok(Some((header, len))) = frame::decode_header_unverified(bytes.get(rel..).unwrap_or_default()) else {
+            break;
+        };
+        pos += len as u64;
+        next = header.end_offset();
+    }
+    Ok(pos)
 }

@@ -8,20 +8,29 @@
 //! offset with its bytes, and every record present must be one that an append really sent
 //! there, at dense offsets from the log start.
 //!
-//! `TERN_CRASH_FULL=1` runs a longer workload with more kinds of tear.
+//! The disk is as unkind as a real one (`SimDisk`, `Tear::Random`): any subset of unsynced pages
+//! survives, in any order, torn at sector boundaries; a new name may be durable before its data;
+//! and power may fail again during the recovery from the first loss. Each test also asserts
+//! that these faults really happened in its runs, so that it could see them.
+//!
+//! `TERN_CRASH_FULL=1` runs a longer workload with more kinds of tear, `TERN_CRASH_SEEDS=N` more
+//! page-level crash images per sync point (default 2), and both a second power loss at every sync
+//! point of every recovery (by default, at every third).
 
 mod common;
 
 use std::sync::Barrier;
 
 use common::*;
-use tern_segment::sim::{FaultOp, SimDisk, Tear};
+use tern_segment::sim::{CrashReport, FaultOp, SimDisk, Tear};
 use tern_wal::{AppendOptions, Appended, Committer, Durability, Error, Log, Record, Visibility};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// Local and None appends, a clean restart in the middle and a close at the end.
     Mixed,
+    /// As `Mixed`, with small synced appends made durable through the shared journal.
+    Journal,
     /// Only None appends and no close: nothing but rolls and truncation syncs anything.
     NoSync,
 }
@@ -60,32 +69,64 @@ fn tears() -> Vec<Tear> {
         // Inside the length field, inside the crc, inside the batch header, just past it.
         tears.extend([Tear::Prefix(3), Tear::Prefix(6), Tear::Prefix(40), Tear::Prefix(64), Tear::Prefix(80)]);
     }
+    let seeds: u64 = std::env::var("TERN_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    tears.extend((0..seeds).map(|s| Tear::Random(0xc0ffee00 + s)));
     tears
 }
 
+/// Whether to lose power again at sync point `at` of the recovery after the crash at
+/// `crash_at`: at every one with `TERN_CRASH_FULL`, otherwise after every third first crash.
+fn second_crash_due(crash_at: u64) -> bool {
+    full() || crash_at.is_multiple_of(3)
+}
+
+fn journal_options() -> tern_wal::JournalOptions {
+    tern_wal::JournalOptions {
+        dir: std::path::PathBuf::from("/data/journal"),
+        file_bytes: tern_wal::journal::JOURNAL_HEADER_BYTES + (64 << 10),
+    }
+}
+
+/// The committer the mode runs with. Starting one with the journal recovers the journal, and
+/// fails when power is lost meanwhile, as the engine's open would.
+fn committer_for(disk: &SimDisk, mode: Mode) -> tern_wal::Result<Committer> {
+    if mode == Mode::Journal {
+        let shared: std::sync::Arc<dyn tern_segment::Disk> = std::sync::Arc::new(disk.clone());
+        return Committer::start_with_journal(shared, &journal_options());
+    }
+    Ok(sim_committer(disk))
+}
+
+/// Opens the log as the engine does: with the journal, its entries are replayed into it and a
+/// new journal file starts.
+fn open_in(disk: &SimDisk, committer: &Committer) -> tern_wal::Result<Log> {
+    let log = open(disk, committer)?;
+    committer.finish_replay()?;
+    Ok(log)
+}
+
 fn run_workload(disk: &SimDisk, mode: Mode) -> Outcome {
-    let committer = sim_committer(disk);
     let mut outcome = Outcome::default();
-    let result = workload(disk, &committer, mode, &mut outcome);
+    let result = committer_for(disk, mode).and_then(|committer| workload(disk, &committer, mode, &mut outcome));
     outcome.error = result.err().map(|e| e.to_string());
-    committer.stop();
+    // Not stopped: a stop syncs segments, which the crash that follows must not get for free.
     outcome
 }
 
 /// Runs until the first operation fails (the power loss), recording what was promised.
 fn workload(disk: &SimDisk, committer: &Committer, mode: Mode, out: &mut Outcome) -> tern_wal::Result<()> {
     let appends = append_count();
-    let mut log = open(disk, committer)?;
+    let mut log = open_in(disk, committer)?;
     for i in 0..appends {
         if i == appends / 2 {
             let requested = log.written_end() / 2;
             out.start_max = requested;
             out.start_min = log.truncate_prefix(requested)?;
         }
-        if i == appends * 3 / 4 && mode == Mode::Mixed {
+        if i == appends * 3 / 4 && mode != Mode::NoSync {
             log.close()?;
             out.acked_end = log.written_end();
-            log = open(disk, committer)?;
+            log = open_in(disk, committer)?;
         }
         let values: Vec<Vec<u8>> = (0..1 + i % 3)
             .map(|j| value_of(&format!("append {i} record {j}:"), 30 + (i * 37 + j * 53) % 170))
@@ -94,13 +135,13 @@ fn workload(disk: &SimDisk, committer: &Committer, mode: Mode, out: &mut Outcome
         let base = log.written_end();
         assert_eq!(base, out.sent.len() as u64, "the workload sends at dense offsets");
         out.sent.extend(values.iter().cloned());
-        let durability = if mode == Mode::Mixed && i % 3 != 0 { Durability::Local } else { Durability::None };
+        let durability = if mode != Mode::NoSync && i % 3 != 0 { Durability::Local } else { Durability::None };
         let offsets = log.append(&refs, durability)?;
         if durability == Durability::Local {
             out.acked_end = offsets.end;
         }
     }
-    if mode == Mode::Mixed {
+    if mode != Mode::NoSync {
         log.close()?;
         out.acked_end = log.written_end();
     }
@@ -137,7 +178,12 @@ fn assert_nothing_invented(got: &[(u64, Vec<u8>)], start: u64, out: &Outcome) ->
 /// Reopens the log from what the disk kept, checks it against what the workload was told, and
 /// checks that it takes appends again.
 fn check_recovery(disk: &SimDisk, out: &Outcome) -> Result<(), String> {
-    let committer = sim_committer(disk);
+    check_recovery_in(disk, out, Mode::Mixed)
+}
+
+/// [`check_recovery`] with the committer of `mode`.
+fn check_recovery_in(disk: &SimDisk, out: &Outcome, mode: Mode) -> Result<(), String> {
+    let committer = committer_for(disk, mode).map_err(|e| format!("opening the journal: {e}"))?;
     let result = reopen_and_check(disk, &committer, out).and_then(|log| check_usable(disk, &log));
     committer.stop();
     result
@@ -145,7 +191,7 @@ fn check_recovery(disk: &SimDisk, out: &Outcome) -> Result<(), String> {
 
 /// The read-only part of [`check_recovery`].
 fn reopen_and_check(disk: &SimDisk, committer: &Committer, out: &Outcome) -> Result<Log, String> {
-    let log = open(disk, committer).map_err(|e| format!("recovery failed: {e}"))?;
+    let log = open_in(disk, committer).map_err(|e| format!("recovery failed: {e}"))?;
     let start = log.start_offset();
     if start < out.start_min || start > out.start_max.max(out.start_min) {
         return Err(format!("log start {start} outside {}..={}", out.start_min, out.start_max));
@@ -177,33 +223,87 @@ fn check_usable(disk: &SimDisk, log: &Log) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn acked_records_survive_power_loss_at_every_sync_point() {
+/// The workload of `mode` with power lost at each of its sync points, under every tear; with a
+/// page-level tear, power is lost again at every sync point of the recovery after some of
+/// them. Returns what the crashes did, summed.
+fn power_loss_at_every_sync_point(mode: Mode) -> CrashReport {
     let dry_run = SimDisk::new();
-    let outcome = run_workload(&dry_run, Mode::Mixed);
+    let outcome = run_workload(&dry_run, mode);
     assert_eq!(outcome.error, None, "the workload runs through without faults");
     let sync_points = dry_run.sync_points();
     let segments_rolled = dry_run.files().iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).count();
     assert!(segments_rolled >= 3, "the workload must roll segments, kept {segments_rolled}");
     let tears = tears();
+    let mut seen = CrashReport::default();
+    let fail = |crash_at: u64, tear: Tear, again: Option<u64>, outcome: &Outcome, broken: String| -> ! {
+        let again = again.map_or(String::new(), |j| format!(", and again at sync point {j} of the recovery"));
+        panic!(
+            "{mode:?}: power loss at sync point {crash_at} of {sync_points} with {tear:?}{again} after '{}': {broken}",
+            outcome.error.as_deref().unwrap_or("the workload finished")
+        )
+    };
     for crash_at in 0..=sync_points {
         for &tear in &tears {
+            let crashed = |disk: &SimDisk| {
+                disk.crash_at_sync(crash_at);
+                let outcome = run_workload(disk, mode);
+                (outcome, disk.crash_with_report(tear))
+            };
             let disk = SimDisk::new();
-            disk.crash_at_sync(crash_at);
-            let outcome = run_workload(&disk, Mode::Mixed);
+            let (outcome, report) = crashed(&disk);
+            add(&mut seen, report);
             if crash_at < sync_points {
                 assert!(outcome.error.is_some(), "the workload passed sync point {crash_at} without losing power");
             }
-            disk.crash(tear);
-            if let Err(broken) = check_recovery(&disk, &outcome) {
-                panic!(
-                    "power loss at sync point {crash_at} of {sync_points} with {tear:?} after '{}': {broken}",
-                    outcome.error.as_deref().unwrap_or("the workload finished")
-                );
+            if let Err(broken) = check_recovery_in(&disk, &outcome, mode) {
+                fail(crash_at, tear, None, &outcome, broken);
+            }
+            if !matches!(tear, Tear::Random(_)) || !second_crash_due(crash_at) {
+                continue;
+            }
+            // Power fails again during the recovery, at each of its sync points in turn.
+            for again in 0.. {
+                let disk = SimDisk::new();
+                let (outcome, _) = crashed(&disk);
+                disk.crash_at_sync(disk.sync_points() + again);
+                let finished = committer_for(&disk, mode).and_then(|c| open_in(&disk, &c)).is_ok();
+                add(&mut seen, disk.crash_with_report(Tear::Random(crash_at ^ again << 32)));
+                if let Err(broken) = check_recovery_in(&disk, &outcome, mode) {
+                    fail(crash_at, tear, Some(again), &outcome, broken);
+                }
+                if finished {
+                    break;
+                }
             }
         }
     }
-    eprintln!("checked {} sync points x {} tears", sync_points + 1, tears.len());
+    eprintln!("{mode:?}: checked {} sync points x {} tears: {seen:?}", sync_points + 1, tears.len());
+    seen
+}
+
+fn add(sum: &mut CrashReport, report: CrashReport) {
+    sum.pages_kept_count += report.pages_kept_count;
+    sum.pages_lost_count += report.pages_lost_count;
+    sum.pages_torn_count += report.pages_torn_count;
+    sum.name_ops_kept_count += report.name_ops_kept_count;
+    sum.name_ops_lost_count += report.name_ops_lost_count;
+}
+
+/// The faults the page-level model adds must have happened in a run that claims to survive
+/// them: pages kept, lost and torn, and names made durable without their directory's sync.
+fn assert_faults_exercised(seen: CrashReport) {
+    assert!(seen.pages_kept_count > 0 && seen.pages_lost_count > 0 && seen.pages_torn_count > 0, "{seen:?}");
+    assert!(seen.name_ops_kept_count > 0 && seen.name_ops_lost_count > 0, "{seen:?}");
+}
+
+#[test]
+fn acked_records_survive_power_loss_at_every_sync_point() {
+    assert_faults_exercised(power_loss_at_every_sync_point(Mode::Mixed));
+}
+
+#[test]
+fn acked_records_survive_power_loss_at_every_sync_point_with_the_journal() {
+    assert_faults_exercised(power_loss_at_every_sync_point(Mode::Journal));
 }
 
 /// What the suffix-truncation workload did before it finished or lost power.

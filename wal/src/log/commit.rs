@@ -189,6 +189,9 @@ impl LogInner {
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         self.wake_waiters(self.durable_end.load(Ordering::Acquire));
         self.notify_readers();
+        // A suffix truncation may run from here on: the slot below carries the generation of
+        // the snapshot, so a claim from before the cut is never trusted after it.
+        crate::fail_point!("complete_sync::before_checkpoint");
         if synced_segment {
             let mut checkpoint = self.checkpoint.lock();
             if !self.closed.load(Ordering::SeqCst) {

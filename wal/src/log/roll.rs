@@ -109,7 +109,7 @@ pub(super) fn segment_tmp_path(path: &Path) -> PathBuf {
 ///
 /// # Errors
 /// [`Error::DiskFull`] when the space cannot be allocated (no file is left behind); I/O errors.
-pub(super) fn create_segment_file(
+pub(crate) fn create_segment_file(
     disk: &dyn Disk,
     dir: &Path,
     base: u64,

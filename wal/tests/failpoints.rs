@@ -1,0 +1,55 @@
+//! Races made to happen on purpose with named pauses inside the log (the `failpoints` feature).
+//! Failpoints are process-wide, so each test holds a `FailScenario`, which runs them one at a
+//! time.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use tern_segment::sim::SimDisk;
+use tern_segment::Disk;
+use tern_wal::{AppendOptions, CommitMode, Committer, Durability, Log, Record, Visibility};
+
+/// A group sync completes (its records are durable) and, before it writes the checkpoint slot
+/// claiming them, a suffix truncation cuts those records. The late slot must not make the log
+/// refuse to open ("486 bytes missing" once): it belongs to the generation before the cut.
+#[test]
+fn a_checkpoint_written_after_a_truncation_for_a_sync_before_it_is_never_trusted() {
+    let scenario = fail::FailScenario::setup();
+    let disk = SimDisk::new();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    // Leader mode: a synced append returns only once its group completed, checkpoint included,
+    // so the pause below catches the late append's group and no earlier one.
+    let committer = Committer::start_with(shared.clone(), None, CommitMode::Leader).unwrap();
+    let log = Log::open(shared.clone(), log_dir(), "log", small_options(), committer.clone(), true).unwrap();
+    for i in 0..10 {
+        log.append(&[&value_of(&format!("record {i}:"), 40)], Durability::Local).unwrap();
+    }
+    fail::cfg("complete_sync::before_checkpoint", "pause").unwrap();
+    let late = log
+        .append_records(&[Record::new(&value_of("late:", 300), tern_wal::now_ms())], AppendOptions::default())
+        .unwrap();
+    // The waiter leads its group: the sync of offset 10 completes, raises the durable end, and
+    // pauses before the checkpoint slot.
+    let waiter = std::thread::spawn(move || late.wait(Durability::Local));
+    while log.durable_end() < 11 {
+        std::thread::yield_now();
+    }
+    log.truncate_suffix(5).unwrap();
+    fail::remove("complete_sync::before_checkpoint");
+    let _ = waiter.join().unwrap();
+    committer.stop();
+    drop(log);
+    // The process dies; the page cache (and the late slot in it) survives.
+    disk.kill();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).expect("the log opens after a late checkpoint slot");
+    let got = contents(&log, Visibility::Written);
+    assert_eq!(got.len(), 5, "{got:?}");
+    for (i, (offset, value)) in got.iter().enumerate() {
+        assert_eq!((*offset, value), (i as u64, &value_of(&format!("record {i}:"), 40)));
+    }
+    committer.stop();
+    scenario.teardown();
+}
