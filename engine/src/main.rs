@@ -275,6 +275,8 @@ fn append(dir: &Path, name: &str, durability: DurabilityArg) -> CliResult {
     tern::validate_log_name(name)?;
     let engine = Engine::open(dir, Config::default())?;
     let log = engine.log(name)?;
+    // Never add records after damage that a repair would remove with them.
+    log.check_tail()?;
     let limit = engine.config().record_bytes_max;
     let durability = match durability {
         DurabilityArg::None => Durability::None,
@@ -378,6 +380,9 @@ fn verify(dir: &Path) -> CliResult {
         let report = tern_wal::verify::verify_log(&disk, &log_dir, &mut |_| {})?;
         for p in &report.problems {
             println!("{}: byte {}: {}", p.file.display(), p.pos, p.reason);
+        }
+        for p in &report.notes {
+            println!("{}: byte {}: note: {}", p.file.display(), p.pos, p.reason);
         }
         if let Some((file, pos)) = &report.torn_tail {
             println!(
@@ -491,31 +496,35 @@ fn repair(dir: &Path, name: Option<&str>, journal: bool) -> CliResult {
         }
         if let Some(front) = &r.removed_front {
             println!(
-                "{name}: the first segments could not be read; removed offsets {}..{} ({} records); the log now starts \
-                 at offset {}",
+                "{name}: the first segments could not be read: removed offsets {}..{} ({} records); the log now \
+                 starts at offset {}",
                 front.start,
                 front.end,
                 front.end - front.start,
                 r.start_offset
             );
         }
-        match (&r.cut_at, &r.removed_back) {
-            (Some(p), back) => {
-                let removed = back.as_ref().map_or("no record was removed".to_owned(), |b| {
-                    format!("removed offsets {}..{} ({} records)", b.start, b.end, b.end - b.start)
-                });
-                println!(
-                    "{name}: cut at {} byte {} ({}); the log now ends at offset {}; {removed}",
-                    p.file.display(),
-                    p.pos,
-                    p.reason,
-                    r.end_offset
-                );
-            }
-            (None, _) if r.removed_front.is_none() && r.indexes_rebuilt.is_empty() && r.headers_rebuilt.is_empty() => {
-                println!("{name}: intact, nothing changed (offsets {}..{})", r.start_offset, r.end_offset)
-            }
-            (None, _) => println!("{name}: the log now holds offsets {}..{}", r.start_offset, r.end_offset),
+        if let Some(p) = &r.cut_at {
+            println!(
+                "{name}: cut at {} byte {} ({}); the log now ends at offset {}",
+                p.file.display(),
+                p.pos,
+                p.reason,
+                r.end_offset
+            );
+        }
+        if let Some(back) = &r.removed_back {
+            println!("{name}: removed offsets {}..{} ({} records)", back.start, back.end, back.end - back.start);
+        }
+        let changed = r.cut_at.is_some()
+            || r.removed_front.is_some()
+            || !r.indexes_rebuilt.is_empty()
+            || !r.headers_rebuilt.is_empty()
+            || !r.segments_removed.is_empty();
+        if changed {
+            println!("{name}: the log now holds offsets {}..{}", r.start_offset, r.end_offset);
+        } else {
+            println!("{name}: intact, nothing changed (offsets {}..{})", r.start_offset, r.end_offset);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -244,8 +244,9 @@ pub struct Inspection {
     pub files: Vec<(PathBuf, FileState)>,
     /// The current file (the valid header with the highest sequence), if any.
     pub current: Option<usize>,
-    /// Damage that can cost acknowledged records: a file that cannot be used while the journal
-    /// was in use (the other has a valid header, so the unusable one may have been current),
+    /// Damage that can cost acknowledged records: a file that cannot be used while the other has
+    /// a valid header (every file of a journal that finished its creation has one, so the
+    /// unusable one may have been current),
     /// or, in a current file not marked clean, a block that fails its checksum with a valid
     /// block of the same sequence after it (a torn last block is a crash, not damage).
     pub damage: Vec<JournalDamage>,
@@ -406,6 +407,8 @@ pub fn rebuild(disk: &dyn Disk, options: &JournalOptions) -> Result<Rebuilt> {
         if i == 0 {
             file.write_at(0, &first).map_err(|e| Error::io(&tmp, e))?;
             file.sync_data().map_err(|e| Error::io(&tmp, e))?;
+        } else {
+            stamp_created(&tmp, &*file)?;
         }
         built.push((tmp, dir.join(name)));
     }
@@ -476,18 +479,20 @@ impl Journal {
         }
         // Without a valid header anywhere the journal was never used (or its creation was cut
         // short): files that cannot be used are made again, at full size.
-        let mut created = false;
+        let mut created = Vec::new();
         for (path, state) in &inspection.files {
             if let FileState::Unusable { .. } = state {
                 if disk.exists(path) {
                     disk.remove(path).map_err(|e| Error::io(path, e))?;
                 }
-                create_zeroed(&*disk, path, options.file_bytes)?;
-                created = true;
+                created.push((path, create_zeroed(&*disk, path, options.file_bytes)?));
             }
         }
-        if created {
+        if !created.is_empty() {
             disk.sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        for (path, file) in &created {
+            stamp_created(path, &**file)?;
         }
         let mut files = Vec::with_capacity(NAMES.len());
         let mut lens = Vec::with_capacity(NAMES.len());
@@ -594,6 +599,7 @@ impl Journal {
     }
 }
 
+/// Creates a journal file of `len_bytes` written zeros and syncs it.
 fn create_zeroed(disk: &dyn Disk, path: &Path, len_bytes: u64) -> Result<Arc<dyn DiskFile>> {
     let file = disk.create(path, 0).map_err(|e| Error::io(path, e))?;
     let zeros = vec![0u8; 1 << 20];
@@ -605,6 +611,16 @@ fn create_zeroed(disk: &dyn Disk, path: &Path, len_bytes: u64) -> Result<Arc<dyn
     }
     file.sync_data().map_err(|e| Error::io(path, e))?;
     Ok(file)
+}
+
+/// Gives a journal file whose creation is durable (its name synced) a clean header of
+/// sequence 0. Every file of a journal that finished its creation has a valid header, so a file
+/// that cannot be used while the other has one is damage, never a journal not used yet; a
+/// crash before both names were durable leaves no header at all, and the journal is created
+/// again.
+fn stamp_created(path: &Path, file: &dyn DiskFile) -> Result<()> {
+    file.write_at(0, &encode_header(0, true)).map_err(|e| Error::io(path, e))?;
+    file.sync_data().map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

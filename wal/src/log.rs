@@ -856,6 +856,41 @@ impl Log {
     pub fn segments(&self) -> Vec<Arc<Segment>> {
         self.inner.segments.read().clone()
     }
+
+    /// Verifies every frame of the last segment (checksums and offset continuity), the one
+    /// appends continue. Open trusts it without reading it after a clean close, as it trusts
+    /// sealed segments by their index files; a tool about to append to a log it did not write
+    /// can ask first, so that it never adds records after damage that a repair would remove
+    /// with them.
+    ///
+    /// # Errors
+    /// [`tern_segment::Error::Corrupt`] (inside [`Error::Segment`]) naming file and byte of the
+    /// first damaged frame; I/O errors.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use tern_wal::{Committer, Durability, Log, LogOptions};
+    /// let dir = tempfile::tempdir()?;
+    /// let disk: Arc<dyn tern_segment::Disk> = Arc::new(tern_segment::OsDisk::new());
+    /// let log = Log::open(disk.clone(), dir.path(), "orders", LogOptions::default(), Committer::start(disk), true)?;
+    /// log.append(&[b"a"], Durability::Local)?;
+    /// log.check_tail()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn check_tail(&self) -> Result<()> {
+        let last = self.inner.active();
+        let report = last.scan(SEGMENT_HEADER_BYTES, last.base_offset(), Some(last.end_pos()), true)?;
+        if let Some((pos, reason)) = report.problem {
+            return Err(corrupt(last.path().to_path_buf(), pos, reason));
+        }
+        if report.end_offset != last.end_offset() {
+            let reason = CorruptReason::Discontinuity { expected: last.end_offset(), found: report.end_offset };
+            return Err(corrupt(last.path().to_path_buf(), report.end_pos, reason));
+        }
+        Ok(())
+    }
 }
 
 /// Offsets of an append, and a handle to wait until they are durable.

@@ -54,6 +54,9 @@ pub struct VerifyReport {
     pub batch_count: u64,
     /// Records in those batches.
     pub record_count: u64,
+    /// Found, but not damage: derived data that the next open rebuilds (an index file that
+    /// does not decode). Open and read succeed.
+    pub notes: Vec<Problem>,
 }
 
 /// Checks every frame of the log in `dir` without changing anything, calling `on_batch` for
@@ -169,7 +172,12 @@ pub fn verify_log(disk: &dyn Disk, dir: &Path, on_batch: &mut dyn FnMut(&BatchIn
             }
         };
         if let Some(expected) = expected.filter(|e| *e != base) {
-            problem(&mut report, &path, 0, format!("segment starts at offset {base}, expected {expected}"));
+            if base > expected {
+                let missing = dir.join(segment_file_name(expected));
+                problem(&mut report, &missing, 0, format!("missing: the next segment starts at offset {base}"));
+            } else {
+                problem(&mut report, &path, 0, format!("segment starts at offset {base}, expected {expected}"));
+            }
         }
         let is_last = Some(base) == last_base;
         // Only the last segment may end in a torn tail, and only past the durable claim.
@@ -295,7 +303,8 @@ fn check_index(
         Ok(Some(index)) => index,
         Ok(None) => return,
         Err(e) => {
-            report.problems.push(Problem { file: path, pos: 0, reason: e.to_string() });
+            let reason = format!("{e} (derived data: the next open scans the segment and rebuilds it)");
+            report.notes.push(Problem { file: path, pos: 0, reason });
             return;
         }
     };
@@ -475,6 +484,11 @@ pub fn repair_log(disk: &dyn Disk, dir: &Path) -> Result<Repaired> {
     let back_end = highest_end.max(claim_end).max(meta.last_base.unwrap_or(0)).min(end_max.max(end));
     if back_end > end {
         repaired.removed_back = Some(end..back_end);
+        if cut.is_none() {
+            // Nothing damaged was read, yet the log held more: its newest segments are gone.
+            let reason = "missing: the log's records end here".to_owned();
+            cut = Some((0, end, Problem { file: path_of(end), pos: 0, reason }));
+        }
     }
     repaired.cut_at = cut.map(|(_, _, problem)| problem);
     // Apply: remove every segment file not kept, newest first.

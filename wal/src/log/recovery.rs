@@ -348,6 +348,9 @@ fn recover_sealed(disk: &dyn Disk, segment: &Segment, recovered: &mut Recovered)
                 return Err(corrupt(path, report.end_pos, CorruptReason::TrailingGarbage));
             }
             segment.install(report.end_pos, report.end_offset, report.max_timestamp_ms, report.entries);
+            // Derived data: rebuilt, so the next open trusts it again. A failure only costs
+            // the next open this scan again.
+            let _ = segment.write_index(disk);
         }
         Err(e) => return Err(e.into()),
     }
