@@ -51,9 +51,16 @@ pub struct Reader {
     /// The read hint generation of `segment` when it was located.
     generation: u64,
     pos: u64,
+    /// Bytes of `segment` from the position it starts at: frames are decoded from it until
+    /// one does not fit, so a reader asks the file layer for a window at a time, not for the
+    /// rest of the segment at every frame.
+    window: Option<(u64, Bytes)>,
     pending: VecDeque<ReadRecord>,
     failed: bool,
 }
+
+/// Bytes a reader asks the file layer for at once (more when one frame is larger).
+const READ_WINDOW_BYTES: u64 = 4 << 20;
 
 impl Log {
     /// Reads records from `from` up to the current `visibility` end.
@@ -73,6 +80,7 @@ impl Log {
             segment: None,
             generation: 0,
             pos: 0,
+            window: None,
             pending: VecDeque::new(),
             failed: false,
         })
@@ -127,6 +135,7 @@ impl Reader {
         self.generation = segment.read_generation();
         let (pos, _) = segment.seek(self.next_offset);
         self.pos = pos;
+        self.window = None;
         self.segment = Some(segment.clone());
         Ok(Some(segment))
     }
@@ -148,7 +157,7 @@ impl Reader {
                 }
                 return Ok(None);
             }
-            let bytes = segment.bytes(self.pos, end_pos)?;
+            let bytes = self.window_at(&segment, end_pos)?;
             let frame = tern_segment::segment::decode_at(&bytes, segment.path(), self.pos)?.ok_or_else(|| {
                 Error::Segment(tern_segment::Error::Corrupt {
                     file: segment.path().to_path_buf(),
@@ -181,6 +190,34 @@ impl Reader {
                 frame: frame_bytes,
             }));
         }
+    }
+}
+
+impl Reader {
+    /// The bytes of `segment` from `self.pos` up to `end_pos`, holding at least the whole frame
+    /// that starts there (when it is complete): from the current window when it does, else from
+    /// a new window read at `self.pos`.
+    fn window_at(&mut self, segment: &Segment, end_pos: u64) -> Result<Bytes> {
+        let frame_end = |bytes: &Bytes| {
+            frame::peek_body_len(bytes).map(|len| u64::from(len) + frame::FRAME_PREFIX_BYTES as u64)
+        };
+        if let Some((start, window)) = &self.window {
+            let rel = self.pos.checked_sub(*start).and_then(|r| usize::try_from(r).ok());
+            if let Some(rest) = rel.and_then(|rel| window.get(rel..).map(|_| window.slice(rel..))) {
+                if frame_end(&rest).is_some_and(|len| len <= rest.len() as u64) {
+                    return Ok(rest);
+                }
+            }
+        }
+        let mut to = end_pos.min(self.pos.saturating_add(READ_WINDOW_BYTES));
+        let mut bytes = segment.bytes(self.pos, to)?;
+        if let Some(len) = frame_end(&bytes).filter(|len| *len > bytes.len() as u64) {
+            // One frame larger than the window: read it whole (or what there is of it).
+            to = end_pos.min(self.pos.saturating_add(len));
+            bytes = segment.bytes(self.pos, to)?;
+        }
+        self.window = Some((self.pos, bytes.clone()));
+        Ok(bytes)
     }
 }
 
