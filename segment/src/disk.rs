@@ -215,12 +215,12 @@ pub fn write_file_atomic(disk: &dyn Disk, path: &Path, bytes: &[u8], durable: bo
 /// of several files submitted together through io_uring where the kernel allows it.
 pub struct OsDisk {
     read_only: bool,
-    ring: Option<Mutex<io_uring::IoUring>>,
+    ring: Option<Mutex<Ring>>,
 }
 
 impl std::fmt::Debug for OsDisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OsDisk").field("read_only", &self.read_only).field("io_uring", &self.ring.is_some()).finish()
+        f.debug_struct("OsDisk").field("read_only", &self.read_only).field("io_uring", &self.uses_io_uring()).finish()
     }
 }
 
@@ -233,7 +233,7 @@ impl Default for OsDisk {
 impl OsDisk {
     /// The file layer for reading and writing.
     pub fn new() -> Self {
-        let ring = io_uring::IoUring::new(64).ok().map(Mutex::new);
+        let ring = io_uring::IoUring::new(RING_ENTRIES).ok().map(|ring| Mutex::new(Ring::new(ring)));
         OsDisk { read_only: false, ring }
     }
 
@@ -247,9 +247,10 @@ impl OsDisk {
         OsDisk { read_only: false, ring: None }
     }
 
-    /// True when batched syncs go through io_uring.
+    /// True when batched syncs go through io_uring: the kernel allowed a ring and it has not
+    /// failed since (after a failure, batched syncs run on threads).
     pub fn uses_io_uring(&self) -> bool {
-        self.ring.is_some()
+        self.ring.as_ref().is_some_and(|ring| !ring.lock().broken)
     }
 
     fn refuse_write(&self) -> io::Result<()> {
@@ -258,35 +259,213 @@ impl OsDisk {
         }
         Ok(())
     }
+}
 
-    fn sync_through_ring(ring: &mut io_uring::IoUring, fds: &[i32]) -> io::Result<Vec<io::Result<()>>> {
-        let mut results: Vec<io::Result<()>> = (0..fds.len()).map(|_| Ok(())).collect();
-        for (chunk_index, chunk) in fds.chunks(32).enumerate() {
-            for (i, fd) in chunk.iter().enumerate() {
-                let entry = io_uring::opcode::Fsync::new(io_uring::types::Fd(*fd))
+/// Syncs `files` on one scoped thread each and returns their results in order.
+fn sync_on_threads(files: &[&dyn DiskFile]) -> Vec<io::Result<()>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files.iter().map(|f| scope.spawn(move || f.sync_data())).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("sync thread panicked"))))
+            .collect()
+    })
+}
+
+/// Submission queue entries of the ring; the completion queue has twice as many.
+const RING_ENTRIES: u32 = 64;
+/// Syncs submitted to the ring at once: half the submission queue.
+const RING_CHUNK: usize = RING_ENTRIES as usize / 2;
+/// Consecutive `io_uring_enter` calls that may make no progress (interrupted by a signal, or
+/// returning without a completion of this call) before the ring is given up on.
+const RING_STALLS_MAX: u32 = 10_000;
+
+/// The io_uring instance of an [`OsDisk`], and what tells its calls apart.
+///
+/// A sync that failed must never be reported as done: on Linux a second `fdatasync` after a
+/// failed one reports success although the dirty pages are gone. So a file whose sync was
+/// handed to the kernel gets exactly the result of that sync, or an error when the ring failed
+/// before that result was seen; it is never synced again. Only files whose sync was never
+/// handed to the kernel may be synced another way.
+struct Ring {
+    ring: io_uring::IoUring,
+    /// Tag of the latest call; each call tags its entries' `user_data` with a new one, so a
+    /// completion left over from an earlier call is recognised and ignored.
+    call_tag: u32,
+    /// Set when the ring failed; batched syncs run on threads from then on.
+    broken: bool,
+}
+
+impl Ring {
+    fn new(ring: io_uring::IoUring) -> Ring {
+        Ring { ring, call_tag: 0, broken: false }
+    }
+
+    /// Syncs `fds` (`fdatasync`) through the ring, at most [`RING_CHUNK`] in flight at once,
+    /// and waits for the completion of every sync it submitted. On a failure of the ring the
+    /// ring is marked broken, and the returned batch says which syncs were submitted.
+    fn sync(&mut self, fds: &[i32]) -> RingBatch {
+        self.call_tag = self.call_tag.wrapping_add(1);
+        let mut batch = RingBatch::new(self.call_tag, fds.len());
+        if let Err(e) = self.run(&mut batch, fds) {
+            self.broken = true;
+            batch.failure = Some(e);
+        }
+        batch
+    }
+
+    fn run(&mut self, batch: &mut RingBatch, fds: &[i32]) -> io::Result<()> {
+        if u32::try_from(fds.len()).is_err() {
+            return Err(io::Error::other("too many files for one batched sync"));
+        }
+        // Entries still queued would be submitted ahead of this call's and shift the count of
+        // consumed entries; only an earlier failure (which broke the ring) can leave them.
+        if !self.ring.submission().is_empty() {
+            return Err(io::Error::other("io_uring submission queue holds entries of an earlier call"));
+        }
+        for chunk_start in (0..fds.len()).step_by(RING_CHUNK) {
+            let chunk = chunk_start..(chunk_start + RING_CHUNK).min(fds.len());
+            for index in chunk.clone() {
+                let fd = *fds.get(index).expect("index inside fds");
+                let entry = io_uring::opcode::Fsync::new(io_uring::types::Fd(fd))
                     .flags(io_uring::types::FsyncFlags::DATASYNC)
                     .build()
-                    .user_data((chunk_index * 32 + i) as u64);
+                    .user_data(batch.user_data(index));
                 // SAFETY: the entry refers to no buffer; the fd stays open until completion,
-                // because the caller holds the files while this function waits for all of them.
-                unsafe { ring.submission().push(&entry) }
+                // because the caller holds the files while this function waits for all of
+                // them (and the kernel holds its own reference to a submitted file).
+                unsafe { self.ring.submission().push(&entry) }
                     .map_err(|_| io::Error::other("io_uring submission queue full"))?;
             }
-            let mut done = 0;
-            while done < chunk.len() {
-                ring.submit_and_wait(chunk.len() - done)?;
-                for cqe in ring.completion() {
-                    let index = cqe.user_data() as usize;
-                    if let Some(slot) = results.get_mut(index) {
-                        if cqe.result() < 0 {
-                            *slot = Err(io::Error::from_raw_os_error(-cqe.result()));
-                        }
-                    }
-                    done += 1;
+            self.submit_and_reap(batch, chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Submits the queued entries of `chunk` and reaps completions until none of the batch's
+    /// syncs is in flight. Entries the kernel consumed are marked submitted even when the call
+    /// that consumed them failed.
+    fn submit_and_reap(&mut self, batch: &mut RingBatch, chunk: std::ops::Range<usize>) -> io::Result<()> {
+        let mut queued = chunk.clone();
+        let mut stalls = 0u32;
+        while !queued.is_empty() || batch.in_flight_count() > 0 {
+            let want = queued.len() + batch.in_flight_count();
+            let entered = self.ring.submit_and_wait(want);
+            // The kernel consumes entries in order; those still queued were not handed over.
+            let consumed = queued.len() - self.ring.submission().len().min(queued.len());
+            batch.submitted(queued.start..queued.start + consumed);
+            queued.start += consumed;
+            let mut reaped = 0usize;
+            for cqe in self.ring.completion() {
+                if batch.complete(cqe.user_data(), cqe.result()) {
+                    reaped += 1;
                 }
             }
+            match entered {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            stalls = if consumed + reaped > 0 { 0 } else { stalls + 1 };
+            if stalls > RING_STALLS_MAX {
+                return Err(io::Error::other("io_uring made no progress"));
+            }
         }
-        Ok(results)
+        Ok(())
+    }
+}
+
+/// What became of each file's sync in one call through the ring. Kept apart from the ring so
+/// that attributing completions can be tested without a failing kernel.
+#[derive(Debug)]
+struct RingBatch {
+    /// The call's tag, in the high 32 bits of every entry's `user_data`; the low 32 bits hold
+    /// the file's index.
+    tag: u32,
+    slots: Vec<SyncSlot>,
+    in_flight_count: usize,
+    /// Why the ring stopped part way, if it did.
+    failure: Option<io::Error>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncSlot {
+    /// Never handed to the kernel: the file may still be synced another way.
+    Unsubmitted,
+    /// Handed to the kernel; its completion has not been seen.
+    InFlight,
+    /// Its completion's result: 0, or a negated errno.
+    Done(i32),
+}
+
+impl RingBatch {
+    fn new(tag: u32, count: usize) -> RingBatch {
+        RingBatch { tag, slots: vec![SyncSlot::Unsubmitted; count], in_flight_count: 0, failure: None }
+    }
+
+    fn user_data(&self, index: usize) -> u64 {
+        (u64::from(self.tag) << 32) | index as u64
+    }
+
+    fn in_flight_count(&self) -> usize {
+        self.in_flight_count
+    }
+
+    /// Marks the syncs of `indices` as handed to the kernel.
+    fn submitted(&mut self, indices: std::ops::Range<usize>) {
+        for slot in self.slots.get_mut(indices).unwrap_or_default() {
+            debug_assert_eq!(*slot, SyncSlot::Unsubmitted);
+            *slot = SyncSlot::InFlight;
+            self.in_flight_count += 1;
+        }
+    }
+
+    /// Records a completion read from the ring. Returns false, changing nothing, for one that
+    /// is not the completion of an in-flight sync of this call: a leftover of an earlier call
+    /// (another tag), an index out of range, or a second completion for the same sync.
+    fn complete(&mut self, user_data: u64, result: i32) -> bool {
+        if user_data >> 32 != u64::from(self.tag) {
+            return false;
+        }
+        let index = (user_data & u64::from(u32::MAX)) as usize;
+        match self.slots.get_mut(index) {
+            Some(slot @ SyncSlot::InFlight) => {
+                *slot = SyncSlot::Done(result);
+                self.in_flight_count -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// One result per file, in order. A completed sync gives its own result; a sync in flight
+    /// when the ring failed gives an error (its outcome is unknown, and syncing again could
+    /// report a success that hides a lost write); `sync_unsubmitted` syncs the files whose
+    /// sync never reached the kernel, given their indices, and returns their results in order.
+    fn results(self, sync_unsubmitted: impl FnOnce(&[usize]) -> Vec<io::Result<()>>) -> Vec<io::Result<()>> {
+        let unsubmitted: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| **slot == SyncSlot::Unsubmitted)
+            .map(|(index, _)| index)
+            .collect();
+        let mut fallback = if unsubmitted.is_empty() { Vec::new() } else { sync_unsubmitted(&unsubmitted) }.into_iter();
+        let failure = self.failure.as_ref().map_or_else(|| "no failure recorded".to_owned(), ToString::to_string);
+        self.slots
+            .iter()
+            .map(|slot| match *slot {
+                SyncSlot::Done(0) => Ok(()),
+                SyncSlot::Done(result) if result < 0 => Err(io::Error::from_raw_os_error(-result)),
+                SyncSlot::Done(result) => Err(io::Error::other(format!("io_uring fsync returned {result}"))),
+                SyncSlot::InFlight => Err(io::Error::other(format!(
+                    "io_uring failed ({failure}) before this file's sync completed; whether its data reached the disk is unknown"
+                ))),
+                SyncSlot::Unsubmitted => fallback
+                    .next()
+                    .unwrap_or_else(|| Err(io::Error::other("no result for a sync not submitted to io_uring"))),
+            })
+            .collect()
     }
 }
 
@@ -346,18 +525,19 @@ impl Disk for OsDisk {
             [one] => vec![one.sync_data()],
             many => {
                 let fds: Option<Vec<i32>> = many.iter().map(|f| f.raw_fd()).collect();
-                if let (Some(ring), Some(fds)) = (&self.ring, fds) {
-                    // If the ring itself fails (not a sync), fall back: syncing is idempotent.
-                    if let Ok(results) = Self::sync_through_ring(&mut ring.lock(), &fds) {
-                        return results;
+                let batch = match (&self.ring, fds) {
+                    (Some(ring), Some(fds)) => {
+                        let mut ring = ring.lock();
+                        (!ring.broken).then(|| ring.sync(&fds))
                     }
-                }
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = many.iter().map(|f| scope.spawn(move || f.sync_data())).collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("sync thread panicked"))))
-                        .collect()
+                    _ => None,
+                };
+                let Some(batch) = batch else { return sync_on_threads(many) };
+                // Only syncs that never reached the kernel run again, on threads.
+                batch.results(|unsubmitted| {
+                    let files: Vec<&dyn DiskFile> =
+                        unsubmitted.iter().filter_map(|index| many.get(*index).copied()).collect();
+                    sync_on_threads(&files)
                 })
             }
         }
@@ -520,5 +700,120 @@ impl DiskFile for OsFile {
 
     fn raw_fd(&self) -> Option<i32> {
         Some(self.file.as_raw_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files_with_data(dir: &Path, disk: &OsDisk, count: usize) -> Vec<Arc<dyn DiskFile>> {
+        (0..count)
+            .map(|i| {
+                let file = disk.create(&dir.join(format!("{i}.dat")), 8192).unwrap();
+                file.write_at(0, format!("file {i}").as_bytes()).unwrap();
+                file
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_files_synced_through_the_ring_all_report_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = OsDisk::new();
+        // More than two chunks, and a partial last one.
+        let files = files_with_data(dir.path(), &disk, 2 * RING_CHUNK + 5);
+        let refs: Vec<&dyn DiskFile> = files.iter().map(|f| &**f).collect();
+        let ring_before = disk.uses_io_uring();
+        for _ in 0..3 {
+            let results = disk.sync_files(&refs);
+            assert_eq!(results.len(), refs.len());
+            for (i, result) in results.iter().enumerate() {
+                assert!(result.is_ok(), "file {i}: {result:?}");
+            }
+        }
+        // A ring that worked is still used (where the kernel allows one at all).
+        assert_eq!(disk.uses_io_uring(), ring_before);
+    }
+
+    /// A completion left in the ring by an earlier call (here a failed sync of a bad
+    /// descriptor, tagged with an older call's tag and index 0) is neither counted nor
+    /// attributed to file 0 of the next call, and the next call reaps all of its own.
+    #[test]
+    fn a_completion_left_by_an_earlier_call_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = OsDisk::new();
+        let Some(ring) = &disk.ring else {
+            eprintln!("io_uring is not available here; nothing to check");
+            return;
+        };
+        let files = files_with_data(dir.path(), &disk, 3);
+        let refs: Vec<&dyn DiskFile> = files.iter().map(|f| &**f).collect();
+        {
+            let mut ring = ring.lock();
+            let stale_tag = ring.call_tag;
+            let entry =
+                io_uring::opcode::Fsync::new(io_uring::types::Fd(-1)).build().user_data(u64::from(stale_tag) << 32);
+            // SAFETY: the entry refers to no buffer and no open descriptor.
+            unsafe { ring.ring.submission().push(&entry) }.unwrap();
+            ring.ring.submit_and_wait(1).unwrap();
+            assert_eq!(ring.ring.completion().len(), 1, "the stale completion waits in the ring");
+        }
+        let results = disk.sync_files(&refs);
+        for (i, result) in results.iter().enumerate() {
+            assert!(result.is_ok(), "file {i}: {result:?}");
+        }
+        let mut ring = ring.lock();
+        assert!(!ring.broken);
+        assert_eq!(ring.ring.completion().len(), 0, "every completion of the call was reaped");
+    }
+
+    #[test]
+    fn completions_of_other_calls_duplicates_and_strangers_are_ignored() {
+        let mut batch = RingBatch::new(7, 4);
+        batch.submitted(0..3);
+        assert_eq!(batch.in_flight_count(), 3);
+        let other_call = RingBatch::new(6, 4);
+        assert!(!batch.complete(other_call.user_data(0), -libc::EIO), "an earlier call's completion");
+        assert!(!batch.complete(batch.user_data(3), 0), "a sync never submitted");
+        assert!(!batch.complete(batch.user_data(9), 0), "an index out of range");
+        assert_eq!(batch.in_flight_count(), 3);
+        assert!(batch.complete(batch.user_data(1), 0));
+        assert!(!batch.complete(batch.user_data(1), -libc::EIO), "a second completion of one sync");
+        assert_eq!(batch.in_flight_count(), 2);
+        assert_eq!(batch.slots, [SyncSlot::InFlight, SyncSlot::Done(0), SyncSlot::InFlight, SyncSlot::Unsubmitted]);
+    }
+
+    /// The ring failed part way: file 0 completed, file 1 failed, file 2 was in flight, files
+    /// 3 and 4 never reached the kernel.
+    #[test]
+    fn after_a_ring_failure_only_unsubmitted_files_are_synced_again() {
+        let mut batch = RingBatch::new(1, 5);
+        batch.submitted(0..3);
+        assert!(batch.complete(batch.user_data(0), 0));
+        assert!(batch.complete(batch.user_data(1), -libc::EIO));
+        batch.failure = Some(io::Error::from_raw_os_error(libc::EBUSY));
+        let mut asked = Vec::new();
+        let results = batch.results(|unsubmitted| {
+            asked = unsubmitted.to_vec();
+            vec![Ok(()), Err(io::Error::from_raw_os_error(libc::ENOSPC))]
+        });
+        assert_eq!(asked, [3, 4], "only syncs that never reached the kernel run again");
+        assert!(results[0].is_ok());
+        assert_eq!(results[1].as_ref().unwrap_err().raw_os_error(), Some(libc::EIO));
+        let unknown = results[2].as_ref().unwrap_err().to_string();
+        assert!(unknown.contains("unknown"), "{unknown}");
+        assert!(results[3].is_ok());
+        assert_eq!(results[4].as_ref().unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn a_batch_that_completed_needs_no_fallback() {
+        let mut batch = RingBatch::new(u32::MAX, 2);
+        batch.submitted(0..2);
+        assert!(batch.complete(batch.user_data(1), 0));
+        assert!(batch.complete(batch.user_data(0), 0));
+        let results = batch.results(|_| panic!("nothing to sync again"));
+        assert!(results.iter().all(Result::is_ok));
     }
 }
