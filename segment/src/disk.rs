@@ -148,15 +148,6 @@ impl AlignedBuf {
         self.len += bytes.len();
     }
 
-    /// Appends zeros up to the next multiple of [`DIRECT_ALIGN_BYTES`].
-    pub fn pad_to_alignment(&mut self) {
-        let padded = self.len.next_multiple_of(DIRECT_ALIGN_BYTES);
-        self.reserve(padded - self.len);
-        // SAFETY: reserve made room up to `padded`.
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(self.len), 0, padded - self.len) };
-        self.len = padded;
-    }
-
     /// The bytes written so far.
     pub fn as_slice(&self) -> &[u8] {
         if self.cap == 0 {
