@@ -50,7 +50,8 @@ pub trait DiskFile: Send + Sync + Debug + 'static {
     /// [`DiskFile::sync_data`] returns.
     fn write_at(&self, pos: u64, bytes: &[u8]) -> io::Result<()>;
     /// Returns the bytes of `pos..pos + len_bytes`, which must lie inside the file.
-    /// [`OsDisk`] hands out a slice of a shared memory map: no copy.
+    /// [`OsDisk`] hands out a slice of a shared memory map (no copy) when the range is in the
+    /// page cache, and a copy read from the file otherwise.
     fn read_at(&self, pos: u64, len_bytes: u64) -> io::Result<Bytes>;
     /// Copies `pos..pos + len_bytes` out of the file without mapping it. For small files and
     /// for files whose syncs are latency-critical: writeback of a mapped page must also
@@ -551,7 +552,47 @@ fn preallocate(file: &File, size_bytes: u64) -> io::Result<()> {
     file.set_len(size_bytes)
 }
 
-/// A file of [`OsDisk`]. Reads come from a shared read-only memory map of the file.
+/// Bytes of a memory page, for `mincore(2)`.
+fn page_bytes() -> usize {
+    static PAGE_BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE_BYTES.get_or_init(|| {
+        // SAFETY: sysconf only reads its integer argument.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(page).ok().filter(|p| p.is_power_of_two()).unwrap_or(4096)
+    })
+}
+
+/// True when every page of `range` of `map` (a whole map, starting on a page boundary) is in
+/// the page cache, as one `mincore(2)` call says. False when the call fails, so the caller
+/// copies instead: the safe side. The kernel reports page cache residency for files the
+/// process may write (or owns); for other files only pages this process has mapped count.
+fn resident(map: &Bytes, range: std::ops::Range<usize>) -> bool {
+    let page = page_bytes();
+    let first = range.start - range.start % page;
+    let (Some(addr), Some(len_bytes)) = (map.get(first..).map(<[u8]>::as_ptr), range.end.checked_sub(first)) else {
+        return false;
+    };
+    if range.end > map.len() || len_bytes == 0 {
+        return false;
+    }
+    let page_count = len_bytes.div_ceil(page);
+    let mut on_stack = [0u8; 256];
+    let mut on_heap = Vec::new();
+    let vec = if page_count <= on_stack.len() {
+        on_stack.get_mut(..page_count).unwrap_or_default()
+    } else {
+        on_heap.resize(page_count, 0u8);
+        on_heap.as_mut_slice()
+    };
+    debug_assert!((addr as usize).is_multiple_of(page), "a map starts on a page boundary");
+    // SAFETY: `addr..addr + len_bytes` lies inside the live map `map` holds; mincore only
+    // writes one byte per page of it into `vec`, which has `page_count` bytes.
+    let rc = unsafe { libc::mincore(addr.cast_mut().cast(), len_bytes, vec.as_mut_ptr()) };
+    rc == 0 && vec.iter().all(|v| v & 1 == 1)
+}
+
+/// A file of [`OsDisk`]. Reads come from a shared read-only memory map of the file, or from a
+/// copy when the range is not in the page cache ([`DiskFile::read_at`]).
 #[derive(Debug)]
 pub struct OsFile {
     file: File,
@@ -579,9 +620,24 @@ impl OsFile {
                 format!("read past the end of {} ({end} > {len})", self.path.display()),
             ));
         }
-        // SAFETY: Tern's files are only changed by this process (the engine holds a directory
-        // lock), files are never shrunk while mapped, and readers only look at bytes that were
-        // completely written before the end position they read was published.
+        // SAFETY: a shared read-only map is sound while no page of it becomes invalid and no
+        // byte a reader holds changes:
+        // - only Tern's own files are mapped, in a directory the engine holds a lock on, so no
+        //   other process truncates or writes them (one that ignores the lock can break this);
+        // - a mapped file is never shrunk (`set_len` refuses while a map exists), so no page of
+        //   a map lies past the end of its file;
+        // - readers look only at bytes below an end that was published after they were
+        //   completely written, and those bytes are never written again (a direct write covers
+        //   only the whole blocks inside its own frame). The one exception is a cut: a suffix
+        //   truncation or a recovery that drops a torn tail zeroes the bytes it removes, and a
+        //   reader still holding a slice of them sees them turn to zeros (never a fault).
+        // Residual risk: a page not in the page cache is read from the disk on first touch, and
+        // a media error there is SIGBUS, which kills the process. `read_at` hands out map
+        // slices only for ranges whose pages are all resident and copies the others with
+        // `pread`, where a failing disk is an `io::Error`. But a page resident when checked can
+        // be evicted later (memory pressure) and read again when a slice handed out earlier is
+        // touched; a media error then is still SIGBUS. Slices may be held as long as callers
+        // like, so this takes memory pressure and a failing disk together, not a long hold.
         let mmap = unsafe {
             memmap2::MmapOptions::new().len(usize::try_from(len).map_err(io::Error::other)?).map(&self.file)?
         };
@@ -600,6 +656,10 @@ impl DiskFile for OsFile {
         self.file.write_all_at(bytes, pos)
     }
 
+    /// A slice of the file's shared map when every page of the range is in the page cache
+    /// (one `mincore(2)`); otherwise a copy read with `pread`, so that a disk read error is an
+    /// `io::Error` here and not SIGBUS when the caller touches the bytes. The copy also brings
+    /// the range into the page cache, so the next read of it is a slice again.
     fn read_at(&self, pos: u64, len_bytes: u64) -> io::Result<Bytes> {
         if len_bytes == 0 {
             return Ok(Bytes::new());
@@ -608,7 +668,12 @@ impl DiskFile for OsFile {
         let map = self.mapped(end)?;
         let (start, end) =
             (usize::try_from(pos).map_err(io::Error::other)?, usize::try_from(end).map_err(io::Error::other)?);
-        Ok(map.slice(start..end))
+        if resident(&map, start..end) {
+            return Ok(map.slice(start..end));
+        }
+        let mut copy = vec![0u8; end - start];
+        self.file.read_exact_at(&mut copy, pos)?;
+        Ok(Bytes::from(copy))
     }
 
     fn write_direct(&self, pos: u64, bytes: &[u8]) -> io::Result<bool> {
@@ -757,6 +822,91 @@ mod tests {
         let mut ring = ring.lock();
         assert!(!ring.broken);
         assert_eq!(ring.ring.completion().len(), 0, "every completion of the call was reaped");
+    }
+
+    /// A file of `len_bytes` zeros, and whether `bytes` lies inside its current map.
+    fn os_file(dir: &Path, len_bytes: u64) -> OsFile {
+        let path = dir.join("mapped.dat");
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        file.set_len(len_bytes).unwrap();
+        OsFile::new(file, &path)
+    }
+
+    fn inside_map(file: &OsFile, bytes: &Bytes) -> bool {
+        let map = file.map.lock().clone().expect("mapped");
+        let map_range = map.as_ptr() as usize..map.as_ptr() as usize + map.len();
+        map_range.contains(&(bytes.as_ptr() as usize)) && bytes.as_ptr() as usize + bytes.len() <= map_range.end
+    }
+
+    fn drop_from_page_cache(file: &OsFile) {
+        file.sync_data().unwrap();
+        // SAFETY: posix_fadvise only reads its integer arguments; the fd is open.
+        let rc = unsafe { libc::posix_fadvise(file.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+    }
+
+    fn pattern(len_bytes: usize, seed: u8) -> Vec<u8> {
+        (0..len_bytes).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn a_resident_range_is_a_slice_of_the_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = os_file(dir.path(), 1 << 20);
+        let data = pattern(100_000, 1);
+        file.write_at(5000, &data).unwrap();
+        let bytes = file.read_at(5000, data.len() as u64).unwrap();
+        assert_eq!(&bytes[..], &data[..]);
+        assert!(inside_map(&file, &bytes), "a range in the page cache is not copied");
+    }
+
+    /// A range dropped from the page cache is read with pread into a buffer of its own (a
+    /// disk error there is an `io::Error`, not SIGBUS); that read brings it back into the page
+    /// cache, so the next read of it is a slice of the map again.
+    #[test]
+    fn a_range_not_in_the_page_cache_is_copied_then_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = os_file(dir.path(), 1 << 20);
+        let data = pattern(300_000, 2);
+        file.write_at(4096 + 100, &data).unwrap();
+        let map = file.mapped(1 << 20).unwrap();
+        drop_from_page_cache(&file);
+        if resident(&map, 4096..4096 + 100 + data.len()) {
+            eprintln!("this file system keeps the pages after POSIX_FADV_DONTNEED; nothing to check");
+            return;
+        }
+        let cold = file.read_at(4096 + 100, data.len() as u64).unwrap();
+        assert_eq!(&cold[..], &data[..]);
+        assert!(!inside_map(&file, &cold), "a range not in the page cache is copied");
+        let warm = file.read_at(4096 + 100, data.len() as u64).unwrap();
+        assert_eq!(&warm[..], &data[..]);
+        assert!(inside_map(&file, &warm), "the copy brought the range into the page cache");
+        // One page missing is enough to copy the range: three pages never touched through the
+        // map are dropped, then the middle one is written again.
+        let pos = 768usize << 10;
+        drop_from_page_cache(&file);
+        file.write_at(pos as u64 + 4096, &data[..4096]).unwrap();
+        assert!(resident(&map, pos + 4096..pos + 8192) && !resident(&map, pos..pos + 4096));
+        let copied = file.read_at(pos as u64, 3 * 4096).unwrap();
+        assert!(!inside_map(&file, &copied));
+        assert_eq!(&copied[4096..8192], &data[..4096]);
+    }
+
+    /// Data written with O_DIRECT is not in the page cache: its first read is a copy.
+    #[test]
+    fn data_written_around_the_page_cache_is_read_as_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = os_file(dir.path(), 1 << 20);
+        let _ = file.read_at(0, 1 << 20).unwrap(); // the whole file in the page cache, mapped
+        let mut buf = AlignedBuf::default();
+        buf.extend_from_slice(&pattern(256 << 10, 3));
+        if !file.write_direct(64 << 10, buf.as_slice()).unwrap() {
+            eprintln!("this file system has no O_DIRECT; nothing to check");
+            return;
+        }
+        let bytes = file.read_at(64 << 10, 256 << 10).unwrap();
+        assert_eq!(&bytes[..], buf.as_slice());
+        assert!(!inside_map(&file, &bytes), "direct writes leave the range out of the page cache");
     }
 
     #[test]

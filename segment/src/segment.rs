@@ -515,7 +515,9 @@ impl Segment {
         }
     }
 
-    /// The bytes `from_pos..to_pos`, zero-copy on [`crate::disk::OsDisk`].
+    /// The bytes `from_pos..to_pos`: on [`crate::disk::OsDisk`] a slice of the map when they
+    /// are in the page cache, a copy otherwise. The residency check costs one `mincore` over
+    /// the whole range, so ask for what will be looked at, not for the rest of the segment.
     pub fn bytes(&self, from_pos: u64, to_pos: u64) -> Result<Bytes> {
         self.file.read_at(from_pos, to_pos.saturating_sub(from_pos)).map_err(|e| Error::io(&self.path, e))
     }
@@ -523,9 +525,24 @@ impl Segment {
     /// Walks frames from `from_pos` (where offset `from_offset` must start) verifying each
     /// checksum (when `verify`) and the offset continuity, until a zero length, the end of the
     /// file, `to_pos`, or the first invalid frame.
+    ///
+    /// Reads [`SCAN_WINDOW_BYTES`] at a time (more when one frame is longer), so a range not
+    /// in the page cache, which the file layer copies, is copied a window at a time.
     pub fn scan(&self, from_pos: u64, from_offset: u64, to_pos: Option<u64>, verify: bool) -> Result<ScanReport> {
+        self.scan_in_windows(from_pos, from_offset, to_pos, verify, SCAN_WINDOW_BYTES)
+    }
+
+    fn scan_in_windows(
+        &self,
+        from_pos: u64,
+        from_offset: u64,
+        to_pos: Option<u64>,
+        verify: bool,
+        window_bytes: u64,
+    ) -> Result<ScanReport> {
         let limit = to_pos.unwrap_or(self.size_bytes).min(self.size_bytes);
-        let bytes = self.bytes(from_pos, limit)?;
+        let mut window_start = from_pos;
+        let mut bytes = self.bytes(from_pos, limit.min(from_pos.saturating_add(window_bytes)))?;
         let mut report = ScanReport {
             end_pos: from_pos,
             end_offset: from_offset,
@@ -535,8 +552,16 @@ impl Segment {
             problem: None,
         };
         let mut last_indexed: Option<u64> = None;
-        let mut rel = 0usize;
-        while let Some(rest) = bytes.get(rel..) {
+        while let Some(rest) = bytes.get((report.end_pos - window_start) as usize..) {
+            // A frame the window cuts off is read again in a window of its own, so every
+            // decision below sees what a read of everything up to `limit` would show.
+            let needed = frame_bytes_needed(rest);
+            if rest.len() < needed && window_start + (bytes.len() as u64) < limit {
+                window_start = report.end_pos;
+                let end = limit.min(window_start.saturating_add(window_bytes.max(needed as u64)));
+                bytes = self.bytes(window_start, end)?;
+                continue;
+            }
             if rest.len() < frame::FRAME_PREFIX_BYTES {
                 if rest.iter().any(|b| *b != 0) {
                     report.problem = Some((
@@ -564,7 +589,6 @@ impl Segment {
                         report.entries.push(IndexEntry { offset: report.end_offset, pos: report.end_pos });
                         last_indexed = Some(report.end_pos);
                     }
-                    rel += frame_len;
                     report.end_pos += frame_len as u64;
                     report.end_offset = header.end_offset();
                     report.max_timestamp_ms = report.max_timestamp_ms.max(header.max_timestamp_ms);
@@ -670,6 +694,17 @@ impl Segment {
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
+}
+
+/// Bytes [`Segment::scan`] reads and walks at a time (more when one frame is longer).
+pub const SCAN_WINDOW_BYTES: u64 = 4 << 20;
+
+/// Bytes at the start of `rest` that decoding a frame there looks at: the prefix, and the
+/// body its length declares when that is within the frame limit (a longer one is an error
+/// found from the prefix alone).
+fn frame_bytes_needed(rest: &[u8]) -> usize {
+    let body_len = frame::peek_body_len(rest).filter(|len| *len <= frame::FRAME_BODY_BYTES_MAX).unwrap_or(0);
+    frame::FRAME_PREFIX_BYTES + body_len as usize
 }
 
 /// Decodes the frame at the start of `bytes` and returns it with its byte length, mapping a
@@ -878,6 +913,43 @@ mod tests {
         let bytes = seg.bytes(c_pos, c_end).unwrap();
         let frame = crate::frame::decode(&bytes).unwrap().unwrap();
         assert_eq!(frame.records().next().unwrap().value, c_value.as_slice());
+    }
+
+    /// Scanning in windows finds exactly what one read of everything finds: frames across
+    /// window edges, frames longer than a window, a damaged frame, a limit inside a frame, and
+    /// stale bytes after the end.
+    #[test]
+    fn a_scan_in_windows_finds_what_a_scan_of_everything_finds() {
+        let disk = SimDisk::new();
+        let seg = Segment::create(&disk, Path::new("/log"), 0, 1 << 20, 1000).unwrap();
+        let mut starts = vec![(SEGMENT_HEADER_BYTES, 0)];
+        for (i, len) in [10usize, 3000, 5, 70_000, 700, 1, 20_000, 64].into_iter().enumerate() {
+            let (frame, _) = large_frame(i as u64, len, i as u8);
+            seg.append(&frame, i as u64, i as u64 + 1, 1).unwrap();
+            starts.push((seg.end_pos(), i as u64 + 1));
+        }
+        let end = seg.end_pos();
+        let compare = |label: &str| {
+            for &(from_pos, from_offset) in &starts {
+                for to_pos in [None, Some(end), Some(end - 3), Some(end + 5), Some(40_000)] {
+                    for verify in [true, false] {
+                        let whole = seg.scan_in_windows(from_pos, from_offset, to_pos, verify, u64::MAX).unwrap();
+                        for window_bytes in [1, 64, 1000, 4096, 65_536] {
+                            let windowed =
+                                seg.scan_in_windows(from_pos, from_offset, to_pos, verify, window_bytes).unwrap();
+                            assert_eq!(windowed, whole, "{label}: from {from_pos} to {to_pos:?} in {window_bytes}");
+                        }
+                    }
+                }
+            }
+        };
+        compare("clean");
+        disk.flip_bit(seg.path(), starts[4].0 + 100, 2).unwrap();
+        compare("a damaged frame");
+        seg.file().write_at(end + 2, b"stale").unwrap();
+        compare("stale bytes after the end");
+        seg.file().write_at(starts[6].0, &[0, 0, 0, 0]).unwrap();
+        compare("a zero length in the middle");
     }
 
     #[test]
