@@ -49,6 +49,11 @@ pub struct BenchArgs {
     /// Interleaved rounds per small-sync figure (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// Whether the bulk workload writes batches of 256 KiB and more around the page cache
+    /// (`on`), through it (`off`), or as a probe of the bench directory's device says (`auto`,
+    /// as an engine does: `Config::direct_writes`).
+    #[arg(long, default_value = "auto")]
+    pub direct_writes: crate::DirectWrites,
 }
 
 /// `--commit-mode` values.
@@ -275,7 +280,8 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         let raw_scan = raw_mmap_crc(dir, args.bulk_bytes)?;
         progress.step("tern bulk 4 KiB records");
         let log_dir = dir.join("bulk");
-        let bulk = tern_bulk(&disk, &log_dir, args.bulk_bytes)?;
+        let (direct, source) = crate::device::resolve(dir, args.direct_writes);
+        let bulk = tern_bulk(&disk, &log_dir, args.bulk_bytes, direct)?;
         rows.push(Row {
             name: "bulk 4 KiB records, 1 MiB per fsync".into(),
             value: bulk,
@@ -285,7 +291,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 "raw write+fdatasync: buffered {raw_buffered:.0} MB/s, O_DIRECT {}",
                 raw_direct.map_or("n/a".into(), |d| format!("{d:.0} MB/s"))
             ),
-            detail: String::new(),
+            detail: direct_writes_detail(args.direct_writes, direct, &source),
         });
         progress.step("tern clean reopen");
         let (reopen_ms, scan) = tern_reopen_and_scan(&disk, &log_dir, &progress)?;
@@ -741,10 +747,32 @@ fn raw_mmap_crc(dir: &Path, total_bytes: u64) -> std::io::Result<f64> {
     Ok(total_bytes as f64 / elapsed / 1e6)
 }
 
-/// MB/s of appending 4 KiB records, 256 per batch (1 MiB), each batch synced.
-fn tern_bulk(disk: &Arc<dyn Disk>, dir: &Path, total_bytes: u64) -> Result<f64, Box<dyn std::error::Error>> {
+/// What `--direct-writes` resolved to, and the probe behind it.
+fn direct_writes_detail(setting: crate::DirectWrites, direct: bool, source: &crate::device::DeviceSource) -> String {
+    use crate::device::DeviceSource;
+    let chosen = if direct { "O_DIRECT" } else { "page cache" };
+    match source {
+        DeviceSource::Config => format!("direct writes {setting}: {chosen}"),
+        DeviceSource::Failed(why) => format!("direct writes {setting}: {chosen} (the probe failed: {why})"),
+        DeviceSource::Probing => format!("direct writes {setting}: {chosen} (probe still running)"),
+        DeviceSource::Kept(p) | DeviceSource::Probed(p) | DeviceSource::Reprobed(p, _) => format!(
+            "direct writes {setting}: {chosen} (probe: buffered {} MB/s, O_DIRECT {} MB/s)",
+            p.buffered_mb_s, p.direct_mb_s
+        ),
+    }
+}
+
+/// MB/s of appending 4 KiB records, 256 per batch (1 MiB), each batch synced; batches go
+/// around the page cache when `direct`.
+fn tern_bulk(
+    disk: &Arc<dyn Disk>,
+    dir: &Path,
+    total_bytes: u64,
+    direct: bool,
+) -> Result<f64, Box<dyn std::error::Error>> {
     let committer = Committer::start(disk.clone());
     let log = Log::open(disk.clone(), dir, "bulk", LogOptions::default(), committer.clone(), true)?;
+    log.set_direct_writes(direct);
     let record = vec![0x3cu8; 4096];
     let batch: Vec<&[u8]> = (0..256).map(|_| record.as_slice()).collect();
     let started = Instant::now();

@@ -30,6 +30,10 @@ pub struct Config {
     /// Submit the syncs of several logs together through io_uring when the kernel allows it.
     /// Default true; threads are used otherwise.
     pub io_uring: bool,
+    /// Whether batches of 256 KiB and more are written around the page cache (O_DIRECT).
+    /// Default `Auto`: as a short probe of the engine directory's device, run once and kept
+    /// in `DIR/device`, says. Every value is valid.
+    pub direct_writes: crate::device::DirectWrites,
 }
 
 impl Default for Config {
@@ -46,6 +50,7 @@ impl Default for Config {
             journal_file_bytes: tern_wal::journal::JOURNAL_FILE_BYTES_DEFAULT,
             commit_mode: tern_wal::CommitMode::default(),
             io_uring: true,
+            direct_writes: crate::device::DirectWrites::Auto,
         }
     }
 }

@@ -67,6 +67,9 @@ pub struct Engine {
     disk: Arc<dyn Disk>,
     committer: Committer,
     logs: Mutex<BTreeMap<String, Log>>,
+    /// Whether large batches go around the page cache (`Config::direct_writes`); its probe,
+    /// if one runs, is stopped before the lock is released.
+    device: crate::device::DeviceChoice,
     _lock: File,
 }
 
@@ -110,6 +113,7 @@ impl Engine {
         if lock.try_lock().is_err() {
             return Err(Error::Locked { dir: dir.to_path_buf(), lock: lock_path });
         }
+        let device = crate::device::DeviceChoice::start(dir, config.direct_writes);
         let logs_dir = dir.join(LOGS_DIR);
         std::fs::create_dir_all(&logs_dir).map_err(|source| Error::Io { path: logs_dir.clone(), source })?;
         let journal = Self::journal_options(dir, &config);
@@ -124,8 +128,8 @@ impl Engine {
                 }
                 other => other?,
             };
-        let engine =
-            Engine { root: dir.to_path_buf(), config, disk, committer, logs: Mutex::new(BTreeMap::new()), _lock: lock };
+        let logs = Mutex::new(BTreeMap::new());
+        let engine = Engine { root: dir.to_path_buf(), config, disk, committer, logs, device, _lock: lock };
         // Batches that were durable only in the journal go back into their logs before
         // anything else happens; then the journal starts afresh.
         for name in engine.committer.replay_names() {
@@ -182,6 +186,7 @@ impl Engine {
             return Err(Error::NotFound(format!("no log named {name:?} in {}", self.root.display())));
         }
         let log = Log::open(self.disk.clone(), &dir, name, self.config.log_options(), self.committer.clone(), create)?;
+        log.set_direct_writes(self.device.direct());
         logs.insert(name.to_owned(), log.clone());
         Ok(log)
     }
@@ -224,6 +229,7 @@ impl Engine {
     }
 
     fn shutdown(&self) -> Result<()> {
+        self.device.stop();
         let mut first = Ok(());
         for log in std::mem::take(&mut *self.logs.lock()).into_values() {
             if let Err(e) = log.close() {

@@ -21,10 +21,12 @@ pub mod bench;
 pub mod cluster_demo;
 pub mod config;
 pub mod demo;
+pub mod device;
 pub mod engine;
 pub mod error;
 
 pub use config::Config;
+pub use device::DirectWrites;
 pub use engine::{validate_log_name, Engine, EngineLogs, Metrics};
 pub use error::{Error, Result};
 pub use tern_wal::{

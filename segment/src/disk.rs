@@ -54,7 +54,8 @@ pub trait DiskFile: Send + Sync + Debug + 'static {
     /// [`DiskFile::sync_data`] returns.
     fn write_at(&self, pos: u64, bytes: &[u8]) -> io::Result<()>;
     /// Returns the bytes of `pos..pos + len_bytes`, which must lie inside the file.
-    /// [`OsDisk`] hands out a slice of a shared memory map: no copy.
+    /// [`OsDisk`] hands out a slice of a shared memory map (no copy) when the range is in the
+    /// page cache, and a copy read from the file otherwise.
     fn read_at(&self, pos: u64, len_bytes: u64) -> io::Result<Bytes>;
     /// Copies `pos..pos + len_bytes` out of the file without mapping it. For small files and
     /// for files whose syncs are latency-critical: writeback of a mapped page must also
@@ -152,15 +153,6 @@ impl AlignedBuf {
         self.len += bytes.len();
     }
 
-    /// Appends zeros up to the next multiple of [`DIRECT_ALIGN_BYTES`].
-    pub fn pad_to_alignment(&mut self) {
-        let padded = self.len.next_multiple_of(DIRECT_ALIGN_BYTES);
-        self.reserve(padded - self.len);
-        // SAFETY: reserve made room up to `padded`.
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(self.len), 0, padded - self.len) };
-        self.len = padded;
-    }
-
     /// The bytes written so far.
     pub fn as_slice(&self) -> &[u8] {
         if self.cap == 0 {
@@ -219,12 +211,12 @@ pub fn write_file_atomic(disk: &dyn Disk, path: &Path, bytes: &[u8], durable: bo
 /// of several files submitted together through io_uring where the kernel allows it.
 pub struct OsDisk {
     read_only: bool,
-    ring: Option<Mutex<io_uring::IoUring>>,
+    ring: Option<Mutex<Ring>>,
 }
 
 impl std::fmt::Debug for OsDisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OsDisk").field("read_only", &self.read_only).field("io_uring", &self.ring.is_some()).finish()
+        f.debug_struct("OsDisk").field("read_only", &self.read_only).field("io_uring", &self.uses_io_uring()).finish()
     }
 }
 
@@ -237,7 +229,7 @@ impl Default for OsDisk {
 impl OsDisk {
     /// The file layer for reading and writing.
     pub fn new() -> Self {
-        let ring = io_uring::IoUring::new(64).ok().map(Mutex::new);
+        let ring = io_uring::IoUring::new(RING_ENTRIES).ok().map(|ring| Mutex::new(Ring::new(ring)));
         OsDisk { read_only: false, ring }
     }
 
@@ -251,9 +243,10 @@ impl OsDisk {
         OsDisk { read_only: false, ring: None }
     }
 
-    /// True when batched syncs go through io_uring.
+    /// True when batched syncs go through io_uring: the kernel allowed a ring and it has not
+    /// failed since (after a failure, batched syncs run on threads).
     pub fn uses_io_uring(&self) -> bool {
-        self.ring.is_some()
+        self.ring.as_ref().is_some_and(|ring| !ring.lock().broken)
     }
 
     fn refuse_write(&self) -> io::Result<()> {
@@ -262,35 +255,213 @@ impl OsDisk {
         }
         Ok(())
     }
+}
 
-    fn sync_through_ring(ring: &mut io_uring::IoUring, fds: &[i32]) -> io::Result<Vec<io::Result<()>>> {
-        let mut results: Vec<io::Result<()>> = (0..fds.len()).map(|_| Ok(())).collect();
-        for (chunk_index, chunk) in fds.chunks(32).enumerate() {
-            for (i, fd) in chunk.iter().enumerate() {
-                let entry = io_uring::opcode::Fsync::new(io_uring::types::Fd(*fd))
+/// Syncs `files` on one scoped thread each and returns their results in order.
+fn sync_on_threads(files: &[&dyn DiskFile]) -> Vec<io::Result<()>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files.iter().map(|f| scope.spawn(move || f.sync_data())).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("sync thread panicked"))))
+            .collect()
+    })
+}
+
+/// Submission queue entries of the ring; the completion queue has twice as many.
+const RING_ENTRIES: u32 = 64;
+/// Syncs submitted to the ring at once: half the submission queue.
+const RING_CHUNK: usize = RING_ENTRIES as usize / 2;
+/// Consecutive `io_uring_enter` calls that may make no progress (interrupted by a signal, or
+/// returning without a completion of this call) before the ring is given up on.
+const RING_STALLS_MAX: u32 = 10_000;
+
+/// The io_uring instance of an [`OsDisk`], and what tells its calls apart.
+///
+/// A sync that failed must never be reported as done: on Linux a second `fdatasync` after a
+/// failed one reports success although the dirty pages are gone. So a file whose sync was
+/// handed to the kernel gets exactly the result of that sync, or an error when the ring failed
+/// before that result was seen; it is never synced again. Only files whose sync was never
+/// handed to the kernel may be synced another way.
+struct Ring {
+    ring: io_uring::IoUring,
+    /// Tag of the latest call; each call tags its entries' `user_data` with a new one, so a
+    /// completion left over from an earlier call is recognised and ignored.
+    call_tag: u32,
+    /// Set when the ring failed; batched syncs run on threads from then on.
+    broken: bool,
+}
+
+impl Ring {
+    fn new(ring: io_uring::IoUring) -> Ring {
+        Ring { ring, call_tag: 0, broken: false }
+    }
+
+    /// Syncs `fds` (`fdatasync`) through the ring, at most [`RING_CHUNK`] in flight at once,
+    /// and waits for the completion of every sync it submitted. On a failure of the ring the
+    /// ring is marked broken, and the returned batch says which syncs were submitted.
+    fn sync(&mut self, fds: &[i32]) -> RingBatch {
+        self.call_tag = self.call_tag.wrapping_add(1);
+        let mut batch = RingBatch::new(self.call_tag, fds.len());
+        if let Err(e) = self.run(&mut batch, fds) {
+            self.broken = true;
+            batch.failure = Some(e);
+        }
+        batch
+    }
+
+    fn run(&mut self, batch: &mut RingBatch, fds: &[i32]) -> io::Result<()> {
+        if u32::try_from(fds.len()).is_err() {
+            return Err(io::Error::other("too many files for one batched sync"));
+        }
+        // Entries still queued would be submitted ahead of this call's and shift the count of
+        // consumed entries; only an earlier failure (which broke the ring) can leave them.
+        if !self.ring.submission().is_empty() {
+            return Err(io::Error::other("io_uring submission queue holds entries of an earlier call"));
+        }
+        for chunk_start in (0..fds.len()).step_by(RING_CHUNK) {
+            let chunk = chunk_start..(chunk_start + RING_CHUNK).min(fds.len());
+            for index in chunk.clone() {
+                let fd = *fds.get(index).expect("index inside fds");
+                let entry = io_uring::opcode::Fsync::new(io_uring::types::Fd(fd))
                     .flags(io_uring::types::FsyncFlags::DATASYNC)
                     .build()
-                    .user_data((chunk_index * 32 + i) as u64);
+                    .user_data(batch.user_data(index));
                 // SAFETY: the entry refers to no buffer; the fd stays open until completion,
-                // because the caller holds the files while this function waits for all of them.
-                unsafe { ring.submission().push(&entry) }
+                // because the caller holds the files while this function waits for all of
+                // them (and the kernel holds its own reference to a submitted file).
+                unsafe { self.ring.submission().push(&entry) }
                     .map_err(|_| io::Error::other("io_uring submission queue full"))?;
             }
-            let mut done = 0;
-            while done < chunk.len() {
-                ring.submit_and_wait(chunk.len() - done)?;
-                for cqe in ring.completion() {
-                    let index = cqe.user_data() as usize;
-                    if let Some(slot) = results.get_mut(index) {
-                        if cqe.result() < 0 {
-                            *slot = Err(io::Error::from_raw_os_error(-cqe.result()));
-                        }
-                    }
-                    done += 1;
+            self.submit_and_reap(batch, chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Submits the queued entries of `chunk` and reaps completions until none of the batch's
+    /// syncs is in flight. Entries the kernel consumed are marked submitted even when the call
+    /// that consumed them failed.
+    fn submit_and_reap(&mut self, batch: &mut RingBatch, chunk: std::ops::Range<usize>) -> io::Result<()> {
+        let mut queued = chunk.clone();
+        let mut stalls = 0u32;
+        while !queued.is_empty() || batch.in_flight_count() > 0 {
+            let want = queued.len() + batch.in_flight_count();
+            let entered = self.ring.submit_and_wait(want);
+            // The kernel consumes entries in order; those still queued were not handed over.
+            let consumed = queued.len() - self.ring.submission().len().min(queued.len());
+            batch.submitted(queued.start..queued.start + consumed);
+            queued.start += consumed;
+            let mut reaped = 0usize;
+            for cqe in self.ring.completion() {
+                if batch.complete(cqe.user_data(), cqe.result()) {
+                    reaped += 1;
                 }
             }
+            match entered {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            stalls = if consumed + reaped > 0 { 0 } else { stalls + 1 };
+            if stalls > RING_STALLS_MAX {
+                return Err(io::Error::other("io_uring made no progress"));
+            }
         }
-        Ok(results)
+        Ok(())
+    }
+}
+
+/// What became of each file's sync in one call through the ring. Kept apart from the ring so
+/// that attributing completions can be tested without a failing kernel.
+#[derive(Debug)]
+struct RingBatch {
+    /// The call's tag, in the high 32 bits of every entry's `user_data`; the low 32 bits hold
+    /// the file's index.
+    tag: u32,
+    slots: Vec<SyncSlot>,
+    in_flight_count: usize,
+    /// Why the ring stopped part way, if it did.
+    failure: Option<io::Error>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncSlot {
+    /// Never handed to the kernel: the file may still be synced another way.
+    Unsubmitted,
+    /// Handed to the kernel; its completion has not been seen.
+    InFlight,
+    /// Its completion's result: 0, or a negated errno.
+    Done(i32),
+}
+
+impl RingBatch {
+    fn new(tag: u32, count: usize) -> RingBatch {
+        RingBatch { tag, slots: vec![SyncSlot::Unsubmitted; count], in_flight_count: 0, failure: None }
+    }
+
+    fn user_data(&self, index: usize) -> u64 {
+        (u64::from(self.tag) << 32) | index as u64
+    }
+
+    fn in_flight_count(&self) -> usize {
+        self.in_flight_count
+    }
+
+    /// Marks the syncs of `indices` as handed to the kernel.
+    fn submitted(&mut self, indices: std::ops::Range<usize>) {
+        for slot in self.slots.get_mut(indices).unwrap_or_default() {
+            debug_assert_eq!(*slot, SyncSlot::Unsubmitted);
+            *slot = SyncSlot::InFlight;
+            self.in_flight_count += 1;
+        }
+    }
+
+    /// Records a completion read from the ring. Returns false, changing nothing, for one that
+    /// is not the completion of an in-flight sync of this call: a leftover of an earlier call
+    /// (another tag), an index out of range, or a second completion for the same sync.
+    fn complete(&mut self, user_data: u64, result: i32) -> bool {
+        if user_data >> 32 != u64::from(self.tag) {
+            return false;
+        }
+        let index = (user_data & u64::from(u32::MAX)) as usize;
+        match self.slots.get_mut(index) {
+            Some(slot @ SyncSlot::InFlight) => {
+                *slot = SyncSlot::Done(result);
+                self.in_flight_count -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// One result per file, in order. A completed sync gives its own result; a sync in flight
+    /// when the ring failed gives an error (its outcome is unknown, and syncing again could
+    /// report a success that hides a lost write); `sync_unsubmitted` syncs the files whose
+    /// sync never reached the kernel, given their indices, and returns their results in order.
+    fn results(self, sync_unsubmitted: impl FnOnce(&[usize]) -> Vec<io::Result<()>>) -> Vec<io::Result<()>> {
+        let unsubmitted: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| **slot == SyncSlot::Unsubmitted)
+            .map(|(index, _)| index)
+            .collect();
+        let mut fallback = if unsubmitted.is_empty() { Vec::new() } else { sync_unsubmitted(&unsubmitted) }.into_iter();
+        let failure = self.failure.as_ref().map_or_else(|| "no failure recorded".to_owned(), ToString::to_string);
+        self.slots
+            .iter()
+            .map(|slot| match *slot {
+                SyncSlot::Done(0) => Ok(()),
+                SyncSlot::Done(result) if result < 0 => Err(io::Error::from_raw_os_error(-result)),
+                SyncSlot::Done(result) => Err(io::Error::other(format!("io_uring fsync returned {result}"))),
+                SyncSlot::InFlight => Err(io::Error::other(format!(
+                    "io_uring failed ({failure}) before this file's sync completed; whether its data reached the disk is unknown"
+                ))),
+                SyncSlot::Unsubmitted => fallback
+                    .next()
+                    .unwrap_or_else(|| Err(io::Error::other("no result for a sync not submitted to io_uring"))),
+            })
+            .collect()
     }
 }
 
@@ -357,18 +528,19 @@ impl Disk for OsDisk {
             [one] => vec![one.sync_data()],
             many => {
                 let fds: Option<Vec<i32>> = many.iter().map(|f| f.raw_fd()).collect();
-                if let (Some(ring), Some(fds)) = (&self.ring, fds) {
-                    // If the ring itself fails (not a sync), fall back: syncing is idempotent.
-                    if let Ok(results) = Self::sync_through_ring(&mut ring.lock(), &fds) {
-                        return results;
+                let batch = match (&self.ring, fds) {
+                    (Some(ring), Some(fds)) => {
+                        let mut ring = ring.lock();
+                        (!ring.broken).then(|| ring.sync(&fds))
                     }
-                }
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = many.iter().map(|f| scope.spawn(move || f.sync_data())).collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("sync thread panicked"))))
-                        .collect()
+                    _ => None,
+                };
+                let Some(batch) = batch else { return sync_on_threads(many) };
+                // Only syncs that never reached the kernel run again, on threads.
+                batch.results(|unsubmitted| {
+                    let files: Vec<&dyn DiskFile> =
+                        unsubmitted.iter().filter_map(|index| many.get(*index).copied()).collect();
+                    sync_on_threads(&files)
                 })
             }
         }
@@ -391,7 +563,47 @@ fn preallocate(file: &File, size_bytes: u64) -> io::Result<()> {
     file.set_len(size_bytes)
 }
 
-/// A file of [`OsDisk`]. Reads come from a shared read-only memory map of the file.
+/// Bytes of a memory page, for `mincore(2)`.
+fn page_bytes() -> usize {
+    static PAGE_BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE_BYTES.get_or_init(|| {
+        // SAFETY: sysconf only reads its integer argument.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(page).ok().filter(|p| p.is_power_of_two()).unwrap_or(4096)
+    })
+}
+
+/// True when every page of `range` of `map` (a whole map, starting on a page boundary) is in
+/// the page cache, as one `mincore(2)` call says. False when the call fails, so the caller
+/// copies instead: the safe side. The kernel reports page cache residency for files the
+/// process may write (or owns); for other files only pages this process has mapped count.
+fn resident(map: &Bytes, range: std::ops::Range<usize>) -> bool {
+    let page = page_bytes();
+    let first = range.start - range.start % page;
+    let (Some(addr), Some(len_bytes)) = (map.get(first..).map(<[u8]>::as_ptr), range.end.checked_sub(first)) else {
+        return false;
+    };
+    if range.end > map.len() || len_bytes == 0 {
+        return false;
+    }
+    let page_count = len_bytes.div_ceil(page);
+    let mut on_stack = [0u8; 256];
+    let mut on_heap = Vec::new();
+    let vec = if page_count <= on_stack.len() {
+        on_stack.get_mut(..page_count).unwrap_or_default()
+    } else {
+        on_heap.resize(page_count, 0u8);
+        on_heap.as_mut_slice()
+    };
+    debug_assert!((addr as usize).is_multiple_of(page), "a map starts on a page boundary");
+    // SAFETY: `addr..addr + len_bytes` lies inside the live map `map` holds; mincore only
+    // writes one byte per page of it into `vec`, which has `page_count` bytes.
+    let rc = unsafe { libc::mincore(addr.cast_mut().cast(), len_bytes, vec.as_mut_ptr()) };
+    rc == 0 && vec.iter().all(|v| v & 1 == 1)
+}
+
+/// A file of [`OsDisk`]. Reads come from a shared read-only memory map of the file, or from a
+/// copy when the range is not in the page cache ([`DiskFile::read_at`]).
 #[derive(Debug)]
 pub struct OsFile {
     file: File,
@@ -419,9 +631,24 @@ impl OsFile {
                 format!("read past the end of {} ({end} > {len})", self.path.display()),
             ));
         }
-        // SAFETY: Tern's files are only changed by this process (the engine holds a directory
-        // lock), files are never shrunk while mapped, and readers only look at bytes that were
-        // completely written before the end position they read was published.
+        // SAFETY: a shared read-only map is sound while no page of it becomes invalid and no
+        // byte a reader holds changes:
+        // - only Tern's own files are mapped, in a directory the engine holds a lock on, so no
+        //   other process truncates or writes them (one that ignores the lock can break this);
+        // - a mapped file is never shrunk (`set_len` refuses while a map exists), so no page of
+        //   a map lies past the end of its file;
+        // - readers look only at bytes below an end that was published after they were
+        //   completely written, and those bytes are never written again (a direct write covers
+        //   only the whole blocks inside its own frame). The one exception is a cut: a suffix
+        //   truncation or a recovery that drops a torn tail zeroes the bytes it removes, and a
+        //   reader still holding a slice of them sees them turn to zeros (never a fault).
+        // Residual risk: a page not in the page cache is read from the disk on first touch, and
+        // a media error there is SIGBUS, which kills the process. `read_at` hands out map
+        // slices only for ranges whose pages are all resident and copies the others with
+        // `pread`, where a failing disk is an `io::Error`. But a page resident when checked can
+        // be evicted later (memory pressure) and read again when a slice handed out earlier is
+        // touched; a media error then is still SIGBUS. Slices may be held as long as callers
+        // like, so this takes memory pressure and a failing disk together, not a long hold.
         let mmap = unsafe {
             memmap2::MmapOptions::new().len(usize::try_from(len).map_err(io::Error::other)?).map(&self.file)?
         };
@@ -440,6 +667,10 @@ impl DiskFile for OsFile {
         self.file.write_all_at(bytes, pos)
     }
 
+    /// A slice of the file's shared map when every page of the range is in the page cache
+    /// (one `mincore(2)`); otherwise a copy read with `pread`, so that a disk read error is an
+    /// `io::Error` here and not SIGBUS when the caller touches the bytes. The copy also brings
+    /// the range into the page cache, so the next read of it is a slice again.
     fn read_at(&self, pos: u64, len_bytes: u64) -> io::Result<Bytes> {
         if len_bytes == 0 {
             return Ok(Bytes::new());
@@ -448,7 +679,12 @@ impl DiskFile for OsFile {
         let map = self.mapped(end)?;
         let (start, end) =
             (usize::try_from(pos).map_err(io::Error::other)?, usize::try_from(end).map_err(io::Error::other)?);
-        Ok(map.slice(start..end))
+        if resident(&map, start..end) {
+            return Ok(map.slice(start..end));
+        }
+        let mut copy = vec![0u8; end - start];
+        self.file.read_exact_at(&mut copy, pos)?;
+        Ok(Bytes::from(copy))
     }
 
     fn write_direct(&self, pos: u64, bytes: &[u8]) -> io::Result<bool> {
@@ -531,5 +767,205 @@ impl DiskFile for OsFile {
 
     fn raw_fd(&self) -> Option<i32> {
         Some(self.file.as_raw_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files_with_data(dir: &Path, disk: &OsDisk, count: usize) -> Vec<Arc<dyn DiskFile>> {
+        (0..count)
+            .map(|i| {
+                let file = disk.create(&dir.join(format!("{i}.dat")), 8192).unwrap();
+                file.write_at(0, format!("file {i}").as_bytes()).unwrap();
+                file
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_files_synced_through_the_ring_all_report_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = OsDisk::new();
+        // More than two chunks, and a partial last one.
+        let files = files_with_data(dir.path(), &disk, 2 * RING_CHUNK + 5);
+        let refs: Vec<&dyn DiskFile> = files.iter().map(|f| &**f).collect();
+        let ring_before = disk.uses_io_uring();
+        for _ in 0..3 {
+            let results = disk.sync_files(&refs);
+            assert_eq!(results.len(), refs.len());
+            for (i, result) in results.iter().enumerate() {
+                assert!(result.is_ok(), "file {i}: {result:?}");
+            }
+        }
+        // A ring that worked is still used (where the kernel allows one at all).
+        assert_eq!(disk.uses_io_uring(), ring_before);
+    }
+
+    /// A completion left in the ring by an earlier call (here a failed sync of a bad
+    /// descriptor, tagged with an older call's tag and index 0) is neither counted nor
+    /// attributed to file 0 of the next call, and the next call reaps all of its own.
+    #[test]
+    fn a_completion_left_by_an_earlier_call_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = OsDisk::new();
+        let Some(ring) = &disk.ring else {
+            eprintln!("io_uring is not available here; nothing to check");
+            return;
+        };
+        let files = files_with_data(dir.path(), &disk, 3);
+        let refs: Vec<&dyn DiskFile> = files.iter().map(|f| &**f).collect();
+        {
+            let mut ring = ring.lock();
+            let stale_tag = ring.call_tag;
+            let entry =
+                io_uring::opcode::Fsync::new(io_uring::types::Fd(-1)).build().user_data(u64::from(stale_tag) << 32);
+            // SAFETY: the entry refers to no buffer and no open descriptor.
+            unsafe { ring.ring.submission().push(&entry) }.unwrap();
+            ring.ring.submit_and_wait(1).unwrap();
+            assert_eq!(ring.ring.completion().len(), 1, "the stale completion waits in the ring");
+        }
+        let results = disk.sync_files(&refs);
+        for (i, result) in results.iter().enumerate() {
+            assert!(result.is_ok(), "file {i}: {result:?}");
+        }
+        let mut ring = ring.lock();
+        assert!(!ring.broken);
+        assert_eq!(ring.ring.completion().len(), 0, "every completion of the call was reaped");
+    }
+
+    /// A file of `len_bytes` zeros, and whether `bytes` lies inside its current map.
+    fn os_file(dir: &Path, len_bytes: u64) -> OsFile {
+        let path = dir.join("mapped.dat");
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        file.set_len(len_bytes).unwrap();
+        OsFile::new(file, &path)
+    }
+
+    fn inside_map(file: &OsFile, bytes: &Bytes) -> bool {
+        let map = file.map.lock().clone().expect("mapped");
+        let map_range = map.as_ptr() as usize..map.as_ptr() as usize + map.len();
+        map_range.contains(&(bytes.as_ptr() as usize)) && bytes.as_ptr() as usize + bytes.len() <= map_range.end
+    }
+
+    fn drop_from_page_cache(file: &OsFile) {
+        file.sync_data().unwrap();
+        // SAFETY: posix_fadvise only reads its integer arguments; the fd is open.
+        let rc = unsafe { libc::posix_fadvise(file.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+    }
+
+    fn pattern(len_bytes: usize, seed: u8) -> Vec<u8> {
+        (0..len_bytes).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn a_resident_range_is_a_slice_of_the_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = os_file(dir.path(), 1 << 20);
+        let data = pattern(100_000, 1);
+        file.write_at(5000, &data).unwrap();
+        let bytes = file.read_at(5000, data.len() as u64).unwrap();
+        assert_eq!(&bytes[..], &data[..]);
+        assert!(inside_map(&file, &bytes), "a range in the page cache is not copied");
+    }
+
+    /// A range dropped from the page cache is read with pread into a buffer of its own (a
+    /// disk error there is an `io::Error`, not SIGBUS); that read brings it back into the page
+    /// cache, so the next read of it is a slice of the map again.
+    #[test]
+    fn a_range_not_in_the_page_cache_is_copied_then_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = os_file(dir.path(), 1 << 20);
+        let data = pattern(300_000, 2);
+        file.write_at(4096 + 100, &data).unwrap();
+        let map = file.mapped(1 << 20).unwrap();
+        drop_from_page_cache(&file);
+        if resident(&map, 4096..4096 + 100 + data.len()) {
+            eprintln!("this file system keeps the pages after POSIX_FADV_DONTNEED; nothing to check");
+            return;
+        }
+        let cold = file.read_at(4096 + 100, data.len() as u64).unwrap();
+        assert_eq!(&cold[..], &data[..]);
+        assert!(!inside_map(&file, &cold), "a range not in the page cache is copied");
+        let warm = file.read_at(4096 + 100, data.len() as u64).unwrap();
+        assert_eq!(&warm[..], &data[..]);
+        assert!(inside_map(&file, &warm), "the copy brought the range into the page cache");
+        // One page missing is enough to copy the range: three pages never touched through the
+        // map are dropped, then the middle one is written again.
+        let pos = 768usize << 10;
+        drop_from_page_cache(&file);
+        file.write_at(pos as u64 + 4096, &data[..4096]).unwrap();
+        assert!(resident(&map, pos + 4096..pos + 8192) && !resident(&map, pos..pos + 4096));
+        let copied = file.read_at(pos as u64, 3 * 4096).unwrap();
+        assert!(!inside_map(&file, &copied));
+        assert_eq!(&copied[4096..8192], &data[..4096]);
+    }
+
+    /// Data written with O_DIRECT is not in the page cache: its first read is a copy.
+    #[test]
+    fn data_written_around_the_page_cache_is_read_as_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = os_file(dir.path(), 1 << 20);
+        let _ = file.read_at(0, 1 << 20).unwrap(); // the whole file in the page cache, mapped
+        let mut buf = AlignedBuf::default();
+        buf.extend_from_slice(&pattern(256 << 10, 3));
+        if !file.write_direct(64 << 10, buf.as_slice()).unwrap() {
+            eprintln!("this file system has no O_DIRECT; nothing to check");
+            return;
+        }
+        let bytes = file.read_at(64 << 10, 256 << 10).unwrap();
+        assert_eq!(&bytes[..], buf.as_slice());
+        assert!(!inside_map(&file, &bytes), "direct writes leave the range out of the page cache");
+    }
+
+    #[test]
+    fn completions_of_other_calls_duplicates_and_strangers_are_ignored() {
+        let mut batch = RingBatch::new(7, 4);
+        batch.submitted(0..3);
+        assert_eq!(batch.in_flight_count(), 3);
+        let other_call = RingBatch::new(6, 4);
+        assert!(!batch.complete(other_call.user_data(0), -libc::EIO), "an earlier call's completion");
+        assert!(!batch.complete(batch.user_data(3), 0), "a sync never submitted");
+        assert!(!batch.complete(batch.user_data(9), 0), "an index out of range");
+        assert_eq!(batch.in_flight_count(), 3);
+        assert!(batch.complete(batch.user_data(1), 0));
+        assert!(!batch.complete(batch.user_data(1), -libc::EIO), "a second completion of one sync");
+        assert_eq!(batch.in_flight_count(), 2);
+        assert_eq!(batch.slots, [SyncSlot::InFlight, SyncSlot::Done(0), SyncSlot::InFlight, SyncSlot::Unsubmitted]);
+    }
+
+    /// The ring failed part way: file 0 completed, file 1 failed, file 2 was in flight, files
+    /// 3 and 4 never reached the kernel.
+    #[test]
+    fn after_a_ring_failure_only_unsubmitted_files_are_synced_again() {
+        let mut batch = RingBatch::new(1, 5);
+        batch.submitted(0..3);
+        assert!(batch.complete(batch.user_data(0), 0));
+        assert!(batch.complete(batch.user_data(1), -libc::EIO));
+        batch.failure = Some(io::Error::from_raw_os_error(libc::EBUSY));
+        let mut asked = Vec::new();
+        let results = batch.results(|unsubmitted| {
+            asked = unsubmitted.to_vec();
+            vec![Ok(()), Err(io::Error::from_raw_os_error(libc::ENOSPC))]
+        });
+        assert_eq!(asked, [3, 4], "only syncs that never reached the kernel run again");
+        assert!(results[0].is_ok());
+        assert_eq!(results[1].as_ref().unwrap_err().raw_os_error(), Some(libc::EIO));
+        let unknown = results[2].as_ref().unwrap_err().to_string();
+        assert!(unknown.contains("unknown"), "{unknown}");
+        assert!(results[3].is_ok());
+        assert_eq!(results[4].as_ref().unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn a_batch_that_completed_needs_no_fallback() {
+        let mut batch = RingBatch::new(u32::MAX, 2);
+        batch.submitted(0..2);
+        assert!(batch.complete(batch.user_data(1), 0));
+        assert!(batch.complete(batch.user_data(0), 0));
+        let results = batch.results(|_| panic!("nothing to sync again"));
+        assert!(results.iter().all(Result::is_ok));
     }
 }

@@ -232,7 +232,8 @@ pub struct Segment {
     end_offset: AtomicU64,
     max_timestamp_ms: AtomicU64,
     index: RwLock<Vec<IndexEntry>>,
-    direct: parking_lot::Mutex<DirectState>,
+    /// The aligned copy of the whole blocks of a large frame, reused between writes.
+    direct_buf: parking_lot::Mutex<crate::disk::AlignedBuf>,
     /// Frames of at least this many bytes are written with O_DIRECT.
     direct_write_bytes_min: std::sync::atomic::AtomicUsize,
     /// Where the last read of whole batches ended: a shipper's next read starts there instead
@@ -297,13 +298,6 @@ struct ReadHint {
 /// buffered rate that way.
 pub const DIRECT_WRITE_BYTES_MIN: usize = 256 << 10;
 
-#[derive(Debug, Default)]
-struct DirectState {
-    buf: crate::disk::AlignedBuf,
-    /// The bytes of the last partial block after a direct write, and where that block starts.
-    tail: Option<(u64, Vec<u8>)>,
-}
-
 impl Segment {
     /// Creates the segment file `{base_offset}.seg` in `dir`, pre-allocated to `size_bytes`,
     /// and writes its header. Neither the file nor its name is durable until the caller syncs
@@ -339,7 +333,7 @@ impl Segment {
             end_offset: AtomicU64::new(base_offset),
             max_timestamp_ms: AtomicU64::new(0),
             index: RwLock::new(Vec::new()),
-            direct: parking_lot::Mutex::new(DirectState::default()),
+            direct_buf: parking_lot::Mutex::new(crate::disk::AlignedBuf::default()),
             direct_write_bytes_min: std::sync::atomic::AtomicUsize::new(DIRECT_WRITE_BYTES_MIN),
             read_hint: parking_lot::Mutex::new(ReadHint::default()),
             sync_state: parking_lot::Mutex::new(SyncState::default()),
@@ -426,7 +420,6 @@ impl Segment {
             hint.generation += 1;
             hint.at = None;
         }
-        self.direct.lock().tail = None;
         self.max_timestamp_ms.store(max_timestamp_ms, Ordering::Release);
         self.end_pos.store(end_pos, Ordering::Release);
         self.end_offset.store(end_offset, Ordering::Release);
@@ -459,8 +452,7 @@ impl Segment {
         assert!(end_offset > first, "empty frame");
         let new_end = pos + frames.len() as u64;
         assert!(new_end <= self.size_bytes, "frame does not fit in {}", self.path.display());
-        if !self.write_direct(pos, frames)? {
-            self.direct.lock().tail = None;
+        if !self.write_around_page_cache(pos, frames)? {
             self.file.write_at(pos, frames).map_err(|e| Error::io(&self.path, e))?;
         }
         for &(rel, base) in starts {
@@ -472,35 +464,46 @@ impl Segment {
         Ok(())
     }
 
-    /// Writes a large frame with O_DIRECT: whole aligned blocks, starting with the bytes
-    /// already in the block where the frame begins and ending in zeros (only zeros may follow
-    /// the last frame). Returns false when it did not write (small frame, no support).
-    fn write_direct(&self, pos: u64, frame_bytes: &[u8]) -> Result<bool> {
+    /// Writes a large frame mostly around the page cache: the whole blocks strictly inside the
+    /// frame with O_DIRECT, and its head (up to the first block boundary) and tail (after the
+    /// last whole block) through the page cache. A direct write thus never shares a block with
+    /// a buffered write or with bytes a reader may see through the map (open(2) warns against
+    /// mixing the two on one block), and no byte before `pos` (published) or after the frame is
+    /// written. Returns false, having written nothing, when the frame is below the threshold,
+    /// holds no whole block, or the file layer has no direct writes.
+    fn write_around_page_cache(&self, pos: u64, frame_bytes: &[u8]) -> Result<bool> {
         let align = crate::disk::DIRECT_ALIGN_BYTES as u64;
-        let block_start = pos - pos % align;
-        let padded_end = (pos + frame_bytes.len() as u64).next_multiple_of(align);
-        // Block 0 holds the segment header: it stays in the page cache for cheap opens.
-        let direct_min = self.direct_write_bytes_min.load(Ordering::Relaxed);
-        if frame_bytes.len() < direct_min || padded_end > self.size_bytes || block_start == 0 {
-            return Ok(false);
-        }
-        let mut direct = self.direct.lock();
-        let head = match direct.tail.take() {
-            Some((start, bytes)) if start == block_start && start + bytes.len() as u64 == pos => bytes,
-            _ => self.bytes(block_start, pos)?.to_vec(),
-        };
-        let DirectState { buf, tail } = &mut *direct;
-        buf.clear();
-        buf.extend_from_slice(&head);
-        buf.extend_from_slice(frame_bytes);
         let end = pos + frame_bytes.len() as u64;
-        let last_block = end - end % align;
-        let tail_bytes = buf.as_slice().get((last_block - block_start) as usize..).unwrap_or_default().to_vec();
-        buf.pad_to_alignment();
-        if !self.file.write_direct(block_start, buf.as_slice()).map_err(|e| Error::io(&self.path, e))? {
+        let (inner_start, inner_end) = (pos.next_multiple_of(align), end - end % align);
+        let direct_min = self.direct_write_bytes_min.load(Ordering::Relaxed);
+        if frame_bytes.len() < direct_min || inner_start >= inner_end {
             return Ok(false);
         }
-        *tail = Some((last_block, tail_bytes));
+        // The segment header is in block 0, before every frame: it always stays buffered.
+        debug_assert!(inner_start >= align && pos >= SEGMENT_HEADER_BYTES);
+        let rel = |at: u64| (at - pos) as usize;
+        let (head, rest) = frame_bytes.split_at(rel(inner_start));
+        let (inner, tail) = rest.split_at(rel(inner_end) - rel(inner_start));
+        // The whole blocks first: if the file layer refuses them, nothing is written yet and
+        // the caller writes the whole frame through the page cache.
+        let io = |e| Error::io(&self.path, e);
+        let written = if (inner.as_ptr() as usize).is_multiple_of(align as usize) {
+            self.file.write_direct(inner_start, inner).map_err(io)?
+        } else {
+            let mut buf = self.direct_buf.lock();
+            buf.clear();
+            buf.extend_from_slice(inner);
+            self.file.write_direct(inner_start, buf.as_slice()).map_err(io)?
+        };
+        if !written {
+            return Ok(false);
+        }
+        if !head.is_empty() {
+            self.file.write_at(pos, head).map_err(io)?;
+        }
+        if !tail.is_empty() {
+            self.file.write_at(inner_end, tail).map_err(io)?;
+        }
         Ok(true)
     }
 
@@ -556,7 +559,9 @@ impl Segment {
         }
     }
 
-    /// The bytes `from_pos..to_pos`, zero-copy on [`crate::disk::OsDisk`].
+    /// The bytes `from_pos..to_pos`: on [`crate::disk::OsDisk`] a slice of the map when they
+    /// are in the page cache, a copy otherwise. The residency check costs one `mincore` over
+    /// the whole range, so ask for what will be looked at, not for the rest of the segment.
     pub fn bytes(&self, from_pos: u64, to_pos: u64) -> Result<Bytes> {
         self.file.read_at(from_pos, to_pos.saturating_sub(from_pos)).map_err(|e| Error::io(&self.path, e))
     }
@@ -564,9 +569,24 @@ impl Segment {
     /// Walks frames from `from_pos` (where offset `from_offset` must start) verifying each
     /// checksum (when `verify`) and the offset continuity, until a zero length, the end of the
     /// file, `to_pos`, or the first invalid frame.
+    ///
+    /// Reads [`SCAN_WINDOW_BYTES`] at a time (more when one frame is longer), so a range not
+    /// in the page cache, which the file layer copies, is copied a window at a time.
     pub fn scan(&self, from_pos: u64, from_offset: u64, to_pos: Option<u64>, verify: bool) -> Result<ScanReport> {
+        self.scan_in_windows(from_pos, from_offset, to_pos, verify, SCAN_WINDOW_BYTES)
+    }
+
+    fn scan_in_windows(
+        &self,
+        from_pos: u64,
+        from_offset: u64,
+        to_pos: Option<u64>,
+        verify: bool,
+        window_bytes: u64,
+    ) -> Result<ScanReport> {
         let limit = to_pos.unwrap_or(self.size_bytes).min(self.size_bytes);
-        let bytes = self.bytes(from_pos, limit)?;
+        let mut window_start = from_pos;
+        let mut bytes = self.bytes(from_pos, limit.min(from_pos.saturating_add(window_bytes)))?;
         let mut report = ScanReport {
             end_pos: from_pos,
             end_offset: from_offset,
@@ -576,8 +596,16 @@ impl Segment {
             problem: None,
         };
         let mut last_indexed: Option<u64> = None;
-        let mut rel = 0usize;
-        while let Some(rest) = bytes.get(rel..) {
+        while let Some(rest) = bytes.get((report.end_pos - window_start) as usize..) {
+            // A frame the window cuts off is read again in a window of its own, so every
+            // decision below sees what a read of everything up to `limit` would show.
+            let needed = frame_bytes_needed(rest);
+            if rest.len() < needed && window_start + (bytes.len() as u64) < limit {
+                window_start = report.end_pos;
+                let end = limit.min(window_start.saturating_add(window_bytes.max(needed as u64)));
+                bytes = self.bytes(window_start, end)?;
+                continue;
+            }
             if rest.len() < frame::FRAME_PREFIX_BYTES {
                 if rest.iter().any(|b| *b != 0) {
                     report.problem = Some((
@@ -605,7 +633,6 @@ impl Segment {
                         report.entries.push(IndexEntry { offset: report.end_offset, pos: report.end_pos });
                         last_indexed = Some(report.end_pos);
                     }
-                    rel += frame_len;
                     report.end_pos += frame_len as u64;
                     report.end_offset = header.end_offset();
                     report.max_timestamp_ms = report.max_timestamp_ms.max(header.max_timestamp_ms);
@@ -681,7 +708,6 @@ impl Segment {
     /// Overwrites with zeros every non-zero byte from `from_pos` to the end of the file, so
     /// that stale frames past a cut can never be mistaken for data. Not durable until synced.
     pub fn zero_tail(&self, from_pos: u64) -> Result<()> {
-        self.direct.lock().tail = None;
         let Some(end) = self.nonzero_end(from_pos)? else { return Ok(()) };
         let zeros = vec![0u8; 1 << 20];
         let mut pos = from_pos;
@@ -722,6 +748,17 @@ impl Segment {
     pub fn lock_sync(&self) -> SyncGuard<'_> {
         SyncGuard { segment: self, state: self.sync_state.lock() }
     }
+}
+
+/// Bytes [`Segment::scan`] reads and walks at a time (more when one frame is longer).
+pub const SCAN_WINDOW_BYTES: u64 = 4 << 20;
+
+/// Bytes at the start of `rest` that decoding a frame there looks at: the prefix, and the
+/// body its length declares when that is within the frame limit (a longer one is an error
+/// found from the prefix alone).
+fn frame_bytes_needed(rest: &[u8]) -> usize {
+    let body_len = frame::peek_body_len(rest).filter(|len| *len <= frame::FRAME_BODY_BYTES_MAX).unwrap_or(0);
+    frame::FRAME_PREFIX_BYTES + body_len as usize
 }
 
 /// Decodes the frame at the start of `bytes` and returns it with its byte length, mapping a
@@ -831,8 +868,142 @@ mod tests {
             assert_eq!(frame.records().next().unwrap().value, value.as_slice());
             rel += frame.frame_len;
         }
-        // Only zeros after the end, padding included.
+        // Only zeros after the end: a direct write never pads its last block.
         assert!(seg.bytes(seg.end_pos(), seg.size_bytes()).unwrap().iter().all(|b| *b == 0));
+    }
+
+    /// Every write to the file it wraps, with its range and whether it went around the page
+    /// cache.
+    #[derive(Debug)]
+    struct RecordingFile {
+        inner: Arc<dyn DiskFile>,
+        writes: parking_lot::Mutex<Vec<(std::ops::Range<u64>, bool)>>,
+    }
+
+    impl DiskFile for RecordingFile {
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn write_at(&self, pos: u64, bytes: &[u8]) -> io::Result<()> {
+            self.writes.lock().push((pos..pos + bytes.len() as u64, false));
+            self.inner.write_at(pos, bytes)
+        }
+        fn read_at(&self, pos: u64, len_bytes: u64) -> io::Result<Bytes> {
+            self.inner.read_at(pos, len_bytes)
+        }
+        fn write_direct(&self, pos: u64, bytes: &[u8]) -> io::Result<bool> {
+            let written = self.inner.write_direct(pos, bytes)?;
+            if written {
+                self.writes.lock().push((pos..pos + bytes.len() as u64, true));
+            }
+            Ok(written)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.inner.sync_data()
+        }
+        fn set_len(&self, len_bytes: u64) -> io::Result<()> {
+            self.inner.set_len(len_bytes)
+        }
+    }
+
+    fn large_frame(base: u64, value_len: usize, fill: u8) -> (Vec<u8>, Vec<u8>) {
+        let value = vec![fill; value_len];
+        let mut out = Vec::new();
+        encode(&mut out, &BatchMeta { base_offset: base, ..Default::default() }, &[Record::new(&value, 1)]).unwrap();
+        (out, value)
+    }
+
+    /// A large frame that follows another large one directly, on a real file: only its own
+    /// bytes are written, the whole blocks inside it with O_DIRECT. Sentinels just before its
+    /// start (in the last block of the frame before, already published) and just after its
+    /// end (in its own last block) survive, seen through a map slice taken before the write
+    /// and through a fresh read after it.
+    #[test]
+    fn a_direct_write_touches_no_byte_outside_its_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = crate::disk::OsDisk::new();
+        let path = dir.path().join(segment_file_name(0));
+        let file = disk.create(&path, 8 << 20).unwrap();
+        file.write_at(0, &encode_segment_header(0)).unwrap();
+        let recording = Arc::new(RecordingFile { inner: file, writes: parking_lot::Mutex::new(Vec::new()) });
+        let seg = Segment::with_file(path, recording.clone(), 0, 8 << 20, 4096);
+        seg.append(&frame_of(0, 1), 0, 1, 1).unwrap();
+        let (b, _) = large_frame(1, 300 << 10, 0xb0);
+        seg.append(&b, 1, 2, 1).unwrap();
+        let (c, c_value) = large_frame(2, 400 << 10, 0xc0);
+        let c_pos = seg.end_pos();
+        let c_end = c_pos + c.len() as u64;
+        assert!(
+            !c_pos.is_multiple_of(4096) && !c_end.is_multiple_of(4096),
+            "the frame shares its first and last blocks"
+        );
+        let sentinel = [0x5au8; 16];
+        seg.file().write_at(c_pos - 16, &sentinel).unwrap();
+        seg.file().write_at(c_end, &sentinel).unwrap();
+        let before = seg.bytes(c_pos - 16, c_pos).unwrap();
+        let after = seg.bytes(c_end, c_end + 16).unwrap();
+        recording.writes.lock().clear();
+
+        seg.append(&c, 2, 3, 1).unwrap();
+
+        let mut writes = recording.writes.lock().clone();
+        writes.sort_by_key(|(range, _)| range.start);
+        let mut covered = c_pos;
+        for (range, direct) in &writes {
+            assert_eq!(range.start, covered, "writes {writes:?} cover the frame exactly once");
+            covered = range.end;
+            if *direct {
+                assert!(range.start.is_multiple_of(4096) && range.end.is_multiple_of(4096), "{range:?}");
+            }
+        }
+        assert_eq!(covered, c_end, "writes {writes:?}");
+        if !writes.iter().any(|(_, direct)| *direct) {
+            eprintln!("this file system has no O_DIRECT; the frame was written through the page cache");
+        }
+        assert_eq!(&before[..], &sentinel, "the published bytes before the frame are untouched");
+        assert_eq!(&after[..], &sentinel, "the bytes after the frame are untouched");
+        assert_eq!(&seg.bytes(c_pos - 16, c_pos).unwrap()[..], &sentinel);
+        assert_eq!(&seg.bytes(c_end, c_end + 16).unwrap()[..], &sentinel);
+        let bytes = seg.bytes(c_pos, c_end).unwrap();
+        let frame = crate::frame::decode(&bytes).unwrap().unwrap();
+        assert_eq!(frame.records().next().unwrap().value, c_value.as_slice());
+    }
+
+    /// Scanning in windows finds exactly what one read of everything finds: frames across
+    /// window edges, frames longer than a window, a damaged frame, a limit inside a frame, and
+    /// stale bytes after the end.
+    #[test]
+    fn a_scan_in_windows_finds_what_a_scan_of_everything_finds() {
+        let disk = SimDisk::new();
+        let seg = Segment::create(&disk, Path::new("/log"), 0, 1 << 20, 1000).unwrap();
+        let mut starts = vec![(SEGMENT_HEADER_BYTES, 0)];
+        for (i, len) in [10usize, 3000, 5, 70_000, 700, 1, 20_000, 64].into_iter().enumerate() {
+            let (frame, _) = large_frame(i as u64, len, i as u8);
+            seg.append(&frame, i as u64, i as u64 + 1, 1).unwrap();
+            starts.push((seg.end_pos(), i as u64 + 1));
+        }
+        let end = seg.end_pos();
+        let compare = |label: &str| {
+            for &(from_pos, from_offset) in &starts {
+                for to_pos in [None, Some(end), Some(end - 3), Some(end + 5), Some(40_000)] {
+                    for verify in [true, false] {
+                        let whole = seg.scan_in_windows(from_pos, from_offset, to_pos, verify, u64::MAX).unwrap();
+                        for window_bytes in [1, 64, 1000, 4096, 65_536] {
+                            let windowed =
+                                seg.scan_in_windows(from_pos, from_offset, to_pos, verify, window_bytes).unwrap();
+                            assert_eq!(windowed, whole, "{label}: from {from_pos} to {to_pos:?} in {window_bytes}");
+                        }
+                    }
+                }
+            }
+        };
+        compare("clean");
+        disk.flip_bit(seg.path(), starts[4].0 + 100, 2).unwrap();
+        compare("a damaged frame");
+        seg.file().write_at(end + 2, b"stale").unwrap();
+        compare("stale bytes after the end");
+        seg.file().write_at(starts[6].0, &[0, 0, 0, 0]).unwrap();
+        compare("a zero length in the middle");
     }
 
     #[test]
