@@ -19,12 +19,15 @@ pub use log::{now_ms, AppendOptions, Appended, Durability, Log, LogOptions, LogS
 pub use read::{BatchRef, ReadRecord, Reader};
 pub use tern_segment::frame::Record;
 
-/// A named failpoint (the `fail` crate): a pause or fault that a test turns on to make a race
-/// happen on purpose. Compiled to nothing without the `failpoints` feature.
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
+
+/// A named pause point (`tern_wal::failpoints`, with the `failpoints` feature): a test can hold
+/// a thread here to make a race happen on purpose. Compiled to nothing without the feature.
 macro_rules! fail_point {
     ($name:literal) => {
         #[cfg(feature = "failpoints")]
-        fail::fail_point!($name);
+        crate::failpoints::hit($name);
     };
 }
 pub(crate) use fail_point;

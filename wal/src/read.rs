@@ -198,9 +198,8 @@ impl Reader {
     /// that starts there (when it is complete): from the current window when it does, else from
     /// a new window read at `self.pos`.
     fn window_at(&mut self, segment: &Segment, end_pos: u64) -> Result<Bytes> {
-        let frame_end = |bytes: &Bytes| {
-            frame::peek_body_len(bytes).map(|len| u64::from(len) + frame::FRAME_PREFIX_BYTES as u64)
-        };
+        let frame_end =
+            |bytes: &Bytes| frame::peek_body_len(bytes).map(|len| u64::from(len) + frame::FRAME_PREFIX_BYTES as u64);
         if let Some((start, window)) = &self.window {
             let rel = self.pos.checked_sub(*start).and_then(|r| usize::try_from(r).ok());
             if let Some(rest) = rel.and_then(|rel| window.get(rel..).map(|_| window.slice(rel..))) {

@@ -1,6 +1,5 @@
 //! Races made to happen on purpose with named pauses inside the log (the `failpoints` feature).
-//! Failpoints are process-wide, so each test holds a `FailScenario`, which runs them one at a
-//! time.
+//! Pause points are process-wide: each test names its own.
 
 mod common;
 
@@ -16,7 +15,6 @@ use tern_wal::{AppendOptions, CommitMode, Committer, Durability, Log, Record, Vi
 /// refuse to open ("486 bytes missing" once): it belongs to the generation before the cut.
 #[test]
 fn a_checkpoint_written_after_a_truncation_for_a_sync_before_it_is_never_trusted() {
-    let scenario = fail::FailScenario::setup();
     let disk = SimDisk::new();
     let shared: Arc<dyn Disk> = Arc::new(disk.clone());
     // Leader mode: a synced append returns only once its group completed, checkpoint included,
@@ -26,7 +24,7 @@ fn a_checkpoint_written_after_a_truncation_for_a_sync_before_it_is_never_trusted
     for i in 0..10 {
         log.append(&[&value_of(&format!("record {i}:"), 40)], Durability::Local).unwrap();
     }
-    fail::cfg("complete_sync::before_checkpoint", "pause").unwrap();
+    tern_wal::failpoints::pause("complete_sync::before_checkpoint");
     let late = log
         .append_records(&[Record::new(&value_of("late:", 300), tern_wal::now_ms())], AppendOptions::default())
         .unwrap();
@@ -37,7 +35,7 @@ fn a_checkpoint_written_after_a_truncation_for_a_sync_before_it_is_never_trusted
         std::thread::yield_now();
     }
     log.truncate_suffix(5).unwrap();
-    fail::remove("complete_sync::before_checkpoint");
+    tern_wal::failpoints::resume("complete_sync::before_checkpoint");
     let _ = waiter.join().unwrap();
     committer.stop();
     drop(log);
@@ -51,5 +49,4 @@ fn a_checkpoint_written_after_a_truncation_for_a_sync_before_it_is_never_trusted
         assert_eq!((*offset, value), (i as u64, &value_of(&format!("record {i}:"), 40)));
     }
     committer.stop();
-    scenario.teardown();
 }
