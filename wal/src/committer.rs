@@ -193,10 +193,10 @@ impl Committer {
     pub fn finish_replay(&self) -> Result<()> {
         let Some(journal) = &self.shared.journal else { return Ok(()) };
         let mut journal = journal.lock();
-        let left = std::mem::take(&mut *self.shared.replay.lock());
+        // Checked, not taken: a refused call must leave the entries for the logs still to open.
+        let left: Vec<String> = self.shared.replay.lock().keys().cloned().collect();
         if !left.is_empty() {
-            let names: Vec<_> = left.keys().cloned().collect();
-            return Err(Error::Invalid(format!("journal entries of logs {names:?} were not replayed")));
+            return Err(Error::Invalid(format!("journal entries of logs {left:?} were not replayed")));
         }
         switch(&self.shared, &mut journal, false)
     }

@@ -1,0 +1,145 @@
+//! Boundaries of the durability paths that a mutation check (`cargo mutants` on the log, the
+//! committer, the meta and the segment) found no test watching: offsets just outside a log's
+//! range, an index file that belongs to another segment, journal replay that must open exactly
+//! the logs it names, and a sealed segment that holds nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::*;
+use tern_segment::sim::{SimDisk, Tear};
+use tern_segment::Disk;
+use tern_wal::{Committer, Durability, Error, JournalOptions, Log, Visibility};
+
+#[test]
+fn a_suffix_truncation_outside_the_log_is_refused_and_changes_nothing() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).unwrap();
+    for i in 0..40 {
+        log.append(&[&value_of(&format!("r{i}"), 300)], Durability::Local).unwrap();
+    }
+    let start = log.truncate_prefix(20).unwrap();
+    assert!(start > 0, "whole segments went");
+    let before = contents(&log, Visibility::Durable);
+    for offset in [start - 1, 0, 41, u64::MAX] {
+        assert!(
+            matches!(log.truncate_suffix(offset), Err(Error::OffsetOutOfRange { .. })),
+            "truncate_suffix({offset}) on {start}..40"
+        );
+    }
+    assert!(!log.is_fenced());
+    assert_eq!(contents(&log, Visibility::Durable), before);
+    // The edges themselves are accepted: the end cuts nothing, the start cuts everything.
+    log.truncate_suffix(40).unwrap();
+    assert_eq!(contents(&log, Visibility::Durable), before);
+    log.truncate_suffix(start).unwrap();
+    assert_eq!((log.start_offset(), log.written_end()), (start, start));
+    committer.stop();
+}
+
+/// An index file is trusted at open only when it describes its own segment: one copied from
+/// another segment (or naming bytes past the file) is ignored, the segment is scanned instead,
+/// and every record reads back.
+#[test]
+fn an_index_file_of_another_segment_is_never_trusted() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).unwrap();
+    let mut sent = Vec::new();
+    for i in 0..60 {
+        let v = value_of(&format!("r{i}"), 300);
+        log.append(&[&v], Durability::Local).unwrap();
+        sent.push(v);
+    }
+    let segments = log.segments();
+    assert!(segments.len() >= 4);
+    log.close().unwrap();
+    drop(log);
+    // The first sealed segment gets the index of the second.
+    let (first, second) = (segments[0].index_path(), segments[1].index_path());
+    let other = disk.open(&second).unwrap();
+    let bytes = other.read_at(0, other.len().unwrap()).unwrap();
+    disk.remove(&first).unwrap();
+    let copy = disk.create(&first, 0).unwrap();
+    copy.write_at(0, &bytes).unwrap();
+    copy.sync_data().unwrap();
+    disk.sync_dir(log_dir()).unwrap();
+    disk.crash(Tear::None);
+    let log = open(&disk, &committer).unwrap();
+    let got: Vec<Vec<u8>> = contents(&log, Visibility::Durable).into_iter().map(|(_, v)| v).collect();
+    assert_eq!(got, sent);
+    committer.stop();
+}
+
+fn journal_options() -> JournalOptions {
+    JournalOptions {
+        dir: PathBuf::from("/data/journal"),
+        file_bytes: tern_wal::journal::JOURNAL_HEADER_BYTES + (64 << 10),
+    }
+}
+
+fn log_path(name: &str) -> PathBuf {
+    Path::new("/data/logs").join(name)
+}
+
+/// After a power loss, the journal names exactly the logs it holds entries for, and refuses
+/// to start a new file until each of them was opened (which replays its entries): starting
+/// one first would make their batches stale before they were written back.
+#[test]
+fn journal_replay_names_exactly_its_logs_and_waits_for_each_to_be_opened() {
+    let disk = SimDisk::new();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    {
+        let committer = Committer::start_with_journal(shared.clone(), &journal_options()).unwrap();
+        committer.finish_replay().unwrap();
+        for name in ["orders", "events"] {
+            let log =
+                Log::open(shared.clone(), &log_path(name), name, small_options(), committer.clone(), true).unwrap();
+            log.append(&[name.as_bytes()], Durability::Local).unwrap();
+        }
+        let idle = Log::open(shared.clone(), &log_path("idle"), "idle", small_options(), committer.clone(), true);
+        drop(idle);
+    }
+    disk.crash(Tear::None);
+    let committer = Committer::start_with_journal(shared.clone(), &journal_options()).unwrap();
+    assert_eq!(committer.replay_names(), ["events", "orders"]);
+    let orders =
+        Log::open(shared.clone(), &log_path("orders"), "orders", small_options(), committer.clone(), false).unwrap();
+    assert!(committer.finish_replay().is_err(), "events still has entries to replay");
+    let events =
+        Log::open(shared.clone(), &log_path("events"), "events", small_options(), committer.clone(), false).unwrap();
+    committer.finish_replay().unwrap();
+    assert_eq!(contents(&orders, Visibility::Durable), vec![(0, b"orders".to_vec())]);
+    assert_eq!(contents(&events, Visibility::Durable), vec![(0, b"events".to_vec())]);
+    committer.stop();
+}
+
+/// A sealed segment is synced whole before the next one is created, so one that holds no
+/// record is damage, reported at open with its file.
+#[test]
+fn a_sealed_segment_without_records_is_corruption() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).unwrap();
+    for i in 0..30 {
+        log.append(&[&value_of(&format!("r{i}"), 300)], Durability::Local).unwrap();
+    }
+    let segments = log.segments();
+    log.close().unwrap();
+    drop(log);
+    // The second segment loses its frames and its index: a header and zeros are left.
+    let path = segments[1].path().to_path_buf();
+    disk.remove(&segments[1].index_path()).unwrap();
+    let file = disk.open(&path).unwrap();
+    file.write_at(tern_segment::segment::SEGMENT_HEADER_BYTES, &[0u8; 4096 - 32]).unwrap();
+    file.sync_data().unwrap();
+    disk.sync_dir(log_dir()).unwrap();
+    match open(&disk, &committer) {
+        Err(Error::Segment(tern_segment::Error::Corrupt { file, .. })) => assert_eq!(file, path),
+        other => panic!("{other:?}"),
+    }
+    committer.stop();
+}
