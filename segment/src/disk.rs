@@ -639,9 +639,10 @@ impl OsFile {
         //   a map lies past the end of its file;
         // - readers look only at bytes below an end that was published after they were
         //   completely written, and those bytes are never written again (a direct write covers
-        //   only the whole blocks inside its own frame). The one exception is a cut: a suffix
-        //   truncation or a recovery that drops a torn tail zeroes the bytes it removes, and a
-        //   reader still holding a slice of them sees them turn to zeros (never a fault).
+        //   only the whole blocks inside its own frame). A suffix truncation inside a segment
+        //   does not zero the bytes it removes: it renames a copy of what it keeps over the
+        //   file, and this map (of the old file, which lives on while mapped) never changes.
+        //   Only recovery writes zeros over published bytes (a torn tail), before any reader.
         // Residual risk: a page not in the page cache is read from the disk on first touch, and
         // a media error there is SIGBUS, which kills the process. `read_at` hands out map
         // slices only for ranges whose pages are all resident and copies the others with

@@ -143,3 +143,28 @@ fn a_sealed_segment_without_records_is_corruption() {
     }
     committer.stop();
 }
+
+/// A segment of zeros after the newest one the meta records (what a build that created
+/// segments in place could leave after a crash during a roll) holds nothing: the log opens
+/// without it, verify agrees, and appends continue.
+#[test]
+fn a_segment_of_zeros_past_the_newest_recorded_one_is_removed_at_open() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).unwrap();
+    for i in 0..20 {
+        log.append(&[&value_of(&format!("r{i}"), 300)], Durability::Local).unwrap();
+    }
+    let end = log.written_end();
+    log.close().unwrap();
+    drop(log);
+    let stray = log_dir().join(tern_segment::segment::segment_file_name(end));
+    disk.create(&stray, 4096).unwrap();
+    disk.sync_dir(log_dir()).unwrap();
+    let report = tern_wal::verify::verify_log(&disk, log_dir(), &mut |_| {}).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    let log = open(&disk, &committer).unwrap();
+    assert_eq!(log.written_end(), end);
+    assert_eq!(log.append(&[b"next"], Durability::Local).unwrap(), end..end + 1);
+    committer.stop();
+}
