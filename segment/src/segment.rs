@@ -1022,6 +1022,25 @@ mod tests {
         assert_eq!((report.end_offset, report.problem), (2, None));
     }
 
+    /// After a failed sync the kernel may have dropped the dirty pages, and a second fsync
+    /// reports success: a segment never tries again, whichever path asks.
+    #[test]
+    fn a_segment_whose_sync_failed_never_syncs_again() {
+        let disk = SimDisk::new();
+        let seg = Segment::create(&disk, Path::new("/log"), 0, 4096, 64).unwrap();
+        seg.append(&frame_of(0, 2), 0, 2, 1).unwrap();
+        seg.sync().unwrap();
+        seg.append(&frame_of(2, 2), 2, 4, 1).unwrap();
+        disk.fail_next(crate::sim::FaultOp::Sync, libc::EIO);
+        assert!(seg.sync().is_err());
+        let syncs = disk.sync_points();
+        for _ in 0..2 {
+            assert!(seg.sync().is_err(), "a later sync must fail too");
+            assert!(seg.lock_sync().check().is_err());
+        }
+        assert_eq!(disk.sync_points(), syncs, "and never reach the disk");
+    }
+
     #[test]
     fn zero_tail_erases_stale_frames() {
         let disk = SimDisk::new();

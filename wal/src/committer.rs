@@ -296,36 +296,37 @@ impl Committer {
     }
 }
 
-/// Syncs `segments` together with `extra` files ([`Disk::sync_files`]) and returns the results
-/// of each, in order. Each segment is synced under its sync lock, taken in one global order
-/// (by address) so that two callers never wait for each other: a segment whose earlier sync
-/// failed is not synced again and fails at once ([`tern_segment::segment::SyncGuard`]).
+/// Syncs `segments` (distinct) together with `extra` files ([`Disk::sync_files`]) and returns
+/// the results of each, in order. Each segment is synced under its sync lock, taken in one
+/// global order (by address) so that two callers never wait for each other: a segment whose
+/// earlier sync failed is not synced again and fails at once
+/// ([`tern_segment::segment::SyncGuard`]).
 fn sync_segments(
     shared: &Shared,
     segments: &[&Segment],
     extra: &[&dyn DiskFile],
 ) -> (Vec<io::Result<()>>, Vec<io::Result<()>>) {
+    let address = |i: &usize| segments.get(*i).map_or(0, |s| std::ptr::from_ref::<Segment>(s) as usize);
     let mut order: Vec<usize> = (0..segments.len()).collect();
-    order.sort_by_key(|&i| segments.get(i).map_or(0, |s| std::ptr::from_ref::<Segment>(s) as usize));
-    order.dedup_by_key(|i| segments.get(*i).map_or(0, |s| std::ptr::from_ref::<Segment>(s) as usize));
+    order.sort_by_key(address);
+    debug_assert!(order.windows(2).all(|w| address(&w[0]) != address(&w[1])), "a segment listed twice");
     let mut guards: Vec<(usize, tern_segment::segment::SyncGuard<'_>)> =
         order.iter().filter_map(|&i| segments.get(i).map(|s| (i, s.lock_sync()))).collect();
-    let mut results: Vec<Option<io::Result<()>>> = (0..segments.len()).map(|_| None).collect();
+    let mut results: Vec<io::Result<()>> = (0..segments.len()).map(|_| Ok(())).collect();
     let mut files: Vec<&dyn DiskFile> = extra.to_vec();
     let mut synced: Vec<usize> = Vec::with_capacity(guards.len());
     for (g, (i, guard)) in guards.iter().enumerate() {
-        match guard.check() {
-            Ok(()) => {
-                if let Some(segment) = segments.get(*i) {
-                    files.push(&**segment.file());
-                    synced.push(g);
-                }
+        match (guard.check(), segments.get(*i)) {
+            (Ok(()), Some(segment)) => {
+                files.push(&**segment.file());
+                synced.push(g);
             }
-            Err(e) => {
+            (Err(e), _) => {
                 if let Some(slot) = results.get_mut(*i) {
-                    *slot = Some(Err(io::Error::other(e.to_string())));
+                    *slot = Err(io::Error::other(e.to_string()));
                 }
             }
+            (Ok(()), None) => {}
         }
     }
     let mut all = shared.disk.sync_files(&files).into_iter();
@@ -336,29 +337,11 @@ fn sync_segments(
         if let Some((i, guard)) = guards.get_mut(g) {
             let recorded = guard.record(result).map_err(|e| io::Error::other(e.to_string()));
             if let Some(slot) = results.get_mut(*i) {
-                *slot = Some(recorded);
+                *slot = recorded;
             }
         }
     }
-    drop(guards);
-    // A segment listed twice shares the result of its one sync.
-    for i in 0..segments.len() {
-        if results.get(i).is_some_and(Option::is_none) {
-            let twin = (0..segments.len()).find(|&j| {
-                j != i
-                    && results.get(j).is_some_and(Option::is_some)
-                    && segments.get(j).map(|s| std::ptr::from_ref::<Segment>(s))
-                        == segments.get(i).map(|s| std::ptr::from_ref::<Segment>(s))
-            });
-            let shared_result = twin
-                .and_then(|j| results.get(j).and_then(|r| r.as_ref()))
-                .map(|r| r.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
-            if let Some(slot) = results.get_mut(i) {
-                *slot = shared_result;
-            }
-        }
-    }
-    (extra_results, results.into_iter().map(|r| r.unwrap_or_else(|| Err(io::Error::other("not synced")))).collect())
+    (extra_results, results)
 }
 
 /// Starts the other journal file, once nothing in the current one is needed any more: the
