@@ -168,3 +168,53 @@ fn a_segment_of_zeros_past_the_newest_recorded_one_is_removed_at_open() {
     assert_eq!(log.append(&[b"next"], Durability::Local).unwrap(), end..end + 1);
     committer.stop();
 }
+
+/// A committer stopped before every log with journal entries was opened keeps those entries
+/// (it must not start a new, clean journal file over them): the next start still replays them.
+#[test]
+fn stopping_before_a_log_was_replayed_keeps_its_journal_entries() {
+    let disk = SimDisk::new();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    {
+        let committer = Committer::start_with_journal(shared.clone(), &journal_options()).unwrap();
+        committer.finish_replay().unwrap();
+        let log =
+            Log::open(shared.clone(), &log_path("orders"), "orders", small_options(), committer.clone(), true).unwrap();
+        log.append(&[b"acked"], Durability::Local).unwrap();
+    }
+    disk.crash(Tear::None);
+    let committer = Committer::start_with_journal(shared.clone(), &journal_options()).unwrap();
+    assert_eq!(committer.replay_names(), ["orders"]);
+    committer.stop(); // before opening "orders"
+    disk.crash(Tear::None);
+    let committer = Committer::start_with_journal(shared.clone(), &journal_options()).unwrap();
+    let log =
+        Log::open(shared.clone(), &log_path("orders"), "orders", small_options(), committer.clone(), false).unwrap();
+    committer.finish_replay().unwrap();
+    assert_eq!(contents(&log, Visibility::Durable), vec![(0, b"acked".to_vec())]);
+    committer.stop();
+}
+
+/// `check_tail` reads every frame of the last segment: damage anywhere in it is an error
+/// naming the file and the frame's byte, and an intact segment passes.
+#[test]
+fn check_tail_finds_damage_anywhere_in_the_last_segment() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).unwrap();
+    for i in 0..6 {
+        log.append(&[&value_of(&format!("r{i}"), 100)], Durability::Local).unwrap();
+    }
+    log.check_tail().unwrap();
+    let last = log.segments().last().cloned().unwrap();
+    let frame = u64::from(u32::from_le_bytes(last.bytes(32, 36).unwrap()[..].try_into().unwrap())) + 8;
+    let damaged = 32 + 4 * frame;
+    disk.flip_bit(last.path(), damaged + 30, 1).unwrap();
+    match log.check_tail() {
+        Err(Error::Segment(tern_segment::Error::Corrupt { file, pos, .. })) => {
+            assert_eq!((file.as_path(), pos), (last.path(), damaged));
+        }
+        other => panic!("{other:?}"),
+    }
+    committer.stop();
+}
