@@ -62,6 +62,7 @@ impl Config {
             segment_size_bytes: self.segment_size_bytes,
             index_interval_bytes: self.index_interval_bytes,
             record_bytes_max: self.record_bytes_max,
+            ..LogOptions::default()
         }
     }
 

@@ -182,7 +182,12 @@ pub struct World {
 }
 
 fn log_options() -> LogOptions {
-    LogOptions { segment_size_bytes: 4 << 10, index_interval_bytes: 1024, record_bytes_max: 2048 }
+    LogOptions {
+        segment_size_bytes: 4 << 10,
+        index_interval_bytes: 1024,
+        record_bytes_max: 2048,
+        ..LogOptions::default()
+    }
 }
 
 fn open_log(disk: &SimDisk, committer: &Committer) -> Result<Log, String> {

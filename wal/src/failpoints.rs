@@ -14,6 +14,8 @@ use parking_lot::{Condvar, Mutex};
 
 static PAUSED: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
 static RESUMED: Condvar = Condvar::new();
+/// Threads waiting at each point now.
+static WAITING: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 
 /// From now on, threads that reach the point `name` wait there.
 pub fn pause(name: &'static str) {
@@ -26,10 +28,23 @@ pub fn resume(name: &'static str) {
     RESUMED.notify_all();
 }
 
+/// How many threads wait at the point `name` now.
+pub fn waiting(name: &'static str) -> usize {
+    WAITING.lock().iter().filter(|n| **n == name).count()
+}
+
 /// Called at the point `name`: waits while it is paused.
 pub(crate) fn hit(name: &'static str) {
     let mut paused = PAUSED.lock();
+    if !paused.contains(name) {
+        return;
+    }
+    WAITING.lock().push(name);
     while paused.contains(name) {
         RESUMED.wait(&mut paused);
+    }
+    let mut waiting = WAITING.lock();
+    if let Some(i) = waiting.iter().position(|n| *n == name) {
+        waiting.swap_remove(i);
     }
 }

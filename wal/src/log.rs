@@ -71,7 +71,16 @@ pub struct LogOptions {
     pub index_interval_bytes: u64,
     /// Largest record (key plus value) an append accepts.
     pub record_bytes_max: u64,
+    /// How long a checkpoint slot written after a segment sync may stay unsynced while syncs
+    /// go on (it is always synced at a clean close and at a journal switch): after a power
+    /// loss, records synced within this window are known to be intact only back to an older
+    /// claim. Default [`CHECKPOINT_SYNC_INTERVAL_MS`](crate::meta::CHECKPOINT_SYNC_INTERVAL_MS);
+    /// at most one hour.
+    pub checkpoint_sync_interval_ms: u64,
 }
+
+/// The longest [`LogOptions::checkpoint_sync_interval_ms`] accepted: one hour.
+pub const CHECKPOINT_SYNC_INTERVAL_MS_MAX: u64 = 3_600_000;
 
 impl Default for LogOptions {
     fn default() -> Self {
@@ -79,6 +88,7 @@ impl Default for LogOptions {
             segment_size_bytes: SEGMENT_BYTES_DEFAULT,
             index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
             record_bytes_max: RECORD_BYTES_DEFAULT,
+            checkpoint_sync_interval_ms: crate::meta::CHECKPOINT_SYNC_INTERVAL_MS,
         }
     }
 }
@@ -102,6 +112,12 @@ impl LogOptions {
         let limit = frame::RECORD_BYTES_MAX as u64;
         if self.record_bytes_max == 0 || self.record_bytes_max > limit {
             return invalid(format!("record_bytes_max {} is outside 1..={limit}", self.record_bytes_max));
+        }
+        if self.checkpoint_sync_interval_ms > CHECKPOINT_SYNC_INTERVAL_MS_MAX {
+            return invalid(format!(
+                "checkpoint_sync_interval_ms {} is outside 0..={CHECKPOINT_SYNC_INTERVAL_MS_MAX}",
+                self.checkpoint_sync_interval_ms
+            ));
         }
         Ok(())
     }
@@ -308,7 +324,8 @@ impl Log {
         let RecoveredLog { segments, meta, mut recovered, history } = recover(&*disk, dir, &options)?;
         let last = segments.last().cloned().expect("recovery leaves at least one segment");
         let end = last.end_offset();
-        let checkpoint = CheckpointWriter::open(&*disk, dir)?;
+        let checkpoint = CheckpointWriter::open(&*disk, dir)?
+            .with_sync_interval(Duration::from_millis(options.checkpoint_sync_interval_ms));
         let start = segments.first().map_or(0, |s| s.base_offset());
         let replay = committer.take_replay(name);
         let inner = LogInner {

@@ -255,6 +255,8 @@ pub struct CheckpointWriter {
     unsynced: bool,
     /// When the file was last synced (or opened).
     synced_at: std::time::Instant,
+    /// How long a written slot may stay unsynced while syncs go on.
+    sync_interval: std::time::Duration,
 }
 
 impl CheckpointWriter {
@@ -270,7 +272,22 @@ impl CheckpointWriter {
         } else {
             0
         };
-        Ok(CheckpointWriter { path, file, seq, unsynced: false, synced_at: std::time::Instant::now() })
+        Ok(CheckpointWriter {
+            path,
+            file,
+            seq,
+            unsynced: false,
+            synced_at: std::time::Instant::now(),
+            sync_interval: std::time::Duration::from_millis(CHECKPOINT_SYNC_INTERVAL_MS),
+        })
+    }
+
+    /// Sets how long a written slot may stay unsynced while syncs go on (default
+    /// [`CHECKPOINT_SYNC_INTERVAL_MS`]).
+    #[must_use]
+    pub fn with_sync_interval(mut self, interval: std::time::Duration) -> CheckpointWriter {
+        self.sync_interval = interval;
+        self
     }
 
     /// Reads the newest trusted slot of `generation` from `dir`.
@@ -297,12 +314,10 @@ impl CheckpointWriter {
         Ok(())
     }
 
-    /// True when a slot was written since the last sync and that sync is at least
-    /// [`CHECKPOINT_SYNC_INTERVAL_MS`] old.
+    /// True when a slot was written since the last sync and that sync is at least the sync
+    /// interval old.
     pub fn sync_due(&self, now: std::time::Instant) -> bool {
-        self.unsynced
-            && now.saturating_duration_since(self.synced_at)
-                >= std::time::Duration::from_millis(CHECKPOINT_SYNC_INTERVAL_MS)
+        self.unsynced && now.saturating_duration_since(self.synced_at) >= self.sync_interval
     }
 
     /// The checkpoint file, for syncing it together with others.
@@ -377,6 +392,71 @@ mod tests {
     fn a_claim_outside_the_segment_range_is_corrupt() {
         let bad = Meta { claim: Some(Claim { segment_base: 50, pos: 32, end: 50 }), ..Meta::new_log(1, 0) };
         assert_eq!(Meta::decode(&bad.encode()), Err(CorruptReason::Field("meta segment range or claim")));
+    }
+
+    fn slot_at(disk: &tern_segment::sim::SimDisk, dir: &Path, slot: usize) -> Option<Checkpoint> {
+        let bytes = read_small_file(disk, &dir.join(CHECKPOINT_FILE), 4096).unwrap();
+        Checkpoint::decode(bytes.get(slot * SLOT_BYTES..(slot + 1) * SLOT_BYTES)?)
+    }
+
+    /// Slots alternate, so a torn write of one leaves the other; a reopened writer numbers on
+    /// from the newest slot and writes over the older one.
+    #[test]
+    fn checkpoint_slots_alternate_and_a_reopened_writer_continues_the_numbering() {
+        let disk = tern_segment::sim::SimDisk::new();
+        let dir = Path::new("/log");
+        let mut writer = CheckpointWriter::open(&disk, dir).unwrap();
+        for end in [10, 20, 30] {
+            writer.write(Checkpoint { generation: 7, durable_end: end, ..Default::default() }, true).unwrap();
+        }
+        assert_eq!(writer.seq(), 3);
+        assert_eq!(slot_at(&disk, dir, 1).map(|c| (c.seq, c.durable_end)), Some((3, 30)));
+        assert_eq!(slot_at(&disk, dir, 0).map(|c| (c.seq, c.durable_end)), Some((2, 20)));
+        assert_eq!(CheckpointWriter::read(&disk, dir, 7).unwrap().map(|c| c.durable_end), Some(30));
+
+        let mut writer = CheckpointWriter::open(&disk, dir).unwrap();
+        assert_eq!(writer.seq(), 3, "numbering goes on from the newest slot");
+        writer.write(Checkpoint { generation: 7, durable_end: 40, ..Default::default() }, true).unwrap();
+        assert_eq!(slot_at(&disk, dir, 0).map(|c| (c.seq, c.durable_end)), Some((4, 40)), "over the older slot");
+        assert_eq!(slot_at(&disk, dir, 1).map(|c| c.seq), Some(3), "the newer one untouched");
+        assert_eq!(CheckpointWriter::read(&disk, dir, 7).unwrap().map(|c| c.durable_end), Some(40));
+    }
+
+    /// A written slot is synced once the interval since the last sync has passed, not before,
+    /// and nothing is due when nothing was written; a sync covers only the slots written
+    /// before it.
+    #[test]
+    fn a_checkpoint_slot_is_due_for_a_sync_only_after_the_interval_and_only_when_written() {
+        use std::time::{Duration, Instant};
+        let disk = tern_segment::sim::SimDisk::new();
+        let interval = Duration::from_millis(CHECKPOINT_SYNC_INTERVAL_MS);
+        let mut writer = CheckpointWriter::open(&disk, Path::new("/log")).unwrap();
+        let later = Instant::now() + 2 * interval;
+        assert!(!writer.sync_due(later), "nothing written");
+        assert!(!writer.is_unsynced());
+
+        writer.write(Checkpoint { generation: 1, durable_end: 5, ..Default::default() }, false).unwrap();
+        assert!(writer.is_unsynced());
+        assert!(!writer.sync_due(Instant::now()), "within the interval");
+        assert!(writer.sync_due(later));
+
+        writer.write(Checkpoint { generation: 1, durable_end: 6, ..Default::default() }, false).unwrap();
+        writer.mark_synced_through(writer.seq() - 1);
+        assert!(writer.is_unsynced(), "a sync from before the last slot does not cover it");
+        writer.mark_synced_through(writer.seq());
+        assert!(!writer.is_unsynced());
+        assert!(!writer.sync_due(later + 2 * interval), "synced, nothing new");
+
+        writer.write(Checkpoint { generation: 1, durable_end: 7, ..Default::default() }, false).unwrap();
+        writer.mark_synced();
+        assert!(!writer.is_unsynced());
+        writer.write(Checkpoint { generation: 1, durable_end: 8, ..Default::default() }, true).unwrap();
+        assert!(!writer.is_unsynced(), "a synced write leaves nothing unsynced");
+
+        let eager = CheckpointWriter::open(&disk, Path::new("/other")).unwrap().with_sync_interval(Duration::ZERO);
+        let mut eager = eager;
+        eager.write(Checkpoint { generation: 1, durable_end: 1, ..Default::default() }, false).unwrap();
+        assert!(eager.sync_due(Instant::now()), "with no interval, every slot is due at once");
     }
 
     #[test]

@@ -119,9 +119,12 @@ fn workload(disk: &SimDisk, committer: &Committer, mode: Mode, out: &mut Outcome
     let mut log = open_in(disk, committer)?;
     for i in 0..appends {
         if i == appends / 2 {
+            // Half the log: at least the first segment goes, so a crash can leave segments
+            // below the new start for recovery to remove.
             let requested = log.written_end() / 2;
             out.start_max = requested;
             out.start_min = log.truncate_prefix(requested)?;
+            assert!(out.start_min > 0, "the prefix truncation removes a segment: {:?}", log.segments());
         }
         if i == appends * 3 / 4 && mode != Mode::NoSync {
             log.close()?;

@@ -30,12 +30,19 @@ fn log_path(name: &str) -> PathBuf {
 /// Opens the journaled committer and the named logs as the engine does: every log with
 /// journal entries is opened (which replays them), then a new journal file starts.
 fn open_journaled(disk: &SimDisk, names: &[&str]) -> tern_wal::Result<(Committer, Vec<Log>)> {
+    // Small segments, and records up to 1 MiB for batches too large for the journal.
+    open_journaled_with(disk, names, tern_wal::LogOptions { record_bytes_max: 1 << 20, ..small_options() })
+}
+
+fn open_journaled_with(
+    disk: &SimDisk,
+    names: &[&str],
+    options: tern_wal::LogOptions,
+) -> tern_wal::Result<(Committer, Vec<Log>)> {
     let shared: Arc<dyn Disk> = Arc::new(disk.clone());
     let committer = Committer::start_with_journal(shared.clone(), &journal_options())?;
     let mut logs = Vec::new();
     for name in names {
-        // Small segments, and records up to 1 MiB for batches too large for the journal.
-        let options = tern_wal::LogOptions { record_bytes_max: 1 << 20, ..small_options() };
         logs.push(Log::open(shared.clone(), &log_path(name), name, options, committer.clone(), true)?);
     }
     let left = committer.replay_names();
@@ -125,6 +132,56 @@ fn records_below_a_cut_survive_power_loss_at_every_sync_point_of_the_truncation(
     }
 }
 
+/// A cut that removes whole segments, inside a segment and exactly at a segment's base: power
+/// fails at every sync point of the truncation, and again after the recovery that finishes it
+/// (whose removals must be durable before the meta stops recording the cut). Every reopen
+/// finds the records below the cut, and the cut whole or not at all.
+#[test]
+fn a_cut_across_segments_survives_power_loss_during_it_and_after_its_recovery() {
+    let acked: Vec<Vec<u8>> = (0..40).map(|i| value_of(&format!("record {i}:"), 300)).collect();
+    for at_base in [false, true] {
+        for tear in tears() {
+            for crash_at in 0.. {
+                let disk = SimDisk::new();
+                let committer = sim_committer(&disk);
+                let log = open(&disk, &committer).unwrap();
+                for v in &acked {
+                    log.append(&[v], Durability::Local).unwrap();
+                }
+                let bases: Vec<u64> = log.segments().iter().map(|s| s.base_offset()).collect();
+                assert!(bases.len() >= 4, "{bases:?}");
+                let cut = if at_base { bases[2] } else { bases[1] + 2 };
+                let cut_len = usize::try_from(cut).unwrap();
+                disk.crash_at_sync(disk.sync_points() + crash_at);
+                let cut_done = log.truncate_suffix(cut).is_ok();
+                let context = format!("cut at {cut} of {bases:?}, power loss at sync point {crash_at}, {tear:?}");
+                disk.crash(tear);
+                drop(log);
+                committer.stop();
+                let mut after_first = None;
+                for reopen in ["after the truncation", "after the recovery from it"] {
+                    let committer = sim_committer(&disk);
+                    let log = open(&disk, &committer).unwrap_or_else(|e| panic!("{context}, {reopen}: {e}"));
+                    let got = values_of(&log);
+                    assert!(got == acked[..cut_len] || got == acked, "{context}, {reopen}: {} records", got.len());
+                    if cut_done {
+                        assert_eq!(got.len(), cut_len, "{context}, {reopen}: the truncation returned Ok");
+                    }
+                    assert!(after_first.is_none_or(|n| n == got.len()), "{context}, {reopen}: changed");
+                    after_first = Some(got.len());
+                    // Power fails again: whatever the recovery left unsynced is lost.
+                    disk.crash(Tear::None);
+                    drop(log);
+                    committer.stop();
+                }
+                if cut_done {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 // ---- 2. A failed fsync is never retried ----
 
 /// A log's small records are acknowledged through the journal; then a sync of its segment
@@ -202,6 +259,48 @@ fn a_waiter_for_cut_records_is_not_told_they_are_durable_when_new_records_fill_t
     assert_eq!(log.append(&[b"new"], Durability::Local).unwrap(), 1..2);
     assert!(matches!(cut.wait(Durability::Local), Err(Error::Truncated { .. })));
     assert_eq!(contents(&log, Visibility::Durable), vec![(0, b"kept".to_vec()), (1, b"new".to_vec())]);
+    committer.stop();
+}
+
+/// A cut at the very end of an append's records leaves them: its waiter succeeds, while the
+/// waiter of the records past the cut fails.
+#[test]
+fn a_cut_at_the_end_of_an_append_leaves_its_waiter_successful() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).unwrap();
+    let kept = pending(&log, b"kept");
+    let cut = pending(&log, b"cut");
+    log.truncate_suffix(1).unwrap();
+    assert_eq!(kept.wait(Durability::Local).unwrap(), 0..1);
+    assert!(matches!(cut.wait(Durability::Local), Err(Error::Truncated { end: 2, cut: 1, .. })));
+    committer.stop();
+}
+
+/// The log remembers the last 1024 cuts. A waiter that saw every cut since its append judges
+/// them exactly (cuts at or past its records leave it successful); one that saw more than are
+/// remembered cannot know, and fails rather than claim records that may have been cut.
+#[test]
+fn a_waiter_that_outlived_more_cuts_than_are_remembered_fails_rather_than_guess() {
+    const REMEMBERED: usize = 1024;
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).unwrap();
+    let exact = pending(&log, b"kept");
+    let outlived = pending(&log, b"kept too");
+    let end = log.written_end();
+    let cut_past = |count: usize| {
+        for i in 0..count {
+            log.append(&[format!("cut {i}").as_bytes()], Durability::None).unwrap();
+            log.truncate_suffix(end).unwrap();
+        }
+    };
+    cut_past(REMEMBERED);
+    assert_eq!(exact.wait(Durability::Local).unwrap(), 0..1, "every cut since is remembered");
+    cut_past(1);
+    let result = outlived.wait(Durability::Local);
+    assert!(matches!(result, Err(Error::Truncated { .. })), "{result:?}");
+    assert_eq!(contents(&log, Visibility::Durable).len(), 2, "the records were in fact kept");
     committer.stop();
 }
 
@@ -340,18 +439,78 @@ fn a_flipped_bit_in_synced_records_is_an_error_after_a_reopen_and_a_power_loss()
 fn a_flipped_bit_in_records_a_synced_checkpoint_covers_is_an_error_after_a_power_loss() {
     let disk = SimDisk::new();
     let committer = sim_committer(&disk);
-    let log = open(&disk, &committer).unwrap();
+    // No interval: the slot written after each segment sync is synced with it.
+    let options = tern_wal::LogOptions { checkpoint_sync_interval_ms: 0, ..small_options() };
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let log = Log::open(shared, log_dir(), "log", options, committer.clone(), true).unwrap();
     for v in values("synced", 10) {
         log.append(&[&v], Durability::Local).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(tern_wal::meta::CHECKPOINT_SYNC_INTERVAL_MS + 20));
-    log.append(&[b"after the interval"], Durability::Local).unwrap();
     let damaged = frame_pos(&log, 3);
+    // Power fails with the log open: no close syncs anything for it.
+    disk.crash(Tear::None);
     drop(log);
     committer.stop();
-    disk.crash(Tear::None);
     disk.flip_bit(&first_segment(), damaged + 20, 2).unwrap();
     expect_damage_reported(&disk, damaged, "a flipped bit in record 3 after a power loss");
+}
+
+/// Records acknowledged through the journal are synced into their segment when the journal
+/// switches files; the switch then syncs the checkpoint slot claiming them (however long the
+/// interval), because their journal entries are gone. After a power loss, damage in one of
+/// them is an error, not a torn tail.
+#[test]
+fn a_journal_switch_makes_the_claim_durable_so_damage_below_it_is_an_error_after_a_power_loss() {
+    let disk = SimDisk::new();
+    let options = tern_wal::LogOptions { checkpoint_sync_interval_ms: 3_600_000, ..small_options() };
+    let (committer, logs) = open_journaled_with(&disk, &["orders", "events"], options).unwrap();
+    let (orders, events) = (&logs[0], &logs[1]);
+    for v in values("acked", 10) {
+        orders.append(&[&v], Durability::Local).unwrap();
+    }
+    assert_eq!(orders.segments().len(), 1, "the claim of the roll's meta must not cover them");
+    let damaged = frame_pos(orders, 3);
+    let switches = committer.stats().journal_switches;
+    let mut i = 0;
+    while committer.stats().journal_switches == switches {
+        events.append(&[&value_of(&format!("event {i}"), 200)], Durability::Local).unwrap();
+        i += 1;
+    }
+    disk.crash(Tear::None);
+    drop(logs);
+    committer.stop();
+    let orders_segment = log_path("orders").join(tern_segment::segment::segment_file_name(0));
+    disk.flip_bit(&orders_segment, damaged + 20, 2).unwrap();
+    match open_journaled_with(&disk, &["orders", "events"], options) {
+        Err(Error::Segment(tern_segment::Error::Corrupt { file, pos, .. })) => {
+            assert_eq!((file, pos), (orders_segment, damaged));
+        }
+        Err(e) => panic!("{e}"),
+        Ok((_, logs)) => {
+            panic!("opened with {} records, the damaged one and those after it cut", logs[0].written_end())
+        }
+    }
+}
+
+/// A batch too large for the journal skips it: the group that acknowledges it must sync its
+/// segment, or a power loss takes it.
+#[test]
+fn a_batch_too_large_for_the_journal_is_durable_when_acknowledged() {
+    let disk = SimDisk::new();
+    let (committer, logs) = open_journaled(&disk, &["orders"]).unwrap();
+    let small = values("small", 3);
+    for v in &small {
+        logs[0].append(&[v], Durability::Local).unwrap();
+    }
+    let large = value_of("large:", 70 << 10);
+    logs[0].append(&[&large], Durability::Local).unwrap();
+    disk.crash(Tear::None);
+    drop(logs);
+    committer.stop();
+    let (_committer, logs) = open_journaled(&disk, &["orders"]).unwrap();
+    let mut expected = small;
+    expected.push(large);
+    assert_eq!(values_of(&logs[0]), expected);
 }
 
 // ---- 9. A full disk during a roll ----

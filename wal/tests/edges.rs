@@ -218,3 +218,157 @@ fn check_tail_finds_damage_anywhere_in_the_last_segment() {
     }
     committer.stop();
 }
+
+/// A closed log of four segments, each holding records, and the segments' base offsets.
+fn closed_log_of_four_segments(disk: &SimDisk, committer: &Committer) -> Vec<u64> {
+    let log = open(disk, committer).unwrap();
+    let mut i = 0;
+    while log.segments().len() < 4 || log.segments()[3].end_offset() == log.segments()[3].base_offset() {
+        log.append(&[&value_of(&format!("r{i}"), 300)], Durability::Local).unwrap();
+        i += 1;
+    }
+    let bases = log.segments().iter().map(|s| s.base_offset()).collect();
+    log.close().unwrap();
+    bases
+}
+
+fn segment_path(base: u64) -> PathBuf {
+    log_dir().join(tern_segment::segment::segment_file_name(base))
+}
+
+fn remove_durably(disk: &SimDisk, path: &Path) {
+    disk.remove(path).unwrap();
+    disk.sync_dir(path.parent().unwrap()).unwrap();
+}
+
+/// Opening must fail with corruption naming `file` at byte `pos`, and verify must agree.
+fn expect_corrupt(disk: &SimDisk, committer: &Committer, file: &Path, pos: u64) {
+    match open(disk, committer) {
+        Err(Error::Segment(tern_segment::Error::Corrupt { file: f, pos: p, .. })) => {
+            assert_eq!((f.as_path(), p), (file, pos))
+        }
+        Err(e) => panic!("{e}"),
+        Ok(log) => panic!("opened as {}..{}", log.start_offset(), log.written_end()),
+    }
+    let report = tern_wal::verify::verify_log(disk, log_dir(), &mut |_| {}).unwrap();
+    assert!(report.problems.iter().any(|p| p.file == file), "verify must agree: {report:?}");
+}
+
+/// With every segment file gone (the meta still there), the log is not silently recreated
+/// empty: the first segment is reported missing.
+#[test]
+fn a_log_whose_segment_files_are_all_gone_is_reported_not_recreated_empty() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    for base in closed_log_of_four_segments(&disk, &committer) {
+        remove_durably(&disk, &segment_path(base));
+    }
+    expect_corrupt(&disk, &committer, &segment_path(0), 0);
+    committer.stop();
+}
+
+/// The newest segment gone: reported by name, never a log that silently ends earlier.
+#[test]
+fn a_log_whose_newest_segment_is_gone_is_reported() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let bases = closed_log_of_four_segments(&disk, &committer);
+    remove_durably(&disk, &segment_path(bases[3]));
+    expect_corrupt(&disk, &committer, &segment_path(bases[3]), 0);
+    committer.stop();
+}
+
+/// A middle segment gone: the error names the missing file, not the one after it.
+#[test]
+fn a_log_whose_middle_segment_is_gone_names_the_missing_file() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let bases = closed_log_of_four_segments(&disk, &committer);
+    remove_durably(&disk, &segment_path(bases[2]));
+    expect_corrupt(&disk, &committer, &segment_path(bases[2]), 0);
+    committer.stop();
+}
+
+/// A segment file past the newest one the meta records that holds frames (another log's
+/// file copied in, say) is never taken for a roll's leftover: the open fails naming it, and
+/// the file stays.
+#[test]
+fn a_segment_holding_frames_past_the_newest_recorded_one_is_an_error_and_is_kept() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let other_dir = Path::new("/data/other");
+    let other = Log::open(shared, other_dir, "other", small_options(), committer.clone(), true).unwrap();
+    other.reset(1000).unwrap();
+    other.append(&[b"another log's record"], Durability::Local).unwrap();
+    other.close().unwrap();
+    let bases = closed_log_of_four_segments(&disk, &committer);
+    assert!(bases[3] < 1000);
+    let source = disk.open(&other_dir.join(tern_segment::segment::segment_file_name(1000))).unwrap();
+    let bytes = source.read_copy(0, source.len().unwrap()).unwrap();
+    let stray = segment_path(1000);
+    let copy = disk.create(&stray, bytes.len() as u64).unwrap();
+    copy.write_at(0, &bytes).unwrap();
+    copy.sync_data().unwrap();
+    disk.sync_dir(log_dir()).unwrap();
+    let header = tern_segment::segment::SEGMENT_HEADER_BYTES;
+    match open(&disk, &committer) {
+        Err(Error::Segment(tern_segment::Error::Corrupt { file, pos, .. })) => {
+            assert_eq!((file, pos), (stray.clone(), header))
+        }
+        Err(e) => panic!("{e}"),
+        Ok(log) => panic!("opened as {}..{}, the stray file's record dropped", log.start_offset(), log.written_end()),
+    }
+    assert!(disk.exists(&stray), "nothing already stored is removed");
+    committer.stop();
+}
+
+/// A new log whose creation stopped when its first segment was shorter than a header (and no
+/// meta was written) held nothing: it opens as a new, empty log, cleanly.
+#[test]
+fn a_log_whose_creation_stopped_with_a_first_segment_shorter_than_a_header_opens_empty() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    disk.create_dir_all(log_dir()).unwrap();
+    let first = segment_path(0);
+    let file = disk.create(&first, 0).unwrap();
+    file.write_at(0, b"TERNSEG").unwrap();
+    file.sync_data().unwrap();
+    disk.sync_dir(log_dir()).unwrap();
+    let log = open(&disk, &committer).unwrap();
+    assert_eq!((log.start_offset(), log.written_end()), (0, 0));
+    assert!(log.recovered().clean, "{:?}", log.recovered());
+    assert_eq!(log.append(&[b"first"], Durability::Local).unwrap(), 0..1);
+    committer.stop();
+}
+
+/// A log from a build with version 1 meta files, whose crash during a roll left the new last
+/// segment with a zero header: that segment holds nothing the checkpoint claims, so the log
+/// opens with every record and appends continue.
+#[test]
+fn a_version_1_log_whose_last_segment_has_a_zero_header_opens_with_every_record() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).unwrap();
+    for i in 0..5 {
+        log.append(&[&value_of(&format!("r{i}"), 100)], Durability::Local).unwrap();
+    }
+    let expected = contents(&log, Visibility::Durable);
+    log.close().unwrap();
+    drop(log);
+    let meta = tern_wal::meta::Meta::read(&disk, log_dir()).unwrap().unwrap();
+    let mut v1 = b"TERNMETA".to_vec();
+    v1.extend_from_slice(&1u32.to_le_bytes());
+    for field in [meta.generation, meta.start_offset, meta.truncate_to] {
+        v1.extend_from_slice(&field.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&v1);
+    v1.extend_from_slice(&crc.to_le_bytes());
+    tern_segment::disk::write_file_atomic(&disk, &log_dir().join("log.meta"), &v1, true).unwrap();
+    disk.create(&segment_path(5), 4096).unwrap();
+    disk.sync_dir(log_dir()).unwrap();
+    let log = open(&disk, &committer).unwrap();
+    assert_eq!(contents(&log, Visibility::Durable), expected);
+    assert_eq!(log.append(&[b"next"], Durability::Local).unwrap(), 5..6);
+    committer.stop();
+}

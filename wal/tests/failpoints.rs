@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use tern_segment::sim::SimDisk;
+use tern_segment::sim::{SimDisk, Tear};
 use tern_segment::Disk;
 use tern_wal::{AppendOptions, CommitMode, Committer, Durability, Log, Record, Visibility};
 
@@ -48,5 +48,48 @@ fn a_checkpoint_written_after_a_truncation_for_a_sync_before_it_is_never_trusted
     for (i, (offset, value)) in got.iter().enumerate() {
         assert_eq!((*offset, value), (i as u64, &value_of(&format!("record {i}:"), 40)));
     }
+    committer.stop();
+}
+
+/// A group sync finishes and, before it raises the durable end, a suffix truncation cuts the
+/// records it synced. The late completion must not raise the durable end past the cut: new
+/// records written there would be acknowledged without a sync, and lost in a power loss.
+#[test]
+fn a_sync_that_completes_after_a_truncation_never_raises_the_durable_end_past_the_cut() {
+    const POINT: &str = "complete_sync::before_raise";
+    let disk = SimDisk::new();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let committer = Committer::start_with(shared.clone(), None, CommitMode::Leader).unwrap();
+    let log = Log::open(shared, log_dir(), "log", small_options(), committer.clone(), true).unwrap();
+    for i in 0..5 {
+        log.append(&[&value_of(&format!("record {i}:"), 40)], Durability::Local).unwrap();
+    }
+    tern_wal::failpoints::pause(POINT);
+    let late = log
+        .append_records(&[Record::new(&value_of("late:", 300), tern_wal::now_ms())], AppendOptions::default())
+        .unwrap();
+    let waiter = std::thread::spawn(move || late.wait(Durability::Local));
+    while tern_wal::failpoints::waiting(POINT) == 0 {
+        std::thread::yield_now();
+    }
+    log.truncate_suffix(5).unwrap();
+    tern_wal::failpoints::resume(POINT);
+    let late_result = waiter.join().unwrap();
+    assert!(matches!(late_result, Err(tern_wal::Error::Truncated { .. })), "{late_result:?}");
+    assert!(
+        log.durable_end() <= log.written_end(),
+        "durable end {} past the end {}",
+        log.durable_end(),
+        log.written_end()
+    );
+    let new_value = value_of("new:", 40);
+    log.append(&[&new_value], Durability::Local).unwrap();
+    disk.crash(Tear::None);
+    drop(log);
+    committer.stop();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).unwrap();
+    let got = contents(&log, Visibility::Written);
+    assert_eq!(got.last(), Some(&(5, new_value)), "the acknowledged record after the cut");
     committer.stop();
 }

@@ -19,7 +19,12 @@ use tern_wal::{Committer, Durability, Log, LogOptions, Visibility};
 
 /// Small segments, and records that can be larger than one.
 fn options() -> LogOptions {
-    LogOptions { segment_size_bytes: 4096, index_interval_bytes: 256, record_bytes_max: 16 << 10 }
+    LogOptions {
+        segment_size_bytes: 4096,
+        index_interval_bytes: 256,
+        record_bytes_max: 16 << 10,
+        ..LogOptions::default()
+    }
 }
 
 fn open_log(disk: &SimDisk, committer: &Committer) -> tern_wal::Result<Log> {

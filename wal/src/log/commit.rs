@@ -170,6 +170,7 @@ impl LogInner {
     /// Called by the committer after syncing `target` (the journal, or the segment itself when
     /// `synced_segment`: only that may be claimed by a checkpoint).
     pub(crate) fn complete_sync(&self, target: SyncTarget, result: std::io::Result<()>, synced_segment: bool) {
+        crate::fail_point!("complete_sync::before_raise");
         if let Err(e) = result {
             self.fence(&Error::io(target.segment.path(), e));
             return;

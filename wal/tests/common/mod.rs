@@ -10,7 +10,7 @@ use tern_wal::{Committer, Log, LogOptions, Visibility};
 
 /// Small segments so that tests roll, index and truncate across many files.
 pub fn small_options() -> LogOptions {
-    LogOptions { segment_size_bytes: 4096, index_interval_bytes: 256, record_bytes_max: 2048 }
+    LogOptions { segment_size_bytes: 4096, index_interval_bytes: 256, record_bytes_max: 2048, ..LogOptions::default() }
 }
 
 pub fn open(disk: &SimDisk, committer: &Committer) -> tern_wal::Result<Log> {
