@@ -259,6 +259,11 @@ fn refuse_waiters(core: &mut Core, durable_end: u64, mut expired: impl FnMut(&Wa
     }
 }
 
+/// Why a node refuses appends to a log it led until a peer showed a later epoch.
+pub(crate) fn not_leader_reason(log: &str, node: NodeId, epoch: u64) -> String {
+    format!("not the leader: node {node} no longer leads log {log} (a leader of epoch {epoch} took over)")
+}
+
 /// What a leader shipped to one peer on one log.
 #[derive(Debug, Clone, Copy, Default)]
 struct Shipped {
@@ -620,6 +625,7 @@ impl Shared {
     fn leader_input_locked(&self, slot: &Arc<LogSlot>, core: &mut Core, input: LeaderInput) {
         let Some(leader) = core.leader.as_mut() else { return };
         leader.handle(input);
+        let mut deposed = None;
         while let Some(action) = leader.poll_action() {
             match action {
                 LeaderAction::Ship { peer, from, bytes_max, commit_end } => {
@@ -639,7 +645,23 @@ impl Shared {
                     slot.committed.notify_all();
                     self.clients.poke();
                 }
+                LeaderAction::Deposed { epoch } => {
+                    log_line(&format!(
+                        "log {}: a follower follows epoch {epoch}, later than this leader's {}: this node no \
+                         longer leads it and refuses its appends",
+                        slot.name,
+                        leader.epoch()
+                    ));
+                    deposed = Some(epoch);
+                }
             }
+        }
+        if let Some(epoch) = deposed {
+            let why = format!(": {}", not_leader_reason(&slot.name, self.config.node_id, epoch));
+            refuse_waiters(core, slot.log.durable_end(), |_| true, &why);
+            slot.committed.notify_all();
+            self.clients.poke();
+            return;
         }
         if !core.waiters.is_empty() {
             complete_waiters(core);

@@ -176,6 +176,13 @@ pub enum LeaderAction {
         /// New commit point.
         commit_end: u64,
     },
+    /// A peer's log holds records of a later leader epoch, or was checked against one: another
+    /// leader took over. This one stops: it ships nothing more, moves the commit point no
+    /// further, and its waiting appends must be refused as sent to a node that no longer leads.
+    Deposed {
+        /// The later epoch seen.
+        epoch: u64,
+    },
 }
 
 /// What a leader knows of one peer ([`Leader::peer_view`]).
@@ -233,6 +240,8 @@ pub struct Leader {
     commit_end: u64,
     start_offset: u64,
     now_ms: u64,
+    /// The later epoch an ack showed, once one did: this leader no longer leads.
+    deposed_by: Option<u64>,
     actions: VecDeque<LeaderAction>,
 }
 
@@ -251,6 +260,7 @@ impl Leader {
             commit_end: commit_end.min(durable_end),
             start_offset: 0,
             now_ms: 0,
+            deposed_by: None,
             actions: VecDeque::new(),
         };
         leader.update_commit();
@@ -265,6 +275,12 @@ impl Leader {
     /// The leader's epoch.
     pub fn epoch(&self) -> u64 {
         self.config.epoch
+    }
+
+    /// The later epoch a peer showed, once one did ([`LeaderAction::Deposed`]): this leader no
+    /// longer leads, and does nothing more.
+    pub fn deposed_by(&self) -> Option<u64> {
+        self.deposed_by
     }
 
     /// Where a log whose last batch has epoch `epoch` stops agreeing with this leader's: the
@@ -333,6 +349,9 @@ impl Leader {
 
     /// Feeds one input. Afterwards, drain [`Leader::poll_action`] until it returns `None`.
     pub fn handle(&mut self, input: LeaderInput) {
+        if self.deposed_by.is_some() {
+            return;
+        }
         match input {
             LeaderInput::Written { end } => {
                 self.written_end = self.written_end.max(end);
@@ -430,9 +449,27 @@ impl Leader {
         let leader_written = self.written_end;
         let now = self.now_ms;
         let diverged_at = self.epoch_end(last_epoch);
+        let own_epoch = self.config.epoch;
         let Some(p) = self.peers.get_mut(&peer) else { return };
-        if !p.connected {
+        if !p.connected || durable_end > written_end {
             return;
+        }
+        if checked_epoch > own_epoch || last_epoch > own_epoch {
+            // The peer follows a later leader: this one stops.
+            let epoch = checked_epoch.max(last_epoch);
+            self.deposed_by = Some(epoch);
+            self.actions.push_back(LeaderAction::Deposed { epoch });
+            return;
+        }
+        if written_end < p.acked_written || durable_end < p.acked_durable {
+            // The peer holds less than it acknowledged: it lost unsynced records in a power
+            // loss, or its copy was removed. What it reports is the truth from now on, and it
+            // is refilled from there.
+            p.acked_written = p.acked_written.min(written_end);
+            p.acked_durable = p.acked_durable.min(durable_end).min(p.acked_written);
+            p.next_offset = p.next_offset.min(written_end);
+            p.inflight.clear();
+            p.inflight_bytes = 0;
         }
         // A re-seeded peer holds nothing and no epoch until records arrive, and says so again
         // after it restarts or reconnects: a log without epochs that ends at or below this
@@ -459,16 +496,17 @@ impl Leader {
             };
             self.actions.push_back(LeaderAction::Send { peer, msg });
             if written_end > diverged_at {
-                // This ack counts for nothing.
                 p.checked = false;
                 p.acked_written = p.acked_written.min(diverged_at);
                 p.acked_durable = p.acked_durable.min(diverged_at);
                 p.next_offset = p.next_offset.min(diverged_at);
-                return;
             }
+            // An ack of a log not checked against this epoch counts for nothing: it may
+            // hold records this leader never wrote, at offsets it did.
+            return;
         }
         // A peer cannot hold what was never written here; treat such an ack as garbage.
-        if written_end > leader_written || durable_end > written_end {
+        if written_end > leader_written {
             return;
         }
         if written_end > p.acked_written || durable_end > p.acked_durable {
@@ -1204,6 +1242,79 @@ mod tests {
         follower.handle(FollowerInput::Truncated { written_end: 50, last_epoch: 1 });
         follower.handle(FollowerInput::Received { from: 1, msg: heartbeat });
         assert_eq!(follower.commit_end(), 50, "checked: records up to its end are the leader's");
+    }
+
+    fn drain(leader: &mut Leader) -> Vec<LeaderAction> {
+        std::iter::from_fn(|| leader.poll_action()).collect()
+    }
+
+    /// A follower that lost records it had acknowledged (unsynced ones in a power loss, or a
+    /// copy removed by an operator) reconnects and reports less: the leader believes it, and
+    /// ships it what it lacks, instead of waiting forever for it to pass an end it lost.
+    #[test]
+    fn a_peer_that_reports_less_than_it_acknowledged_is_refilled_from_what_it_reports() {
+        let mut leader = Leader::new(config(Quorum::Count(2)), 100, 100, 0);
+        leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(100, 100) });
+        assert_eq!(leader.commit_end(), 100);
+        leader.handle(LeaderInput::Disconnected { peer: 2 });
+        // Restarted after a power loss: 50..100 were written there but not synced.
+        leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
+        let _ = drain(&mut leader);
+        let restarted = Message::Ack { log: "l".into(), epoch: 0, written_end: 50, durable_end: 50, last_epoch: 1 };
+        leader.handle(LeaderInput::Received { peer: 2, msg: restarted });
+        assert_eq!(leader.peer_state(2), Some((50, 50, true)), "what it reports is the truth");
+        let _ = drain(&mut leader);
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(50, 50) });
+        let actions = drain(&mut leader);
+        assert!(actions.iter().any(|a| matches!(a, LeaderAction::Ship { peer: 2, from: 50, .. })), "{actions:?}");
+        assert_eq!(leader.commit_end(), 100, "the commit point never goes back");
+
+        // Without a reconnect too: an ack below what it acknowledged resets it.
+        leader.handle(LeaderInput::Shipped { peer: 2, base_offset: 50, end_offset: 100, len_bytes: 10 });
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(100, 100) });
+        let _ = drain(&mut leader);
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(0, 0) });
+        assert_eq!(leader.peer_state(2), Some((0, 0, true)));
+        let actions = drain(&mut leader);
+        assert!(actions.iter().any(|a| matches!(a, LeaderAction::Ship { peer: 2, from: 0, .. })), "{actions:?}");
+    }
+
+    /// Only acks of a log checked against the leader's own epoch count toward the commit point.
+    #[test]
+    fn an_ack_of_an_earlier_epoch_counts_for_nothing() {
+        let config = LeaderConfig { epoch: 2, epoch_history: vec![(1, 0), (2, 50)], ..config(Quorum::Count(2)) };
+        let mut leader = Leader::new(config, 80, 80, 0);
+        leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
+        let old = Message::Ack { log: "l".into(), epoch: 1, written_end: 40, durable_end: 40, last_epoch: 1 };
+        leader.handle(LeaderInput::Received { peer: 2, msg: old });
+        let actions = drain(&mut leader);
+        assert!(!actions.iter().any(|a| matches!(a, LeaderAction::Committed { .. })), "{actions:?}");
+        assert_eq!(leader.commit_end(), 0);
+        assert_eq!(leader.peer_state(2), Some((0, 0, true)));
+    }
+
+    /// An ack from a log that holds or was checked against a later epoch means another leader
+    /// took over: this one counts nothing of it and stops leading.
+    #[test]
+    fn an_ack_of_a_later_epoch_deposes_the_leader_and_counts_for_nothing() {
+        for (checked, last) in [(2, 1), (0, 2), (2, 2)] {
+            let mut leader = Leader::new(config(Quorum::Count(2)), 100, 100, 0);
+            leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
+            let _ = drain(&mut leader);
+            let later =
+                Message::Ack { log: "l".into(), epoch: checked, written_end: 80, durable_end: 80, last_epoch: last };
+            leader.handle(LeaderInput::Received { peer: 2, msg: later });
+            let actions = drain(&mut leader);
+            assert_eq!(actions, vec![LeaderAction::Deposed { epoch: 2 }], "checked {checked}, last {last}");
+            assert_eq!((leader.commit_end(), leader.deposed_by()), (0, Some(2)));
+            // From now on it does nothing.
+            leader.handle(LeaderInput::Connected { peer: 3, written_end: 0, durable_end: 0 });
+            leader.handle(LeaderInput::Received { peer: 3, msg: ack(100, 100) });
+            leader.handle(LeaderInput::Tick { now_ms: 10_000 });
+            assert_eq!(drain(&mut leader), vec![]);
+            assert_eq!(leader.commit_end(), 0);
+        }
     }
 
     #[test]

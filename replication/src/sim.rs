@@ -484,6 +484,9 @@ impl World {
                     self.commit_end = commit_end;
                     self.max_commit = self.max_commit.max(commit_end);
                 }
+                LeaderAction::Deposed { epoch } => {
+                    return Err(format!("the only leader was deposed by epoch {epoch}"));
+                }
             }
         }
         Ok(())
@@ -600,6 +603,25 @@ impl World {
         self.network.retain(|m| m.to != id && m.from != id);
         self.leader_input(LeaderInput::Disconnected { peer: id })?;
         self.leader_input(LeaderInput::Connected { peer: id, written_end: written, durable_end: durable })
+    }
+
+    /// An operator removes follower `id`'s copy of the log (as PROTOCOL.md recommends for a
+    /// copy that cannot be mended): it restarts with an empty log and reconnects, and must be
+    /// refilled from the leader.
+    pub fn wipe_follower(&mut self, id: NodeId) -> Result<(), String> {
+        let node = self.nodes.get_mut(id as usize).filter(|_| id != LEADER).ok_or("no such follower")?;
+        node.log = None;
+        node.committer.stop();
+        node.disk = SimDisk::new();
+        node.committer =
+            Committer::start_with(Arc::new(node.disk.clone()), None, CommitMode::Leader).map_err(|e| e.to_string())?;
+        node.log = Some(open_log(&node.disk, &node.committer)?);
+        node.durable_floor = 0;
+        node.checked_end = 0;
+        node.role = Role::Follower(Follower::new(LOG.into(), 0, 0, 0, 0));
+        self.network.retain(|m| m.to != id && m.from != id);
+        self.leader_input(LeaderInput::Disconnected { peer: id })?;
+        self.leader_input(LeaderInput::Connected { peer: id, written_end: 0, durable_end: 0 })
     }
 
     /// Power loss on the leader: its unsynced records are lost (the last write torn); it

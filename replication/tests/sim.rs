@@ -89,6 +89,31 @@ fn a_quiet_network_replicates_everything() {
     assert_eq!(world.committed(), world.appended());
 }
 
+/// A follower whose copy of the log was removed comes back empty: the leader believes what
+/// it reports (not what it acknowledged before) and refills it.
+#[test]
+fn a_follower_whose_copy_was_removed_is_refilled() {
+    let quiet = Config {
+        seed: 7,
+        drop_ratio: 0.0,
+        duplicate_ratio: 0.0,
+        corrupt_ratio: 0.0,
+        partition_ratio: 0.0,
+        crash_ratio: 0.0,
+        leader_crash_ratio: 0.0,
+        retention_ratio: 0.0,
+        follower_retention_ratio: 0.0,
+        ..Config::default()
+    };
+    let mut world = World::new(quiet).unwrap();
+    world.run(300).unwrap();
+    let before = world.appended();
+    assert!(before > 20, "{before} records");
+    world.wipe_follower(1).unwrap();
+    world.run(300).unwrap_or_else(|e| panic!("after follower 1 was wiped at {before} records: {e}"));
+    assert!(world.appended() > before);
+}
+
 /// A network that keeps followers close behind (no loss, 2 ms at most), and a leader that
 /// loses power often: its unsynced tail, already on the followers, is lost.
 fn close_behind(seed: u64) -> Config {

@@ -552,6 +552,10 @@ fn handle(
                 Ok(slot) => slot,
                 Err(reason) => return conn.replies.fill(seq, &Message::Refuse { reason }),
             };
+            if let Some(epoch) = slot.lock().leader.as_ref().and_then(Leader::deposed_by) {
+                let reason = super::not_leader_reason(&log, shared.config.node_id, epoch);
+                return conn.replies.fill(seq, &Message::Refuse { reason });
+            }
             if quorum_lag_refusal(shared, &slot).is_some() {
                 let deadline = Instant::now() + shared.config.commit_timeout;
                 conn.held = Some(Held { slot, acks, records, seq, deadline });
