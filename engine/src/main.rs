@@ -34,7 +34,7 @@ enum AcksArg {
     Quorum,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum RoleArg {
     Leader,
     Follower,
@@ -54,8 +54,9 @@ struct ServeArgs {
     /// The followers, as ID=ADDR,ID=ADDR (leader only).
     #[arg(long, default_value = "")]
     peers: String,
-    /// Leader or follower.
-    #[arg(long, value_enum, default_value = "leader")]
+    /// Leader or follower. Required: a follower started without it would become a second
+    /// leader.
+    #[arg(long, value_enum)]
     role: RoleArg,
     /// Copies that commit a record, the leader included (default: a majority).
     #[arg(long)]
@@ -719,12 +720,18 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Parses `--peers` (`ID=ADDR,ID=ADDR`). An id or an address given twice is refused: one
+/// machine counted as two copies would make a quorum of fewer machines than it claims.
 fn parse_peers(text: &str) -> Result<Vec<(u64, SocketAddr)>, Box<dyn std::error::Error>> {
-    let mut peers = Vec::new();
+    let mut peers: Vec<(u64, SocketAddr)> = Vec::new();
     for item in text.split(',').filter(|s| !s.is_empty()) {
         let (id, addr) = item.split_once('=').ok_or_else(|| format!("peer {item:?} is not ID=ADDR"))?;
         let id: u64 = id.parse().map_err(|_| format!("peer id {id:?} is not a number"))?;
         let addr: SocketAddr = addr.parse().map_err(|_| format!("peer address {addr:?} is not HOST:PORT"))?;
+        if let Some((other, _)) = peers.iter().find(|(i, a)| *i == id || *a == addr) {
+            let what = if *other == id { format!("node id {id}") } else { format!("address {addr}") };
+            return Err(format!("--peers names {what} twice: each peer is one node with its own address").into());
+        }
         peers.push((id, addr));
     }
     Ok(peers)
@@ -739,8 +746,11 @@ fn serve(args: &ServeArgs) -> CliResult {
         .into());
     }
     let peers = parse_peers(&args.peers)?;
-    if peers.iter().any(|(id, _)| *id == args.node_id) {
+    if peers.iter().any(|(id, addr)| *id == args.node_id || *addr == args.listen) {
         return Err("--peers names this node itself".into());
+    }
+    if args.role == RoleArg::Follower && !peers.is_empty() {
+        return Err("--peers is for the leader: a follower is dialed by its leader".into());
     }
     let role = match args.role {
         RoleArg::Leader => tern_replication::driver::Role::Leader,

@@ -32,9 +32,33 @@ fn bad_input_gets_a_short_error_and_no_panic() {
         vec!["bench", "--seconds", "-3"],
         vec!["demo", "--seconds", "0"],
         // Fails closed: no plaintext listener on a routable address without the explicit flag.
-        vec!["serve", "--dir", d, "--listen", "0.0.0.0:0", "--node-id", "1"],
-        vec!["serve", "--dir", d, "--listen", "127.0.0.1:0", "--node-id", "1", "--peers", "1=127.0.0.1:9"],
-        vec!["serve", "--dir", d, "--listen", "127.0.0.1:0", "--node-id", "1", "--peers", "2=nowhere"],
+        vec!["serve", "--dir", d, "--listen", "0.0.0.0:0", "--node-id", "1", "--role", "leader"],
+        vec![
+            "serve",
+            "--dir",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "1",
+            "--role",
+            "leader",
+            "--peers",
+            "1=127.0.0.1:9",
+        ],
+        vec![
+            "serve",
+            "--dir",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "1",
+            "--role",
+            "leader",
+            "--peers",
+            "2=nowhere",
+        ],
         vec!["append", "--server", "127.0.0.1:1", "--log", "a"],
         vec!["status", "--server", "127.0.0.1:1"],
     ] {
@@ -165,4 +189,46 @@ fn repair_cuts_at_the_first_damaged_frame_only_when_asked() {
     let engine = Engine::open(dir.path(), Config::default()).unwrap();
     let offsets = engine.existing_log("hurt").unwrap().append(&[b"after"], Durability::Local).unwrap();
     assert_eq!(offsets.start, first_cut);
+}
+
+/// Runs `tern` and expects it to exit within 20 s: a `serve` that does not fail keeps
+/// serving, which here is the failure.
+fn tern_exits(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tern");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("tern {args:?} started serving instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A node started without `--role` would lead (a follower restarted without it became a
+/// second leader); a peer named twice, by id or by address, would be counted as two copies.
+#[test]
+fn serve_refuses_a_missing_role_and_a_peer_named_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let base = ["serve", "--dir", d, "--listen", "127.0.0.1:0", "--node-id", "1"];
+    let cases: [(&[&str], &str); 4] = [
+        (&[], "--role"),
+        (&["--role", "leader", "--peers", "2=127.0.0.1:7001,3=127.0.0.1:7001"], "address 127.0.0.1:7001 twice"),
+        (&["--role", "leader", "--peers", "2=127.0.0.1:7001,2=127.0.0.1:7002"], "node id 2 twice"),
+        (&["--role", "follower", "--peers", "2=127.0.0.1:7001"], "--peers is for the leader"),
+    ];
+    for (extra, said) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = tern_exits(&args);
+        assert_clean_failure(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
 }

@@ -60,7 +60,12 @@ fn quorum_acked_appends_survive_follower_sigkills_and_logs_converge() {
     let follower = |i: usize| serve(dirs[i].path(), addrs[i], i as u64 + 1, &["--role".into(), "follower".into()]);
     let peers = format!("2={},3={}", addrs[1], addrs[2]);
     let mut nodes = Nodes(vec![]);
-    nodes.0.push(serve(dirs[0].path(), addrs[0], 1, &["--peers".into(), peers, "--quorum".into(), "2".into()]));
+    nodes.0.push(serve(
+        dirs[0].path(),
+        addrs[0],
+        1,
+        &["--role".into(), "leader".into(), "--peers".into(), peers, "--quorum".into(), "2".into()],
+    ));
     nodes.0.push(follower(1));
     nodes.0.push(follower(2));
     let mut client = eventually("the leader to listen", Duration::from_secs(20), || Client::connect(addrs[0]).ok());
@@ -103,8 +108,14 @@ fn quorum_acked_appends_survive_leader_sigkills_and_logs_converge() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
     let peers = format!("2={},3={}", addrs[1], addrs[2]);
-    let leader =
-        || serve(dirs[0].path(), addrs[0], 1, &["--peers".into(), peers.clone(), "--quorum".into(), "2".into()]);
+    let leader = || {
+        serve(
+            dirs[0].path(),
+            addrs[0],
+            1,
+            &["--role".into(), "leader".into(), "--peers".into(), peers.clone(), "--quorum".into(), "2".into()],
+        )
+    };
     let mut nodes = Nodes(vec![leader()]);
     for i in 1..3 {
         nodes.0.push(serve(dirs[i].path(), addrs[i], i as u64 + 1, &["--role".into(), "follower".into()]));
@@ -178,7 +189,7 @@ fn quorum_acked_appends_survive_leader_sigkills_and_logs_converge() {
 fn tern_read_follow_prints_each_record_once_it_is_committed() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let _node = Nodes(vec![serve(dir.path(), addr, 1, &[])]);
+    let _node = Nodes(vec![serve(dir.path(), addr, 1, &["--role".into(), "leader".into()])]);
     let mut client = eventually("the node to listen", Duration::from_secs(20), || Client::connect(addr).ok());
     client.append("orders", vec![Bytes::from("first")], true).unwrap();
     let mut follow = Command::new(env!("CARGO_BIN_EXE_tern"))

@@ -275,6 +275,12 @@ fn a_log_whose_newest_segment_is_gone_is_reported() {
     let bases = closed_log_of_four_segments(&disk, &committer);
     remove_durably(&disk, &segment_path(bases[3]));
     expect_corrupt(&disk, &committer, &segment_path(bases[3]), 0);
+    // Said as what it is (the meta records which segment is the newest), not only as a
+    // missing synced segment.
+    let Err(Error::Segment(tern_segment::Error::Corrupt { reason, .. })) = open(&disk, &committer) else {
+        panic!("the log opened")
+    };
+    assert_eq!(reason, tern_segment::CorruptReason::Field("the log's newest segment is missing"));
     committer.stop();
 }
 

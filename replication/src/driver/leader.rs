@@ -209,6 +209,13 @@ pub(super) fn connect_peer(
     write_msg(&mut stream, &hello)?;
     stream.set_read_timeout(Some(shared.config.handshake_timeout))?;
     match read_msg(&mut stream)? {
+        // The node at the address must be the one configured there: one machine reached
+        // under two ids would be counted as two copies.
+        Message::Welcome { node_id, .. } if node_id != peer => {
+            return Err(io::Error::other(format!(
+                "the node at {addr} is node {node_id}, not node {peer}: it is not counted as node {peer}"
+            )));
+        }
         Message::Welcome { cluster_id, .. } if cluster_id == shared.config.cluster_id => *welcomed = true,
         Message::Refuse { reason } => return Err(io::Error::other(format!("refused: {reason}"))),
         _ => return Err(io::Error::other("unexpected handshake answer")),
