@@ -259,6 +259,10 @@ fn refuse_waiters(core: &mut Core, durable_end: u64, mut expired: impl FnMut(&Wa
     }
 }
 
+fn leader_commit(core: &Core) -> u64 {
+    core.leader.as_ref().map_or(0, Leader::commit_end)
+}
+
 /// Why a node refuses appends to a log it led until a peer showed a later epoch.
 pub(crate) fn not_leader_reason(log: &str, node: NodeId, epoch: u64) -> String {
     format!("not the leader: node {node} no longer leads log {log} (a leader of epoch {epoch} took over)")
@@ -473,6 +477,90 @@ impl Server {
         self.shared.slot(log).map_or(0, |slot| slot.commit_end())
     }
 
+    /// Appends `records` to `log` on this node, a leader, and waits until `acks` holds for
+    /// them (at most the commit timeout), as an append from a network client does: the batch
+    /// ships to the followers while it is synced here. Records appended to the engine's logs
+    /// directly (`Engine::log(..).append(..)`) are shipped too; this is the way to also learn
+    /// what their acknowledgement achieved.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server: tern_replication::driver::Server = todo!();
+    /// use tern_replication::message::Acks;
+    /// let receipt = server.append("orders", &[b"order 1".as_slice(), b"order 2"], Acks::Quorum)?;
+    /// println!("{}..{}: {receipt}", receipt.start, receipt.end); // synced on a quorum (2 of 3 nodes)
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// This node follows, or no longer leads the log; the append was refused by the log; or
+    /// `acks` did not hold within the commit timeout (the records may still commit later).
+    pub fn append(&self, log: &str, records: &[&[u8]], acks: Acks) -> io::Result<Receipt> {
+        let shared = &self.shared;
+        if shared.config.role != Role::Leader {
+            let reason = format!("node {} is a follower; append to the leader", shared.config.node_id);
+            return Err(io::Error::other(reason));
+        }
+        let slot = shared.log_state(log).map_err(io::Error::other)?;
+        if let Some(epoch) = slot.lock().leader.as_ref().and_then(Leader::deposed_by) {
+            return Err(io::Error::other(not_leader_reason(log, shared.config.node_id, epoch)));
+        }
+        let offsets = slot.log.append(records, tern_wal::Durability::None).map_err(io::Error::other)?;
+        if acks != Acks::Written {
+            shared.want_sync(&slot);
+        }
+        shared.leader_input(&slot, LeaderInput::Written { end: offsets.end });
+        let deadline = Instant::now() + shared.config.commit_timeout;
+        self.wait_until(&slot, deadline, |leader| match acks {
+            Acks::Written => true,
+            Acks::Leader => leader.durable_end() >= offsets.end,
+            Acks::Quorum => leader.commit_end() >= offsets.end,
+        })
+        .map_err(|why| io::Error::other(format!("offsets {}..{}: {why}", offsets.start, offsets.end)))?;
+        let core = slot.lock();
+        let reached = match core.leader.as_ref() {
+            Some(l) if l.commit_end() >= offsets.end => Acks::Quorum,
+            Some(l) if l.durable_end() >= offsets.end => Acks::Leader,
+            _ => Acks::Written,
+        };
+        match receipt(core.leader.as_ref(), offsets.start, offsets.end, reached) {
+            Message::ClientAppended { start, end, durability, copies, nodes } => {
+                Ok(Receipt { start, end, durability, copies, nodes })
+            }
+            _ => Err(io::Error::other("no receipt")),
+        }
+    }
+
+    /// Waits, without polling, until `log`'s commit point on this node, a leader, reaches
+    /// `end` or `timeout` passes; returns the commit point then.
+    ///
+    /// # Errors
+    /// This node does not lead `log` (or no longer does), or `timeout` passed first.
+    pub fn wait_committed(&self, log: &str, end: u64, timeout: Duration) -> io::Result<u64> {
+        let slot = self.shared.slot(log).ok_or_else(|| io::Error::other(format!("no log named {log:?} here")))?;
+        self.wait_until(&slot, Instant::now() + timeout, |leader| leader.commit_end() >= end)
+            .map_err(io::Error::other)?;
+        Ok(slot.commit_end())
+    }
+
+    /// Waits on the log's condition variable (notified at every commit and local sync) until
+    /// `done` holds for its leader core, or the deadline.
+    fn wait_until(&self, slot: &LogSlot, deadline: Instant, done: impl Fn(&Leader) -> bool) -> Result<(), String> {
+        let mut core = slot.lock();
+        loop {
+            let Some(leader) = core.leader.as_ref() else { return Err("this node does not lead the log".into()) };
+            if let Some(epoch) = leader.deposed_by() {
+                return Err(not_leader_reason(&slot.name, self.shared.config.node_id, epoch));
+            }
+            if done(leader) {
+                return Ok(());
+            }
+            if slot.committed.wait_until(&mut core, deadline).timed_out() {
+                return Err(format!("not reached within the commit timeout (commit point {})", leader_commit(&core)));
+            }
+        }
+    }
+
     /// Stops accepting and dialing, and waits for the node's threads.
     pub fn stop(mut self) {
         self.halt();
@@ -624,7 +712,12 @@ impl Shared {
 
     fn leader_input_locked(&self, slot: &Arc<LogSlot>, core: &mut Core, input: LeaderInput) {
         let Some(leader) = core.leader.as_mut() else { return };
+        let synced = matches!(input, LeaderInput::Synced { .. });
         leader.handle(input);
+        if synced {
+            // In-process waiters for the leader's own sync (`Server::append`).
+            slot.committed.notify_all();
+        }
         let mut deposed = None;
         while let Some(action) = leader.poll_action() {
             match action {
@@ -909,6 +1002,18 @@ fn tick_loop(shared: &Arc<Shared>) {
             if slot.log.durable_end() < slot.log.written_end() && slot.log.sync().is_ok() {
                 shared.leader_input(&slot, LeaderInput::Synced { end: slot.log.durable_end() });
             }
+            // Whatever the log holds is shipped, however it was written: records appended in
+            // this process straight to the engine's log reach the core here.
+            let (written, durable) = (slot.log.written_end(), slot.log.durable_end());
+            let known = slot.lock().leader.as_ref().map(|l| (l.written_end(), l.durable_end()));
+            if let Some((known_written, known_durable)) = known {
+                if durable > known_durable {
+                    shared.leader_input(&slot, LeaderInput::Synced { end: durable });
+                }
+                if written > known_written.max(durable) {
+                    shared.leader_input(&slot, LeaderInput::Written { end: written });
+                }
+            }
             shared.leader_input(&slot, LeaderInput::Tick { now_ms });
             let now = Instant::now();
             shared.refuse_waiters(&slot, |w| w.deadline <= now, "");
@@ -945,6 +1050,15 @@ impl Shared {
     /// never deletes what such a follower needs. On a follower it is the commit point learned
     /// from the leader.
     fn maintain(&self) {
+        // Logs created in this process since the node started (an embedder's
+        // `Engine::log(name)`) are served, and on a leader shipped, from now on.
+        for name in self.logs.names() {
+            if self.slot(&name).is_none() {
+                if let Err(e) = self.log_state(&name) {
+                    log_line(&format!("log {name}: {e}"));
+                }
+            }
+        }
         for slot in self.all_slots() {
             let log = &slot.log;
             if self.config.role == Role::Leader {
