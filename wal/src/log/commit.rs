@@ -110,6 +110,7 @@ impl LogInner {
             if self.committer.try_lead() {
                 continue;
             }
+            crate::fail_point!("wait_durable::before_park");
             {
                 let mut waiters = self.waiters.lock();
                 if self.durable_end.load(Ordering::Acquire) >= end
