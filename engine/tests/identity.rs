@@ -36,3 +36,24 @@ fn one_follower_configured_under_two_ids_is_counted_once() {
     assert!(peer(2).is_some_and(|p| p.connected), "{m:?}");
     assert!(peer(3).is_none_or(|p| !p.connected), "node 2 counted as node 3: {m:?}");
 }
+
+/// A follower refuses a client's append and names the node it follows.
+#[test]
+fn a_follower_refuses_appends_naming_its_leader() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let follower = common::start(
+        dirs[1].path(),
+        tern::Config::default(),
+        common::config(0x1d, 2, Role::Follower, vec![], any_port()),
+    );
+    let leader = common::start(
+        dirs[0].path(),
+        tern::Config::default(),
+        common::config(0x1d, 1, Role::Leader, vec![(2, follower.local_addr())], any_port()),
+    );
+    let mut client = Client::connect(leader.local_addr()).unwrap();
+    client.append_acks("orders", vec![Bytes::from_static(b"one")], Acks::Quorum).unwrap();
+    let mut client = Client::connect(follower.local_addr()).unwrap();
+    let err = client.append_acks("orders", vec![Bytes::from_static(b"two")], Acks::Written).unwrap_err();
+    assert!(err.to_string().contains("follower of node 1 (which connected from 127.0.0.1)"), "{err}");
+}

@@ -248,3 +248,31 @@ fn with_reseeding_off_a_follower_behind_retention_stops_with_a_data_loss_error()
     let p = metrics(c.leader()).peers.into_iter().find(|p| p.node == 3).unwrap();
     assert!(p.gap.is_some() && p.reseeds == 0, "{p:?}");
 }
+
+/// With every follower let go (beyond the lag bound) and none of them up, nothing new commits:
+/// the leader's retention must still stop at the commit point, or records that exist on no
+/// other node would be deleted, and a follower re-seeded past them would later move the commit
+/// point over records that no node holds.
+#[test]
+fn retention_never_passes_the_commit_point_even_with_every_follower_let_go() {
+    let o = Options { slot_lag_bytes_max: Some(1), reseed: true };
+    let mut c = cluster(&o);
+    let mut client = Client::connect(c.leader().local_addr()).unwrap();
+    let committed = write(&mut client, 4, 1);
+    c.followers = vec![None, None];
+    for b in 0..64 {
+        let records: Vec<Bytes> = (0..16).map(|i| Bytes::from(vec![b'x'; 1000 + i])).collect();
+        client
+            .append_acks(LOG, records, tern_replication::message::Acks::Leader)
+            .unwrap_or_else(|e| panic!("{b}: {e}"));
+    }
+    let m = metrics(c.leader());
+    assert!(m.written_end > committed + 1000 && m.commit_end < m.written_end, "{m:?}");
+    // Maintenance runs every second; let it run a few times.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        let m = metrics(c.leader());
+        assert!(m.start_offset <= m.commit_end, "retention deleted uncommitted records: {m:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,7 +1,8 @@
 //! The real driver: the protocol core ([`crate::proto`]) over threads, `std::net` TCP and the
 //! real logs. One [`Server`] per node: a leader ships every log to its followers and serves
-//! client appends; a follower applies what its leader ships and refuses client appends with the
-//! leader's address. Both serve committed reads and status.
+//! client appends; a follower applies what its leader ships and refuses client appends, naming
+//! the node it follows and the address that node connected from. Both serve committed reads
+//! and status.
 //!
 //! Connections: the leader dials each follower (reconnecting with backoff), sends `Hello`, and
 //! expects `Welcome` within the handshake timeout, then `Ack`s that say where each of the
@@ -259,6 +260,19 @@ fn refuse_waiters(core: &mut Core, durable_end: u64, mut expired: impl FnMut(&Wa
     }
 }
 
+impl Shared {
+    /// Why a follower refuses an append: it names the leader it follows, when it has one.
+    fn follower_refusal(&self) -> String {
+        let me = self.config.node_id;
+        match *self.following.lock() {
+            Some((leader, ip)) => {
+                format!("node {me} is a follower of node {leader} (which connected from {ip}); append to node {leader}")
+            }
+            None => format!("node {me} is a follower and has not heard from its leader yet; append to the leader"),
+        }
+    }
+}
+
 fn leader_commit(core: &Core) -> u64 {
     core.leader.as_ref().map_or(0, Leader::commit_end)
 }
@@ -328,6 +342,9 @@ struct Shared {
     syncs: SyncQueue,
     /// The client connections, served by one thread.
     clients: ClientLoop,
+    /// Follower: the node it follows now and the address that node connected from, for the
+    /// refusal of client appends.
+    following: Mutex<Option<(NodeId, std::net::IpAddr)>>,
 }
 
 /// Counters of a leader's shipping.
@@ -395,6 +412,7 @@ impl Server {
             peer_slots_file,
             syncs: SyncQueue::default(),
             clients: ClientLoop::new()?,
+            following: Mutex::new(None),
         });
         for name in shared.logs.names() {
             shared.log_state(&name).map_err(io::Error::other)?;
@@ -498,8 +516,7 @@ impl Server {
     pub fn append(&self, log: &str, records: &[&[u8]], acks: Acks) -> io::Result<Receipt> {
         let shared = &self.shared;
         if shared.config.role != Role::Leader {
-            let reason = format!("node {} is a follower; append to the leader", shared.config.node_id);
-            return Err(io::Error::other(reason));
+            return Err(io::Error::other(shared.follower_refusal()));
         }
         let slot = shared.log_state(log).map_err(io::Error::other)?;
         if let Some(epoch) = slot.lock().leader.as_ref().and_then(Leader::deposed_by) {
@@ -967,6 +984,9 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, counted: &mut O
             }
             let welcome = Message::Welcome { cluster_id, node_id: shared.config.node_id, version };
             write_msg(&mut stream, &welcome)?;
+            if let Ok(from) = stream.peer_addr() {
+                *shared.following.lock() = Some((node_id, from.ip()));
+            }
             follow(shared, node_id, stream)
         }
         other => clients::serve_client(shared, stream, other, counted),
@@ -998,9 +1018,11 @@ fn tick_loop(shared: &Arc<Shared>) {
         }
         let now_ms = shared.now_ms();
         for slot in shared.all_slots() {
-            // Appends acknowledged as only written are synced here, within a tick.
-            if slot.log.durable_end() < slot.log.written_end() && slot.log.sync().is_ok() {
-                shared.leader_input(&slot, LeaderInput::Synced { end: slot.log.durable_end() });
+            // Appends acknowledged as only written are synced soon, by the syncer thread: a
+            // sync that takes seconds must not hold up heartbeats (followers would take the
+            // silence for a lost leader and reconnect).
+            if slot.log.durable_end() < slot.log.written_end() {
+                shared.want_sync(&slot);
             }
             // Whatever the log holds is shipped, however it was written: records appended in
             // this process straight to the engine's log reach the core here.
@@ -1062,10 +1084,11 @@ impl Shared {
         for slot in self.all_slots() {
             let log = &slot.log;
             if self.config.role == Role::Leader {
-                let views: Vec<PeerView> = {
+                let (views, commit): (Vec<PeerView>, u64) = {
                     let core = slot.lock();
                     let Some(leader) = core.leader.as_ref() else { continue };
-                    self.config.peers.iter().filter_map(|(peer, _)| leader.peer_view(*peer)).collect()
+                    let views = self.config.peers.iter().filter_map(|(peer, _)| leader.peer_view(*peer)).collect();
+                    (views, leader.commit_end())
                 };
                 let written = log.written_end();
                 let hold = views
@@ -1076,7 +1099,10 @@ impl Shared {
                     })
                     .map(|v| v.acked_durable)
                     .min();
-                log.set_retention_hold(hold);
+                // Never past the commit point either, even when every follower was let go:
+                // records above it may exist nowhere else, and a follower re-seeded past them
+                // would later move the commit point over records no node holds.
+                log.set_retention_hold(Some(hold.map_or(commit, |h| h.min(commit))));
             } else {
                 // A follower keeps what may still have to be cut: above the commit point it
                 // learned, its records may have diverged from the leader's, and a cut back to

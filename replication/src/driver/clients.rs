@@ -545,8 +545,7 @@ fn handle(
     let reply = match msg {
         Message::ClientAppend { log, acks, records } => {
             if shared.config.role != Role::Leader {
-                let reason = format!("node {} is a follower; append to the leader", shared.config.node_id);
-                return conn.replies.fill(seq, &Message::Refuse { reason });
+                return conn.replies.fill(seq, &Message::Refuse { reason: shared.follower_refusal() });
             }
             let slot = match shared.log_state(&log) {
                 Ok(slot) => slot,

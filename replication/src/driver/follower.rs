@@ -280,12 +280,12 @@ pub(super) fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerI
                     follower.handle(input);
                 }
                 FollowerAction::Reset { start_offset } => {
+                    let from = s.log.written_end().min(start_offset);
                     let input = match s.log.reset(start_offset) {
                         Ok(()) => {
                             log_line(&format!(
-                                "log {name}: re-seeded: the leader no longer holds records {}..{start_offset}; \
-                                     the log starts again at {start_offset}",
-                                s.log.written_end().min(start_offset)
+                                "log {name}: re-seeded: the leader no longer holds records {from}..{start_offset}; \
+                                     the log starts again at {start_offset}"
                             ));
                             FollowerInput::Reset { start_offset }
                         }
