@@ -61,9 +61,11 @@ struct ServeArgs {
     /// Copies that commit a record, the leader included (default: a majority).
     #[arg(long)]
     quorum: Option<usize>,
-    /// Cluster id; nodes of another cluster are refused.
-    #[arg(long, default_value_t = 1)]
-    cluster_id: u64,
+    /// Cluster id; nodes of another cluster are refused. Default: the one this node keeps in
+    /// DIR/node.state; a leader without one makes a random id, a follower without one takes
+    /// its first leader's.
+    #[arg(long)]
+    cluster_id: Option<u64>,
     /// Allow a non-loopback listen address without TLS.
     #[arg(long)]
     insecure_plaintext: bool,
@@ -770,7 +772,7 @@ fn serve(args: &ServeArgs) -> CliResult {
         tern_replication::codec::Compression { level: args.compression_level, ..Default::default() }
     };
     let config = tern_replication::driver::ServerConfig {
-        cluster_id: args.cluster_id,
+        cluster_id: args.cluster_id.unwrap_or(0),
         node_id: args.node_id,
         listen: args.listen,
         role,

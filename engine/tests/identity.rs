@@ -57,3 +57,50 @@ fn a_follower_refuses_appends_naming_its_leader() {
     let err = client.append_acks("orders", vec![Bytes::from_static(b"two")], Acks::Written).unwrap_err();
     assert!(err.to_string().contains("follower of node 1 (which connected from 127.0.0.1)"), "{err}");
 }
+
+/// Nodes started without a cluster id: the first leader makes a random one and its follower
+/// takes it, both keep it. A new leader started elsewhere (a new cluster, with an id of its
+/// own) and pointed at that follower is refused: it never takes, or cuts, anything there.
+#[test]
+fn a_leader_of_another_cluster_is_refused_by_a_follower_that_joined_one() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let follower_config = || common::config(0, 2, Role::Follower, vec![], any_port());
+    let follower = common::start(dirs[1].path(), tern::Config::default(), follower_config());
+    let at = follower.local_addr();
+    let first = common::start(
+        dirs[0].path(),
+        tern::Config::default(),
+        common::config(0, 1, Role::Leader, vec![(2, at)], any_port()),
+    );
+    let mut client = Client::connect(first.local_addr()).unwrap();
+    let records: Vec<Bytes> = ["a", "b", "c"].iter().map(|r| Bytes::from_static(r.as_bytes())).collect();
+    client.append_acks("orders", records, Acks::Quorum).unwrap();
+    first.stop();
+    let kept = tern_replication::node_state::NodeState::load(
+        &tern_segment::OsDisk::new(),
+        &dirs[1].path().join(tern_replication::node_state::NODE_STATE_FILE),
+    )
+    .unwrap();
+    assert_ne!(kept.cluster_id, 0, "the follower keeps the cluster it joined");
+    assert_eq!(kept.leader("orders").map(|(_, leader)| leader), Some(1), "and whom it follows");
+
+    // Restarted, the follower still belongs to the first cluster.
+    follower.stop();
+    let follower =
+        common::start(dirs[1].path(), tern::Config::default(), ServerConfig { listen: at, ..follower_config() });
+    let other = common::start(
+        dirs[2].path(),
+        tern::Config::default(),
+        ServerConfig {
+            commit_timeout: Duration::from_millis(500),
+            ..common::config(0, 1, Role::Leader, vec![(2, at)], any_port())
+        },
+    );
+    let mut client = Client::connect(other.local_addr()).unwrap();
+    assert!(client.append_acks("orders", vec![Bytes::from_static(b"x")], Acks::Quorum).is_err());
+    std::thread::sleep(Duration::from_millis(300));
+    let m = common::log_metrics(&other, "orders");
+    assert!(m.peers.iter().all(|p| !p.connected), "the follower took a leader of another cluster: {m:?}");
+    let (_, _, records) = Client::connect(follower.local_addr()).unwrap().read_from("orders", 0, 10, true).unwrap();
+    assert_eq!(records.len(), 3, "the follower's records are untouched");
+}

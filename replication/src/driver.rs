@@ -28,6 +28,7 @@ use crate::codec::{self, Compression};
 use crate::message::{
     Acks, Chunk, Message, NodeId, CLIENT_READ_WAIT_MS_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
 };
+use crate::node_state::{NodeState, NODE_STATE_FILE};
 use crate::proto::{
     Follower, FollowerAction, FollowerInput, Leader, LeaderAction, LeaderConfig, LeaderInput, PeerView, Quorum,
 };
@@ -97,6 +98,9 @@ pub enum Role {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Every node of a cluster has the same; connections from another cluster are refused.
+    /// 0: the one kept in the node state file (`node.state`, FORMAT.md); a leader without one
+    /// makes a random id at its first start, a follower without one takes the id of the first
+    /// leader that reaches it. A non-zero id must match the kept one.
     pub cluster_id: u64,
     /// This node.
     pub node_id: NodeId,
@@ -260,7 +264,59 @@ fn refuse_waiters(core: &mut Core, durable_end: u64, mut expired: impl FnMut(&Wa
     }
 }
 
+/// A cluster id nobody else has: 64 random bits from the standard library's per-process
+/// random hash keys, never 0.
+fn random_cluster_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
+}
+
 impl Shared {
+    /// The cluster id: fixed at start, except on a follower that has none yet, which takes
+    /// the first leader's.
+    fn cluster_id(&self) -> u64 {
+        self.node_state.lock().cluster_id
+    }
+
+    /// A follower without a cluster id takes `cluster_id`, durably; afterwards only nodes of
+    /// that cluster are taken.
+    fn join_cluster(&self, cluster_id: u64) -> Result<(), String> {
+        let mut state = self.node_state.lock();
+        if state.cluster_id != 0 {
+            return if state.cluster_id == cluster_id {
+                Ok(())
+            } else {
+                Err(format!("cluster id {cluster_id:#x} is not {:#x}", state.cluster_id))
+            };
+        }
+        let mut next = state.clone();
+        next.cluster_id = cluster_id;
+        self.store_node_state(&next)?;
+        *state = next;
+        log_line(&format!("joined cluster {cluster_id:#x}"));
+        Ok(())
+    }
+
+    /// Records durably that `leader` leads `log` in `epoch` (a follower).
+    fn record_leader(&self, log: &str, epoch: u64, leader: NodeId) -> Result<(), String> {
+        let mut state = self.node_state.lock();
+        let mut next = state.clone();
+        next.set_leader(log, epoch, leader);
+        self.store_node_state(&next)?;
+        *state = next;
+        Ok(())
+    }
+
+    fn store_node_state(&self, state: &NodeState) -> Result<(), String> {
+        match &self.node_state_file {
+            Some((disk, path)) => state.store(&**disk, path).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
     /// Why a follower refuses an append: it names the leader it follows, when it has one.
     fn follower_refusal(&self) -> String {
         let me = self.config.node_id;
@@ -345,6 +401,10 @@ struct Shared {
     /// Follower: the node it follows now and the address that node connected from, for the
     /// refusal of client appends.
     following: Mutex<Option<(NodeId, std::net::IpAddr)>>,
+    /// The cluster id and, on a follower, whom each log follows in which epoch; kept in
+    /// `node_state_file` when the node has a state directory.
+    node_state: Mutex<NodeState>,
+    node_state_file: Option<(Arc<dyn tern_segment::Disk>, std::path::PathBuf)>,
 }
 
 /// Counters of a leader's shipping.
@@ -399,6 +459,29 @@ impl Server {
             }
             _ => Slots::new(),
         };
+        let node_state_file = logs.state_dir().map(|(disk, dir)| (disk, dir.join(NODE_STATE_FILE)));
+        let mut node_state = match &node_state_file {
+            Some((disk, path)) => NodeState::load(&**disk, path).map_err(|e| io::Error::other(e.to_string()))?,
+            None => NodeState::default(),
+        };
+        let mut config = config;
+        match (config.cluster_id, node_state.cluster_id) {
+            (0, 0) if config.role == Role::Leader => node_state.cluster_id = random_cluster_id(),
+            (0, kept) => config.cluster_id = kept,
+            (given, 0) => node_state.cluster_id = given,
+            (given, kept) if given != kept => {
+                return Err(io::Error::other(format!(
+                    "this node belongs to cluster {kept:#x}, not {given:#x} (kept in {NODE_STATE_FILE})"
+                )));
+            }
+            _ => {}
+        }
+        config.cluster_id = node_state.cluster_id;
+        if let Some((disk, path)) = &node_state_file {
+            if NodeState::load(&**disk, path).map_err(|e| io::Error::other(e.to_string()))? != node_state {
+                node_state.store(&**disk, path).map_err(|e| io::Error::other(e.to_string()))?;
+            }
+        }
         let shared = Arc::new(Shared {
             config,
             logs,
@@ -413,6 +496,8 @@ impl Server {
             syncs: SyncQueue::default(),
             clients: ClientLoop::new()?,
             following: Mutex::new(None),
+            node_state: Mutex::new(node_state),
+            node_state_file,
         });
         for name in shared.logs.names() {
             shared.log_state(&name).map_err(io::Error::other)?;
@@ -688,7 +773,13 @@ impl Shared {
                 while leader.poll_action().is_some() {}
                 (Some(leader), None)
             }
-            Role::Follower => (None, Some(Follower::new(name.to_owned(), 0, written, durable, log.last_epoch()))),
+            Role::Follower => {
+                let mut follower = Follower::new(name.to_owned(), 0, written, durable, log.last_epoch());
+                if let Some((epoch, leader)) = self.node_state.lock().leader(name) {
+                    follower.restore_leader(epoch, leader);
+                }
+                (None, Some(follower))
+            }
         };
         let slot = Arc::new(LogSlot {
             name: name.to_owned(),
@@ -966,8 +1057,14 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, counted: &mut O
     stream.set_read_timeout(None)?;
     match first {
         Message::Hello { cluster_id, node_id, version_min, version_max, .. } => {
-            if cluster_id != shared.config.cluster_id {
-                let reason = format!("cluster id {cluster_id:#x} is not {:#x}", shared.config.cluster_id);
+            let joined = if shared.config.role == Role::Follower {
+                shared.join_cluster(cluster_id)
+            } else if cluster_id == shared.cluster_id() {
+                Ok(())
+            } else {
+                Err(format!("cluster id {cluster_id:#x} is not {:#x}", shared.cluster_id()))
+            };
+            if let Err(reason) = joined {
                 let _ = write_msg(&mut stream, &Message::Refuse { reason: reason.clone() });
                 return Err(io::Error::other(reason));
             }

@@ -7,6 +7,8 @@
 //! - [`proto`]: the protocol core, a state machine without I/O: inputs in, actions out.
 //! - [`slots`]: the replication slots file, what a leader knows of each peer on each log,
 //!   kept across restarts.
+//! - [`node_state`]: the node state file: the cluster a node belongs to and, on a follower,
+//!   whom it follows on each log in which epoch, kept across restarts.
 //! - [`sim`]: a deterministic simulator running the core over a seeded lossy network and
 //!   fault-injecting disks, with the invariants checked after every step.
 #![warn(missing_docs)]
@@ -14,6 +16,7 @@
 pub mod codec;
 pub mod driver;
 pub mod message;
+pub mod node_state;
 pub mod proto;
 pub mod sim;
 pub mod slots;

@@ -683,6 +683,13 @@ pub enum FollowerInput {
         /// New durable end.
         durable_end: u64,
     },
+    /// The driver recorded durably what a [`FollowerAction::RecordLeader`] asked.
+    LeaderRecorded {
+        /// The epoch recorded.
+        epoch: u64,
+        /// The node leading it.
+        leader: NodeId,
+    },
 }
 
 /// What a follower asks the driver to do.
@@ -719,6 +726,16 @@ pub enum FollowerAction {
         /// The message.
         msg: Message,
     },
+    /// Record durably that `leader` leads this log in `epoch` (a later epoch than any taken
+    /// before), then report [`FollowerInput::LeaderRecorded`]. Nothing of that epoch is taken
+    /// until then: after a restart the follower must still refuse older epochs, and another
+    /// node claiming this one.
+    RecordLeader {
+        /// The new epoch.
+        epoch: u64,
+        /// The node leading it.
+        leader: NodeId,
+    },
 }
 
 /// The follower side of one log.
@@ -745,6 +762,8 @@ pub struct Follower {
     /// Records the leader no longer holds that this follower needed (`from..to`), and whether
     /// it was re-seeded past them (true) or stopped (false).
     gap: Option<(u64, u64, bool)>,
+    /// The message of a new epoch that waits for its leader to be recorded.
+    pending: Option<(NodeId, Message)>,
     actions: VecDeque<FollowerAction>,
 }
 
@@ -767,8 +786,24 @@ impl Follower {
             cutting_for: 0,
             cut_pending: false,
             gap: None,
+            pending: None,
             actions: VecDeque::new(),
         }
+    }
+
+    /// Restores what the node recorded ([`FollowerAction::RecordLeader`]) before a restart:
+    /// `leader` led this log in `epoch`. Older epochs are refused from now on, and so is this
+    /// one from any other node.
+    pub fn restore_leader(&mut self, epoch: u64, leader: NodeId) {
+        if epoch >= self.epoch_seen {
+            self.epoch_seen = epoch;
+            self.leader = Some(leader);
+        }
+    }
+
+    /// The node this log follows, once one was taken.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
     }
 
     /// The commit point the leader last announced, bounded by what this node holds.
@@ -854,6 +889,15 @@ impl Follower {
                     self.ack();
                 }
             }
+            FollowerInput::LeaderRecorded { epoch, leader } => {
+                if epoch >= self.epoch_seen {
+                    self.epoch_seen = epoch;
+                    self.leader = Some(leader);
+                }
+                if let Some((from, msg)) = self.pending.take() {
+                    self.receive(from, msg);
+                }
+            }
             FollowerInput::Synced { durable_end } => {
                 self.sync_requested = false;
                 // A sync that ran while the log was cut back reports an end past the cut.
@@ -871,24 +915,50 @@ impl Follower {
         self.actions.pop_front()
     }
 
-    /// Whether a message of `epoch` from `from` is the current leader's, taking note of it; a
-    /// stale leader's is answered with where this log stands, so it learns it is behind.
-    fn accept(&mut self, from: NodeId, epoch: u64) -> bool {
+    /// Whether a message of `epoch` from `from` is the current leader's. A stale leader's is
+    /// answered with where this log stands, so it learns it is behind (and stops leading, if
+    /// this log was checked against a later epoch). Another node claiming the epoch this log
+    /// already follows a leader in is a stranger or a zombie: nothing of it is taken. The
+    /// message of a new epoch is kept until its leader is recorded durably.
+    fn accept(&mut self, from: NodeId, epoch: u64, msg: &Message) -> bool {
         if epoch < self.epoch_seen {
             self.leader_ack(from);
             return false;
         }
-        self.epoch_seen = epoch;
-        self.leader = Some(from);
+        if epoch == self.epoch_seen && self.leader.is_some_and(|leader| leader != from) {
+            return false;
+        }
+        if epoch > self.epoch_seen || self.leader.is_none() {
+            self.pending = Some((from, msg.clone()));
+            self.actions.push_back(FollowerAction::RecordLeader { epoch, leader: from });
+            return false;
+        }
         true
     }
 
     fn receive(&mut self, from: NodeId, msg: Message) {
+        let epoch = match &msg {
+            Message::Append { log, epoch, .. }
+            | Message::Truncate { log, epoch, .. }
+            | Message::Reseed { log, epoch, .. }
+            | Message::DataLoss { log, epoch, .. }
+                if *log == self.log =>
+            {
+                *epoch
+            }
+            Message::Heartbeat { epoch, .. } => *epoch,
+            _ => return,
+        };
+        if !self.accept(from, epoch, &msg) {
+            return;
+        }
+        self.take(msg);
+    }
+
+    /// Takes a message of the current leader.
+    fn take(&mut self, msg: Message) {
         match msg {
             Message::Append { log, epoch, commit_end, chunk } if log == self.log => {
-                if !self.accept(from, epoch) {
-                    return;
-                }
                 self.learn_commit(epoch, commit_end);
                 if self.applying
                     || epoch != self.checked_epoch
@@ -904,9 +974,6 @@ impl Follower {
                 self.actions.push_back(FollowerAction::Apply { chunk, epoch });
             }
             Message::Truncate { log, epoch, to, written_end, last_epoch } if log == self.log => {
-                if !self.accept(from, epoch) {
-                    return;
-                }
                 if self.applying || (written_end, last_epoch) != (self.written_end, self.last_epoch) {
                     // Busy, or an answer to a state this log has left: the ack brings a new one.
                     self.ack();
@@ -923,9 +990,6 @@ impl Follower {
                 self.actions.push_back(FollowerAction::Truncate { to });
             }
             Message::Reseed { log, epoch, start_offset, missing_from: _ } if log == self.log => {
-                if !self.accept(from, epoch) {
-                    return;
-                }
                 if start_offset <= self.written_end || self.applying {
                     // Already past the gap (a late message), or busy: say where we stand.
                     self.ack();
@@ -939,20 +1003,12 @@ impl Follower {
                 self.checked_epoch = epoch;
                 self.actions.push_back(FollowerAction::Reset { start_offset });
             }
-            Message::DataLoss { log, epoch, from: _, to } if log == self.log => {
-                if !self.accept(from, epoch) {
-                    return;
-                }
-                // The records this log will never get start at its own end: the leader's
-                // `from` is where it last heard this log stood, which may be behind.
-                if to > self.written_end {
-                    self.gap = Some((self.written_end, to, false));
-                }
+            // The records this log will never get start at its own end: the leader's `from` is
+            // where it last heard this log stood, which may be behind.
+            Message::DataLoss { log, epoch: _, from: _, to } if log == self.log && to > self.written_end => {
+                self.gap = Some((self.written_end, to, false));
             }
             Message::Heartbeat { epoch, logs } => {
-                if !self.accept(from, epoch) {
-                    return;
-                }
                 if let Some((_, _, commit)) = logs.iter().find(|(name, _, _)| *name == self.log) {
                     self.learn_commit(epoch, *commit);
                 }
@@ -1168,7 +1224,7 @@ mod tests {
                 }
             }
             for msg in to_follower {
-                follower.handle(FollowerInput::Received { from: 1, msg });
+                recv(&mut follower, 1, msg);
             }
             let mut to_leader = Vec::new();
             while let Some(action) = follower.poll_action() {
@@ -1200,12 +1256,12 @@ mod tests {
         let mut follower = Follower::new("l".into(), 1, 70, 70, 1);
         let cut = Message::Truncate { log: "l".into(), epoch: 2, to: 50, written_end: 70, last_epoch: 1 };
         for _ in 0..3 {
-            follower.handle(FollowerInput::Received { from: 1, msg: cut.clone() });
+            recv(&mut follower, 1, cut.clone());
             assert_eq!(follower.poll_action(), Some(FollowerAction::Truncate { to: 50 }));
             follower.handle(FollowerInput::ApplyFailed);
             assert_eq!(follower.poll_action(), None, "no ack that would bring the same cut straight back");
             let heartbeat = Message::Heartbeat { epoch: 2, logs: vec![("l".into(), 100, 0)] };
-            follower.handle(FollowerInput::Received { from: 1, msg: heartbeat });
+            recv(&mut follower, 1, heartbeat);
             let still = Message::Ack { log: "l".into(), epoch: 0, written_end: 70, durable_end: 70, last_epoch: 1 };
             assert_eq!(follower.poll_action(), Some(FollowerAction::Send { to: 1, msg: still }));
         }
@@ -1213,7 +1269,7 @@ mod tests {
         let chunk = chunk(70, 71);
         let mut follower = Follower::new("l".into(), 1, 70, 70, 1);
         let check = Message::Truncate { log: "l".into(), epoch: 1, to: 70, written_end: 70, last_epoch: 1 };
-        follower.handle(FollowerInput::Received { from: 1, msg: check });
+        recv(&mut follower, 1, check);
         let _ = std::iter::from_fn(|| follower.poll_action()).count();
         follower.handle(FollowerInput::Received {
             from: 1,
@@ -1230,18 +1286,27 @@ mod tests {
         // committed up to 90.
         let mut follower = Follower::new("l".into(), 1, 70, 70, 1);
         let heartbeat = Message::Heartbeat { epoch: 2, logs: vec![("l".into(), 100, 90)] };
-        follower.handle(FollowerInput::Received { from: 1, msg: heartbeat.clone() });
+        recv(&mut follower, 1, heartbeat.clone());
         assert_eq!(follower.commit_end(), 0, "50..70 are not the leader's: none of them is committed");
         let chunk = chunk(90, 95);
         let append = Message::Append { log: "l".into(), epoch: 2, commit_end: 90, chunk };
-        follower.handle(FollowerInput::Received { from: 1, msg: append });
+        recv(&mut follower, 1, append);
         assert_eq!(follower.commit_end(), 0);
         let cut = Message::Truncate { log: "l".into(), epoch: 2, to: 50, written_end: 70, last_epoch: 1 };
-        follower.handle(FollowerInput::Received { from: 1, msg: cut });
+        recv(&mut follower, 1, cut);
         let _ = std::iter::from_fn(|| follower.poll_action()).count();
         follower.handle(FollowerInput::Truncated { written_end: 50, last_epoch: 1 });
-        follower.handle(FollowerInput::Received { from: 1, msg: heartbeat });
+        recv(&mut follower, 1, heartbeat);
         assert_eq!(follower.commit_end(), 50, "checked: records up to its end are the leader's");
+    }
+
+    /// Feeds a message to a follower, recording a new leader at once as the driver does.
+    fn recv(follower: &mut Follower, from: NodeId, msg: Message) {
+        follower.handle(FollowerInput::Received { from, msg });
+        if let Some(FollowerAction::RecordLeader { epoch, leader }) = follower.actions.front().cloned() {
+            follower.actions.pop_front();
+            follower.handle(FollowerInput::LeaderRecorded { epoch, leader });
+        }
     }
 
     fn drain(leader: &mut Leader) -> Vec<LeaderAction> {
@@ -1317,6 +1382,43 @@ mod tests {
         }
     }
 
+    /// A follower records who leads a new epoch, durably, before it takes anything of it.
+    #[test]
+    fn a_follower_records_a_new_leader_before_taking_anything_of_its_epoch() {
+        let mut follower = Follower::new("l".into(), 0, 5, 5, 1);
+        let check = Message::Truncate { log: "l".into(), epoch: 1, to: 5, written_end: 5, last_epoch: 1 };
+        follower.handle(FollowerInput::Received { from: 1, msg: check });
+        assert_eq!(follower.poll_action(), Some(FollowerAction::RecordLeader { epoch: 1, leader: 1 }));
+        assert_eq!(follower.poll_action(), None, "nothing of the epoch before it is recorded");
+        assert_eq!(follower.checked_epoch(), 0);
+        follower.handle(FollowerInput::LeaderRecorded { epoch: 1, leader: 1 });
+        assert_eq!(follower.poll_action(), Some(FollowerAction::Send { to: 1, msg: ack(5, 5) }));
+        assert_eq!((follower.checked_epoch(), follower.leader()), (1, Some(1)));
+    }
+
+    /// After a restart (the recorded leader restored), another node claiming the epoch the log
+    /// follows is refused, and so is an older epoch; a later epoch is a new leader.
+    #[test]
+    fn a_follower_refuses_another_node_claiming_the_epoch_it_follows_also_after_a_restart() {
+        let mut follower = Follower::new("l".into(), 0, 5, 5, 3);
+        follower.restore_leader(3, 1);
+        let truncate = |epoch| Message::Truncate { log: "l".into(), epoch, to: 5, written_end: 5, last_epoch: 3 };
+        follower.handle(FollowerInput::Received { from: 9, msg: truncate(3) });
+        assert_eq!(follower.poll_action(), None, "a stranger claiming epoch 3 gets nothing");
+        assert_eq!(follower.checked_epoch(), 0);
+        follower.handle(FollowerInput::Received { from: 9, msg: truncate(2) });
+        assert!(
+            matches!(follower.poll_action(), Some(FollowerAction::Send { to: 9, .. })),
+            "a stale one learns where it stands"
+        );
+        assert_eq!(follower.checked_epoch(), 0);
+        follower.handle(FollowerInput::Received { from: 1, msg: truncate(3) });
+        assert!(matches!(follower.poll_action(), Some(FollowerAction::Send { to: 1, .. })), "its leader is taken");
+        assert_eq!(follower.checked_epoch(), 3);
+        follower.handle(FollowerInput::Received { from: 9, msg: truncate(4) });
+        assert_eq!(follower.poll_action(), Some(FollowerAction::RecordLeader { epoch: 4, leader: 9 }));
+    }
+
     #[test]
     fn a_restored_slot_counts_only_up_to_where_its_epoch_ends_here() {
         // The slot was saved in epoch 1, when the follower had 0..100 durable; this log lost
@@ -1337,7 +1439,7 @@ mod tests {
     fn a_follower_answers_a_gap_with_where_it_stands() {
         let mut follower = Follower::new("l".into(), 1, 5, 5, 1);
         let check = Message::Truncate { log: "l".into(), epoch: 1, to: 5, written_end: 5, last_epoch: 1 };
-        follower.handle(FollowerInput::Received { from: 1, msg: check });
+        recv(&mut follower, 1, check);
         assert_eq!(follower.poll_action(), Some(FollowerAction::Send { to: 1, msg: ack(5, 5) }));
         let chunk = chunk(9, 12);
         follower.handle(FollowerInput::Received {
@@ -1352,15 +1454,15 @@ mod tests {
     fn a_data_loss_shrinks_as_late_records_arrive_and_is_gone_once_they_reach_the_leaders_start() {
         let mut follower = Follower::new("l".into(), 1, 40, 40, 1);
         let check = Message::Truncate { log: "l".into(), epoch: 1, to: 40, written_end: 40, last_epoch: 1 };
-        follower.handle(FollowerInput::Received { from: 1, msg: check });
+        recv(&mut follower, 1, check);
         let loss = Message::DataLoss { log: "l".into(), epoch: 1, from: 30, to: 44 };
-        follower.handle(FollowerInput::Received { from: 1, msg: loss });
+        recv(&mut follower, 1, loss);
         assert_eq!(follower.gap(), Some((40, 44, false)), "lost from its own end, not the leader's `from`");
         while follower.poll_action().is_some() {}
         // Shipped before the leader's retention deleted the rest, delivered after its notice.
         for (base, end, gap) in [(40, 42, Some((42, 44, false))), (42, 44, None)] {
             let msg = Message::Append { log: "l".into(), epoch: 1, commit_end: 0, chunk: chunk(base, end) };
-            follower.handle(FollowerInput::Received { from: 1, msg });
+            recv(&mut follower, 1, msg);
             assert!(matches!(follower.poll_action(), Some(FollowerAction::Apply { .. })));
             follower.handle(FollowerInput::Applied { written_end: end, last_epoch: 1 });
             assert_eq!(follower.gap(), gap, "after {base}..{end} arrived");
@@ -1373,23 +1475,23 @@ mod tests {
         let mut follower = Follower::new("l".into(), 1, 50, 50, 1);
         // A leader of epoch 2 has not checked this log yet: its append is not applied.
         let append = Message::Append { log: "l".into(), epoch: 2, commit_end: 0, chunk: chunk(50, 60) };
-        follower.handle(FollowerInput::Received { from: 1, msg: append.clone() });
+        recv(&mut follower, 1, append.clone());
         assert!(matches!(follower.poll_action(), Some(FollowerAction::Send { .. })));
         assert_eq!(follower.poll_action(), None);
         // A cut answering a state the log has left is ignored.
         let late = Message::Truncate { log: "l".into(), epoch: 2, to: 40, written_end: 45, last_epoch: 1 };
-        follower.handle(FollowerInput::Received { from: 1, msg: late });
+        recv(&mut follower, 1, late);
         assert!(matches!(follower.poll_action(), Some(FollowerAction::Send { .. })));
         assert_eq!(follower.poll_action(), None);
         // The cut that answers its state is carried out; then the log is checked for epoch 2.
         let cut = Message::Truncate { log: "l".into(), epoch: 2, to: 40, written_end: 50, last_epoch: 1 };
-        follower.handle(FollowerInput::Received { from: 1, msg: cut });
+        recv(&mut follower, 1, cut);
         assert_eq!(follower.poll_action(), Some(FollowerAction::Truncate { to: 40 }));
         follower.handle(FollowerInput::Truncated { written_end: 40, last_epoch: 1 });
         assert_eq!(follower.checked_epoch(), 2);
         let _ack = follower.poll_action();
         let append = Message::Append { log: "l".into(), epoch: 2, commit_end: 0, chunk: chunk(40, 60) };
-        follower.handle(FollowerInput::Received { from: 1, msg: append });
+        recv(&mut follower, 1, append);
         assert!(matches!(follower.poll_action(), Some(FollowerAction::Apply { .. })));
     }
 }

@@ -127,6 +127,9 @@ struct Node {
     durable_floor: u64,
     /// Records up to here were checked against the leader's.
     checked_end: u64,
+    /// Follower: the leader epoch it took last and who led it, as its node state file keeps
+    /// it (written durably before anything of the epoch is taken).
+    recorded_leader: Option<(u64, NodeId)>,
 }
 
 /// Faults a run injected, to show that a passing run was not a quiet one.
@@ -234,7 +237,16 @@ impl World {
             } else {
                 Role::Follower(Follower::new(LOG.into(), 0, 0, 0, 0))
             };
-            nodes.push(Node { id, disk, committer, log: Some(log), role, durable_floor: 0, checked_end: 0 });
+            nodes.push(Node {
+                id,
+                disk,
+                committer,
+                log: Some(log),
+                role,
+                durable_floor: 0,
+                checked_end: 0,
+                recorded_leader: None,
+            });
         }
         let mut world = World {
             faults_injected: Faults::default(),
@@ -577,6 +589,17 @@ impl World {
                     self.follower(id).handle(FollowerInput::Reset { start_offset });
                 }
                 FollowerAction::Send { to, msg } => self.send(id, to, &msg),
+                FollowerAction::RecordLeader { epoch, leader } => {
+                    let node = &mut self.nodes[id as usize];
+                    if node.recorded_leader.is_some_and(|(e, l)| e > epoch || (e == epoch && l != leader)) {
+                        return Err(format!(
+                            "follower {id} records node {leader} for epoch {epoch} over {:?}",
+                            node.recorded_leader
+                        ));
+                    }
+                    node.recorded_leader = Some((epoch, leader));
+                    self.follower(id).handle(FollowerInput::LeaderRecorded { epoch, leader });
+                }
             }
         }
         Ok(())
@@ -599,7 +622,11 @@ impl World {
         node.durable_floor = node.durable_floor.max(durable);
         let last_epoch = log.last_epoch();
         node.log = Some(log);
-        node.role = Role::Follower(Follower::new(LOG.into(), 1, written, durable, last_epoch));
+        let mut follower = Follower::new(LOG.into(), 1, written, durable, last_epoch);
+        if let Some((epoch, leader)) = node.recorded_leader {
+            follower.restore_leader(epoch, leader);
+        }
+        node.role = Role::Follower(follower);
         self.network.retain(|m| m.to != id && m.from != id);
         self.leader_input(LeaderInput::Disconnected { peer: id })?;
         self.leader_input(LeaderInput::Connected { peer: id, written_end: written, durable_end: durable })
@@ -618,7 +645,12 @@ impl World {
         node.log = Some(open_log(&node.disk, &node.committer)?);
         node.durable_floor = 0;
         node.checked_end = 0;
-        node.role = Role::Follower(Follower::new(LOG.into(), 0, 0, 0, 0));
+        // The node state file stays: the copy of one log was removed, not the node.
+        let mut follower = Follower::new(LOG.into(), 0, 0, 0, 0);
+        if let Some((epoch, leader)) = node.recorded_leader {
+            follower.restore_leader(epoch, leader);
+        }
+        node.role = Role::Follower(follower);
         self.network.retain(|m| m.to != id && m.from != id);
         self.leader_input(LeaderInput::Disconnected { peer: id })?;
         self.leader_input(LeaderInput::Connected { peer: id, written_end: 0, durable_end: 0 })

@@ -72,7 +72,7 @@ fn sync_log(shared: &Shared, queue: &SyncQueue, name: &str) -> Option<Vec<Messag
     let durable_end = slot.log.durable_end();
     slot.applied.syncs.fetch_add(1, Ordering::Relaxed);
     slot.applied.records_synced.fetch_add(durable_end.saturating_sub(before), Ordering::Relaxed);
-    Some(follower_input(&slot, queue, FollowerInput::Synced { durable_end }))
+    Some(follower_input(shared, &slot, queue, FollowerInput::Synced { durable_end }))
 }
 
 /// Below this many bytes received since the last sync, the connection's reader syncs itself
@@ -151,13 +151,13 @@ pub(super) fn follow_messages(
             | Message::Reseed { log, .. }
             | Message::DataLoss { log, .. } => {
                 let slot = shared.log_state(log).map_err(io::Error::other)?;
-                sends = follower_input(&slot, queue, FollowerInput::Received { from: leader, msg });
+                sends = follower_input(shared, &slot, queue, FollowerInput::Received { from: leader, msg });
             }
             Message::Heartbeat { logs, .. } => {
                 for (name, _, _) in logs {
                     let slot = shared.log_state(name).map_err(io::Error::other)?;
                     let input = FollowerInput::Received { from: leader, msg: msg.clone() };
-                    sends.extend(follower_input(&slot, queue, input));
+                    sends.extend(follower_input(shared, &slot, queue, input));
                 }
             }
             _ => {}
@@ -210,7 +210,7 @@ pub(super) fn has_whole_message(buffered: &[u8]) -> bool {
 
 /// Feeds a follower input to the core of `slot` and carries out the actions; returns the
 /// messages for the leader.
-pub(super) fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Vec<Message> {
+pub(super) fn follower_input(shared: &Shared, slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Vec<Message> {
     let (s, name) = (slot, &slot.name);
     let mut sends = Vec::new();
     let mut sync = false;
@@ -297,6 +297,16 @@ pub(super) fn follower_input(slot: &LogSlot, queue: &SyncQueue, input: FollowerI
                     follower.handle(input);
                 }
                 FollowerAction::Send { msg, .. } => sends.push(msg),
+                FollowerAction::RecordLeader { epoch, leader } => {
+                    // Durable before anything of the epoch is taken; on failure nothing of it
+                    // is, and the next message of the epoch asks again.
+                    match shared.record_leader(name, epoch, leader) {
+                        Ok(()) => follower.handle(FollowerInput::LeaderRecorded { epoch, leader }),
+                        Err(e) => log_line(&format!(
+                            "log {name}: cannot record node {leader} as leader of epoch {epoch}: {e}"
+                        )),
+                    }
+                }
             }
         }
     }
