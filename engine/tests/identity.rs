@@ -104,3 +104,32 @@ fn a_leader_of_another_cluster_is_refused_by_a_follower_that_joined_one() {
     let (_, _, records) = Client::connect(follower.local_addr()).unwrap().read_from("orders", 0, 10, true).unwrap();
     assert_eq!(records.len(), 3, "the follower's records are untouched");
 }
+
+/// A leader whose disk was replaced comes back empty under the same node id and cluster, and
+/// its follower holds the log it lost. It must not lead that log as if it were its own (a cut
+/// to the follower's end cut nothing, and its new records landed on the foreign prefix): it
+/// refuses, says why, and the follower's records stay as they were.
+#[test]
+fn a_leader_that_lost_its_disk_refuses_to_lead_over_a_follower_holding_more() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let follower = common::start(
+        dirs[1].path(),
+        tern::Config::default(),
+        common::config(0x4d, 2, Role::Follower, vec![], any_port()),
+    );
+    let at = follower.local_addr();
+    let leader_config = || ServerConfig {
+        commit_timeout: Duration::from_secs(2),
+        ..common::config(0x4d, 1, Role::Leader, vec![(2, at)], any_port())
+    };
+    let first = common::start(dirs[0].path(), tern::Config::default(), leader_config());
+    let records: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("r{i}"))).collect();
+    Client::connect(first.local_addr()).unwrap().append_acks("orders", records.clone(), Acks::Quorum).unwrap();
+    first.stop();
+    let replaced = common::start(dirs[2].path(), tern::Config::default(), leader_config());
+    let mut client = Client::connect(replaced.local_addr()).unwrap();
+    let err = client.append_acks("orders", vec![Bytes::from_static(b"new")], Acks::Quorum).unwrap_err();
+    assert!(err.to_string().contains("refusing to lead log orders: node 2 holds records"), "{err}");
+    let (_, _, held) = Client::connect(at).unwrap().read_from("orders", 0, 10, true).unwrap();
+    assert_eq!(held, records, "the follower's log is untouched");
+}

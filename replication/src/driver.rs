@@ -329,6 +329,22 @@ impl Shared {
     }
 }
 
+/// Why a leader stopped leading a log whose follower holds records it lost.
+fn lacks_reason(log: &str, peer: NodeId, from: u64, to: u64, last_epoch: u64) -> String {
+    format!(
+        "refusing to lead log {log}: node {peer} holds records {from}..{to} (up to epoch {last_epoch}) that this \
+         node's copy lacks; its disk was lost or replaced. Restore it, or start this node as a follower"
+    )
+}
+
+/// Why a leader refuses appends to a log it stopped leading, if it did.
+fn stop_reason(log: &str, node: NodeId, leader: &Leader) -> Option<String> {
+    if let Some(epoch) = leader.deposed_by() {
+        return Some(not_leader_reason(log, node, epoch));
+    }
+    leader.lacks_records().map(|(peer, from, to, last_epoch)| lacks_reason(log, peer, from, to, last_epoch))
+}
+
 fn leader_commit(core: &Core) -> u64 {
     core.leader.as_ref().map_or(0, Leader::commit_end)
 }
@@ -604,8 +620,8 @@ impl Server {
             return Err(io::Error::other(shared.follower_refusal()));
         }
         let slot = shared.log_state(log).map_err(io::Error::other)?;
-        if let Some(epoch) = slot.lock().leader.as_ref().and_then(Leader::deposed_by) {
-            return Err(io::Error::other(not_leader_reason(log, shared.config.node_id, epoch)));
+        if let Some(why) = slot.lock().leader.as_ref().and_then(|l| stop_reason(log, shared.config.node_id, l)) {
+            return Err(io::Error::other(why));
         }
         let offsets = slot.log.append(records, tern_wal::Durability::None).map_err(io::Error::other)?;
         if acks != Acks::Written {
@@ -651,8 +667,8 @@ impl Server {
         let mut core = slot.lock();
         loop {
             let Some(leader) = core.leader.as_ref() else { return Err("this node does not lead the log".into()) };
-            if let Some(epoch) = leader.deposed_by() {
-                return Err(not_leader_reason(&slot.name, self.shared.config.node_id, epoch));
+            if let Some(why) = stop_reason(&slot.name, self.shared.config.node_id, leader) {
+                return Err(why);
             }
             if done(leader) {
                 return Ok(());
@@ -826,7 +842,7 @@ impl Shared {
             // In-process waiters for the leader's own sync (`Server::append`).
             slot.committed.notify_all();
         }
-        let mut deposed = None;
+        let mut stopped = None;
         while let Some(action) = leader.poll_action() {
             match action {
                 LeaderAction::Ship { peer, from, bytes_max, commit_end } => {
@@ -846,6 +862,11 @@ impl Shared {
                     slot.committed.notify_all();
                     self.clients.poke();
                 }
+                LeaderAction::LacksRecords { peer, from, to, last_epoch } => {
+                    let why = lacks_reason(&slot.name, peer, from, to, last_epoch);
+                    log_line(&format!("log {}: {why}", slot.name));
+                    stopped = Some(why);
+                }
                 LeaderAction::Deposed { epoch } => {
                     log_line(&format!(
                         "log {}: a follower follows epoch {epoch}, later than this leader's {}: this node no \
@@ -853,13 +874,12 @@ impl Shared {
                         slot.name,
                         leader.epoch()
                     ));
-                    deposed = Some(epoch);
+                    stopped = Some(not_leader_reason(&slot.name, self.config.node_id, epoch));
                 }
             }
         }
-        if let Some(epoch) = deposed {
-            let why = format!(": {}", not_leader_reason(&slot.name, self.config.node_id, epoch));
-            refuse_waiters(core, slot.log.durable_end(), |_| true, &why);
+        if let Some(why) = stopped {
+            refuse_waiters(core, slot.log.durable_end(), |_| true, &format!(": {why}"));
             slot.committed.notify_all();
             self.clients.poke();
             return;

@@ -176,6 +176,20 @@ pub enum LeaderAction {
         /// New commit point.
         commit_end: u64,
     },
+    /// A peer holds records `from..to` that this leader's history says belong to its log, in
+    /// an epoch up to `last_epoch`, and this log does not hold them: it lost them (its disk
+    /// was lost or replaced). It stops leading, as when deposed, rather than write new records
+    /// over a log it does not hold; an operator restores its disk or starts it as a follower.
+    LacksRecords {
+        /// The peer that holds them.
+        peer: NodeId,
+        /// This log's end.
+        from: u64,
+        /// How far the peer's copy of them goes.
+        to: u64,
+        /// The epoch of the peer's last batch.
+        last_epoch: u64,
+    },
     /// A peer's log holds records of a later leader epoch, or was checked against one: another
     /// leader took over. This one stops: it ships nothing more, moves the commit point no
     /// further, and its waiting appends must be refused as sent to a node that no longer leads.
@@ -242,6 +256,9 @@ pub struct Leader {
     now_ms: u64,
     /// The later epoch an ack showed, once one did: this leader no longer leads.
     deposed_by: Option<u64>,
+    /// A peer that holds records this log lost (peer, this log's end, the peer's), once one
+    /// showed it: this leader stopped.
+    lacks: Option<(NodeId, u64, u64, u64)>,
     actions: VecDeque<LeaderAction>,
 }
 
@@ -261,6 +278,7 @@ impl Leader {
             start_offset: 0,
             now_ms: 0,
             deposed_by: None,
+            lacks: None,
             actions: VecDeque::new(),
         };
         leader.update_commit();
@@ -281,6 +299,13 @@ impl Leader {
     /// longer leads, and does nothing more.
     pub fn deposed_by(&self) -> Option<u64> {
         self.deposed_by
+    }
+
+    /// The peer that showed records this log lost, with this log's end, how far the peer's
+    /// copy goes and the epoch of its last batch ([`LeaderAction::LacksRecords`]): this leader
+    /// stopped.
+    pub fn lacks_records(&self) -> Option<(NodeId, u64, u64, u64)> {
+        self.lacks
     }
 
     /// Where a log whose last batch has epoch `epoch` stops agreeing with this leader's: the
@@ -349,7 +374,7 @@ impl Leader {
 
     /// Feeds one input. Afterwards, drain [`Leader::poll_action`] until it returns `None`.
     pub fn handle(&mut self, input: LeaderInput) {
-        if self.deposed_by.is_some() {
+        if self.deposed_by.is_some() || self.lacks.is_some() {
             return;
         }
         match input {
@@ -487,6 +512,16 @@ impl Leader {
             // were committed (a commit needs the leader's own sync): they are cut. The
             // `Truncate` names the state it answers, so a late one never cuts what came since.
             let to = written_end.min(diverged_at);
+            if to > leader_written {
+                // The peer holds records this leader's history calls its own log's (their epoch
+                // does not end before them here), at offsets this log never reached: this log
+                // lost them (its disk was lost or replaced). Leading would cut nothing and write
+                // new records over a log it does not hold: it stops instead.
+                let lacks = (peer, leader_written, to, last_epoch);
+                self.lacks = Some(lacks);
+                self.actions.push_back(LeaderAction::LacksRecords { peer, from: leader_written, to, last_epoch });
+                return;
+            }
             let msg = Message::Truncate {
                 log: self.config.log.clone(),
                 epoch: self.config.epoch,
@@ -505,8 +540,16 @@ impl Leader {
             // hold records this leader never wrote, at offsets it did.
             return;
         }
-        // A peer cannot hold what was never written here; treat such an ack as garbage.
         if written_end > leader_written {
+            // A peer cannot hold what was never written here. With a chunk on its way the
+            // ack may be ahead of that chunk's `Shipped`; otherwise the peer holds records
+            // this log lost, in an epoch numbered as this one (a leader whose disk was
+            // replaced begins the same epoch again): stop, as above.
+            if !p.shipping {
+                self.lacks = Some((peer, leader_written, written_end, last_epoch));
+                let stop = LeaderAction::LacksRecords { peer, from: leader_written, to: written_end, last_epoch };
+                self.actions.push_back(stop);
+            }
             return;
         }
         if written_end > p.acked_written || durable_end > p.acked_durable {
@@ -1417,6 +1460,27 @@ mod tests {
         assert_eq!(follower.checked_epoch(), 3);
         follower.handle(FollowerInput::Received { from: 9, msg: truncate(4) });
         assert_eq!(follower.poll_action(), Some(FollowerAction::RecordLeader { epoch: 4, leader: 9 }));
+    }
+
+    /// A leader whose disk was replaced starts empty, in epoch 1, and meets a follower holding
+    /// 0..100 of an earlier epoch 1: it must not take that log for its own (a `Truncate` to 100
+    /// cut nothing, and its appends landed on the foreign prefix); it stops and says why.
+    #[test]
+    fn a_leader_that_lost_records_a_follower_holds_stops_instead_of_writing_over_them() {
+        let mut leader = Leader::new(config(Quorum::Count(2)), 0, 0, 0);
+        leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
+        let _ = drain(&mut leader);
+        let holds = Message::Ack { log: "l".into(), epoch: 0, written_end: 100, durable_end: 100, last_epoch: 1 };
+        leader.handle(LeaderInput::Received { peer: 2, msg: holds });
+        let stop = LeaderAction::LacksRecords { peer: 2, from: 0, to: 100, last_epoch: 1 };
+        assert_eq!(drain(&mut leader), vec![stop]);
+        assert_eq!(leader.lacks_records(), Some((2, 0, 100, 1)));
+        leader.handle(LeaderInput::Written { end: 3 });
+        leader.handle(LeaderInput::Synced { end: 3 });
+        leader.handle(LeaderInput::Connected { peer: 3, written_end: 0, durable_end: 0 });
+        leader.handle(LeaderInput::Received { peer: 3, msg: ack(0, 0) });
+        assert_eq!(drain(&mut leader), vec![], "nothing shipped, nothing committed");
+        assert_eq!(leader.commit_end(), 0);
     }
 
     #[test]

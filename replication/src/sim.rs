@@ -499,6 +499,9 @@ impl World {
                 LeaderAction::Deposed { epoch } => {
                     return Err(format!("the only leader was deposed by epoch {epoch}"));
                 }
+                LeaderAction::LacksRecords { peer, from, to, .. } => {
+                    return Err(format!("the leader lacks records {from}..{to} that follower {peer} holds"));
+                }
             }
         }
         Ok(())

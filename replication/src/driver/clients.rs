@@ -551,8 +551,8 @@ fn handle(
                 Ok(slot) => slot,
                 Err(reason) => return conn.replies.fill(seq, &Message::Refuse { reason }),
             };
-            if let Some(epoch) = slot.lock().leader.as_ref().and_then(Leader::deposed_by) {
-                let reason = super::not_leader_reason(&log, shared.config.node_id, epoch);
+            let stopped = slot.lock().leader.as_ref().and_then(|l| super::stop_reason(&log, shared.config.node_id, l));
+            if let Some(reason) = stopped {
                 return conn.replies.fill(seq, &Message::Refuse { reason });
             }
             if quorum_lag_refusal(shared, &slot).is_some() {
