@@ -348,6 +348,44 @@ fn a_log_whose_creation_stopped_with_a_first_segment_shorter_than_a_header_opens
     committer.stop();
 }
 
+/// Writes `log.meta` as a build with version 1 meta files did: no segment range, no claim.
+fn write_v1_meta(disk: &SimDisk) {
+    let meta = tern_wal::meta::Meta::read(disk, log_dir()).unwrap().unwrap();
+    let mut v1 = b"TERNMETA".to_vec();
+    v1.extend_from_slice(&1u32.to_le_bytes());
+    for field in [meta.generation, meta.start_offset, meta.truncate_to] {
+        v1.extend_from_slice(&field.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&v1);
+    v1.extend_from_slice(&crc.to_le_bytes());
+    tern_segment::disk::write_file_atomic(disk, &log_dir().join("log.meta"), &v1, true).unwrap();
+}
+
+/// A version 1 log whose newest checkpoint slot claims only part of its first, sealed segment
+/// (the slot of a sync before the roll): the records past the claim are intact, not missing.
+#[test]
+fn a_claim_inside_a_sealed_segment_of_a_version_1_log_is_not_its_end() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let bases = closed_log_of_four_segments(&disk, &committer);
+    let generation = tern_wal::meta::Meta::read(&disk, log_dir()).unwrap().unwrap().generation;
+    let mut writer = tern_wal::meta::CheckpointWriter::open(&disk, log_dir()).unwrap();
+    let header = tern_segment::segment::SEGMENT_HEADER_BYTES;
+    let early = tern_wal::meta::Checkpoint {
+        generation,
+        segment_base: 0,
+        durable_pos: header,
+        durable_end: 0,
+        ..Default::default()
+    };
+    writer.write(early, true).unwrap();
+    write_v1_meta(&disk);
+    let log = open(&disk, &committer).unwrap();
+    assert_eq!(log.segments().iter().map(|s| s.base_offset()).collect::<Vec<_>>(), bases);
+    assert_eq!(contents(&log, Visibility::Durable).len() as u64, log.written_end());
+    committer.stop();
+}
+
 /// A log from a build with version 1 meta files, whose crash during a roll left the new last
 /// segment with a zero header: that segment holds nothing the checkpoint claims, so the log
 /// opens with every record and appends continue.
@@ -362,15 +400,7 @@ fn a_version_1_log_whose_last_segment_has_a_zero_header_opens_with_every_record(
     let expected = contents(&log, Visibility::Durable);
     log.close().unwrap();
     drop(log);
-    let meta = tern_wal::meta::Meta::read(&disk, log_dir()).unwrap().unwrap();
-    let mut v1 = b"TERNMETA".to_vec();
-    v1.extend_from_slice(&1u32.to_le_bytes());
-    for field in [meta.generation, meta.start_offset, meta.truncate_to] {
-        v1.extend_from_slice(&field.to_le_bytes());
-    }
-    let crc = crc32fast::hash(&v1);
-    v1.extend_from_slice(&crc.to_le_bytes());
-    tern_segment::disk::write_file_atomic(&disk, &log_dir().join("log.meta"), &v1, true).unwrap();
+    write_v1_meta(&disk);
     disk.create(&segment_path(5), 4096).unwrap();
     disk.sync_dir(log_dir()).unwrap();
     let log = open(&disk, &committer).unwrap();
