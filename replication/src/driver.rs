@@ -329,6 +329,29 @@ impl Shared {
     }
 }
 
+/// A connection's place among the node's open connections; dropping it removes the entry,
+/// which closes the descriptor once the connection's own handle is gone too.
+pub(super) struct Registered {
+    accepted: Arc<Mutex<BTreeMap<u64, TcpStream>>>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.accepted.lock().remove(&self.id);
+    }
+}
+
+impl Shared {
+    /// Keeps a handle of `stream` where a stop can close it, until the result is dropped.
+    fn register(&self, stream: &TcpStream) -> Option<Registered> {
+        let clone = stream.try_clone().ok()?;
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        self.accepted.lock().insert(id, clone);
+        Some(Registered { accepted: self.accepted.clone(), id })
+    }
+}
+
 /// Why a leader stopped leading a log whose follower holds records it lost.
 fn lacks_reason(log: &str, peer: NodeId, from: u64, to: u64, last_epoch: u64) -> String {
     format!(
@@ -404,8 +427,11 @@ struct Shared {
     /// directory lock).
     connections: Arc<AtomicUsize>,
     started: Instant,
-    /// Accepted connections, so that stopping closes them.
-    accepted: Mutex<Vec<TcpStream>>,
+    /// Open connections, accepted or dialed, so that stopping closes them. Each is removed
+    /// (and its descriptor closed) when its connection ends: see [`Registered`].
+    accepted: Arc<Mutex<BTreeMap<u64, TcpStream>>>,
+    /// Numbers the entries of `accepted`.
+    next_connection: std::sync::atomic::AtomicU64,
     /// Leader: what each follower acknowledged on each log, and where the file keeping it
     /// across restarts is.
     peer_slots: Mutex<Slots>,
@@ -506,7 +532,8 @@ impl Server {
             stop: AtomicBool::new(false),
             connections: Arc::new(AtomicUsize::new(0)),
             started: Instant::now(),
-            accepted: Mutex::new(Vec::new()),
+            accepted: Arc::new(Mutex::new(BTreeMap::new())),
+            next_connection: std::sync::atomic::AtomicU64::new(0),
             peer_slots: Mutex::new(peer_slots),
             peer_slots_file,
             syncs: SyncQueue::default(),
@@ -692,7 +719,7 @@ impl Server {
         // Close every connection, accepted or dialed, so blocked reads return; wake the accept
         // loop; then wait for the threads. Connection threads let go of the node's logs (and
         // so of its directory lock) within a bounded wait.
-        for stream in self.shared.accepted.lock().drain(..) {
+        for stream in self.shared.accepted.lock().values() {
             let _ = stream.shutdown(Shutdown::Both);
         }
         let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_millis(200));
@@ -953,14 +980,9 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             let _ = write_msg(&mut stream, &Message::Refuse { reason: "too many connections".into() });
             continue;
         }
-        if let Ok(clone) = stream.try_clone() {
-            let mut accepted = shared.accepted.lock();
-            accepted.retain(|s| s.peer_addr().is_ok());
-            accepted.push(clone);
-        }
-        // Counts the connection until its thread ends, or, for a client, until the client
-        // loop lets go of it.
-        let mut counted = Some(Counted(shared.connections.clone()));
+        // Counts the connection, and keeps it where a stop can close it, until its thread
+        // ends, or, for a client, until the client loop lets go of it.
+        let mut counted = Some(Counted { count: shared.connections.clone(), _registered: shared.register(&stream) });
         let shared = shared.clone();
         let closer = stream.try_clone();
         let spawned = spawn("tern-conn", move || {
@@ -971,11 +993,11 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
                     log_line(&format!("connection from {peer} closed: {e}"));
                 }
             }
-            // Dropping `stream` does not close the socket: the clone in `accepted` keeps it
-            // open. Without this shutdown, a peer whose bytes were refused (a damaged frame, a
-            // wrong cluster id) never saw the connection close, and a leader whose stream a
-            // follower had found corrupt kept shipping into a connection nobody read. A client
-            // handed over to the client loop (which took `counted`) stays open.
+            // Shut at once, so that a peer whose bytes were refused (a damaged frame, a wrong
+            // cluster id) sees the connection close, and a leader whose stream a follower had
+            // found corrupt stops shipping into it; dropping `counted` then closes the
+            // descriptor. A client handed over to the client loop (which took `counted`) stays
+            // open.
             if counted.is_some() {
                 if let Ok(closer) = closer {
                     let _ = closer.shutdown(Shutdown::Both);
@@ -986,8 +1008,8 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             drop(counted);
         });
         if let Err(e) = spawned {
-            // Out of threads: the connection is dropped (its clone in `accepted` is shut at
-            // stop; the closure's count is dropped with it) and the node goes on.
+            // Out of threads: the connection is dropped with the closure (and its count and
+            // registration with it) and the node goes on.
             log_line(&format!("cannot serve a new connection: {e}"));
         }
     }

@@ -176,12 +176,17 @@ impl ConnReplies {
     }
 }
 
-/// Counts a connection in [`Shared::connections`] until dropped.
-pub(super) struct Counted(pub(super) Arc<AtomicUsize>);
+/// Counts a connection in [`Shared::connections`] until dropped, and keeps it in the node's
+/// open connections (so that a stop can close it) until then.
+pub(super) struct Counted {
+    pub(super) count: Arc<AtomicUsize>,
+    /// Held for its `Drop`.
+    pub(super) _registered: Option<super::Registered>,
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.count.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -435,7 +440,8 @@ pub(super) fn client_loop(shared: &Arc<Shared>) {
         for token in closed {
             if let Some(conn) = conns.remove(&token) {
                 let _ = clients.ctl(libc::EPOLL_CTL_DEL, &conn.stream, token);
-                // The clone in `accepted` keeps the socket open: shut it so the peer sees it.
+                // Shut, so that the peer sees it at once; the descriptor closes with the last
+                // handle (this one, and the registration the connection's count holds).
                 let _ = conn.stream.shutdown(Shutdown::Both);
             }
         }

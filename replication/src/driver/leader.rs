@@ -192,13 +192,8 @@ pub(super) fn connect_peer(
     if shared.stop.load(Ordering::SeqCst) {
         return Ok(());
     }
-    {
-        // Drop the clones of connections closed since, as `accept_loop` does: otherwise a
-        // leader that accepts no new client kept one open descriptor per reconnect.
-        let mut accepted = shared.accepted.lock();
-        accepted.retain(|s| s.peer_addr().is_ok());
-        accepted.push(stream.try_clone()?);
-    }
+    // Where a stop can close it, until this connection ends.
+    let _registered = shared.register(&stream);
     let hello = Message::Hello {
         cluster_id: shared.config.cluster_id,
         node_id: shared.config.node_id,
