@@ -881,6 +881,7 @@ pub(crate) fn start_node(
         quorum: tern_replication::proto::Quorum::Count(2),
         connections_max: 256,
         handshake_timeout: Duration::from_secs(5),
+        client_idle_timeout: Duration::from_secs(120),
         commit_timeout: Duration::from_secs(30),
         compression: spec.compression,
         slot_lag_bytes_max: None,

@@ -780,6 +780,7 @@ fn serve(args: &ServeArgs) -> CliResult {
         quorum: tern_replication::proto::Quorum::Count(quorum),
         connections_max: 256,
         handshake_timeout: std::time::Duration::from_secs(5),
+        client_idle_timeout: std::time::Duration::from_secs(120),
         commit_timeout: std::time::Duration::from_secs(30),
         compression,
         slot_lag_bytes_max: args.slot_lag_bytes_max,

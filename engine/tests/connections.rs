@@ -48,3 +48,95 @@ fn garbage_connections_leave_no_descriptor_open() {
         (open_descriptors() <= before + 2).then_some(())
     });
 }
+
+/// Waits until the node closes `conn` (a read returns end of file or an error), or `limit`.
+fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    conn.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    let mut buf = [0u8; 256];
+    while std::time::Instant::now() < deadline {
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// The handshake timeout bounds the whole first message, not each read: a connection that
+/// trickles a byte every 300 ms is closed once the 1 s it had are over.
+#[test]
+fn a_connection_trickling_its_first_message_is_closed_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let node =
+        common::start(dir.path(), tern::Config::default(), common::config(0xfd, 1, Role::Leader, vec![], any_port()));
+    let mut conn = TcpStream::connect(node.local_addr()).unwrap();
+    let trickle = conn.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut trickle = trickle;
+        // A length prefix of a 1 KiB message, then its body a byte at a time.
+        let mut bytes = 1024u32.to_le_bytes().to_vec();
+        bytes.resize(1024, 0);
+        for b in bytes {
+            if trickle.write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    assert!(closed_within(&mut conn, Duration::from_secs(4)), "still open after 4 s of trickling");
+    drop(conn);
+    let _ = writer.join();
+}
+
+/// Clients that connect and then say nothing more give their places back after the idle
+/// timeout.
+#[test]
+fn an_idle_client_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tern_replication::driver::ServerConfig {
+        client_idle_timeout: Duration::from_millis(500),
+        ..common::config(0xfd, 1, Role::Leader, vec![], any_port())
+    };
+    let node = common::start(dir.path(), tern::Config::default(), config);
+    let mut client = tern_replication::driver::Client::connect(node.local_addr()).unwrap();
+    client.status().unwrap();
+    let mut conn = TcpStream::connect(node.local_addr()).unwrap();
+    // A status request, so that it is a client; then nothing.
+    let mut bytes = Vec::new();
+    tern_replication::codec::encode(&tern_replication::message::Message::ClientStatus, &mut bytes);
+    conn.write_all(&bytes).unwrap();
+    assert!(closed_within(&mut conn, Duration::from_secs(5)), "an idle client kept its place");
+}
+
+/// A follower whose client places are all taken by idle clients still takes its leader's
+/// connection: quorum appends go on.
+#[test]
+fn clients_filling_a_followers_places_never_keep_its_leader_out() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let follower_config = tern_replication::driver::ServerConfig {
+        connections_max: 4,
+        ..common::config(0xfd, 2, Role::Follower, vec![], any_port())
+    };
+    let follower = common::start(dirs[1].path(), tern::Config::default(), follower_config);
+    let idle: Vec<tern_replication::driver::Client> = (0..4)
+        .map(|_| {
+            let mut c = tern_replication::driver::Client::connect(follower.local_addr()).unwrap();
+            c.status().unwrap();
+            c
+        })
+        .collect();
+    let leader = common::start(
+        dirs[0].path(),
+        tern::Config::default(),
+        common::config(0xfd, 1, Role::Leader, vec![(2, follower.local_addr())], any_port()),
+    );
+    let mut client = tern_replication::driver::Client::connect(leader.local_addr()).unwrap();
+    let r =
+        client.append_acks("orders", vec![bytes::Bytes::from_static(b"one")], tern_replication::message::Acks::Quorum);
+    assert!(r.is_ok(), "the leader was kept out by idle clients: {r:?}");
+    drop(idle);
+}

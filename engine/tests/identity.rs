@@ -119,7 +119,8 @@ fn a_leader_that_lost_its_disk_refuses_to_lead_over_a_follower_holding_more() {
     );
     let at = follower.local_addr();
     let leader_config = || ServerConfig {
-        commit_timeout: Duration::from_secs(2),
+        // The refusal comes with the follower's first acks; a loaded machine may take a while.
+        commit_timeout: Duration::from_secs(20),
         ..common::config(0x4d, 1, Role::Leader, vec![(2, at)], any_port())
     };
     let first = common::start(dirs[0].path(), tern::Config::default(), leader_config());

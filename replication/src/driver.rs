@@ -112,10 +112,14 @@ pub struct ServerConfig {
     pub peers: Vec<(NodeId, SocketAddr)>,
     /// Copies that commit a record.
     pub quorum: Quorum,
-    /// Most connections served at once.
+    /// Most client connections served at once. Peers (a leader dialing this node) have
+    /// [`PEER_CONNECTIONS_MAX`] places of their own, so clients never keep them out.
     pub connections_max: usize,
-    /// Time a new connection has to complete its handshake.
+    /// Time a new connection has to send its whole first message (a peer's handshake, or a
+    /// client's first request), however it trickles in.
     pub handshake_timeout: Duration,
+    /// A client connection that sent nothing for this long and waits for no reply is closed.
+    pub client_idle_timeout: Duration,
     /// How long a quorum append waits for its commit before failing.
     pub commit_timeout: Duration,
     /// How a leader compresses what it ships.
@@ -329,6 +333,11 @@ impl Shared {
     }
 }
 
+/// Places for peer connections besides [`ServerConfig::connections_max`] client ones: a new
+/// connection is accepted while fewer than the sum are open, and a client one only while fewer
+/// than `connections_max` clients are.
+pub const PEER_CONNECTIONS_MAX: usize = 16;
+
 /// A connection's place among the node's open connections; dropping it removes the entry,
 /// which closes the descriptor once the connection's own handle is gone too.
 pub(super) struct Registered {
@@ -427,6 +436,8 @@ struct Shared {
     /// directory lock).
     connections: Arc<AtomicUsize>,
     started: Instant,
+    /// Client connections open (the client loop's), against [`ServerConfig::connections_max`].
+    clients_open: Arc<AtomicUsize>,
     /// Open connections, accepted or dialed, so that stopping closes them. Each is removed
     /// (and its descriptor closed) when its connection ends: see [`Registered`].
     accepted: Arc<Mutex<BTreeMap<u64, TcpStream>>>,
@@ -533,6 +544,7 @@ impl Server {
             connections: Arc::new(AtomicUsize::new(0)),
             started: Instant::now(),
             accepted: Arc::new(Mutex::new(BTreeMap::new())),
+            clients_open: Arc::new(AtomicUsize::new(0)),
             next_connection: std::sync::atomic::AtomicU64::new(0),
             peer_slots: Mutex::new(peer_slots),
             peer_slots_file,
@@ -974,7 +986,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             return;
         }
         let Ok(stream) = stream else { continue };
-        if shared.connections.fetch_add(1, Ordering::SeqCst) >= shared.config.connections_max {
+        if shared.connections.fetch_add(1, Ordering::SeqCst) >= shared.config.connections_max + PEER_CONNECTIONS_MAX {
             shared.connections.fetch_sub(1, Ordering::SeqCst);
             let mut stream = stream;
             let _ = write_msg(&mut stream, &Message::Refuse { reason: "too many connections".into() });
@@ -1084,7 +1096,7 @@ fn read_all_unless(stream: &mut impl Read, buf: &mut [u8], give_up: &mut impl Fn
     Ok(())
 }
 
-fn write_msg(stream: &mut TcpStream, msg: &Message) -> io::Result<()> {
+pub(super) fn write_msg(stream: &mut TcpStream, msg: &Message) -> io::Result<()> {
     let mut bytes = Vec::new();
     codec::encode(msg, &mut bytes);
     stream.write_all(&bytes)
@@ -1094,8 +1106,11 @@ fn write_msg(stream: &mut TcpStream, msg: &Message) -> io::Result<()> {
 /// the client loop with `counted`.
 fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, counted: &mut Option<Counted>) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(shared.config.handshake_timeout))?;
-    let first = read_msg(&mut stream)?;
+    // One deadline for the whole first message: a peer trickling a byte at a time keeps no
+    // place longer than that.
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    stream.set_read_timeout(Some(GIVE_UP_POLL))?;
+    let first = read_msg_unless(&mut stream, || Instant::now() >= deadline)?;
     stream.set_read_timeout(None)?;
     match first {
         Message::Hello { cluster_id, node_id, version_min, version_max, .. } => {

@@ -42,6 +42,7 @@ pub fn config(cluster_id: u64, id: u64, role: Role, peers: Vec<(u64, SocketAddr)
         quorum: Quorum::Count(2),
         connections_max: 64,
         handshake_timeout: Duration::from_secs(1),
+        client_idle_timeout: Duration::from_secs(60),
         commit_timeout: Duration::from_secs(1),
         compression: tern_replication::codec::Compression::default(),
         slot_lag_bytes_max: None,

@@ -155,6 +155,12 @@ impl ClientConn {
     fn send_ready(&self) {
         self.replies.lock().send_out();
     }
+
+    /// No reply is owed or still to be sent.
+    fn is_quiet(&self) -> bool {
+        let r = self.replies.lock();
+        r.queue.is_empty() && r.out.is_empty()
+    }
 }
 
 impl ConnReplies {
@@ -318,7 +324,11 @@ pub(super) struct Conn {
     held: Option<Held>,
     /// The last pass could not take a place for the next request's reply.
     no_room: bool,
+    /// When the client last sent anything.
+    last_heard: Instant,
     _counted: Counted,
+    /// Counts it among the client connections ([`ServerConfig::connections_max`]).
+    _client: Counted,
 }
 
 struct Held {
@@ -334,10 +344,18 @@ struct Held {
 /// which closes the connection).
 pub(super) fn serve_client(
     shared: &Arc<Shared>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     first: Message,
     counted: &mut Option<Counted>,
 ) -> io::Result<()> {
+    // Client connections have a cap of their own: peers (a leader dialing this follower) are
+    // never kept out by clients, however many there are.
+    let client = Counted { count: shared.clients_open.clone(), _registered: None };
+    if shared.clients_open.fetch_add(1, Ordering::SeqCst) >= shared.config.connections_max {
+        drop(client);
+        let _ = super::write_msg(&mut stream, &Message::Refuse { reason: "too many client connections".into() });
+        return Err(io::Error::other("too many client connections"));
+    }
     let replies = Arc::new(ClientConn::new(stream.try_clone()?));
     let token = shared.clients.next_token.fetch_add(1, Ordering::Relaxed);
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -356,7 +374,9 @@ pub(super) fn serve_client(
         next: Some(first),
         held: None,
         no_room: false,
+        last_heard: Instant::now(),
         _counted: count,
+        _client: client,
     };
     shared.clients.incoming.lock().push((token, conn));
     shared.clients.wake();
@@ -404,14 +424,22 @@ pub(super) fn client_loop(shared: &Arc<Shared>) {
                 conn.more = true;
             }
         }
+        let mut idle = Vec::new();
         if swept.elapsed() >= Duration::from_millis(IDLE_INTERVAL_MS as u64) {
             swept = Instant::now();
-            for conn in conns.values() {
+            for (token, conn) in &conns {
                 conn.replies.send_ready();
+                // A client that sent nothing for the idle timeout and waits for nothing gives
+                // its place back.
+                let waiting = conn.held.is_some() || reads.iter().any(|r| Arc::ptr_eq(&r.replies, &conn.replies));
+                if conn.last_heard.elapsed() >= shared.config.client_idle_timeout && !waiting && conn.replies.is_quiet()
+                {
+                    idle.push(*token);
+                }
             }
         }
         let mut batch = Batch::default();
-        let mut closed = Vec::new();
+        let mut closed = idle;
         for (token, conn) in &mut conns {
             if conn.more || conn.next.is_some() || conn.held.is_some() || conn.start < conn.buf.len() {
                 if let Err(e) = serve(shared, conn, &mut batch, &mut reads) {
@@ -523,6 +551,9 @@ fn next_message(conn: &mut Conn) -> io::Result<Option<Message>> {
         let asked = need.clamp(SMALL_READ_BYTES, LARGE_READ_BYTES);
         conn.buf.reserve(asked);
         let got = recv_into_spare(&conn.stream, &mut conn.buf, asked);
+        if matches!(got, Ok(n) if n > 0) {
+            conn.last_heard = Instant::now();
+        }
         match got {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             // A short read took everything there was: what comes later raises a new event.
