@@ -130,6 +130,8 @@ struct Node {
     /// Follower: the leader epoch it took last and who led it, as its node state file keeps
     /// it (written durably before anything of the epoch is taken).
     recorded_leader: Option<(u64, NodeId)>,
+    /// Follower: its core asked for a sync that has not run yet.
+    sync_due: bool,
 }
 
 /// Faults a run injected, to show that a passing run was not a quiet one.
@@ -246,6 +248,7 @@ impl World {
                 durable_floor: 0,
                 checked_end: 0,
                 recorded_leader: None,
+                sync_due: false,
             });
         }
         let mut world = World {
@@ -323,8 +326,12 @@ impl World {
             let id = self.rng.gen_range(1..self.config.nodes as u64);
             return self.follower_retain(id);
         }
-        match self.rng.gen_range(0..10) {
+        match self.rng.gen_range(0..11) {
             0..=2 => self.client_append(),
+            10 if followers => {
+                let id = self.rng.gen_range(1..self.config.nodes as u64);
+                self.follower_sync(id)
+            }
             3 => {
                 let log = self.nodes[0].log.clone().ok_or("leader has no log")?;
                 log.sync().map_err(|e| format!("leader sync: {e}"))?;
@@ -535,13 +542,11 @@ impl World {
                     };
                     self.follower(id).handle(input);
                 }
-                FollowerAction::Sync => {
-                    log.sync().map_err(|e| format!("follower {id} sync: {e}"))?;
-                    let durable = log.durable_end();
-                    let node = &mut self.nodes[id as usize];
-                    node.durable_floor = node.durable_floor.max(durable);
-                    self.follower(id).handle(FollowerInput::Synced { durable_end: durable });
-                }
+                // As the driver does, the sync runs later than the apply (on the syncer thread,
+                // or inline once the connection's reader has nothing left to read): the
+                // follower's ack of the apply says written, not durable, and a power loss in
+                // between loses what it applied.
+                FollowerAction::Sync => self.nodes[id as usize].sync_due = true,
                 FollowerAction::Truncate { to } => {
                     let start = log.start_offset();
                     if to < start {
@@ -608,6 +613,19 @@ impl World {
         Ok(())
     }
 
+    /// Runs the sync follower `id`'s core asked for, if it did.
+    fn follower_sync(&mut self, id: NodeId) -> Result<(), String> {
+        if !std::mem::take(&mut self.nodes[id as usize].sync_due) {
+            return Ok(());
+        }
+        let log = self.nodes[id as usize].log.clone().ok_or("follower has no log")?;
+        log.sync().map_err(|e| format!("follower {id} sync: {e}"))?;
+        let durable = log.durable_end();
+        let node = &mut self.nodes[id as usize];
+        node.durable_floor = node.durable_floor.max(durable);
+        self.follower_input(id, FollowerInput::Synced { durable_end: durable })
+    }
+
     /// Power loss on a follower: unsynced bytes are lost (the last write torn), then it
     /// recovers from its disk and reconnects.
     fn crash(&mut self, id: NodeId) -> Result<(), String> {
@@ -615,6 +633,7 @@ impl World {
         self.faults_injected.crashes += 1;
         let node = &mut self.nodes[id as usize];
         node.log = None;
+        node.sync_due = false;
         node.disk.crash(tear);
         let log = open_log(&node.disk, &node.committer).map_err(|e| format!("follower {id} recovery: {e}"))?;
         let (written, durable) = (log.written_end(), log.durable_end());
@@ -648,6 +667,7 @@ impl World {
         node.log = Some(open_log(&node.disk, &node.committer)?);
         node.durable_floor = 0;
         node.checked_end = 0;
+        node.sync_due = false;
         // The node state file stays: the copy of one log was removed, not the node.
         let mut follower = Follower::new(LOG.into(), 0, 0, 0, 0);
         if let Some((epoch, leader)) = node.recorded_leader {
@@ -799,6 +819,9 @@ impl World {
             let committed = self.commit_end == target || live < self.config.quorum.size(self.config.nodes);
             if caught_up && committed {
                 return Ok(());
+            }
+            for id in 1..self.config.nodes as u64 {
+                self.follower_sync(id)?;
             }
             if self.network.is_empty() {
                 self.now_ms += 50;
