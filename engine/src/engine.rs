@@ -182,7 +182,7 @@ impl Engine {
             return Ok(log.clone());
         }
         let dir = Self::log_dir(&self.root, name);
-        if !create && !dir.is_dir() {
+        if !create && !self.disk.exists(&dir) {
             return Err(Error::NotFound(format!("no log named {name:?} in {}", self.root.display())));
         }
         let log = Log::open(self.disk.clone(), &dir, name, self.config.log_options(), self.committer.clone(), create)?;
@@ -196,7 +196,17 @@ impl Engine {
     /// # Errors
     /// I/O errors listing the directory.
     pub fn log_names(&self) -> Result<Vec<String>> {
-        list_logs(&self.root)
+        // Through the engine's file layer, so an engine on a simulated disk lists its own.
+        let dir = self.root.join(LOGS_DIR);
+        let entries = self.disk.list(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+        let mut names: Vec<String> = entries
+            .into_iter()
+            .filter(|name| validate_log_name(name).is_ok())
+            .filter(|name| self.disk.exists(&dir.join(name).join(tern_wal::meta::META_FILE)))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     /// Applies the configured retention to every open log.
