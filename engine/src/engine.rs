@@ -175,6 +175,38 @@ impl Engine {
         self.open_log(name, false)
     }
 
+    /// Opens the log `name` again from its files when its handle was fenced (a write or sync
+    /// failed), and cuts it back to what that handle knew to be durable. A handle that is not
+    /// fenced is returned as it is.
+    ///
+    /// After a failed fsync the kernel may have dropped the pages it failed to write while
+    /// reads still return them: a recovery that trusted what it reads would take records for
+    /// durable that a power loss takes. So nothing past the old handle's durable end is kept
+    /// (what was acknowledged through the journal comes back from the journal).
+    ///
+    /// # Errors
+    /// As [`Engine::existing_log`], and the cut's errors.
+    pub fn reopen_log(&self, name: &str) -> Result<Log> {
+        let durable_before = {
+            let mut logs = self.logs.lock();
+            match logs.get(name) {
+                Some(old) if old.is_fenced() => {
+                    let durable = old.durable_end();
+                    logs.remove(name);
+                    // What it acknowledged through the journal goes back into it at the open.
+                    self.committer.reload_replay(name)?;
+                    Some(durable)
+                }
+                _ => None,
+            }
+        };
+        let log = self.open_log(name, false)?;
+        if let Some(durable) = durable_before.filter(|d| log.written_end() > *d && *d >= log.start_offset()) {
+            log.truncate_suffix(durable)?;
+        }
+        Ok(log)
+    }
+
     fn open_log(&self, name: &str, create: bool) -> Result<Log> {
         validate_log_name(name)?;
         let mut logs = self.logs.lock();
@@ -305,6 +337,10 @@ pub struct EngineLogs(pub std::sync::Arc<Engine>);
 impl tern_replication::driver::Logs for EngineLogs {
     fn open(&self, name: &str) -> Result<Log, String> {
         self.0.log(name).map_err(|e| e.to_string())
+    }
+
+    fn reopen(&self, name: &str) -> Result<Log, String> {
+        self.0.reopen_log(name).map_err(|e| e.to_string())
     }
 
     fn names(&self) -> Vec<String> {

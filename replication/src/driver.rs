@@ -74,6 +74,15 @@ pub trait Logs: Send + Sync + 'static {
     fn state_dir(&self) -> Option<(Arc<dyn tern_segment::Disk>, std::path::PathBuf)> {
         None
     }
+    /// Opens the log `name` again from its files, after its handle was fenced by a failed
+    /// write or sync: recovery cuts it back to what was durable. The default opens it as
+    /// [`Logs::open`] does (an implementation that caches handles must drop the fenced one).
+    ///
+    /// # Errors
+    /// A one-line reason.
+    fn reopen(&self, name: &str) -> Result<Log, String> {
+        self.open(name)
+    }
     /// Applies the node's retention to `log` (deleting whole segments from its front, never
     /// past its retention hold). The default keeps everything.
     ///
@@ -304,6 +313,54 @@ impl Shared {
         Ok(())
     }
 
+    /// Follower: a log whose handle was fenced (a write or sync failed: its disk failed, or
+    /// filled) is opened again from its files after a backoff (1 s, doubling to 30 s while it
+    /// keeps failing): recovery cuts it back to what was durable, and the leader, told where
+    /// it now ends, ships it the rest. The fault is logged each time.
+    fn reopen_fenced_logs(&self) {
+        for slot in self.all_slots() {
+            if !slot.log.is_fenced() {
+                continue;
+            }
+            let name = slot.name.clone();
+            {
+                let mut backoff = self.reopen_backoff.lock();
+                let (at, delay) = backoff.entry(name.clone()).or_insert_with(|| {
+                    log_line(&format!("log {name}: its disk failed; it is reopened from its files in 1 s"));
+                    (Instant::now() + Duration::from_secs(1), Duration::from_secs(1))
+                });
+                if Instant::now() < *at {
+                    continue;
+                }
+                *delay = (*delay * 2).min(Duration::from_secs(30));
+                *at = Instant::now() + *delay;
+            }
+            // Under the slots' lock, so that no connection opens a new slot on the fenced
+            // handle meanwhile; `log_state` then finds the reopened handle.
+            let reopened = {
+                let mut slots = self.slots.lock();
+                slots.remove(&name);
+                self.logs.reopen(&name)
+            }
+            .and_then(|_| self.log_state(&name));
+            match reopened {
+                Ok(new) => {
+                    self.reopen_backoff.lock().remove(&name);
+                    log_line(&format!(
+                        "log {name}: reopened after its disk failed; recovery kept {}..{}, the rest comes from the leader",
+                        new.log.start_offset(),
+                        new.log.written_end()
+                    ));
+                }
+                Err(e) => {
+                    // Served as before (fenced: it refuses writes) until the next attempt.
+                    self.slots.lock().entry(name.clone()).or_insert(slot);
+                    log_line(&format!("log {name}: cannot reopen it yet: {e}"));
+                }
+            }
+        }
+    }
+
     /// Records durably that `leader` leads `log` in `epoch` (a follower).
     fn record_leader(&self, log: &str, epoch: u64, leader: NodeId) -> Result<(), String> {
         let mut state = self.node_state.lock();
@@ -458,6 +515,8 @@ struct Shared {
     /// `node_state_file` when the node has a state directory.
     node_state: Mutex<NodeState>,
     node_state_file: Option<(Arc<dyn tern_segment::Disk>, std::path::PathBuf)>,
+    /// Follower: fenced logs waiting to be reopened, with when and the next delay.
+    reopen_backoff: Mutex<BTreeMap<String, (Instant, Duration)>>,
 }
 
 /// Counters of a leader's shipping.
@@ -553,6 +612,7 @@ impl Server {
             following: Mutex::new(None),
             node_state: Mutex::new(node_state),
             node_state_file,
+            reopen_backoff: Mutex::new(BTreeMap::new()),
         });
         for name in shared.logs.names() {
             shared.log_state(&name).map_err(io::Error::other)?;
@@ -1168,6 +1228,7 @@ fn tick_loop(shared: &Arc<Shared>) {
             shared.maintain();
         }
         if shared.config.role != Role::Leader {
+            shared.reopen_fenced_logs();
             continue;
         }
         let now_ms = shared.now_ms();

@@ -273,6 +273,22 @@ impl Committer {
         self.shared.leading.load(Ordering::SeqCst) > 0
     }
 
+    /// Makes the journal entries of log `name` in the current journal file the ones its next
+    /// open replays: a log whose handle was fenced is opened again while the node runs, and
+    /// the batches it acknowledged through the journal (which its segment may have lost with
+    /// the failed sync) go back into it, as at a start.
+    ///
+    /// # Errors
+    /// Reading the journal file.
+    pub fn reload_replay(&self, name: &str) -> Result<()> {
+        let Some(journal) = self.shared.journal.as_ref() else { return Ok(()) };
+        let entries = journal.lock().entries_of(name)?;
+        if !entries.is_empty() {
+            self.shared.replay.lock().insert(name.to_owned(), entries);
+        }
+        Ok(())
+    }
+
     /// Takes the journal entries of log `name` (frames with their log generation).
     pub(crate) fn take_replay(&self, name: &str) -> Vec<(u64, Bytes)> {
         self.shared.replay.lock().remove(name).unwrap_or_default()

@@ -523,6 +523,23 @@ impl Journal {
         Ok((journal, replay))
     }
 
+    /// The entries of log `name` in the current file (what a log fenced since its last switch
+    /// acknowledged through it, and what the switch carried for it).
+    pub(crate) fn entries_of(&self, name: &str) -> Result<Vec<(u64, Bytes)>> {
+        let Some((path, file)) = self.files.get(self.current) else { return Ok(Vec::new()) };
+        if self.seq == 0 {
+            return Ok(Vec::new());
+        }
+        let len = self.pos.min(self.file_bytes).saturating_sub(JOURNAL_HEADER_BYTES);
+        let body = file.read_at(JOURNAL_HEADER_BYTES, len).map_err(|e| Error::io(path, e))?;
+        let (entries, _) = decode_blocks(&body, self.seq);
+        Ok(entries
+            .into_iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, generation, frame)| (generation, frame))
+            .collect())
+    }
+
     /// Sequence number blocks must carry now.
     pub(crate) fn seq(&self) -> u64 {
         self.seq
