@@ -77,9 +77,10 @@ struct ServeArgs {
     #[arg(long)]
     retention_ms: Option<u64>,
     /// Leader: a follower further behind than this many bytes stops holding back retention
-    /// (default: it holds it back for as long as it takes).
-    #[arg(long)]
-    slot_lag_bytes_max: Option<u64>,
+    /// (it is re-seeded if it then needs what retention deleted; a line says when one is let
+    /// go). 0: hold it back for as long as it takes, until this node's disk fills.
+    #[arg(long, default_value_t = 8 << 30)]
+    slot_lag_bytes_max: u64,
     /// Leader: while more than this many bytes of a log are not yet on a quorum, appends to it
     /// wait (producer backpressure); 0 turns it off.
     #[arg(long, default_value_t = 256 << 20)]
@@ -783,7 +784,7 @@ fn serve(args: &ServeArgs) -> CliResult {
         client_idle_timeout: std::time::Duration::from_secs(120),
         commit_timeout: std::time::Duration::from_secs(30),
         compression,
-        slot_lag_bytes_max: args.slot_lag_bytes_max,
+        slot_lag_bytes_max: (args.slot_lag_bytes_max > 0).then_some(args.slot_lag_bytes_max),
         quorum_lag_bytes_max: (args.quorum_lag_bytes_max > 0).then_some(args.quorum_lag_bytes_max),
         reseed: !args.no_reseed,
     };

@@ -515,6 +515,9 @@ struct Shared {
     /// `node_state_file` when the node has a state directory.
     node_state: Mutex<NodeState>,
     node_state_file: Option<(Arc<dyn tern_segment::Disk>, std::path::PathBuf)>,
+    /// Leader: the (log, follower) pairs retention no longer waits for (beyond the slot lag
+    /// bound), so that letting one go is logged once.
+    let_go: Mutex<std::collections::BTreeSet<(String, NodeId)>>,
     /// Follower: fenced logs waiting to be reopened, with when and the next delay.
     reopen_backoff: Mutex<BTreeMap<String, (Instant, Duration)>>,
 }
@@ -613,6 +616,7 @@ impl Server {
             node_state: Mutex::new(node_state),
             node_state_file,
             reopen_backoff: Mutex::new(BTreeMap::new()),
+            let_go: Mutex::new(std::collections::BTreeSet::new()),
         });
         for name in shared.logs.names() {
             shared.log_state(&name).map_err(io::Error::other)?;
@@ -1299,21 +1303,42 @@ impl Shared {
         for slot in self.all_slots() {
             let log = &slot.log;
             if self.config.role == Role::Leader {
-                let (views, commit): (Vec<PeerView>, u64) = {
+                let (views, commit): (Vec<(NodeId, PeerView)>, u64) = {
                     let core = slot.lock();
                     let Some(leader) = core.leader.as_ref() else { continue };
-                    let views = self.config.peers.iter().filter_map(|(peer, _)| leader.peer_view(*peer)).collect();
+                    let views = self
+                        .config
+                        .peers
+                        .iter()
+                        .filter_map(|(peer, _)| Some((*peer, leader.peer_view(*peer)?)))
+                        .collect();
                     (views, leader.commit_end())
                 };
                 let written = log.written_end();
-                let hold = views
-                    .iter()
-                    .filter(|v| {
-                        let lag_bytes = if v.acked_durable >= written { 0 } else { bytes_after(log, v.acked_durable) };
-                        v.gap.is_none() && self.config.slot_lag_bytes_max.is_none_or(|max| lag_bytes <= max)
-                    })
-                    .map(|v| v.acked_durable)
-                    .min();
+                let mut held = Vec::with_capacity(views.len());
+                for (peer, v) in &views {
+                    let lag_bytes = if v.acked_durable >= written { 0 } else { bytes_after(log, v.acked_durable) };
+                    let too_far = self.config.slot_lag_bytes_max.is_some_and(|max| lag_bytes > max);
+                    // Said once each time a follower is let go, and once when it is held again.
+                    let key = (slot.name.clone(), *peer);
+                    let was_let_go = self.let_go.lock().contains(&key);
+                    if too_far && !was_let_go {
+                        self.let_go.lock().insert(key);
+                        log_line(&format!(
+                            "log {}: node {peer} is {lag_bytes} bytes behind, more than --slot-lag-bytes-max {}: \
+                             retention no longer waits for it (it is re-seeded if it needs what is deleted)",
+                            slot.name,
+                            self.config.slot_lag_bytes_max.unwrap_or_default()
+                        ));
+                    } else if !too_far && was_let_go {
+                        self.let_go.lock().remove(&key);
+                        log_line(&format!("log {}: node {peer} is within the slot lag bound again", slot.name));
+                    }
+                    if v.gap.is_none() && !too_far {
+                        held.push(v.acked_durable);
+                    }
+                }
+                let hold = held.into_iter().min();
                 // Never past the commit point either, even when every follower was let go:
                 // records above it may exist nowhere else, and a follower re-seeded past them
                 // would later move the commit point over records no node holds.
