@@ -140,3 +140,48 @@ fn clients_filling_a_followers_places_never_keep_its_leader_out() {
     assert!(r.is_ok(), "the leader was kept out by idle clients: {r:?}");
     drop(idle);
 }
+
+/// A client that pipelines many reads and never reads the replies, then goes away, must not
+/// hold up other clients, nor keep the node busy building replies for nobody.
+#[test]
+fn a_client_that_never_reads_its_replies_stalls_nobody_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let node =
+        common::start(dir.path(), tern::Config::default(), common::config(0xfd, 1, Role::Leader, vec![], any_port()));
+    let mut client = tern_replication::driver::Client::connect(node.local_addr()).unwrap();
+    let big: Vec<bytes::Bytes> = (0..64).map(|_| bytes::Bytes::from(vec![b'x'; 16 << 10])).collect();
+    for _ in 0..4 {
+        client.append_acks("orders", big.clone(), tern_replication::message::Acks::Leader).unwrap();
+    }
+    let mut request = Vec::new();
+    let read = tern_replication::message::Message::ClientRead {
+        log: "orders".into(),
+        from: 0,
+        max: 10_000,
+        uncommitted: true,
+        wait_ms: 0,
+    };
+    for _ in 0..1024 {
+        tern_replication::codec::encode(&read, &mut request);
+    }
+    for _ in 0..4 {
+        let mut abuser = TcpStream::connect(node.local_addr()).unwrap();
+        abuser.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = abuser.write_all(&request);
+        drop(abuser);
+    }
+    let started = std::time::Instant::now();
+    client
+        .append_acks("orders", vec![bytes::Bytes::from_static(b"one more")], tern_replication::message::Acks::Leader)
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "an append took {:?} behind clients that read nothing",
+        started.elapsed()
+    );
+    // Nothing is still being built for the connections that went away: the node stops at once.
+    drop(client);
+    let stopping = std::time::Instant::now();
+    node.stop();
+    assert!(stopping.elapsed() < Duration::from_secs(10), "the stop took {:?}", stopping.elapsed());
+}

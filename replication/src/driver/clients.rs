@@ -156,6 +156,11 @@ impl ClientConn {
         self.replies.lock().send_out();
     }
 
+    /// The client went away (a reply could not be sent): nothing more is done for it.
+    fn is_broken(&self) -> bool {
+        self.replies.lock().broken
+    }
+
     /// No reply is owed or still to be sent.
     fn is_quiet(&self) -> bool {
         let r = self.replies.lock();
@@ -494,6 +499,11 @@ fn serve(shared: &Arc<Shared>, conn: &mut Conn, batch: &mut Batch, reads: &mut V
     loop {
         if conn.held.is_some() {
             return Ok(());
+        }
+        if conn.replies.is_broken() {
+            // Its requests still buffered here are answered to nobody: drop the connection
+            // instead of building replies for it.
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"));
         }
         let msg = match conn.next.take() {
             Some(msg) => msg,
