@@ -788,7 +788,9 @@ impl Server {
     }
 
     fn halt(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
+        if self.shared.stop.swap(true, Ordering::SeqCst) {
+            return; // stopped already (`stop`, then the drop)
+        }
         for slot in self.shared.all_slots() {
             self.shared.refuse_waiters(&slot, |_| true, "; the node is stopping");
         }
@@ -810,6 +812,9 @@ impl Server {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        // Client connections handed over after the client loop's last look are dropped here
+        // (with their counts): nothing serves them any more.
+        self.shared.clients.drop_incoming();
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.shared.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

@@ -262,6 +262,11 @@ impl ClientLoop {
 
     /// A log grew or its commit point moved: wakes the loop if reads wait for that (one
     /// atomic load otherwise).
+    /// Drops the connections handed over and not yet taken by the loop (at a stop).
+    pub(super) fn drop_incoming(&self) {
+        self.incoming.lock().clear();
+    }
+
     pub(super) fn poke(&self) {
         if self.reads_waiting.load(Ordering::Relaxed) > 0 {
             self.wake();
