@@ -408,3 +408,83 @@ fn a_version_1_log_whose_last_segment_has_a_zero_header_opens_with_every_record(
     assert_eq!(log.append(&[b"next"], Durability::Local).unwrap(), 5..6);
     committer.stop();
 }
+
+/// What recovery reports is exact: the bytes of frames it verified (every segment whose index
+/// is missing, and the last one), and the bytes past the last whole frame that it cut.
+#[test]
+fn recovery_reports_exactly_what_it_scanned_and_cut() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).unwrap();
+    let mut i = 0;
+    while log.segments().len() < 3 {
+        log.append(&[&value_of(&format!("r{i}"), 300)], Durability::Local).unwrap();
+        i += 1;
+    }
+    let segments = log.segments();
+    let last = segments.last().unwrap().clone();
+    disk.crash(Tear::None);
+    drop(log);
+    for segment in &segments[..segments.len() - 1] {
+        if disk.exists(&segment.index_path()) {
+            disk.remove(&segment.index_path()).unwrap();
+        }
+    }
+    // Ten bytes of a write that was cut short, just past the last frame.
+    let file = disk.open(last.path()).unwrap();
+    file.write_at(last.end_pos(), &[0xab; 10]).unwrap();
+    file.sync_data().unwrap();
+    disk.sync_dir(log_dir()).unwrap();
+    let log = open(&disk, &committer).unwrap();
+    let header = tern_segment::segment::SEGMENT_HEADER_BYTES;
+    let scanned: u64 = log.segments().iter().map(|s| s.end_pos() - header).sum();
+    let recovered = log.recovered();
+    assert_eq!((recovered.scanned_bytes, recovered.torn_tail_bytes, recovered.clean), (scanned, 10, false));
+    committer.stop();
+}
+
+/// A segment filled to its very last byte, synced: its durable claim ends exactly at the end
+/// of the file, which is not past it. The log reopens after a power loss with every record.
+#[test]
+fn a_segment_filled_to_its_last_byte_reopens_after_a_power_loss() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    // Every checkpoint slot synced: the claim is the last sync's.
+    let options = tern_wal::LogOptions { checkpoint_sync_interval_ms: 0, ..small_options() };
+    let open = |disk: &SimDisk| {
+        let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+        Log::open(shared, log_dir(), "log", options, committer.clone(), true)
+    };
+    let log = open(&disk).unwrap();
+    // The bytes a one-record batch adds besides its value.
+    let before = log.segments()[0].end_pos();
+    log.append(&[b"x"], Durability::Local).unwrap();
+    let overhead = log.segments()[0].end_pos() - before - 1;
+    while log.segments()[0].remaining_bytes() > 2 * (overhead + 200) {
+        log.append(&[&value_of("fill", 200)], Durability::Local).unwrap();
+    }
+    let fill = log.segments()[0].remaining_bytes() - overhead;
+    log.append(&[&vec![b'f'; usize::try_from(fill).unwrap()]], Durability::Local).unwrap();
+    assert_eq!(log.segments().len(), 1);
+    assert_eq!(log.segments()[0].remaining_bytes(), 0, "filled to the last byte");
+    let held = contents(&log, Visibility::Durable);
+    disk.crash(Tear::None);
+    drop(log);
+    let log = open(&disk).expect("a full segment reopens");
+    assert_eq!(contents(&log, Visibility::Durable), held);
+    committer.stop();
+}
+
+/// Quarantining from the end cuts nothing and writes no file.
+#[test]
+fn quarantining_from_the_end_cuts_nothing_and_writes_no_file() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).unwrap();
+    log.append(&[b"a", b"b"], Durability::Local).unwrap();
+    let files = disk.files().len();
+    assert_eq!(log.truncate_suffix_to_quarantine(2).unwrap(), None);
+    assert_eq!(disk.files().len(), files);
+    assert_eq!(log.written_end(), 2);
+    committer.stop();
+}
