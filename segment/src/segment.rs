@@ -1022,6 +1022,36 @@ mod tests {
         assert_eq!((report.end_offset, report.problem), (2, None));
     }
 
+    /// A segment file's length is checked before its header is read: shorter than a header
+    /// is corruption naming how much is missing; exactly a header (no frame yet) and exactly the
+    /// largest size open; one byte more is refused.
+    #[test]
+    fn a_segment_files_length_is_checked_at_both_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = crate::OsDisk::without_io_uring();
+        let path = |base: u64| dir.path().join(segment_file_name(base));
+        let write = |base: u64, len: u64, bytes: &[u8]| {
+            let file = std::fs::File::create(path(base)).unwrap();
+            std::io::Write::write_all(&mut &file, bytes).unwrap();
+            file.set_len(len).unwrap();
+        };
+        let header = encode_segment_header(7);
+        write(7, 10, &header[..10]);
+        match Segment::open(&disk, &path(7), 1024) {
+            Err(Error::Corrupt { pos: 0, reason: CorruptReason::Truncated { needed_bytes }, .. }) => {
+                assert_eq!(needed_bytes, SEGMENT_HEADER_BYTES - 10);
+            }
+            other => panic!("{other:?}"),
+        }
+        write(7, SEGMENT_HEADER_BYTES, &header);
+        assert!(Segment::open(&disk, &path(7), 1024).is_ok(), "a header alone");
+        // Sparse: no bytes are written past the header.
+        write(7, SEGMENT_BYTES_MAX, &header);
+        assert!(Segment::open(&disk, &path(7), 1024).is_ok(), "the largest segment");
+        write(7, SEGMENT_BYTES_MAX + 1, &header);
+        assert!(matches!(Segment::open(&disk, &path(7), 1024), Err(Error::Corrupt { .. })), "one byte more");
+    }
+
     /// After a failed sync the kernel may have dropped the dirty pages, and a second fsync
     /// reports success: a segment never tries again, whichever path asks.
     #[test]
