@@ -9,16 +9,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn seed() -> u64 {
-    let seed = std::env::var("TERN_SEED")
-        .ok()
-        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("seed {seed:#x} (replay with TERN_SEED={seed:#x})");
-    seed
-}
+mod common;
 
 fn line(round: u64, i: u64, rng: &mut ChaCha8Rng) -> Vec<u8> {
     let len = rng.gen_range(0..200);
@@ -51,7 +42,7 @@ fn read_all(dir: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
 
 #[test]
 fn every_printed_offset_survives_sigkill() {
-    let seed = seed();
+    let seed = common::seed();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let rounds: u64 = std::env::var("TERN_KILL_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
     let dir = tempfile::tempdir().unwrap();

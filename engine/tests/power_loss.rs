@@ -109,7 +109,7 @@ fn check(nodes: &[Node], acked: &[Bytes], context: &str) {
 
 #[test]
 fn quorum_acknowledged_records_survive_every_node_losing_power_at_once() {
-    let seed = common_seed();
+    let seed = common::seed();
     let mut nodes = cluster();
     let mut acked = Vec::new();
     for round in 0..3 {
@@ -137,7 +137,7 @@ fn quorum_acknowledged_records_survive_every_node_losing_power_at_once() {
 
 #[test]
 fn quorum_acknowledged_records_survive_nodes_losing_power_one_at_a_time() {
-    let seed = common_seed();
+    let seed = common::seed();
     let mut nodes = cluster();
     let mut acked = Vec::new();
     for (round, victim) in [1, 0, 2, 0].into_iter().enumerate() {
@@ -145,16 +145,4 @@ fn quorum_acknowledged_records_survive_nodes_losing_power_one_at_a_time() {
         nodes[victim].lose_power(seed + round as u64);
         check(&nodes, &acked, &format!("round {round}, node {} lost power, seed {seed:#x}", victim + 1));
     }
-}
-
-/// A seed from `TERN_SEED` or the clock, printed so that a failure can be replayed.
-fn common_seed() -> u64 {
-    let seed = std::env::var("TERN_SEED")
-        .ok()
-        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("seed {seed:#x} (replay with TERN_SEED={seed:#x})");
-    seed
 }

@@ -37,17 +37,6 @@ const FAULT_PROBABILITY: f64 = 0.05;
 const TO_FOLLOWER: usize = 0;
 const TO_LEADER: usize = 1;
 
-fn seed() -> u64 {
-    let seed = std::env::var("TERN_SEED")
-        .ok()
-        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("seed {seed:#x} (replay with TERN_SEED={seed:#x})");
-    seed
-}
-
 fn rounds() -> usize {
     std::env::var("TERN_PROXY_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120)
 }
@@ -415,7 +404,7 @@ fn check_converged(leader: &Server, follower: &Server, appender: &Appender) -> (
 #[test]
 fn corrupted_or_cut_replication_traffic_is_detected_and_nothing_is_lost_or_invented() {
     let started = Instant::now();
-    let seed = seed();
+    let seed = common::seed();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let rounds = rounds();
     let budget = (rounds as u64 / 4).max(4);
@@ -522,7 +511,7 @@ fn encoded(msg: &Message) -> Vec<u8> {
 
 #[test]
 fn a_peer_sending_garbage_is_disconnected_and_the_node_keeps_serving() {
-    let seed = seed();
+    let seed = common::seed();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let follower = node(dirs[1].path(), 2, Role::Follower, vec![]);

@@ -71,17 +71,30 @@ fn replication_invariants_hold_under_faults_when_all_must_ack() {
     run_all(Quorum::All, 400, false);
 }
 
-#[test]
-fn a_quiet_network_replicates_everything() {
-    let config = Config {
-        seed: 1,
+/// No faults at all: no loss, duplication, damage, partition, crash or retention.
+fn quiet(seed: u64) -> Config {
+    Config {
+        seed,
         drop_ratio: 0.0,
         duplicate_ratio: 0.0,
         corrupt_ratio: 0.0,
         partition_ratio: 0.0,
         crash_ratio: 0.0,
         leader_crash_ratio: 0.0,
+        retention_ratio: 0.0,
+        follower_retention_ratio: 0.0,
         ..Config::default()
+    }
+}
+
+#[test]
+fn a_quiet_network_replicates_everything() {
+    // Retention still runs here, as it always did in this test.
+    let retention = Config::default();
+    let config = Config {
+        retention_ratio: retention.retention_ratio,
+        follower_retention_ratio: retention.follower_retention_ratio,
+        ..quiet(1)
     };
     let mut world = World::new(config).unwrap();
     world.run(500).unwrap();
@@ -93,19 +106,7 @@ fn a_quiet_network_replicates_everything() {
 /// it reports (not what it acknowledged before) and refills it.
 #[test]
 fn a_follower_whose_copy_was_removed_is_refilled() {
-    let quiet = Config {
-        seed: 7,
-        drop_ratio: 0.0,
-        duplicate_ratio: 0.0,
-        corrupt_ratio: 0.0,
-        partition_ratio: 0.0,
-        crash_ratio: 0.0,
-        leader_crash_ratio: 0.0,
-        retention_ratio: 0.0,
-        follower_retention_ratio: 0.0,
-        ..Config::default()
-    };
-    let mut world = World::new(quiet).unwrap();
+    let mut world = World::new(quiet(7)).unwrap();
     world.run(300).unwrap();
     let before = world.appended();
     assert!(before > 20, "{before} records");

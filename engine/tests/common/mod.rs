@@ -61,3 +61,15 @@ pub fn start(dir: &Path, engine: tern::Config, config: ServerConfig) -> Server {
 pub fn log_metrics(server: &Server, log: &str) -> LogMetrics {
     server.metrics().logs.into_iter().find(|l| l.log == log).expect("the log is open")
 }
+
+/// A seed from `TERN_SEED` (hex) or the clock, printed so that a failure can be replayed.
+pub fn seed() -> u64 {
+    let seed = std::env::var("TERN_SEED")
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("seed {seed:#x} (replay with TERN_SEED={seed:#x})");
+    seed
+}

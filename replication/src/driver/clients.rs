@@ -722,8 +722,17 @@ impl Batch {
                 let mut core = slot.lock();
                 shared.leader_input_locked(&slot, &mut core, LeaderInput::Written { end });
                 let deadline = Instant::now() + shared.config.commit_timeout;
+                // The leader may have stopped since these were written (a later epoch, or a
+                // follower holding records it lost): its waiters were refused then, so these
+                // are refused now instead of waiting for a commit that never comes.
+                let stopped =
+                    core.leader.as_ref().and_then(|l| super::stop_reason(&slot.name, shared.config.node_id, l));
                 for (p, offsets) in written {
-                    if p.acks == Acks::Written {
+                    if let Some(why) = stopped.as_ref().filter(|_| p.acks != Acks::Written) {
+                        let reason =
+                            format!("offsets {}..{} are on the leader's disk only: {why}", offsets.start, offsets.end);
+                        core.replies.push(Reply { conn: p.replies, seq: p.seq, msg: Message::Refuse { reason } });
+                    } else if p.acks == Acks::Written {
                         // The tick thread syncs it soon (see `tick_loop`); the receipt promises
                         // only the write.
                         let msg = receipt(core.leader.as_ref(), offsets.start, offsets.end, Acks::Written);
