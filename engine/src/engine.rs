@@ -175,34 +175,32 @@ impl Engine {
         self.open_log(name, false)
     }
 
-    /// Opens the log `name` again from its files when its handle was fenced (a write or sync
-    /// failed), and cuts it back to what that handle knew to be durable. A handle that is not
-    /// fenced is returned as it is.
+    /// Opens the log `name` again from its files after its handle was fenced (a write or sync
+    /// failed), keeping nothing past `durable_end`: what that handle knew to be durable. The
+    /// caller passes it because a failed attempt may already have dropped the handle.
     ///
     /// After a failed fsync the kernel may have dropped the pages it failed to write while
     /// reads still return them: a recovery that trusted what it reads would take records for
-    /// durable that a power loss takes. So nothing past the old handle's durable end is kept
-    /// (what was acknowledged through the journal comes back from the journal).
+    /// durable that a power loss takes. What was acknowledged through the journal comes back
+    /// from the journal.
     ///
     /// # Errors
     /// As [`Engine::existing_log`], and the cut's errors.
-    pub fn reopen_log(&self, name: &str) -> Result<Log> {
-        let durable_before = {
+    pub fn reopen_log(&self, name: &str, durable_end: u64) -> Result<Log> {
+        {
             let mut logs = self.logs.lock();
             match logs.get(name) {
-                Some(old) if old.is_fenced() => {
-                    let durable = old.durable_end();
-                    logs.remove(name);
-                    // What it acknowledged through the journal goes back into it at the open.
-                    self.committer.reload_replay(name)?;
-                    Some(durable)
-                }
-                _ => None,
+                // Reopened already.
+                Some(log) if !log.is_fenced() => return Ok(log.clone()),
+                Some(_) => drop(logs.remove(name)),
+                None => {}
             }
-        };
+            // What it acknowledged through the journal goes back into it at the open.
+            self.committer.reload_replay(name)?;
+        }
         let log = self.open_log(name, false)?;
-        if let Some(durable) = durable_before.filter(|d| log.written_end() > *d && *d >= log.start_offset()) {
-            log.truncate_suffix(durable)?;
+        if log.written_end() > durable_end && durable_end >= log.start_offset() {
+            log.truncate_suffix(durable_end)?;
         }
         Ok(log)
     }
@@ -339,8 +337,8 @@ impl tern_replication::driver::Logs for EngineLogs {
         self.0.log(name).map_err(|e| e.to_string())
     }
 
-    fn reopen(&self, name: &str) -> Result<Log, String> {
-        self.0.reopen_log(name).map_err(|e| e.to_string())
+    fn reopen(&self, name: &str, durable_end: u64) -> Result<Log, String> {
+        self.0.reopen_log(name, durable_end).map_err(|e| e.to_string())
     }
 
     fn names(&self) -> Vec<String> {

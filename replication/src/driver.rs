@@ -75,13 +75,19 @@ pub trait Logs: Send + Sync + 'static {
         None
     }
     /// Opens the log `name` again from its files, after its handle was fenced by a failed
-    /// write or sync: recovery cuts it back to what was durable. The default opens it as
-    /// [`Logs::open`] does (an implementation that caches handles must drop the fenced one).
+    /// write or sync, keeping nothing past `durable_end`, what the fenced handle knew to be
+    /// durable (after a failed fsync, reads may still return pages the kernel dropped). The
+    /// default opens it as [`Logs::open`] does and cuts it there (an implementation that
+    /// caches handles must drop the fenced one first).
     ///
     /// # Errors
     /// A one-line reason.
-    fn reopen(&self, name: &str) -> Result<Log, String> {
-        self.open(name)
+    fn reopen(&self, name: &str, durable_end: u64) -> Result<Log, String> {
+        let log = self.open(name)?;
+        if log.written_end() > durable_end && durable_end >= log.start_offset() {
+            log.truncate_suffix(durable_end).map_err(|e| e.to_string())?;
+        }
+        Ok(log)
     }
     /// Applies the node's retention to `log` (deleting whole segments from its front, never
     /// past its retention hold). The default keeps everything.
@@ -340,7 +346,7 @@ impl Shared {
             let reopened = {
                 let mut slots = self.slots.lock();
                 slots.remove(&name);
-                self.logs.reopen(&name)
+                self.logs.reopen(&name, slot.log.durable_end())
             }
             .and_then(|_| self.log_state(&name));
             match reopened {
