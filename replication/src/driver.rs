@@ -303,19 +303,20 @@ impl Shared {
     /// A follower without a cluster id takes `cluster_id`, durably; afterwards only nodes of
     /// that cluster are taken.
     fn join_cluster(&self, cluster_id: u64) -> Result<(), String> {
-        let mut state = self.node_state.lock();
-        if state.cluster_id != 0 {
-            return if state.cluster_id == cluster_id {
-                Ok(())
-            } else {
-                Err(format!("cluster id {cluster_id:#x} is not {:#x}", state.cluster_id))
-            };
+        let mut joined = false;
+        self.update_node_state(|state| {
+            if state.cluster_id == 0 {
+                state.cluster_id = cluster_id;
+                joined = true;
+            }
+        })?;
+        let kept = self.cluster_id();
+        if kept != cluster_id {
+            return Err(format!("cluster id {cluster_id:#x} is not {kept:#x}"));
         }
-        let mut next = state.clone();
-        next.cluster_id = cluster_id;
-        self.store_node_state(&next)?;
-        *state = next;
-        log_line(&format!("joined cluster {cluster_id:#x}"));
+        if joined {
+            log_line(&format!("joined cluster {cluster_id:#x}"));
+        }
         Ok(())
     }
 
@@ -369,19 +370,23 @@ impl Shared {
 
     /// Records durably that `leader` leads `log` in `epoch` (a follower).
     fn record_leader(&self, log: &str, epoch: u64, leader: NodeId) -> Result<(), String> {
-        let mut state = self.node_state.lock();
-        let mut next = state.clone();
-        next.set_leader(log, epoch, leader);
-        self.store_node_state(&next)?;
-        *state = next;
-        Ok(())
+        self.update_node_state(|state| state.set_leader(log, epoch, leader))
     }
 
-    fn store_node_state(&self, state: &NodeState) -> Result<(), String> {
-        match &self.node_state_file {
-            Some((disk, path)) => state.store(&**disk, path).map_err(|e| e.to_string()),
-            None => Ok(()),
+    /// Changes the node state, durably first: the one in memory changes only once the file
+    /// holds the change.
+    fn update_node_state(&self, change: impl FnOnce(&mut NodeState)) -> Result<(), String> {
+        let mut state = self.node_state.lock();
+        let mut next = state.clone();
+        change(&mut next);
+        if next == *state {
+            return Ok(());
         }
+        if let Some((disk, path)) = &self.node_state_file {
+            next.store(&**disk, path).map_err(|e| e.to_string())?;
+        }
+        *state = next;
+        Ok(())
     }
 
     /// Why a follower refuses an append: it names the leader it follows, when it has one.
