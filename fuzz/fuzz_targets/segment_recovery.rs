@@ -32,7 +32,12 @@ const BODY_BYTES_MAX: usize = (SEGMENT_BYTES - SEGMENT_HEADER_BYTES) as usize;
 const GENERATION: u64 = 1;
 
 fn options() -> LogOptions {
-    LogOptions { segment_size_bytes: SEGMENT_BYTES, index_interval_bytes: 1024, record_bytes_max: 4096, ..LogOptions::default() }
+    LogOptions {
+        segment_size_bytes: SEGMENT_BYTES,
+        index_interval_bytes: 1024,
+        record_bytes_max: 4096,
+        ..LogOptions::default()
+    }
 }
 
 /// One committer for the whole run: starting one per input (its request channel has 64 Ki
