@@ -887,6 +887,7 @@ pub(crate) fn start_node(
         slot_lag_bytes_max: None,
         quorum_lag_bytes_max: Some(256 << 20),
         reseed: true,
+        frame_memory_max: tern_replication::driver::FRAME_MEMORY_MAX_DEFAULT,
     };
     let server = Server::start(config, Arc::new(crate::EngineLogs(engine.clone())))?;
     Ok((engine, server))

@@ -85,6 +85,10 @@ struct ServeArgs {
     /// wait (producer backpressure); 0 turns it off.
     #[arg(long, default_value_t = 256 << 20)]
     quorum_lag_bytes_max: u64,
+    /// Most bytes of frames (large appends, shipped chunks) this node buffers while they
+    /// arrive, across all connections; a frame that does not fit waits. At least 160 MiB.
+    #[arg(long, default_value_t = tern_replication::driver::FRAME_MEMORY_MAX_DEFAULT)]
+    frame_memory_max: usize,
     /// Leader: a follower that needs records retention deleted gets a data-loss error instead
     /// of a re-seed (a full copy of what this node retains).
     #[arg(long)]
@@ -635,11 +639,13 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
     // A JSON number ignores width when displayed; as an integer it lines up.
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     println!(
-        "node {} ({}): {} connections, {} reads waiting for records",
+        "node {} ({}): {} connections, {} reads waiting for records, {} of {} MiB held by frames being received",
         doc["node"],
         doc["role"].as_str().unwrap_or("?"),
         n(&doc["connections"]),
-        n(&doc["reads_waiting"])
+        n(&doc["reads_waiting"]),
+        n(&doc["frame_bytes_held"]) >> 20,
+        n(&doc["frame_memory_max"]) >> 20
     );
     println!("{:<24} {:>12} {:>12} {:>12} {:>12}", "log", "start", "written", "synced", "committed");
     for log in doc["logs"].as_array().into_iter().flatten() {
@@ -712,6 +718,12 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
                 "  {} cuts asked by the leader failed; this node's log says why (nothing is shipped here meanwhile)",
                 n(&log["cuts_failed"])
             );
+        }
+        if let Some(fault) = log["disk_fault"].as_str() {
+            println!("  DISK FAULT: {fault}");
+        }
+        if n(&log["reopens"]) > 0 {
+            println!("  reopened {} times after a disk fault", n(&log["reopens"]));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -787,6 +799,7 @@ fn serve(args: &ServeArgs) -> CliResult {
         slot_lag_bytes_max: (args.slot_lag_bytes_max > 0).then_some(args.slot_lag_bytes_max),
         quorum_lag_bytes_max: (args.quorum_lag_bytes_max > 0).then_some(args.quorum_lag_bytes_max),
         reseed: !args.no_reseed,
+        frame_memory_max: args.frame_memory_max,
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {

@@ -185,3 +185,95 @@ fn a_client_that_never_reads_its_replies_stalls_nobody_else() {
     node.stop();
     assert!(stopping.elapsed() < Duration::from_secs(10), "the stop took {:?}", stopping.elapsed());
 }
+
+/// Resident memory of this process (the node runs in it).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096
+}
+
+/// Connections that claim large frames and send part of them make the node buffer no more
+/// than its frame memory budget: a large frame holds room for its whole length before its
+/// bytes are buffered, a frame that does not fit is not read (its bytes wait in the socket),
+/// and small requests of other clients are served meanwhile. Before the budget, a first
+/// message's buffer was its whole claimed length, zeroed: eight claims of 60 MiB cost 480 MiB.
+#[test]
+fn frames_being_received_stay_within_one_memory_budget() {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tern_replication::driver::{Client, ServerConfig, FRAME_MEMORY_MIN};
+    use tern_replication::message::{Acks, Message};
+
+    const CLAIM: usize = 60 << 20;
+    const SENT: usize = 40 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        frame_memory_max: FRAME_MEMORY_MIN,
+        // The abusers keep their places for the whole test.
+        handshake_timeout: Duration::from_secs(60),
+        ..common::config(0xfb, 1, Role::Leader, vec![], any_port())
+    };
+    let node = common::start(dir.path(), tern::Config::default(), config);
+    let at = node.local_addr();
+    let mut client = Client::connect(at).unwrap();
+    client.append_acks("orders", vec![bytes::Bytes::from_static(b"warm")], Acks::Leader).unwrap();
+    let body = Arc::new(vec![0xabu8; SENT]);
+    let before = resident_bytes();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut status = Vec::new();
+    tern_replication::codec::encode(&Message::ClientStatus, &mut status);
+    // Eight claims as a first message, four from clients the client loop serves.
+    let abusers: Vec<(TcpStream, std::thread::JoinHandle<()>)> = (0..12)
+        .map(|i| {
+            let conn = TcpStream::connect(at).unwrap();
+            let mut out = conn.try_clone().unwrap();
+            let (body, sent, status) = (body.clone(), sent.clone(), status.clone());
+            let sender = std::thread::spawn(move || {
+                if i >= 8 && out.write_all(&status).is_err() {
+                    return;
+                }
+                let len = u32::try_from(CLAIM - tern_replication::codec::ENVELOPE_PREFIX_BYTES).unwrap();
+                if out.write_all(&len.to_le_bytes()).is_err() {
+                    return;
+                }
+                for piece in body.chunks(1 << 20) {
+                    if out.write_all(piece).is_err() {
+                        return;
+                    }
+                    sent.fetch_add(piece.len(), Ordering::Relaxed);
+                }
+            });
+            (conn, sender)
+        })
+        .collect();
+    // Until the senders stop getting bytes in: one frame at a time fits.
+    let last = AtomicU64::new(u64::MAX);
+    common::eventually("the senders to block", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = sent.load(Ordering::Relaxed) as u64;
+        (last.swap(now, Ordering::Relaxed) == now && now >= SENT as u64).then_some(())
+    });
+    let metrics = node.metrics();
+    assert_eq!(metrics.frame_bytes_held, CLAIM as u64, "one claim fits the clients' part of the budget, two do not");
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(
+        grown < (CLAIM + (32 << 20)) as u64,
+        "the node holds {} MiB more for frames being received, over a budget of {} MiB",
+        grown >> 20,
+        metrics.frame_memory_max >> 20
+    );
+    // Small requests are not held up by the large ones.
+    let started = std::time::Instant::now();
+    client.append_acks("orders", vec![bytes::Bytes::from_static(b"small")], Acks::Leader).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "a small append waited {:?}", started.elapsed());
+    for (conn, sender) in abusers {
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+        let _ = sender.join();
+    }
+    common::eventually("the budget to be given back", Duration::from_secs(10), || {
+        (node.metrics().frame_bytes_held == 0).then_some(())
+    });
+    // A large append fits again.
+    let large = vec![bytes::Bytes::from(vec![b'x'; 8 << 20])];
+    client.append_acks("orders", large, Acks::Leader).unwrap();
+}

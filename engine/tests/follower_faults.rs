@@ -50,12 +50,24 @@ fn a_follower_whose_sync_failed_reopens_its_log_and_catches_up() {
     disk.fail_next(FaultOp::Sync, libc::EIO);
     // The append whose follower sync fails is not committed; the follower reopens its log and
     // catches up, and appends commit again.
-    let _ = client.append_acks(LOG, records("during"), Acks::Quorum);
+    let at = leader.local_addr();
+    let during = std::thread::spawn(move || {
+        let _ = Client::connect(at).unwrap().append_acks(LOG, records("during"), Acks::Quorum);
+    });
+    // The fault is reported in the follower's status while it lasts.
+    let fault = common::eventually("the follower to report its disk fault", Duration::from_secs(10), || {
+        common::log_metrics(&follower, LOG).disk_fault
+    });
+    assert!(fault.contains("reopened from its files"), "{fault}");
+    during.join().unwrap();
     let batch = records("after");
     common::eventually("a quorum append after the follower's fault", Duration::from_secs(20), || {
         client.append_acks(LOG, batch.clone(), Acks::Quorum).ok()
     });
     acked.extend(batch);
+    let metrics = common::log_metrics(&follower, LOG);
+    assert_eq!(metrics.disk_fault, None, "the fault is over");
+    assert!(metrics.reopens >= 1, "the log was reopened");
     // The quorum counted the follower's copy: it must survive a power loss there. (A log
     // reopened from what reads return after a failed fsync took pages the kernel had dropped
     // for durable; the records written after them were then lost at the power loss.)

@@ -134,3 +134,49 @@ fn a_leader_that_lost_its_disk_refuses_to_lead_over_a_follower_holding_more() {
     let (_, _, held) = Client::connect(at).unwrap().read_from("orders", 0, 10, true).unwrap();
     assert_eq!(held, records, "the follower's log is untouched");
 }
+
+/// A follower holds one connection per node leading it: a second connection claiming the
+/// node it follows, while that node is heard from, is refused (a stranger using the leader's
+/// id gets nothing in), and the real leader's appends go on reaching the quorum.
+#[test]
+fn a_second_connection_claiming_the_connected_leader_is_refused() {
+    use std::io::{Read, Write};
+    use tern_replication::message::{Message, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let follower = common::start(
+        dirs[1].path(),
+        tern::Config::default(),
+        common::config(0x1d, 2, Role::Follower, vec![], any_port()),
+    );
+    let leader = common::start(
+        dirs[0].path(),
+        tern::Config::default(),
+        common::config(0x1d, 1, Role::Leader, vec![(2, follower.local_addr())], any_port()),
+    );
+    let mut client = Client::connect(leader.local_addr()).unwrap();
+    client.append_acks("orders", vec![Bytes::from_static(b"one")], Acks::Quorum).unwrap();
+    let mut stranger = std::net::TcpStream::connect(follower.local_addr()).unwrap();
+    stranger.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hello = Message::Hello {
+        cluster_id: 0x1d,
+        node_id: 1,
+        version_min: PROTOCOL_VERSION_MIN,
+        version_max: PROTOCOL_VERSION_MAX,
+        logs: Vec::new(),
+    };
+    let mut bytes = Vec::new();
+    tern_replication::codec::encode(&hello, &mut bytes);
+    stranger.write_all(&bytes).unwrap();
+    let mut reply = vec![0u8; 4];
+    stranger.read_exact(&mut reply).unwrap();
+    let len = tern_replication::codec::frame_len(&reply).unwrap().unwrap();
+    reply.resize(len, 0);
+    stranger.read_exact(&mut reply[4..]).unwrap();
+    let (answer, _) = tern_replication::codec::decode(&Bytes::from(reply)).unwrap().unwrap();
+    match answer {
+        Message::Refuse { reason } => assert!(reason.contains("connected to this node already"), "{reason}"),
+        other => panic!("a second connection claiming node 1 was answered {other:?}"),
+    }
+    client.append_acks("orders", vec![Bytes::from_static(b"two")], Acks::Quorum).unwrap();
+}

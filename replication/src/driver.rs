@@ -34,9 +34,12 @@ use crate::proto::{
 };
 use crate::slots::{Slot, SlotState, Slots, SLOTS_FILE};
 
+mod budget;
 mod clients;
 mod follower;
 mod leader;
+use budget::{FrameBudget, Reader, Reservation};
+pub use budget::{FRAME_MEMORY_MAX_DEFAULT, FRAME_MEMORY_MIN, SMALL_FRAME_BYTES};
 use clients::{ClientConn, ClientLoop, Counted};
 use follower::follow;
 pub use leader::read_chunk;
@@ -151,6 +154,12 @@ pub struct ServerConfig {
     /// a full copy of what is retained here, reported in status and metrics), or, when false,
     /// send it a data loss it stops at (see [`Server::data_losses`]).
     pub reseed: bool,
+    /// Most bytes of frames being received at once, across all connections (frames of up to
+    /// [`SMALL_FRAME_BYTES`] are not counted). A larger frame holds its whole length while it
+    /// arrives; one that does not fit waits, and a connection's first message gives up at
+    /// `handshake_timeout`. [`codec::FRAME_BYTES_MAX`] of it is kept for peers. At least
+    /// [`FRAME_MEMORY_MIN`]; default [`FRAME_MEMORY_MAX_DEFAULT`].
+    pub frame_memory_max: usize,
 }
 
 /// One log of the node: the log itself, outside any lock (appends and syncs take none of the
@@ -353,6 +362,9 @@ impl Shared {
             match reopened {
                 Ok(new) => {
                     self.reopen_backoff.lock().remove(&name);
+                    let mut faults = self.disk_faults.lock();
+                    let fault = faults.entry(name.clone()).or_default();
+                    *fault = (fault.0 + 1, None);
                     log_line(&format!(
                         "log {name}: reopened after its disk failed; recovery kept {}..{}, the rest comes from the leader",
                         new.log.start_offset(),
@@ -363,9 +375,41 @@ impl Shared {
                     // Served as before (fenced: it refuses writes) until the next attempt.
                     self.slots.lock().entry(name.clone()).or_insert(slot);
                     log_line(&format!("log {name}: cannot reopen it yet: {e}"));
+                    self.disk_faults.lock().entry(name.clone()).or_default().1 = Some(e);
                 }
             }
         }
+    }
+
+    /// Follower: takes `stream` as the connection of node `leader`. A node has one: while its
+    /// earlier connection was heard from within [`PEER_SILENCE_MAX`], a second one claiming
+    /// the same node is refused (a stranger using its id, or one machine counted twice); an
+    /// earlier one silent for longer (half-open after a crash or a partition) is closed and
+    /// replaced.
+    fn admit_leader(self: &Arc<Self>, leader: NodeId, stream: &TcpStream) -> Result<AdmittedLeader, String> {
+        let now = self.started.elapsed().as_millis() as u64;
+        let mut conns = self.leader_conns.lock();
+        if let Some(old) = conns.get(&leader) {
+            let silent_ms = now.saturating_sub(old.heard.load(Ordering::Relaxed));
+            if silent_ms < PEER_SILENCE_MAX.as_millis() as u64 {
+                return Err(format!(
+                    "node {leader} is connected to this node already (from {}, heard {silent_ms} ms ago); \
+                     a second connection claiming it is refused",
+                    old.from
+                ));
+            }
+            let _ = old.closer.shutdown(Shutdown::Both);
+            log_line(&format!("node {leader}: a new connection replaces one silent for {silent_ms} ms"));
+        }
+        let conn = LeaderConn {
+            id: self.next_leader_conn.fetch_add(1, Ordering::Relaxed),
+            heard: Arc::new(std::sync::atomic::AtomicU64::new(now)),
+            from: stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            closer: stream.try_clone().map_err(|e| e.to_string())?,
+        };
+        let admitted = AdmittedLeader { shared: self.clone(), leader, id: conn.id, heard: conn.heard.clone() };
+        conns.insert(leader, conn);
+        Ok(admitted)
     }
 
     /// Records durably that `leader` leads `log` in `epoch` (a follower).
@@ -506,6 +550,8 @@ struct Shared {
     started: Instant,
     /// Client connections open (the client loop's), against [`ServerConfig::connections_max`].
     clients_open: Arc<AtomicUsize>,
+    /// Bytes of frames being received, against [`ServerConfig::frame_memory_max`].
+    frames: Arc<FrameBudget>,
     /// Open connections, accepted or dialed, so that stopping closes them. Each is removed
     /// (and its descriptor closed) when its connection ends: see [`Registered`].
     accepted: Arc<Mutex<BTreeMap<u64, TcpStream>>>,
@@ -531,6 +577,15 @@ struct Shared {
     let_go: Mutex<std::collections::BTreeSet<(String, NodeId)>>,
     /// Follower: fenced logs waiting to be reopened, with when and the next delay.
     reopen_backoff: Mutex<BTreeMap<String, (Instant, Duration)>>,
+    /// Follower: the connection of each node leading it, with when it was last heard from
+    /// (milliseconds since `started`), so that a second connection claiming a node whose
+    /// connection is alive is refused.
+    leader_conns: Mutex<BTreeMap<NodeId, LeaderConn>>,
+    /// Numbers leader connections.
+    next_leader_conn: std::sync::atomic::AtomicU64,
+    /// Follower: per log, how often it was reopened after its disk failed, and why the last
+    /// attempt to reopen it failed (while it still does).
+    disk_faults: Mutex<BTreeMap<String, (u64, Option<String>)>>,
 }
 
 /// Counters of a leader's shipping.
@@ -574,8 +629,19 @@ impl Server {
     /// dialing the followers.
     ///
     /// # Errors
-    /// Binding the address, or opening a stored log.
+    /// A frame memory budget below [`FRAME_MEMORY_MIN`], binding the address, reading or
+    /// writing the node state, or opening a stored log.
     pub fn start(config: ServerConfig, logs: Arc<dyn Logs>) -> io::Result<Server> {
+        if config.frame_memory_max < FRAME_MEMORY_MIN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a frame memory budget of {} bytes is too small: a node needs at least {FRAME_MEMORY_MIN} \
+                     (a largest frame for peers and one for clients)",
+                    config.frame_memory_max
+                ),
+            ));
+        }
         let listener = TcpListener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
         let peer_slots_file = logs.state_dir().map(|(disk, dir)| (disk, dir.join(SLOTS_FILE)));
@@ -586,10 +652,11 @@ impl Server {
             _ => Slots::new(),
         };
         let node_state_file = logs.state_dir().map(|(disk, dir)| (disk, dir.join(NODE_STATE_FILE)));
-        let mut node_state = match &node_state_file {
+        let kept_state = match &node_state_file {
             Some((disk, path)) => NodeState::load(&**disk, path).map_err(|e| io::Error::other(e.to_string()))?,
             None => NodeState::default(),
         };
+        let mut node_state = kept_state.clone();
         let mut config = config;
         match (config.cluster_id, node_state.cluster_id) {
             (0, 0) if config.role == Role::Leader => node_state.cluster_id = random_cluster_id(),
@@ -604,10 +671,11 @@ impl Server {
         }
         config.cluster_id = node_state.cluster_id;
         if let Some((disk, path)) = &node_state_file {
-            if NodeState::load(&**disk, path).map_err(|e| io::Error::other(e.to_string()))? != node_state {
+            if kept_state != node_state {
                 node_state.store(&**disk, path).map_err(|e| io::Error::other(e.to_string()))?;
             }
         }
+        let frames = FrameBudget::new(config.frame_memory_max);
         let shared = Arc::new(Shared {
             config,
             logs,
@@ -618,6 +686,7 @@ impl Server {
             started: Instant::now(),
             accepted: Arc::new(Mutex::new(BTreeMap::new())),
             clients_open: Arc::new(AtomicUsize::new(0)),
+            frames,
             next_connection: std::sync::atomic::AtomicU64::new(0),
             peer_slots: Mutex::new(peer_slots),
             peer_slots_file,
@@ -627,6 +696,9 @@ impl Server {
             node_state: Mutex::new(node_state),
             node_state_file,
             reopen_backoff: Mutex::new(BTreeMap::new()),
+            leader_conns: Mutex::new(BTreeMap::new()),
+            next_leader_conn: std::sync::atomic::AtomicU64::new(0),
+            disk_faults: Mutex::new(BTreeMap::new()),
             let_go: Mutex::new(std::collections::BTreeSet::new()),
         });
         for name in shared.logs.names() {
@@ -1109,11 +1181,21 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
 
 /// Reads one whole message, bounding its size before buffering the body.
 fn read_msg(stream: &mut impl Read) -> io::Result<Message> {
+    read_msg_held(stream, |_| Ok(None)).map(|(msg, _)| msg)
+}
+
+/// [`read_msg`], first asking `reserve` for room for the whole frame (given its length): the
+/// room is held with the message, until the caller drops it.
+fn read_msg_held(
+    stream: &mut impl Read,
+    reserve: impl FnOnce(usize) -> io::Result<Option<Reservation>>,
+) -> io::Result<(Message, Option<Reservation>)> {
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix)?;
     let len = codec::frame_len(&prefix).map_err(io::Error::other)?.ok_or_else(|| io::Error::other("short prefix"))?;
+    let held = reserve(len)?;
     // Filled as the body arrives, not zeroed first (a large chunk spent a tenth of a
-    // follower's reader on that).
+    // follower's reader on that); the capacity is only address space until bytes arrive.
     let mut buf = Vec::with_capacity(len);
     buf.extend_from_slice(&prefix);
     let body = (len - prefix.len()) as u64;
@@ -1121,8 +1203,38 @@ fn read_msg(stream: &mut impl Read) -> io::Result<Message> {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     match codec::decode(&Bytes::from(buf)).map_err(io::Error::other)? {
-        Some((msg, used)) if used == len => Ok(msg),
+        Some((msg, used)) if used == len => Ok((msg, held)),
         _ => Err(io::Error::other("message does not decode")),
+    }
+}
+
+/// How often a reader whose frame does not fit in the node's frame memory budget looks again.
+const BUDGET_POLL: Duration = Duration::from_millis(5);
+
+/// Room in the node's frame budget for a frame of `len` bytes, waiting while it does not fit,
+/// until `give_up()` holds.
+fn reserve_frame(
+    frames: &Arc<FrameBudget>,
+    len: usize,
+    reader: Reader,
+    give_up: &mut impl FnMut() -> bool,
+) -> io::Result<Reservation> {
+    loop {
+        if let Some(held) = frames.try_reserve(len, reader) {
+            return Ok(held);
+        }
+        if give_up() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no room for a frame of {len} bytes: {} bytes of frames being received are held \
+                     (the budget is {})",
+                    frames.used(),
+                    frames.max()
+                ),
+            ));
+        }
+        std::thread::sleep(BUDGET_POLL);
     }
 }
 
@@ -1138,20 +1250,34 @@ fn read_msg(stream: &mut impl Read) -> io::Result<Message> {
 /// answering. Either way the leader hears no whole message, and the commit point stopped.
 const PEER_SILENCE_MAX: Duration = Duration::from_secs(3);
 
-/// Reads one whole message like [`read_msg`], but fails with `TimedOut` once `give_up()` holds.
-/// It is asked after every read and at least every [`GIVE_UP_POLL`] (the read timeout the
-/// caller set on the socket), however slowly bytes trickle in.
-fn read_msg_unless(stream: &mut impl Read, mut give_up: impl FnMut() -> bool) -> io::Result<Message> {
+/// Reads one whole message like [`read_msg_held`], with room for it in `frames`, but fails
+/// with `TimedOut` once `give_up()` holds. It is asked after every read and at least every
+/// [`GIVE_UP_POLL`] (the read timeout the caller set on the socket), however slowly bytes
+/// trickle in, and while the frame waits for room. The buffer grows with the bytes that
+/// arrive, at most [`GROW_STEP`] ahead of them, never with what the length prefix claims.
+fn read_msg_unless(
+    stream: &mut impl Read,
+    frames: &Arc<FrameBudget>,
+    reader: Reader,
+    mut give_up: impl FnMut() -> bool,
+) -> io::Result<(Message, Reservation)> {
     let mut buf = vec![0u8; 4];
     read_all_unless(stream, &mut buf, &mut give_up)?;
     let len = codec::frame_len(&buf).map_err(io::Error::other)?.ok_or_else(|| io::Error::other("short prefix"))?;
-    buf.resize(len, 0);
-    read_all_unless(stream, &mut buf[4..], &mut give_up)?;
+    let held = reserve_frame(frames, len, reader, &mut give_up)?;
+    while buf.len() < len {
+        let at = buf.len();
+        buf.resize(len.min(at + GROW_STEP), 0);
+        read_all_unless(stream, buf.get_mut(at..).unwrap_or_default(), &mut give_up)?;
+    }
     match codec::decode(&Bytes::from(buf)).map_err(io::Error::other)? {
-        Some((msg, used)) if used == len => Ok(msg),
+        Some((msg, used)) if used == len => Ok((msg, held)),
         _ => Err(io::Error::other("message does not decode")),
     }
 }
+
+/// How far a buffer read by [`read_msg_unless`] grows ahead of the bytes that arrived.
+const GROW_STEP: usize = 4 << 20;
 
 /// The read timeout of a socket read by [`read_msg_unless`].
 const GIVE_UP_POLL: Duration = Duration::from_millis(100);
@@ -1190,7 +1316,9 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, counted: &mut O
     // place longer than that.
     let deadline = Instant::now() + shared.config.handshake_timeout;
     stream.set_read_timeout(Some(GIVE_UP_POLL))?;
-    let first = read_msg_unless(&mut stream, || Instant::now() >= deadline)?;
+    // Its room in the frame budget is given back at once: the message is handled next (a
+    // client's by the client loop's next pass).
+    let (first, _) = read_msg_unless(&mut stream, &shared.frames, Reader::Untrusted, || Instant::now() >= deadline)?;
     stream.set_read_timeout(None)?;
     match first {
         Message::Hello { cluster_id, node_id, version_min, version_max, .. } => {
@@ -1216,14 +1344,53 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, counted: &mut O
                 let _ = write_msg(&mut stream, &Message::Refuse { reason: reason.clone() });
                 return Err(io::Error::other(reason));
             }
+            let admitted = match shared.admit_leader(node_id, &stream) {
+                Ok(admitted) => admitted,
+                Err(reason) => {
+                    let _ = write_msg(&mut stream, &Message::Refuse { reason: reason.clone() });
+                    return Err(io::Error::other(reason));
+                }
+            };
             let welcome = Message::Welcome { cluster_id, node_id: shared.config.node_id, version };
             write_msg(&mut stream, &welcome)?;
             if let Ok(from) = stream.peer_addr() {
                 *shared.following.lock() = Some((node_id, from.ip()));
             }
-            follow(shared, node_id, stream)
+            follow(shared, &admitted, stream)
         }
         other => clients::serve_client(shared, stream, other, counted),
+    }
+}
+
+/// A follower's connection from a node leading it ([`Shared::admit_leader`]).
+struct LeaderConn {
+    id: u64,
+    heard: Arc<std::sync::atomic::AtomicU64>,
+    from: String,
+    closer: TcpStream,
+}
+
+/// A leader connection admitted; dropping it (when the connection ends) lets the next one in.
+pub(super) struct AdmittedLeader {
+    shared: Arc<Shared>,
+    leader: NodeId,
+    id: u64,
+    heard: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl AdmittedLeader {
+    /// Notes that the leader was just heard from.
+    pub(super) fn heard(&self) {
+        self.heard.store(self.shared.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for AdmittedLeader {
+    fn drop(&mut self) {
+        let mut conns = self.shared.leader_conns.lock();
+        if conns.get(&self.leader).is_some_and(|c| c.id == self.id) {
+            conns.remove(&self.leader);
+        }
     }
 }
 
@@ -1447,6 +1614,17 @@ impl Shared {
                     _ => 0,
                 };
                 let applied = &slot.applied;
+                let (reopens, reopen_failed) = self.disk_faults.lock().get(&slot.name).cloned().unwrap_or_default();
+                let disk_fault = log.is_fenced().then(|| {
+                    let what = match self.config.role {
+                        Role::Follower => "a write or sync failed; the log is reopened from its files after a backoff",
+                        Role::Leader => "a write or sync failed; the log takes no appends until the node restarts",
+                    };
+                    match reopen_failed {
+                        Some(e) => format!("{what} (the last attempt failed: {e})"),
+                        None => what.to_owned(),
+                    }
+                });
                 LogMetrics {
                     log: slot.name.clone(),
                     start_offset: log.start_offset(),
@@ -1461,6 +1639,8 @@ impl Shared {
                     records_cut: applied.records_cut.load(Ordering::Relaxed),
                     cuts_failed: applied.cuts_failed.load(Ordering::Relaxed),
                     gap: core.follower.as_ref().and_then(Follower::gap),
+                    disk_fault,
+                    reopens,
                 }
             })
             .collect();
@@ -1469,6 +1649,8 @@ impl Shared {
             role: self.config.role,
             connections: self.connections.load(Ordering::SeqCst) as u64,
             reads_waiting: self.clients.reads_waiting() as u64,
+            frame_bytes_held: self.frames.used() as u64,
+            frame_memory_max: self.frames.max() as u64,
             logs,
         }
     }
@@ -1485,6 +1667,10 @@ pub struct NodeMetrics {
     pub connections: u64,
     /// Client reads waiting for a first record ([`Client::read_wait`]).
     pub reads_waiting: u64,
+    /// Bytes of the frame memory budget held by frames being received now.
+    pub frame_bytes_held: u64,
+    /// The frame memory budget ([`ServerConfig::frame_memory_max`]).
+    pub frame_memory_max: u64,
     /// One entry per log, by name.
     pub logs: Vec<LogMetrics>,
 }
@@ -1522,6 +1708,12 @@ pub struct LogMetrics {
     /// Follower: records it needed that its leader no longer held (`from..to`), and whether it
     /// was re-seeded past them (`true`) or stopped there (`false`, a data loss).
     pub gap: Option<(u64, u64, bool)>,
+    /// Why the log takes no writes now, if a write or sync of it failed (its handle is
+    /// fenced). A follower reopens it after a backoff; the reason then says why the last
+    /// attempt failed, if it did.
+    pub disk_fault: Option<String>,
+    /// Follower: times the log was reopened from its files after a disk fault.
+    pub reopens: u64,
 }
 
 /// What a leader knows of one follower on one log.
@@ -1592,6 +1784,7 @@ impl NodeMetrics {
                     "gap": l.gap.map(|(from, to, reseeded)| {
                         serde_json::json!({ "from": from, "to": to, "outcome": if reseeded { "re-seeded" } else { "data loss" } })
                     }),
+                    "disk_fault": l.disk_fault, "reopens": l.reopens,
                 })
             })
             .collect();
@@ -1601,7 +1794,8 @@ impl NodeMetrics {
         };
         serde_json::json!({
             "node": self.node, "role": role, "connections": self.connections,
-            "reads_waiting": self.reads_waiting, "logs": logs,
+            "reads_waiting": self.reads_waiting, "frame_bytes_held": self.frame_bytes_held,
+            "frame_memory_max": self.frame_memory_max, "logs": logs,
         })
         .to_string()
     }

@@ -22,8 +22,8 @@ use parking_lot::Mutex;
 use tern_wal::{Durability, Visibility};
 
 use super::{
-    bytes_after, codec, complete_waiters, deliver, log_line, receipt, status_json, Acks, Leader, LeaderInput, LogSlot,
-    Message, Reply, Role, Shared, Waiter,
+    bytes_after, codec, complete_waiters, deliver, log_line, receipt, status_json, Acks, FrameBudget, Leader,
+    LeaderInput, LogSlot, Message, Reader, Reply, Reservation, Role, Shared, Waiter,
 };
 
 /// Requests of one client connection whose replies may be outstanding at once; the loop stops
@@ -326,6 +326,9 @@ pub(super) struct Conn {
     start: usize,
     /// The socket may hold more than was read.
     more: bool,
+    /// The client shut its side (or the connection failed): no event comes after what the
+    /// socket holds, so it is read until the end, not until a short read.
+    hung_up: bool,
     /// A message read and not handled yet (the first, read before the hand-over, or one that
     /// found no room for its reply).
     next: Option<Message>,
@@ -334,6 +337,12 @@ pub(super) struct Conn {
     held: Option<Held>,
     /// The last pass could not take a place for the next request's reply.
     no_room: bool,
+    /// Room in the node's frame budget for the large message being read, held until it is
+    /// whole.
+    frame: Option<Reservation>,
+    /// The last pass found no room in the node's frame budget for the message being read, and
+    /// left it in the socket.
+    over_budget: bool,
     /// When the client last sent anything.
     last_heard: Instant,
     _counted: Counted,
@@ -381,9 +390,12 @@ pub(super) fn serve_client(
         buf: Vec::new(),
         start: 0,
         more: true,
+        hung_up: false,
         next: Some(first),
         held: None,
         no_room: false,
+        frame: None,
+        over_budget: false,
         last_heard: Instant::now(),
         _counted: count,
         _client: client,
@@ -401,7 +413,7 @@ pub(super) fn client_loop(shared: &Arc<Shared>) {
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
     let mut swept = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
-        let waiting = conns.values().any(|c| c.held.is_some() || c.no_room);
+        let waiting = conns.values().any(|c| c.held.is_some() || c.no_room || c.over_budget);
         let mut timeout = if waiting { RETRY_INTERVAL_MS } else { IDLE_INTERVAL_MS };
         if let Some(first) = reads.iter().map(|r| r.deadline).min() {
             let ms = first.saturating_duration_since(Instant::now()).as_millis();
@@ -432,6 +444,9 @@ pub(super) fn client_loop(shared: &Arc<Shared>) {
             }
             if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                 conn.more = true;
+            }
+            if bits & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                conn.hung_up = true;
             }
         }
         let mut idle = Vec::new();
@@ -489,6 +504,7 @@ pub(super) fn client_loop(shared: &Arc<Shared>) {
 /// Reads what `conn` sent and handles its whole requests in order, as far as it can now.
 fn serve(shared: &Arc<Shared>, conn: &mut Conn, batch: &mut Batch, reads: &mut Vec<WaitingRead>) -> io::Result<()> {
     conn.no_room = false;
+    conn.over_budget = false;
     if let Some(held) = conn.held.take() {
         match quorum_lag_refusal(shared, &held.slot) {
             None => batch.push(held.slot, &conn.replies, held.seq, held.acks, held.records),
@@ -512,7 +528,7 @@ fn serve(shared: &Arc<Shared>, conn: &mut Conn, batch: &mut Batch, reads: &mut V
         }
         let msg = match conn.next.take() {
             Some(msg) => msg,
-            None => match next_message(conn)? {
+            None => match next_message(conn, &shared.frames)? {
                 Some(msg) => msg,
                 None => return Ok(()),
             },
@@ -526,11 +542,12 @@ fn serve(shared: &Arc<Shared>, conn: &mut Conn, batch: &mut Batch, reads: &mut V
     }
 }
 
-/// The next whole message `conn` sent, reading more from its socket when needed.
-fn next_message(conn: &mut Conn) -> io::Result<Option<Message>> {
+/// The next whole message `conn` sent, reading more from its socket when needed (and when
+/// `frames` has room for it).
+fn next_message(conn: &mut Conn, frames: &Arc<FrameBudget>) -> io::Result<Option<Message>> {
     loop {
         let buffered = conn.buf.get(conn.start..).unwrap_or_default();
-        let need = match codec::frame_len(buffered).map_err(io::Error::other)? {
+        let (need, len) = match codec::frame_len(buffered).map_err(io::Error::other)? {
             Some(len) if buffered.len() >= len => {
                 let bytes = if conn.start == 0 && conn.buf.len() == len {
                     // The buffer holds exactly this message (a large one is read that way):
@@ -545,16 +562,27 @@ fn next_message(conn: &mut Conn) -> io::Result<Option<Message>> {
                     }
                     bytes
                 };
+                conn.frame = None;
                 return match codec::decode(&bytes).map_err(io::Error::other)? {
                     Some((msg, used)) if used == len => Ok(Some(msg)),
                     _ => Err(io::Error::other("message does not decode")),
                 };
             }
-            Some(len) => len - buffered.len(),
-            None => 1,
+            Some(len) => (len - buffered.len(), Some(len)),
+            None => (1, None),
         };
         if !conn.more {
             return Ok(None);
+        }
+        if let (Some(len), None) = (len, &conn.frame) {
+            match frames.try_reserve(len, Reader::Untrusted) {
+                Some(held) => conn.frame = Some(held),
+                None => {
+                    // Not read until there is room: its bytes wait in the socket.
+                    conn.over_budget = true;
+                    return Ok(None);
+                }
+            }
         }
         if conn.start > 0 {
             conn.buf.drain(..conn.start);
@@ -572,7 +600,9 @@ fn next_message(conn: &mut Conn) -> io::Result<Option<Message>> {
         match got {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             // A short read took everything there was: what comes later raises a new event.
-            Ok(n) if n < asked => conn.more = false,
+            // Not after a hang-up, whose event may have come while the connection was not
+            // read (no room for its replies or its frame): its end of file is still to read.
+            Ok(n) if n < asked && !conn.hung_up => conn.more = false,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 conn.more = false;

@@ -4,7 +4,7 @@
 use super::*;
 
 /// Follower: apply what the leader ships, acknowledge after each apply and each sync.
-pub(super) fn follow(shared: &Arc<Shared>, leader: NodeId, stream: TcpStream) -> io::Result<()> {
+pub(super) fn follow(shared: &Arc<Shared>, admitted: &AdmittedLeader, stream: TcpStream) -> io::Result<()> {
     let writer = Arc::new(Mutex::new(stream.try_clone()?));
     let queue = Arc::new(SyncQueue::default());
     // Syncs run on their own thread, so chunks keep being applied while one runs and the next
@@ -13,7 +13,7 @@ pub(super) fn follow(shared: &Arc<Shared>, leader: NodeId, stream: TcpStream) ->
         let (shared, writer, queue) = (shared.clone(), writer.clone(), queue.clone());
         spawn("tern-fsync", move || sync_loop(&shared, &writer, &queue))?
     };
-    let result = follow_messages(shared, leader, stream, &writer, &queue);
+    let result = follow_messages(shared, admitted, stream, &writer, &queue);
     {
         let mut logs = queue.logs.lock();
         logs.1 = true;
@@ -83,11 +83,12 @@ const INLINE_SYNC_MAX_BYTES: usize = 64 << 10;
 
 pub(super) fn follow_messages(
     shared: &Arc<Shared>,
-    leader: NodeId,
+    admitted: &AdmittedLeader,
     stream: TcpStream,
     writer: &Arc<Mutex<TcpStream>>,
     queue: &SyncQueue,
 ) -> io::Result<()> {
+    let leader = admitted.leader;
     // Tell the leader where each log stands.
     for slot in shared.all_slots() {
         let msg = Message::Ack {
@@ -143,7 +144,12 @@ pub(super) fn follow_messages(
         if let Ok(Some(len)) = codec::frame_len(reader.buffer()) {
             unsynced_bytes += len;
         }
-        let msg = read_msg(&mut reader)?;
+        // The leader's frames count against the node's frame budget too (in the peers' part,
+        // which clients cannot fill); waiting for room stops at a stop.
+        let reserve =
+            |len| reserve_frame(&shared.frames, len, Reader::Peer, &mut || shared.stop.load(Ordering::SeqCst));
+        let (msg, _held) = read_msg_held(&mut reader, |len| reserve(len).map(Some))?;
+        admitted.heard();
         let mut sends = Vec::new();
         match &msg {
             Message::Append { log, .. }

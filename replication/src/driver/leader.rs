@@ -236,8 +236,9 @@ pub(super) fn connect_peer(
         }
         // A leader without logs sends no heartbeats, so its follower has nothing to answer.
         let silent = || heard.elapsed() >= PEER_SILENCE_MAX && shared.has_logs();
-        let msg = match read_msg_unless(&mut reader, || silent() || shared.stop.load(Ordering::SeqCst)) {
-            Ok(msg) => msg,
+        let give_up = || silent() || shared.stop.load(Ordering::SeqCst);
+        let msg = match read_msg_unless(&mut reader, &shared.frames, Reader::Peer, give_up) {
+            Ok((msg, _held)) => msg,
             Err(e) => break Err(e),
         };
         heard = Instant::now();
