@@ -719,6 +719,9 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
                 n(&log["cuts_failed"])
             );
         }
+        if let Some(reason) = log["not_leading"].as_str() {
+            println!("  NOT LEADING: {reason}");
+        }
         if let Some(fault) = log["disk_fault"].as_str() {
             println!("  DISK FAULT: {fault}");
         }

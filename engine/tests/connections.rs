@@ -277,3 +277,33 @@ fn frames_being_received_stay_within_one_memory_budget() {
     let large = vec![bytes::Bytes::from(vec![b'x'; 8 << 20])];
     client.append_acks("orders", large, Acks::Leader).unwrap();
 }
+
+/// Connections that send a few bytes and then nothing, more of them than the node takes, do not
+/// keep a real client out: over the cap, the connection that has waited longest for its first
+/// message is closed to make room. (Before, clients were refused "too many connections" until
+/// the flood's handshake deadlines passed, again for as long as the flood reconnected.)
+#[test]
+fn a_flood_of_connections_that_never_finish_a_message_locks_no_client_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tern_replication::driver::ServerConfig {
+        connections_max: 4,
+        // The flood would keep its places for the whole test.
+        handshake_timeout: Duration::from_secs(60),
+        ..common::config(0xfe, 1, Role::Leader, vec![], any_port())
+    };
+    let node = common::start(dir.path(), tern::Config::default(), config);
+    let flood: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut c = TcpStream::connect(node.local_addr()).unwrap();
+            let _ = c.write_all(&[1, 2, 3]);
+            c
+        })
+        .collect();
+    for round in 0..5 {
+        let mut client = tern_replication::driver::Client::connect(node.local_addr()).unwrap();
+        client.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        let status = client.status();
+        assert!(status.is_ok(), "round {round}: a client was kept out by the flood: {status:?}");
+    }
+    drop(flood);
+}

@@ -80,3 +80,36 @@ fn a_follower_whose_sync_failed_reopens_its_log_and_catches_up() {
     let wanted: Vec<&Bytes> = held.iter().filter(|r| !r.starts_with(b"during")).take(acked.len()).collect();
     assert_eq!(wanted, acked.iter().collect::<Vec<_>>(), "every acknowledged record survives the power loss");
 }
+
+/// A leader whose fsync fails acknowledges nothing it did not sync: the append waiting for that
+/// sync is refused, so is every later one to that log, and its status says why.
+#[test]
+fn a_leader_whose_sync_failed_acknowledges_nothing_more_and_says_so() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let follower = common::start(
+        dirs[1].path(),
+        tern::Config::default(),
+        common::config(0xf8, 2, Role::Follower, vec![], any_port()),
+    );
+    let disk = SimDisk::new();
+    let config = tern::Config {
+        journal: false,
+        direct_writes: tern::DirectWrites::Off,
+        io_uring: false,
+        ..tern::Config::default()
+    };
+    let engine = Arc::new(Engine::open_with_disk(dirs[0].path(), config, Arc::new(disk.clone())).unwrap());
+    let leader_config = common::config(0xf8, 1, Role::Leader, vec![(2, follower.local_addr())], any_port());
+    let leader = Server::start(leader_config, Arc::new(tern::EngineLogs(engine))).unwrap();
+    let mut client = Client::connect(leader.local_addr()).unwrap();
+    client.append_acks(LOG, records("before"), Acks::Quorum).unwrap();
+    disk.fail_next(FaultOp::Sync, libc::EIO);
+    let failed = client.append_acks(LOG, records("during"), Acks::Leader);
+    assert!(failed.is_err(), "an append whose sync failed was acknowledged: {failed:?}");
+    let after = client.append_acks(LOG, records("after"), Acks::Leader);
+    assert!(after.is_err(), "a fenced log took an append: {after:?}");
+    let metrics = common::log_metrics(&leader, LOG);
+    let fault = metrics.disk_fault.unwrap_or_default();
+    assert!(fault.contains("takes no appends until the node restarts"), "status says: {fault:?}");
+    assert_eq!(metrics.commit_end, 5, "nothing past what was synced is committed");
+}

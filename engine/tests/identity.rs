@@ -131,6 +131,8 @@ fn a_leader_that_lost_its_disk_refuses_to_lead_over_a_follower_holding_more() {
     let mut client = Client::connect(replaced.local_addr()).unwrap();
     let err = client.append_acks("orders", vec![Bytes::from_static(b"new")], Acks::Quorum).unwrap_err();
     assert!(err.to_string().contains("refusing to lead log orders: node 2 holds records"), "{err}");
+    let status = common::log_metrics(&replaced, "orders").not_leading.unwrap_or_default();
+    assert!(status.contains("refusing to lead log orders"), "status says: {status:?}");
     let (_, _, held) = Client::connect(at).unwrap().read_from("orders", 0, 10, true).unwrap();
     assert_eq!(held, records, "the follower's log is untouched");
 }

@@ -465,6 +465,22 @@ impl Drop for Registered {
 
 impl Shared {
     /// Keeps a handle of `stream` where a stop can close it, until the result is dropped.
+    /// Lists `stream` among the connections waiting for their first message, until the
+    /// returned guard is dropped.
+    fn await_first_message(&self, stream: &TcpStream) -> Option<AwaitingFirst> {
+        let clone = stream.try_clone().ok()?;
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().push_back((id, clone));
+        Some(AwaitingFirst { pending: self.pending.clone(), id })
+    }
+
+    /// Closes the connection that has waited longest for its first message, if there is one.
+    fn close_oldest_awaiting(&self) -> bool {
+        let Some((_, oldest)) = self.pending.lock().pop_front() else { return false };
+        let _ = oldest.shutdown(Shutdown::Both);
+        true
+    }
+
     fn register(&self, stream: &TcpStream) -> Option<Registered> {
         let clone = stream.try_clone().ok()?;
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -557,6 +573,9 @@ struct Shared {
     accepted: Arc<Mutex<BTreeMap<u64, TcpStream>>>,
     /// Numbers the entries of `accepted`.
     next_connection: std::sync::atomic::AtomicU64,
+    /// Accepted connections whose first message has not come yet, oldest first: over the
+    /// connection cap, the oldest is closed to make room (see [`accept_loop`]).
+    pending: Arc<Mutex<std::collections::VecDeque<(u64, TcpStream)>>>,
     /// Leader: what each follower acknowledged on each log, and where the file keeping it
     /// across restarts is.
     peer_slots: Mutex<Slots>,
@@ -688,6 +707,7 @@ impl Server {
             clients_open: Arc::new(AtomicUsize::new(0)),
             frames,
             next_connection: std::sync::atomic::AtomicU64::new(0),
+            pending: Arc::new(Mutex::new(std::collections::VecDeque::new())),
             peer_slots: Mutex::new(peer_slots),
             peer_slots_file,
             syncs: SyncQueue::default(),
@@ -1138,7 +1158,14 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             return;
         }
         let Ok(stream) = stream else { continue };
-        if shared.connections.fetch_add(1, Ordering::SeqCst) >= shared.config.connections_max + PEER_CONNECTIONS_MAX {
+        // Over the cap, the connection that has waited longest for its first message is closed
+        // to make room: connections that send a few bytes and then nothing (or nothing at all)
+        // cannot keep clients or the leader out by their number, only by reconnecting faster
+        // than a real peer sends its first message. (The count goes over the cap until the
+        // closed connection's thread has ended, by at most the connections closed so.)
+        if shared.connections.fetch_add(1, Ordering::SeqCst) >= shared.config.connections_max + PEER_CONNECTIONS_MAX
+            && !shared.close_oldest_awaiting()
+        {
             shared.connections.fetch_sub(1, Ordering::SeqCst);
             let mut stream = stream;
             let _ = write_msg(&mut stream, &Message::Refuse { reason: "too many connections".into() });
@@ -1147,11 +1174,12 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         // Counts the connection, and keeps it where a stop can close it, until its thread
         // ends, or, for a client, until the client loop lets go of it.
         let mut counted = Some(Counted { count: shared.connections.clone(), _registered: shared.register(&stream) });
+        let awaiting = shared.await_first_message(&stream);
         let shared = shared.clone();
         let closer = stream.try_clone();
         let spawned = spawn("tern-conn", move || {
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            if let Err(e) = serve_connection(&shared, stream, &mut counted) {
+            if let Err(e) = serve_connection(&shared, stream, &mut counted, awaiting) {
                 // A client that hangs up between requests is not an error.
                 if !shared.stop.load(Ordering::SeqCst) && e.kind() != io::ErrorKind::UnexpectedEof {
                     log_line(&format!("connection from {peer} closed: {e}"));
@@ -1310,7 +1338,12 @@ pub(super) fn write_msg(stream: &mut TcpStream, msg: &Message) -> io::Result<()>
 
 /// Serves an accepted connection: a follower's until it ends; a client's is handed over to
 /// the client loop with `counted`.
-fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, counted: &mut Option<Counted>) -> io::Result<()> {
+fn serve_connection(
+    shared: &Arc<Shared>,
+    mut stream: TcpStream,
+    counted: &mut Option<Counted>,
+    awaiting: Option<AwaitingFirst>,
+) -> io::Result<()> {
     stream.set_nodelay(true)?;
     // One deadline for the whole first message: a peer trickling a byte at a time keeps no
     // place longer than that.
@@ -1319,6 +1352,8 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, counted: &mut O
     // Its room in the frame budget is given back at once: the message is handled next (a
     // client's by the client loop's next pass).
     let (first, _) = read_msg_unless(&mut stream, &shared.frames, Reader::Untrusted, || Instant::now() >= deadline)?;
+    // It sent a whole message: no longer among those closed to make room.
+    drop(awaiting);
     stream.set_read_timeout(None)?;
     match first {
         Message::Hello { cluster_id, node_id, version_min, version_max, .. } => {
@@ -1359,6 +1394,18 @@ fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, counted: &mut O
             follow(shared, &admitted, stream)
         }
         other => clients::serve_client(shared, stream, other, counted),
+    }
+}
+
+/// A connection listed as waiting for its first message ([`Shared::await_first_message`]).
+struct AwaitingFirst {
+    pending: Arc<Mutex<std::collections::VecDeque<(u64, TcpStream)>>>,
+    id: u64,
+}
+
+impl Drop for AwaitingFirst {
+    fn drop(&mut self) {
+        self.pending.lock().retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -1641,6 +1688,7 @@ impl Shared {
                     gap: core.follower.as_ref().and_then(Follower::gap),
                     disk_fault,
                     reopens,
+                    not_leading: core.leader.as_ref().and_then(|l| stop_reason(&slot.name, self.config.node_id, l)),
                 }
             })
             .collect();
@@ -1714,6 +1762,9 @@ pub struct LogMetrics {
     pub disk_fault: Option<String>,
     /// Follower: times the log was reopened from its files after a disk fault.
     pub reopens: u64,
+    /// Leader: why this node stopped leading the log (a later epoch took over, or a follower
+    /// holds records this node lost), if it did; appends to it are refused with this reason.
+    pub not_leading: Option<String>,
 }
 
 /// What a leader knows of one follower on one log.
@@ -1784,7 +1835,7 @@ impl NodeMetrics {
                     "gap": l.gap.map(|(from, to, reseeded)| {
                         serde_json::json!({ "from": from, "to": to, "outcome": if reseeded { "re-seeded" } else { "data loss" } })
                     }),
-                    "disk_fault": l.disk_fault, "reopens": l.reopens,
+                    "disk_fault": l.disk_fault, "reopens": l.reopens, "not_leading": l.not_leading,
                 })
             })
             .collect();

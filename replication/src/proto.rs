@@ -1356,6 +1356,79 @@ mod tests {
         std::iter::from_fn(|| leader.poll_action()).collect()
     }
 
+    /// A leader with both peers connected and checked against its epoch, nothing pending.
+    fn checked_leader(written_end: u64, durable_end: u64) -> Leader {
+        let mut leader = Leader::new(config(Quorum::Count(2)), written_end, durable_end, 0);
+        for peer in [2, 3] {
+            leader.handle(LeaderInput::Connected { peer, written_end: 0, durable_end: 0 });
+            leader.handle(LeaderInput::Received { peer, msg: ack(0, 0) });
+        }
+        let _ = drain(&mut leader);
+        leader
+    }
+
+    /// What receipts say ("synced on a quorum (2 of 3 nodes)") comes from these.
+    #[test]
+    fn copies_count_the_leader_and_each_peer_that_synced_that_far() {
+        let mut leader = checked_leader(0, 0);
+        leader.handle(LeaderInput::Synced { end: 10 });
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(10, 10) });
+        leader.handle(LeaderInput::Received { peer: 3, msg: ack(6, 4) });
+        assert_eq!(leader.durable_end(), 10);
+        assert_eq!(leader.nodes(), 3);
+        assert_eq!([4, 5, 10, 11].map(|end| leader.copies_durable(end)), [3, 2, 2, 0]);
+    }
+
+    /// A sync that covers appends whose `Written` has not come yet ships them at once.
+    #[test]
+    fn a_sync_past_the_written_end_ships_what_it_covers() {
+        let mut leader = checked_leader(0, 0);
+        leader.handle(LeaderInput::Synced { end: 10 });
+        let actions = drain(&mut leader);
+        for peer in [2, 3] {
+            assert!(actions.iter().any(|a| matches!(a, LeaderAction::Ship { peer: p, from: 0, .. } if *p == peer)));
+        }
+    }
+
+    /// A chunk reported shipped counts as in flight only when it went, in order, to a peer still
+    /// connected: not one that disconnected meanwhile, not one the peer's ack already passed,
+    /// not an empty one.
+    #[test]
+    fn only_a_chunk_shipped_in_order_to_a_connected_peer_is_in_flight() {
+        let in_flight = |leader: &Leader| leader.peer_view(2).map(|v| (v.chunks_in_flight, v.next_offset));
+        let mut leader = checked_leader(0, 0);
+        leader.handle(LeaderInput::Written { end: 10 });
+        leader.handle(LeaderInput::Disconnected { peer: 2 });
+        leader.handle(LeaderInput::Shipped { peer: 2, base_offset: 0, end_offset: 10, len_bytes: 100 });
+        assert_eq!(in_flight(&leader), Some((0, 0)), "shipped to a peer that went away");
+
+        let mut leader = checked_leader(0, 0);
+        leader.handle(LeaderInput::Written { end: 10 });
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(10, 10) });
+        leader.handle(LeaderInput::Shipped { peer: 2, base_offset: 0, end_offset: 10, len_bytes: 100 });
+        assert_eq!(in_flight(&leader), Some((0, 10)), "the peer had it already");
+        leader.handle(LeaderInput::Shipped { peer: 2, base_offset: 10, end_offset: 10, len_bytes: 0 });
+        assert_eq!(in_flight(&leader), Some((0, 10)), "an empty chunk");
+        leader.handle(LeaderInput::Written { end: 20 });
+        leader.handle(LeaderInput::Shipped { peer: 2, base_offset: 10, end_offset: 20, len_bytes: 100 });
+        assert_eq!(in_flight(&leader), Some((1, 20)));
+    }
+
+    /// An ack counts only from a connected peer and only when it makes sense: one from a peer
+    /// that disconnected, or one claiming more synced than written, changes nothing; one with
+    /// less synced than written is taken as it is.
+    #[test]
+    fn an_ack_counts_only_from_a_connected_peer_and_when_synced_is_within_written() {
+        let mut leader = checked_leader(10, 10);
+        leader.handle(LeaderInput::Disconnected { peer: 2 });
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(10, 10) });
+        assert_eq!((leader.commit_end(), leader.peer_state(2)), (0, Some((0, 0, false))));
+        leader.handle(LeaderInput::Received { peer: 3, msg: ack(5, 10) });
+        assert_eq!((leader.commit_end(), leader.peer_state(3)), (0, Some((0, 0, true))));
+        leader.handle(LeaderInput::Received { peer: 3, msg: ack(10, 5) });
+        assert_eq!((leader.commit_end(), leader.peer_state(3)), (5, Some((10, 5, true))));
+    }
+
     /// A follower that lost records it had acknowledged (unsynced ones in a power loss, or a
     /// copy removed by an operator) reconnects and reports less: the leader believes it, and
     /// ships it what it lacks, instead of waiting forever for it to pass an end it lost.

@@ -505,6 +505,76 @@ mod tests {
     }
 
     #[test]
+    fn the_accessors_see_what_was_set() {
+        let mut slots = Slots::new();
+        assert!(slots.is_empty());
+        let slot = Slot { durable_end: 7, epoch: 2, state: SlotState::Active };
+        assert_eq!(slots.set("orders", 3, slot), None);
+        assert!(!slots.is_empty());
+        assert_eq!(slots.get("orders", 3), Some(&slot));
+        assert_eq!(slots.get("orders", 4), None);
+        assert_eq!(slots.remove("orders", 3), Some(slot));
+        assert_eq!(slots.remove("orders", 3), None);
+        assert!(slots.is_empty());
+    }
+
+    #[test]
+    fn a_count_one_over_what_the_bytes_can_hold_is_refused_at_the_count() {
+        // 100 entries of the smallest size: the bytes hold exactly 100.
+        let mut slots = Slots::new();
+        for peer in 0..100 {
+            slots.set("a", peer, Slot { durable_end: 0, epoch: 0, state: SlotState::Active });
+        }
+        let mut bytes = slots.encode();
+        assert_eq!(bytes.len(), HEADER_BYTES + 100 * ENTRY_BYTES_MIN + CRC_BYTES);
+        bytes[12..16].copy_from_slice(&101u32.to_le_bytes());
+        assert!(matches!(corrupt_at(Slots::decode(&with_crc(bytes))), (12, CorruptReason::Field(_))));
+    }
+
+    #[test]
+    fn a_file_shorter_than_a_header_and_a_checksum_says_how_much_is_missing() {
+        let bytes = Slots::new().encode();
+        assert_eq!(corrupt_at(Slots::decode(&bytes[..8])), (8, CorruptReason::Truncated { needed_bytes: 12 }));
+    }
+
+    #[test]
+    fn an_empty_or_reversed_missing_range_is_refused_at_the_range() {
+        let mut slots = Slots::new();
+        let needs = SlotState::NeedsReseed { missing_from: 5, missing_to: 9 };
+        slots.set("ab", 1, Slot { durable_end: 5, epoch: 1, state: needs });
+        let bytes = slots.encode();
+        for missing_to in [5u64, 4] {
+            let mut bad = bytes.clone();
+            bad[45..53].copy_from_slice(&missing_to.to_le_bytes());
+            assert_eq!(corrupt_at(Slots::decode(&with_crc(bad))), (37, CorruptReason::Field("empty missing range")));
+        }
+    }
+
+    #[test]
+    fn a_file_of_exactly_the_limit_is_stored_and_loaded_and_one_byte_more_is_refused() {
+        let disk = SimDisk::new();
+        let path = Path::new("/data").join(SLOTS_FILE);
+        let slot = Slot { durable_end: 1, epoch: 1, state: SlotState::Active };
+        let long = "x".repeat(SLOT_LOG_NAME_BYTES_MAX);
+        let mut slots = Slots::new();
+        // 56,299 entries of 298 bytes and one of 94, with the header and the checksum: 16 MiB.
+        for peer in 0..56_299 {
+            slots.set(&long, peer, slot);
+        }
+        slots.set(&"y".repeat(51), 0, slot);
+        assert_eq!(slots.encode().len() as u64, SLOTS_FILE_BYTES_MAX);
+        slots.store(&disk, &path).expect("a file of exactly the limit is stored");
+        assert_eq!(Slots::load(&disk, &path).expect("and loaded"), slots);
+        slots.remove(&"y".repeat(51), 0);
+        slots.set(&"y".repeat(52), 0, slot);
+        let refused = slots.store(&disk, &path);
+        assert!(
+            matches!(refused, Err(SlotsError::TooLarge { len_bytes }) if len_bytes == SLOTS_FILE_BYTES_MAX + 1),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
     fn a_file_over_the_limit_is_refused_without_reading_it() {
         let disk = SimDisk::new();
         let path = Path::new("/data").join(SLOTS_FILE);
