@@ -1367,6 +1367,127 @@ mod tests {
         leader
     }
 
+    fn view(leader: &Leader, peer: NodeId) -> (u64, u64, u64) {
+        leader.peer_view(peer).map(|v| (v.chunks_in_flight, v.bytes_in_flight, v.next_offset)).unwrap()
+    }
+
+    /// Acks take chunks out of flight and move the resend clock (any progress, written or
+    /// synced); a repeated ack changes nothing; without progress for `resend_ms`, what is in
+    /// flight is sent again from what the peer acknowledged.
+    #[test]
+    fn acks_take_chunks_out_of_flight_and_progress_of_either_end_holds_off_a_resend() {
+        let mut leader = checked_leader(0, 0);
+        leader.handle(LeaderInput::Written { end: 30 });
+        leader.handle(LeaderInput::Shipped { peer: 2, base_offset: 0, end_offset: 20, len_bytes: 100 });
+        leader.handle(LeaderInput::Shipped { peer: 2, base_offset: 20, end_offset: 30, len_bytes: 100 });
+        assert_eq!(view(&leader, 2), (2, 200, 30));
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(0, 0) });
+        assert_eq!(view(&leader, 2), (2, 200, 30), "a repeated ack");
+        leader.handle(LeaderInput::Tick { now_ms: 400 });
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(20, 10) });
+        assert_eq!(view(&leader, 2), (1, 100, 30));
+        leader.handle(LeaderInput::Tick { now_ms: 800 });
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(20, 20) });
+        leader.handle(LeaderInput::Tick { now_ms: 1_000 });
+        assert_eq!(view(&leader, 2), (1, 100, 30), "synced progress at 800 holds off the resend");
+        leader.handle(LeaderInput::Tick { now_ms: 1_300 });
+        assert_eq!(view(&leader, 2), (0, 0, 20), "resent from what the peer acknowledged");
+    }
+
+    /// Less written, or less synced, than the peer acknowledged before: each alone is believed.
+    #[test]
+    fn an_ack_with_less_written_or_less_synced_than_before_is_believed() {
+        let mut leader = checked_leader(100, 100);
+        for (written, durable) in [(100, 50), (60, 50), (60, 30)] {
+            leader.handle(LeaderInput::Received { peer: 2, msg: ack(written, durable) });
+            assert_eq!(leader.peer_state(2), Some((written, durable, true)));
+        }
+    }
+
+    /// A checked peer acknowledging records past this log's end holds what this log lost,
+    /// unless a chunk is on its way (its `Shipped`, which says how far was written, may come
+    /// after the peer's ack of it).
+    #[test]
+    fn records_past_the_end_mean_lost_records_only_with_no_chunk_on_its_way() {
+        let mut shipping = checked_leader(0, 0);
+        shipping.handle(LeaderInput::Written { end: 10 });
+        shipping.handle(LeaderInput::Received { peer: 2, msg: ack(15, 15) });
+        assert_eq!(shipping.lacks_records(), None);
+        let mut idle = checked_leader(0, 0);
+        idle.handle(LeaderInput::Written { end: 10 });
+        idle.handle(LeaderInput::Shipped { peer: 2, base_offset: 0, end_offset: 10, len_bytes: 100 });
+        let _ = drain(&mut idle);
+        idle.handle(LeaderInput::Received { peer: 2, msg: ack(15, 15) });
+        assert_eq!(idle.lacks_records(), Some((2, 10, 15, 1)));
+    }
+
+    /// A peer behind the leader's start is re-seeded once; the re-seed counts when its log
+    /// reaches the start, and only then.
+    #[test]
+    fn a_reseed_counts_once_when_the_peers_log_reaches_the_leaders_start() {
+        let mut leader = Leader::new(config(Quorum::Count(2)), 100, 100, 0);
+        leader.handle(LeaderInput::StartMoved { start: 50 });
+        leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(0, 0) });
+        let actions = drain(&mut leader);
+        assert!(
+            actions.iter().any(|a| matches!(a, LeaderAction::Send { msg: Message::Reseed { .. }, .. })),
+            "{actions:?}"
+        );
+        let gap = |leader: &Leader| leader.peer_view(2).map(|v| (v.gap, v.reseeds)).unwrap();
+        assert_eq!(gap(&leader), (Some((0, 50)), 0));
+        let reset = Message::Ack { log: "l".into(), epoch: 1, written_end: 50, durable_end: 50, last_epoch: 0 };
+        leader.handle(LeaderInput::Received { peer: 2, msg: reset });
+        assert_eq!(gap(&leader), (None, 1));
+        leader.handle(LeaderInput::Received { peer: 2, msg: ack(60, 60) });
+        assert_eq!(gap(&leader), (None, 1));
+    }
+
+    /// A checked peer whose last epoch ends earlier here than its log does holds records of
+    /// that epoch this leader lost: they are cut, and until then it counts only up to the cut.
+    #[test]
+    fn a_checked_peer_found_diverged_counts_only_up_to_the_cut() {
+        let config = LeaderConfig { epoch: 2, epoch_history: vec![(1, 0), (2, 50)], ..config(Quorum::Count(2)) };
+        let mut leader = Leader::new(config, 80, 80, 0);
+        leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
+        let checked = Message::Ack { log: "l".into(), epoch: 2, written_end: 80, durable_end: 80, last_epoch: 2 };
+        leader.handle(LeaderInput::Received { peer: 2, msg: checked });
+        assert_eq!(leader.peer_state(2), Some((80, 80, true)));
+        let _ = drain(&mut leader);
+        let diverged = Message::Ack { log: "l".into(), epoch: 2, written_end: 70, durable_end: 70, last_epoch: 1 };
+        leader.handle(LeaderInput::Received { peer: 2, msg: diverged });
+        let actions = drain(&mut leader);
+        assert!(
+            actions.iter().any(|a| matches!(a, LeaderAction::Send { msg: Message::Truncate { to: 50, .. }, .. })),
+            "{actions:?}"
+        );
+        assert_eq!(leader.peer_state(2), Some((50, 50, true)));
+    }
+
+    /// A follower asks for another sync when more was applied while one ran, and for none once
+    /// everything is synced.
+    #[test]
+    fn a_follower_syncs_again_when_more_was_applied_during_a_sync() {
+        let mut follower = Follower::new("l".into(), 1, 5, 5, 1);
+        recv(&mut follower, 1, Message::Truncate { log: "l".into(), epoch: 1, to: 5, written_end: 5, last_epoch: 1 });
+        while follower.poll_action().is_some() {}
+        for (base, end) in [(5, 10), (10, 20)] {
+            let append = Message::Append { log: "l".into(), epoch: 1, commit_end: 0, chunk: chunk(base, end) };
+            while follower.poll_action().is_some() {}
+            recv(&mut follower, 1, append);
+            assert!(matches!(follower.poll_action(), Some(FollowerAction::Apply { .. })));
+            follower.handle(FollowerInput::Applied { written_end: end, last_epoch: 1 });
+        }
+        while follower.poll_action().is_some() {}
+        let syncs = |follower: &mut Follower| {
+            std::iter::from_fn(|| follower.poll_action()).filter(|a| matches!(a, FollowerAction::Sync)).count()
+        };
+        follower.handle(FollowerInput::Synced { durable_end: 10 });
+        assert_eq!(syncs(&mut follower), 1, "10..20 is not synced yet");
+        follower.handle(FollowerInput::Synced { durable_end: 20 });
+        assert_eq!(syncs(&mut follower), 0);
+    }
+
     /// What receipts say ("synced on a quorum (2 of 3 nodes)") comes from these.
     #[test]
     fn copies_count_the_leader_and_each_peer_that_synced_that_far() {
