@@ -1471,21 +1471,36 @@ mod tests {
         let mut follower = Follower::new("l".into(), 1, 5, 5, 1);
         recv(&mut follower, 1, Message::Truncate { log: "l".into(), epoch: 1, to: 5, written_end: 5, last_epoch: 1 });
         while follower.poll_action().is_some() {}
-        for (base, end) in [(5, 10), (10, 20)] {
-            let append = Message::Append { log: "l".into(), epoch: 1, commit_end: 0, chunk: chunk(base, end) };
-            while follower.poll_action().is_some() {}
-            recv(&mut follower, 1, append);
-            assert!(matches!(follower.poll_action(), Some(FollowerAction::Apply { .. })));
-            follower.handle(FollowerInput::Applied { written_end: end, last_epoch: 1 });
-        }
-        while follower.poll_action().is_some() {}
         let syncs = |follower: &mut Follower| {
             std::iter::from_fn(|| follower.poll_action()).filter(|a| matches!(a, FollowerAction::Sync)).count()
         };
+        let mut asked = 0;
+        for (base, end) in [(5, 10), (10, 20)] {
+            let append = Message::Append { log: "l".into(), epoch: 1, commit_end: 0, chunk: chunk(base, end) };
+            recv(&mut follower, 1, append);
+            assert!(matches!(follower.poll_action(), Some(FollowerAction::Apply { .. })));
+            follower.handle(FollowerInput::Applied { written_end: end, last_epoch: 1 });
+            asked += syncs(&mut follower);
+        }
+        assert_eq!(asked, 1, "one sync at a time");
         follower.handle(FollowerInput::Synced { durable_end: 10 });
         assert_eq!(syncs(&mut follower), 1, "10..20 is not synced yet");
         follower.handle(FollowerInput::Synced { durable_end: 20 });
         assert_eq!(syncs(&mut follower), 0);
+    }
+
+    /// The driver routes messages by log; a follower core still takes nothing of another
+    /// log's (not even its epoch), and a data loss that ends where its log ends loses nothing.
+    #[test]
+    fn a_follower_ignores_another_logs_messages_and_a_loss_ending_at_its_end() {
+        let mut follower = Follower::new("l".into(), 1, 40, 40, 1);
+        recv(&mut follower, 1, Message::Truncate { log: "l".into(), epoch: 1, to: 40, written_end: 40, last_epoch: 1 });
+        while follower.poll_action().is_some() {}
+        let other = Message::Truncate { log: "other".into(), epoch: 5, to: 0, written_end: 40, last_epoch: 1 };
+        follower.handle(FollowerInput::Received { from: 1, msg: other });
+        assert_eq!(follower.poll_action(), None);
+        recv(&mut follower, 1, Message::DataLoss { log: "l".into(), epoch: 1, from: 30, to: 40 });
+        assert_eq!(follower.gap(), None);
     }
 
     /// What receipts say ("synced on a quorum (2 of 3 nodes)") comes from these.
