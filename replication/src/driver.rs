@@ -528,6 +528,8 @@ struct Applied {
     chunks: std::sync::atomic::AtomicU64,
     bytes: std::sync::atomic::AtomicU64,
     syncs: std::sync::atomic::AtomicU64,
+    /// Of those, the ones the connection's reader made itself (small amounts, syncer idle).
+    inline_syncs: std::sync::atomic::AtomicU64,
     records_synced: std::sync::atomic::AtomicU64,
     records_cut: std::sync::atomic::AtomicU64,
     /// Cuts the leader asked for that failed (logged the first time, then every 600th).
@@ -1682,6 +1684,7 @@ impl Shared {
                     chunks_applied: applied.chunks.load(Ordering::Relaxed),
                     bytes_applied: applied.bytes.load(Ordering::Relaxed),
                     follower_syncs: applied.syncs.load(Ordering::Relaxed),
+                    follower_inline_syncs: applied.inline_syncs.load(Ordering::Relaxed),
                     records_synced: applied.records_synced.load(Ordering::Relaxed),
                     records_cut: applied.records_cut.load(Ordering::Relaxed),
                     cuts_failed: applied.cuts_failed.load(Ordering::Relaxed),
@@ -1745,6 +1748,9 @@ pub struct LogMetrics {
     pub bytes_applied: u64,
     /// Follower: syncs made (each covers every chunk applied before it).
     pub follower_syncs: u64,
+    /// Follower: of those, the ones its connection's reader made itself instead of handing
+    /// them to the syncer thread (up to 64 KiB received since the last sync, syncer idle).
+    pub follower_inline_syncs: u64,
     /// Follower: records those syncs made durable.
     pub records_synced: u64,
     /// Follower: records cut because they diverged from a restarted leader's log (kept in
@@ -1830,7 +1836,8 @@ impl NodeMetrics {
                     "written_end": l.written_end, "durable_end": l.durable_end, "commit_end": l.commit_end,
                     "peers": peers,
                     "chunks_applied": l.chunks_applied, "bytes_applied": l.bytes_applied,
-                    "follower_syncs": l.follower_syncs, "records_synced": l.records_synced,
+                    "follower_syncs": l.follower_syncs, "follower_inline_syncs": l.follower_inline_syncs,
+                    "records_synced": l.records_synced,
                     "records_cut": l.records_cut, "cuts_failed": l.cuts_failed,
                     "gap": l.gap.map(|(from, to, reseeded)| {
                         serde_json::json!({ "from": from, "to": to, "outcome": if reseeded { "re-seeded" } else { "data loss" } })

@@ -116,6 +116,9 @@ pub(super) fn follow_messages(
             for name in inline_syncs(queue, &mut unsynced_bytes) {
                 let sends = sync_log(shared, queue, &name)
                     .ok_or_else(|| io::Error::other(format!("log {name}: sync failed")))?;
+                if let Some(slot) = shared.slot(&name) {
+                    slot.applied.inline_syncs.fetch_add(1, Ordering::Relaxed);
+                }
                 collect_acks(&mut acks, sends);
             }
             if !acks.is_empty() {
