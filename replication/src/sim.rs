@@ -13,7 +13,10 @@
 //!   replication slots, saved a while before, as the driver's does);
 //! - a follower calls committed only records that are the leader's, up to the leader's commit;
 //! - every record any leader called committed is durable on a quorum of disks (a crash never
-//!   loses it);
+//!   loses it), by the ends the logs report after every step and, every
+//!   64 steps and at the end, on crash images: a copy of each disk loses
+//!   every unsynced byte and its log is opened as recovery would, so a sync claimed and not
+//!   made is caught;
 //! - a re-seed never skips a record the leader still holds;
 //! - after the faults stop and the network heals, all logs converge to the leader's.
 
@@ -132,7 +135,16 @@ struct Node {
     recorded_leader: Option<(u64, NodeId)>,
     /// Follower: its core asked for a sync that has not run yet.
     sync_due: bool,
+    /// Follower: chunk bytes applied since its last sync.
+    unsynced_bytes: u64,
 }
+
+/// A follower syncs inline (at once, as the driver's connection reader does once it has read
+/// everything) when at most this many chunk bytes arrived since its last sync and no sync is
+/// waiting; otherwise the sync waits for a later step (the driver's syncer thread). The
+/// driver's bound is 64 KiB, a sixteenth of its largest chunk (1 MiB); the same share of the
+/// simulator's 2 KiB chunks.
+const INLINE_SYNC_MAX_BYTES: u64 = 128;
 
 /// Faults a run injected, to show that a passing run was not a quiet one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -157,6 +169,10 @@ pub struct Faults {
     pub follower_retentions: u64,
     /// Followers re-seeded from the leader's start.
     pub reseeds: u64,
+    /// Follower syncs made inline, right when asked for (not a fault: the driver's policy).
+    pub inline_syncs: u64,
+    /// Follower syncs made in a later step, as by the driver's syncer thread.
+    pub later_syncs: u64,
 }
 
 /// One simulated cluster.
@@ -184,7 +200,12 @@ pub struct World {
     /// and the epoch it was acknowledged in (the driver saves them every second).
     slots: std::collections::BTreeMap<NodeId, (u64, u64)>,
     faults: bool,
+    /// Steps run, for the crash-image check every [`CRASH_IMAGE_EVERY`] of them.
+    steps: u64,
 }
+
+/// Steps between two looks at the disks' crash images (it opens a log per node).
+const CRASH_IMAGE_EVERY: u64 = 64;
 
 fn log_options() -> LogOptions {
     LogOptions {
@@ -249,6 +270,7 @@ impl World {
                 checked_end: 0,
                 recorded_leader: None,
                 sync_due: false,
+                unsynced_bytes: 0,
             });
         }
         let mut world = World {
@@ -267,6 +289,7 @@ impl World {
             max_commit: 0,
             slots: std::collections::BTreeMap::new(),
             faults: true,
+            steps: 0,
         };
         for peer in 1..world.config.nodes as u64 {
             world.leader_input(LeaderInput::Connected { peer, written_end: 0, durable_end: 0 })?;
@@ -280,6 +303,10 @@ impl World {
         for step in 0..steps {
             self.step().map_err(|e| format!("step {step} at {} ms: {e}", self.now_ms))?;
             self.check().map_err(|e| format!("after step {step}: {e}"))?;
+            self.steps += 1;
+            if self.steps.is_multiple_of(CRASH_IMAGE_EVERY) {
+                self.check_crash_images().map_err(|e| format!("after step {step}: {e}"))?;
+            }
         }
         self.heal()?;
         self.check_converged()
@@ -540,13 +567,24 @@ impl World {
                         Err(_) if log.written_end() == self.follower(id).written_end() => FollowerInput::ApplyFailed,
                         _ => FollowerInput::Applied { written_end: log.written_end(), last_epoch: log.last_epoch() },
                     };
+                    self.nodes[id as usize].unsynced_bytes += chunk.bytes.len() as u64;
                     self.follower(id).handle(input);
                 }
-                // As the driver does, the sync runs later than the apply (on the syncer thread,
-                // or inline once the connection's reader has nothing left to read): the
-                // follower's ack of the apply says written, not durable, and a power loss in
-                // between loses what it applied.
-                FollowerAction::Sync => self.nodes[id as usize].sync_due = true,
+                // As the driver does, the sync runs apart from the apply: inline when little
+                // arrived and no sync waits (the driver's reader syncs before its next read),
+                // otherwise in a later step (its syncer thread). The ack of the apply says
+                // written, not durable, and a power loss in between loses what it applied.
+                FollowerAction::Sync => {
+                    let node = &mut self.nodes[id as usize];
+                    let inline = node.unsynced_bytes <= INLINE_SYNC_MAX_BYTES && !node.sync_due;
+                    node.sync_due = true;
+                    if inline {
+                        self.faults_injected.inline_syncs += 1;
+                        self.follower_sync(id)?;
+                    } else {
+                        self.faults_injected.later_syncs += 1;
+                    }
+                }
                 FollowerAction::Truncate { to } => {
                     let start = log.start_offset();
                     if to < start {
@@ -619,6 +657,7 @@ impl World {
             return Ok(());
         }
         let log = self.nodes[id as usize].log.clone().ok_or("follower has no log")?;
+        self.nodes[id as usize].unsynced_bytes = 0;
         log.sync().map_err(|e| format!("follower {id} sync: {e}"))?;
         let durable = log.durable_end();
         let node = &mut self.nodes[id as usize];
@@ -634,6 +673,7 @@ impl World {
         let node = &mut self.nodes[id as usize];
         node.log = None;
         node.sync_due = false;
+        node.unsynced_bytes = 0;
         node.disk.crash(tear);
         let log = open_log(&node.disk, &node.committer).map_err(|e| format!("follower {id} recovery: {e}"))?;
         let (written, durable) = (log.written_end(), log.durable_end());
@@ -668,6 +708,7 @@ impl World {
         node.durable_floor = 0;
         node.checked_end = 0;
         node.sync_due = false;
+        node.unsynced_bytes = 0;
         // The node state file stays: the copy of one log was removed, not the node.
         let mut follower = Follower::new(LOG.into(), 0, 0, 0, 0);
         if let Some((epoch, leader)) = node.recorded_leader {
@@ -851,8 +892,55 @@ impl World {
         }
     }
 
+    /// Every record any leader called committed survives a power loss on a quorum of disks,
+    /// judged on crash images (a copy of each disk losing every unsynced byte, its log opened
+    /// as recovery would), not on the durable ends the logs and the cores report.
+    fn check_crash_images(&self) -> Result<(), String> {
+        let commit = self.max_commit.max(self.commit_end);
+        if commit == 0 {
+            return Ok(());
+        }
+        let mut holders = 0;
+        for node in &self.nodes {
+            let image = node.disk.fork();
+            image.crash(Tear::None);
+            let committer =
+                Committer::start_with(Arc::new(image.clone()), None, CommitMode::Leader).map_err(|e| e.to_string())?;
+            let held = open_log(&image, &committer)
+                .map_err(|e| format!("node {}: its crash image does not open: {e}", node.id))
+                .and_then(|log| self.holds_committed(&log, commit));
+            committer.stop();
+            holders += usize::from(held?);
+        }
+        let quorum = self.config.quorum.size(self.config.nodes);
+        if holders < quorum {
+            return Err(format!(
+                "commit {commit} survives a power loss on {holders} nodes' disks, fewer than {quorum}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `log` holds the leader's records up to `commit` (from its own start).
+    fn holds_committed(&self, log: &Log, commit: u64) -> Result<bool, String> {
+        if log.written_end() < commit {
+            return Ok(false);
+        }
+        for record in log.read(log.start_offset(), Visibility::Written).map_err(|e| e.to_string())? {
+            let record = record.map_err(|e| e.to_string())?;
+            if record.offset >= commit {
+                break;
+            }
+            if self.sent.get(record.offset as usize).is_none_or(|v| *v != record.value) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     fn check_converged(&mut self) -> Result<(), String> {
         self.check()?;
+        self.check_crash_images()?;
         let leader = self.nodes[0].log.clone().ok_or("leader has no log")?;
         // Retention may have deleted the leader's first records; from its start on, every log
         // must hold the same.

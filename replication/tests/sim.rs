@@ -34,6 +34,7 @@ fn run_all(quorum: Quorum, steps: u64, retains: bool) {
     let mut damaged = 0;
     let mut retentions = 0;
     let mut reseeds = 0;
+    let (mut inline_syncs, mut later_syncs) = (0, 0);
     for seed in seeds(64) {
         let config = Config { seed, quorum, ..Config::default() };
         let world = run_seed(config, steps);
@@ -46,17 +47,24 @@ fn run_all(quorum: Quorum, steps: u64, retains: bool) {
         damaged += faults.corrupted;
         retentions += faults.retentions;
         reseeds += faults.reseeds;
+        inline_syncs += faults.inline_syncs;
+        later_syncs += faults.later_syncs;
     }
     assert!(committed > 0, "the simulation never committed anything");
     eprintln!(
         "{committed} records committed; {crashes} follower and {leader_crashes} leader power losses, \
          {cut} diverged follower records cut, {lost} messages lost, {damaged} damaged, \
-         {retentions} retention runs on the leader, {reseeds} followers re-seeded"
+         {retentions} retention runs on the leader, {reseeds} followers re-seeded; follower syncs: \
+         {inline_syncs} inline, {later_syncs} later"
     );
     if seeds(64).len() >= 64 {
         assert!(
             crashes > 0 && leader_crashes > 0 && lost > 0 && damaged > 0 && (retentions > 0 || !retains),
             "the faults must happen: {crashes} {leader_crashes} {lost} {damaged} {retentions}"
+        );
+        assert!(
+            inline_syncs > 0 && later_syncs > 0,
+            "both of the driver's sync paths must run: {inline_syncs} inline, {later_syncs} later"
         );
     }
 }

@@ -126,13 +126,13 @@ pub struct CrashReport {
 }
 
 /// A change to a file's content since its last sync (successful or failed).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Pending {
     Write { pos: usize, bytes: Vec<u8> },
     SetLen(usize),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Inode {
     /// What reads see: the page cache.
     live: Vec<u8>,
@@ -300,7 +300,7 @@ fn parent_of(path: &Path) -> PathBuf {
     path.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct State {
     inodes: Vec<Inode>,
     live_names: BTreeMap<PathBuf, usize>,
@@ -381,6 +381,30 @@ impl SimDisk {
     /// An empty disk.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An independent copy of this disk as it is now, written, synced and pending alike: crash
+    /// the copy to see what a power loss at this moment would leave, the original untouched.
+    /// Files open on the original are not open on the copy.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use tern_segment::sim::{SimDisk, Tear};
+    /// use tern_segment::Disk;
+    /// let disk = SimDisk::new();
+    /// let file = disk.create(Path::new("/d/a"), 0)?;
+    /// disk.sync_dir(Path::new("/d"))?;
+    /// file.write_at(0, b"unsynced")?;
+    /// let image = disk.fork();
+    /// image.crash(Tear::None);
+    /// assert_eq!(image.file_len(Path::new("/d/a")), Some(0));
+    /// assert_eq!(disk.file_len(Path::new("/d/a")), Some(8), "the original keeps its page cache");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn fork(&self) -> SimDisk {
+        let mut state = self.state.lock().clone();
+        state.generation += 1;
+        SimDisk { state: Arc::new(Mutex::new(state)) }
     }
 
     /// Sync points (`sync_data` and `sync_dir` calls) counted so far.
