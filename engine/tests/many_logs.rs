@@ -65,3 +65,32 @@ fn concurrent_appends_to_several_logs_land_on_every_node_as_their_receipts_say()
         }
     }
 }
+
+/// Two followers at the same place get the same chunk, read and compressed once.
+#[test]
+fn a_chunk_two_followers_need_from_the_same_offset_is_built_once() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let followers: Vec<_> = (2..=3)
+        .map(|id| {
+            let dir = dirs[id as usize - 1].path();
+            common::start(dir, tern::Config::default(), common::config(0x11, id, Role::Follower, vec![], any_port()))
+        })
+        .collect();
+    let peers = vec![(2, followers[0].local_addr()), (3, followers[1].local_addr())];
+    let config = tern_replication::driver::ServerConfig {
+        quorum: tern_replication::proto::Quorum::All,
+        ..common::config(0x11, 1, Role::Leader, peers, any_port())
+    };
+    let leader = common::start(dirs[0].path(), tern::Config::default(), config);
+    let mut client = Client::connect(leader.local_addr()).unwrap();
+    for i in 0..20 {
+        client.append_acks("orders", vec![Bytes::from(format!("r{i}"))], Acks::Quorum).unwrap();
+    }
+    let metrics = common::log_metrics(&leader, "orders");
+    let shipped: u64 = metrics.peers.iter().map(|p| p.chunks_shipped).sum();
+    assert!(
+        metrics.chunks_built < shipped,
+        "{} chunks built for {shipped} shipped: none was shared",
+        metrics.chunks_built
+    );
+}

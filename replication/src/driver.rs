@@ -173,6 +173,8 @@ struct LogSlot {
     /// just sent gets the same chunk, compressed once. Chunks are built under this lock, not
     /// the core's, so acks and appends go on while a large chunk is compressed.
     recent_chunks: Mutex<std::collections::VecDeque<Chunk>>,
+    /// Leader: chunks read from the log and compressed (not those reused from `recent_chunks`).
+    chunks_built: std::sync::atomic::AtomicU64,
     /// Signalled when the commit point moves (leader) or the core changes in a way a waiting
     /// client cares about.
     committed: Condvar,
@@ -1021,6 +1023,7 @@ impl Shared {
                 replies: Vec::new(),
             }),
             recent_chunks: Mutex::new(std::collections::VecDeque::new()),
+            chunks_built: std::sync::atomic::AtomicU64::new(0),
             committed: Condvar::new(),
             applied: Applied::default(),
         });
@@ -1139,6 +1142,7 @@ impl Shared {
         }
         match read_chunk(&slot.log, from, bytes_max, &self.config.compression) {
             Ok(Some(chunk)) => {
+                slot.chunks_built.fetch_add(1, Ordering::Relaxed);
                 if recent.len() >= RECENT_CHUNKS_MAX {
                     recent.pop_front();
                 }
@@ -1692,6 +1696,7 @@ impl Shared {
                     disk_fault,
                     reopens,
                     not_leading: core.leader.as_ref().and_then(|l| stop_reason(&slot.name, self.config.node_id, l)),
+                    chunks_built: slot.chunks_built.load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -1771,6 +1776,9 @@ pub struct LogMetrics {
     /// Leader: why this node stopped leading the log (a later epoch took over, or a follower
     /// holds records this node lost), if it did; appends to it are refused with this reason.
     pub not_leading: Option<String>,
+    /// Leader: chunks read from the log and compressed. A chunk asked for by several followers
+    /// from the same offset is built once: this stays below the sum of their `chunks_shipped`.
+    pub chunks_built: u64,
 }
 
 /// What a leader knows of one follower on one log.
@@ -1843,6 +1851,7 @@ impl NodeMetrics {
                         serde_json::json!({ "from": from, "to": to, "outcome": if reseeded { "re-seeded" } else { "data loss" } })
                     }),
                     "disk_fault": l.disk_fault, "reopens": l.reopens, "not_leading": l.not_leading,
+                    "chunks_built": l.chunks_built,
                 })
             })
             .collect();
