@@ -113,3 +113,52 @@ fn a_leader_whose_sync_failed_acknowledges_nothing_more_and_says_so() {
     assert!(fault.contains("takes no appends until the node restarts"), "status says: {fault:?}");
     assert_eq!(metrics.commit_end, 5, "nothing past what was synced is committed");
 }
+
+/// A follower applies nothing stamped with a later epoch than the leader that sent it: a chunk
+/// whose batch says epoch 2, shipped in epoch 1, is refused and the log stays as it was (the
+/// driver decodes chunks with `chunk_frames_within`, not only the codec's own test).
+#[test]
+fn a_follower_refuses_a_chunk_holding_a_later_epoch_than_its_sender() {
+    use tern_replication::message::{Message, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+
+    // A batch of epoch 2, read from a log of its own as a leader's shipper would.
+    let source_dir = tempfile::tempdir().unwrap();
+    let source = Engine::open(source_dir.path(), tern::Config::default()).unwrap();
+    let log = source.log(LOG).unwrap();
+    log.begin_epoch(2).unwrap();
+    log.append(&[b"stamped by a later leader".as_slice()], tern::Durability::Local).unwrap();
+    let chunk = tern_replication::driver::read_chunk(&log, 0, 1 << 20, &tern_replication::codec::Compression::OFF)
+        .unwrap()
+        .expect("a chunk");
+
+    let dir = tempfile::tempdir().unwrap();
+    let follower =
+        common::start(dir.path(), tern::Config::default(), common::config(0xf9, 2, Role::Follower, vec![], any_port()));
+    let mut leader = std::net::TcpStream::connect(follower.local_addr()).unwrap();
+    leader.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hello = Message::Hello {
+        cluster_id: 0xf9,
+        node_id: 1,
+        version_min: PROTOCOL_VERSION_MIN,
+        version_max: PROTOCOL_VERSION_MAX,
+        logs: Vec::new(),
+    };
+    common::write_message(&mut leader, &hello).unwrap();
+    assert!(matches!(common::read_message(&mut leader).unwrap(), Message::Welcome { .. }));
+    // Check the (new, empty) log for epoch 1, then ship the chunk in epoch 1.
+    let check = Message::Truncate { log: LOG.into(), epoch: 1, to: 0, written_end: 0, last_epoch: 0 };
+    common::write_message(&mut leader, &check).unwrap();
+    let checked = common::read_message(&mut leader).unwrap();
+    assert!(matches!(checked, Message::Ack { epoch: 1, written_end: 0, .. }), "{checked:?}");
+    let append = Message::Append { log: LOG.into(), epoch: 1, commit_end: 0, chunk };
+    common::write_message(&mut leader, &append).unwrap();
+    // Its answer (an ack, at once or with the next heartbeat's) never says the record was taken.
+    let heartbeat = Message::Heartbeat { epoch: 1, logs: vec![(LOG.into(), 1, 0)] };
+    common::write_message(&mut leader, &heartbeat).unwrap();
+    let answer = common::read_message(&mut leader).unwrap();
+    assert!(
+        matches!(answer, Message::Ack { written_end: 0, .. }),
+        "the follower took a later epoch's batch: {answer:?}"
+    );
+    assert_eq!(common::log_metrics(&follower, LOG).written_end, 0);
+}

@@ -142,7 +142,6 @@ fn a_leader_that_lost_its_disk_refuses_to_lead_over_a_follower_holding_more() {
 /// id gets nothing in), and the real leader's appends go on reaching the quorum.
 #[test]
 fn a_second_connection_claiming_the_connected_leader_is_refused() {
-    use std::io::{Read, Write};
     use tern_replication::message::{Message, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -167,15 +166,8 @@ fn a_second_connection_claiming_the_connected_leader_is_refused() {
         version_max: PROTOCOL_VERSION_MAX,
         logs: Vec::new(),
     };
-    let mut bytes = Vec::new();
-    tern_replication::codec::encode(&hello, &mut bytes);
-    stranger.write_all(&bytes).unwrap();
-    let mut reply = vec![0u8; 4];
-    stranger.read_exact(&mut reply).unwrap();
-    let len = tern_replication::codec::frame_len(&reply).unwrap().unwrap();
-    reply.resize(len, 0);
-    stranger.read_exact(&mut reply[4..]).unwrap();
-    let (answer, _) = tern_replication::codec::decode(&Bytes::from(reply)).unwrap().unwrap();
+    common::write_message(&mut stranger, &hello).unwrap();
+    let answer = common::read_message(&mut stranger).unwrap();
     match answer {
         Message::Refuse { reason } => assert!(reason.contains("connected to this node already"), "{reason}"),
         other => panic!("a second connection claiming node 1 was answered {other:?}"),

@@ -74,3 +74,28 @@ pub fn seed() -> u64 {
     eprintln!("seed {seed:#x} (replay with TERN_SEED={seed:#x})");
     seed
 }
+
+/// Reads one whole message from a raw connection (a test playing a peer or a client by hand).
+pub fn read_message(stream: &mut std::net::TcpStream) -> std::io::Result<tern_replication::message::Message> {
+    use std::io::Read;
+    let mut bytes = vec![0u8; 4];
+    stream.read_exact(&mut bytes)?;
+    let len = tern_replication::codec::frame_len(&bytes).map_err(std::io::Error::other)?.unwrap_or(4);
+    bytes.resize(len, 0);
+    stream.read_exact(&mut bytes[4..])?;
+    match tern_replication::codec::decode(&bytes::Bytes::from(bytes)).map_err(std::io::Error::other)? {
+        Some((msg, _)) => Ok(msg),
+        None => Err(std::io::Error::other("a short message")),
+    }
+}
+
+/// Writes one message to a raw connection.
+pub fn write_message(
+    stream: &mut std::net::TcpStream,
+    msg: &tern_replication::message::Message,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut bytes = Vec::new();
+    tern_replication::codec::encode(msg, &mut bytes);
+    stream.write_all(&bytes)
+}
