@@ -1,8 +1,10 @@
 //! A deterministic simulator: one leader and its followers, each with a real [`tern_wal::Log`]
 //! on its own [`SimDisk`], connected by a seeded network that delays, drops, duplicates,
 //! reorders, corrupts and partitions, with followers crashing (power loss, torn writes) and
-//! restarting, and a leader whose retention deletes committed segments (a follower that still
-//! needs them is re-seeded), and followers whose own retention runs as the driver's does.
+//! restarting, followers whose disk fails a write or a sync (the log is fenced, then reopened
+//! from its files and cut back to what was durable, as the driver does), a leader whose
+//! retention deletes committed segments (a follower that still needs them is re-seeded), and
+//! followers whose own retention runs as the driver's does.
 //! Everything runs in one thread (leader-mode group commit syncs in
 //! the caller), every random choice comes from one `ChaCha8Rng`, and records carry the
 //! simulated clock's timestamps, so a seed replays exactly.
@@ -27,7 +29,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tern_segment::sim::{SimDisk, Tear};
+use tern_segment::sim::{FaultOp, SimDisk, Tear};
 use tern_segment::Disk;
 use tern_wal::{AppendOptions, CommitMode, Committer, Durability, Log, LogOptions, Record, Visibility};
 
@@ -73,6 +75,10 @@ pub struct Config {
     /// Whether a follower behind the leader's retention is re-seeded; otherwise it is told of
     /// the data loss and stays where it is.
     pub reseed: bool,
+    /// Chance per step that a follower's next write or sync fails (EIO). Its log is fenced; a
+    /// later step reopens it from its files, cut back to what the fenced handle knew durable,
+    /// as the driver does after a backoff.
+    pub disk_error_ratio: f64,
 }
 
 impl Default for Config {
@@ -91,6 +97,7 @@ impl Default for Config {
             retention_ratio: 0.003,
             follower_retention_ratio: 0.003,
             reseed: true,
+            disk_error_ratio: 0.002,
         }
     }
 }
@@ -137,6 +144,10 @@ struct Node {
     sync_due: bool,
     /// Follower: chunk bytes applied since its last sync.
     unsynced_bytes: u64,
+    /// Follower: a disk error is armed on its disk and has not struck yet.
+    fault_armed: bool,
+    /// Follower: a disk error fenced its log; it takes nothing until it is reopened.
+    reopen_due: bool,
 }
 
 /// A follower syncs inline (at once, as the driver's connection reader does once it has read
@@ -173,6 +184,10 @@ pub struct Faults {
     pub inline_syncs: u64,
     /// Follower syncs made in a later step, as by the driver's syncer thread.
     pub later_syncs: u64,
+    /// Follower writes or syncs made to fail.
+    pub disk_errors: u64,
+    /// Follower logs reopened after a disk error fenced them.
+    pub reopens: u64,
 }
 
 /// One simulated cluster.
@@ -203,6 +218,9 @@ pub struct World {
     /// Steps run, for the crash-image check every [`CRASH_IMAGE_EVERY`] of them.
     steps: u64,
 }
+
+/// How an injected disk error reads in an error message.
+const EIO_TEXT: &str = "os error 5";
 
 /// Steps between two looks at the disks' crash images (it opens a log per node).
 const CRASH_IMAGE_EVERY: u64 = 64;
@@ -271,6 +289,8 @@ impl World {
                 recorded_leader: None,
                 sync_due: false,
                 unsynced_bytes: 0,
+                fault_armed: false,
+                reopen_due: false,
             });
         }
         let mut world = World {
@@ -322,6 +342,12 @@ impl World {
     fn step(&mut self) -> Result<(), String> {
         // One roll picks at most one fault, each from its own band of [0, 1); anything above
         // the bands (or any roll once healing began) is an ordinary step.
+        if let Some(id) = (1..self.config.nodes as u64).find(|id| self.nodes[*id as usize].reopen_due) {
+            // The driver's backoff: not at once.
+            if self.rng.gen_bool(0.2) {
+                return self.reopen(id);
+            }
+        }
         let roll: f64 = self.rng.gen();
         let (faults, followers) = (self.faults, self.config.nodes > 1);
         let mut floor = 0.0;
@@ -352,6 +378,17 @@ impl World {
         if rolled(self.config.follower_retention_ratio) && followers {
             let id = self.rng.gen_range(1..self.config.nodes as u64);
             return self.follower_retain(id);
+        }
+        if rolled(self.config.disk_error_ratio) && followers {
+            let id = self.rng.gen_range(1..self.config.nodes as u64);
+            let op = if self.rng.gen_bool(0.5) { FaultOp::Sync } else { FaultOp::Write };
+            let node = &mut self.nodes[id as usize];
+            if !node.fault_armed && !node.reopen_due {
+                node.disk.fail_next(op, libc::EIO);
+                node.fault_armed = true;
+                self.faults_injected.disk_errors += 1;
+            }
+            return Ok(());
         }
         match self.rng.gen_range(0..11) {
             0..=2 => self.client_append(),
@@ -398,6 +435,14 @@ impl World {
     /// A follower's own retention, as the driver runs it: everything but the active segment may
     /// go, held at the commit point the follower learned (`Follower::retention_hold`).
     fn follower_retain(&mut self, id: NodeId) -> Result<(), String> {
+        if self.nodes[id as usize].reopen_due {
+            return Ok(());
+        }
+        let result = self.follower_retain_inner(id);
+        self.disk_error_struck(id, result)
+    }
+
+    fn follower_retain_inner(&mut self, id: NodeId) -> Result<(), String> {
         let Some(log) = self.nodes[id as usize].log.clone() else { return Ok(()) };
         let hold = self.follower(id).retention_hold();
         log.set_retention_hold(Some(hold));
@@ -548,7 +593,32 @@ impl World {
         }
     }
 
+    /// Feeds follower `id`'s core and carries out its actions. A disk error armed on its disk
+    /// that strikes meanwhile fences its log: the node takes nothing more until reopened.
     fn follower_input(&mut self, id: NodeId, input: FollowerInput) -> Result<(), String> {
+        if self.nodes[id as usize].reopen_due {
+            return Ok(());
+        }
+        let result = self.follower_input_inner(id, input);
+        self.disk_error_struck(id, result)
+    }
+
+    /// Turns an error that is the armed disk error striking into a log to reopen; any other
+    /// error stands.
+    fn disk_error_struck(&mut self, id: NodeId, result: Result<(), String>) -> Result<(), String> {
+        let node = &mut self.nodes[id as usize];
+        match result {
+            Err(e) if node.fault_armed && e.contains(EIO_TEXT) => {
+                node.fault_armed = false;
+                node.reopen_due = true;
+                node.sync_due = false;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn follower_input_inner(&mut self, id: NodeId, input: FollowerInput) -> Result<(), String> {
         self.follower(id).handle(input);
         while let Some(action) = self.follower(id).poll_action() {
             let log = self.nodes[id as usize].log.clone().ok_or("follower has no log")?;
@@ -560,6 +630,10 @@ impl World {
                     if let Err(e) = &applied {
                         if log.is_fenced() {
                             return Err(format!("follower {id} fenced: {e}"));
+                        }
+                        // A refused write that did not fence the log is the armed fault too.
+                        if e.contains(EIO_TEXT) {
+                            return Err(e.clone());
                         }
                     }
                     // Frames before a bad one may have been appended: report the real end.
@@ -653,9 +727,14 @@ impl World {
 
     /// Runs the sync follower `id`'s core asked for, if it did.
     fn follower_sync(&mut self, id: NodeId) -> Result<(), String> {
-        if !std::mem::take(&mut self.nodes[id as usize].sync_due) {
+        if self.nodes[id as usize].reopen_due || !std::mem::take(&mut self.nodes[id as usize].sync_due) {
             return Ok(());
         }
+        let result = self.follower_sync_inner(id);
+        self.disk_error_struck(id, result)
+    }
+
+    fn follower_sync_inner(&mut self, id: NodeId) -> Result<(), String> {
         let log = self.nodes[id as usize].log.clone().ok_or("follower has no log")?;
         self.nodes[id as usize].unsynced_bytes = 0;
         log.sync().map_err(|e| format!("follower {id} sync: {e}"))?;
@@ -674,8 +753,37 @@ impl World {
         node.log = None;
         node.sync_due = false;
         node.unsynced_bytes = 0;
+        // A reboot: no fault stays armed (the disk forgets them) and the log is opened anew.
+        node.fault_armed = false;
+        node.reopen_due = false;
         node.disk.crash(tear);
         let log = open_log(&node.disk, &node.committer).map_err(|e| format!("follower {id} recovery: {e}"))?;
+        self.restart_follower(id, log)
+    }
+
+    /// A follower whose log a disk error fenced opens it again from its files, as the driver
+    /// does after a backoff, keeping nothing past what the fenced handle knew durable (after a
+    /// failed sync, reads may still return pages the disk dropped).
+    fn reopen(&mut self, id: NodeId) -> Result<(), String> {
+        self.faults_injected.reopens += 1;
+        let node = &mut self.nodes[id as usize];
+        let Some(fenced) = node.log.take() else { return Ok(()) };
+        let durable = fenced.durable_end();
+        drop(fenced);
+        node.reopen_due = false;
+        node.sync_due = false;
+        node.unsynced_bytes = 0;
+        let log = open_log(&node.disk, &node.committer).map_err(|e| format!("follower {id} reopen: {e}"))?;
+        if log.written_end() > durable && durable >= log.start_offset() {
+            log.truncate_suffix(durable).map_err(|e| format!("follower {id} reopen, cut to {durable}: {e}"))?;
+        }
+        self.restart_follower(id, log)
+    }
+
+    /// Starts follower `id` again on `log`, after a crash or a reopen: a new core from what the
+    /// log holds and the leader it recorded, and a new connection.
+    fn restart_follower(&mut self, id: NodeId, log: Log) -> Result<(), String> {
+        let node = &mut self.nodes[id as usize];
         let (written, durable) = (log.written_end(), log.durable_end());
         if written < node.durable_floor {
             return Err(format!("follower {id} lost durable records: {written} < {}", node.durable_floor));
@@ -862,6 +970,9 @@ impl World {
                 return Ok(());
             }
             for id in 1..self.config.nodes as u64 {
+                if self.nodes[id as usize].reopen_due {
+                    self.reopen(id)?;
+                }
                 self.follower_sync(id)?;
             }
             if self.network.is_empty() {

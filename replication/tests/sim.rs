@@ -35,6 +35,7 @@ fn run_all(quorum: Quorum, steps: u64, retains: bool) {
     let mut retentions = 0;
     let mut reseeds = 0;
     let (mut inline_syncs, mut later_syncs) = (0, 0);
+    let (mut disk_errors, mut reopens) = (0, 0);
     for seed in seeds(64) {
         let config = Config { seed, quorum, ..Config::default() };
         let world = run_seed(config, steps);
@@ -49,13 +50,15 @@ fn run_all(quorum: Quorum, steps: u64, retains: bool) {
         reseeds += faults.reseeds;
         inline_syncs += faults.inline_syncs;
         later_syncs += faults.later_syncs;
+        disk_errors += faults.disk_errors;
+        reopens += faults.reopens;
     }
     assert!(committed > 0, "the simulation never committed anything");
     eprintln!(
         "{committed} records committed; {crashes} follower and {leader_crashes} leader power losses, \
          {cut} diverged follower records cut, {lost} messages lost, {damaged} damaged, \
          {retentions} retention runs on the leader, {reseeds} followers re-seeded; follower syncs: \
-         {inline_syncs} inline, {later_syncs} later"
+         {inline_syncs} inline, {later_syncs} later; {disk_errors} follower disk errors, {reopens} logs reopened"
     );
     if seeds(64).len() >= 64 {
         assert!(
@@ -63,8 +66,9 @@ fn run_all(quorum: Quorum, steps: u64, retains: bool) {
             "the faults must happen: {crashes} {leader_crashes} {lost} {damaged} {retentions}"
         );
         assert!(
-            inline_syncs > 0 && later_syncs > 0,
-            "both of the driver's sync paths must run: {inline_syncs} inline, {later_syncs} later"
+            inline_syncs > 0 && later_syncs > 0 && reopens > 0,
+            "both of the driver's sync paths must run, and fenced logs be reopened: {inline_syncs} inline, \
+             {later_syncs} later, {reopens} reopened"
         );
     }
 }
@@ -91,6 +95,7 @@ fn quiet(seed: u64) -> Config {
         leader_crash_ratio: 0.0,
         retention_ratio: 0.0,
         follower_retention_ratio: 0.0,
+        disk_error_ratio: 0.0,
         ..Config::default()
     }
 }
