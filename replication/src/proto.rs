@@ -1503,6 +1503,22 @@ mod tests {
         assert_eq!(follower.gap(), None);
     }
 
+    /// A chunk the driver could not queue (the follower's outbox was full or closed) is asked
+    /// for again by the core at its next tick.
+    #[test]
+    fn a_chunk_not_shipped_is_asked_for_again_at_the_next_tick() {
+        let mut leader = checked_leader(0, 0);
+        leader.handle(LeaderInput::Written { end: 10 });
+        let asked = |actions: &[LeaderAction]| {
+            actions.iter().filter(|a| matches!(a, LeaderAction::Ship { peer: 2, from: 0, .. })).count()
+        };
+        assert_eq!(asked(&drain(&mut leader)), 1);
+        leader.handle(LeaderInput::NotShipped { peer: 2 });
+        assert_eq!(asked(&drain(&mut leader)), 0);
+        leader.handle(LeaderInput::Tick { now_ms: 1 });
+        assert_eq!(asked(&drain(&mut leader)), 1, "asked again");
+    }
+
     /// What receipts say ("synced on a quorum (2 of 3 nodes)") comes from these.
     #[test]
     fn copies_count_the_leader_and_each_peer_that_synced_that_far() {

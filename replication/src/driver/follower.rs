@@ -328,3 +328,25 @@ pub(super) fn follower_input(shared: &Shared, slot: &LogSlot, queue: &SyncQueue,
     }
     sends
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(log: &str, written_end: u64) -> Message {
+        Message::Ack { log: log.into(), epoch: 1, written_end, durable_end: 0, last_epoch: 1 }
+    }
+
+    /// Of the acks produced while a read's messages are handled, only the last of each log is
+    /// sent: an ack says where the log stands, so it replaces the earlier ones.
+    #[test]
+    fn only_the_last_ack_of_each_log_is_kept() {
+        let mut acks = BTreeMap::new();
+        collect_acks(&mut acks, vec![ack("a", 1), ack("b", 5)]);
+        let other = Message::Heartbeat { epoch: 1, logs: Vec::new() };
+        collect_acks(&mut acks, vec![ack("a", 2), other]);
+        collect_acks(&mut acks, vec![ack("a", 3)]);
+        let kept: Vec<&Message> = acks.values().collect();
+        assert_eq!(kept, vec![&ack("a", 3), &ack("b", 5)]);
+    }
+}

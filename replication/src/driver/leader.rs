@@ -282,3 +282,26 @@ pub(super) fn leader_sync_loop(shared: &Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower's queue holds at most `OUTBOX_MESSAGES_MAX` items and nothing once its
+    /// connection closed: a refused `Ship` is reported `NotShipped` (see `Shared::leader_input`),
+    /// so the core asks again, and a refused message is a heartbeat or an ack answer the core
+    /// sends again anyway.
+    #[test]
+    fn an_outbox_takes_up_to_its_bound_and_nothing_once_closed() {
+        let outbox = Outbox::default();
+        for _ in 0..OUTBOX_MESSAGES_MAX {
+            assert!(outbox.push(Outgoing::Bytes(vec![1])));
+        }
+        assert!(!outbox.push(Outgoing::Bytes(vec![2])), "over the bound");
+        assert_eq!(outbox.take().map(|q| q.len()), Some(OUTBOX_MESSAGES_MAX));
+        assert!(outbox.push(Outgoing::Bytes(vec![3])), "room again once taken");
+        outbox.close();
+        assert!(!outbox.push(Outgoing::Bytes(vec![4])), "closed");
+        assert!(outbox.take().is_none());
+    }
+}
