@@ -19,18 +19,18 @@ fn records(tag: &str) -> Vec<Bytes> {
     (0..5).map(|i| Bytes::from(format!("{tag}-{i}"))).collect()
 }
 
+/// Engine settings for a node on a SimDisk: no journal, no O_DIRECT, no io_uring.
+fn on_sim_disk() -> tern::Config {
+    tern::Config { journal: false, direct_writes: tern::DirectWrites::Off, io_uring: false, ..tern::Config::default() }
+}
+
 /// With a quorum of both nodes, a follower whose fsync fails stops every commit until it is
 /// back: it must come back by itself.
 #[test]
 fn a_follower_whose_sync_failed_reopens_its_log_and_catches_up() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let disk = SimDisk::new();
-    let config = tern::Config {
-        journal: false,
-        direct_writes: tern::DirectWrites::Off,
-        io_uring: false,
-        ..tern::Config::default()
-    };
+    let config = on_sim_disk();
     let engine = Arc::new(Engine::open_with_disk(dirs[1].path(), config.clone(), Arc::new(disk.clone())).unwrap());
     let follower =
         Server::start(common::config(0xf7, 2, Role::Follower, vec![], any_port()), Arc::new(tern::EngineLogs(engine)))
@@ -92,12 +92,7 @@ fn a_leader_whose_sync_failed_acknowledges_nothing_more_and_says_so() {
         common::config(0xf8, 2, Role::Follower, vec![], any_port()),
     );
     let disk = SimDisk::new();
-    let config = tern::Config {
-        journal: false,
-        direct_writes: tern::DirectWrites::Off,
-        io_uring: false,
-        ..tern::Config::default()
-    };
+    let config = on_sim_disk();
     let engine = Arc::new(Engine::open_with_disk(dirs[0].path(), config, Arc::new(disk.clone())).unwrap());
     let leader_config = common::config(0xf8, 1, Role::Leader, vec![(2, follower.local_addr())], any_port());
     let leader = Server::start(leader_config, Arc::new(tern::EngineLogs(engine))).unwrap();

@@ -5,25 +5,15 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tern_replication::driver::{Client, Role};
+use tern_replication::driver::Client;
 use tern_replication::message::Acks;
 
 mod common;
-use common::any_port;
 
 #[test]
 fn small_chunks_are_synced_by_the_reader_and_large_ones_by_the_syncer() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let follower = common::start(
-        dirs[1].path(),
-        tern::Config::default(),
-        common::config(0x5c, 2, Role::Follower, vec![], any_port()),
-    );
-    let leader = common::start(
-        dirs[0].path(),
-        tern::Config::default(),
-        common::config(0x5c, 1, Role::Leader, vec![(2, follower.local_addr())], any_port()),
-    );
+    let (leader, follower) = common::leader_and_follower(&dirs, 0x5c);
     let mut client = Client::connect(leader.local_addr()).unwrap();
     for i in 0..20 {
         client.append_acks("orders", vec![Bytes::from(format!("small-{i}"))], Acks::Quorum).unwrap();

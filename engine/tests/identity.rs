@@ -41,16 +41,7 @@ fn one_follower_configured_under_two_ids_is_counted_once() {
 #[test]
 fn a_follower_refuses_appends_naming_its_leader() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let follower = common::start(
-        dirs[1].path(),
-        tern::Config::default(),
-        common::config(0x1d, 2, Role::Follower, vec![], any_port()),
-    );
-    let leader = common::start(
-        dirs[0].path(),
-        tern::Config::default(),
-        common::config(0x1d, 1, Role::Leader, vec![(2, follower.local_addr())], any_port()),
-    );
+    let (leader, follower) = common::leader_and_follower(&dirs, 0x1d);
     let mut client = Client::connect(leader.local_addr()).unwrap();
     client.append_acks("orders", vec![Bytes::from_static(b"one")], Acks::Quorum).unwrap();
     let mut client = Client::connect(follower.local_addr()).unwrap();
@@ -145,16 +136,7 @@ fn a_second_connection_claiming_the_connected_leader_is_refused() {
     use tern_replication::message::{Message, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let follower = common::start(
-        dirs[1].path(),
-        tern::Config::default(),
-        common::config(0x1d, 2, Role::Follower, vec![], any_port()),
-    );
-    let leader = common::start(
-        dirs[0].path(),
-        tern::Config::default(),
-        common::config(0x1d, 1, Role::Leader, vec![(2, follower.local_addr())], any_port()),
-    );
+    let (leader, follower) = common::leader_and_follower(&dirs, 0x1d);
     let mut client = Client::connect(leader.local_addr()).unwrap();
     client.append_acks("orders", vec![Bytes::from_static(b"one")], Acks::Quorum).unwrap();
     let mut stranger = std::net::TcpStream::connect(follower.local_addr()).unwrap();

@@ -4,29 +4,33 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tern_replication::driver::{Client, Role};
+use tern_replication::driver::{Client, Role, Server, ServerConfig};
 use tern_replication::message::Acks;
+use tern_replication::proto::Quorum;
 
 mod common;
 use common::any_port;
 
 const LOGS: [&str; 4] = ["orders", "payments", "audit", "events"];
 
-#[test]
-fn concurrent_appends_to_several_logs_land_on_every_node_as_their_receipts_say() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let followers: Vec<_> = (2..=3)
+/// A leader (node 1, `dirs[0]`) and followers 2 and 3, in cluster `cluster_id`, committing at
+/// `quorum`: `(leader, followers)`.
+fn three_nodes(dirs: &[tempfile::TempDir], cluster_id: u64, quorum: Quorum) -> (Server, Vec<Server>) {
+    let followers: Vec<Server> = (2..=3)
         .map(|id| {
-            let dir = dirs[id as usize - 1].path();
-            common::start(dir, tern::Config::default(), common::config(0x10, id, Role::Follower, vec![], any_port()))
+            let config = common::config(cluster_id, id, Role::Follower, vec![], any_port());
+            common::start(dirs[id as usize - 1].path(), tern::Config::default(), config)
         })
         .collect();
     let peers = vec![(2, followers[0].local_addr()), (3, followers[1].local_addr())];
-    let leader = common::start(
-        dirs[0].path(),
-        tern::Config::default(),
-        common::config(0x10, 1, Role::Leader, peers, any_port()),
-    );
+    let config = ServerConfig { quorum, ..common::config(cluster_id, 1, Role::Leader, peers, any_port()) };
+    (common::start(dirs[0].path(), tern::Config::default(), config), followers)
+}
+
+#[test]
+fn concurrent_appends_to_several_logs_land_on_every_node_as_their_receipts_say() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (leader, followers) = three_nodes(&dirs, 0x10, Quorum::Count(2));
     let at = leader.local_addr();
     // Each writer appends to every log in turn, so every connection carries all of them.
     let writers: Vec<_> = (0..4)
@@ -70,18 +74,7 @@ fn concurrent_appends_to_several_logs_land_on_every_node_as_their_receipts_say()
 #[test]
 fn a_chunk_two_followers_need_from_the_same_offset_is_built_once() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let followers: Vec<_> = (2..=3)
-        .map(|id| {
-            let dir = dirs[id as usize - 1].path();
-            common::start(dir, tern::Config::default(), common::config(0x11, id, Role::Follower, vec![], any_port()))
-        })
-        .collect();
-    let peers = vec![(2, followers[0].local_addr()), (3, followers[1].local_addr())];
-    let config = tern_replication::driver::ServerConfig {
-        quorum: tern_replication::proto::Quorum::All,
-        ..common::config(0x11, 1, Role::Leader, peers, any_port())
-    };
-    let leader = common::start(dirs[0].path(), tern::Config::default(), config);
+    let (leader, _followers) = three_nodes(&dirs, 0x11, Quorum::All);
     let mut client = Client::connect(leader.local_addr()).unwrap();
     for i in 0..20 {
         client.append_acks("orders", vec![Bytes::from(format!("r{i}"))], Acks::Quorum).unwrap();

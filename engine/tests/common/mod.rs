@@ -99,3 +99,13 @@ pub fn write_message(
     tern_replication::codec::encode(msg, &mut bytes);
     stream.write_all(&bytes)
 }
+
+/// A follower (node 2) in `dirs[1]` and a leader (node 1) in `dirs[0]` shipping to it, in
+/// cluster `cluster_id`, with the test settings: `(leader, follower)`.
+pub fn leader_and_follower(dirs: &[tempfile::TempDir], cluster_id: u64) -> (Server, Server) {
+    let follower =
+        start(dirs[1].path(), tern::Config::default(), config(cluster_id, 2, Role::Follower, vec![], any_port()));
+    let peers = vec![(2, follower.local_addr())];
+    let leader = start(dirs[0].path(), tern::Config::default(), config(cluster_id, 1, Role::Leader, peers, any_port()));
+    (leader, follower)
+}
