@@ -466,23 +466,24 @@ impl Drop for Registered {
 }
 
 impl Shared {
-    /// Keeps a handle of `stream` where a stop can close it, until the result is dropped.
-    /// Lists `stream` among the connections waiting for their first message, until the
-    /// returned guard is dropped.
-    fn await_first_message(&self, stream: &TcpStream) -> Option<AwaitingFirst> {
-        let clone = stream.try_clone().ok()?;
-        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        self.pending.lock().push_back((id, clone));
-        Some(AwaitingFirst { pending: self.pending.clone(), id })
+    /// Lists the registered connection `registered` among those waiting for their first
+    /// message, until the returned guard is dropped.
+    fn await_first_message(&self, registered: &Registered) -> AwaitingFirst {
+        self.pending.lock().push_back(registered.id);
+        AwaitingFirst { pending: self.pending.clone(), id: registered.id }
     }
 
-    /// Closes the connection that has waited longest for its first message, if there is one.
+    /// Closes the connection that has waited longest for its first message, if there is one
+    /// (through its registered handle: no descriptor of its own is kept for that).
     fn close_oldest_awaiting(&self) -> bool {
-        let Some((_, oldest)) = self.pending.lock().pop_front() else { return false };
-        let _ = oldest.shutdown(Shutdown::Both);
+        let Some(oldest) = self.pending.lock().pop_front() else { return false };
+        if let Some(stream) = self.accepted.lock().get(&oldest) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
         true
     }
 
+    /// Keeps a handle of `stream` where a stop can close it, until the result is dropped.
     fn register(&self, stream: &TcpStream) -> Option<Registered> {
         let clone = stream.try_clone().ok()?;
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -577,9 +578,10 @@ struct Shared {
     accepted: Arc<Mutex<BTreeMap<u64, TcpStream>>>,
     /// Numbers the entries of `accepted`.
     next_connection: std::sync::atomic::AtomicU64,
-    /// Accepted connections whose first message has not come yet, oldest first: over the
-    /// connection cap, the oldest is closed to make room (see [`accept_loop`]).
-    pending: Arc<Mutex<std::collections::VecDeque<(u64, TcpStream)>>>,
+    /// Accepted connections whose first message has not come yet, by their id in `accepted`,
+    /// oldest first: over the connection cap, the oldest is closed to make room (see
+    /// [`accept_loop`]).
+    pending: Arc<Mutex<std::collections::VecDeque<u64>>>,
     /// Leader: what each follower acknowledged on each log, and where the file keeping it
     /// across restarts is.
     peer_slots: Mutex<Slots>,
@@ -1179,8 +1181,9 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         }
         // Counts the connection, and keeps it where a stop can close it, until its thread
         // ends, or, for a client, until the client loop lets go of it.
-        let mut counted = Some(Counted { count: shared.connections.clone(), _registered: shared.register(&stream) });
-        let awaiting = shared.await_first_message(&stream);
+        let registered = shared.register(&stream);
+        let awaiting = registered.as_ref().map(|r| shared.await_first_message(r));
+        let mut counted = Some(Counted { count: shared.connections.clone(), _registered: registered });
         let shared = shared.clone();
         let closer = stream.try_clone();
         let spawned = spawn("tern-conn", move || {
@@ -1405,13 +1408,13 @@ fn serve_connection(
 
 /// A connection listed as waiting for its first message ([`Shared::await_first_message`]).
 struct AwaitingFirst {
-    pending: Arc<Mutex<std::collections::VecDeque<(u64, TcpStream)>>>,
+    pending: Arc<Mutex<std::collections::VecDeque<u64>>>,
     id: u64,
 }
 
 impl Drop for AwaitingFirst {
     fn drop(&mut self) {
-        self.pending.lock().retain(|(id, _)| *id != self.id);
+        self.pending.lock().retain(|id| *id != self.id);
     }
 }
 

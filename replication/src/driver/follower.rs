@@ -43,7 +43,7 @@ pub(super) fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, qu
             std::mem::take(&mut logs.0)
         };
         for name in names {
-            let Some(sends) = sync_log(shared, queue, &name) else {
+            let Some(sends) = sync_log(shared, queue, &name, false) else {
                 // The log is fenced: the reader's own sync reports the failure from here on.
                 queue.busy.store(false, Ordering::Relaxed);
                 return;
@@ -61,8 +61,9 @@ pub(super) fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, qu
 }
 
 /// Syncs log `name` as its core asked and reports the new durable end to the core; returns
-/// the messages for the leader, or `None` when the sync failed (logged here).
-fn sync_log(shared: &Shared, queue: &SyncQueue, name: &str) -> Option<Vec<Message>> {
+/// the messages for the leader, or `None` when the sync failed (logged here). `inline`: the
+/// connection's reader makes it, not the syncer thread (counted apart).
+fn sync_log(shared: &Shared, queue: &SyncQueue, name: &str, inline: bool) -> Option<Vec<Message>> {
     let Some(slot) = shared.slot(name) else { return Some(Vec::new()) };
     let before = slot.log.durable_end();
     if let Err(e) = slot.log.sync() {
@@ -71,6 +72,9 @@ fn sync_log(shared: &Shared, queue: &SyncQueue, name: &str) -> Option<Vec<Messag
     }
     let durable_end = slot.log.durable_end();
     slot.applied.syncs.fetch_add(1, Ordering::Relaxed);
+    if inline {
+        slot.applied.inline_syncs.fetch_add(1, Ordering::Relaxed);
+    }
     slot.applied.records_synced.fetch_add(durable_end.saturating_sub(before), Ordering::Relaxed);
     Some(follower_input(shared, &slot, queue, FollowerInput::Synced { durable_end }))
 }
@@ -114,11 +118,8 @@ pub(super) fn follow_messages(
         // Everything received is handled: sync (or hand the sync over), then ack.
         if !has_whole_message(reader.buffer()) {
             for name in inline_syncs(queue, &mut unsynced_bytes) {
-                let sends = sync_log(shared, queue, &name)
+                let sends = sync_log(shared, queue, &name, true)
                     .ok_or_else(|| io::Error::other(format!("log {name}: sync failed")))?;
-                if let Some(slot) = shared.slot(&name) {
-                    slot.applied.inline_syncs.fetch_add(1, Ordering::Relaxed);
-                }
                 collect_acks(&mut acks, sends);
             }
             if !acks.is_empty() {
