@@ -236,31 +236,42 @@ impl Committer {
 
     /// In leader mode, commits one group in the calling thread if nobody else leads, and
     /// returns true; false when another thread leads (or in thread mode).
+    ///
+    /// When the leader finishes and syncs were queued meanwhile, it hands over to the writers
+    /// waiting to lead; when none waits (the queued syncs are for durability callbacks,
+    /// [`Appended::on_durable`](crate::Appended::on_durable)), it leads the next group itself.
     pub(crate) fn try_lead(&self) -> bool {
         let shared = &self.shared;
-        if shared.mode != CommitMode::Leader
-            || shared.leading.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_err()
-        {
+        if shared.mode != CommitMode::Leader {
             return false;
         }
-        let group = std::mem::take(&mut *shared.queue.lock());
-        let mut unique: Vec<Arc<LogInner>> = Vec::with_capacity(group.len());
-        for log in group {
-            if !unique.iter().any(|g| Arc::ptr_eq(g, &log)) {
-                unique.push(log);
+        let mut led = false;
+        while shared.leading.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            led = true;
+            let group = std::mem::take(&mut *shared.queue.lock());
+            let mut unique: Vec<Arc<LogInner>> = Vec::with_capacity(group.len());
+            for log in group {
+                if !unique.iter().any(|g| Arc::ptr_eq(g, &log)) {
+                    unique.push(log);
+                }
+            }
+            if !unique.is_empty() {
+                commit_group(shared, unique, &mut Vec::new());
+            }
+            shared.leading.fetch_sub(1, Ordering::SeqCst);
+            if shared.queue.lock().is_empty() {
+                break;
+            }
+            // Hand over: whoever queued meanwhile competes to lead the next group.
+            let candidates = std::mem::take(&mut *shared.candidates.lock());
+            if !candidates.is_empty() {
+                for thread in candidates {
+                    thread.unpark();
+                }
+                break;
             }
         }
-        if !unique.is_empty() {
-            commit_group(shared, unique, &mut Vec::new());
-        }
-        shared.leading.fetch_sub(1, Ordering::SeqCst);
-        // Hand over: whoever queued meanwhile competes to lead the next group.
-        if !shared.queue.lock().is_empty() {
-            for thread in shared.candidates.lock().drain(..) {
-                thread.unpark();
-            }
-        }
-        true
+        led
     }
 
     /// Registers the calling thread to be woken when leadership frees up with work queued.

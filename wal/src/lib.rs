@@ -10,6 +10,7 @@ pub mod journal;
 pub mod log;
 pub mod meta;
 pub mod read;
+pub mod state;
 pub mod verify;
 
 pub use committer::{CommitMode, Committer, CommitterStats};

@@ -4,7 +4,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -23,6 +22,7 @@ mod recovery;
 mod roll;
 mod truncate;
 
+use commit::{DurableCallback, Waiter};
 pub(crate) use recovery::{blank_header, creation_interrupted, durable_claim, plan_segments, segments_below_start};
 use recovery::{corrupt, recover, RecoveredLog};
 pub(crate) use roll::create_segment_file;
@@ -235,7 +235,8 @@ pub(crate) struct LogInner {
     fenced: AtomicBool,
     fence_reason: Mutex<Option<String>>,
     closed: AtomicBool,
-    waiters: Mutex<Vec<(u64, Thread)>>,
+    /// Waiters for durability, each with the end it waits for.
+    waiters: Mutex<Vec<(u64, Waiter)>>,
     grew_lock: Mutex<()>,
     grew: Condvar,
     readers_waiting: AtomicUsize,
@@ -933,6 +934,55 @@ impl Appended {
             inner.wait_durable(&inner.clone(), self.offsets.end, self.truncations)?;
         }
         Ok(self.offsets)
+    }
+
+    /// Calls `callback` once the batch is durable on the local disk, or once that can no
+    /// longer happen, with what [`Appended::wait`] would have returned for
+    /// [`Durability::Local`]: the caller does not block (an async log store hands the result
+    /// to its runtime this way).
+    ///
+    /// The callback runs on the thread that completes the covering sync, or that fails or
+    /// closes the log, possibly while the log's append lock is held: it must be quick and
+    /// must not call into this log (send the result somewhere instead). It may also run
+    /// before this returns, when the batch is already durable or the log already failed.
+    ///
+    /// With [`CommitMode::Thread`](crate::CommitMode::Thread) the committer's thread syncs.
+    /// With [`CommitMode::Leader`](crate::CommitMode::Leader) the group is committed by a
+    /// writer that waits, and when none does, by the caller of this method (which then blocks
+    /// for that one sync) or by the group's leader, which goes on leading while only callbacks
+    /// are queued.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use tern_wal::{AppendOptions, CommitMode, Committer, Log, LogOptions, Record};
+    /// let dir = tempfile::tempdir()?;
+    /// let disk: Arc<dyn tern_segment::Disk> = Arc::new(tern_segment::OsDisk::new());
+    /// let committer = Committer::start_with(disk.clone(), None, CommitMode::Thread)?;
+    /// let log = Log::open(disk, dir.path(), "raft", LogOptions::default(), committer.clone(), true)?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let appended = log.append_records(&[Record::new(b"entry", 0)], AppendOptions::default())?;
+    /// appended.on_durable(move |result| {
+    ///     let _ = tx.send(result);
+    /// });
+    /// assert_eq!(rx.recv()??, 0..1);
+    /// assert_eq!(log.durable_end(), 1);
+    /// log.close()?;
+    /// committer.stop();
+    /// # Ok(()) }
+    /// ```
+    pub fn on_durable<F>(self, callback: F)
+    where
+        F: FnOnce(Result<Range<u64>>) + Send + 'static,
+    {
+        if self.offsets.is_empty() {
+            return callback(Ok(self.offsets));
+        }
+        let inner = self.log.inner.clone();
+        let offsets = self.offsets.clone();
+        let call: DurableCallback = Box::new(move |result| callback(result.map(|()| offsets)));
+        inner.notify_durable(self.offsets.end, self.truncations, call);
     }
 }
 

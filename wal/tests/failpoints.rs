@@ -167,3 +167,31 @@ fn a_waiter_never_parks_after_what_it_waits_for_happened_just_before() {
         committer.stop();
     }
 }
+
+/// Leader mode: a durability callback registered while another writer leads a group, with no
+/// thread waiting to lead the next one, is still called: the leader goes on to commit the
+/// callback's group instead of handing over to nobody.
+#[test]
+fn a_callback_queued_while_another_writer_leads_is_committed_by_that_leader() {
+    let _turn = TURN.lock();
+    const POINT: &str = "complete_sync::before_raise";
+    let disk = SimDisk::new();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let committer = Committer::start_with(shared.clone(), None, CommitMode::Leader).unwrap();
+    let log = Log::open(shared, log_dir(), "log", small_options(), committer.clone(), true).unwrap();
+    tern_wal::failpoints::pause(POINT);
+    let first = log.append_records(&[Record::new(b"first", 0)], AppendOptions::default()).unwrap();
+    let leader = std::thread::spawn(move || first.wait(Durability::Local));
+    while tern_wal::failpoints::waiting(POINT) == 0 {
+        std::thread::yield_now();
+    }
+    // The writer leads a group and is inside it: this callback's sync queues behind it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let second = log.append_records(&[Record::new(b"second", 0)], AppendOptions::default()).unwrap();
+    second.on_durable(move |result| tx.send(result).unwrap());
+    tern_wal::failpoints::resume(POINT);
+    assert_eq!(leader.join().unwrap().unwrap(), 0..1);
+    let result = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the callback was never called");
+    assert_eq!(result.unwrap(), 1..2);
+    committer.stop();
+}

@@ -23,6 +23,20 @@ use super::*;
 /// can meet.
 const CUTS_REMEMBERED_MAX: usize = 1024;
 
+/// What [`Appended::on_durable`] calls.
+pub(crate) type DurableCallback = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// One waiter for durability.
+pub(crate) enum Waiter {
+    /// A thread parked in [`Appended::wait`].
+    Thread(std::thread::Thread),
+    /// A callback registered by [`Appended::on_durable`], with the truncation count when its
+    /// batch was appended.
+    Callback { appended_at: u64, callback: DurableCallback },
+    /// A callback taken out to be called.
+    Taken,
+}
+
 impl LogInner {
     /// Makes every record written so far durable in the segments themselves (not only in the
     /// journal) by syncing the active segment, when it holds records not synced yet. Earlier
@@ -78,27 +92,38 @@ impl LogInner {
         }
     }
 
+    /// What a waiter for the records below `end`, appended when the truncation count was
+    /// `appended_at`, is told now, or `None` while their sync is still to come.
+    fn settled(&self, end: u64, appended_at: u64) -> Option<Result<()>> {
+        // The durable end never rises once the log is fenced (no sync of a fenced log is
+        // trusted), so records it covers were durable before the failure: the truth is Ok.
+        if self.durable_end.load(Ordering::Acquire) >= end {
+            // After the durable end: a cut, then new records at the cut offsets, then their
+            // sync, would otherwise look like this append's own success.
+            return Some(match self.cut_since(appended_at, end) {
+                Some(cut) => Err(Error::Truncated { log: self.name.clone(), end, cut }),
+                None => Ok(()),
+            });
+        }
+        if let Some(cut) = self.cut_since(appended_at, end) {
+            return Some(Err(Error::Truncated { log: self.name.clone(), end, cut }));
+        }
+        if let Err(e) = self.check_not_fenced() {
+            return Some(Err(e));
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            return Some(Err(Error::Closed(self.name.clone())));
+        }
+        None
+    }
+
     /// Waits until every record below `end`, appended when the truncation count was
     /// `appended_at`, is durable.
     pub(super) fn wait_durable(&self, this: &Arc<LogInner>, end: u64, appended_at: u64) -> Result<()> {
         let mut requested = false;
         loop {
-            // The durable end never rises once the log is fenced (no sync of a fenced log is
-            // trusted), so records it covers were durable before the failure: the truth is Ok.
-            if self.durable_end.load(Ordering::Acquire) >= end {
-                // After the durable end: a cut, then new records at the cut offsets, then their
-                // sync, would otherwise look like this append's own success.
-                return match self.cut_since(appended_at, end) {
-                    Some(cut) => Err(Error::Truncated { log: self.name.clone(), end, cut }),
-                    None => Ok(()),
-                };
-            }
-            if let Some(cut) = self.cut_since(appended_at, end) {
-                return Err(Error::Truncated { log: self.name.clone(), end, cut });
-            }
-            self.check_not_fenced()?;
-            if self.closed.load(Ordering::SeqCst) {
-                return Err(Error::Closed(self.name.clone()));
+            if let Some(result) = self.settled(end, appended_at) {
+                return result;
             }
             if !requested {
                 if !this.request_sync() {
@@ -113,14 +138,10 @@ impl LogInner {
             crate::fail_point!("wait_durable::before_park");
             {
                 let mut waiters = self.waiters.lock();
-                if self.durable_end.load(Ordering::Acquire) >= end
-                    || self.fenced.load(Ordering::SeqCst)
-                    || self.closed.load(Ordering::SeqCst)
-                    || self.cut_since(appended_at, end).is_some()
-                {
+                if self.settled(end, appended_at).is_some() {
                     continue;
                 }
-                waiters.push((end, std::thread::current()));
+                waiters.push((end, Waiter::Thread(std::thread::current())));
             }
             if !self.committer.await_leadership() {
                 continue; // the leader finished meanwhile: try to lead
@@ -129,6 +150,41 @@ impl LogInner {
             // A later group may be needed if this batch was written after the snapshot of the
             // group that woke us; ask again (deduplicated by `sync_requested`).
             requested = false;
+        }
+    }
+
+    /// Calls `callback` once the records below `end`, appended when the truncation count was
+    /// `appended_at`, are durable, or once they cannot be (see [`Appended::on_durable`]).
+    pub(super) fn notify_durable(self: &Arc<Self>, end: u64, appended_at: u64, callback: DurableCallback) {
+        let mut waiters = self.waiters.lock();
+        if let Some(result) = self.settled(end, appended_at) {
+            drop(waiters);
+            return callback(result);
+        }
+        waiters.push((end, Waiter::Callback { appended_at, callback }));
+        drop(waiters);
+        // The sync requested here starts after the batch was written (the request follows
+        // the write), so the group that completes it covers the batch.
+        if !self.request_sync() {
+            self.closed_committer();
+        }
+        self.committer.try_lead();
+    }
+
+    /// The committer stopped: no sync will ever come, so callbacks are told the log is closed.
+    fn closed_committer(&self) {
+        let mut ready = Vec::new();
+        self.waiters.lock().retain_mut(|(_, waiter)| match waiter {
+            Waiter::Callback { .. } => {
+                ready.push(std::mem::replace(waiter, Waiter::Taken));
+                false
+            }
+            _ => true,
+        });
+        for waiter in ready {
+            if let Waiter::Callback { callback, .. } = waiter {
+                callback(Err(Error::Closed(self.name.clone())));
+            }
         }
     }
 
@@ -237,20 +293,45 @@ impl LogInner {
     }
 
     pub(super) fn wake_waiters(&self, durable_end: u64) {
-        let mut waiters = self.waiters.lock();
-        waiters.retain(|(end, thread)| {
-            if *end <= durable_end {
-                thread.unpark();
-                false
-            } else {
-                true
-            }
-        });
+        self.wake_where(|end| end <= durable_end);
     }
 
+    /// Wakes every waiting thread (each looks again at why it waits) and settles every
+    /// callback that can be settled: after a fence, a close or a cut.
     pub(super) fn wake_all_waiters(&self) {
-        for (_, thread) in self.waiters.lock().drain(..) {
-            thread.unpark();
+        self.wake_where(|_| true);
+    }
+
+    /// Wakes the waiters whose end passes `due`: threads are unparked, callbacks called (after
+    /// the waiter list is released) with their outcome. A callback not settled yet stays.
+    fn wake_where(&self, due: impl Fn(u64) -> bool) {
+        let mut ready = Vec::new();
+        {
+            let mut waiters = self.waiters.lock();
+            waiters.retain_mut(|(end, waiter)| {
+                if !due(*end) {
+                    return true;
+                }
+                match waiter {
+                    Waiter::Thread(thread) => {
+                        thread.unpark();
+                        false
+                    }
+                    Waiter::Callback { appended_at, .. } => match self.settled(*end, *appended_at) {
+                        Some(result) => {
+                            ready.push((std::mem::replace(waiter, Waiter::Taken), result));
+                            false
+                        }
+                        None => true,
+                    },
+                    Waiter::Taken => false,
+                }
+            });
+        }
+        for (waiter, result) in ready {
+            if let Waiter::Callback { callback, .. } = waiter {
+                callback(result);
+            }
         }
     }
 
