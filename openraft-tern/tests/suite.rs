@@ -19,7 +19,7 @@ impl StoreBuilder<Config, LogStore<Config>, StateMachineStore<Config, Kv>, TempD
     }
 }
 
-/// Every test of `openraft::testing::Suite::test_all` (openraft 0.9.25: 37 of them, each on a
+/// Every test of `openraft::testing::Suite::test_all` (openraft 0.9.25: 35 of them, each on a
 /// fresh store in its own directory).
 #[test]
 fn openraft_storage_suite_passes() {
