@@ -1,0 +1,389 @@
+//! One controller member: an openraft node whose log is a Tern log, serving its peers and the
+//! node's own proposals, with a blocking API for the thread-based server around it.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy};
+use openraft_tern::{Application, LogStore, StateMachineStore};
+use tern_replication::message::NodeId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::map::{ClusterMap, Command, Reply};
+use crate::network::{call, Network};
+use crate::rpc::{read_frame, write_frame, Request, Response, ServeError};
+use crate::TypeConfig;
+
+impl Application<TypeConfig> for ClusterMap {
+    fn apply(&mut self, _log_id: &openraft::LogId<NodeId>, request: &Command) -> Reply {
+        self.apply_command(request)
+    }
+}
+
+/// Settings of a controller member.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Directory of the controller's Raft log and snapshots.
+    pub dir: PathBuf,
+    /// Address the controller listens on (port 0 picks one: see [`Controller::addr`]).
+    pub listen: String,
+    /// The voters and their controller addresses. A member whose store is empty and who is
+    /// listed here forms the cluster with them (every listed member doing so with the same list
+    /// is safe); a restarted member rejoins from its own state.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Raft heartbeat interval.
+    pub heartbeat: Duration,
+    /// Raft election timeout range (a follower that hears no leader for a random time in it
+    /// starts an election).
+    pub election_timeout: (Duration, Duration),
+}
+
+impl ControllerConfig {
+    /// Defaults for a member: 100 ms heartbeats, elections after 300 to 600 ms of silence.
+    pub fn new(node_id: NodeId, dir: PathBuf, listen: String, voters: BTreeMap<NodeId, String>) -> Self {
+        ControllerConfig {
+            node_id,
+            dir,
+            listen,
+            voters,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
+        }
+    }
+}
+
+/// Why a controller request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// No controller leader answered in time (a quorum of members may be down or partitioned).
+    #[error("no controller leader answered within {waited_ms} ms (last known leader: {leader:?})")]
+    NoLeader {
+        /// How long it tried.
+        waited_ms: u64,
+        /// The leader it last heard of.
+        leader: Option<NodeId>,
+    },
+    /// The controller refused or failed.
+    #[error("controller: {0}")]
+    Failed(String),
+    /// Starting the member failed.
+    #[error("controller: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What a member knows of the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerStatus {
+    /// This member.
+    pub node_id: NodeId,
+    /// The controller's leader, if known.
+    pub leader: Option<NodeId>,
+    /// The Raft term.
+    pub term: u64,
+    /// Voters and their controller addresses.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Learners (members that follow the map without voting).
+    pub learners: Vec<NodeId>,
+    /// Index of the last entry applied to this member's map.
+    pub applied: Option<u64>,
+}
+
+/// One running controller member. Dropping it (or [`Controller::shutdown`]) stops it.
+pub struct Controller {
+    node_id: NodeId,
+    addr: SocketAddr,
+    raft: openraft::Raft<TypeConfig>,
+    map: StateMachineStore<TypeConfig, ClusterMap>,
+    stop: watch::Sender<bool>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("node_id", &self.node_id).field("addr", &self.addr).finish()
+    }
+}
+
+impl Controller {
+    /// Starts a member: opens its Raft log and map under `config.dir`, listens, and forms the
+    /// cluster with the listed voters when its store is empty.
+    ///
+    /// # Errors
+    /// I/O errors opening the store or binding the address; a damaged store, named.
+    pub fn start(config: ControllerConfig) -> Result<Controller, ControllerError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("tern-controller-{}", config.node_id))
+            .enable_all()
+            .build()?;
+        let wal_error = |e: tern_wal::Error| ControllerError::Failed(e.to_string());
+        let log = LogStore::<TypeConfig>::open(&config.dir.join("raft")).map_err(wal_error)?;
+        let map = StateMachineStore::<TypeConfig, ClusterMap>::open(&config.dir.join("map")).map_err(wal_error)?;
+        let raft_config = openraft::Config {
+            cluster_name: "tern-controller".into(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout.0.as_millis() as u64,
+            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(|e| ControllerError::Failed(e.to_string()))?);
+        let (stop, stopped) = watch::channel(false);
+        let (raft, addr) = runtime.block_on(async {
+            let raft = openraft::Raft::new(config.node_id, raft_config, Network, log.clone(), map.clone())
+                .await
+                .map_err(|e| ControllerError::Failed(e.to_string()))?;
+            let listener = TcpListener::bind(&config.listen).await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(serve(listener, raft.clone(), map.clone(), stopped));
+            let pristine = {
+                let mut log = log.clone();
+                use openraft::storage::RaftLogStorage;
+                let state = log.get_log_state().await.map_err(|e| ControllerError::Failed(e.to_string()))?;
+                let vote = log.read_vote().await.map_err(|e| ControllerError::Failed(e.to_string()))?;
+                state.last_log_id.is_none() && vote.is_none()
+            };
+            if pristine && config.voters.contains_key(&config.node_id) {
+                let voters: BTreeMap<NodeId, BasicNode> =
+                    config.voters.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+                // Already formed (another member's entries reached us first): fine.
+                let _ = raft.initialize(voters).await;
+            }
+            Ok::<_, ControllerError>((raft, addr))
+        })?;
+        Ok(Controller { node_id: config.node_id, addr, raft, map, stop, runtime: Some(runtime) })
+    }
+
+    /// The address the member listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// This member's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("running until shutdown")
+    }
+
+    /// Applies `command` to the cluster map through the controller's Raft log, forwarding it to
+    /// the controller's leader when this member does not lead, and retrying while a leader is
+    /// elected, for up to `timeout`. Returns the map's reply once the command is committed.
+    ///
+    /// A retry after a lost reply may apply a command twice: every [`Command`] is written so
+    /// that its second application changes nothing (an `Elect` then answers `Conflict` naming
+    /// the leader and epoch the first one installed).
+    ///
+    /// # Errors
+    /// [`ControllerError::NoLeader`] when no leader answered in time.
+    pub fn propose(&self, command: Command, timeout: Duration) -> Result<Reply, ControllerError> {
+        self.runtime().block_on(propose(&self.raft, command, timeout))
+    }
+
+    /// The cluster map as of a linearizable read at the controller's leader: it holds every
+    /// command committed before this call.
+    ///
+    /// # Errors
+    /// As [`Controller::propose`].
+    pub fn read_map(&self, timeout: Duration) -> Result<ClusterMap, ControllerError> {
+        self.runtime().block_on(read_map(&self.raft, &self.map, timeout))
+    }
+
+    /// The cluster map as this member has applied it: possibly behind the leader's.
+    pub fn local_map(&self) -> ClusterMap {
+        self.map.with_app(Clone::clone)
+    }
+
+    /// What this member knows of the controller.
+    pub fn status(&self) -> ControllerStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters = membership
+            .voter_ids()
+            .map(|id| (id, membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default()))
+            .collect();
+        ControllerStatus {
+            node_id: self.node_id,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            voters,
+            learners: membership.learner_ids().collect(),
+            applied: metrics.last_applied.map(|id| id.index),
+        }
+    }
+
+    /// Waits until some member leads the controller, up to `timeout`; returns it.
+    pub fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.raft.metrics().borrow().current_leader {
+                return Some(leader);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the member: its Raft node, its listener and its connections. What it committed
+    /// stays in its store.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        let Some(runtime) = self.runtime.take() else { return };
+        let _ = self.stop.send(true);
+        let raft = self.raft.clone();
+        runtime.block_on(async move {
+            let _ = raft.shutdown().await;
+        });
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// How long to wait before asking again while no leader is known.
+const NO_LEADER_BACKOFF: Duration = Duration::from_millis(50);
+
+async fn propose(
+    raft: &openraft::Raft<TypeConfig>,
+    command: Command,
+    timeout: Duration,
+) -> Result<Reply, ControllerError> {
+    let deadline = Instant::now() + timeout;
+    let mut leader = None;
+    loop {
+        match raft.client_write(command.clone()).await {
+            Ok(written) => return Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                leader = forward.leader_id.or(leader);
+                if let Some(node) = forward.leader_node {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let request = Request::Propose(command.clone());
+                    if let Ok(Response::Propose(result)) = call(&mut None, &node.addr, &request, remaining).await {
+                        match result {
+                            Ok(reply) => return Ok(reply),
+                            Err(ServeError::Failed(reason)) => return Err(ControllerError::Failed(reason)),
+                            Err(ServeError::NotLeader { .. }) => {}
+                        }
+                    }
+                }
+            }
+            Err(e) => return Err(ControllerError::Failed(e.to_string())),
+        }
+        if Instant::now() + NO_LEADER_BACKOFF >= deadline {
+            return Err(ControllerError::NoLeader { waited_ms: timeout.as_millis() as u64, leader });
+        }
+        tokio::time::sleep(NO_LEADER_BACKOFF).await;
+    }
+}
+
+async fn read_map(
+    raft: &openraft::Raft<TypeConfig>,
+    map: &StateMachineStore<TypeConfig, ClusterMap>,
+    timeout: Duration,
+) -> Result<ClusterMap, ControllerError> {
+    let deadline = Instant::now() + timeout;
+    let mut leader = None;
+    loop {
+        match raft.ensure_linearizable().await {
+            Ok(_) => return Ok(map.with_app(Clone::clone)),
+            Err(RaftError::APIError(e)) => {
+                if let CheckIsLeaderError::ForwardToLeader(forward) = e {
+                    leader = forward.leader_id.or(leader);
+                    if let Some(node) = &forward.leader_node {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        if let Ok(Response::ReadMap(Ok(map))) =
+                            call(&mut None, &node.addr, &Request::ReadMap, remaining).await
+                        {
+                            return Ok(map);
+                        }
+                    }
+                }
+            }
+            Err(e) => return Err(ControllerError::Failed(e.to_string())),
+        }
+        if Instant::now() + NO_LEADER_BACKOFF >= deadline {
+            return Err(ControllerError::NoLeader { waited_ms: timeout.as_millis() as u64, leader });
+        }
+        tokio::time::sleep(NO_LEADER_BACKOFF).await;
+    }
+}
+
+/// Accepts controller connections until told to stop.
+async fn serve(
+    listener: TcpListener,
+    raft: openraft::Raft<TypeConfig>,
+    map: StateMachineStore<TypeConfig, ClusterMap>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(stream, raft.clone(), map.clone(), stop.clone()));
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Answers one connection's requests, one at a time, until it closes, sends a bad frame, or
+/// the member stops.
+async fn serve_connection(
+    mut stream: TcpStream,
+    raft: openraft::Raft<TypeConfig>,
+    map: StateMachineStore<TypeConfig, ClusterMap>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let request = tokio::select! {
+            request = read_frame::<_, Request>(&mut stream) => match request {
+                Ok(request) => request,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let response = match request {
+            Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
+            Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
+            Request::InstallSnapshot(rpc) => Response::InstallSnapshot(raft.install_snapshot(rpc).await),
+            Request::Propose(command) => Response::Propose(match raft.client_write(command).await {
+                Ok(written) => Ok(written.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    Err(ServeError::NotLeader { leader: forward.leader_id, addr: forward.leader_node.map(|n| n.addr) })
+                }
+                Err(e) => Err(ServeError::Failed(e.to_string())),
+            }),
+            Request::ReadMap => Response::ReadMap(match raft.ensure_linearizable().await {
+                Ok(_) => Ok(map.with_app(Clone::clone)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                    Err(ServeError::NotLeader { leader: forward.leader_id, addr: forward.leader_node.map(|n| n.addr) })
+                }
+                Err(e) => Err(ServeError::Failed(e.to_string())),
+            }),
+        };
+        if write_frame(&mut stream, &response).await.is_err() {
+            return;
+        }
+    }
+}

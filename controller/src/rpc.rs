@@ -1,0 +1,182 @@
+//! The controller's wire format: openraft's RPCs and the controller's own requests between
+//! controller members, on a port of their own (PROTOCOL.md "Controller").
+//!
+//! Each message is one frame: magic `TCTL`, body length (u32, at most [`FRAME_BYTES_MAX`]),
+//! CRC-32 of the body, then the body (bincode of [`Request`] or [`Response`]). A connection
+//! carries one request at a time, each answered by one response. The length is checked
+//! before anything is allocated; a bad magic, length or checksum closes the connection.
+
+use std::io;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tern_replication::message::NodeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::map::{ClusterMap, Command, Reply};
+use crate::TypeConfig;
+
+/// First bytes of every frame.
+pub const FRAME_MAGIC: [u8; 4] = *b"TCTL";
+/// Bytes of a frame header: magic, length, checksum.
+const HEADER_BYTES: usize = 12;
+/// The largest frame body: a snapshot chunk (openraft sends 3 MiB by default) with room.
+pub const FRAME_BYTES_MAX: u32 = 16 << 20;
+/// The controller protocol version, in every request.
+pub const CONTROLLER_PROTOCOL_VERSION: u16 = 1;
+
+/// A request to a controller member.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum Request {
+    /// openraft: replicate entries.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// openraft: ask for a vote.
+    Vote(VoteRequest<NodeId>),
+    /// openraft: a snapshot chunk.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Apply a command to the cluster map (a member forwards its proposal to the leader).
+    Propose(Command),
+    /// The cluster map as the controller's leader has applied it (a linearizable read).
+    ReadMap,
+}
+
+/// Why a proposal or a read was not served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServeError {
+    /// This member does not lead the controller; `leader` does, if known.
+    NotLeader {
+        /// The leader this member knows of.
+        leader: Option<NodeId>,
+        /// Its controller address.
+        addr: Option<String>,
+    },
+    /// Anything else, said in words.
+    Failed(String),
+}
+
+/// The response to a [`Request`], of the same kind.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum Response {
+    /// To `AppendEntries`.
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To `Vote`.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To `InstallSnapshot`.
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// To `Propose`.
+    Propose(Result<Reply, ServeError>),
+    /// To `ReadMap`.
+    ReadMap(Result<ClusterMap, ServeError>),
+}
+
+/// A request with the protocol version it speaks.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// [`CONTROLLER_PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// The message.
+    pub message: T,
+}
+
+/// Writes `message` as one frame.
+pub async fn write_frame<W, T>(writer: &mut W, message: &T) -> io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let body =
+        bincode::serialize(&Envelope { version: CONTROLLER_PROTOCOL_VERSION, message }).map_err(io::Error::other)?;
+    let len = u32::try_from(body.len()).ok().filter(|len| *len <= FRAME_BYTES_MAX).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("controller frame of {} bytes is too large", body.len()))
+    })?;
+    let mut frame = Vec::with_capacity(HEADER_BYTES + body.len());
+    frame.extend_from_slice(&FRAME_MAGIC);
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    frame.extend_from_slice(&body);
+    writer.write_all(&frame).await?;
+    writer.flush().await
+}
+
+/// Reads one frame and decodes it, checking magic, length, checksum and version first.
+pub async fn read_frame<R, T>(reader: &mut R) -> io::Result<T>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut header = [0u8; HEADER_BYTES];
+    reader.read_exact(&mut header).await?;
+    decode_body(&header, reader).await
+}
+
+async fn decode_body<R, T>(header: &[u8; HEADER_BYTES], reader: &mut R) -> io::Result<T>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    let (magic, rest) = header.split_at(4);
+    if magic != FRAME_MAGIC {
+        return Err(invalid(format!("not a controller frame (magic {magic:02x?})")));
+    }
+    let (len, crc) = rest.split_at(4);
+    let len = u32::from_le_bytes(len.try_into().unwrap_or_default());
+    let stored = u32::from_le_bytes(crc.try_into().unwrap_or_default());
+    if len > FRAME_BYTES_MAX {
+        return Err(invalid(format!("controller frame of {len} bytes exceeds the {FRAME_BYTES_MAX}-byte limit")));
+    }
+    let mut body = vec![0u8; len as usize];
+    reader.read_exact(&mut body).await?;
+    let computed = crc32fast::hash(&body);
+    if computed != stored {
+        return Err(invalid(format!(
+            "controller frame checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+        )));
+    }
+    let envelope: Envelope<T> = bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(u64::from(FRAME_BYTES_MAX))
+        .deserialize(&body)
+        .map_err(|e| invalid(format!("undecodable controller frame: {e}")))?;
+    if envelope.version != CONTROLLER_PROTOCOL_VERSION {
+        return Err(invalid(format!(
+            "controller protocol version {} (this node speaks {CONTROLLER_PROTOCOL_VERSION})",
+            envelope.version
+        )));
+    }
+    Ok(envelope.message)
+}
+
+use bincode::Options as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_frame_round_trips_and_damage_is_refused_before_decoding() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::ReadMap).await.unwrap();
+        let got: Request = read_frame(&mut buf.as_slice()).await.unwrap();
+        assert!(matches!(got, Request::ReadMap));
+        for pos in 0..buf.len() {
+            let mut damaged = buf.clone();
+            damaged[pos] ^= 0x40;
+            let result: io::Result<Request> = read_frame(&mut damaged.as_slice()).await;
+            assert!(result.is_err(), "flipped byte {pos} went unnoticed");
+        }
+        // A length past the limit is refused without allocating it.
+        let mut huge = buf.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = read_frame::<_, Request>(&mut huge.as_slice()).await.unwrap_err();
+        assert!(err.to_string().contains("exceeds"), "{err}");
+    }
+}

@@ -1,0 +1,135 @@
+//! Controller members over real TCP on loopback, each with its Raft log in a Tern log on disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tern_controller::{ClusterMap, Command, Controller, ControllerConfig, ElectReason, Reply};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Free loopback addresses, one per member.
+fn addresses(count: usize) -> Vec<String> {
+    let listeners: Vec<_> = (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
+}
+
+fn voters(addrs: &[String]) -> BTreeMap<u64, String> {
+    addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.clone())).collect()
+}
+
+fn start(dir: &Path, id: u64, voters: &BTreeMap<u64, String>) -> Controller {
+    let config = ControllerConfig::new(id, dir.join(format!("node{id}")), voters[&id].clone(), voters.clone());
+    Controller::start(config).expect("controller member starts")
+}
+
+fn cluster(dir: &Path, count: usize) -> (BTreeMap<u64, String>, Vec<Controller>) {
+    let voters = voters(&addresses(count));
+    let members = voters.keys().map(|id| start(dir, *id, &voters)).collect();
+    (voters, members)
+}
+
+fn create_orders(member: &Controller) {
+    let create = Command::CreateLog { log: "orders".into(), replicas: vec![1, 2, 3], quorum: 2, leader: 1 };
+    assert_eq!(member.propose(create, TIMEOUT).unwrap(), Reply::Leader { log: "orders".into(), leader: 1, epoch: 1 });
+}
+
+/// Waits until every member has applied the same map as `want`.
+fn converged(members: &[&Controller], want: &ClusterMap) {
+    let deadline = Instant::now() + TIMEOUT;
+    for member in members {
+        while member.local_map() != *want {
+            assert!(Instant::now() < deadline, "member {} never applied {want:?}", member.node_id());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn three_members_form_one_controller_and_agree_on_the_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, members) = cluster(dir.path(), 3);
+    let leader = members[0].wait_for_leader(TIMEOUT).expect("a controller leader is elected");
+    assert!((1..=3).contains(&leader));
+    // Proposed at a member that may not lead: forwarded to the leader.
+    let follower = members.iter().find(|m| m.node_id() != leader).unwrap();
+    create_orders(follower);
+    let map = follower.read_map(TIMEOUT).unwrap();
+    assert_eq!(map.logs["orders"].epoch, 1);
+    converged(&members.iter().collect::<Vec<_>>(), &map);
+    let status = members[2].status();
+    assert_eq!(status.voters.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(status.leader, Some(leader));
+}
+
+/// Three members race to elect leaders of one log, each from the epoch it last saw: every epoch
+/// is issued once, names one leader, and every member ends with the same map.
+#[test]
+fn racing_elections_issue_every_epoch_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, members) = cluster(dir.path(), 3);
+    create_orders(&members[0]);
+    let created = members[0].read_map(TIMEOUT).unwrap();
+    converged(&members.iter().collect::<Vec<_>>(), &created);
+    let wins: Vec<Vec<(u64, u64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = members
+            .iter()
+            .map(|member| {
+                s.spawn(move || {
+                    let mut wins = Vec::new();
+                    for round in 0..30u64 {
+                        let seen = member.local_map().logs["orders"].epoch;
+                        let leader = 1 + (member.node_id() + round) % 3;
+                        let elect = Command::Elect {
+                            log: "orders".into(),
+                            expected_epoch: seen,
+                            leader,
+                            reason: ElectReason::Failover,
+                        };
+                        match member.propose(elect, TIMEOUT).unwrap() {
+                            Reply::Leader { epoch, leader: who, .. } => {
+                                assert_eq!((epoch, who), (seen + 1, leader));
+                                wins.push((epoch, who));
+                            }
+                            Reply::Conflict { epoch, .. } => assert!(epoch > seen, "conflict at {epoch} from {seen}"),
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                    wins
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut issued: BTreeMap<u64, u64> = BTreeMap::new();
+    for (epoch, leader) in wins.into_iter().flatten() {
+        assert!(issued.insert(epoch, leader).is_none(), "epoch {epoch} issued twice");
+    }
+    let map = members[1].read_map(TIMEOUT).unwrap();
+    let last = *issued.keys().next_back().expect("some election won");
+    assert_eq!(map.logs["orders"].epoch, last);
+    assert_eq!(map.logs["orders"].leader, issued[&last]);
+    assert_eq!(issued.keys().copied().collect::<Vec<_>>(), (2..=last).collect::<Vec<_>>(), "no epoch skipped");
+    converged(&members.iter().collect::<Vec<_>>(), &map);
+}
+
+/// The controller's leader stops: the other two elect a new one and go on committing; the old
+/// leader, restarted on its own directory, rejoins from its own state and catches up.
+#[test]
+fn the_controller_outlives_its_leader_and_a_restarted_member_rejoins_from_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (voters, members) = cluster(dir.path(), 3);
+    create_orders(&members[0]);
+    let old = members[0].wait_for_leader(TIMEOUT).unwrap();
+    let mut members: BTreeMap<u64, Controller> = members.into_iter().map(|m| (m.node_id(), m)).collect();
+    members.remove(&old).unwrap().shutdown();
+    let survivor = members.values().next().unwrap();
+    let elect = Command::Elect { log: "orders".into(), expected_epoch: 1, leader: 2, reason: ElectReason::Failover };
+    assert_eq!(survivor.propose(elect, TIMEOUT).unwrap(), Reply::Leader { log: "orders".into(), leader: 2, epoch: 2 });
+    let new = survivor.wait_for_leader(TIMEOUT).unwrap();
+    assert_ne!(new, old, "a stopped member cannot lead");
+    let map = survivor.read_map(TIMEOUT).unwrap();
+    let restarted = start(dir.path(), old, &voters);
+    converged(&[&restarted], &map);
+    assert_eq!(restarted.local_map().logs["orders"].epoch, 2);
+}
