@@ -22,6 +22,7 @@ use std::io::Cursor;
 
 pub use map::{ClusterMap, Command, DataLoss, ElectReason, LogMap, Member, Reply};
 pub use node::{Controller, ControllerConfig, ControllerError, ControllerStatus};
+pub use rpc::MembershipChange;
 
 openraft::declare_raft_types!(
     /// The controller's openraft types: commands to the cluster map, its replies.

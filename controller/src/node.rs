@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
 use openraft_tern::{Application, LogStore, StateMachineStore};
 use tern_replication::message::NodeId;
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::map::{ClusterMap, Command, Reply};
 use crate::network::{call, Network};
-use crate::rpc::{read_frame, write_frame, Request, Response, ServeError};
+use crate::rpc::{read_frame, write_frame, MembershipChange, Request, Response, ServeError};
 use crate::TypeConfig;
 
 impl Application<TypeConfig> for ClusterMap {
@@ -200,6 +200,18 @@ impl Controller {
         self.runtime().block_on(read_map(&self.raft, &self.map, timeout))
     }
 
+    /// Changes the controller's members (at its leader, forwarded there when this member does
+    /// not lead), retrying while a leader is elected, for up to `timeout`. Adding a learner
+    /// waits until it has caught up with the log; promoting and removing go through
+    /// openraft's joint consensus, so that no two majorities ever decide at once.
+    ///
+    /// # Errors
+    /// [`ControllerError::NoLeader`]; [`ControllerError::Failed`] for a change openraft
+    /// refuses (promoting a node that is not a learner, removing every voter).
+    pub fn change_members(&self, change: MembershipChange, timeout: Duration) -> Result<(), ControllerError> {
+        self.runtime().block_on(change_members_at_leader(&self.raft, change, timeout))
+    }
+
     /// The cluster map as this member has applied it: possibly behind the leader's.
     pub fn local_map(&self) -> ClusterMap {
         self.map.with_app(Clone::clone)
@@ -282,7 +294,7 @@ async fn propose(
                         match result {
                             Ok(reply) => return Ok(reply),
                             Err(ServeError::Failed(reason)) => return Err(ControllerError::Failed(reason)),
-                            Err(ServeError::NotLeader { .. }) => {}
+                            Err(ServeError::NotLeader { .. } | ServeError::Busy(_)) => {}
                         }
                     }
                 }
@@ -320,6 +332,79 @@ async fn read_map(
                 }
             }
             Err(e) => return Err(ControllerError::Failed(e.to_string())),
+        }
+        if Instant::now() + NO_LEADER_BACKOFF >= deadline {
+            return Err(ControllerError::NoLeader { waited_ms: timeout.as_millis() as u64, leader });
+        }
+        tokio::time::sleep(NO_LEADER_BACKOFF).await;
+    }
+}
+
+/// Applies `change` at this member, which must lead: the reply a peer gets.
+async fn change_members_here(raft: &openraft::Raft<TypeConfig>, change: MembershipChange) -> Result<(), ServeError> {
+    let result = match change {
+        MembershipChange::AddLearner { node, addr } => raft.add_learner(node, BasicNode::new(addr), true).await,
+        MembershipChange::Promote { nodes } => {
+            let ids: std::collections::BTreeSet<NodeId> = nodes.into_iter().collect();
+            raft.change_membership(openraft::ChangeMembers::AddVoterIds(ids), false).await
+        }
+        MembershipChange::Remove { nodes } => {
+            let ids: std::collections::BTreeSet<NodeId> = nodes.into_iter().collect();
+            let metrics = raft.metrics().borrow().clone();
+            let learners: std::collections::BTreeSet<NodeId> =
+                metrics.membership_config.membership().learner_ids().filter(|id| ids.contains(id)).collect();
+            let voters: std::collections::BTreeSet<NodeId> = ids.difference(&learners).copied().collect();
+            let mut result = Ok(None);
+            if !voters.is_empty() {
+                result = raft.change_membership(openraft::ChangeMembers::RemoveVoters(voters), false).await.map(Some);
+            }
+            if result.is_ok() && !learners.is_empty() {
+                result = raft.change_membership(openraft::ChangeMembers::RemoveNodes(learners), false).await.map(Some);
+            }
+            match result {
+                Ok(_) => return Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(ServeError::NotLeader { leader: forward.leader_id, addr: forward.leader_node.map(|n| n.addr) })
+        }
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e)))) => {
+            Err(ServeError::Busy(e.to_string()))
+        }
+        Err(e) => Err(ServeError::Failed(e.to_string())),
+    }
+}
+
+async fn change_members_at_leader(
+    raft: &openraft::Raft<TypeConfig>,
+    change: MembershipChange,
+    timeout: Duration,
+) -> Result<(), ControllerError> {
+    let deadline = Instant::now() + timeout;
+    let mut leader = None;
+    loop {
+        match change_members_here(raft, change.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(ServeError::Failed(reason)) => return Err(ControllerError::Failed(reason)),
+            Err(ServeError::Busy(_)) => {}
+            Err(ServeError::NotLeader { leader: known, addr }) => {
+                leader = known.or(leader);
+                if let Some(addr) = addr {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let request = Request::ChangeMembers(change.clone());
+                    if let Ok(Response::ChangeMembers(result)) = call(&mut None, &addr, &request, remaining).await {
+                        match result {
+                            Ok(()) => return Ok(()),
+                            Err(ServeError::Failed(reason)) => return Err(ControllerError::Failed(reason)),
+                            Err(ServeError::NotLeader { .. } | ServeError::Busy(_)) => {}
+                        }
+                    }
+                }
+            }
         }
         if Instant::now() + NO_LEADER_BACKOFF >= deadline {
             return Err(ControllerError::NoLeader { waited_ms: timeout.as_millis() as u64, leader });
@@ -381,6 +466,7 @@ async fn serve_connection(
                 }
                 Err(e) => Err(ServeError::Failed(e.to_string())),
             }),
+            Request::ChangeMembers(change) => Response::ChangeMembers(change_members_here(&raft, change).await),
         };
         if write_frame(&mut stream, &response).await.is_err() {
             return;

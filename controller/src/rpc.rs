@@ -44,6 +44,30 @@ pub enum Request {
     Propose(Command),
     /// The cluster map as the controller's leader has applied it (a linearizable read).
     ReadMap,
+    /// Change the controller's membership (served by its leader).
+    ChangeMembers(MembershipChange),
+}
+
+/// A change of the controller's members, made by openraft's joint consensus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a node as a learner: it receives the map, does not vote. Waits until it caught up.
+    AddLearner {
+        /// The node.
+        node: NodeId,
+        /// Its controller address.
+        addr: String,
+    },
+    /// Make learners voters.
+    Promote {
+        /// The learners.
+        nodes: Vec<NodeId>,
+    },
+    /// Remove nodes (voters or learners) from the controller.
+    Remove {
+        /// The nodes.
+        nodes: Vec<NodeId>,
+    },
 }
 
 /// Why a proposal or a read was not served.
@@ -56,6 +80,8 @@ pub enum ServeError {
         /// Its controller address.
         addr: Option<String>,
     },
+    /// Another change is under way (a membership change still committing): try again.
+    Busy(String),
     /// Anything else, said in words.
     Failed(String),
 }
@@ -74,6 +100,8 @@ pub enum Response {
     Propose(Result<Reply, ServeError>),
     /// To `ReadMap`.
     ReadMap(Result<ClusterMap, ServeError>),
+    /// To `ChangeMembers`.
+    ChangeMembers(Result<(), ServeError>),
 }
 
 /// A request with the protocol version it speaks.

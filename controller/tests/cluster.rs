@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tern_controller::{ClusterMap, Command, Controller, ControllerConfig, ElectReason, Reply};
+use tern_controller::{ClusterMap, Command, Controller, ControllerConfig, ElectReason, MembershipChange, Reply};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -132,4 +132,33 @@ fn the_controller_outlives_its_leader_and_a_restarted_member_rejoins_from_its_st
     let restarted = start(dir.path(), old, &voters);
     converged(&[&restarted], &map);
     assert_eq!(restarted.local_map().logs["orders"].epoch, 2);
+}
+
+/// A fourth node joins as a learner (it receives the map without voting), is promoted to a
+/// voter, and then the first node is removed and stopped: the three that remain, one of them the
+/// newcomer, go on committing.
+#[test]
+fn members_are_added_promoted_and_removed_by_joint_consensus() {
+    let dir = tempfile::tempdir().unwrap();
+    let (voters, members) = cluster(dir.path(), 3);
+    create_orders(&members[0]);
+    let addr4 = addresses(1).remove(0);
+    // Started with the founding voters' list, of which it is not one: it waits to be added.
+    let config = ControllerConfig::new(4, dir.path().join("node4"), addr4.clone(), voters.clone());
+    let newcomer = Controller::start(config).unwrap();
+    members[1].change_members(MembershipChange::AddLearner { node: 4, addr: addr4 }, TIMEOUT).unwrap();
+    let map = members[0].read_map(TIMEOUT).unwrap();
+    converged(&[&newcomer], &map);
+    assert_eq!(members[0].status().learners, vec![4]);
+    members[2].change_members(MembershipChange::Promote { nodes: vec![4] }, TIMEOUT).unwrap();
+    assert_eq!(members[0].status().voters.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    newcomer.change_members(MembershipChange::Remove { nodes: vec![1] }, TIMEOUT).unwrap();
+    let mut members = members.into_iter();
+    members.next().unwrap().shutdown();
+    let rest: Vec<Controller> = members.collect();
+    let elect = Command::Elect { log: "orders".into(), expected_epoch: 1, leader: 3, reason: ElectReason::Failover };
+    assert_eq!(newcomer.propose(elect, TIMEOUT).unwrap(), Reply::Leader { log: "orders".into(), leader: 3, epoch: 2 });
+    assert_eq!(newcomer.status().voters.keys().copied().collect::<Vec<_>>(), vec![2, 3, 4]);
+    let map = rest[0].read_map(TIMEOUT).unwrap();
+    converged(&[&newcomer, &rest[1]], &map);
 }
