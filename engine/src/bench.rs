@@ -888,6 +888,7 @@ pub(crate) fn start_node(
         quorum_lag_bytes_max: Some(256 << 20),
         reseed: true,
         frame_memory_max: tern_replication::driver::FRAME_MEMORY_MAX_DEFAULT,
+        leader_epoch: None,
     };
     let server = Server::start(config, Arc::new(crate::EngineLogs(engine.clone())))?;
     Ok((engine, server))

@@ -803,6 +803,7 @@ fn serve(args: &ServeArgs) -> CliResult {
         quorum_lag_bytes_max: (args.quorum_lag_bytes_max > 0).then_some(args.quorum_lag_bytes_max),
         reseed: !args.no_reseed,
         frame_memory_max: args.frame_memory_max,
+        leader_epoch: None,
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {

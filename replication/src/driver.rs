@@ -160,6 +160,11 @@ pub struct ServerConfig {
     /// `handshake_timeout`. [`codec::FRAME_BYTES_MAX`] of it is kept for peers. At least
     /// [`FRAME_MEMORY_MIN`]; default [`FRAME_MEMORY_MAX_DEFAULT`].
     pub frame_memory_max: usize,
+    /// Leader: the epoch the controller issued this node's leadership (every log begins it,
+    /// so every epoch names one leader cluster-wide). `None`: each start of a leader begins
+    /// epoch `last + 1` of each log, as a leader chosen by configuration does. A log already at
+    /// this epoch or later is not led (its start fails): another leader took it.
+    pub leader_epoch: Option<u64>,
 }
 
 /// One log of the node: the log itself, outside any lock (appends and syncs take none of the
@@ -613,6 +618,17 @@ struct Shared {
     disk_faults: Mutex<BTreeMap<String, (u64, Option<String>)>>,
 }
 
+/// Where one log stands on a fenced node: its part of an election's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogReport {
+    /// The log.
+    pub log: String,
+    /// The epoch of its last batch (0: it holds none).
+    pub last_epoch: u64,
+    /// One past its last durable record (everything written was synced for the report).
+    pub durable_end: u64,
+}
+
 /// Counters of a leader's shipping.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShipStats {
@@ -803,6 +819,43 @@ impl Server {
             .collect()
     }
 
+    /// Follower: fences every log at `epoch` (see [`NodeState::fence_epoch`]), durably first,
+    /// syncs every log, and reports where each ends: what an election of the leader of `epoch`
+    /// needs from this node. From the moment the fence is on disk the node takes nothing of an
+    /// older epoch, on any log, also after a restart, so the leader being replaced can commit
+    /// nothing more through it. Fencing again at the same epoch reports again; a lower epoch
+    /// changes nothing but the report.
+    ///
+    /// # Errors
+    /// On a leader (stop it and start it as a follower first: a node that takes appends is not
+    /// fenced); writing the node state; a log whose sync fails (it is fenced, and reopened as a
+    /// follower's log is).
+    pub fn fence(&self, epoch: u64) -> io::Result<Vec<LogReport>> {
+        let shared = &self.shared;
+        if shared.config.role == Role::Leader {
+            return Err(io::Error::other("a leader is not fenced: stop it, and start it as a follower first"));
+        }
+        shared.update_node_state(|state| state.fence_epoch = state.fence_epoch.max(epoch)).map_err(io::Error::other)?;
+        let mut reports = Vec::new();
+        for slot in shared.all_slots() {
+            if let Some(follower) = slot.lock().follower.as_mut() {
+                follower.fence(epoch);
+            }
+            slot.log.sync().map_err(|e| io::Error::other(format!("log {}: {e}", slot.name)))?;
+            reports.push(LogReport {
+                log: slot.name.clone(),
+                last_epoch: slot.log.last_epoch(),
+                durable_end: slot.log.durable_end(),
+            });
+        }
+        Ok(reports)
+    }
+
+    /// The fence of this node: nothing of an older epoch is taken (0: none).
+    pub fn fence_epoch(&self) -> u64 {
+        self.shared.node_state.lock().fence_epoch
+    }
+
     /// The commit point of `log` as this node knows it.
     pub fn commit_end(&self, log: &str) -> u64 {
         self.shared.slot(log).map_or(0, |slot| slot.commit_end())
@@ -970,7 +1023,16 @@ impl Shared {
                 // Every start of a leader is a new epoch of each of its logs, recorded durably
                 // before anything of it is shipped: a follower holding records of an earlier
                 // epoch past where that epoch ends here (lost here in a power loss) is cut back.
-                let epoch = log.epoch() + 1;
+                let epoch = match self.config.leader_epoch {
+                    Some(epoch) if epoch <= log.epoch() => {
+                        return Err(format!(
+                            "log {name}: cannot lead it in epoch {epoch}: it is at epoch {} already",
+                            log.epoch()
+                        ));
+                    }
+                    Some(epoch) => epoch,
+                    None => log.epoch() + 1,
+                };
                 log.begin_epoch(epoch).map_err(|e| format!("log {name}: cannot begin epoch {epoch}: {e}"))?;
                 // The shipper reads every batch right after it is written: keep large ones in
                 // the page cache instead of reading them back from the disk.
@@ -1008,9 +1070,12 @@ impl Shared {
             }
             Role::Follower => {
                 let mut follower = Follower::new(name.to_owned(), 0, written, durable, log.last_epoch());
-                if let Some((epoch, leader)) = self.node_state.lock().leader(name) {
+                let state = self.node_state.lock();
+                if let Some((epoch, leader)) = state.leader(name) {
                     follower.restore_leader(epoch, leader);
                 }
+                follower.fence(state.fence_epoch);
+                drop(state);
                 (None, Some(follower))
             }
         };

@@ -8,6 +8,9 @@
 //!   epoch. It is recorded durably before anything of a new epoch is taken, so that after a
 //!   restart the follower still refuses an older epoch, and another node claiming the same
 //!   epoch (a stranger, or a zombie with a copied disk).
+//! - The fence: the epoch below which the node takes nothing on any log, recorded durably
+//!   before the node reports where its logs end for the election of that epoch (a report is a
+//!   promise: the old leader can no longer commit through this node).
 //!
 //! The file is small, replaced whole, atomically and durably at every change, and read once at
 //! start. Its bytes are untrusted: lengths and counts are bounded before use and the checksum
@@ -31,9 +34,14 @@ pub const NODE_STATE_FILE_BYTES_MAX: u64 = 4 << 20;
 pub const NODE_STATE_LOG_NAME_BYTES_MAX: usize = 255;
 
 const MAGIC: [u8; 8] = *b"TERNNODE";
+/// Version 1 has no fence; version 2 adds it after the cluster id. A state without a fence is
+/// written as version 1, so that every state has one encoding and older builds read it.
 const VERSION: u32 = 1;
+const VERSION_FENCED: u32 = 2;
 /// Magic, version, cluster id and entry count.
 const HEADER_BYTES: usize = 8 + 4 + 8 + 4;
+/// The fence field of version 2.
+const FENCE_BYTES: usize = 8;
 const CRC_BYTES: usize = 4;
 /// An entry without its name: name length, epoch, leader.
 const ENTRY_FIXED_BYTES: usize = 2 + 8 + 8;
@@ -89,6 +97,8 @@ pub struct NodeState {
     pub cluster_id: u64,
     /// Per log: the highest leader epoch taken, and the node that led it then.
     leaders: BTreeMap<String, (u64, NodeId)>,
+    /// Nothing of an epoch below this is taken on any log (0: no fence).
+    pub fence_epoch: u64,
 }
 
 impl NodeState {
@@ -142,10 +152,15 @@ impl NodeState {
 
     /// Encodes the file.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Vec::with_capacity(HEADER_BYTES + CRC_BYTES + self.leaders.len() * (ENTRY_FIXED_BYTES + 16));
+        let mut w =
+            Vec::with_capacity(HEADER_BYTES + FENCE_BYTES + CRC_BYTES + self.leaders.len() * (ENTRY_FIXED_BYTES + 16));
         w.extend_from_slice(&MAGIC);
-        w.extend_from_slice(&VERSION.to_le_bytes());
+        let version = if self.fence_epoch == 0 { VERSION } else { VERSION_FENCED };
+        w.extend_from_slice(&version.to_le_bytes());
         w.extend_from_slice(&self.cluster_id.to_le_bytes());
+        if self.fence_epoch != 0 {
+            w.extend_from_slice(&self.fence_epoch.to_le_bytes());
+        }
         let count = u32::try_from(self.leaders.len()).expect("more logs than a u32 counts");
         w.extend_from_slice(&count.to_le_bytes());
         for (log, (epoch, leader)) in &self.leaders {
@@ -190,11 +205,19 @@ impl NodeState {
         cur.take(MAGIC.len()).map_err(|r| corrupt(0, r))?;
         let version_pos = cur.pos();
         let version = cur.u32_le().map_err(|r| corrupt(version_pos, r))?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_FENCED {
             return Err(corrupt(version_pos, CorruptReason::Version { found: version }));
         }
         let cluster_pos = cur.pos();
         let cluster_id = cur.u64_le().map_err(|r| corrupt(cluster_pos, r))?;
+        let mut fence_epoch = 0;
+        if version == VERSION_FENCED {
+            let fence_pos = cur.pos();
+            fence_epoch = cur.u64_le().map_err(|r| corrupt(fence_pos, r))?;
+            if fence_epoch == 0 {
+                return Err(corrupt(fence_pos, CorruptReason::Field("a version 2 state with no fence")));
+            }
+        }
         let count_pos = cur.pos();
         let count = cur.u32_le().map_err(|r| corrupt(count_pos, r))?;
         if u64::from(count) > (cur.remaining_bytes() / ENTRY_BYTES_MIN) as u64 {
@@ -224,7 +247,7 @@ impl NodeState {
         if cur.remaining_bytes() > 0 {
             return Err(corrupt(cur.pos(), CorruptReason::TrailingGarbage));
         }
-        Ok(NodeState { cluster_id, leaders })
+        Ok(NodeState { cluster_id, leaders, fence_epoch })
     }
 }
 
@@ -264,6 +287,22 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(NodeState::decode(&bytes[..len]).is_err(), "cut to {len}");
         }
+    }
+
+    #[test]
+    fn a_fenced_state_round_trips_as_version_2_and_every_damage_to_it_is_refused() {
+        let mut state = sample();
+        state.fence_epoch = 9;
+        let bytes = state.encode();
+        assert_eq!(bytes[8..12], 2u32.to_le_bytes());
+        assert_eq!(NodeState::decode(&bytes).unwrap(), state);
+        for i in 0..bytes.len() * 8 {
+            let mut bad = bytes.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(NodeState::decode(&bad).is_err(), "bit {i}");
+        }
+        // Without a fence the file is version 1, as older builds wrote it.
+        assert_eq!(sample().encode()[8..12], 1u32.to_le_bytes());
     }
 
     #[test]

@@ -844,6 +844,18 @@ impl Follower {
         }
     }
 
+    /// Fences this log at `epoch` (recorded durably by the caller first, as the node state's
+    /// fence): nothing of an older epoch is taken from now on, whoever sends it, and the first
+    /// node to send a message of `epoch` or later is taken as its leader once recorded. The
+    /// controller fences the replicas of a log before it elects a new leader from their
+    /// reports, so that the old leader cannot commit anything through them meanwhile.
+    pub fn fence(&mut self, epoch: u64) {
+        if epoch > self.epoch_seen {
+            self.epoch_seen = epoch;
+            self.leader = None;
+        }
+    }
+
     /// The node this log follows, once one was taken.
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
@@ -1114,6 +1126,45 @@ mod tests {
             resend_ms: 500,
             reseed: true,
         }
+    }
+
+    /// A fenced follower takes nothing more of the old leader's epoch (answering with where it
+    /// stands, so the old leader learns it is behind), and takes the first node of the fenced
+    /// epoch as its leader once recorded.
+    #[test]
+    fn a_fenced_follower_refuses_the_old_epoch_and_takes_the_new_leader() {
+        let mut f = Follower::new("l".into(), 0, 0, 0, 0);
+        f.restore_leader(1, 1);
+        let append = |epoch: u64, base: u64, end: u64| Message::Append {
+            log: "l".into(),
+            epoch,
+            commit_end: 0,
+            chunk: chunk(base, end),
+        };
+        let truncate = |epoch: u64| Message::Truncate { log: "l".into(), epoch, to: 0, written_end: 0, last_epoch: 0 };
+        // The old leader checks the log and ships: taken.
+        f.handle(FollowerInput::Received { from: 1, msg: truncate(1) });
+        while f.poll_action().is_some() {}
+        f.handle(FollowerInput::Received { from: 1, msg: append(1, 0, 5) });
+        assert!(matches!(f.poll_action(), Some(FollowerAction::Apply { epoch: 1, .. })));
+        f.handle(FollowerInput::Applied { written_end: 5, last_epoch: 1 });
+        while f.poll_action().is_some() {}
+        f.fence(2);
+        f.handle(FollowerInput::Received { from: 1, msg: append(1, 5, 9) });
+        let actions: Vec<_> = std::iter::from_fn(|| f.poll_action()).collect();
+        assert!(actions.iter().all(|a| !matches!(a, FollowerAction::Apply { .. })), "{actions:?}");
+        assert!(
+            actions.iter().any(|a| matches!(a, FollowerAction::Send { to: 1, msg: Message::Ack { epoch: 1, .. } })),
+            "the old leader is told where the log stands: {actions:?}"
+        );
+        // The elected leader of epoch 2 is recorded, then checks and ships.
+        f.handle(FollowerInput::Received { from: 3, msg: truncate(2) });
+        assert_eq!(f.poll_action(), Some(FollowerAction::RecordLeader { epoch: 2, leader: 3 }));
+        f.handle(FollowerInput::LeaderRecorded { epoch: 2, leader: 3 });
+        assert_eq!(f.leader(), Some(3));
+        // A fence at or below what the log follows changes nothing.
+        f.fence(2);
+        assert_eq!(f.leader(), Some(3));
     }
 
     /// An uncompressed chunk of offsets `base..end` (the core never looks inside).

@@ -49,6 +49,7 @@ pub fn config(cluster_id: u64, id: u64, role: Role, peers: Vec<(u64, SocketAddr)
         quorum_lag_bytes_max: Some(256 << 20),
         reseed: true,
         frame_memory_max: tern_replication::driver::FRAME_MEMORY_MAX_DEFAULT,
+        leader_epoch: None,
     }
 }
 
