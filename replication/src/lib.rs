@@ -5,6 +5,8 @@
 //! - [`message`]: the protocol's messages as values.
 //! - [`codec`]: their wire format (PROTOCOL.md), with every length bounded before use.
 //! - [`proto`]: the protocol core, a state machine without I/O: inputs in, actions out.
+//! - [`election`]: choosing a log's next leader from its replicas' reports when its leader
+//!   fails, and what promoting one by force may lose; pure functions, without I/O.
 //! - [`slots`]: the replication slots file, what a leader knows of each peer on each log,
 //!   kept across restarts.
 //! - [`node_state`]: the node state file: the cluster a node belongs to and, on a follower,
@@ -15,6 +17,7 @@
 
 pub mod codec;
 pub mod driver;
+pub mod election;
 pub mod message;
 pub mod node_state;
 pub mod proto;

@@ -952,6 +952,13 @@ impl World {
     fn heal(&mut self) -> Result<(), String> {
         self.faults = false;
         self.cut.clear();
+        // A leader restarted since the last append holds only records of earlier epochs, and
+        // commits those only once a record of its own epoch is on a quorum, or once every node
+        // holds them (`proto::quorum_commit_end`); a follower stopped at a data loss never will.
+        // A client appends one, as it would to a live log.
+        if self.leader().epoch_start() >= self.sent.len() as u64 {
+            self.client_append()?;
+        }
         let log = self.nodes[0].log.clone().ok_or("leader has no log")?;
         log.sync().map_err(|e| e.to_string())?;
         self.leader_input(LeaderInput::Synced { end: log.durable_end() })?;
