@@ -21,8 +21,8 @@ pub mod rpc;
 use std::io::Cursor;
 
 pub use map::{ClusterMap, Command, DataLoss, ElectReason, LogMap, Member, Reply};
-pub use node::{Controller, ControllerConfig, ControllerError, ControllerStatus};
-pub use rpc::MembershipChange;
+pub use node::{Controller, ControllerConfig, ControllerError, ControllerStatus, DataNode};
+pub use rpc::{LogReport, MembershipChange};
 
 openraft::declare_raft_types!(
     /// The controller's openraft types: commands to the cluster map, its replies.

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::map::{ClusterMap, Command, Reply};
 use crate::network::{call, Network};
-use crate::rpc::{read_frame, write_frame, MembershipChange, Request, Response, ServeError};
+use crate::rpc::{read_frame, write_frame, LogReport, MembershipChange, Request, Response, ServeError};
 use crate::TypeConfig;
 
 impl Application<TypeConfig> for ClusterMap {
@@ -96,12 +96,36 @@ pub struct ControllerStatus {
     pub applied: Option<u64>,
 }
 
+/// What the controller asks of the data node it runs beside (`tern serve` implements it with
+/// its replication server).
+pub trait DataNode: Send + Sync + 'static {
+    /// Fences every log at `epoch`, durably, and reports where each ends (see
+    /// `tern_replication::driver::Server::fence`).
+    ///
+    /// # Errors
+    /// Why it could not (a node that leads does not report).
+    fn fence(&self, epoch: u64) -> Result<Vec<LogReport>, String>;
+}
+
+/// What the member's tasks share.
+struct Shared {
+    node_id: NodeId,
+    raft: openraft::Raft<TypeConfig>,
+    map: StateMachineStore<TypeConfig, ClusterMap>,
+    data_node: parking_lot::Mutex<Option<Arc<dyn DataNode>>>,
+    /// Controller leader: when each data leader was last heard, and in which epoch.
+    heartbeats: parking_lot::Mutex<BTreeMap<NodeId, (u64, Instant)>>,
+    /// Since when this member leads the controller (`None`: it does not).
+    leading_since: parking_lot::Mutex<Option<Instant>>,
+}
+
 /// One running controller member. Dropping it (or [`Controller::shutdown`]) stops it.
 pub struct Controller {
     node_id: NodeId,
     addr: SocketAddr,
     raft: openraft::Raft<TypeConfig>,
     map: StateMachineStore<TypeConfig, ClusterMap>,
+    shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -138,13 +162,22 @@ impl Controller {
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| ControllerError::Failed(e.to_string()))?);
         let (stop, stopped) = watch::channel(false);
-        let (raft, addr) = runtime.block_on(async {
+        let (raft, addr, shared) = runtime.block_on(async {
             let raft = openraft::Raft::new(config.node_id, raft_config, Network, log.clone(), map.clone())
                 .await
                 .map_err(|e| ControllerError::Failed(e.to_string()))?;
             let listener = TcpListener::bind(&config.listen).await?;
             let addr = listener.local_addr()?;
-            tokio::spawn(serve(listener, raft.clone(), map.clone(), stopped));
+            let shared = Arc::new(Shared {
+                node_id: config.node_id,
+                raft: raft.clone(),
+                map: map.clone(),
+                data_node: parking_lot::Mutex::new(None),
+                heartbeats: parking_lot::Mutex::new(BTreeMap::new()),
+                leading_since: parking_lot::Mutex::new(None),
+            });
+            tokio::spawn(watch_leadership(shared.clone(), stopped.clone()));
+            tokio::spawn(serve(listener, shared.clone(), stopped));
             let pristine = {
                 let mut log = log.clone();
                 use openraft::storage::RaftLogStorage;
@@ -158,9 +191,9 @@ impl Controller {
                 // Already formed (another member's entries reached us first): fine.
                 let _ = raft.initialize(voters).await;
             }
-            Ok::<_, ControllerError>((raft, addr))
+            Ok::<_, ControllerError>((raft, addr, shared))
         })?;
-        Ok(Controller { node_id: config.node_id, addr, raft, map, stop, runtime: Some(runtime) })
+        Ok(Controller { node_id: config.node_id, addr, raft, map, shared, stop, runtime: Some(runtime) })
     }
 
     /// The address the member listens on.
@@ -210,6 +243,81 @@ impl Controller {
     /// refuses (promoting a node that is not a learner, removing every voter).
     pub fn change_members(&self, change: MembershipChange, timeout: Duration) -> Result<(), ControllerError> {
         self.runtime().block_on(change_members_at_leader(&self.raft, change, timeout))
+    }
+
+    /// Sets the data node this member fences and reports for ([`DataNode`]).
+    pub fn set_data_node(&self, node: Arc<dyn DataNode>) {
+        *self.shared.data_node.lock() = Some(node);
+    }
+
+    /// A data leader's heartbeat: tells the controller's leader (forwarded there) that this
+    /// node is alive and leads in `epoch`.
+    ///
+    /// # Errors
+    /// [`ControllerError::NoLeader`] when no controller leader answered within `timeout`: a
+    /// data leader that cannot reach the controller for its failure timeout stops leading.
+    pub fn heartbeat(&self, epoch: u64, timeout: Duration) -> Result<(), ControllerError> {
+        let shared = self.shared.clone();
+        self.runtime().block_on(async move {
+            let deadline = Instant::now() + timeout;
+            let mut leader = None;
+            loop {
+                let status = self.status();
+                leader = status.leader.or(leader);
+                if status.leader == Some(self.node_id) {
+                    shared.heartbeats.lock().insert(self.node_id, (epoch, Instant::now()));
+                    return Ok(());
+                }
+                if let Some(addr) = status.leader.and_then(|l| status.voters.get(&l).cloned()) {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let request = Request::Heartbeat { node: self.node_id, epoch };
+                    if let Ok(Response::Heartbeat(Ok(()))) = call(&mut None, &addr, &request, remaining).await {
+                        return Ok(());
+                    }
+                }
+                if Instant::now() + NO_LEADER_BACKOFF >= deadline {
+                    return Err(ControllerError::NoLeader { waited_ms: timeout.as_millis() as u64, leader });
+                }
+                tokio::time::sleep(NO_LEADER_BACKOFF).await;
+            }
+        })
+    }
+
+    /// Controller leader: when data leader `node` was last heard, and in which epoch.
+    pub fn last_heartbeat(&self, node: NodeId) -> Option<(u64, Instant)> {
+        self.shared.heartbeats.lock().get(&node).copied()
+    }
+
+    /// Since when this member leads the controller, if it does.
+    pub fn leading_since(&self) -> Option<Instant> {
+        *self.shared.leading_since.lock()
+    }
+
+    /// Asks the data node beside member `node` (at controller address `addr`; this member's
+    /// own when `node` is this one) to fence its logs at `epoch` and report where they end.
+    ///
+    /// # Errors
+    /// The node's refusal, or no answer within `timeout`.
+    pub fn fence(
+        &self,
+        node: NodeId,
+        addr: &str,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<Vec<LogReport>, ControllerError> {
+        if node == self.node_id {
+            let data = self.shared.data_node.lock().clone();
+            let data = data.ok_or_else(|| ControllerError::Failed("no data node beside this member".into()))?;
+            return data.fence(epoch).map_err(ControllerError::Failed);
+        }
+        self.runtime().block_on(async {
+            match call(&mut None, addr, &Request::Fence { epoch }, timeout).await {
+                Ok(Response::Fence(Ok(reports))) => Ok(reports),
+                Ok(Response::Fence(Err(e))) => Err(ControllerError::Failed(format!("node {node}: {e:?}"))),
+                Ok(_) => Err(ControllerError::Failed(format!("node {node}: a response of another kind"))),
+                Err(e) => Err(ControllerError::Failed(format!("node {node} at {addr}: {e:?}"))),
+            }
+        })
     }
 
     /// The cluster map as this member has applied it: possibly behind the leader's.
@@ -413,19 +521,34 @@ async fn change_members_at_leader(
     }
 }
 
+/// Keeps [`Shared::leading_since`] up to date from openraft's metrics.
+async fn watch_leadership(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut metrics = shared.raft.metrics();
+    loop {
+        let leads = metrics.borrow().current_leader == Some(shared.node_id);
+        {
+            let mut since = shared.leading_since.lock();
+            match (leads, *since) {
+                (true, None) => *since = Some(Instant::now()),
+                (false, Some(_)) => *since = None,
+                _ => {}
+            }
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Accepts controller connections until told to stop.
-async fn serve(
-    listener: TcpListener,
-    raft: openraft::Raft<TypeConfig>,
-    map: StateMachineStore<TypeConfig, ClusterMap>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(stream, raft.clone(), map.clone(), stop.clone()));
+                tokio::spawn(serve_connection(stream, shared.clone(), stop.clone()));
             }
             _ = stop.changed() => return,
         }
@@ -434,12 +557,8 @@ async fn serve(
 
 /// Answers one connection's requests, one at a time, until it closes, sends a bad frame, or
 /// the member stops.
-async fn serve_connection(
-    mut stream: TcpStream,
-    raft: openraft::Raft<TypeConfig>,
-    map: StateMachineStore<TypeConfig, ClusterMap>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let (raft, map) = (&shared.raft, &shared.map);
     loop {
         let request = tokio::select! {
             request = read_frame::<_, Request>(&mut stream) => match request {
@@ -466,7 +585,23 @@ async fn serve_connection(
                 }
                 Err(e) => Err(ServeError::Failed(e.to_string())),
             }),
-            Request::ChangeMembers(change) => Response::ChangeMembers(change_members_here(&raft, change).await),
+            Request::ChangeMembers(change) => Response::ChangeMembers(change_members_here(raft, change).await),
+            Request::Heartbeat { node, epoch } => Response::Heartbeat(if shared.leading_since.lock().is_some() {
+                shared.heartbeats.lock().insert(node, (epoch, Instant::now()));
+                Ok(())
+            } else {
+                Err(ServeError::NotLeader { leader: raft.metrics().borrow().current_leader, addr: None })
+            }),
+            Request::Fence { epoch } => {
+                let data = shared.data_node.lock().clone();
+                Response::Fence(match data {
+                    None => Err(ServeError::Failed("no data node beside this member".into())),
+                    Some(data) => match tokio::task::spawn_blocking(move || data.fence(epoch)).await {
+                        Ok(result) => result.map_err(ServeError::Failed),
+                        Err(e) => Err(ServeError::Failed(e.to_string())),
+                    },
+                })
+            }
         };
         if write_frame(&mut stream, &response).await.is_err() {
             return;

@@ -46,6 +46,31 @@ pub enum Request {
     ReadMap,
     /// Change the controller's membership (served by its leader).
     ChangeMembers(MembershipChange),
+    /// A data leader says it is alive and leads in `epoch` (served by the controller's
+    /// leader, which keeps the time it heard it, in memory).
+    Heartbeat {
+        /// The data leader.
+        node: NodeId,
+        /// The epoch it leads.
+        epoch: u64,
+    },
+    /// Fence this node's logs at `epoch` and report where each ends (served by the data node
+    /// beside any member), for the election of the leader of `epoch`.
+    Fence {
+        /// The epoch being elected.
+        epoch: u64,
+    },
+}
+
+/// Where one log stands on a fenced node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogReport {
+    /// The log.
+    pub log: String,
+    /// The epoch of its last batch (0: none).
+    pub last_epoch: u64,
+    /// One past its last durable record.
+    pub durable_end: u64,
 }
 
 /// A change of the controller's members, made by openraft's joint consensus.
@@ -102,6 +127,10 @@ pub enum Response {
     ReadMap(Result<ClusterMap, ServeError>),
     /// To `ChangeMembers`.
     ChangeMembers(Result<(), ServeError>),
+    /// To `Heartbeat`.
+    Heartbeat(Result<(), ServeError>),
+    /// To `Fence`: every log's report.
+    Fence(Result<Vec<LogReport>, ServeError>),
 }
 
 /// A request with the protocol version it speaks.

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod cluster;
 pub mod cluster_demo;
 pub mod config;
 pub mod demo;

@@ -92,6 +92,11 @@ pub trait Logs: Send + Sync + 'static {
         }
         Ok(log)
     }
+    /// More for the node's status document, under `"cluster"` (a node run by a controller
+    /// adds the controller's view). The default adds nothing.
+    fn status_extra(&self) -> Option<serde_json::Value> {
+        None
+    }
     /// Applies the node's retention to `log` (deleting whole segments from its front, never
     /// past its retention hold). The default keeps everything.
     ///
@@ -1937,7 +1942,17 @@ impl NodeMetrics {
 }
 
 fn status_json(shared: &Arc<Shared>) -> String {
-    shared.metrics().to_json()
+    let text = shared.metrics().to_json();
+    match shared.logs.status_extra() {
+        None => text,
+        Some(extra) => match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(mut doc) => {
+                doc["cluster"] = extra;
+                doc.to_string()
+            }
+            Err(_) => text,
+        },
+    }
 }
 
 /// What an append's acknowledgement promises.

@@ -1,0 +1,436 @@
+//! A node whose role the controller decides (`tern serve --cluster`).
+//!
+//! Every node runs a controller member (on its data port + 1) beside its replication server.
+//! The cluster map's placement `*` names the node that leads every log and the epoch it leads
+//! in; the controller issues each epoch once ([`tern_controller::Command::Elect`]). A node runs
+//! its replication server as that leader, with that epoch, or as a follower:
+//!
+//! - The leader heartbeats to the controller's leader every [`HEARTBEAT_INTERVAL`]. One that
+//!   cannot reach it for the failure timeout stops taking appends (it restarts as a follower):
+//!   cut off from the controller, it may have been replaced.
+//! - The controller's leader watches those heartbeats. After the failure timeout without one,
+//!   it fences the other replicas at the next epoch (each durably refuses anything older, then
+//!   reports where each log ends), elects from the reports a node holding every committed
+//!   record of every log (`tern_replication::election::elect`, per log), and commits the
+//!   election. The elected node starts leading; the others follow it.
+//!
+//! Today one node leads every log (the replication server's role is per node); the map keeps a
+//! placement per log for when roles are per log.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tern_controller::{Command, Controller, ControllerConfig, DataNode, ElectReason, LogMap, LogReport, Reply};
+use tern_replication::driver::{Role, Server, ServerConfig};
+use tern_replication::election::{elect, ReplicaSet, Report};
+use tern_replication::message::NodeId;
+use tern_replication::proto::Quorum;
+
+use crate::{Engine, EngineLogs};
+
+/// The placement every log follows today: one node leads them all.
+pub const ALL_LOGS: &str = "*";
+/// How often a leader tells the controller it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the node looks at the map.
+const TICK: Duration = Duration::from_millis(20);
+
+/// Settings of a node run by the controller.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node.
+    pub node_id: NodeId,
+    /// Its engine directory; the controller keeps its state in `controller/` under it.
+    pub dir: PathBuf,
+    /// The voters: node id and data address (`--listen`) of each. Each controller listens on
+    /// its node's data port + 1.
+    pub cluster: BTreeMap<NodeId, SocketAddr>,
+    /// A leader not heard from for this long is replaced; a leader that cannot reach the
+    /// controller for this long stops taking appends.
+    pub failure_timeout: Duration,
+    /// The replication server's settings; `role`, `peers`, `quorum` and `leader_epoch` are
+    /// set from the map.
+    pub server: ServerConfig,
+}
+
+/// The controller address of a node whose data address is `data`: the next port.
+pub fn controller_addr(data: SocketAddr) -> SocketAddr {
+    SocketAddr::new(data.ip(), data.port().wrapping_add(1))
+}
+
+/// What runs now.
+struct Running {
+    role: Role,
+    epoch: u64,
+    server: Server,
+}
+
+struct Shared {
+    config: ClusterConfig,
+    engine: Arc<Engine>,
+    controller: Controller,
+    running: Mutex<Option<Running>>,
+    stop: AtomicBool,
+}
+
+/// A running node of a controller-run cluster. Dropping it stops it.
+pub struct ClusterNode {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode").field("node_id", &self.shared.config.node_id).finish()
+    }
+}
+
+struct FenceHere(std::sync::Weak<Shared>);
+
+impl DataNode for FenceHere {
+    fn fence(&self, epoch: u64) -> Result<Vec<LogReport>, String> {
+        let shared = self.0.upgrade().ok_or("the node is stopping")?;
+        let running = shared.running.lock();
+        let Some(running) = running.as_ref() else { return Err("the node runs no server yet".into()) };
+        let reports = running.server.fence(epoch).map_err(|e| e.to_string())?;
+        Ok(reports
+            .into_iter()
+            .map(|r| LogReport { log: r.log, last_epoch: r.last_epoch, durable_end: r.durable_end })
+            .collect())
+    }
+}
+
+/// The logs of the engine, with the controller's view in the status document.
+struct ClusterLogs {
+    logs: EngineLogs,
+    shared: std::sync::Weak<Shared>,
+}
+
+impl tern_replication::driver::Logs for ClusterLogs {
+    fn open(&self, name: &str) -> Result<tern_wal::Log, String> {
+        self.logs.open(name)
+    }
+    fn names(&self) -> Vec<String> {
+        self.logs.names()
+    }
+    fn state_dir(&self) -> Option<(Arc<dyn tern_segment::Disk>, PathBuf)> {
+        self.logs.state_dir()
+    }
+    fn reopen(&self, name: &str, durable_end: u64) -> Result<tern_wal::Log, String> {
+        self.logs.reopen(name, durable_end)
+    }
+    fn apply_retention(&self, log: &tern_wal::Log) -> Result<(), String> {
+        self.logs.apply_retention(log)
+    }
+    fn status_extra(&self) -> Option<serde_json::Value> {
+        let shared = self.shared.upgrade()?;
+        let status = shared.controller.status();
+        let map = shared.controller.local_map();
+        let placement = map.logs.get(ALL_LOGS);
+        Some(serde_json::json!({
+            "controller_leader": status.leader,
+            "controller_term": status.term,
+            "controller_voters": status.voters.keys().collect::<Vec<_>>(),
+            "controller_learners": status.learners,
+            "leader": placement.map(|p| p.leader),
+            "epoch": placement.map(|p| p.epoch),
+            "replicas": placement.map(|p| p.replicas.clone()),
+            "quorum": placement.map(|p| p.quorum),
+            "members": map.members.iter().map(|(id, m)| serde_json::json!({"node": id, "addr": m.data_addr})).collect::<Vec<_>>(),
+        }))
+    }
+}
+
+impl ClusterNode {
+    /// Opens the engine, starts the controller member and the loop that runs the replication
+    /// server in the role the map gives this node.
+    ///
+    /// # Errors
+    /// The node is not one of the voters; opening the engine or the controller's store;
+    /// binding an address.
+    pub fn start(config: ClusterConfig, engine: crate::Config) -> std::io::Result<ClusterNode> {
+        let me = config.node_id;
+        if !config.cluster.contains_key(&me) {
+            return Err(std::io::Error::other(format!("--cluster does not name this node ({me})")));
+        }
+        let engine = Arc::new(Engine::open(&config.dir, engine).map_err(std::io::Error::other)?);
+        let voters = config.cluster.iter().map(|(id, addr)| (*id, controller_addr(*addr).to_string())).collect();
+        let listen = controller_addr(config.server.listen).to_string();
+        let controller_config = ControllerConfig::new(me, config.dir.join("controller"), listen, voters);
+        let controller = Controller::start(controller_config).map_err(std::io::Error::other)?;
+        let shared =
+            Arc::new(Shared { config, engine, controller, running: Mutex::new(None), stop: AtomicBool::new(false) });
+        shared.controller.set_data_node(Arc::new(FenceHere(Arc::downgrade(&shared))));
+        // A follower from the start: clients are told who leads rather than refused a
+        // connection, and a node that led before a restart takes nothing until the map says.
+        shared.switch(Role::Follower, 0)?;
+        let looping = shared.clone();
+        let thread = std::thread::Builder::new().name(format!("tern-cluster-{me}")).spawn(move || looping.run())?;
+        Ok(ClusterNode { shared, thread: Some(thread) })
+    }
+
+    /// The replication server's address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.running.lock().as_ref().map(|r| r.server.local_addr())
+    }
+
+    /// The role and epoch this node runs in now.
+    pub fn role(&self) -> Option<(Role, u64)> {
+        self.shared.running.lock().as_ref().map(|r| (r.role, r.epoch))
+    }
+
+    /// The controller member beside the node.
+    pub fn controller(&self) -> &Controller {
+        &self.shared.controller
+    }
+
+    /// Stops the loop, the replication server and the controller member.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if let Some(running) = self.shared.running.lock().take() {
+            running.server.stop();
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn log_line(what: &str) {
+    eprintln!("tern serve: {what}");
+}
+
+impl Shared {
+    /// Runs the replication server as `role` in `epoch` (stopping what runs first).
+    fn switch(self: &Arc<Self>, role: Role, epoch: u64) -> std::io::Result<()> {
+        let mut running = self.running.lock();
+        if let Some(old) = running.take() {
+            old.server.stop();
+        }
+        let mut config = self.config.server.clone();
+        config.role = role;
+        config.peers = Vec::new();
+        config.leader_epoch = None;
+        if role == Role::Leader {
+            let map = self.controller.local_map();
+            let placement = map.logs.get(ALL_LOGS).cloned().ok_or_else(|| std::io::Error::other("no placement"))?;
+            config.peers = placement
+                .replicas
+                .iter()
+                .filter(|id| **id != self.config.node_id)
+                .filter_map(|id| {
+                    let addr = map.members.get(id).and_then(|m| m.data_addr.parse().ok());
+                    addr.or_else(|| self.config.cluster.get(id).copied()).map(|addr| (*id, addr))
+                })
+                .collect();
+            config.quorum = Quorum::Count(placement.quorum as usize);
+            config.leader_epoch = Some(epoch);
+        }
+        let logs = ClusterLogs { logs: EngineLogs(self.engine.clone()), shared: Arc::downgrade(self) };
+        let server = Server::start(config, Arc::new(logs))?;
+        *running = Some(Running { role, epoch, server });
+        Ok(())
+    }
+
+    fn run(self: &Arc<Self>) {
+        let me = self.config.node_id;
+        let timeout = self.config.failure_timeout;
+        let mut registered = false;
+        let mut last_heartbeat_ok = Instant::now();
+        let mut last_heartbeat_sent: Option<Instant> = None;
+        // The epoch this node stopped leading in: it does not lead it again.
+        let mut stepped_down: Option<u64> = None;
+        while !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(TICK);
+            let status = self.controller.status();
+            let map = self.controller.local_map();
+            if !registered || map.members.get(&me).map(|m| m.data_addr.as_str()) != Some(&self.data_addr()) {
+                let register = Command::Register { node: me, data_addr: self.data_addr() };
+                registered = self.controller.propose(register, Duration::from_secs(1)).is_ok();
+            }
+            let Some(placement) = map.logs.get(ALL_LOGS).cloned() else {
+                if status.leader == Some(me) {
+                    self.create_placement();
+                }
+                continue;
+            };
+            let lead = placement.leader == me && stepped_down != Some(placement.epoch);
+            let current = self.running.lock().as_ref().map(|r| (r.role, r.epoch));
+            if lead {
+                if current != Some((Role::Leader, placement.epoch)) {
+                    log_line(&format!("node {me} leads every log in epoch {}", placement.epoch));
+                    if let Err(e) = self.switch(Role::Leader, placement.epoch) {
+                        log_line(&format!("node {me} cannot lead epoch {}: {e}", placement.epoch));
+                        stepped_down = Some(placement.epoch);
+                        let _ = self.switch(Role::Follower, 0);
+                        continue;
+                    }
+                    last_heartbeat_ok = Instant::now();
+                }
+                if last_heartbeat_sent.is_none_or(|at| at.elapsed() >= HEARTBEAT_INTERVAL) {
+                    last_heartbeat_sent = Some(Instant::now());
+                    if self.controller.heartbeat(placement.epoch, HEARTBEAT_INTERVAL).is_ok() {
+                        last_heartbeat_ok = Instant::now();
+                    }
+                }
+                if last_heartbeat_ok.elapsed() > timeout {
+                    log_line(&format!(
+                        "node {me} heard no controller for {} ms: it stops leading epoch {}",
+                        timeout.as_millis(),
+                        placement.epoch
+                    ));
+                    stepped_down = Some(placement.epoch);
+                    let _ = self.switch(Role::Follower, 0);
+                }
+            } else if current.map(|(role, _)| role) != Some(Role::Follower) {
+                log_line(&format!("node {me} follows node {} (epoch {})", placement.leader, placement.epoch));
+                let _ = self.switch(Role::Follower, 0);
+            }
+            // The controller's leader replaces a data leader it has not heard from.
+            if status.leader == Some(me) && placement.leader != me {
+                let settled = self.controller.leading_since().is_some_and(|since| since.elapsed() > timeout);
+                let heard = self
+                    .controller
+                    .last_heartbeat(placement.leader)
+                    .is_some_and(|(epoch, at)| epoch == placement.epoch && at.elapsed() <= timeout);
+                if settled && !heard {
+                    self.fail_over(&placement);
+                }
+            }
+        }
+    }
+
+    fn data_addr(&self) -> String {
+        self.running.lock().as_ref().map_or(self.config.server.listen, |r| r.server.local_addr()).to_string()
+    }
+
+    /// The controller's leader creates the placement once every voter has registered: the
+    /// lowest id leads first, a majority commits.
+    fn create_placement(&self) {
+        let map = self.controller.local_map();
+        if !self.config.cluster.keys().all(|id| map.members.contains_key(id)) {
+            return;
+        }
+        let replicas: Vec<NodeId> = self.config.cluster.keys().copied().collect();
+        let quorum = (replicas.len() / 2 + 1) as u32;
+        let leader = replicas[0];
+        let create = Command::CreateLog { log: ALL_LOGS.into(), replicas, quorum, leader };
+        let _ = self.controller.propose(create, Duration::from_secs(1));
+    }
+
+    /// Elects the leader of the next epoch from the fenced replicas' reports (see the module
+    /// docs), and commits the election.
+    fn fail_over(&self, placement: &LogMap) {
+        let me = self.config.node_id;
+        let epoch = placement.epoch + 1;
+        let map = self.controller.local_map();
+        let reporters: Vec<NodeId> = placement.replicas.iter().copied().filter(|id| *id != placement.leader).collect();
+        log_line(&format!(
+            "node {me} (controller leader): node {} led epoch {} and was not heard for {} ms; fencing {reporters:?} at epoch {epoch}",
+            placement.leader,
+            placement.epoch,
+            self.config.failure_timeout.as_millis()
+        ));
+        let reports: BTreeMap<NodeId, Vec<LogReport>> = std::thread::scope(|s| {
+            let asks: Vec<_> = reporters
+                .iter()
+                .map(|node| {
+                    let addr = map
+                        .members
+                        .get(node)
+                        .and_then(|m| m.data_addr.parse::<SocketAddr>().ok())
+                        .or_else(|| self.config.cluster.get(node).copied())
+                        .map(|a| controller_addr(a).to_string())
+                        .unwrap_or_default();
+                    let node = *node;
+                    s.spawn(move || (node, self.controller.fence(node, &addr, epoch, Duration::from_secs(2))))
+                })
+                .collect();
+            asks.into_iter()
+                .filter_map(|ask| match ask.join() {
+                    Ok((node, Ok(reports))) => Some((node, reports)),
+                    Ok((node, Err(e))) => {
+                        log_line(&format!("node {node} did not report: {e}"));
+                        None
+                    }
+                    Err(_) => None,
+                })
+                .collect()
+        });
+        let chosen = match choose(placement, &reports) {
+            Ok(chosen) => chosen,
+            Err(why) => {
+                log_line(&format!("no leader elected for epoch {epoch}: {why}"));
+                return;
+            }
+        };
+        let elect_cmd = Command::Elect {
+            log: ALL_LOGS.into(),
+            expected_epoch: placement.epoch,
+            leader: chosen,
+            reason: ElectReason::Failover,
+        };
+        match self.controller.propose(elect_cmd, Duration::from_secs(2)) {
+            Ok(Reply::Leader { leader, epoch, .. }) => {
+                log_line(&format!("node {leader} elected leader of every log in epoch {epoch}"));
+            }
+            Ok(other) => log_line(&format!("election of epoch {epoch}: {other:?}")),
+            Err(e) => log_line(&format!("election of epoch {epoch} not committed: {e}")),
+        }
+    }
+}
+
+/// The node to lead every log next: one whose copy of every log is the most up to date among
+/// the reports (so it holds every committed record of each), from at least `n - k + 1`
+/// reporters. The lowest id among several.
+///
+/// # Errors
+/// Too few reports, a quorum that does not allow automatic failover, or no single reporter
+/// most up to date on every log (each log's best copy is on another node: then an operator
+/// promotes by hand).
+pub fn choose(placement: &LogMap, reports: &BTreeMap<NodeId, Vec<LogReport>>) -> Result<NodeId, String> {
+    let logs: std::collections::BTreeSet<&str> =
+        reports.values().flatten().map(|r| r.log.as_str()).chain([ALL_LOGS]).collect();
+    let mut candidates: Vec<NodeId> = reports.keys().copied().collect();
+    for log in logs {
+        let set = ReplicaSet {
+            log: log.to_owned(),
+            replicas: placement.replicas.clone(),
+            quorum: Quorum::Count(placement.quorum as usize),
+        };
+        let of_log: Vec<Report> = reports
+            .iter()
+            .map(|(node, logs)| {
+                let found = logs.iter().find(|r| r.log == log);
+                Report {
+                    node: *node,
+                    last_epoch: found.map_or(0, |r| r.last_epoch),
+                    durable_end: found.map_or(0, |r| r.durable_end),
+                }
+            })
+            .collect();
+        let best = elect(&set, &of_log, None).map_err(|e| e.to_string())?;
+        let key = |r: &Report| (r.last_epoch, r.durable_end);
+        candidates.retain(|node| of_log.iter().any(|r| r.node == *node && key(r) == key(&best)));
+    }
+    candidates
+        .first()
+        .copied()
+        .ok_or_else(|| "no single replica holds the most complete copy of every log; promote one by hand".to_owned())
+}
