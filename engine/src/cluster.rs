@@ -54,6 +54,9 @@ pub struct ClusterConfig {
     /// A leader not heard from for this long is replaced; a leader that cannot reach the
     /// controller for this long stops taking appends.
     pub failure_timeout: Duration,
+    /// Copies that commit a record, the leader included: more than half the nodes (automatic
+    /// failover needs every commit quorum to meet every election's reports).
+    pub quorum: usize,
     /// The replication server's settings; `role`, `peers`, `quorum` and `leader_epoch` are
     /// set from the map.
     pub server: ServerConfig,
@@ -76,6 +79,9 @@ struct Shared {
     engine: Arc<Engine>,
     controller: Controller,
     running: Mutex<Option<Running>>,
+    /// The epoch this node stopped leading in (cut off from the controller, or fenced for the
+    /// next election): it never leads that epoch again.
+    stepped_down: Mutex<Option<u64>>,
     stop: AtomicBool,
 }
 
@@ -96,6 +102,17 @@ struct FenceHere(std::sync::Weak<Shared>);
 impl DataNode for FenceHere {
     fn fence(&self, epoch: u64) -> Result<Vec<LogReport>, String> {
         let shared = self.0.upgrade().ok_or("the node is stopping")?;
+        // A leader asked to report was given up on: it stops leading (and never leads its epoch
+        // again), then reports as a follower.
+        let leading = shared.running.lock().as_ref().filter(|r| r.role == Role::Leader).map(|r| r.epoch);
+        if let Some(led) = leading {
+            *shared.stepped_down.lock() = Some(led);
+            log_line(&format!(
+                "node {} stops leading epoch {led}: fenced for the election of {epoch}",
+                shared.config.node_id
+            ));
+            shared.switch(Role::Follower, 0).map_err(|e| e.to_string())?;
+        }
         let running = shared.running.lock();
         let Some(running) = running.as_ref() else { return Err("the node runs no server yet".into()) };
         let reports = running.server.fence(epoch).map_err(|e| e.to_string())?;
@@ -159,13 +176,32 @@ impl ClusterNode {
         if !config.cluster.contains_key(&me) {
             return Err(std::io::Error::other(format!("--cluster does not name this node ({me})")));
         }
+        let set = ReplicaSet {
+            log: ALL_LOGS.into(),
+            replicas: config.cluster.keys().copied().collect(),
+            quorum: Quorum::Count(config.quorum),
+        };
+        if config.quorum == 0 || config.quorum > set.replicas.len() {
+            return Err(std::io::Error::other(format!(
+                "--quorum {} is outside 1..={}",
+                config.quorum,
+                set.replicas.len()
+            )));
+        }
+        tern_replication::election::check_failover(&set).map_err(std::io::Error::other)?;
         let engine = Arc::new(Engine::open(&config.dir, engine).map_err(std::io::Error::other)?);
         let voters = config.cluster.iter().map(|(id, addr)| (*id, controller_addr(*addr).to_string())).collect();
         let listen = controller_addr(config.server.listen).to_string();
         let controller_config = ControllerConfig::new(me, config.dir.join("controller"), listen, voters);
         let controller = Controller::start(controller_config).map_err(std::io::Error::other)?;
-        let shared =
-            Arc::new(Shared { config, engine, controller, running: Mutex::new(None), stop: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            config,
+            engine,
+            controller,
+            running: Mutex::new(None),
+            stepped_down: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
         shared.controller.set_data_node(Arc::new(FenceHere(Arc::downgrade(&shared))));
         // A follower from the start: clients are told who leads rather than refused a
         // connection, and a node that led before a restart takes nothing until the map says.
@@ -254,8 +290,9 @@ impl Shared {
         let mut registered = false;
         let mut last_heartbeat_ok = Instant::now();
         let mut last_heartbeat_sent: Option<Instant> = None;
-        // The epoch this node stopped leading in: it does not lead it again.
-        let mut stepped_down: Option<u64> = None;
+        // The placement this node last saw, and since when: a new leader gets the failure
+        // timeout to start and be heard before it can be found silent.
+        let mut observed: Option<(u64, Instant)> = None;
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(TICK);
             let status = self.controller.status();
@@ -270,6 +307,10 @@ impl Shared {
                 }
                 continue;
             };
+            if observed.is_none_or(|(epoch, _)| epoch != placement.epoch) {
+                observed = Some((placement.epoch, Instant::now()));
+            }
+            let stepped_down = *self.stepped_down.lock();
             let lead = placement.leader == me && stepped_down != Some(placement.epoch);
             let current = self.running.lock().as_ref().map(|r| (r.role, r.epoch));
             if lead {
@@ -277,7 +318,7 @@ impl Shared {
                     log_line(&format!("node {me} leads every log in epoch {}", placement.epoch));
                     if let Err(e) = self.switch(Role::Leader, placement.epoch) {
                         log_line(&format!("node {me} cannot lead epoch {}: {e}", placement.epoch));
-                        stepped_down = Some(placement.epoch);
+                        *self.stepped_down.lock() = Some(placement.epoch);
                         let _ = self.switch(Role::Follower, 0);
                         continue;
                     }
@@ -295,16 +336,18 @@ impl Shared {
                         timeout.as_millis(),
                         placement.epoch
                     ));
-                    stepped_down = Some(placement.epoch);
+                    *self.stepped_down.lock() = Some(placement.epoch);
                     let _ = self.switch(Role::Follower, 0);
                 }
             } else if current.map(|(role, _)| role) != Some(Role::Follower) {
                 log_line(&format!("node {me} follows node {} (epoch {})", placement.leader, placement.epoch));
                 let _ = self.switch(Role::Follower, 0);
             }
-            // The controller's leader replaces a data leader it has not heard from.
-            if status.leader == Some(me) && placement.leader != me {
-                let settled = self.controller.leading_since().is_some_and(|since| since.elapsed() > timeout);
+            // The controller's leader replaces a data leader it has not heard from (itself too,
+            // once it stepped down).
+            if status.leader == Some(me) && (placement.leader != me || stepped_down == Some(placement.epoch)) {
+                let settled = self.controller.leading_since().is_some_and(|since| since.elapsed() > timeout)
+                    && observed.is_some_and(|(_, since)| since.elapsed() > timeout);
                 let heard = self
                     .controller
                     .last_heartbeat(placement.leader)
@@ -328,7 +371,7 @@ impl Shared {
             return;
         }
         let replicas: Vec<NodeId> = self.config.cluster.keys().copied().collect();
-        let quorum = (replicas.len() / 2 + 1) as u32;
+        let quorum = self.config.quorum as u32;
         let leader = replicas[0];
         let create = Command::CreateLog { log: ALL_LOGS.into(), replicas, quorum, leader };
         let _ = self.controller.propose(create, Duration::from_secs(1));
@@ -340,7 +383,8 @@ impl Shared {
         let me = self.config.node_id;
         let epoch = placement.epoch + 1;
         let map = self.controller.local_map();
-        let reporters: Vec<NodeId> = placement.replicas.iter().copied().filter(|id| *id != placement.leader).collect();
+        // The old leader too: when it is alive but went unheard, it stops leading and reports.
+        let reporters: Vec<NodeId> = placement.replicas.clone();
         log_line(&format!(
             "node {me} (controller leader): node {} led epoch {} and was not heard for {} ms; fencing {reporters:?} at epoch {epoch}",
             placement.leader,

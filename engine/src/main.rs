@@ -54,10 +54,19 @@ struct ServeArgs {
     /// The followers, as ID=ADDR,ID=ADDR (leader only).
     #[arg(long, default_value = "")]
     peers: String,
-    /// Leader or follower. Required: a follower started without it would become a second
-    /// leader.
-    #[arg(long, value_enum)]
-    role: RoleArg,
+    /// Leader or follower, for a cluster without a controller (required then: a follower
+    /// started without it would become a second leader). With --cluster the controller decides.
+    #[arg(long, value_enum, required_unless_present = "cluster", conflicts_with = "cluster")]
+    role: Option<RoleArg>,
+    /// Run under the controller: every node of the cluster as ID=ADDR,ID=ADDR (their --listen
+    /// addresses; each node's controller listens on the next port). The controller chooses
+    /// the leader, replaces it when it fails, and the others follow. Same list on every node.
+    #[arg(long, conflicts_with = "peers")]
+    cluster: Option<String>,
+    /// With --cluster: a leader not heard from for this long is replaced, and a leader that
+    /// cannot reach the controller for this long stops taking appends.
+    #[arg(long, default_value_t = 1000)]
+    failure_timeout_ms: u64,
     /// Copies that commit a record, the leader included (default: a majority).
     #[arg(long)]
     quorum: Option<usize>,
@@ -647,6 +656,23 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
         n(&doc["frame_bytes_held"]) >> 20,
         n(&doc["frame_memory_max"]) >> 20
     );
+    if let Some(cluster) = doc["cluster"].as_object() {
+        let id = |v: &serde_json::Value| v.as_u64().map_or_else(|| "none".to_owned(), |n| n.to_string());
+        let ids = |v: &serde_json::Value| {
+            v.as_array().into_iter().flatten().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+        };
+        println!(
+            "cluster: leader {} in epoch {}, replicas {}, quorum {}; controller leader {} (term {}), voters {}, learners [{}]",
+            id(&cluster["leader"]),
+            id(&cluster["epoch"]),
+            ids(&cluster["replicas"]),
+            id(&cluster["quorum"]),
+            id(&cluster["controller_leader"]),
+            id(&cluster["controller_term"]),
+            ids(&cluster["controller_voters"]),
+            ids(&cluster["controller_learners"]),
+        );
+    }
     println!("{:<24} {:>12} {:>12} {:>12} {:>12}", "log", "start", "written", "synced", "committed");
     for log in doc["logs"].as_array().into_iter().flatten() {
         println!(
@@ -755,6 +781,45 @@ fn parse_peers(text: &str) -> Result<Vec<(u64, SocketAddr)>, Box<dyn std::error:
     Ok(peers)
 }
 
+/// `tern serve --cluster`: the controller decides this node's role.
+fn serve_cluster(
+    args: &ServeArgs,
+    cluster: &str,
+    server: tern_replication::driver::ServerConfig,
+    engine: Config,
+) -> CliResult {
+    let nodes: std::collections::BTreeMap<u64, SocketAddr> =
+        parse_peers(cluster).map_err(|e| e.to_string().replace("--peers", "--cluster"))?.into_iter().collect();
+    if nodes.get(&args.node_id) != Some(&args.listen) {
+        return Err(format!("--cluster must name this node as {}={}", args.node_id, args.listen).into());
+    }
+    if args.failure_timeout_ms == 0 {
+        return Err("--failure-timeout-ms must be above 0".into());
+    }
+    let quorum = args.quorum.unwrap_or(nodes.len() / 2 + 1);
+    let config = tern::cluster::ClusterConfig {
+        node_id: args.node_id,
+        dir: args.dir.clone(),
+        quorum,
+        cluster: nodes,
+        failure_timeout: std::time::Duration::from_millis(args.failure_timeout_ms),
+        server,
+    };
+    let node = tern::cluster::ClusterNode::start(config, engine)?;
+    eprintln!(
+        "tern serve: node {} listening on {} (controller on {})",
+        args.node_id,
+        args.listen,
+        tern::cluster::controller_addr(args.listen)
+    );
+    while !STOP.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    node.stop();
+    eprintln!("tern serve: node {} stopped", args.node_id);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn serve(args: &ServeArgs) -> CliResult {
     if !args.listen.ip().is_loopback() && !args.insecure_plaintext {
         return Err(format!(
@@ -767,21 +832,20 @@ fn serve(args: &ServeArgs) -> CliResult {
     if peers.iter().any(|(id, addr)| *id == args.node_id || *addr == args.listen) {
         return Err("--peers names this node itself".into());
     }
-    if args.role == RoleArg::Follower && !peers.is_empty() {
+    if args.role == Some(RoleArg::Follower) && !peers.is_empty() {
         return Err("--peers is for the leader: a follower is dialed by its leader".into());
     }
     let role = match args.role {
-        RoleArg::Leader => tern_replication::driver::Role::Leader,
-        RoleArg::Follower => tern_replication::driver::Role::Follower,
+        Some(RoleArg::Leader) => tern_replication::driver::Role::Leader,
+        _ => tern_replication::driver::Role::Follower,
     };
     let nodes = peers.len() + 1;
     let quorum = args.quorum.unwrap_or(nodes / 2 + 1);
-    if quorum == 0 || quorum > nodes {
+    if args.cluster.is_none() && (quorum == 0 || quorum > nodes) {
         return Err(format!("--quorum {quorum} is outside 1..={nodes}").into());
     }
     let engine_config =
         Config { retention_bytes: args.retention_bytes, retention_ms: args.retention_ms, ..Config::default() };
-    let engine = std::sync::Arc::new(Engine::open(&args.dir, engine_config)?);
     let compression = if args.no_compression {
         tern_replication::codec::Compression::OFF
     } else {
@@ -810,6 +874,10 @@ fn serve(args: &ServeArgs) -> CliResult {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
     }
+    if let Some(cluster) = &args.cluster {
+        return serve_cluster(args, cluster, config, engine_config);
+    }
+    let engine = std::sync::Arc::new(Engine::open(&args.dir, engine_config)?);
     let server =
         tern_replication::driver::Server::start(config, std::sync::Arc::new(tern::EngineLogs(engine.clone())))?;
     eprintln!("tern serve: node {} listening on {}", args.node_id, server.local_addr());

@@ -31,6 +31,7 @@ fn start_node(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>) -> Clust
         dir: dir.to_path_buf(),
         cluster: cluster.clone(),
         failure_timeout: Duration::from_secs(1),
+        quorum: 2,
         server,
     };
     ClusterNode::start(config, tern::Config::default()).expect("node starts")
