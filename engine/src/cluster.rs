@@ -40,6 +40,10 @@ pub const ALL_LOGS: &str = "*";
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the node looks at the map.
 const TICK: Duration = Duration::from_millis(20);
+/// How long a replica has to fence itself and report.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Once enough reports are in, how long the others may still come.
+const REPORT_GRACE: Duration = Duration::from_millis(20);
 
 /// Settings of a node run by the controller.
 #[derive(Debug, Clone)]
@@ -105,6 +109,10 @@ impl DataNode for FenceHere {
         // A leader asked to report was given up on: it stops leading (and never leads its epoch
         // again), then reports as a follower.
         let leading = shared.running.lock().as_ref().filter(|r| r.role == Role::Leader).map(|r| r.epoch);
+        if let Some(led) = leading.filter(|led| *led >= epoch) {
+            // A late request for an election this node has since won: it leads on.
+            return Err(format!("node {} leads epoch {led}: not fenced for {epoch}", shared.config.node_id));
+        }
         if let Some(led) = leading {
             *shared.stepped_down.lock() = Some(led);
             log_line(&format!(
@@ -346,7 +354,10 @@ impl Shared {
             // The controller's leader replaces a data leader it has not heard from (itself too,
             // once it stepped down).
             if status.leader == Some(me) && (placement.leader != me || stepped_down == Some(placement.epoch)) {
-                let settled = self.controller.leading_since().is_some_and(|since| since.elapsed() > timeout)
+                // A live leader heartbeats every HEARTBEAT_INTERVAL, to a new controller leader
+                // too: half the timeout (at least five heartbeats) is time enough to be heard.
+                let settle = (timeout / 2).max(5 * HEARTBEAT_INTERVAL);
+                let settled = self.controller.leading_since().is_some_and(|since| since.elapsed() > settle)
                     && observed.is_some_and(|(_, since)| since.elapsed() > timeout);
                 let heard = self
                     .controller
@@ -372,14 +383,16 @@ impl Shared {
         }
         let replicas: Vec<NodeId> = self.config.cluster.keys().copied().collect();
         let quorum = self.config.quorum as u32;
-        let leader = replicas[0];
+        // Not the controller's leader (this node) when another can lead: a failure then takes
+        // one leader, not both, and the controller notices at once.
+        let leader = replicas.iter().copied().find(|id| *id != self.config.node_id).unwrap_or(replicas[0]);
         let create = Command::CreateLog { log: ALL_LOGS.into(), replicas, quorum, leader };
         let _ = self.controller.propose(create, Duration::from_secs(1));
     }
 
     /// Elects the leader of the next epoch from the fenced replicas' reports (see the module
     /// docs), and commits the election.
-    fn fail_over(&self, placement: &LogMap) {
+    fn fail_over(self: &Arc<Self>, placement: &LogMap) {
         let me = self.config.node_id;
         let epoch = placement.epoch + 1;
         let map = self.controller.local_map();
@@ -391,33 +404,45 @@ impl Shared {
             placement.epoch,
             self.config.failure_timeout.as_millis()
         ));
-        let reports: BTreeMap<NodeId, Vec<LogReport>> = std::thread::scope(|s| {
-            let asks: Vec<_> = reporters
-                .iter()
-                .map(|node| {
-                    let addr = map
-                        .members
-                        .get(node)
-                        .and_then(|m| m.data_addr.parse::<SocketAddr>().ok())
-                        .or_else(|| self.config.cluster.get(node).copied())
-                        .map(|a| controller_addr(a).to_string())
-                        .unwrap_or_default();
-                    let node = *node;
-                    s.spawn(move || (node, self.controller.fence(node, &addr, epoch, Duration::from_secs(2))))
-                })
-                .collect();
-            asks.into_iter()
-                .filter_map(|ask| match ask.join() {
-                    Ok((node, Ok(reports))) => Some((node, reports)),
-                    Ok((node, Err(e))) => {
-                        log_line(&format!("node {node} did not report: {e}"));
-                        None
-                    }
-                    Err(_) => None,
-                })
-                .collect()
-        });
-        let chosen = match choose(placement, &reports) {
+        // Reports are taken as they come: the election needs n - k + 1 of them, and a node
+        // that does not answer (paused, partitioned) must not hold it up. The others get a
+        // moment more, so that the most up to date copy is usually among them.
+        let needed = placement.replicas.len() + 1 - (placement.quorum as usize).min(placement.replicas.len());
+        let (tx, rx) = std::sync::mpsc::channel();
+        for node in &reporters {
+            let addr = map
+                .members
+                .get(node)
+                .and_then(|m| m.data_addr.parse::<SocketAddr>().ok())
+                .or_else(|| self.config.cluster.get(node).copied())
+                .map(|a| controller_addr(a).to_string())
+                .unwrap_or_default();
+            let (node, tx, shared) = (*node, tx.clone(), self.clone());
+            let _ = std::thread::Builder::new().name(format!("tern-fence-{node}")).spawn(move || {
+                let _ = tx.send((node, shared.controller.fence(node, &addr, epoch, FENCE_TIMEOUT)));
+            });
+        }
+        drop(tx);
+        let mut reports: BTreeMap<NodeId, Vec<LogReport>> = BTreeMap::new();
+        let deadline = Instant::now() + FENCE_TIMEOUT;
+        let mut grace: Option<Instant> = None;
+        loop {
+            let until = grace.map_or(deadline, |g| g.min(deadline));
+            let Ok((node, result)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) else { break };
+            match result {
+                Ok(logs) => {
+                    reports.insert(node, logs);
+                }
+                Err(e) => log_line(&format!("node {node} did not report: {e}")),
+            }
+            if reports.len() >= needed && grace.is_none() {
+                grace = Some(Instant::now() + REPORT_GRACE);
+            }
+            if reports.len() == reporters.len() {
+                break;
+            }
+        }
+        let chosen = match choose(placement, &reports, Some(me)) {
             Ok(chosen) => chosen,
             Err(why) => {
                 log_line(&format!("no leader elected for epoch {epoch}: {why}"));
@@ -442,13 +467,18 @@ impl Shared {
 
 /// The node to lead every log next: one whose copy of every log is the most up to date among
 /// the reports (so it holds every committed record of each), from at least `n - k + 1`
-/// reporters. The lowest id among several.
+/// reporters. Among several, the lowest id other than `avoid` (the controller's leader: a node
+/// that leads both takes both down when it fails).
 ///
 /// # Errors
 /// Too few reports, a quorum that does not allow automatic failover, or no single reporter
 /// most up to date on every log (each log's best copy is on another node: then an operator
 /// promotes by hand).
-pub fn choose(placement: &LogMap, reports: &BTreeMap<NodeId, Vec<LogReport>>) -> Result<NodeId, String> {
+pub fn choose(
+    placement: &LogMap,
+    reports: &BTreeMap<NodeId, Vec<LogReport>>,
+    avoid: Option<NodeId>,
+) -> Result<NodeId, String> {
     let logs: std::collections::BTreeSet<&str> =
         reports.values().flatten().map(|r| r.log.as_str()).chain([ALL_LOGS]).collect();
     let mut candidates: Vec<NodeId> = reports.keys().copied().collect();
@@ -473,8 +503,8 @@ pub fn choose(placement: &LogMap, reports: &BTreeMap<NodeId, Vec<LogReport>>) ->
         let key = |r: &Report| (r.last_epoch, r.durable_end);
         candidates.retain(|node| of_log.iter().any(|r| r.node == *node && key(r) == key(&best)));
     }
-    candidates
-        .first()
-        .copied()
+    let preferred = candidates.iter().copied().find(|node| Some(*node) != avoid);
+    preferred
+        .or(candidates.first().copied())
         .ok_or_else(|| "no single replica holds the most complete copy of every log; promote one by hand".to_owned())
 }

@@ -12,18 +12,6 @@ use common::*;
 use tern::cluster::{ClusterConfig, ClusterNode};
 use tern_replication::driver::{Client, Role};
 
-/// A data address whose next port (the controller's) is free too.
-fn address_pair() -> SocketAddr {
-    loop {
-        let data = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = data.local_addr().unwrap();
-        let Some(next) = addr.port().checked_add(1) else { continue };
-        if std::net::TcpListener::bind(("127.0.0.1", next)).is_ok() {
-            return addr;
-        }
-    }
-}
-
 fn start_node(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>) -> ClusterNode {
     let server = config(0, id, Role::Follower, vec![], cluster[&id]);
     let config = ClusterConfig {

@@ -31,6 +31,18 @@ pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
+/// A data address whose next port (a controller's, in `tern serve --cluster`) is free too.
+pub fn address_pair() -> SocketAddr {
+    loop {
+        let data = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = data.local_addr().unwrap();
+        let Some(next) = addr.port().checked_add(1) else { continue };
+        if std::net::TcpListener::bind(("127.0.0.1", next)).is_ok() {
+            return addr;
+        }
+    }
+}
+
 /// A node's settings for tests: quorum 2, short timeouts, defaults elsewhere.
 pub fn config(cluster_id: u64, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>, listen: SocketAddr) -> ServerConfig {
     ServerConfig {
