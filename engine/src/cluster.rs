@@ -229,6 +229,11 @@ impl ClusterNode {
         self.shared.running.lock().as_ref().map(|r| (r.role, r.epoch))
     }
 
+    /// Runs `f` on the replication server running now, if any.
+    pub fn with_server<T>(&self, f: impl FnOnce(&Server) -> T) -> Option<T> {
+        self.shared.running.lock().as_ref().map(|r| f(&r.server))
+    }
+
     /// The controller member beside the node.
     pub fn controller(&self) -> &Controller {
         &self.shared.controller
