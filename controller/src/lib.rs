@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod map;
 pub mod network;
 mod node;
@@ -20,6 +21,7 @@ pub mod rpc;
 
 use std::io::Cursor;
 
+pub use client::ControllerClient;
 pub use map::{ClusterMap, Command, DataLoss, ElectReason, LogMap, Member, Reply};
 pub use node::{Controller, ControllerConfig, ControllerError, ControllerStatus, DataNode};
 pub use rpc::{LogReport, MembershipChange};

@@ -106,6 +106,16 @@ pub trait DataNode: Send + Sync + 'static {
     /// # Errors
     /// Why it could not (a node that leads does not report).
     fn fence(&self, epoch: u64) -> Result<Vec<LogReport>, String>;
+
+    /// A leader handing over to `target`: stops taking appends and waits until `target` holds
+    /// every record, for up to `timeout`; returns how long that took.
+    ///
+    /// # Errors
+    /// The node does not lead, or `target` did not catch up in time.
+    fn drain(&self, target: NodeId, timeout: Duration) -> Result<Duration, String> {
+        let _ = (target, timeout);
+        Err("this node does not hand over".into())
+    }
 }
 
 /// What the member's tasks share.
@@ -593,6 +603,19 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>, mut stop: 
             } else {
                 Err(ServeError::NotLeader { leader: raft.metrics().borrow().current_leader, addr: None })
             }),
+            Request::Drain { target, timeout_ms } => {
+                let data = shared.data_node.lock().clone();
+                Response::Drain(match data {
+                    None => Err(ServeError::Failed("no data node beside this member".into())),
+                    Some(data) => {
+                        let timeout = Duration::from_millis(timeout_ms.min(60_000));
+                        match tokio::task::spawn_blocking(move || data.drain(target, timeout)).await {
+                            Ok(result) => result.map(|d| d.as_millis() as u64).map_err(ServeError::Failed),
+                            Err(e) => Err(ServeError::Failed(e.to_string())),
+                        }
+                    }
+                })
+            }
             Request::Fence { epoch } => {
                 let data = shared.data_node.lock().clone();
                 Response::Fence(match data {

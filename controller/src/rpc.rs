@@ -60,6 +60,14 @@ pub enum Request {
         /// The epoch being elected.
         epoch: u64,
     },
+    /// The data leader beside this member stops taking appends and waits until `target` holds
+    /// its every record (a planned handover), for up to `timeout_ms`.
+    Drain {
+        /// The node taking over.
+        target: NodeId,
+        /// How long to wait for it to catch up.
+        timeout_ms: u64,
+    },
 }
 
 /// Where one log stands on a fenced node.
@@ -131,6 +139,8 @@ pub enum Response {
     Heartbeat(Result<(), ServeError>),
     /// To `Fence`: every log's report.
     Fence(Result<Vec<LogReport>, ServeError>),
+    /// To `Drain`: how long the target took to catch up, in milliseconds.
+    Drain(Result<u64, ServeError>),
 }
 
 /// A request with the protocol version it speaks.

@@ -39,7 +39,7 @@ pub const ALL_LOGS: &str = "*";
 /// How often a leader tells the controller it is alive.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the node looks at the map.
-const TICK: Duration = Duration::from_millis(20);
+const TICK: Duration = Duration::from_millis(5);
 /// How long a replica has to fence itself and report.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Once enough reports are in, how long the others may still come.
@@ -104,6 +104,10 @@ impl std::fmt::Debug for ClusterNode {
 struct FenceHere(std::sync::Weak<Shared>);
 
 impl DataNode for FenceHere {
+    fn drain(&self, target: NodeId, timeout: Duration) -> Result<Duration, String> {
+        self.drain_here(target, timeout)
+    }
+
     fn fence(&self, epoch: u64) -> Result<Vec<LogReport>, String> {
         let shared = self.0.upgrade().ok_or("the node is stopping")?;
         // A leader asked to report was given up on: it stops leading (and never leads its epoch
@@ -128,6 +132,17 @@ impl DataNode for FenceHere {
             .into_iter()
             .map(|r| LogReport { log: r.log, last_epoch: r.last_epoch, durable_end: r.durable_end })
             .collect())
+    }
+}
+
+impl FenceHere {
+    fn drain_here(&self, target: NodeId, timeout: Duration) -> Result<Duration, String> {
+        let shared = self.0.upgrade().ok_or("the node is stopping")?;
+        let running = shared.running.lock();
+        let Some(running) = running.as_ref().filter(|r| r.role == Role::Leader) else {
+            return Err(format!("node {} does not lead", shared.config.node_id));
+        };
+        running.server.drain(target, timeout).map_err(|e| e.to_string())
     }
 }
 
@@ -168,6 +183,7 @@ impl tern_replication::driver::Logs for ClusterLogs {
             "replicas": placement.map(|p| p.replicas.clone()),
             "quorum": placement.map(|p| p.quorum),
             "members": map.members.iter().map(|(id, m)| serde_json::json!({"node": id, "addr": m.data_addr})).collect::<Vec<_>>(),
+            "data_loss": placement.map(|p| p.data_loss.iter().map(|l| serde_json::json!({"epoch": l.epoch, "from": l.from, "to": l.to})).collect::<Vec<_>>()),
         }))
     }
 }
@@ -484,6 +500,19 @@ pub fn choose(
     reports: &BTreeMap<NodeId, Vec<LogReport>>,
     avoid: Option<NodeId>,
 ) -> Result<NodeId, String> {
+    let candidates = most_up_to_date(placement, reports)?;
+    let preferred = candidates.iter().copied().find(|node| Some(*node) != avoid);
+    preferred
+        .or(candidates.first().copied())
+        .ok_or_else(|| "no single replica holds the most complete copy of every log; promote one by hand".to_owned())
+}
+
+/// The reporters whose copy of every log is the most up to date among the reports, lowest id
+/// first (empty when each log's best copy is on another node).
+///
+/// # Errors
+/// Too few reports, or a quorum that does not allow automatic failover.
+pub fn most_up_to_date(placement: &LogMap, reports: &BTreeMap<NodeId, Vec<LogReport>>) -> Result<Vec<NodeId>, String> {
     let logs: std::collections::BTreeSet<&str> =
         reports.values().flatten().map(|r| r.log.as_str()).chain([ALL_LOGS]).collect();
     let mut candidates: Vec<NodeId> = reports.keys().copied().collect();
@@ -508,8 +537,121 @@ pub fn choose(
         let key = |r: &Report| (r.last_epoch, r.durable_end);
         candidates.retain(|node| of_log.iter().any(|r| r.node == *node && key(r) == key(&best)));
     }
-    let preferred = candidates.iter().copied().find(|node| Some(*node) != avoid);
-    preferred
-        .or(candidates.first().copied())
-        .ok_or_else(|| "no single replica holds the most complete copy of every log; promote one by hand".to_owned())
+    Ok(candidates)
+}
+
+/// `tern promote`: makes `target` the leader of every log in the next epoch, asked through the
+/// controller member of the node at data address `any`. Every replica that answers is fenced
+/// at the next epoch first and reports (the leader too: it stops leading). Without `force`,
+/// `target` must be most up to date on every log among at least `n - k + 1` reports (it then
+/// holds every committed record). With `force` fewer reports do, and the records that may be
+/// lost are computed per log (`election::forced_promotion`), recorded in the map with the
+/// election, and returned for the operator: never silent.
+///
+/// # Errors
+/// No controller, no placement yet, `target` not a replica or not answering, or (without
+/// `force`) too few reports or a target that lacks records another replica holds.
+pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<String>, String> {
+    let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    let contact = controller_addr(any).to_string();
+    let map = client.read_map(&contact).map_err(|e| e.to_string())?;
+    let placement = map.logs.get(ALL_LOGS).cloned().ok_or("the cluster has no leader placement yet")?;
+    if !placement.replicas.contains(&target) {
+        return Err(format!("node {target} is not one of the replicas {:?}", placement.replicas));
+    }
+    if placement.leader == target {
+        return Err(format!("node {target} leads epoch {} already", placement.epoch));
+    }
+    let epoch = placement.epoch + 1;
+    let mut lines = Vec::new();
+    if !force {
+        // A planned move: the leader stops taking appends and waits until the target holds
+        // its every record, so that the target is sure to be elected. A leader that does not
+        // answer is not waited for (the election then decides whether the target may lead).
+        let leader_addr = map.members.get(&placement.leader).and_then(|m| m.data_addr.parse::<SocketAddr>().ok());
+        if let Some(addr) = leader_addr {
+            match client.drain(&controller_addr(addr).to_string(), target, Duration::from_secs(2)) {
+                Ok(ms) => lines.push(format!(
+                    "node {} stopped taking appends; node {target} caught up in {ms} ms",
+                    placement.leader
+                )),
+                Err(e) => lines.push(format!("node {} did not hand over: {e}", placement.leader)),
+            }
+        }
+    }
+    let mut reports: BTreeMap<NodeId, Vec<LogReport>> = BTreeMap::new();
+    // Every replica at once: each syncs its logs and its node state.
+    let answers: Vec<(NodeId, std::io::Result<Vec<LogReport>>)> = std::thread::scope(|s| {
+        let asks: Vec<_> = placement
+            .replicas
+            .iter()
+            .filter_map(|node| {
+                let addr = map.members.get(node).and_then(|m| m.data_addr.parse::<SocketAddr>().ok())?;
+                let node = *node;
+                Some(s.spawn(move || {
+                    let client = tern_controller::ControllerClient::new(Duration::from_secs(3))?;
+                    Ok::<_, std::io::Error>((node, client.fence(&controller_addr(addr).to_string(), epoch)))
+                }))
+            })
+            .collect();
+        asks.into_iter().filter_map(|a| a.join().ok().and_then(Result::ok)).collect()
+    });
+    for (node, answer) in answers {
+        match answer {
+            Ok(logs) => {
+                reports.insert(node, logs);
+            }
+            Err(e) => lines.push(format!("node {node} did not report: {e}")),
+        }
+    }
+    if !reports.contains_key(&target) {
+        return Err(format!("node {target} did not report: only a node that answers can be promoted"));
+    }
+    let reason = if force {
+        let logs: std::collections::BTreeSet<String> = reports.values().flatten().map(|r| r.log.clone()).collect();
+        let mut worst: Option<(u64, u64)> = None;
+        for log in logs {
+            let set = ReplicaSet {
+                log: log.clone(),
+                replicas: placement.replicas.clone(),
+                quorum: Quorum::Count(placement.quorum as usize),
+            };
+            let of_log: Vec<Report> = reports
+                .iter()
+                .map(|(node, logs)| {
+                    let found = logs.iter().find(|r| r.log == log);
+                    Report {
+                        node: *node,
+                        last_epoch: found.map_or(0, |r| r.last_epoch),
+                        durable_end: found.map_or(0, |r| r.durable_end),
+                    }
+                })
+                .collect();
+            let loss =
+                tern_replication::election::forced_promotion(&set, target, &of_log).map_err(|e| e.to_string())?;
+            lines.push(loss.to_string());
+            if !loss.is_none() && worst.is_none_or(|(from, to)| loss.to_at_least - loss.from > to - from) {
+                worst = Some((loss.from, loss.to_at_least));
+            }
+        }
+        match worst {
+            Some((from, to)) => ElectReason::Forced { from, to },
+            None => ElectReason::Handover,
+        }
+    } else {
+        let candidates = most_up_to_date(&placement, &reports)?;
+        if !candidates.contains(&target) {
+            return Err(format!(
+                "node {target} is not the most up to date on every log (most up to date: {candidates:?}); \
+                 --force promotes it anyway and says what may be lost"
+            ));
+        }
+        ElectReason::Handover
+    };
+    let elect_cmd = Command::Elect { log: ALL_LOGS.into(), expected_epoch: placement.epoch, leader: target, reason };
+    match client.propose(&contact, elect_cmd).map_err(|e| e.to_string())? {
+        Reply::Leader { leader, epoch, .. } => lines.push(format!("node {leader} leads every log in epoch {epoch}")),
+        other => return Err(format!("the election of epoch {epoch} did not take effect: {other:?}")),
+    }
+    Ok(lines)
 }

@@ -182,7 +182,10 @@ pub fn run(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
                         }
                         Err(e) => {
                             let text = e.to_string();
-                            if !(text.contains("is a follower") || text.contains("not the leader")) {
+                            if !(text.contains("is a follower")
+                                || text.contains("not the leader")
+                                || text.starts_with("moved:"))
+                            {
                                 seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).in_doubt.push(batch);
                             }
                             client = None;

@@ -195,6 +195,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a node of a --cluster cluster the leader of every log, in the next epoch: every
+    /// replica that answers is fenced and reports first. Without --force the node must hold
+    /// every committed record (the most up to date on every log among a quorum of reports).
+    Promote {
+        /// Address (--listen) of any node of the cluster.
+        #[arg(long)]
+        server: SocketAddr,
+        /// The node to promote.
+        #[arg(long)]
+        to: u64,
+        /// Promote it even with too few reports or a shorter copy, after printing, per log,
+        /// the records that may be lost (recorded in the cluster map and shown by status).
+        #[arg(long)]
+        force: bool,
+    },
     /// Measure Tern against the raw disk limits of the same directory.
     Bench(tern::bench::BenchArgs),
     /// Run a realistic mixed workload on a temporary directory and print a summary.
@@ -216,6 +231,15 @@ fn main() -> ExitCode {
         Command::Read { .. } => Err("give --dir or --server".into()),
         Command::Serve(args) => serve(&args),
         Command::Status { server, json } => status(server, json),
+        Command::Promote { server, to, force } => match tern::cluster::promote(server, to, force) {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e.into()),
+        },
         Command::Verify { dir } => verify(&dir),
         Command::Dump { dir, log } => dump(&dir, log.as_deref()),
         Command::Repair { dir, log, journal } => repair(&dir, log.as_deref(), journal),

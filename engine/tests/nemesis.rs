@@ -152,7 +152,7 @@ fn client_loop(n: u64, addrs: Vec<SocketAddr>, stop: Arc<AtomicBool>, history: A
             Err(e) => {
                 let text = e.to_string();
                 // A follower refuses before writing anything: not in doubt.
-                if text.contains("is a follower") || text.contains("not the leader") {
+                if text.contains("is a follower") || text.contains("not the leader") || text.starts_with("moved:") {
                     history.lock().unwrap().sent.remove(&value);
                 } else {
                     history.lock().unwrap().in_doubt.push(value);

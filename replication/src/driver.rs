@@ -621,6 +621,9 @@ struct Shared {
     /// Follower: per log, how often it was reopened after its disk failed, and why the last
     /// attempt to reopen it failed (while it still does).
     disk_faults: Mutex<BTreeMap<String, (u64, Option<String>)>>,
+    /// Leader: handing over; client appends are refused with this reason (see
+    /// [`Server::drain`]).
+    draining: Mutex<Option<String>>,
 }
 
 /// Where one log stands on a fenced node: its part of an election's report.
@@ -746,6 +749,7 @@ impl Server {
             leader_conns: Mutex::new(BTreeMap::new()),
             next_leader_conn: std::sync::atomic::AtomicU64::new(0),
             disk_faults: Mutex::new(BTreeMap::new()),
+            draining: Mutex::new(None),
             let_go: Mutex::new(std::collections::BTreeSet::new()),
         });
         for name in shared.logs.names() {
@@ -856,6 +860,47 @@ impl Server {
         Ok(reports)
     }
 
+    /// Leader, handing over to `target`: from now on client appends are refused with a
+    /// retryable reason naming `target`, and this waits (up to `timeout`) until `target` has
+    /// synced every record of every log that this node has written, so that it can take over
+    /// with exactly this log. Shipping goes on meanwhile. Returns how long the wait took.
+    ///
+    /// # Errors
+    /// This node does not lead, `target` is not one of its peers, or `timeout` passed first
+    /// (appends stay refused: the handover goes on or the node is fenced).
+    pub fn drain(&self, target: NodeId, timeout: Duration) -> io::Result<Duration> {
+        let shared = &self.shared;
+        if shared.config.role != Role::Leader {
+            return Err(io::Error::other("only a leader hands over"));
+        }
+        if !shared.config.peers.iter().any(|(id, _)| *id == target) {
+            return Err(io::Error::other(format!("node {target} is not a follower of this node")));
+        }
+        let me = shared.config.node_id;
+        *shared.draining.lock() =
+            Some(format!("moved: node {me} is handing its logs over to node {target}; retry there (not written here)"));
+        let started = Instant::now();
+        loop {
+            let behind = shared.all_slots().iter().any(|slot| {
+                let core = slot.lock();
+                let written = slot.log.written_end();
+                core.leader
+                    .as_ref()
+                    .is_some_and(|l| l.peer_state(target).is_none_or(|(_, durable, _)| durable < written))
+            });
+            if !behind {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() >= timeout {
+                return Err(io::Error::other(format!(
+                    "node {target} did not catch up within {} ms",
+                    timeout.as_millis()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// The fence of this node: nothing of an older epoch is taken (0: none).
     pub fn fence_epoch(&self) -> u64 {
         self.shared.node_state.lock().fence_epoch
@@ -893,7 +938,14 @@ impl Server {
         if let Some(why) = slot.lock().leader.as_ref().and_then(|l| stop_reason(log, shared.config.node_id, l)) {
             return Err(io::Error::other(why));
         }
-        let offsets = slot.log.append(records, tern_wal::Durability::None).map_err(io::Error::other)?;
+        let offsets = {
+            // Held while writing, as the client loop does (see `Server::drain`).
+            let draining = shared.draining.lock();
+            if let Some(reason) = draining.as_ref() {
+                return Err(io::Error::other(reason.clone()));
+            }
+            slot.log.append(records, tern_wal::Durability::None).map_err(io::Error::other)?
+        };
         if acks != Acks::Written {
             shared.want_sync(&slot);
         }

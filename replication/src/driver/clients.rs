@@ -629,6 +629,9 @@ fn handle(
             if shared.config.role != Role::Leader {
                 return conn.replies.fill(seq, &Message::Refuse { reason: shared.follower_refusal() });
             }
+            if let Some(reason) = shared.draining.lock().clone() {
+                return conn.replies.fill(seq, &Message::Refuse { reason });
+            }
             let slot = match shared.log_state(&log) {
                 Ok(slot) => slot,
                 Err(reason) => return conn.replies.fill(seq, &Message::Refuse { reason }),
@@ -711,6 +714,17 @@ impl Batch {
     /// each still gets its own offsets, and a batch is atomic, so each append's records are
     /// still all there after a crash or none.
     fn write(&mut self, shared: &Arc<Shared>) {
+        // Held while writing: a handover (`Server::drain`) sets its reason only between two
+        // writes, so nothing is written after it saw the target catch up.
+        let draining = shared.draining.lock();
+        if let Some(reason) = draining.as_ref() {
+            for (_, list) in self.logs.drain(..) {
+                for p in list {
+                    p.replies.fill(p.seq, &Message::Refuse { reason: reason.clone() });
+                }
+            }
+            return;
+        }
         for (slot, list) in self.logs.drain(..) {
             let mut written = Vec::with_capacity(list.len());
             let mut list = list.into_iter().peekable();

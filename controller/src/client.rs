@@ -1,0 +1,116 @@
+//! A blocking client of the controller for tools (`tern promote`, `tern status`): one request,
+//! one response, following the redirect to the controller's leader when a member names it.
+
+use std::io;
+use std::time::Duration;
+
+use crate::map::{ClusterMap, Command, Reply};
+use crate::network::{call, CallError};
+use crate::rpc::{LogReport, Request, Response, ServeError};
+
+/// Talks to controller members from a thread outside any async runtime.
+#[derive(Debug)]
+pub struct ControllerClient {
+    runtime: tokio::runtime::Runtime,
+    timeout: Duration,
+}
+
+fn io_error(e: CallError) -> io::Error {
+    match e {
+        CallError::Unreachable(e) | CallError::Network(e) => e,
+    }
+}
+
+fn served<T>(result: Result<T, ServeError>) -> io::Result<Result<T, Option<String>>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(ServeError::NotLeader { addr, .. }) => Ok(Err(addr)),
+        Err(ServeError::Busy(why) | ServeError::Failed(why)) => Err(io::Error::other(why)),
+    }
+}
+
+impl ControllerClient {
+    /// A client whose every request gives up after `timeout`.
+    ///
+    /// # Errors
+    /// The runtime cannot start.
+    pub fn new(timeout: Duration) -> io::Result<ControllerClient> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(ControllerClient { runtime, timeout })
+    }
+
+    fn request(&self, addr: &str, request: &Request) -> io::Result<Response> {
+        self.runtime
+            .block_on(call(&mut None, addr, request, self.timeout))
+            .map_err(|e| io::Error::other(format!("controller member at {addr}: {}", io_error(e))))
+    }
+
+    /// The cluster map, read at the controller's leader (asked at `addr`, then at the leader
+    /// it names).
+    ///
+    /// # Errors
+    /// No answer, or no leader known.
+    pub fn read_map(&self, addr: &str) -> io::Result<ClusterMap> {
+        let mut at = addr.to_owned();
+        for _ in 0..3 {
+            match self.request(&at, &Request::ReadMap)? {
+                Response::ReadMap(result) => match served(result)? {
+                    Ok(map) => return Ok(map),
+                    Err(Some(leader)) => at = leader,
+                    Err(None) => return Err(io::Error::other("the controller has no leader now")),
+                },
+                _ => return Err(io::Error::other("a response of another kind")),
+            }
+        }
+        Err(io::Error::other("redirected too often"))
+    }
+
+    /// Applies `command` to the map at the controller's leader.
+    ///
+    /// # Errors
+    /// As [`ControllerClient::read_map`].
+    pub fn propose(&self, addr: &str, command: Command) -> io::Result<Reply> {
+        let mut at = addr.to_owned();
+        for _ in 0..3 {
+            match self.request(&at, &Request::Propose(command.clone()))? {
+                Response::Propose(result) => match served(result)? {
+                    Ok(reply) => return Ok(reply),
+                    Err(Some(leader)) => at = leader,
+                    Err(None) => return Err(io::Error::other("the controller has no leader now")),
+                },
+                _ => return Err(io::Error::other("a response of another kind")),
+            }
+        }
+        Err(io::Error::other("redirected too often"))
+    }
+
+    /// Fences the data node beside the member at `addr` at `epoch` and returns its reports.
+    ///
+    /// # Errors
+    /// No answer, or the node's refusal.
+    pub fn fence(&self, addr: &str, epoch: u64) -> io::Result<Vec<LogReport>> {
+        match self.request(addr, &Request::Fence { epoch })? {
+            Response::Fence(result) => match served(result)? {
+                Ok(reports) => Ok(reports),
+                Err(_) => Err(io::Error::other("refused")),
+            },
+            _ => Err(io::Error::other("a response of another kind")),
+        }
+    }
+
+    /// Asks the data leader beside the member at `addr` to hand over to `target` (stop taking
+    /// appends, wait until `target` holds every record); returns the wait in milliseconds.
+    ///
+    /// # Errors
+    /// No answer, or the node's refusal.
+    pub fn drain(&self, addr: &str, target: tern_replication::message::NodeId, timeout: Duration) -> io::Result<u64> {
+        let request = Request::Drain { target, timeout_ms: timeout.as_millis() as u64 };
+        match self.request(addr, &request)? {
+            Response::Drain(result) => match served(result)? {
+                Ok(ms) => Ok(ms),
+                Err(_) => Err(io::Error::other("refused")),
+            },
+            _ => Err(io::Error::other("a response of another kind")),
+        }
+    }
+}
