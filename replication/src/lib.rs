@@ -5,6 +5,8 @@
 //! - [`message`]: the protocol's messages as values.
 //! - [`codec`]: their wire format (PROTOCOL.md), with every length bounded before use.
 //! - [`proto`]: the protocol core, a state machine without I/O: inputs in, actions out.
+//! - [`producers`]: what a leader remembers of each idempotent producer of a log, so that a
+//!   batch sent again is answered with its first offsets instead of being written twice.
 //! - [`slots`]: the replication slots file, what a leader knows of each peer on each log,
 //!   kept across restarts.
 //! - [`node_state`]: the node state file: the cluster a node belongs to and, on a follower,
@@ -17,6 +19,7 @@ pub mod codec;
 pub mod driver;
 pub mod message;
 pub mod node_state;
+pub mod producers;
 pub mod proto;
 pub mod sim;
 pub mod slots;
