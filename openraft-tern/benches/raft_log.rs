@@ -260,4 +260,3 @@ fn raft_client_write(c: &mut Criterion) {
 
 criterion_group!(benches, raft_log_append, raft_client_write);
 criterion_main!(benches);
-
