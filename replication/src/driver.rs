@@ -1614,7 +1614,9 @@ fn recover_producers(log: &Log) -> (Producers, Scanned) {
     let from = tail_offset(log, PRODUCER_SCAN_BYTES_MAX);
     let mut scanned = Scanned { from, ..Scanned::default() };
     let mut next = from;
-    while next < end && scanned.bytes <= PRODUCER_SCAN_BYTES_MAX {
+    // `from` bounds what is read; the end is never cut short, since the last batches are the
+    // ones most likely to be sent again.
+    while next < end {
         let batches = match log.read_batches(next, 4 << 20, Visibility::Written) {
             Ok(batches) => batches,
             Err(e) => {

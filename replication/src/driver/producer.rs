@@ -8,7 +8,8 @@
 //! refusal that says the node does not lead (a follower) or could not finish (stopping, no
 //! quorum in time), the producer connects again (to the same node first, then to the others in
 //! turn, with a backoff from 20 ms doubling to 1 s per round) and sends every batch not yet
-//! acknowledged, in order, with the same producer id and sequences.
+//! acknowledged, in order, with the same producer id and sequences. A reply that does not come
+//! within a third of [`ProducerConfig::give_up_after`] counts as a failure of that node.
 //!
 //! It gives up when no batch was acknowledged for [`ProducerConfig::give_up_after`] while
 //! some wait ([`GaveUp`]): the error names the node it lost and lists the batches in doubt
@@ -56,7 +57,9 @@ pub struct ProducerConfig {
     /// Batches sent and not yet acknowledged at most (1 ..= [`PRODUCER_BATCHES_IN_FLIGHT_MAX`]).
     pub in_flight_max: usize,
     /// How long the producer keeps trying while no batch is acknowledged, before it gives up
-    /// (default 10 s). It is also the longest one reply is waited for.
+    /// (default 10 s). A reply is waited for at most a third of it: a node that stays silent
+    /// that long is left for the next one, and a batch it was slow to acknowledge (a quorum
+    /// append) is sent again and answered from where the leader first wrote it.
     pub give_up_after: Duration,
 }
 
@@ -512,5 +515,49 @@ impl Producer {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::producers::{Check, Producers};
+
+    #[test]
+    fn refusals_that_leave_a_batch_safe_to_send_again_are_told_apart() {
+        let retriable = [
+            super::super::not_leader_reason("orders", 1, 4),
+            format!(
+                "{NOT_LEADER_PREFIX}node 2 is a follower of node 1 (which connected from 127.0.0.1); append to node 1"
+            ),
+            format!("offsets 3..5 are on the leader's disk only: {}", super::super::not_leader_reason("orders", 1, 4)),
+            "offsets 3..5 are on the leader's disk but not yet on a quorum; the node is stopping".into(),
+            "offsets 3..5 are not yet synced on the leader: refusing".into(),
+            "log orders: 300 bytes are not yet on a quorum (the bound is 256); try again later".into(),
+        ];
+        for reason in &retriable {
+            assert!(refusal_is_retriable(reason), "{reason}");
+        }
+        let mut producers = Producers::default();
+        for sequence in 0..6 {
+            producers.record(1, sequence, sequence..sequence + 1);
+        }
+        let Check::Refused(too_old) = producers.check(1, 0, 1) else { panic!("sequence 0 is past the window") };
+        let Check::Refused(reused) = producers.check(1, 5, 2) else { panic!("5 was written with 1 record") };
+        for reason in [too_old, reused, "record of 99 bytes exceeds the 10-byte limit".into()] {
+            assert!(!refusal_is_retriable(&reason), "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_producer_needs_an_address_a_producer_id_and_a_window_the_leader_remembers() {
+        let config = ProducerConfig::new(vec!["127.0.0.1:1".parse().unwrap()], "orders");
+        assert_ne!(config.producer_id, 0);
+        assert!(Producer::new(config.clone()).is_ok());
+        assert!(Producer::new(ProducerConfig { addrs: vec![], ..config.clone() }).is_err());
+        assert!(Producer::new(ProducerConfig { producer_id: 0, ..config.clone() }).is_err());
+        assert!(Producer::new(ProducerConfig { in_flight_max: 0, ..config.clone() }).is_err());
+        let over = PRODUCER_BATCHES_IN_FLIGHT_MAX + 1;
+        assert!(Producer::new(ProducerConfig { in_flight_max: over, ..config }).is_err());
     }
 }
