@@ -241,6 +241,34 @@ fn a_batch_sent_again_after_the_leader_restarts_is_still_stored_once() {
     node.wait().unwrap();
 }
 
+/// The rebuild at start reads only the log's tail (`PRODUCER_SCAN_BYTES_MAX`): a producer whose
+/// batch lies before it is forgotten (its batch sent again is taken as new), one in it is not.
+#[test]
+fn a_restarted_leader_remembers_the_producers_of_the_logs_tail_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = common::free_addr();
+    let leader = lone_leader(dir.path(), addr);
+    let mut client = Client::connect(addr).unwrap();
+    let early = client.append_idempotent(LOG, records("early", 1), Acks::Leader, 1, 0).unwrap();
+    // More than the scanned tail after it, in batches of 4 MiB.
+    let filler = Bytes::from(vec![b'f'; 1 << 20]);
+    let batches = tern_replication::driver::PRODUCER_SCAN_BYTES_MAX.div_ceil(4 << 20) + 2;
+    for _ in 0..batches {
+        client.append_acks(LOG, vec![filler.clone(); 4], Acks::Written).unwrap();
+    }
+    let late = client.append_idempotent(LOG, records("late", 1), Acks::Leader, 2, 0).unwrap();
+    leader.stop();
+    let leader = lone_leader(dir.path(), addr);
+    let mut client = Client::connect(addr).unwrap();
+    let again = client.append_idempotent(LOG, records("late", 1), Acks::Leader, 2, 0).unwrap();
+    assert_eq!((again.start, again.end), (late.start, late.end), "a producer in the tail is remembered");
+    let again = client.append_idempotent(LOG, records("early", 1), Acks::Leader, 1, 0).unwrap();
+    assert_eq!(again.start, late.end, "a producer before the tail is forgotten: its batch is new");
+    assert_ne!(again.start, early.start);
+    assert_eq!(common::log_metrics(&leader, LOG).producers, 2);
+    leader.stop();
+}
+
 // ---------------------------------------------------------------------------------------------
 // The producer: cut connections, a follower first, every node lost
 
