@@ -394,7 +394,7 @@ fn tern_append_that_loses_every_node_exits_naming_the_batches_in_doubt() {
     let args: Vec<String> = ["--server", &format!("{},{nowhere}", proxy.addr), "--log", LOG]
         .into_iter()
         .map(String::from)
-        .chain(["--acks", "leader", "--give-up-after-ms", "1500", "--producer-id", "4242"].map(String::from))
+        .chain(["--acks", "leader", "--give-up-after-ms", "3000", "--producer-id", "4242"].map(String::from))
         .collect();
     let mut append = Append::start(&args);
     // One line at a time, each acknowledged: batches 0, 1 and 2.
