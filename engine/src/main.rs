@@ -837,6 +837,13 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
                 records as f64 / syncs as f64
             );
         }
+        let producers = n(&log["producers"]);
+        if producers > 0 {
+            println!(
+                "  idempotent producers remembered: {producers}; batches sent again and stored once: {}",
+                n(&log["duplicate_batches"])
+            );
+        }
         let peers: Vec<&serde_json::Value> = log["peers"].as_array().into_iter().flatten().collect();
         if !peers.is_empty() {
             println!(
