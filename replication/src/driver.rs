@@ -526,23 +526,26 @@ fn leader_commit(core: &Core) -> u64 {
     core.leader.as_ref().map_or(0, Leader::commit_end)
 }
 
-/// How the reason of every refusal that means "this node does not take appends, another may"
-/// begins (a follower, or a leader a later epoch took over from): a client moves on to the
-/// next node it knows (PROTOCOL.md "Client messages").
+/// What the reason of every refusal that means "this node does not take appends, another may"
+/// holds (a follower's, or a leader's that a later epoch took over from, at the start or after
+/// the offsets a batch was written at): a client moves on to the next node it knows
+/// (PROTOCOL.md "Client messages").
 pub const NOT_LEADER_PREFIX: &str = "not the leader: ";
 
 /// Whether a refusal of an append says that sending the same batch again, here or to another
-/// node, may succeed: this node does not lead the log ([`NOT_LEADER_PREFIX`]), it is
-/// stopping, or the batch is written but did not reach the durability asked in time. Sent
-/// again with its producer id and sequence, such a batch is not written twice. Any other
-/// refusal (a record too large, a bad log name, a sequence the leader no longer remembers)
-/// fails the same way every time.
+/// node, may succeed: this node does not lead the log ([`NOT_LEADER_PREFIX`]), it is stopping
+/// or has no room for another connection now, or the batch is written but did not reach the
+/// durability asked in time. Sent again with its producer id and sequence, such a batch is not
+/// written twice. Any other refusal (a record too large, a bad log name, a sequence the leader
+/// no longer remembers) fails the same way every time.
 pub fn refusal_is_retriable(reason: &str) -> bool {
     reason.contains(NOT_LEADER_PREFIX)
         || reason.contains(STOPPING_REASON)
         || reason.contains(NOT_ON_QUORUM_REASON)
         || reason.contains(NOT_SYNCED_REASON)
         || reason.contains(QUORUM_LAG_REASON)
+        || reason == TOO_MANY_CONNECTIONS_REASON
+        || reason == TOO_MANY_CLIENTS_REASON
 }
 
 /// The words of the refusals [`refusal_is_retriable`] looks for: one home for each.
@@ -550,6 +553,8 @@ const STOPPING_REASON: &str = "the node is stopping";
 const NOT_ON_QUORUM_REASON: &str = "but not yet on a quorum";
 const NOT_SYNCED_REASON: &str = "are not yet synced on the leader";
 const QUORUM_LAG_REASON: &str = "bytes are not yet on a quorum (the bound is";
+const TOO_MANY_CONNECTIONS_REASON: &str = "too many connections";
+const TOO_MANY_CLIENTS_REASON: &str = "too many client connections";
 
 /// Why a node refuses appends to a log it led until a peer showed a later epoch.
 pub(crate) fn not_leader_reason(log: &str, node: NodeId, epoch: u64) -> String {
@@ -1234,7 +1239,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         {
             shared.connections.fetch_sub(1, Ordering::SeqCst);
             let mut stream = stream;
-            let _ = write_msg(&mut stream, &Message::Refuse { reason: "too many connections".into() });
+            let _ = write_msg(&mut stream, &Message::Refuse { reason: TOO_MANY_CONNECTIONS_REASON.into() });
             continue;
         }
         // Counts the connection, and keeps it where a stop can close it, until its thread

@@ -380,8 +380,9 @@ pub(super) fn serve_client(
     let client = Counted { count: shared.clients_open.clone(), _registered: None };
     if shared.clients_open.fetch_add(1, Ordering::SeqCst) >= shared.config.connections_max {
         drop(client);
-        let _ = super::write_msg(&mut stream, &Message::Refuse { reason: "too many client connections".into() });
-        return Err(io::Error::other("too many client connections"));
+        let reason = super::TOO_MANY_CLIENTS_REASON;
+        let _ = super::write_msg(&mut stream, &Message::Refuse { reason: reason.into() });
+        return Err(io::Error::other(reason));
     }
     let replies = Arc::new(ClientConn::new(stream.try_clone()?));
     let token = shared.clients.next_token.fetch_add(1, Ordering::Relaxed);

@@ -534,6 +534,8 @@ mod tests {
             "offsets 3..5 are on the leader's disk but not yet on a quorum; the node is stopping".into(),
             "offsets 3..5 are not yet synced on the leader: refusing".into(),
             "log orders: 300 bytes are not yet on a quorum (the bound is 256); try again later".into(),
+            "too many connections".into(),
+            "too many client connections".into(),
         ];
         for reason in &retriable {
             assert!(refusal_is_retriable(reason), "{reason}");
