@@ -117,13 +117,23 @@ enum Command {
         /// Engine directory (created if missing), for a local append.
         #[arg(long, conflicts_with = "server", required_unless_present = "server")]
         dir: Option<PathBuf>,
-        /// Address of a `tern serve` leader, for an append over the network.
-        #[arg(long)]
-        server: Option<SocketAddr>,
+        /// Addresses of `tern serve` nodes (HOST:PORT,HOST:PORT,..), for an append over the
+        /// network: the first is tried first; a follower refuses and the next is tried; after
+        /// a failure every unacknowledged batch is sent again, and stored once.
+        #[arg(long, value_parser = parse_servers)]
+        server: Option<Servers>,
         /// Over the network: acknowledge once written on the leader, synced on the leader, or
         /// synced on a quorum. The receipt of the last batch is printed on stderr.
         #[arg(long, value_enum, default_value = "quorum")]
         acks: AcksArg,
+        /// Over the network: the producer id the batches carry (not 0), so that the leader
+        /// stores each batch once however often it is sent. Default: a random one.
+        #[arg(long, requires = "server", value_parser = clap::value_parser!(u64).range(1..))]
+        producer_id: Option<u64>,
+        /// Over the network: give up when no batch was acknowledged for this long while some
+        /// wait (every node unreachable, refusing or silent), naming the batches in doubt.
+        #[arg(long, requires = "server", default_value_t = 10_000)]
+        give_up_after_ms: u64,
         /// Log name.
         #[arg(long)]
         log: String,
@@ -222,7 +232,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Append { dir: Some(dir), log, durability, .. } => append(&dir, &log, durability),
-        Command::Append { server: Some(server), log, acks, .. } => remote_append(server, &log, acks),
+        Command::Append { server: Some(servers), log, acks, producer_id, give_up_after_ms, .. } => {
+            let give_up_after = std::time::Duration::from_millis(give_up_after_ms);
+            remote_append(servers.0, &log, acks, producer_id, give_up_after)
+        }
         Command::Append { .. } => Err("give --dir or --server".into()),
         Command::Read { dir: Some(dir), log, from, max, .. } => read(&dir, &log, from, max),
         Command::Read { server: Some(server), log, from, max, follow, uncommitted, .. } => {
@@ -571,47 +584,204 @@ fn repair(dir: &Path, name: Option<&str>, journal: bool) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn remote_append(server: SocketAddr, name: &str, acks: AcksArg) -> CliResult {
+/// The addresses of `--server A,B,C`.
+#[derive(Debug, Clone)]
+struct Servers(Vec<SocketAddr>);
+
+/// Parses `--server` (`HOST:PORT,HOST:PORT`): each resolved to its first address; one given
+/// twice is refused (it would be tried twice in a row).
+fn parse_servers(text: &str) -> Result<Servers, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for item in text.split(',').map(str::trim) {
+        if item.is_empty() {
+            return Err(format!("{text:?} has an empty address; give HOST:PORT,HOST:PORT"));
+        }
+        let addr = item
+            .to_socket_addrs()
+            .map_err(|e| format!("{item:?} is not HOST:PORT: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{item:?} resolves to no address"))?;
+        if addrs.contains(&addr) {
+            return Err(format!("{item} is named twice"));
+        }
+        addrs.push(addr);
+    }
+    Ok(Servers(addrs))
+}
+
+/// Records (lines) given to the producer, by line number: with one record per line, the
+/// record at index `i` is line `i + 1`.
+fn line_range(first_record: u64, record_count: u64) -> String {
+    match record_count {
+        0 => "no lines".into(),
+        1 => format!("line {}", first_record + 1),
+        n => format!("lines {}..={}", first_record + 1, first_record + n),
+    }
+}
+
+/// What a producer that gave up leaves: the batches in doubt (sent, not acknowledged: each
+/// may or may not be stored) and those never sent (not stored), by sequence and line.
+fn in_doubt_report(
+    gave_up: &tern_replication::driver::GaveUp,
+    acked_end: u64,
+    lines_read: u64,
+    input_ended: bool,
+) -> String {
+    let mut report = String::new();
+    let sent: Vec<String> = gave_up
+        .in_doubt
+        .iter()
+        .filter(|b| b.sent)
+        .map(|b| format!("sequence {} ({})", b.sequence, line_range(b.first_record, b.record_count)))
+        .collect();
+    // Batches are sent in order: what follows the last one sent was never sent.
+    let sent_end = gave_up.in_doubt.iter().filter(|b| b.sent).map(|b| b.first_record + b.record_count).max();
+    if sent.is_empty() {
+        report.push_str("no batch is in doubt");
+    } else {
+        report.push_str(&format!(
+            "in doubt (sent, not acknowledged: each may or may not be stored; sent again with producer id {} and \
+             the same sequence while the leader remembers it, it is stored once): {}",
+            gave_up.producer_id,
+            sent.join(", ")
+        ));
+    }
+    let unsent_from = sent_end.unwrap_or(acked_end).max(acked_end);
+    if unsent_from < lines_read || !input_ended {
+        // Lines still on their way from stdin were read by this process but never sent.
+        report.push_str(&format!("; not stored (never sent): line {} and every line after it", unsent_from + 1));
+    }
+    report
+}
+
+fn remote_append(
+    servers: Vec<SocketAddr>,
+    name: &str,
+    acks: AcksArg,
+    producer_id: Option<u64>,
+    give_up_after: std::time::Duration,
+) -> CliResult {
+    use tern_replication::driver::{Acked, Producer, ProducerConfig};
     tern::validate_log_name(name)?;
-    let mut client = tern_replication::driver::Client::connect(server)?;
-    let acks = match acks {
+    let mut config = ProducerConfig::new(servers, name);
+    config.acks = match acks {
         AcksArg::Written => tern_replication::message::Acks::Written,
         AcksArg::Leader => tern_replication::message::Acks::Leader,
         AcksArg::Quorum => tern_replication::message::Acks::Quorum,
     };
-    let mut last_receipt = None;
+    if let Some(id) = producer_id {
+        config.producer_id = id;
+    }
+    config.give_up_after = give_up_after;
+    let mut producer = Producer::new(config)?;
+    // As before several addresses were taken: an unreachable node is reported before any
+    // input is read.
+    producer.connect()?;
     let limit = tern::Config::default().record_bytes_max;
     let (tx, rx) = mpsc::sync_channel::<Line>(4096);
     std::thread::spawn(move || read_lines(limit, &tx));
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    while let Ok(first) = rx.recv() {
+    let mut last_receipt = None;
+    // One past the last line acknowledged (as a record count).
+    let mut acked_end = 0u64;
+    let mut print = |acked: Vec<Acked>, out: &mut std::io::StdoutLock<'_>| -> std::io::Result<()> {
+        for a in &acked {
+            acked_end = a.first_record + (a.receipt.end - a.receipt.start);
+            for offset in a.receipt.start..a.receipt.end {
+                writeln!(out, "{offset}")?;
+            }
+            last_receipt = Some(a.receipt);
+        }
+        if !acked.is_empty() {
+            out.flush()?;
+        }
+        Ok(())
+    };
+    let batch_bytes_max: usize = 4 << 20;
+    // Records given to the producer: the next line's number is this plus one.
+    let mut lines_read = 0u64;
+    let mut failed = None;
+    let mut input_ended = false;
+    let gave_up = 'input: loop {
+        // Block for the first line only when nothing waits for an acknowledgement; otherwise
+        // take an acknowledgement while no line is there, so offsets are printed as they come.
+        let first = if producer.in_flight() == 0 {
+            match rx.recv() {
+                Ok(line) => line,
+                Err(_) => {
+                    input_ended = true;
+                    break 'input None;
+                }
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(line) => line,
+                Err(mpsc::TryRecvError::Empty) => match producer.wait_one() {
+                    Ok(acked) => {
+                        print(acked, &mut out)?;
+                        continue;
+                    }
+                    Err(e) => break 'input Some(e),
+                },
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    input_ended = true;
+                    break 'input None;
+                }
+            }
+        };
         let mut batch: Vec<bytes::Bytes> = Vec::new();
+        let mut bytes = 0usize;
         let mut next = Some(first);
-        let mut failed = None;
         while let Some(line) = next.take() {
             match line {
-                Line::Record(record) => batch.push(record.into()),
-                Line::TooLong { line } => failed = Some(format!("line {line} is longer than the maximum record size")),
+                Line::Record(record) => {
+                    bytes += record.len();
+                    batch.push(record.into());
+                }
+                Line::TooLong { line } => {
+                    failed = Some(format!("line {line} is longer than the maximum record size of {limit} bytes"))
+                }
                 Line::Failed(e) => failed = Some(format!("reading stdin: {e}")),
             }
-            if failed.is_some() || batch.len() >= 4096 {
+            if failed.is_some() || batch.len() >= 4096 || bytes >= batch_bytes_max {
                 break;
             }
             next = rx.try_recv().ok();
         }
         if !batch.is_empty() {
-            let receipt = client.append_acks(name, batch, acks)?;
-            let (start, end) = (receipt.start, receipt.end);
-            last_receipt = Some(receipt);
-            for offset in start..end {
-                writeln!(out, "{offset}")?;
+            let count = batch.len() as u64;
+            match producer.send(batch) {
+                Ok(acked) => print(acked, &mut out)?,
+                Err(e) => {
+                    // Not taken by the producer: these lines count as never sent.
+                    lines_read += count;
+                    break 'input Some(e);
+                }
             }
-            out.flush()?;
+            lines_read += count;
         }
-        if let Some(e) = failed {
-            return Err(e.into());
+        if failed.is_some() {
+            break 'input None;
         }
+    };
+    let gave_up = match gave_up {
+        Some(e) => Some(e),
+        None => match producer.flush() {
+            Ok(acked) => {
+                print(acked, &mut out)?;
+                None
+            }
+            Err(e) => Some(e),
+        },
+    };
+    if let Some(e) = gave_up {
+        eprintln!("tern append: {}", in_doubt_report(&e, acked_end, lines_read, input_ended));
+        return Err(e.into());
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     if let Some(receipt) = last_receipt {
         eprintln!("tern append: offsets up to {} acknowledged: {receipt}", receipt.end);
@@ -715,6 +885,13 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
                 n(&log["chunks_applied"]),
                 n(&log["bytes_applied"]),
                 records as f64 / syncs as f64
+            );
+        }
+        let producers = n(&log["producers"]);
+        if producers > 0 {
+            println!(
+                "  idempotent producers remembered: {producers}; batches sent again and stored once: {}",
+                n(&log["duplicate_batches"])
             );
         }
         let peers: Vec<&serde_json::Value> = log["peers"].as_array().into_iter().flatten().collect();

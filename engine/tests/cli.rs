@@ -59,7 +59,7 @@ fn bad_input_gets_a_short_error_and_no_panic() {
             "--peers",
             "2=nowhere",
         ],
-        vec!["append", "--server", "127.0.0.1:1", "--log", "a"],
+        vec!["append", "--server", "127.0.0.1:1", "--log", "a", "--give-up-after-ms", "300"],
         vec!["status", "--server", "127.0.0.1:1"],
     ] {
         assert_clean_failure(&tern(&args));

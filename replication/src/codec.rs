@@ -77,6 +77,7 @@ const TYPE_CLIENT_READ: u8 = 18;
 const TYPE_CLIENT_RECORDS: u8 = 19;
 const TYPE_CLIENT_STATUS: u8 = 20;
 const TYPE_CLIENT_STATUS_REPLY: u8 = 21;
+const TYPE_CLIENT_APPEND_IDEMPOTENT: u8 = 22;
 
 /// Most records in one client message.
 pub const CLIENT_RECORDS_MAX: u32 = 1 << 20;
@@ -84,10 +85,13 @@ pub const CLIENT_RECORDS_MAX: u32 = 1 << 20;
 pub const CLIENT_RECORD_BYTES_MAX: usize = frame::FRAME_BODY_BYTES_MAX as usize;
 /// Longest status document.
 pub const STATUS_BYTES_MAX: usize = 1 << 20;
+/// The largest client message: a `ClientAppendIdempotent` of the most records (its header,
+/// `acks u8 | producer_id u64 | sequence u64`, is larger than a `ClientRecords` header).
 const CLIENT_BYTES_MAX: usize = ENVELOPE_PREFIX_BYTES
     + 1
     + STRING_LEN_BYTES
     + LOG_NAME_BYTES_MAX
+    + 1
     + 16
     + 4
     + CLIENT_RECORDS_MAX as usize * 4
@@ -257,6 +261,16 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             out.push(TYPE_CLIENT_APPEND);
             put_log_name(out, log);
             out.push(acks.as_u8());
+            put_records(out, records);
+        }
+        Message::ClientAppendIdempotent { log, acks, producer_id, sequence, records } => {
+            // The decoder refuses producer 0, which a batch header reads as "no producer".
+            assert!(*producer_id != 0, "ClientAppendIdempotent with producer id 0");
+            out.push(TYPE_CLIENT_APPEND_IDEMPOTENT);
+            put_log_name(out, log);
+            out.push(acks.as_u8());
+            put_u64(out, *producer_id);
+            put_u64(out, *sequence);
             put_records(out, records);
         }
         Message::ClientAppended { start, end, durability, copies, nodes } => {
@@ -547,6 +561,17 @@ pub fn decode(buf: &Bytes) -> Result<Option<(Message, usize)>, CodecError> {
             let log = reader.log_name()?;
             let acks = reader.acks()?;
             Message::ClientAppend { log, acks, records: reader.records()? }
+        }
+        TYPE_CLIENT_APPEND_IDEMPOTENT => {
+            let log = reader.log_name()?;
+            let acks = reader.acks()?;
+            let producer_pos = reader.pos();
+            let producer_id = reader.u64()?;
+            if producer_id == 0 {
+                return Err(corrupt(producer_pos, CorruptReason::Field("producer id 0")));
+            }
+            let sequence = reader.u64()?;
+            Message::ClientAppendIdempotent { log, acks, producer_id, sequence, records: reader.records()? }
         }
         TYPE_CLIENT_APPENDED => {
             let (start, end, durability) = (reader.u64()?, reader.u64()?, reader.acks()?);
@@ -1022,6 +1047,20 @@ mod tests {
             Message::ClientRecords { start: 9, commit_end: 12, records: vec![Bytes::from_static(b"x"); 3] },
             Message::ClientStatus,
             Message::ClientStatusReply { json: "{\"node\":1}".into() },
+            Message::ClientAppendIdempotent {
+                log: "orders".into(),
+                acks: Acks::Quorum,
+                producer_id: u64::MAX,
+                sequence: 0,
+                records: vec![Bytes::from_static(b"a"), Bytes::new()],
+            },
+            Message::ClientAppendIdempotent {
+                log: "o".into(),
+                acks: Acks::Written,
+                producer_id: 1,
+                sequence: u64::MAX,
+                records: vec![],
+            },
             Message::Hello {
                 cluster_id: 0xC1,
                 node_id: 2,
@@ -1178,6 +1217,39 @@ mod tests {
         assert_eq!(decoded(&over), Err(corrupt(at, CorruptReason::Field("read wait over 30 s"))));
         let most = with_wait(CLIENT_READ_WAIT_MS_MAX);
         assert_eq!(decoded(&most), Ok(Some((read(CLIENT_READ_WAIT_MS_MAX), most.len()))));
+    }
+
+    #[test]
+    fn an_idempotent_append_is_laid_out_as_documented_and_refuses_producer_0() {
+        let msg = Message::ClientAppendIdempotent {
+            log: "ab".into(),
+            acks: Acks::Leader,
+            producer_id: 0x0102_0304_0506_0708,
+            sequence: 9,
+            records: vec![Bytes::from_static(b"xyz")],
+        };
+        let out = encoded(&msg);
+        // PROTOCOL.md "Client messages": log | acks | producer_id | sequence | records.
+        let mut payload = vec![2, 0, b'a', b'b', 1];
+        payload.extend_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+        payload.extend_from_slice(&9u64.to_le_bytes());
+        payload.extend_from_slice(&[1, 0, 0, 0, 3, 0, 0, 0, b'x', b'y', b'z']);
+        assert_eq!(out, frame_of(TYPE_CLIENT_APPEND_IDEMPOTENT, &payload));
+        let producer_at = ENVELOPE_PREFIX_BYTES + 1 + 4 + 1;
+        let mut zero = out.clone();
+        zero[producer_at..producer_at + 8].fill(0);
+        assert_eq!(decoded(&resealed(zero)), Err(corrupt(producer_at, CorruptReason::Field("producer id 0"))));
+        // A record count the frame cannot hold is refused before anything is allocated.
+        let count_at = producer_at + 16;
+        let mut lying = out.clone();
+        lying[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decoded(&resealed(lying)), Err(corrupt(count_at, CorruptReason::Field("record count"))));
+        let mut bad_acks = out;
+        bad_acks[producer_at - 1] = 3;
+        assert_eq!(
+            decoded(&resealed(bad_acks)),
+            Err(corrupt(producer_at - 1, CorruptReason::Field("unknown ack level")))
+        );
     }
 
     #[test]
@@ -1463,6 +1535,26 @@ mod tests {
                     Message::Ack { log, epoch, written_end, durable_end, last_epoch }
                 }
             ),
+            (log_name(), 0u8..3, proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 0..4))
+                .prop_map(|(log, acks, records)| Message::ClientAppend {
+                    log,
+                    acks: Acks::from_u8(acks).expect("0..3 are levels"),
+                    records: records.into_iter().map(Bytes::from).collect(),
+                }),
+            (
+                log_name(),
+                0u8..3,
+                1u64..,
+                any::<u64>(),
+                proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 0..4)
+            )
+                .prop_map(|(log, acks, producer_id, sequence, records)| Message::ClientAppendIdempotent {
+                    log,
+                    acks: Acks::from_u8(acks).expect("0..3 are levels"),
+                    producer_id,
+                    sequence,
+                    records: records.into_iter().map(Bytes::from).collect(),
+                }),
             (log_name(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
                 |(log, epoch, a, b, last_epoch)| Message::Truncate {
                     log,

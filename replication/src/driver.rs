@@ -29,6 +29,7 @@ use crate::message::{
     Acks, Chunk, Message, NodeId, CLIENT_READ_WAIT_MS_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
 };
 use crate::node_state::{NodeState, NODE_STATE_FILE};
+use crate::producers::Producers;
 use crate::proto::{
     Follower, FollowerAction, FollowerInput, Leader, LeaderAction, LeaderConfig, LeaderInput, PeerView, Quorum,
 };
@@ -38,12 +39,16 @@ mod budget;
 mod clients;
 mod follower;
 mod leader;
+mod producer;
 use budget::{FrameBudget, Reader, Reservation};
 pub use budget::{FRAME_MEMORY_MAX_DEFAULT, FRAME_MEMORY_MIN, SMALL_FRAME_BYTES};
 use clients::{ClientConn, ClientLoop, Counted};
 use follower::follow;
 pub use leader::read_chunk;
 use leader::{dial_loop, leader_sync_loop, Outbox, Outgoing};
+pub use producer::{
+    random_producer_id, Acked, GaveUp, InDoubt, Producer, ProducerConfig, PRODUCER_BATCHES_IN_FLIGHT_MAX,
+};
 
 /// A replication failure a node reports.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -190,6 +195,12 @@ struct LogSlot {
     committed: Condvar,
     /// Follower counters.
     applied: Applied,
+    /// Leader: the last batches of each idempotent producer, rebuilt from the log's tail at
+    /// start ([`recover_producers`]). Checked and updated by the client loop, the only
+    /// writer of idempotent batches, under this lock from the check to the record.
+    producers: Mutex<Producers>,
+    /// Leader: idempotent batches answered from `producers` without being written again.
+    duplicate_batches: std::sync::atomic::AtomicU64,
 }
 
 struct Core {
@@ -295,9 +306,9 @@ fn refuse_waiters(core: &mut Core, durable_end: u64, mut expired: impl FnMut(&Wa
         *queue = kept.into();
         for w in gone {
             let reason = if w.end <= durable_end {
-                format!("offsets {}..{} are on the leader's disk but not yet on a quorum{why}", w.start, w.end)
+                format!("offsets {}..{} are on the leader's disk {NOT_ON_QUORUM_REASON}{why}", w.start, w.end)
             } else {
-                format!("offsets {}..{} are not yet synced on the leader{why}", w.start, w.end)
+                format!("offsets {}..{} {NOT_SYNCED_REASON}{why}", w.start, w.end)
             };
             replies.push(Reply { conn: w.conn, seq: w.seq, msg: Message::Refuse { reason } });
         }
@@ -449,10 +460,13 @@ impl Shared {
     fn follower_refusal(&self) -> String {
         let me = self.config.node_id;
         match *self.following.lock() {
-            Some((leader, ip)) => {
-                format!("node {me} is a follower of node {leader} (which connected from {ip}); append to node {leader}")
-            }
-            None => format!("node {me} is a follower and has not heard from its leader yet; append to the leader"),
+            Some((leader, ip)) => format!(
+                "{NOT_LEADER_PREFIX}node {me} is a follower of node {leader} (which connected from {ip}); append to \
+                 node {leader}"
+            ),
+            None => format!(
+                "{NOT_LEADER_PREFIX}node {me} is a follower and has not heard from its leader yet; append to the leader"
+            ),
         }
     }
 }
@@ -522,9 +536,44 @@ fn leader_commit(core: &Core) -> u64 {
     core.leader.as_ref().map_or(0, Leader::commit_end)
 }
 
+/// What the reason of every refusal that means "this node does not take appends, another may"
+/// holds (a follower's, or a leader's that a later epoch took over from, at the start or after
+/// the offsets a batch was written at): a client moves on to the next node it knows
+/// (PROTOCOL.md "Client messages").
+pub const NOT_LEADER_PREFIX: &str = "not the leader: ";
+
+/// Whether a refusal of an append says that sending the same batch again, here or to another
+/// node, may succeed: this node does not lead the log ([`NOT_LEADER_PREFIX`]), it is stopping
+/// or has no room for another connection now, or the batch is written but did not reach the
+/// durability asked in time. Sent again with its producer id and sequence, such a batch is not
+/// written twice. Any other refusal (a record too large, a bad log name, a sequence the leader
+/// no longer remembers) fails the same way every time.
+pub fn refusal_is_retriable(reason: &str) -> bool {
+    reason.starts_with(MOVED_PREFIX)
+        || reason.contains(NOT_LEADER_PREFIX)
+        || reason.contains(STOPPING_REASON)
+        || reason.contains(NOT_ON_QUORUM_REASON)
+        || reason.contains(NOT_SYNCED_REASON)
+        || reason.contains(QUORUM_LAG_REASON)
+        || reason == TOO_MANY_CONNECTIONS_REASON
+        || reason == TOO_MANY_CLIENTS_REASON
+}
+
+/// How a leader handing its logs over ([`Server::drain`]) refuses appends: nothing was
+/// written; the node it names takes over.
+pub const MOVED_PREFIX: &str = "moved: ";
+
+/// The words of the refusals [`refusal_is_retriable`] looks for: one home for each.
+const STOPPING_REASON: &str = "the node is stopping";
+const NOT_ON_QUORUM_REASON: &str = "but not yet on a quorum";
+const NOT_SYNCED_REASON: &str = "are not yet synced on the leader";
+const QUORUM_LAG_REASON: &str = "bytes are not yet on a quorum (the bound is";
+const TOO_MANY_CONNECTIONS_REASON: &str = "too many connections";
+const TOO_MANY_CLIENTS_REASON: &str = "too many client connections";
+
 /// Why a node refuses appends to a log it led until a peer showed a later epoch.
 pub(crate) fn not_leader_reason(log: &str, node: NodeId, epoch: u64) -> String {
-    format!("not the leader: node {node} no longer leads log {log} (a leader of epoch {epoch} took over)")
+    format!("{NOT_LEADER_PREFIX}node {node} no longer leads log {log} (a leader of epoch {epoch} took over)")
 }
 
 /// What a leader shipped to one peer on one log.
@@ -1011,7 +1060,7 @@ impl Server {
             return; // stopped already (`stop`, then the drop)
         }
         for slot in self.shared.all_slots() {
-            self.shared.refuse_waiters(&slot, |_| true, "; the node is stopping");
+            self.shared.refuse_waiters(&slot, |_| true, &format!("; {STOPPING_REASON}"));
         }
         // Close every connection, accepted or dialed, so blocked reads return; wake the accept
         // loop; then wait for the threads. Connection threads let go of the node's logs (and
@@ -1136,6 +1185,23 @@ impl Shared {
                 (None, Some(follower))
             }
         };
+        // A follower needs no table: the batch frames it applies carry the producer fields,
+        // and it rebuilds one from them when it is started as a leader.
+        let producers = if leader.is_some() {
+            let (producers, scanned) = recover_producers(&log);
+            if scanned.bytes > 0 && !producers.is_empty() {
+                log_line(&format!(
+                    "log {name}: {} producers remembered from the last {} batches ({} bytes from offset {})",
+                    producers.len(),
+                    scanned.batches,
+                    scanned.bytes,
+                    scanned.from
+                ));
+            }
+            producers
+        } else {
+            Producers::default()
+        };
         let slot = Arc::new(LogSlot {
             name: name.to_owned(),
             log,
@@ -1150,6 +1216,8 @@ impl Shared {
             chunks_built: std::sync::atomic::AtomicU64::new(0),
             committed: Condvar::new(),
             applied: Applied::default(),
+            producers: Mutex::new(producers),
+            duplicate_batches: std::sync::atomic::AtomicU64::new(0),
         });
         slots.insert(name.to_owned(), slot.clone());
         drop(slots);
@@ -1298,7 +1366,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         {
             shared.connections.fetch_sub(1, Ordering::SeqCst);
             let mut stream = stream;
-            let _ = write_msg(&mut stream, &Message::Refuse { reason: "too many connections".into() });
+            let _ = write_msg(&mut stream, &Message::Refuse { reason: TOO_MANY_CONNECTIONS_REASON.into() });
             continue;
         }
         // Counts the connection, and keeps it where a stop can close it, until its thread
@@ -1645,6 +1713,93 @@ fn bytes_after(log: &Log, offset: u64) -> u64 {
         .sum()
 }
 
+/// Bytes of a log's tail a leader reads at its start to rebuild what it remembers of the
+/// log's idempotent producers ([`recover_producers`]).
+///
+/// Why the tail and not the whole log: a retry that matters after a restart is one of the
+/// batches in flight when the leader stopped, and those are at the end of the log; reading
+/// every batch header of a log of many gigabytes would delay every start for producers that
+/// left long ago. 64 MiB holds the last few seconds of writes of a busy log, the 5 unanswered
+/// batches of 4 MiB of thirteen producers at once, and reading it from the page cache takes
+/// tens of milliseconds (from a cold disk, about half a second at 150 MB/s), once per log at
+/// each leader start. A producer whose last batches are older than the tail is forgotten: its
+/// next batch is taken as new, whatever its sequence.
+pub const PRODUCER_SCAN_BYTES_MAX: u64 = 64 << 20;
+
+/// Where a leader's rebuild of its producers read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Scanned {
+    from: u64,
+    batches: u64,
+    bytes: u64,
+}
+
+/// Rebuilds what a leader remembers of the producers of `log` from the batch headers of its
+/// last [`PRODUCER_SCAN_BYTES_MAX`] bytes (to the sparse index's precision, plus at most one
+/// batch): at most that many bytes read, each frame's checksum verified, once per log at
+/// start. A frame that cannot be read ends the rebuild where it is (logged): the leader then
+/// remembers less, and does not refuse to start over it (reads and shipping report the
+/// damage).
+fn recover_producers(log: &Log) -> (Producers, Scanned) {
+    let mut producers = Producers::default();
+    let end = log.written_end();
+    let from = tail_offset(log, PRODUCER_SCAN_BYTES_MAX);
+    let mut scanned = Scanned { from, ..Scanned::default() };
+    let mut next = from;
+    // `from` bounds what is read; the end is never cut short, since the last batches are the
+    // ones most likely to be sent again.
+    while next < end {
+        let batches = match log.read_batches(next, 4 << 20, Visibility::Written) {
+            Ok(batches) => batches,
+            Err(e) => {
+                log_line(&format!("log {}: producers rebuilt only up to offset {next}: {e}", log.name()));
+                break;
+            }
+        };
+        let Some(last) = batches.last() else { break };
+        next = last.end_offset;
+        for batch in &batches {
+            scanned.batches += 1;
+            scanned.bytes += batch.frame.len() as u64;
+            // The frame was verified by `read_batches`; its header is read again here only for
+            // the producer fields, which `BatchRef` does not carry.
+            if let Ok(Some((header, _))) = tern_segment::frame::decode_header_unverified(&batch.frame) {
+                producers.recover(header.producer_id, header.sequence, batch.base_offset..batch.end_offset);
+            }
+        }
+    }
+    (producers, scanned)
+}
+
+/// The first offset of the last `bytes_max` bytes of `log` (to the sparse index's precision):
+/// the log start when the log is smaller.
+fn tail_offset(log: &Log, bytes_max: u64) -> u64 {
+    let mut left = bytes_max;
+    for segment in log.segments().iter().rev() {
+        let (base, end) = (segment.base_offset(), segment.end_offset());
+        let first_pos = segment.seek(base).0;
+        let size = segment.end_pos().saturating_sub(first_pos);
+        if size <= left {
+            left -= size;
+            continue;
+        }
+        // The smallest offset whose frame starts within the last `left` bytes: positions grow
+        // with offsets, so a binary search over the sparse index finds it.
+        let wanted_pos = segment.end_pos() - left;
+        let (mut lo, mut hi) = (base, end);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if segment.seek(mid).0 >= wanted_pos {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        return lo.max(log.start_offset()).min(end);
+    }
+    log.start_offset()
+}
+
 impl Shared {
     /// Retention and replication slots, every [`MAINTENANCE_INTERVAL`]. On a leader, each
     /// log's retention hold is the lowest durable end acknowledged by a follower still held
@@ -1822,6 +1977,8 @@ impl Shared {
                     reopens,
                     not_leading: core.leader.as_ref().and_then(|l| stop_reason(&slot.name, self.config.node_id, l)),
                     chunks_built: slot.chunks_built.load(Ordering::Relaxed),
+                    producers: slot.producers.lock().len() as u64,
+                    duplicate_batches: slot.duplicate_batches.load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -1904,6 +2061,11 @@ pub struct LogMetrics {
     /// Leader: chunks read from the log and compressed. A chunk asked for by several followers
     /// from the same offset is built once: this stays below the sum of their `chunks_shipped`.
     pub chunks_built: u64,
+    /// Leader: idempotent producers it remembers the last batches of.
+    pub producers: u64,
+    /// Leader: idempotent batches sent again and answered with the offsets they were first
+    /// written at, without writing them twice.
+    pub duplicate_batches: u64,
 }
 
 /// What a leader knows of one follower on one log.
@@ -1977,6 +2139,7 @@ impl NodeMetrics {
                     }),
                     "disk_fault": l.disk_fault, "reopens": l.reopens, "not_leading": l.not_leading,
                     "chunks_built": l.chunks_built,
+                    "producers": l.producers, "duplicate_batches": l.duplicate_batches,
                 })
             })
             .collect();
@@ -2049,7 +2212,15 @@ impl Client {
     /// # Errors
     /// Connection errors.
     pub fn connect(addr: SocketAddr) -> io::Result<Client> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        Client::connect_timeout(addr, Duration::from_secs(5))
+    }
+
+    /// Connects to a node, waiting at most `timeout` for the connection.
+    ///
+    /// # Errors
+    /// Connection errors; a zero `timeout`.
+    pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(CLIENT_TIMEOUT_DEFAULT))?;
         stream.set_write_timeout(Some(CLIENT_TIMEOUT_DEFAULT))?;
@@ -2069,11 +2240,21 @@ impl Client {
     }
 
     fn call(&mut self, msg: &Message) -> io::Result<Message> {
-        write_msg(&mut self.stream, msg)?;
-        match read_msg(&mut self.reader)? {
+        self.send(msg)?;
+        match self.receive()? {
             Message::Refuse { reason } => Err(io::Error::other(reason)),
             reply => Ok(reply),
         }
+    }
+
+    /// Sends one request without waiting for its reply (replies come in request order).
+    fn send(&mut self, msg: &Message) -> io::Result<()> {
+        write_msg(&mut self.stream, msg)
+    }
+
+    /// The next reply, a refusal included.
+    fn receive(&mut self) -> io::Result<Message> {
+        read_msg(&mut self.reader)
     }
 
     /// Appends `records` as one batch; returns the offsets and the durability achieved
@@ -2093,6 +2274,49 @@ impl Client {
     /// The node's refusal (a follower, a quorum not reached in time), or connection errors.
     pub fn append_acks(&mut self, log: &str, records: Vec<Bytes>, acks: Acks) -> io::Result<Receipt> {
         match self.call(&Message::ClientAppend { log: log.to_owned(), acks, records })? {
+            Message::ClientAppended { start, end, durability, copies, nodes } => {
+                Ok(Receipt { start, end, durability, copies, nodes })
+            }
+            _ => Err(io::Error::other("unexpected reply")),
+        }
+    }
+
+    /// Appends `records` as batch `sequence` of producer `producer_id` (not 0), acknowledged
+    /// once `acks` holds. The leader writes a batch of a producer once: sent again with the
+    /// same producer and sequence (after a broken connection, a timeout, or a leader restart),
+    /// it is answered with the offsets it was first written at, once `acks` holds for them
+    /// (PROTOCOL.md "Idempotent appends"). [`Producer`] numbers the batches and sends them
+    /// again by itself.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// use tern_replication::driver::Client;
+    /// use tern_replication::message::Acks;
+    /// let mut client = Client::connect("127.0.0.1:7400".parse().unwrap())?;
+    /// let batch = vec![bytes::Bytes::from_static(b"order 1")];
+    /// let first = client.append_idempotent("orders", batch.clone(), Acks::Quorum, 42, 0)?;
+    /// let again = client.append_idempotent("orders", batch, Acks::Quorum, 42, 0)?;
+    /// assert_eq!((first.start, first.end), (again.start, again.end)); // stored once
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The node's refusal (a follower; a sequence older than the last batches the leader
+    /// remembers of the producer; one reused for a batch of another size), or connection
+    /// errors.
+    ///
+    /// # Panics
+    /// `producer_id` 0, which a batch header reads as "no producer".
+    pub fn append_idempotent(
+        &mut self,
+        log: &str,
+        records: Vec<Bytes>,
+        acks: Acks,
+        producer_id: u64,
+        sequence: u64,
+    ) -> io::Result<Receipt> {
+        let msg = Message::ClientAppendIdempotent { log: log.to_owned(), acks, producer_id, sequence, records };
+        match self.call(&msg)? {
             Message::ClientAppended { start, end, durability, copies, nodes } => {
                 Ok(Receipt { start, end, durability, copies, nodes })
             }

@@ -7,6 +7,8 @@
 //! - [`proto`]: the protocol core, a state machine without I/O: inputs in, actions out.
 //! - [`election`]: choosing a log's next leader from its replicas' reports when its leader
 //!   fails, and what promoting one by force may lose; pure functions, without I/O.
+//! - [`producers`]: what a leader remembers of each idempotent producer of a log, so that a
+//!   batch sent again is answered with its first offsets instead of being written twice.
 //! - [`slots`]: the replication slots file, what a leader knows of each peer on each log,
 //!   kept across restarts.
 //! - [`node_state`]: the node state file: the cluster a node belongs to and, on a follower,
@@ -20,6 +22,7 @@ pub mod driver;
 pub mod election;
 pub mod message;
 pub mod node_state;
+pub mod producers;
 pub mod proto;
 pub mod sim;
 pub mod slots;

@@ -148,6 +148,23 @@ pub enum Message {
         /// The records.
         records: Vec<Bytes>,
     },
+    /// Client to node: append `records` as one batch to `log`, at most once per
+    /// `(producer_id, sequence)`: the leader remembers the last
+    /// [`PRODUCER_BATCHES_KEPT`](crate::producers::PRODUCER_BATCHES_KEPT) batches of each
+    /// producer, and answers a batch it already wrote with the offsets it wrote it at, without
+    /// writing it again (PROTOCOL.md "Idempotent appends").
+    ClientAppendIdempotent {
+        /// The log, by name.
+        log: String,
+        /// What the acknowledgement waits for.
+        acks: Acks,
+        /// The producer, chosen by the client; never 0 (0 in a batch header means none).
+        producer_id: u64,
+        /// The producer's number for this batch: one more than its previous batch's.
+        sequence: u64,
+        /// The records.
+        records: Vec<Bytes>,
+    },
     /// Node to client: the offsets the batch got, and what the acknowledgement promises (a
     /// durability receipt).
     ClientAppended {

@@ -23,8 +23,9 @@ use tern_wal::{Durability, Visibility};
 
 use super::{
     bytes_after, codec, complete_waiters, deliver, log_line, receipt, status_json, Acks, FrameBudget, Leader,
-    LeaderInput, LogSlot, Message, Reader, Reply, Reservation, Role, Shared, Waiter,
+    LeaderInput, LogSlot, Message, Reader, Reply, Reservation, Role, Shared, Waiter, QUORUM_LAG_REASON,
 };
+use crate::producers::Check;
 
 /// Requests of one client connection whose replies may be outstanding at once; the loop stops
 /// reading its requests beyond that.
@@ -352,10 +353,17 @@ pub(super) struct Conn {
 
 struct Held {
     slot: Arc<LogSlot>,
-    acks: Acks,
-    records: Vec<Bytes>,
+    append: Append,
     seq: u64,
     deadline: Instant,
+}
+
+/// What a client append asks for.
+struct Append {
+    acks: Acks,
+    /// An idempotent append's `(producer_id, sequence)`.
+    producer: Option<(u64, u64)>,
+    records: Vec<Bytes>,
 }
 
 /// Hands a client connection whose first message is `first` over to the loop, with its count
@@ -372,8 +380,9 @@ pub(super) fn serve_client(
     let client = Counted { count: shared.clients_open.clone(), _registered: None };
     if shared.clients_open.fetch_add(1, Ordering::SeqCst) >= shared.config.connections_max {
         drop(client);
-        let _ = super::write_msg(&mut stream, &Message::Refuse { reason: "too many client connections".into() });
-        return Err(io::Error::other("too many client connections"));
+        let reason = super::TOO_MANY_CLIENTS_REASON;
+        let _ = super::write_msg(&mut stream, &Message::Refuse { reason: reason.into() });
+        return Err(io::Error::other(reason));
     }
     let replies = Arc::new(ClientConn::new(stream.try_clone()?));
     let token = shared.clients.next_token.fetch_add(1, Ordering::Relaxed);
@@ -507,7 +516,7 @@ fn serve(shared: &Arc<Shared>, conn: &mut Conn, batch: &mut Batch, reads: &mut V
     conn.over_budget = false;
     if let Some(held) = conn.held.take() {
         match quorum_lag_refusal(shared, &held.slot) {
-            None => batch.push(held.slot, &conn.replies, held.seq, held.acks, held.records),
+            None => batch.push(held.slot, &conn.replies, held.seq, held.append),
             Some(reason) if Instant::now() >= held.deadline || shared.stop.load(Ordering::SeqCst) => {
                 conn.replies.fill(held.seq, &Message::Refuse { reason });
             }
@@ -626,26 +635,11 @@ fn handle(
 ) {
     let reply = match msg {
         Message::ClientAppend { log, acks, records } => {
-            if shared.config.role != Role::Leader {
-                return conn.replies.fill(seq, &Message::Refuse { reason: shared.follower_refusal() });
-            }
-            if let Some(reason) = shared.draining.lock().clone() {
-                return conn.replies.fill(seq, &Message::Refuse { reason });
-            }
-            let slot = match shared.log_state(&log) {
-                Ok(slot) => slot,
-                Err(reason) => return conn.replies.fill(seq, &Message::Refuse { reason }),
-            };
-            let stopped = slot.lock().leader.as_ref().and_then(|l| super::stop_reason(&log, shared.config.node_id, l));
-            if let Some(reason) = stopped {
-                return conn.replies.fill(seq, &Message::Refuse { reason });
-            }
-            if quorum_lag_refusal(shared, &slot).is_some() {
-                let deadline = Instant::now() + shared.config.commit_timeout;
-                conn.held = Some(Held { slot, acks, records, seq, deadline });
-                return;
-            }
-            return batch.push(slot, &conn.replies, seq, acks, records);
+            return handle_append(shared, conn, seq, &log, Append { acks, producer: None, records }, batch);
+        }
+        Message::ClientAppendIdempotent { log, acks, producer_id, sequence, records } => {
+            let append = Append { acks, producer: Some((producer_id, sequence)), records };
+            return handle_append(shared, conn, seq, &log, append, batch);
         }
         Message::ClientRead { log, from, max, uncommitted, wait_ms } => {
             batch.write(shared);
@@ -671,6 +665,30 @@ fn handle(
     conn.replies.fill(seq, &reply);
 }
 
+/// Takes an append of `conn` into `batch`, or holds it back (quorum lag), or refuses it.
+fn handle_append(shared: &Arc<Shared>, conn: &mut Conn, seq: u64, log: &str, append: Append, batch: &mut Batch) {
+    if shared.config.role != Role::Leader {
+        return conn.replies.fill(seq, &Message::Refuse { reason: shared.follower_refusal() });
+    }
+    if let Some(reason) = shared.draining.lock().clone() {
+        return conn.replies.fill(seq, &Message::Refuse { reason });
+    }
+    let slot = match shared.log_state(log) {
+        Ok(slot) => slot,
+        Err(reason) => return conn.replies.fill(seq, &Message::Refuse { reason }),
+    };
+    let stopped = slot.lock().leader.as_ref().and_then(|l| super::stop_reason(log, shared.config.node_id, l));
+    if let Some(reason) = stopped {
+        return conn.replies.fill(seq, &Message::Refuse { reason });
+    }
+    if quorum_lag_refusal(shared, &slot).is_some() {
+        let deadline = Instant::now() + shared.config.commit_timeout;
+        conn.held = Some(Held { slot, append, seq, deadline });
+        return;
+    }
+    batch.push(slot, &conn.replies, seq, append);
+}
+
 /// Backpressure on producers: while the records of `slot` not yet on a quorum take more than
 /// `quorum_lag_bytes_max`, appends to it are held (up to `commit_timeout`, then refused with
 /// this reason) until the quorum catches up. A slow follower alone never triggers it while a
@@ -680,17 +698,14 @@ fn quorum_lag_refusal(shared: &Shared, slot: &LogSlot) -> Option<String> {
     let commit = slot.lock().leader.as_ref().map_or(0, Leader::commit_end);
     // Counting bytes walks the segments: only when the lag could matter.
     let lag_bytes = if slot.log.written_end() > commit { bytes_after(&slot.log, commit) } else { 0 };
-    (lag_bytes > max).then(|| {
-        format!("log {}: {lag_bytes} bytes are not yet on a quorum (the bound is {max}); try again later", slot.name)
-    })
+    (lag_bytes > max).then(|| format!("log {}: {lag_bytes} {QUORUM_LAG_REASON} {max}); try again later", slot.name))
 }
 
 /// One append of a pass.
 struct Pending {
     replies: Arc<ClientConn>,
     seq: u64,
-    acks: Acks,
-    records: Vec<Bytes>,
+    append: Append,
 }
 
 /// The appends of one pass of the loop, by log.
@@ -700,8 +715,8 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, slot: Arc<LogSlot>, replies: &Arc<ClientConn>, seq: u64, acks: Acks, records: Vec<Bytes>) {
-        let pending = Pending { replies: replies.clone(), seq, acks, records };
+    fn push(&mut self, slot: Arc<LogSlot>, replies: &Arc<ClientConn>, seq: u64, append: Append) {
+        let pending = Pending { replies: replies.clone(), seq, append };
         match self.logs.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &slot)) {
             Some((_, list)) => list.push(pending),
             None => self.logs.push((slot, vec![pending])),
@@ -728,15 +743,25 @@ impl Batch {
         for (slot, list) in self.logs.drain(..) {
             let mut written = Vec::with_capacity(list.len());
             let mut list = list.into_iter().peekable();
-            while list.peek().is_some() {
-                let run = merge_runs(&mut list, |p| p.records.iter().map(Bytes::len).sum());
-                let values: Vec<&[u8]> = run.iter().flat_map(|p| p.records.iter().map(|r| r.as_ref())).collect();
+            while let Some(next) = list.peek() {
+                if next.append.producer.is_some() {
+                    let p = list.next().expect("peeked");
+                    if let Some(offsets) = write_idempotent(&slot, &p) {
+                        written.push((p, offsets));
+                    }
+                    continue;
+                }
+                // Idempotent appends go alone: a batch header names one producer and sequence.
+                let run = merge_runs(&mut list, |p| {
+                    p.append.producer.is_none().then(|| p.append.records.iter().map(Bytes::len).sum())
+                });
+                let values: Vec<&[u8]> = run.iter().flat_map(|p| p.append.records.iter().map(|r| r.as_ref())).collect();
                 // Written first, so the batch ships in parallel with the local sync.
                 match slot.log.append(&values, Durability::None) {
                     Ok(offsets) => {
                         let mut start = offsets.start;
                         for p in run {
-                            let end = start + p.records.len() as u64;
+                            let end = start + p.append.records.len() as u64;
                             written.push((p, start..end));
                             start = end;
                         }
@@ -744,7 +769,7 @@ impl Batch {
                     Err(_) if run.len() > 1 => {
                         // One append's records may be refused (too large): each on its own.
                         for p in run {
-                            let values: Vec<&[u8]> = p.records.iter().map(|r| r.as_ref()).collect();
+                            let values: Vec<&[u8]> = p.append.records.iter().map(|r| r.as_ref()).collect();
                             match slot.log.append(&values, Durability::None) {
                                 Ok(offsets) => written.push((p, offsets)),
                                 Err(e) => p.replies.fill(p.seq, &Message::Refuse { reason: e.to_string() }),
@@ -759,7 +784,7 @@ impl Batch {
                 }
             }
             let Some(end) = written.iter().map(|(_, o)| o.end).max() else { continue };
-            if written.iter().any(|(p, _)| p.acks != Acks::Written) {
+            if written.iter().any(|(p, _)| p.append.acks != Acks::Written) {
                 shared.want_sync(&slot);
             }
             let replies = {
@@ -772,11 +797,11 @@ impl Batch {
                 let stopped =
                     core.leader.as_ref().and_then(|l| super::stop_reason(&slot.name, shared.config.node_id, l));
                 for (p, offsets) in written {
-                    if let Some(why) = stopped.as_ref().filter(|_| p.acks != Acks::Written) {
+                    if let Some(why) = stopped.as_ref().filter(|_| p.append.acks != Acks::Written) {
                         let reason =
                             format!("offsets {}..{} are on the leader's disk only: {why}", offsets.start, offsets.end);
                         core.replies.push(Reply { conn: p.replies, seq: p.seq, msg: Message::Refuse { reason } });
-                    } else if p.acks == Acks::Written {
+                    } else if p.append.acks == Acks::Written {
                         // The tick thread syncs it soon (see `tick_loop`); the receipt promises
                         // only the write.
                         let msg = receipt(core.leader.as_ref(), offsets.start, offsets.end, Acks::Written);
@@ -784,13 +809,53 @@ impl Batch {
                     } else {
                         let waiter =
                             Waiter { start: offsets.start, end: offsets.end, deadline, conn: p.replies, seq: p.seq };
-                        core.waiters.add(p.acks, waiter);
+                        core.waiters.add(p.append.acks, waiter);
                     }
                 }
                 complete_waiters(&mut core);
                 std::mem::take(&mut core.replies)
             };
             deliver(replies);
+        }
+    }
+}
+
+/// Writes the idempotent append `p` as one batch stamped with its producer and sequence, unless
+/// the leader remembers writing it: then its first offsets are the answer, and nothing is
+/// written. `None` when it was refused (the refusal is sent).
+fn write_idempotent(slot: &LogSlot, p: &Pending) -> Option<std::ops::Range<u64>> {
+    let (producer_id, sequence) = p.append.producer?;
+    let records = &p.append.records;
+    if records.is_empty() {
+        // Nothing is written, so there is nothing to remember or to answer twice.
+        let end = slot.log.written_end();
+        return Some(end..end);
+    }
+    // Held from the check to the record: the check must see every batch written before.
+    let mut producers = slot.producers.lock();
+    match producers.check(producer_id, sequence, records.len() as u64) {
+        Check::Duplicate(offsets) => {
+            slot.duplicate_batches.fetch_add(1, Ordering::Relaxed);
+            Some(offsets)
+        }
+        Check::Refused(reason) => {
+            p.replies.fill(p.seq, &Message::Refuse { reason: format!("log {}: {reason}", slot.name) });
+            None
+        }
+        Check::New => {
+            let now = tern_wal::now_ms();
+            let values: Vec<tern_wal::Record<'_>> = records.iter().map(|r| tern_wal::Record::new(r, now)).collect();
+            let options = tern_wal::AppendOptions { epoch: None, producer_id, sequence };
+            match slot.log.append_records(&values, options).and_then(|appended| appended.wait(Durability::None)) {
+                Ok(offsets) => {
+                    producers.record(producer_id, sequence, offsets.clone());
+                    Some(offsets)
+                }
+                Err(e) => {
+                    p.replies.fill(p.seq, &Message::Refuse { reason: e.to_string() });
+                    None
+                }
+            }
         }
     }
 }
@@ -802,14 +867,20 @@ const MERGE_BATCH_BYTES_MAX: usize = 60 << 10;
 
 /// Takes the next items of `list` that go into the log as one batch: a run of small ones
 /// (at most [`MERGE_APPEND_BYTES_MAX`] bytes each by `bytes`, [`MERGE_BATCH_BYTES_MAX`]
-/// together), or one larger one alone. The leader wrote each append of a pass with its own
-/// `pwrite` and journal entry before: about one per record under small-sync.
-fn merge_runs<T>(list: &mut std::iter::Peekable<impl Iterator<Item = T>>, bytes: impl Fn(&T) -> usize) -> Vec<T> {
+/// together), or one larger one alone, or one that `bytes` says must go alone (`None`). The
+/// leader wrote each append of a pass with its own `pwrite` and journal entry before: about
+/// one per record under small-sync.
+fn merge_runs<T>(
+    list: &mut std::iter::Peekable<impl Iterator<Item = T>>,
+    bytes: impl Fn(&T) -> Option<usize>,
+) -> Vec<T> {
     let mut run = Vec::new();
     let mut total = 0;
     while let Some(next) = list.peek() {
-        let size = bytes(next);
-        let small = size <= MERGE_APPEND_BYTES_MAX;
+        let (size, small) = match bytes(next) {
+            Some(size) => (size, size <= MERGE_APPEND_BYTES_MAX),
+            None => (0, false),
+        };
         if !run.is_empty() && (!small || total + size > MERGE_BATCH_BYTES_MAX) {
             break;
         }
@@ -860,7 +931,7 @@ mod tests {
         let mut list = sizes.iter().copied().peekable();
         let mut out = Vec::new();
         while list.peek().is_some() {
-            out.push(merge_runs(&mut list, |s| *s));
+            out.push(merge_runs(&mut list, |s| Some(*s)));
         }
         out
     }
@@ -875,5 +946,10 @@ mod tests {
         assert_eq!(runs(&[(16 << 10) + 1, 5]), vec![vec![(16 << 10) + 1], vec![5]]);
         assert_eq!(runs(&[0, 0]), vec![vec![0, 0]]);
         assert!(runs(&[]).is_empty());
+        // One that must go alone (an idempotent append) ends a run and is not joined.
+        let mut list = [Some(1), Some(2), None, Some(3)].into_iter().peekable();
+        let alone: Vec<Vec<Option<usize>>> =
+            std::iter::from_fn(|| list.peek().is_some().then(|| merge_runs(&mut list, |s| *s))).collect();
+        assert_eq!(alone, vec![vec![Some(1), Some(2)], vec![None], vec![Some(3)]]);
     }
 }
