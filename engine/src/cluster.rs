@@ -14,6 +14,12 @@
 //!   record of every log (`tern_replication::election::elect`, per log), and commits the
 //!   election. The elected node starts leading; the others follow it.
 //!
+//! A new leader writes one record in each log it holds at the start of its epoch: key
+//! `tern.epoch`, an empty value. Records of earlier epochs are committed only along with one of
+//! the leader's own (Raft's rule), and after a failover every client may be retrying a batch
+//! the log already holds, answered from where it is and not written again: without the marker
+//! nothing would ever commit. Readers see it as an empty record.
+//!
 //! Today one node leads every log (the replication server's role is per node); the map keeps a
 //! placement per log for when roles are per log.
 
@@ -36,6 +42,9 @@ use crate::{Engine, EngineLogs};
 
 /// The placement every log follows today: one node leads them all.
 pub const ALL_LOGS: &str = "*";
+/// The key of the record a leader under the controller writes at the start of its epoch in
+/// each log it holds (with an empty value): see [`ClusterNode`]'s module docs.
+pub const EPOCH_MARKER_KEY: &[u8] = b"tern.epoch";
 /// How often a leader tells the controller it is alive.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the node looks at the map.
@@ -309,6 +318,21 @@ impl Shared {
         }
         let logs = ClusterLogs { logs: EngineLogs(self.engine.clone()), shared: Arc::downgrade(self) };
         let server = Server::start(config, Arc::new(logs))?;
+        if role == Role::Leader {
+            // As Raft's no-op entry: records of earlier epochs commit only along with one of
+            // the leader's own epoch, and the first appends after a failover may all be
+            // producers' retries of batches already in the log (answered from there, not
+            // written again): without a record of its own, the new leader would never commit.
+            for name in self.engine.log_names().unwrap_or_default() {
+                if let Ok(log) = self.engine.log(&name) {
+                    let marker =
+                        tern_wal::Record { key: Some(EPOCH_MARKER_KEY), value: b"", timestamp_ms: tern_wal::now_ms() };
+                    if let Err(e) = log.append_records(&[marker], tern_wal::AppendOptions::default()) {
+                        log_line(&format!("log {name}: no epoch marker for epoch {epoch}: {e}"));
+                    }
+                }
+            }
+        }
         *running = Some(Running { role, epoch, server });
         Ok(())
     }

@@ -61,6 +61,10 @@ pub struct ProducerConfig {
     /// that long is left for the next one, and a batch it was slow to acknowledge (a quorum
     /// append) is sent again and answered from where the leader first wrote it.
     pub give_up_after: Duration,
+    /// How long a reply is waited for before the node is left for the next one and the batch
+    /// sent again; `None`: a third of `give_up_after`. A quorum append waits at most the
+    /// node's commit timeout; a leader cut off or paused answers nothing.
+    pub reply_timeout: Option<Duration>,
 }
 
 impl ProducerConfig {
@@ -76,6 +80,7 @@ impl ProducerConfig {
             first_sequence: 0,
             in_flight_max: PRODUCER_BATCHES_IN_FLIGHT_MAX,
             give_up_after: Duration::from_secs(10),
+            reply_timeout: None,
         }
     }
 }
@@ -316,7 +321,8 @@ impl Producer {
         // A silent node is left after a third of the time to give up, so that the others are
         // tried before it runs out; a slow quorum append is then sent again and answered by
         // the leader from where it was first written.
-        let wait = self.time_left().min(self.config.give_up_after / 3).max(WAIT_MIN);
+        let reply_timeout = self.config.reply_timeout.unwrap_or(self.config.give_up_after / 3);
+        let wait = self.time_left().min(reply_timeout).max(WAIT_MIN);
         let Some(conn) = self.conn.as_mut() else { return Ok(()) };
         let reply = conn.client.set_timeout(Some(wait)).and_then(|()| conn.client.receive());
         let index = conn.index;
