@@ -141,7 +141,7 @@ fn a_follower_refuses_a_chunk_holding_a_later_epoch_than_its_sender() {
     common::write_message(&mut leader, &hello).unwrap();
     assert!(matches!(common::read_message(&mut leader).unwrap(), Message::Welcome { .. }));
     // Check the (new, empty) log for epoch 1, then ship the chunk in epoch 1.
-    let check = Message::Truncate { log: LOG.into(), epoch: 1, to: 0, written_end: 0, last_epoch: 0 };
+    let check = Message::Truncate { log: LOG.into(), epoch: 1, to: 0, written_end: 0, last_epoch: 0, matched_epoch: 0 };
     common::write_message(&mut leader, &check).unwrap();
     let checked = common::read_message(&mut leader).unwrap();
     assert!(matches!(checked, Message::Ack { epoch: 1, written_end: 0, .. }), "{checked:?}");

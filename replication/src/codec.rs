@@ -227,13 +227,16 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
                 put_u64(out, *commit_end);
             }
         }
-        Message::Truncate { log, epoch, to, written_end, last_epoch } => {
+        Message::Truncate { log, epoch, to, written_end, last_epoch, matched_epoch } => {
+            assert!(to <= written_end, "Truncate to {to} past the end {written_end} it answers");
+            assert!(matched_epoch <= last_epoch, "Truncate matches epoch {matched_epoch} after {last_epoch}");
             out.push(TYPE_TRUNCATE);
             put_log_name(out, log);
             put_u64(out, *epoch);
             put_u64(out, *to);
             put_u64(out, *written_end);
             put_u64(out, *last_epoch);
+            put_u64(out, *matched_epoch);
         }
         Message::Ack { log, epoch, written_end, durable_end, last_epoch } => {
             out.push(TYPE_ACK);
@@ -536,7 +539,13 @@ pub fn decode(buf: &Bytes) -> Result<Option<(Message, usize)>, CodecError> {
             if to > written_end {
                 return Err(corrupt(to_pos, CorruptReason::Field("truncate past the end it answers")));
             }
-            Message::Truncate { log, epoch, to, written_end, last_epoch }
+            // The leader's newest epoch at or below the follower's last one: never after it.
+            let matched_pos = reader.pos();
+            let matched_epoch = reader.u64()?;
+            if matched_epoch > last_epoch {
+                return Err(corrupt(matched_pos, CorruptReason::Field("truncate matches an epoch after the last one")));
+            }
+            Message::Truncate { log, epoch, to, written_end, last_epoch, matched_epoch }
         }
         TYPE_RESEED | TYPE_DATA_LOSS => {
             let (log, epoch) = (reader.log_name()?, reader.u64()?);
@@ -1088,7 +1097,15 @@ mod tests {
             Message::Heartbeat { epoch: 9, logs: vec![("orders".into(), 43, 40), ("x".repeat(255), u64::MAX, 0)] },
             Message::Heartbeat { epoch: 9, logs: vec![] },
             Message::Ack { log: "orders".into(), epoch: 4, written_end: 43, durable_end: 41, last_epoch: 3 },
-            Message::Truncate { log: "orders".into(), epoch: 5, to: 40, written_end: 43, last_epoch: 3 },
+            Message::Truncate {
+                log: "orders".into(),
+                epoch: 5,
+                to: 40,
+                written_end: 43,
+                last_epoch: 3,
+                matched_epoch: 2,
+            },
+            Message::Truncate { log: "o".into(), epoch: 1, to: 0, written_end: 0, last_epoch: 0, matched_epoch: 0 },
         ]
     }
 
@@ -1250,6 +1267,37 @@ mod tests {
             decoded(&resealed(bad_acks)),
             Err(corrupt(producer_at - 1, CorruptReason::Field("unknown ack level")))
         );
+    }
+
+    #[test]
+    fn a_truncate_cuts_within_the_end_it_answers_and_matches_no_epoch_after_the_last() {
+        let truncate = |matched_epoch| Message::Truncate {
+            log: "o".into(),
+            epoch: 4,
+            to: 5,
+            written_end: 7,
+            last_epoch: 3,
+            matched_epoch,
+        };
+        let out = encoded(&truncate(2));
+        // The envelope (8), the type (1), the name (2 + 1), then epoch, to, written_end,
+        // last_epoch and matched_epoch, 8 bytes each.
+        let (to_at, matched_at) = (20, 44);
+        assert_eq!(out.len(), matched_at + 8);
+        let with = |at: usize, value: u64| {
+            let mut bytes = out.clone();
+            bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            resealed(bytes)
+        };
+        let past = Err(corrupt(to_at, CorruptReason::Field("truncate past the end it answers")));
+        assert_eq!(decoded(&with(to_at, 8)), past);
+        let later = Err(corrupt(matched_at, CorruptReason::Field("truncate matches an epoch after the last one")));
+        assert_eq!(decoded(&with(matched_at, 4)), later);
+        let last = with(matched_at, 3);
+        assert_eq!(decoded(&last), Ok(Some((truncate(3), last.len()))));
+        // The field is always there: a `Truncate` that ends after `last_epoch` is short.
+        let short = resealed(out[..matched_at].to_vec());
+        assert_eq!(decoded(&short), Err(corrupt(matched_at, CorruptReason::Truncated { needed_bytes: 8 })));
     }
 
     #[test]
@@ -1555,13 +1603,14 @@ mod tests {
                     sequence,
                     records: records.into_iter().map(Bytes::from).collect(),
                 }),
-            (log_name(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-                |(log, epoch, a, b, last_epoch)| Message::Truncate {
+            (log_name(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(log, epoch, a, b, c, d)| Message::Truncate {
                     log,
                     epoch,
                     to: a.min(b),
                     written_end: a.max(b),
-                    last_epoch
+                    last_epoch: c.max(d),
+                    matched_epoch: c.min(d),
                 }
             ),
         ]

@@ -43,6 +43,7 @@ mod producer;
 use budget::{FrameBudget, Reader, Reservation};
 pub use budget::{FRAME_MEMORY_MAX_DEFAULT, FRAME_MEMORY_MIN, SMALL_FRAME_BYTES};
 use clients::{ClientConn, ClientLoop, Counted};
+pub(crate) use follower::applied_input;
 use follower::follow;
 pub use leader::read_chunk;
 use leader::{dial_loop, leader_sync_loop, Outbox, Outgoing};
@@ -1175,7 +1176,8 @@ impl Shared {
                 (Some(leader), None)
             }
             Role::Follower => {
-                let mut follower = Follower::new(name.to_owned(), 0, written, durable, log.last_epoch());
+                let mut follower =
+                    Follower::new(name.to_owned(), 0, written, durable, log.last_epoch(), log.epoch_history());
                 let state = self.node_state.lock();
                 if let Some((epoch, leader)) = state.leader(name) {
                     follower.restore_leader(epoch, leader);

@@ -457,7 +457,10 @@ mod tests {
     use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
     use super::*;
-    use crate::proto::quorum_commit_end;
+    use crate::message::Message;
+    use crate::proto::{
+        quorum_commit_end, Follower, FollowerAction, FollowerInput, Leader, LeaderAction, LeaderConfig, LeaderInput,
+    };
 
     fn set(replicas: &[NodeId], quorum: usize) -> ReplicaSet {
         ReplicaSet { log: "l".into(), replicas: replicas.to_vec(), quorum: Quorum::Count(quorum) }
@@ -839,10 +842,20 @@ mod tests {
                 return Ok(());
             }
             let source = self.replicas[leader].log.clone();
+            let start = self.terms[term].start;
             let follower = &mut self.replicas[to];
             follower.promised = epoch;
-            // The leader's check (`Truncate`): the copy is cut back to where it agrees.
+            // The leader's check (`Truncate`), by the protocol's own cores: the copy is cut
+            // where they cut it, which must be where it stops agreeing with the leader's.
             let agree = follower.log.iter().zip(&source).take_while(|(a, b)| a == b).count();
+            let cut = divergence_check(&source, epoch, start, &follower.log)?;
+            if cut != agree {
+                return Err(format!(
+                    "the leader of epoch {epoch} cut replica {to} to {cut}, where its copy agrees up to {agree}: \
+                     leader {source:?}, replica {:?}",
+                    follower.log
+                ));
+            }
             follower.log.truncate(agree);
             follower.durable = follower.durable.min(agree);
             let end = (agree + usize::from(count)).min(source.len());
@@ -932,6 +945,94 @@ mod tests {
             }
             Ok(())
         }
+    }
+
+    /// A model log's epoch history, as `tern_wal::Log::epoch_history` keeps it: where each
+    /// epoch's run of records begins.
+    fn history_of(log: &[Rec]) -> Vec<(u64, u64)> {
+        let mut history: Vec<(u64, u64)> = Vec::new();
+        for (offset, record) in (0u64..).zip(log) {
+            if history.last().is_none_or(|(epoch, _)| *epoch != record.epoch) {
+                history.push((record.epoch, offset));
+            }
+        }
+        history
+    }
+
+    /// Runs the divergence check of a leader of `epoch` (begun at `start` in its log `source`)
+    /// on a replica's `copy`, with the protocol's `Leader` and `Follower` cores exchanging
+    /// `Ack`s and `Truncate`s until the follower's log is checked; returns where the copy was
+    /// cut to.
+    fn divergence_check(source: &[Rec], epoch: u64, start: u64, copy: &[Rec]) -> Result<usize, String> {
+        let mut leader_history = history_of(source);
+        if leader_history.last().is_none_or(|(e, _)| *e != epoch) {
+            // As `Log::begin_epoch`: the epoch begins at the end, before it writes anything.
+            leader_history.push((epoch, start));
+        }
+        let config = LeaderConfig {
+            log: "l".into(),
+            epoch,
+            epoch_history: leader_history,
+            peers: vec![2],
+            quorum: Quorum::Count(1),
+            inflight_bytes_max: 1 << 20,
+            chunk_bytes_max: 1 << 20,
+            heartbeat_ms: 100,
+            commit_notice_ms: 5,
+            resend_ms: 500,
+            reseed: true,
+        };
+        let end = |log: &[Rec]| log.len() as u64;
+        let last_epoch = |log: &[Rec]| log.last().map_or(0, |r| r.epoch);
+        let mut leader = Leader::new(config, end(source), end(source), 0);
+        let mut copy = copy.to_vec();
+        let mut follower = Follower::new("l".into(), 0, end(&copy), 0, last_epoch(&copy), history_of(&copy));
+        leader.handle(LeaderInput::Connected { peer: 2, written_end: end(&copy), durable_end: 0 });
+        let hello = Message::Ack {
+            log: "l".into(),
+            epoch: 0,
+            written_end: end(&copy),
+            durable_end: 0,
+            last_epoch: last_epoch(&copy),
+        };
+        let mut to_leader = vec![hello];
+        // Every round but the last cuts at least one record or one epoch entry.
+        for _ in 0..=copy.len() + 2 {
+            let mut to_follower = Vec::new();
+            for msg in to_leader.drain(..) {
+                leader.handle(LeaderInput::Received { peer: 2, msg });
+                while let Some(action) = leader.poll_action() {
+                    match action {
+                        LeaderAction::Send { msg, .. } => to_follower.push(msg),
+                        LeaderAction::Deposed { .. } | LeaderAction::LacksRecords { .. } => {
+                            return Err(format!("checking {copy:?}, the leader of epoch {epoch} stopped: {action:?}"));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for msg in to_follower {
+                follower.handle(FollowerInput::Received { from: 1, msg });
+                while let Some(action) = follower.poll_action() {
+                    match action {
+                        FollowerAction::Send { msg, .. } => to_leader.push(msg),
+                        FollowerAction::RecordLeader { epoch, leader } => {
+                            follower.handle(FollowerInput::LeaderRecorded { epoch, leader });
+                        }
+                        FollowerAction::Truncate { to } => {
+                            copy.truncate(to as usize);
+                            let (written_end, last_epoch) = (end(&copy), last_epoch(&copy));
+                            follower.handle(FollowerInput::Truncated { written_end, last_epoch });
+                        }
+                        other => return Err(format!("the follower asked for {other:?} while being checked")),
+                    }
+                }
+            }
+            if follower.checked_epoch() == epoch {
+                return Ok(copy.len());
+            }
+        }
+        Err(format!("the leader of epoch {epoch} never finished checking {copy:?} against {source:?}"))
     }
 
     const CASES_DEFAULT: u32 = 1000;

@@ -95,24 +95,32 @@ pub enum Message {
         last_epoch: u64,
     },
     /// Leader to follower: the follower's records from `to` on are not the leader's (they were
-    /// written in an epoch the leader's log ends earlier); remove them, durably, and go on
-    /// from `to`. Only records never committed are ever cut.
+    /// written in an epoch the leader's log ends earlier), and neither are those past where the
+    /// follower's own copy of `matched_epoch` ends (the leader never held the epochs after it
+    /// that the follower holds); remove them, durably, acknowledge, and be answered again.
+    /// Only records never committed are ever cut.
     ///
-    /// It also tells a follower that its log was checked against the leader's epoch (with
-    /// `to` at its end, nothing is cut): only then does it apply appends of that epoch. It
-    /// applies only while the follower's log still is as its `Ack` said (`written_end`,
-    /// `last_epoch`), so a late one never cuts what came since.
+    /// One that cuts nothing (`to` at the follower's end, and the follower's last epoch
+    /// `matched_epoch`) tells the follower that its log was checked against the leader's
+    /// epoch: only then does it apply appends of that epoch. It applies only while the
+    /// follower's log still is as its `Ack` said (`written_end`, `last_epoch`), so a late one
+    /// never cuts what came since.
     Truncate {
         /// The log, by name.
         log: String,
         /// The leader's epoch.
         epoch: u64,
-        /// The follower's new end.
+        /// Where `matched_epoch` ends in the leader's log, or the follower's end if that is
+        /// lower.
         to: u64,
         /// The follower's written end this answers.
         written_end: u64,
         /// The follower's last batch epoch this answers.
         last_epoch: u64,
+        /// The largest epoch at or below `last_epoch` in the leader's epoch history (0: none,
+        /// the records before any epoch): the follower also cuts where its own copy of it
+        /// ends, where the first later epoch begins in its own history (Kafka's KIP-279).
+        matched_epoch: u64,
     },
     /// Leader to follower: the records from `missing_from` to `start_offset` are gone from the
     /// leader (retention deleted them); replace the log with an empty one starting at

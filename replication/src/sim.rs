@@ -276,7 +276,7 @@ impl World {
             let role = if id == LEADER {
                 Role::Leader(leader_core(&log, 1, &peers, &config, 0)?)
             } else {
-                Role::Follower(Follower::new(LOG.into(), 0, 0, 0, 0))
+                Role::Follower(Follower::new(LOG.into(), 0, 0, 0, 0, Vec::new()))
             };
             nodes.push(Node {
                 id,
@@ -623,8 +623,9 @@ impl World {
         while let Some(action) = self.follower(id).poll_action() {
             let log = self.nodes[id as usize].log.clone().ok_or("follower has no log")?;
             match action {
-                FollowerAction::Apply { chunk, .. } => {
-                    let applied = codec::chunk_frames(&chunk)
+                FollowerAction::Apply { chunk, epoch } => {
+                    // As the driver: no frame may carry a later epoch than its sender's.
+                    let applied = codec::chunk_frames_within(&chunk, epoch)
                         .map_err(|e| e.to_string())
                         .and_then(|frames| log.append_frames(&frames).map_err(|e| e.to_string()));
                     if let Err(e) = &applied {
@@ -639,7 +640,7 @@ impl World {
                     // Frames before a bad one may have been appended: report the real end.
                     let input = match applied {
                         Err(_) if log.written_end() == self.follower(id).written_end() => FollowerInput::ApplyFailed,
-                        _ => FollowerInput::Applied { written_end: log.written_end(), last_epoch: log.last_epoch() },
+                        _ => crate::driver::applied_input(&log, self.follower(id)),
                     };
                     self.nodes[id as usize].unsynced_bytes += chunk.bytes.len() as u64;
                     self.follower(id).handle(input);
@@ -668,7 +669,8 @@ impl World {
                         ));
                     }
                     // Below the commit point only records that are not the leader's may be cut.
-                    if to < self.max_commit {
+                    // (A cut at the end removes no record, only epochs begun that wrote none.)
+                    if to < self.max_commit && to < log.written_end() {
                         let first = log.read(to, Visibility::Written).map_err(|e| e.to_string())?.next();
                         let first = first.ok_or("nothing to cut")?.map_err(|e| e.to_string())?;
                         if self.sent.get(to as usize).is_some_and(|v| *v == first.value) {
@@ -790,9 +792,9 @@ impl World {
         }
         node.checked_end = node.checked_end.min(written);
         node.durable_floor = node.durable_floor.max(durable);
-        let last_epoch = log.last_epoch();
+        let (last_epoch, history) = (log.last_epoch(), log.epoch_history());
         node.log = Some(log);
-        let mut follower = Follower::new(LOG.into(), 1, written, durable, last_epoch);
+        let mut follower = Follower::new(LOG.into(), 1, written, durable, last_epoch, history);
         if let Some((epoch, leader)) = node.recorded_leader {
             follower.restore_leader(epoch, leader);
         }
@@ -818,7 +820,7 @@ impl World {
         node.sync_due = false;
         node.unsynced_bytes = 0;
         // The node state file stays: the copy of one log was removed, not the node.
-        let mut follower = Follower::new(LOG.into(), 0, 0, 0, 0);
+        let mut follower = Follower::new(LOG.into(), 0, 0, 0, 0, Vec::new());
         if let Some((epoch, leader)) = node.recorded_leader {
             follower.restore_leader(epoch, leader);
         }
@@ -917,9 +919,20 @@ impl World {
             }
         }
         // A follower calls committed only records that are the leader's, and no more than the
-        // leader committed: its readers see nothing else.
+        // leader committed: its readers see nothing else. Its core knows its log's epoch
+        // history as the log keeps it: the divergence check cuts by it.
         for node in &self.nodes[1..] {
             let Role::Follower(follower) = &node.role else { continue };
+            if let Some(log) = node.log.as_ref().filter(|_| !node.reopen_due) {
+                let history = log.epoch_history();
+                if follower.epoch_history() != history.as_slice() {
+                    return Err(format!(
+                        "follower {} core knows the epoch history {:?}, its log holds {history:?}",
+                        node.id,
+                        follower.epoch_history()
+                    ));
+                }
+            }
             let told = follower.commit_end();
             if told > self.max_commit || told > node.checked_end {
                 return Err(format!(

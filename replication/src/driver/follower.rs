@@ -218,6 +218,22 @@ pub(super) fn has_whole_message(buffered: &[u8]) -> bool {
     }
 }
 
+/// What `follower`'s core is told after frames were appended to `log`: its new end and last
+/// epoch, and the entries its epoch history gained, those of epochs after the newest the core
+/// knows (so an entry recorded by an append that then failed is passed on with the next). The
+/// history is read only when the newest epoch moved, so most chunks allocate nothing here.
+/// The simulator calls this too, so that its follower cores learn their logs' histories
+/// exactly as the driver's do.
+pub(crate) fn applied_input(log: &Log, follower: &Follower) -> FollowerInput {
+    let known = follower.epoch_history().last().map_or(0, |(epoch, _)| *epoch);
+    let epochs_begun = if log.epoch() > known {
+        log.epoch_history().into_iter().filter(|(epoch, _)| *epoch > known).collect()
+    } else {
+        Vec::new()
+    };
+    FollowerInput::Applied { written_end: log.written_end(), last_epoch: log.last_epoch(), epochs_begun }
+}
+
 /// Feeds a follower input to the core of `slot` and carries out the actions; returns the
 /// messages for the leader.
 pub(super) fn follower_input(shared: &Shared, slot: &LogSlot, queue: &SyncQueue, input: FollowerInput) -> Vec<Message> {
@@ -249,7 +265,7 @@ pub(super) fn follower_input(shared: &Shared, slot: &LogSlot, queue: &SyncQueue,
                     let next = if after == before && applied.is_err() {
                         FollowerInput::ApplyFailed
                     } else {
-                        FollowerInput::Applied { written_end: after, last_epoch: s.log.last_epoch() }
+                        applied_input(&s.log, follower)
                     };
                     follower.handle(next);
                 }
@@ -259,10 +275,19 @@ pub(super) fn follower_input(shared: &Shared, slot: &LogSlot, queue: &SyncQueue,
                     let input = match s.log.truncate_suffix_to_quarantine(to) {
                         Ok(kept) => {
                             s.applied.records_cut.fetch_add(end.saturating_sub(to), Ordering::Relaxed);
-                            log_line(&format!(
-                                "log {name}: records {to}..{end} diverged from the leader's log and were cut{}",
-                                kept.map_or(String::new(), |path| format!("; kept in {}", path.display()))
-                            ));
+                            if to < end {
+                                log_line(&format!(
+                                    "log {name}: records {to}..{end} diverged from the leader's log and were cut{}",
+                                    kept.map_or(String::new(), |path| format!("; kept in {}", path.display()))
+                                ));
+                            } else {
+                                // A cut at the end removes no record, only the history entry of
+                                // an epoch begun here that wrote nothing.
+                                log_line(&format!(
+                                    "log {name}: epochs begun here at {end} that wrote nothing are not the leader's; \
+                                     removed from the epoch history"
+                                ));
+                            }
                             FollowerInput::Truncated {
                                 written_end: s.log.written_end(),
                                 last_epoch: s.log.last_epoch(),
