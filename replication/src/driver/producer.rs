@@ -7,7 +7,7 @@
 //! first offsets. So after a broken connection, a reply that did not come in time, or a
 //! refusal that says the node does not lead (a follower) or could not finish (stopping, no
 //! quorum in time), the producer connects again (to the same node first, then to the others in
-//! turn, with a backoff from 20 ms doubling to 1 s per round) and sends every batch not yet
+//! turn, with a backoff from 20 ms doubling to 200 ms per round) and sends every batch not yet
 //! acknowledged, in order, with the same producer id and sequences. A reply that does not come
 //! within a third of [`ProducerConfig::give_up_after`] counts as a failure of that node.
 //!
@@ -34,7 +34,7 @@ pub const PRODUCER_BATCHES_IN_FLIGHT_MAX: usize = PRODUCER_BATCHES_KEPT;
 /// (doubling each round over the addresses).
 const BACKOFF_FIRST: Duration = Duration::from_millis(20);
 /// Longest wait between two connection attempts.
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// Longest a connection attempt waits (less when the producer gives up sooner).
 const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
 /// Shortest wait for a reply, so that a deadline that is almost there still gets a read.
