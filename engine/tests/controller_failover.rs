@@ -87,7 +87,7 @@ fn a_stopped_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     assert_eq!(leader_of(&nodes, epoch).0, second, "the returning node did not take over: epoch {epoch2}");
 }
 
-/// Planned moves of the leadership (`tern promote` without --force) while a client appends:
+/// Planned moves of the leadership (`tern promote` without --force) while a producer appends:
 /// each takes effect in the next epoch, nothing acknowledged is lost, and the write pause of
 /// each move is printed (`TERN_HANDOVER_ROUNDS`, default 5).
 #[test]
@@ -103,22 +103,21 @@ fn planned_moves_lose_nothing_and_pause_writes_briefly() {
     let mut pauses = Vec::new();
     std::thread::scope(|s| {
         s.spawn(|| {
+            // An idempotent producer: a batch it is unsure of (its leader stepped down while
+            // it waited) is sent again with the same sequence and stored once.
             let addrs: Vec<SocketAddr> = cluster.values().copied().collect();
-            let mut target = 0;
+            let mut config = tern_replication::driver::ProducerConfig::new(addrs, "orders");
+            config.in_flight_max = 1;
+            config.give_up_after = Duration::from_secs(30);
+            config.reply_timeout = Some(Duration::from_secs(1));
+            let mut producer = tern_replication::driver::Producer::new(config).unwrap();
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let value = format!("value {i}");
-                let attempt = Client::connect(addrs[target % 3]).and_then(|mut c| {
-                    c.set_timeout(Some(Duration::from_secs(2)))?;
-                    c.append("orders", vec![bytes::Bytes::from(value.clone().into_bytes())], true)
-                });
-                match attempt {
-                    Ok(_) => {
-                        acked.lock().unwrap().push((Instant::now(), value));
-                        i += 1;
-                    }
-                    Err(_) => target += 1,
-                }
+                i += 1;
+                producer.send(vec![bytes::Bytes::from(value.clone().into_bytes())]).unwrap();
+                producer.wait_one().unwrap();
+                acked.lock().unwrap().push((Instant::now(), value));
             }
         });
         for round in 0..rounds {
