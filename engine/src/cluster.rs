@@ -531,6 +531,28 @@ pub fn choose(
         .ok_or_else(|| "no single replica holds the most complete copy of every log; promote one by hand".to_owned())
 }
 
+/// The replica set of `log` under `placement`, and each reporter's report of it (a log a
+/// reporter does not hold is an empty copy: epoch 0, end 0).
+fn election_of(placement: &LogMap, reports: &BTreeMap<NodeId, Vec<LogReport>>, log: &str) -> (ReplicaSet, Vec<Report>) {
+    let set = ReplicaSet {
+        log: log.to_owned(),
+        replicas: placement.replicas.clone(),
+        quorum: Quorum::Count(placement.quorum as usize),
+    };
+    let of_log = reports
+        .iter()
+        .map(|(node, logs)| {
+            let found = logs.iter().find(|r| r.log == log);
+            Report {
+                node: *node,
+                last_epoch: found.map_or(0, |r| r.last_epoch),
+                durable_end: found.map_or(0, |r| r.durable_end),
+            }
+        })
+        .collect();
+    (set, of_log)
+}
+
 /// The reporters whose copy of every log is the most up to date among the reports, lowest id
 /// first (empty when each log's best copy is on another node).
 ///
@@ -541,22 +563,7 @@ pub fn most_up_to_date(placement: &LogMap, reports: &BTreeMap<NodeId, Vec<LogRep
         reports.values().flatten().map(|r| r.log.as_str()).chain([ALL_LOGS]).collect();
     let mut candidates: Vec<NodeId> = reports.keys().copied().collect();
     for log in logs {
-        let set = ReplicaSet {
-            log: log.to_owned(),
-            replicas: placement.replicas.clone(),
-            quorum: Quorum::Count(placement.quorum as usize),
-        };
-        let of_log: Vec<Report> = reports
-            .iter()
-            .map(|(node, logs)| {
-                let found = logs.iter().find(|r| r.log == log);
-                Report {
-                    node: *node,
-                    last_epoch: found.map_or(0, |r| r.last_epoch),
-                    durable_end: found.map_or(0, |r| r.durable_end),
-                }
-            })
-            .collect();
+        let (set, of_log) = election_of(placement, reports, log);
         let best = elect(&set, &of_log, None).map_err(|e| e.to_string())?;
         let key = |r: &Report| (r.last_epoch, r.durable_end);
         candidates.retain(|node| of_log.iter().any(|r| r.node == *node && key(r) == key(&best)));
@@ -635,22 +642,7 @@ pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<Strin
         let logs: std::collections::BTreeSet<String> = reports.values().flatten().map(|r| r.log.clone()).collect();
         let mut worst: Option<(u64, u64)> = None;
         for log in logs {
-            let set = ReplicaSet {
-                log: log.clone(),
-                replicas: placement.replicas.clone(),
-                quorum: Quorum::Count(placement.quorum as usize),
-            };
-            let of_log: Vec<Report> = reports
-                .iter()
-                .map(|(node, logs)| {
-                    let found = logs.iter().find(|r| r.log == log);
-                    Report {
-                        node: *node,
-                        last_epoch: found.map_or(0, |r| r.last_epoch),
-                        durable_end: found.map_or(0, |r| r.durable_end),
-                    }
-                })
-                .collect();
+            let (set, of_log) = election_of(&placement, &reports, &log);
             let loss =
                 tern_replication::election::forced_promotion(&set, target, &of_log).map_err(|e| e.to_string())?;
             lines.push(loss.to_string());

@@ -11,6 +11,15 @@ use tern_segment::sim::{SimDisk, Tear};
 use tern_segment::Disk;
 use tern_wal::{AppendOptions, CommitMode, Committer, Durability, Error, Log, Record, Visibility};
 
+/// A log on a fresh simulated disk with a committer in leader mode.
+fn leader_mode_log() -> (SimDisk, Committer, Log) {
+    let disk = SimDisk::new();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let committer = Committer::start_with(shared.clone(), None, CommitMode::Leader).unwrap();
+    let log = Log::open(shared, log_dir(), "log", small_options(), committer.clone(), true).unwrap();
+    (disk, committer, log)
+}
+
 /// Pause points are process-wide: one test at a time uses them.
 static TURN: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
@@ -63,10 +72,7 @@ fn a_checkpoint_written_after_a_truncation_for_a_sync_before_it_is_never_trusted
 fn a_sync_that_completes_after_a_truncation_never_raises_the_durable_end_past_the_cut() {
     let _turn = TURN.lock();
     const POINT: &str = "complete_sync::before_raise";
-    let disk = SimDisk::new();
-    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
-    let committer = Committer::start_with(shared.clone(), None, CommitMode::Leader).unwrap();
-    let log = Log::open(shared, log_dir(), "log", small_options(), committer.clone(), true).unwrap();
+    let (disk, committer, log) = leader_mode_log();
     for i in 0..5 {
         log.append(&[&value_of(&format!("record {i}:"), 40)], Durability::Local).unwrap();
     }
@@ -175,10 +181,7 @@ fn a_waiter_never_parks_after_what_it_waits_for_happened_just_before() {
 fn a_callback_queued_while_another_writer_leads_is_committed_by_that_leader() {
     let _turn = TURN.lock();
     const POINT: &str = "complete_sync::before_raise";
-    let disk = SimDisk::new();
-    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
-    let committer = Committer::start_with(shared.clone(), None, CommitMode::Leader).unwrap();
-    let log = Log::open(shared, log_dir(), "log", small_options(), committer.clone(), true).unwrap();
+    let (_disk, committer, log) = leader_mode_log();
     tern_wal::failpoints::pause(POINT);
     let first = log.append_records(&[Record::new(b"first", 0)], AppendOptions::default()).unwrap();
     let leader = std::thread::spawn(move || first.wait(Durability::Local));
