@@ -1716,7 +1716,7 @@ fn bytes_after(log: &Log, offset: u64) -> u64 {
 }
 
 /// Bytes of a log's tail a leader reads at its start to rebuild what it remembers of the
-/// log's idempotent producers ([`recover_producers`]).
+/// log's idempotent producers (`recover_producers`).
 ///
 /// Why the tail and not the whole log: a retry that matters after a restart is one of the
 /// batches in flight when the leader stopped, and those are at the end of the log; reading
