@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
-use tern_replication::driver::{Client, Role};
+use tern_replication::driver::Role;
 
 use crate::cluster::{ClusterConfig, ClusterNode};
 use crate::demo::DemoArgs;
@@ -96,6 +96,8 @@ struct Seen {
     in_doubt: Vec<Vec<Bytes>>,
     /// The last acknowledgement, and the node address it came from.
     last_ack: Option<(Instant, SocketAddr)>,
+    /// Why a writer gave up, if one did.
+    gave_up: Option<String>,
 }
 
 /// Runs the cluster demo.
@@ -103,6 +105,13 @@ struct Seen {
 /// # Errors
 /// A node that cannot start, no leader, or a check that fails at the end.
 pub fn run(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // The demo never hangs: whatever goes wrong, it ends with an error.
+    let limit = Duration::from_secs_f64(args.seconds) + Duration::from_secs(120);
+    let _ = std::thread::Builder::new().name("tern-demo-watchdog".into()).spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("tern: error: the demo did not finish within {} s", limit.as_secs());
+        std::process::exit(1);
+    });
     let tmp;
     let root: PathBuf = match &args.dir {
         Some(dir) if dir.exists() => return Err(format!("{} already exists", dir.display()).into()),
@@ -154,43 +163,41 @@ pub fn run(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         for w in 0..WRITERS {
             let (stop, appended, seen, addrs) = (&stop, &appended, &seen, &addrs);
             s.spawn(move || {
-                // Appends to whichever node takes them: a follower refuses before writing
-                // anything; a batch whose append failed otherwise is in doubt, never resent.
-                let mut target = (w as usize) % addrs.len();
-                let mut client: Option<Client> = None;
+                // An idempotent producer: it follows the leader over the three addresses and
+                // sends a batch it is unsure of again with the same sequence, stored once.
+                let mut config = tern_replication::driver::ProducerConfig::new(addrs.clone(), LOG);
+                config.in_flight_max = 1;
+                config.give_up_after = Duration::from_secs(30);
+                config.reply_timeout = Some(Duration::from_secs(1));
+                let mut producer = match tern_replication::driver::Producer::new(config) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).gave_up = Some(e.to_string());
+                        return;
+                    }
+                };
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    if client.is_none() {
-                        client = Client::connect(addrs[target % addrs.len()]).ok();
-                        if let Some(c) = client.as_mut() {
-                            let _ = c.set_timeout(Some(Duration::from_secs(2)));
-                        }
-                    }
-                    let Some(c) = client.as_mut() else {
-                        target += 1;
-                        std::thread::sleep(Duration::from_millis(20));
-                        continue;
-                    };
                     let batch: Vec<Bytes> = (0..BATCH).map(|i| order(w, n + i)).collect();
                     n += BATCH;
-                    match c.append(LOG, batch.clone(), true) {
-                        Ok((start, _, _)) => {
-                            appended.fetch_add(BATCH, Ordering::Relaxed);
+                    let result = producer.send(batch.clone()).and_then(|mut acked| {
+                        acked.extend(producer.wait_one()?);
+                        Ok(acked)
+                    });
+                    match result {
+                        Ok(acked) => {
+                            let at = producer.node().unwrap_or(addrs[0]);
                             let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                            seen.acked.push((start, batch));
-                            seen.last_ack = Some((Instant::now(), addrs[target % addrs.len()]));
-                        }
-                        Err(e) => {
-                            let text = e.to_string();
-                            if !(text.contains("is a follower")
-                                || text.contains("not the leader")
-                                || text.starts_with("moved:"))
-                            {
-                                seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).in_doubt.push(batch);
+                            for a in acked {
+                                appended.fetch_add(BATCH, Ordering::Relaxed);
+                                seen.acked.push((a.receipt.start, batch.clone()));
+                                seen.last_ack = Some((Instant::now(), at));
                             }
-                            client = None;
-                            target += 1;
-                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(gave_up) => {
+                            seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).gave_up =
+                                Some(gave_up.reason);
+                            return;
                         }
                     }
                 }
@@ -321,6 +328,9 @@ pub fn run(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("the three logs differ: {lens:?} records").into());
     }
     let seen = seen.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(why) = &seen.gave_up {
+        return Err(format!("a writer gave up: {why}").into());
+    }
     let mut acked_records = 0usize;
     for (start, batch) in &seen.acked {
         for (i, record) in batch.iter().enumerate() {
