@@ -45,24 +45,37 @@ impl ControllerClient {
             .map_err(|e| io::Error::other(format!("controller member at {addr}: {}", io_error(e))))
     }
 
+    /// Sends `request` at `addr`, then to the leader a member names, up to three times;
+    /// `pick` takes the served result out of the response of the right kind.
+    fn at_leader<T>(
+        &self,
+        addr: &str,
+        request: &Request,
+        pick: impl Fn(Response) -> Option<Result<T, ServeError>>,
+    ) -> io::Result<T> {
+        let mut at = addr.to_owned();
+        for _ in 0..3 {
+            let result =
+                pick(self.request(&at, request)?).ok_or_else(|| io::Error::other("a response of another kind"))?;
+            match served(result)? {
+                Ok(value) => return Ok(value),
+                Err(Some(leader)) => at = leader,
+                Err(None) => return Err(io::Error::other("the controller has no leader now")),
+            }
+        }
+        Err(io::Error::other("redirected too often"))
+    }
+
     /// The cluster map, read at the controller's leader (asked at `addr`, then at the leader
     /// it names).
     ///
     /// # Errors
     /// No answer, or no leader known.
     pub fn read_map(&self, addr: &str) -> io::Result<ClusterMap> {
-        let mut at = addr.to_owned();
-        for _ in 0..3 {
-            match self.request(&at, &Request::ReadMap)? {
-                Response::ReadMap(result) => match served(result)? {
-                    Ok(map) => return Ok(map),
-                    Err(Some(leader)) => at = leader,
-                    Err(None) => return Err(io::Error::other("the controller has no leader now")),
-                },
-                _ => return Err(io::Error::other("a response of another kind")),
-            }
-        }
-        Err(io::Error::other("redirected too often"))
+        self.at_leader(addr, &Request::ReadMap, |r| match r {
+            Response::ReadMap(result) => Some(result),
+            _ => None,
+        })
     }
 
     /// Applies `command` to the map at the controller's leader.
@@ -70,18 +83,10 @@ impl ControllerClient {
     /// # Errors
     /// As [`ControllerClient::read_map`].
     pub fn propose(&self, addr: &str, command: Command) -> io::Result<Reply> {
-        let mut at = addr.to_owned();
-        for _ in 0..3 {
-            match self.request(&at, &Request::Propose(command.clone()))? {
-                Response::Propose(result) => match served(result)? {
-                    Ok(reply) => return Ok(reply),
-                    Err(Some(leader)) => at = leader,
-                    Err(None) => return Err(io::Error::other("the controller has no leader now")),
-                },
-                _ => return Err(io::Error::other("a response of another kind")),
-            }
-        }
-        Err(io::Error::other("redirected too often"))
+        self.at_leader(addr, &Request::Propose(command), |r| match r {
+            Response::Propose(result) => Some(result),
+            _ => None,
+        })
     }
 
     /// Fences the data node beside the member at `addr` at `epoch` and returns its reports.

@@ -30,6 +30,3 @@ openraft::declare_raft_types!(
     /// The controller's openraft types: commands to the cluster map, its replies.
     pub TypeConfig: D = Command, R = Reply
 );
-
-#[allow(dead_code)]
-fn _cursor_is_named_by_the_macro(_: Cursor<Vec<u8>>) {}
