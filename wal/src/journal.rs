@@ -83,8 +83,12 @@ pub fn decode_header(buf: &[u8]) -> Option<(u64, bool)> {
     }
     let flags = cur.u32_le().ok()?;
     let seq = cur.u64_le().ok()?;
+    // Bytes 24..60 are zero in version 1: a header with anything there was not written by it,
+    // even when its checksum holds.
+    let reserved_zero = covered.get(24..).is_some_and(|r| r.iter().all(|&b| b == 0));
     let stored = u32::from_le_bytes(buf.get(60..64)?.try_into().ok()?);
-    (stored == crc32fast::hash(covered) && flags & !FLAG_CLEAN == 0).then_some((seq, flags & FLAG_CLEAN != 0))
+    (stored == crc32fast::hash(covered) && flags & !FLAG_CLEAN == 0 && reserved_zero)
+        .then_some((seq, flags & FLAG_CLEAN != 0))
 }
 
 /// Appends one entry (a log's batch frame) to a block being staged.
@@ -679,5 +683,17 @@ mod tests {
         let mut bad = encode_header(9, false);
         bad[17] ^= 1;
         assert_eq!(decode_header(&bad), None);
+    }
+
+    /// Found by the `journal_decode` fuzz target: a header with non-zero reserved bytes and a
+    /// checksum computed over them decoded as a valid version 1 header, which re-encodes to
+    /// other bytes.
+    #[test]
+    fn a_header_with_reserved_bytes_set_is_not_a_version_1_header() {
+        let mut odd = encode_header(9, true);
+        odd[40] = 0x5a;
+        let crc = crc32fast::hash(&odd[..60]);
+        odd[60..64].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_header(&odd), None);
     }
 }

@@ -186,6 +186,9 @@ fn decode_slot(slot: &[u8]) -> Result<(u64, Vec<u8>), Damage> {
     if version != VERSION {
         return Err(Damage::Bad(CorruptReason::Version { found: u32::from(version) }));
     }
+    if field(6..8)? != [0, 0] {
+        return Err(Damage::Bad(CorruptReason::Field("state slot reserved")));
+    }
     let seq = u64::from_le_bytes(field(8..16)?.try_into().unwrap_or_default());
     let len = u32::from_le_bytes(field(16..20)?.try_into().unwrap_or_default()) as usize;
     let stored = u32::from_le_bytes(field(20..24)?.try_into().unwrap_or_default());

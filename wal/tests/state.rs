@@ -92,6 +92,26 @@ fn damage_to_one_slot_is_survived_and_to_both_is_reported() {
     assert!(message.contains(PATH), "{message}");
 }
 
+/// Every byte of a slot's header and value is checked, the reserved field too: with the same
+/// byte flipped in both slots the file is reported, whichever byte it is.
+#[test]
+fn a_flip_anywhere_in_both_slots_is_reported() {
+    let disk = SimDisk::new();
+    let path = Path::new(PATH);
+    let mut state = StateFile::open(&disk, path).unwrap();
+    state.put(&value(1)).unwrap();
+    let used = 24 + value(1).len() as u64;
+    drop(state);
+    for pos in 0..used {
+        disk.flip_bit(path, pos, 0).unwrap();
+        disk.flip_bit(path, 4096 + pos, 0).unwrap();
+        assert!(StateFile::open(&disk, path).is_err(), "byte {pos} flipped in both slots was read as a value");
+        disk.flip_bit(path, pos, 0).unwrap();
+        disk.flip_bit(path, 4096 + pos, 0).unwrap();
+    }
+    assert_eq!(StateFile::open(&disk, path).unwrap().get(), Some(&value(1)[..]));
+}
+
 /// After a failed sync the handle refuses puts (the next sync would report success over
 /// dropped pages); a reopened handle reads what the disk holds and goes on.
 #[test]
