@@ -276,7 +276,7 @@ impl World {
             let role = if id == LEADER {
                 Role::Leader(leader_core(&log, 1, &peers, &config, 0)?)
             } else {
-                Role::Follower(Follower::new(LOG.into(), 0, 0, 0, 0, Vec::new()))
+                Role::Follower(Follower::new(LOG.into(), 0, 0..0, 0, 0, Vec::new()))
             };
             nodes.push(Node {
                 id,
@@ -686,8 +686,10 @@ impl World {
                     let node = &mut self.nodes[id as usize];
                     node.durable_floor = node.durable_floor.min(to);
                     node.checked_end = node.checked_end.min(to);
-                    let input =
-                        FollowerInput::Truncated { written_end: log.written_end(), last_epoch: log.last_epoch() };
+                    let input = FollowerInput::Truncated {
+                        written_end: log.written_end(),
+                        last_epoch: crate::driver::ack_last_epoch(&log),
+                    };
                     self.follower(id).handle(input);
                 }
                 FollowerAction::Reset { start_offset } => {
@@ -792,9 +794,10 @@ impl World {
         }
         node.checked_end = node.checked_end.min(written);
         node.durable_floor = node.durable_floor.max(durable);
-        let (last_epoch, history) = (log.last_epoch(), log.epoch_history());
+        let (last_epoch, history) = (crate::driver::ack_last_epoch(&log), log.epoch_history());
+        let held = log.start_offset()..written;
         node.log = Some(log);
-        let mut follower = Follower::new(LOG.into(), 1, written, durable, last_epoch, history);
+        let mut follower = Follower::new(LOG.into(), 1, held, durable, last_epoch, history);
         if let Some((epoch, leader)) = node.recorded_leader {
             follower.restore_leader(epoch, leader);
         }
@@ -820,7 +823,7 @@ impl World {
         node.sync_due = false;
         node.unsynced_bytes = 0;
         // The node state file stays: the copy of one log was removed, not the node.
-        let mut follower = Follower::new(LOG.into(), 0, 0, 0, 0, Vec::new());
+        let mut follower = Follower::new(LOG.into(), 0, 0..0, 0, 0, Vec::new());
         if let Some((epoch, leader)) = node.recorded_leader {
             follower.restore_leader(epoch, leader);
         }
