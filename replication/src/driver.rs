@@ -43,8 +43,8 @@ mod producer;
 use budget::{FrameBudget, Reader, Reservation};
 pub use budget::{FRAME_MEMORY_MAX_DEFAULT, FRAME_MEMORY_MIN, SMALL_FRAME_BYTES};
 use clients::{ClientConn, ClientLoop, Counted};
-pub(crate) use follower::applied_input;
 use follower::follow;
+pub(crate) use follower::{ack_last_epoch, applied_input};
 pub use leader::read_chunk;
 use leader::{dial_loop, leader_sync_loop, Outbox, Outgoing};
 pub use producer::{
@@ -1176,8 +1176,9 @@ impl Shared {
                 (Some(leader), None)
             }
             Role::Follower => {
-                let mut follower =
-                    Follower::new(name.to_owned(), 0, written, durable, log.last_epoch(), log.epoch_history());
+                let last_epoch = follower::ack_last_epoch(&log);
+                let held = log.start_offset()..written;
+                let mut follower = Follower::new(name.to_owned(), 0, held, durable, last_epoch, log.epoch_history());
                 let state = self.node_state.lock();
                 if let Some((epoch, leader)) = state.leader(name) {
                     follower.restore_leader(epoch, leader);

@@ -656,12 +656,14 @@ mod tests {
     // The model: a replicated log across `n` replicas, as the controller, the leaders and the
     // followers change it, with every record committed by the rule leaders follow.
 
-    /// A record of the model: the epoch of the leader that wrote it, and a number that no
-    /// other record has.
+    /// A record of the model: the epoch of the leader that wrote it, a number that no other
+    /// record has, and the batch it was appended in (the id of the batch's first record): a
+    /// log is cut only between batches.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     struct Rec {
         epoch: u64,
         id: u64,
+        batch: u64,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -825,8 +827,9 @@ mod tests {
         fn append(&mut self, term: usize, count: u8, sync: bool) -> Result<(), String> {
             let (epoch, leader) = (self.terms[term].epoch, self.terms[term].leader);
             let replica = &mut self.replicas[leader];
+            let batch = self.next_id;
             for _ in 0..count {
-                replica.log.push(Rec { epoch, id: self.next_id });
+                replica.log.push(Rec { epoch, id: self.next_id, batch });
                 self.next_id += 1;
             }
             if sync {
@@ -858,7 +861,11 @@ mod tests {
             }
             follower.log.truncate(agree);
             follower.durable = follower.durable.min(agree);
-            let end = (agree + usize::from(count)).min(source.len());
+            // Whole batches only, as chunks carry them.
+            let mut end = (agree + usize::from(count)).min(source.len());
+            while end > agree && source.get(end).is_some_and(|next| next.batch == source[end - 1].batch) {
+                end += 1;
+            }
             follower.log.extend_from_slice(&source[agree..end]);
             if sync {
                 follower.durable = follower.log.len();
@@ -986,7 +993,7 @@ mod tests {
         let last_epoch = |log: &[Rec]| log.last().map_or(0, |r| r.epoch);
         let mut leader = Leader::new(config, end(source), end(source), 0);
         let mut copy = copy.to_vec();
-        let mut follower = Follower::new("l".into(), 0, end(&copy), 0, last_epoch(&copy), history_of(&copy));
+        let mut follower = Follower::new("l".into(), 0, 0..end(&copy), 0, last_epoch(&copy), history_of(&copy));
         leader.handle(LeaderInput::Connected { peer: 2, written_end: end(&copy), durable_end: 0 });
         let hello = Message::Ack {
             log: "l".into(),
@@ -1020,7 +1027,15 @@ mod tests {
                             follower.handle(FollowerInput::LeaderRecorded { epoch, leader });
                         }
                         FollowerAction::Truncate { to } => {
-                            copy.truncate(to as usize);
+                            let to = to as usize;
+                            if let (Some(before), Some(after)) =
+                                (to.checked_sub(1).and_then(|i| copy.get(i)), copy.get(to))
+                            {
+                                if before.batch == after.batch {
+                                    return Err(format!("the follower cut {copy:?} at {to}, inside a batch"));
+                                }
+                            }
+                            copy.truncate(to);
                             let (written_end, last_epoch) = (end(&copy), last_epoch(&copy));
                             follower.handle(FollowerInput::Truncated { written_end, last_epoch });
                         }

@@ -119,7 +119,8 @@ pub enum Message {
         last_epoch: u64,
         /// The largest epoch at or below `last_epoch` in the leader's epoch history (0: none,
         /// the records before any epoch): the follower also cuts where its own copy of it
-        /// ends, where the first later epoch begins in its own history (Kafka's KIP-279).
+        /// ends, where the first later epoch begins in its own history (Kafka's KIP-279), and
+        /// only there if it holds no record of it.
         matched_epoch: u64,
     },
     /// Leader to follower: the records from `missing_from` to `start_offset` are gone from the

@@ -17,6 +17,7 @@
 //! ([`quorum_commit_end`]). It only moves forward.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 
 use crate::message::{Chunk, Message, NodeId};
 
@@ -574,9 +575,13 @@ impl Leader {
         // log's start agrees with it as far as can be told (what it may hold lies below this
         // log's start: it cannot be compared, and is replaced by a re-seed when the peer
         // needs what is gone here). Taking it for diverged at the first epoch's start asked it
-        // for a cut below its own start, which it can never make.
-        let reseeded = last_epoch == 0 && written_end <= self.start_offset;
+        // for a cut below its own start, which it can never make. So is one that a `Truncate`
+        // of this epoch checked: the follower found nothing it holds that could part from this
+        // log (an empty log re-seeded by another leader, whose log started later than this
+        // one's).
+        let reseeded = last_epoch == 0 && (written_end <= self.start_offset || checked_epoch == self.config.epoch);
         let diverged_at = if reseeded { written_end } else { diverged_at };
+        let was_checked = p.checked;
         p.checked = checked_epoch == self.config.epoch;
         if !p.checked || written_end > diverged_at {
             // Until the peer's log was checked against this epoch it takes no appends of it.
@@ -620,6 +625,17 @@ impl Leader {
             // An ack of a log not checked against this epoch counts for nothing: it may
             // hold records this leader never wrote, at offsets it did.
             return;
+        }
+        if !was_checked && written_end <= leader_written {
+            // Just checked: the peer's log is this one's up to its end, which is therefore a
+            // batch boundary here too; shipping starts there. Where shipping stood before may
+            // be inside a batch here (an end the peer reported before it cut further back
+            // than the `Truncate` said), and a chunk asked from there starts before it, so
+            // that its `Shipped` never matched and the same chunk was asked for again and
+            // again. What was in flight was refused.
+            p.next_offset = written_end;
+            p.inflight.clear();
+            p.inflight_bytes = 0;
         }
         if written_end > leader_written {
             // A peer cannot hold what was never written here. With a chunk on its way the
@@ -892,6 +908,10 @@ pub struct Follower {
     /// The log's epoch history, `(epoch, start offset)` oldest first, as
     /// `tern_wal::Log::epoch_history` keeps it: where its own copy of each epoch ends.
     epoch_history: Vec<(u64, u64)>,
+    /// Where the log started when this core was built or last re-seeded. Its own retention
+    /// may have moved it up since, but never to the written end (it keeps its newest
+    /// segment): a log that ends here holds no record.
+    start_offset: u64,
     /// The action in progress is a cut (a [`FollowerAction::Truncate`]).
     cut_pending: bool,
     /// Records the leader no longer holds that this follower needed (`from..to`), and whether
@@ -903,17 +923,20 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// A follower of `log` whose local log ends at `written_end` (`durable_end` synced), its
-    /// last batch of epoch `last_epoch`, its epoch history `epoch_history`
-    /// (`tern_wal::Log::epoch_history`: `(epoch, start offset)`, oldest first).
+    /// A follower of `log` whose local log holds the offsets `held` (from its start to its
+    /// written end; `durable_end` synced), its last batch of epoch `last_epoch`, its epoch
+    /// history `epoch_history` (`tern_wal::Log::epoch_history`: `(epoch, start offset)`, oldest
+    /// first).
     pub fn new(
         log: String,
         epoch_seen: u64,
-        written_end: u64,
+        held: Range<u64>,
         durable_end: u64,
         last_epoch: u64,
         epoch_history: Vec<(u64, u64)>,
     ) -> Follower {
+        let Range { start: start_offset, end: written_end } = held;
+        assert!(start_offset <= written_end, "log start {start_offset} past its end {written_end}");
         assert!(durable_end <= written_end, "durable {durable_end} past written {written_end}");
         assert!(
             epoch_history.windows(2).all(|w| matches!(w, [(e0, s0), (e1, s1)] if e0 < e1 && s0 <= s1)),
@@ -931,6 +954,7 @@ impl Follower {
             last_epoch,
             checked_epoch: 0,
             epoch_history,
+            start_offset,
             cut_pending: false,
             gap: None,
             pending: None,
@@ -1035,6 +1059,7 @@ impl Follower {
                 self.applying = false;
                 self.written_end = start_offset;
                 self.durable_end = start_offset;
+                self.start_offset = start_offset;
                 self.last_epoch = 0;
                 self.epoch_history.clear();
                 self.ack();
@@ -1152,8 +1177,25 @@ impl Follower {
                     return;
                 }
                 // Records past where this log's own copy of the matched epoch ends are of later
-                // epochs the leader never held: they part from its log too (KIP-279).
-                let to = to.min(self.own_epoch_end(matched_epoch));
+                // epochs the leader never held: they part from its log too (KIP-279). A log
+                // that holds no record of the matched epoch parts from the leader's where it
+                // holds its first later epoch, whatever the leader's `to`: the leader's `to`
+                // ends a run of batches this log does not have, so it may fall inside one of
+                // its own, and the next round finds where the rest parts.
+                let own_end = self.own_epoch_end(matched_epoch);
+                let holds = matched_epoch == 0
+                    || self.epoch_history.iter().any(|(e, start)| *e == matched_epoch && *start < self.written_end);
+                // A log that holds no record (re-seeded, perhaps by another leader whose log
+                // started later than this one's, and given nothing since) has nothing that can
+                // part from the leader's: a cut below its start could never be made.
+                let empty = self.written_end <= self.start_offset;
+                let to = if empty {
+                    self.written_end
+                } else if holds {
+                    to.min(own_end)
+                } else {
+                    own_end
+                };
                 // An epoch begun here that wrote nothing (this node led it, deposed before it
                 // wrote) is a later one than the leader's matched epoch too: its entry must go,
                 // by a cut at the end, or the log would refuse the leader's frames of older
@@ -1288,7 +1330,7 @@ mod tests {
     /// epoch as its leader once recorded.
     #[test]
     fn a_fenced_follower_refuses_the_old_epoch_and_takes_the_new_leader() {
-        let mut f = Follower::new("l".into(), 0, 0, 0, 0, vec![]);
+        let mut f = Follower::new("l".into(), 0, 0..0, 0, 0, vec![]);
         f.restore_leader(1, 1);
         let append = |epoch: u64, base: u64, end: u64| Message::Append {
             log: "l".into(),
@@ -1508,7 +1550,7 @@ mod tests {
         let config = LeaderConfig { epoch: 2, epoch_history: vec![(1, 0), (2, 50)], ..config(Quorum::Count(2)) };
         let mut leader = Leader::new(config, 100, 100, 0);
         leader.handle(LeaderInput::StartMoved { start: 80 });
-        let mut follower = Follower::new("l".into(), 1, 70, 70, 1, vec![(1, 0)]);
+        let mut follower = Follower::new("l".into(), 1, 0..70, 70, 1, vec![(1, 0)]);
         leader.handle(LeaderInput::Connected { peer: 2, written_end: 70, durable_end: 70 });
         let hello = Message::Ack { log: "l".into(), epoch: 1, written_end: 70, durable_end: 70, last_epoch: 1 };
         leader.handle(LeaderInput::Received { peer: 2, msg: hello });
@@ -1555,7 +1597,7 @@ mod tests {
 
     #[test]
     fn a_failed_cut_is_retried_with_the_next_heartbeat_not_at_once() {
-        let mut follower = Follower::new("l".into(), 1, 70, 70, 1, vec![(1, 0)]);
+        let mut follower = Follower::new("l".into(), 1, 0..70, 70, 1, vec![(1, 0)]);
         let cut =
             Message::Truncate { log: "l".into(), epoch: 2, to: 50, written_end: 70, last_epoch: 1, matched_epoch: 1 };
         for _ in 0..3 {
@@ -1570,7 +1612,7 @@ mod tests {
         }
         // A failed apply is still answered at once (the leader resends after `resend_ms`).
         let chunk = chunk(70, 71);
-        let mut follower = Follower::new("l".into(), 1, 70, 70, 1, vec![(1, 0)]);
+        let mut follower = Follower::new("l".into(), 1, 0..70, 70, 1, vec![(1, 0)]);
         let check =
             Message::Truncate { log: "l".into(), epoch: 1, to: 70, written_end: 70, last_epoch: 1, matched_epoch: 1 };
         recv(&mut follower, 1, check);
@@ -1588,7 +1630,7 @@ mod tests {
     fn a_follower_takes_the_commit_point_only_once_its_log_was_checked() {
         // Records 50..70 here are a tail the leader lost; its epoch 2 began at 50 and has
         // committed up to 90.
-        let mut follower = Follower::new("l".into(), 1, 70, 70, 1, vec![(1, 0)]);
+        let mut follower = Follower::new("l".into(), 1, 0..70, 70, 1, vec![(1, 0)]);
         let heartbeat = Message::Heartbeat { epoch: 2, logs: vec![("l".into(), 100, 90)] };
         recv(&mut follower, 1, heartbeat.clone());
         assert_eq!(follower.commit_end(), 0, "50..70 are not the leader's: none of them is committed");
@@ -1735,7 +1777,7 @@ mod tests {
     /// everything is synced.
     #[test]
     fn a_follower_syncs_again_when_more_was_applied_during_a_sync() {
-        let mut follower = Follower::new("l".into(), 1, 5, 5, 1, vec![(1, 0)]);
+        let mut follower = Follower::new("l".into(), 1, 0..5, 5, 1, vec![(1, 0)]);
         recv(
             &mut follower,
             1,
@@ -1764,7 +1806,7 @@ mod tests {
     /// log's (not even its epoch), and a data loss that ends where its log ends loses nothing.
     #[test]
     fn a_follower_ignores_another_logs_messages_and_a_loss_ending_at_its_end() {
-        let mut follower = Follower::new("l".into(), 1, 40, 40, 1, vec![(1, 0)]);
+        let mut follower = Follower::new("l".into(), 1, 0..40, 40, 1, vec![(1, 0)]);
         recv(
             &mut follower,
             1,
@@ -1935,7 +1977,7 @@ mod tests {
     /// A follower records who leads a new epoch, durably, before it takes anything of it.
     #[test]
     fn a_follower_records_a_new_leader_before_taking_anything_of_its_epoch() {
-        let mut follower = Follower::new("l".into(), 0, 5, 5, 1, vec![(1, 0)]);
+        let mut follower = Follower::new("l".into(), 0, 0..5, 5, 1, vec![(1, 0)]);
         let check =
             Message::Truncate { log: "l".into(), epoch: 1, to: 5, written_end: 5, last_epoch: 1, matched_epoch: 1 };
         follower.handle(FollowerInput::Received { from: 1, msg: check });
@@ -1951,7 +1993,7 @@ mod tests {
     /// follows is refused, and so is an older epoch; a later epoch is a new leader.
     #[test]
     fn a_follower_refuses_another_node_claiming_the_epoch_it_follows_also_after_a_restart() {
-        let mut follower = Follower::new("l".into(), 0, 5, 5, 3, vec![(3, 0)]);
+        let mut follower = Follower::new("l".into(), 0, 0..5, 5, 3, vec![(3, 0)]);
         follower.restore_leader(3, 1);
         let truncate = |epoch| Message::Truncate {
             log: "l".into(),
@@ -2072,7 +2114,7 @@ mod tests {
         let fourth = LeaderConfig { epoch: 4, epoch_history: vec![(1, 0), (3, 1), (4, 2)], ..config(Quorum::Count(2)) };
         let mut leader = Leader::new(fourth, 2, 2, 0);
         let history = [(2, 0)];
-        let mut follower = Follower::new("l".into(), 2, 1, 1, 2, history.to_vec());
+        let mut follower = Follower::new("l".into(), 2, 0..1, 1, 2, history.to_vec());
         let cuts = check_peer(&mut leader, &mut follower, &history);
         assert_eq!(cuts, vec![0], "epoch 2's record at 0 is not the leader's");
         assert_eq!(follower.checked_epoch(), 4, "the emptied log is checked by the next round");
@@ -2093,7 +2135,7 @@ mod tests {
             LeaderConfig { epoch: 6, epoch_history: vec![(1, 0), (2, 5), (3, 7), (6, 9)], ..config(Quorum::Count(2)) };
         let mut leader = Leader::new(sixth, 9, 9, 0);
         let history = [(1, 0), (5, 8)];
-        let mut follower = Follower::new("l".into(), 5, 10, 10, 5, history.to_vec());
+        let mut follower = Follower::new("l".into(), 5, 0..10, 10, 5, history.to_vec());
         let cuts = check_peer(&mut leader, &mut follower, &history);
         assert_eq!(cuts, vec![8, 5]);
         assert_eq!(follower.checked_epoch(), 6);
@@ -2104,7 +2146,7 @@ mod tests {
             LeaderConfig { epoch: 6, epoch_history: vec![(1, 0), (2, 5), (3, 7), (6, 9)], ..config(Quorum::Count(2)) };
         let mut leader = Leader::new(sixth, 9, 9, 0);
         let history = [(1, 0), (2, 5)];
-        let mut follower = Follower::new("l".into(), 2, 8, 8, 2, history.to_vec());
+        let mut follower = Follower::new("l".into(), 2, 0..8, 8, 2, history.to_vec());
         assert_eq!(check_peer(&mut leader, &mut follower, &history), vec![7]);
         assert_eq!(follower.checked_epoch(), 6);
     }
@@ -2118,10 +2160,84 @@ mod tests {
         let mut leader = Leader::new(fifth, 9, 9, 0);
         // It led epoch 4 from 6 and wrote nothing; its last record is of epoch 1.
         let history = [(1, 0), (4, 6)];
-        let mut follower = Follower::new("l".into(), 4, 6, 6, 1, history.to_vec());
+        let mut follower = Follower::new("l".into(), 4, 0..6, 6, 1, history.to_vec());
         assert_eq!(check_peer(&mut leader, &mut follower, &history), vec![6]);
         assert_eq!(follower.epoch_history, vec![(1, 0)]);
         assert_eq!(follower.checked_epoch(), 5);
+    }
+
+    /// Found by the simulator with leaders moving between nodes (seed 0x7090fc08e0770e75 of
+    /// `failover_holds_with_five_nodes_and_heavy_faults`, 300 seeds): node 0 holds epoch 1 at
+    /// 0..13 (one batch 9..12) and epoch 4 at 13..24; its new leader holds epoch 2 at 0..10 and
+    /// leads epoch 5. The leader's newest epoch not after 4 is 2, ending at 10; node 0 holds no
+    /// record of epoch 2. Cut at min(10, 13) it was told to cut inside its batch 9..12, which
+    /// a log cannot do. It cuts where its epoch 4 begins (13), then, its last epoch 1 being
+    /// before every epoch the leader holds, back to 0.
+    #[test]
+    fn a_follower_holding_nothing_of_the_matched_epoch_cuts_where_its_later_epochs_begin() {
+        let fifth = LeaderConfig { epoch: 5, epoch_history: vec![(2, 0), (5, 10)], ..config(Quorum::Count(2)) };
+        let mut leader = Leader::new(fifth, 13, 13, 0);
+        let history = [(1, 0), (4, 13)];
+        let mut follower = Follower::new("l".into(), 4, 0..24, 24, 4, history.to_vec());
+        assert_eq!(check_peer(&mut leader, &mut follower, &history), vec![13, 0]);
+        assert_eq!(follower.checked_epoch(), 5);
+    }
+
+    /// Found by the simulator with leaders moving between nodes (seed 0x83ac81096ca8b784 of
+    /// `failover_keeps_every_committed_record_and_one_leader_per_epoch`, 2,000 seeds): node 1
+    /// was re-seeded at 25 by a leader whose retention had deleted what came before, and then
+    /// followed another leader, whose log starts at 0. Its empty log has no epoch; taken for
+    /// one of records older than epochs, it was told to cut back to where the leader's first
+    /// epoch begins (0), below its start, which no log can do. It holds nothing that can
+    /// part from the leader's: it is checked as it stands, and shipped from its end.
+    #[test]
+    fn an_empty_log_re_seeded_by_another_leader_is_checked_as_it_stands() {
+        let fifth =
+            LeaderConfig { epoch: 5, epoch_history: vec![(1, 0), (2, 207), (5, 237)], ..config(Quorum::Count(2)) };
+        let mut leader = Leader::new(fifth, 237, 237, 0);
+        let mut follower = Follower::new("l".into(), 4, 25..25, 25, 0, Vec::new());
+        assert_eq!(check_peer(&mut leader, &mut follower, &[]), Vec::<u64>::new());
+        assert_eq!(follower.checked_epoch(), 5);
+        assert_eq!(leader.peer_state(2), Some((25, 25, true)), "its ack counts");
+        assert_eq!(leader.peer_view(2).map(|v| v.next_offset), Some(25), "shipped from its end");
+    }
+
+    /// Found by the simulator with leaders moving between nodes (seed 0x1ddea1989c659655 of
+    /// `failover_keeps_every_committed_record_and_one_leader_per_epoch`, 1,000 seeds): a
+    /// follower checked at 12 was being shipped 12..86 when a late ack from before its cut
+    /// arrived (its log at 84, its last batch 83..84 of an epoch 3 this leader never held).
+    /// The `Truncate` it drew lowered shipping to 84, inside this log's batch 83..86; the next
+    /// ack (checked, at 12) resumed shipping from there, a chunk asked from 84 came from 83,
+    /// its `Shipped` never matched, and the same chunk was asked for again forever. Once
+    /// checked again, a peer is shipped from its end.
+    #[test]
+    fn a_peer_checked_again_after_a_late_ack_is_shipped_from_its_end() {
+        let fourth = LeaderConfig { epoch: 4, epoch_history: vec![(1, 0), (4, 87)], ..config(Quorum::Count(2)) };
+        let mut leader = Leader::new(fourth, 156, 156, 0);
+        leader.handle(LeaderInput::Connected { peer: 2, written_end: 84, durable_end: 84 });
+        let late = Message::Ack { log: "l".into(), epoch: 0, written_end: 84, durable_end: 84, last_epoch: 3 };
+        let checked = Message::Ack { log: "l".into(), epoch: 4, written_end: 12, durable_end: 12, last_epoch: 1 };
+        leader.handle(LeaderInput::Received { peer: 2, msg: checked.clone() });
+        let mut from = 12;
+        for end in [30, 50, 70, 86] {
+            leader.handle(LeaderInput::Shipped { peer: 2, base_offset: from, end_offset: end, len_bytes: 100 });
+            from = end;
+        }
+        // The chunk asked from 86 is not sent (nothing was read yet).
+        let asked = drain(&mut leader);
+        assert!(asked.iter().any(|a| matches!(a, LeaderAction::Ship { peer: 2, from: 86, .. })), "{asked:?}");
+        leader.handle(LeaderInput::NotShipped { peer: 2 });
+        let _ = drain(&mut leader);
+        assert_eq!(leader.peer_view(2).map(|v| v.next_offset), Some(86));
+        leader.handle(LeaderInput::Received { peer: 2, msg: late });
+        let answer = drain(&mut leader);
+        assert!(
+            matches!(answer.as_slice(), [LeaderAction::Send { msg: Message::Truncate { to: 84, .. }, .. }]),
+            "{answer:?}"
+        );
+        leader.handle(LeaderInput::Received { peer: 2, msg: checked });
+        let ships = drain(&mut leader);
+        assert!(matches!(ships.as_slice(), [LeaderAction::Ship { peer: 2, from: 12, .. }]), "{ships:?}");
     }
 
     #[test]
@@ -2133,7 +2249,7 @@ mod tests {
         assert_eq!(leader.epoch_end(5), (3, 9), "epochs 4 and 5 never wrote here");
         assert_eq!(leader.epoch_end(6), (6, u64::MAX), "the current epoch goes on");
         // A follower holding epoch 1 at 0..3: the leader's log begins epoch 2 at 3.
-        let mut follower = Follower::new("l".into(), 1, 6, 6, 1, vec![(1, 0)]);
+        let mut follower = Follower::new("l".into(), 1, 0..6, 6, 1, vec![(1, 0)]);
         let cut =
             Message::Truncate { log: "l".into(), epoch: 6, to: 3, written_end: 6, last_epoch: 1, matched_epoch: 0 };
         recv(&mut follower, 1, cut);
@@ -2142,7 +2258,7 @@ mod tests {
 
     #[test]
     fn a_follower_answers_a_gap_with_where_it_stands() {
-        let mut follower = Follower::new("l".into(), 1, 5, 5, 1, vec![(1, 0)]);
+        let mut follower = Follower::new("l".into(), 1, 0..5, 5, 1, vec![(1, 0)]);
         let check =
             Message::Truncate { log: "l".into(), epoch: 1, to: 5, written_end: 5, last_epoch: 1, matched_epoch: 1 };
         recv(&mut follower, 1, check);
@@ -2158,7 +2274,7 @@ mod tests {
 
     #[test]
     fn a_data_loss_shrinks_as_late_records_arrive_and_is_gone_once_they_reach_the_leaders_start() {
-        let mut follower = Follower::new("l".into(), 1, 40, 40, 1, vec![(1, 0)]);
+        let mut follower = Follower::new("l".into(), 1, 0..40, 40, 1, vec![(1, 0)]);
         let check =
             Message::Truncate { log: "l".into(), epoch: 1, to: 40, written_end: 40, last_epoch: 1, matched_epoch: 1 };
         recv(&mut follower, 1, check);
@@ -2179,7 +2295,7 @@ mod tests {
 
     #[test]
     fn a_follower_takes_a_new_leaders_appends_only_once_checked_and_never_obeys_a_late_cut() {
-        let mut follower = Follower::new("l".into(), 1, 50, 50, 1, vec![(1, 0)]);
+        let mut follower = Follower::new("l".into(), 1, 0..50, 50, 1, vec![(1, 0)]);
         // A leader of epoch 2 has not checked this log yet: its append is not applied.
         let append = Message::Append { log: "l".into(), epoch: 2, commit_end: 0, chunk: chunk(50, 60) };
         recv(&mut follower, 1, append.clone());

@@ -5,9 +5,12 @@
 //! records the leader lost, until they are cut back), a follower calls committed only the
 //! leader's records, the commit point never goes back, no committed record is ever lost or
 //! cut, every committed record is durable on a quorum, a re-seed never skips a record the
-//! leader still holds, and after healing all logs converge.
+//! leader still holds, and after healing all logs converge. With leadership moving between
+//! nodes (the `failover_` tests): every epoch has one leader, every committed record is in
+//! every later leader's log, and every record cut is in a quarantine file.
 //!
-//! 64 seeds by default; `TERN_SIM_SEEDS=10000` for more, `TERN_SIM_SEED=0x..` to replay one.
+//! 64 seeds by default (fewer for the heavier tests); `TERN_SIM_SEEDS=10000` for more,
+//! `TERN_SIM_SEED=0x..` to replay one.
 
 use tern_replication::proto::Quorum;
 use tern_replication::sim::{seeds, Config, World};
@@ -227,4 +230,106 @@ fn a_followers_own_retention_never_deletes_records_a_restarted_leader_must_cut()
     if seeds(64).len() >= 64 {
         assert!(follower_retentions > 0 && cut > 0, "the scenario did not happen: {follower_retentions} {cut}");
     }
+}
+
+/// Leadership moves between nodes: the leader loses power for good, pauses past the failure
+/// timeout, or is cut off from everyone; the controller (a compare-and-set register in the
+/// simulator) fences the replicas it reaches, elects from their reports, and the elected node
+/// leads the next epoch. An old leader that comes back leads its epoch for a while (clients
+/// still append to it) and is then started as a follower, its uncommitted tail cut into a
+/// quarantine file.
+fn failover(seed: u64) -> Config {
+    Config {
+        seed,
+        leader_death_ratio: 0.002,
+        leader_pause_ratio: 0.005,
+        leader_isolation_ratio: 0.005,
+        controller_partition_ratio: 0.005,
+        ..Config::default()
+    }
+}
+
+/// Runs `configs` and sums what they injected; with at least `seeds_min` seeds, every kind of
+/// failover must have happened.
+fn run_failovers(configs: impl Iterator<Item = Config>, steps: u64, seeds_min: usize) {
+    let mut totals = tern_replication::sim::Faults::default();
+    let mut committed = 0;
+    let mut epochs = 0;
+    let mut seeds = 0;
+    for config in configs {
+        let world = run_seed(config, steps);
+        let f = world.faults();
+        committed += world.committed();
+        epochs += world.register().epoch();
+        seeds += 1;
+        totals.leader_deaths += f.leader_deaths;
+        totals.leader_pauses += f.leader_pauses;
+        totals.leader_isolations += f.leader_isolations;
+        totals.controller_partitions += f.controller_partitions;
+        totals.elections += f.elections;
+        totals.elections_short += f.elections_short;
+        totals.demotions += f.demotions;
+        totals.zombie_appends += f.zombie_appends;
+        totals.quarantined += f.quarantined;
+        totals.records_cut += f.records_cut;
+        totals.leader_crashes += f.leader_crashes;
+    }
+    let t = totals;
+    eprintln!(
+        "{seeds} seeds: {committed} records committed over {epochs} epochs; {} leader deaths, {} pauses, {} \
+         isolations, {} partitions from the controller, {} power losses in place; {} elections ({} short of \
+         reports); {} old leaders started as followers; {} records appended to old leaders; {} records cut, {} \
+         quarantined",
+        t.leader_deaths,
+        t.leader_pauses,
+        t.leader_isolations,
+        t.controller_partitions,
+        t.leader_crashes,
+        t.elections,
+        t.elections_short,
+        t.demotions,
+        t.zombie_appends,
+        t.records_cut,
+        t.quarantined
+    );
+    assert!(committed > 0, "the simulation never committed anything");
+    if seeds >= seeds_min {
+        assert!(
+            t.leader_deaths > 0
+                && t.leader_pauses > 0
+                && t.leader_isolations > 0
+                && t.controller_partitions > 0
+                && t.elections > 0,
+            "the failovers must happen: {t:?}"
+        );
+        assert!(t.demotions > 0 && t.zombie_appends > 0 && t.quarantined > 0, "old leaders must come back: {t:?}");
+    }
+}
+
+#[test]
+fn failover_keeps_every_committed_record_and_one_leader_per_epoch() {
+    run_failovers(seeds(32).into_iter().map(failover), 800, 32);
+}
+
+#[test]
+fn failover_holds_with_five_nodes_and_heavy_faults() {
+    // Five nodes with a quorum of three (two may die), more loss, crashes and failovers.
+    let configs = seeds(8).into_iter().map(|seed| Config {
+        nodes: 5,
+        quorum: Quorum::Count(3),
+        drop_ratio: 0.1,
+        crash_ratio: 0.01,
+        leader_death_ratio: 0.004,
+        leader_pause_ratio: 0.01,
+        leader_isolation_ratio: 0.01,
+        ..failover(seed)
+    });
+    run_failovers(configs, 800, 8);
+}
+
+#[test]
+fn failover_holds_when_every_replica_must_ack() {
+    // With every replica in the quorum, one report elects, and no replica may die.
+    let configs = seeds(8).into_iter().map(|seed| Config { quorum: Quorum::All, ..failover(seed) });
+    run_failovers(configs, 800, usize::MAX);
 }

@@ -100,7 +100,7 @@ pub(super) fn follow_messages(
             epoch: slot.lock().follower.as_ref().map_or(0, Follower::checked_epoch),
             written_end: slot.log.written_end(),
             durable_end: slot.log.durable_end(),
-            last_epoch: slot.log.last_epoch(),
+            last_epoch: ack_last_epoch(&slot.log),
         };
         write_msg(&mut writer.lock(), &msg)?;
     }
@@ -231,7 +231,24 @@ pub(crate) fn applied_input(log: &Log, follower: &Follower) -> FollowerInput {
     } else {
         Vec::new()
     };
-    FollowerInput::Applied { written_end: log.written_end(), last_epoch: log.last_epoch(), epochs_begun }
+    FollowerInput::Applied { written_end: log.written_end(), last_epoch: ack_last_epoch(log), epochs_begun }
+}
+
+/// The last epoch a follower's log reports to its leader ([`Message::Ack`]'s `last_epoch`):
+/// the epoch of the batch that held the record before its end. That is [`Log::last_epoch`],
+/// except for a log left empty above records its own retention deleted (cut back to its
+/// start): those records were of the epoch its history still says, and were committed (its
+/// retention is held at the commit point it learned), so its copy agrees with the leader's up
+/// to its end. Reported as 0, the records before any epoch, the leader asked it to cut back
+/// to where its first epoch begins, below its start, which it can never do. A re-seeded log,
+/// whose history was cleared, still reports 0.
+pub(crate) fn ack_last_epoch(log: &Log) -> u64 {
+    let end = log.written_end();
+    if end > log.start_offset() {
+        return log.last_epoch();
+    }
+    let Some(last) = end.checked_sub(1) else { return 0 };
+    log.epoch_history().iter().rev().find(|(_, start)| *start <= last).map_or(0, |(epoch, _)| *epoch)
 }
 
 /// Feeds a follower input to the core of `slot` and carries out the actions; returns the
@@ -290,7 +307,7 @@ pub(super) fn follower_input(shared: &Shared, slot: &LogSlot, queue: &SyncQueue,
                             }
                             FollowerInput::Truncated {
                                 written_end: s.log.written_end(),
-                                last_epoch: s.log.last_epoch(),
+                                last_epoch: ack_last_epoch(&s.log),
                             }
                         }
                         Err(e) => {
@@ -374,5 +391,36 @@ mod tests {
         collect_acks(&mut acks, vec![ack("a", 3)]);
         let kept: Vec<&Message> = acks.values().collect();
         assert_eq!(kept, vec![&ack("a", 3), &ack("b", 5)]);
+    }
+
+    /// A follower's log cut back to its start, after its own retention deleted what came
+    /// before (committed records of epoch 1), holds nothing: `Log::last_epoch` says 0. Its
+    /// acks say 1, so that its leader does not take it for a log of records older than epochs
+    /// and ask it to cut below its start. A re-seeded log, its history cleared, says 0.
+    #[test]
+    fn a_log_emptied_above_what_its_retention_deleted_reports_their_epoch() {
+        let disk = tern_segment::sim::SimDisk::new();
+        let committer =
+            tern_wal::Committer::start_with(Arc::new(disk.clone()), None, tern_wal::CommitMode::Leader).unwrap();
+        let options = tern_wal::LogOptions {
+            segment_size_bytes: 4 << 10,
+            index_interval_bytes: 1024,
+            ..tern_wal::LogOptions::default()
+        };
+        let shared: Arc<dyn tern_segment::Disk> = Arc::new(disk);
+        let log = Log::open(shared, std::path::Path::new("/l"), "l", options, committer.clone(), true).unwrap();
+        log.begin_epoch(1).unwrap();
+        for _ in 0..40 {
+            log.append(&[&[7u8; 300][..]], tern_wal::Durability::Local).unwrap();
+        }
+        let start = log.truncate_prefix(30).unwrap();
+        assert!(start > 0 && start < 40, "retention kept {start}..40");
+        log.truncate_suffix(start).unwrap();
+        assert_eq!((log.start_offset(), log.written_end(), log.last_epoch()), (start, start, 0));
+        assert_eq!(ack_last_epoch(&log), 1);
+        log.reset(start + 5).unwrap();
+        assert_eq!(ack_last_epoch(&log), 0);
+        log.close().unwrap();
+        committer.stop();
     }
 }
