@@ -47,8 +47,9 @@ pub struct ControllerConfig {
 }
 
 impl ControllerConfig {
-    /// Defaults for a member: 50 ms heartbeats, elections after 200 to 400 ms of silence (the
-    /// controller's own failover is part of a log leader's when one node leads both).
+    /// Defaults for a member: 50 ms heartbeats, elections after 150 to 300 ms of silence beyond
+    /// the leader's lease (as long as the longest election timeout): the controller's own
+    /// failover is part of a log leader's when one node leads both.
     pub fn new(node_id: NodeId, dir: PathBuf, listen: String, voters: BTreeMap<NodeId, String>) -> Self {
         ControllerConfig {
             node_id,
@@ -56,7 +57,7 @@ impl ControllerConfig {
             listen,
             voters,
             heartbeat: Duration::from_millis(50),
-            election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
+            election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
         }
     }
 }
@@ -261,30 +262,43 @@ impl Controller {
         *self.shared.data_node.lock() = Some(node);
     }
 
-    /// A data leader's heartbeat: tells the controller's leader (forwarded there) that this
-    /// node is alive and leads in `epoch`.
+    /// A data leader's heartbeat: tells every controller member that this node is alive and
+    /// leads in `epoch`, and succeeds once the controller's leader took it. Every member keeps
+    /// it, so that a member that becomes the controller's leader (after the old one died,
+    /// perhaps with this node) knows how long each data leader has been silent without first
+    /// waiting to hear from it.
     ///
     /// # Errors
     /// [`ControllerError::NoLeader`] when no controller leader answered within `timeout`: a
     /// data leader that cannot reach the controller for its failure timeout stops leading.
     pub fn heartbeat(&self, epoch: u64, timeout: Duration) -> Result<(), ControllerError> {
         let shared = self.shared.clone();
+        let me = self.node_id;
         self.runtime().block_on(async move {
             let deadline = Instant::now() + timeout;
             let mut leader = None;
             loop {
+                shared.heartbeats.lock().insert(me, (epoch, Instant::now()));
                 let status = self.status();
                 leader = status.leader.or(leader);
-                if status.leader == Some(self.node_id) {
-                    shared.heartbeats.lock().insert(self.node_id, (epoch, Instant::now()));
-                    return Ok(());
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let mut calls = tokio::task::JoinSet::new();
+                for addr in status.voters.iter().filter(|(id, _)| **id != me).map(|(_, addr)| addr.clone()) {
+                    calls.spawn(async move {
+                        let request = Request::Heartbeat { node: me, epoch };
+                        call(&mut None, &addr, &request, remaining).await
+                    });
                 }
-                if let Some(addr) = status.leader.and_then(|l| status.voters.get(&l).cloned()) {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    let request = Request::Heartbeat { node: self.node_id, epoch };
-                    if let Ok(Response::Heartbeat(Ok(()))) = call(&mut None, &addr, &request, remaining).await {
-                        return Ok(());
-                    }
+                // Only a member that leads the controller answers Ok; the calls to the others
+                // finish on their own (a paused member must not hold up this one).
+                let mut taken = status.leader == Some(me);
+                while !taken {
+                    let Some(answer) = calls.join_next().await else { break };
+                    taken = matches!(answer, Ok(Ok(Response::Heartbeat(Ok(())))));
+                }
+                calls.detach_all();
+                if taken {
+                    return Ok(());
                 }
                 if Instant::now() + NO_LEADER_BACKOFF >= deadline {
                     return Err(ControllerError::NoLeader { waited_ms: timeout.as_millis() as u64, leader });
@@ -294,7 +308,7 @@ impl Controller {
         })
     }
 
-    /// Controller leader: when data leader `node` was last heard, and in which epoch.
+    /// When data leader `node` was last heard by this member, and in which epoch.
     pub fn last_heartbeat(&self, node: NodeId) -> Option<(u64, Instant)> {
         self.shared.heartbeats.lock().get(&node).copied()
     }
@@ -597,11 +611,14 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>, mut stop: 
                 Err(e) => Err(ServeError::Failed(e.to_string())),
             }),
             Request::ChangeMembers(change) => Response::ChangeMembers(change_members_here(raft, change).await),
-            Request::Heartbeat { node, epoch } => Response::Heartbeat(if shared.leading_since.lock().is_some() {
+            Request::Heartbeat { node, epoch } => Response::Heartbeat({
+                // Kept by every member: the next controller leader knows how long it was.
                 shared.heartbeats.lock().insert(node, (epoch, Instant::now()));
-                Ok(())
-            } else {
-                Err(ServeError::NotLeader { leader: raft.metrics().borrow().current_leader, addr: None })
+                if shared.leading_since.lock().is_some() {
+                    Ok(())
+                } else {
+                    Err(ServeError::NotLeader { leader: raft.metrics().borrow().current_leader, addr: None })
+                }
             }),
             Request::Drain { target, timeout_ms } => {
                 let data = shared.data_node.lock().clone();

@@ -287,7 +287,9 @@ impl Drop for ClusterNode {
 }
 
 fn log_line(what: &str) {
-    eprintln!("tern serve: {what}");
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let (h, m, s, ms) = (ms / 3_600_000 % 24, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    eprintln!("tern serve: {h:02}:{m:02}:{s:02}.{ms:03} {what}");
 }
 
 impl Shared {
@@ -346,9 +348,16 @@ impl Shared {
         // The placement this node last saw, and since when: a new leader gets the failure
         // timeout to start and be heard before it can be found silent.
         let mut observed: Option<(u64, Instant)> = None;
+        let mut controller_leader = None;
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(TICK);
             let status = self.controller.status();
+            if status.leader != controller_leader {
+                controller_leader = status.leader;
+                if controller_leader == Some(me) {
+                    log_line(&format!("node {me} leads the controller (term {})", status.term));
+                }
+            }
             let map = self.controller.local_map();
             if !registered || map.members.get(&me).map(|m| m.data_addr.as_str()) != Some(&self.data_addr()) {
                 let register = Command::Register { node: me, data_addr: self.data_addr() };
@@ -399,9 +408,10 @@ impl Shared {
             // The controller's leader replaces a data leader it has not heard from (itself too,
             // once it stepped down).
             if status.leader == Some(me) && (placement.leader != me || stepped_down == Some(placement.epoch)) {
-                // A live leader heartbeats every HEARTBEAT_INTERVAL, to a new controller leader
-                // too: half the timeout (at least five heartbeats) is time enough to be heard.
-                let settle = (timeout / 2).max(5 * HEARTBEAT_INTERVAL);
+                // A live leader heartbeats every member every HEARTBEAT_INTERVAL, so a new
+                // controller leader knows how long it has been silent; two intervals of
+                // leading let it hear one that it could not hear before (it was cut off).
+                let settle = 2 * HEARTBEAT_INTERVAL;
                 let settled = self.controller.leading_since().is_some_and(|since| since.elapsed() > settle)
                     && observed.is_some_and(|(_, since)| since.elapsed() > timeout);
                 let heard = self

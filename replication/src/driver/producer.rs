@@ -7,7 +7,8 @@
 //! first offsets. So after a broken connection, a reply that did not come in time, or a
 //! refusal that says the node does not lead (a follower) or could not finish (stopping, no
 //! quorum in time), the producer connects again (to the same node first, then to the others in
-//! turn, with a backoff from 20 ms doubling to 200 ms per round) and sends every batch not yet
+//! turn; once every node has failed in a round it waits before the next round, 20 ms doubling
+//! to [`ProducerConfig::backoff_max`]) and sends every batch not yet
 //! acknowledged, in order, with the same producer id and sequences. A reply that does not come
 //! within a third of [`ProducerConfig::give_up_after`] counts as a failure of that node.
 //!
@@ -30,11 +31,10 @@ use crate::producers::PRODUCER_BATCHES_KEPT;
 /// producer, so that every batch sent again after a failure is still recognized.
 pub const PRODUCER_BATCHES_IN_FLIGHT_MAX: usize = PRODUCER_BATCHES_KEPT;
 
-/// Wait before the first connection attempt after a failure that did not reach a new node
-/// (doubling each round over the addresses).
+/// Wait after the first round in which every node failed (doubling each round).
 const BACKOFF_FIRST: Duration = Duration::from_millis(20);
-/// Longest wait between two connection attempts.
-const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// Default longest wait between two rounds over the nodes.
+pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_millis(100);
 /// Longest a connection attempt waits (less when the producer gives up sooner).
 const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
 /// Shortest wait for a reply, so that a deadline that is almost there still gets a read.
@@ -65,6 +65,11 @@ pub struct ProducerConfig {
     /// sent again; `None`: a third of `give_up_after`. A quorum append waits at most the
     /// node's commit timeout; a leader cut off or paused answers nothing.
     pub reply_timeout: Option<Duration>,
+    /// Longest wait between two rounds over the nodes while none takes the batches (default
+    /// [`BACKOFF_MAX_DEFAULT`]). Within a round the nodes are tried back to back, so a new
+    /// leader is found at most this long after it starts to lead (plus a connection); a
+    /// larger value spares the nodes connection attempts during an election.
+    pub backoff_max: Duration,
 }
 
 impl ProducerConfig {
@@ -81,6 +86,7 @@ impl ProducerConfig {
             in_flight_max: PRODUCER_BATCHES_IN_FLIGHT_MAX,
             give_up_after: Duration::from_secs(10),
             reply_timeout: None,
+            backoff_max: BACKOFF_MAX_DEFAULT,
         }
     }
 }
@@ -199,8 +205,12 @@ pub struct Producer {
     errors: Vec<Option<String>>,
     /// The node that acknowledged last, or the first that took a connection.
     lost: Option<usize>,
-    /// Failures since the last acknowledgement: sets the backoff.
+    /// Failures since the last acknowledgement.
     failures: u32,
+    /// Failures since the producer last waited: a wait comes once there are as many as nodes.
+    failures_in_round: usize,
+    /// Waits since the last acknowledgement: each doubles the next.
+    rounds: u32,
     /// The node that failed last since the last acknowledgement: a node is tried once more
     /// right after it fails, and then the next one is.
     failed_last: Option<usize>,
@@ -240,6 +250,8 @@ impl Producer {
             errors,
             lost: None,
             failures: 0,
+            failures_in_round: 0,
+            rounds: 0,
             failed_last: None,
             stalled_since: None,
         })
@@ -348,6 +360,8 @@ impl Producer {
                 acked.push(Acked { sequence: batch.sequence, first_record: batch.first_record, receipt });
                 self.lost = Some(index);
                 self.failures = 0;
+                self.failures_in_round = 0;
+                self.rounds = 0;
                 self.failed_last = None;
                 self.stalled_since = (!self.unacked.is_empty()).then(Instant::now);
                 Ok(())
@@ -416,6 +430,7 @@ impl Producer {
 
     fn note_failure(&mut self, index: usize, why: String, next: bool) {
         self.failures += 1;
+        self.failures_in_round += 1;
         if let Some(slot) = self.errors.get_mut(index) {
             *slot = Some(why);
         }
@@ -456,11 +471,10 @@ impl Producer {
             if self.time_left().is_zero() {
                 return Err(self.gave_up_waiting());
             }
-            if self.failures > 0 {
-                // Doubling once per round over the addresses.
-                let round = (self.failures - 1) / nodes as u32;
-                let backoff = BACKOFF_FIRST.saturating_mul(1 << round.min(16)).min(BACKOFF_MAX);
+            if let Some(backoff) = backoff(self.failures_in_round, nodes, self.rounds, self.config.backoff_max) {
                 std::thread::sleep(backoff.min(self.time_left()));
+                self.failures_in_round = 0;
+                self.rounds += 1;
                 if self.time_left().is_zero() {
                     return Err(self.gave_up_waiting());
                 }
@@ -524,6 +538,14 @@ impl Producer {
     }
 }
 
+/// The wait before the next connection attempt, if one is due: after as many failures as there
+/// are nodes (every node had its turn, the one that failed first twice), `BACKOFF_FIRST`
+/// doubling with each such round, at most `max`. Within a round there is no wait: during an
+/// election the new leader is found at most one wait after it starts to lead.
+fn backoff(failures_in_round: usize, nodes: usize, rounds: u32, max: Duration) -> Option<Duration> {
+    (failures_in_round >= nodes.max(1)).then(|| BACKOFF_FIRST.saturating_mul(1 << rounds.min(16)).min(max))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,6 +577,17 @@ mod tests {
         for reason in [too_old, reused, "record of 99 bytes exceeds the 10-byte limit".into()] {
             assert!(!refusal_is_retriable(&reason), "{reason}");
         }
+    }
+
+    #[test]
+    fn nodes_are_tried_back_to_back_and_rounds_back_off_up_to_the_bound() {
+        let max = BACKOFF_MAX_DEFAULT;
+        for failed in 0..3 {
+            assert_eq!(backoff(failed, 3, 0, max), None, "no wait within a round ({failed} failed)");
+        }
+        let waits: Vec<_> = (0..6).map(|round| backoff(3, 3, round, max).unwrap().as_millis()).collect();
+        assert_eq!(waits, [20, 40, 80, 100, 100, 100]);
+        assert_eq!(backoff(1, 1, 40, Duration::from_secs(1)), Some(Duration::from_secs(1)), "no overflow");
     }
 
     #[test]
