@@ -42,7 +42,7 @@ pub struct ControllerConfig {
     /// Raft heartbeat interval.
     pub heartbeat: Duration,
     /// Raft election timeout range (a follower that hears no leader for a random time in it
-    /// starts an election).
+    /// starts an election); each voter takes its own slice of it, by rank of id.
     pub election_timeout: (Duration, Duration),
 }
 
@@ -60,6 +60,18 @@ impl ControllerConfig {
             election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
         }
     }
+}
+
+/// This member's slice of the election timeout range, in milliseconds: the range split in as
+/// many slices as voters, taken by rank of id. openraft draws one timeout per process, so two
+/// members that drew close ones would start their elections together after every leader's
+/// death and split the votes again and again; members in disjoint slices never do.
+fn election_band(me: NodeId, voters: &BTreeMap<NodeId, String>, (min, max): (Duration, Duration)) -> (u64, u64) {
+    let (min, max) = (min.as_millis() as u64, max.as_millis() as u64);
+    let slices = voters.len().max(1) as u64;
+    let rank = voters.keys().position(|id| *id == me).map_or(slices - 1, |r| r as u64);
+    let width = (max.saturating_sub(min) / slices).max(1);
+    (min + rank * width, min + (rank + 1) * width)
 }
 
 /// Why a controller request failed.
@@ -163,11 +175,12 @@ impl Controller {
         let wal_error = |e: tern_wal::Error| ControllerError::Failed(e.to_string());
         let log = LogStore::<TypeConfig>::open(&config.dir.join("raft")).map_err(wal_error)?;
         let map = StateMachineStore::<TypeConfig, ClusterMap>::open(&config.dir.join("map")).map_err(wal_error)?;
+        let election_band = election_band(config.node_id, &config.voters, config.election_timeout);
         let raft_config = openraft::Config {
             cluster_name: "tern-controller".into(),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
-            election_timeout_min: config.election_timeout.0.as_millis() as u64,
-            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            election_timeout_min: election_band.0,
+            election_timeout_max: election_band.1,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
             max_in_snapshot_log_to_keep: 1_000,
             ..Default::default()
@@ -646,6 +659,27 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>, mut stop: 
         };
         if write_frame(&mut stream, &response).await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voters_take_disjoint_slices_of_the_election_timeout_range() {
+        let range = (Duration::from_millis(150), Duration::from_millis(300));
+        for n in [1u64, 3, 5] {
+            let voters: BTreeMap<NodeId, String> = (1..=n).map(|id| (id * 7, format!("10.0.0.{id}:1"))).collect();
+            let bands: Vec<(u64, u64)> = voters.keys().map(|id| election_band(*id, &voters, range)).collect();
+            for (i, (lo, hi)) in bands.iter().enumerate() {
+                assert!(150 <= *lo && lo < hi && *hi <= 300, "{n} voters: band {i} {lo}..{hi}");
+                if let Some((next_lo, _)) = bands.get(i + 1) {
+                    assert!(hi <= next_lo, "{n} voters: bands {i} and {} overlap", i + 1);
+                }
+            }
+            assert_eq!(election_band(99, &voters, range), *bands.last().unwrap(), "a learner takes the last");
         }
     }
 }
