@@ -137,4 +137,15 @@ impl RaftNetwork<TypeConfig> for Peer {
             _ => Err(wrong_kind()),
         }
     }
+
+    /// The wait between attempts to reach a member that could not be reached: 50 ms (openraft's
+    /// default, 500 ms, left a restarted member without the leader's heartbeats for long enough
+    /// that it started an election and deposed a healthy leader). A dial to a dead member on
+    /// these links costs a refused connection.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
 }
+
+/// See [`Peer::backoff`].
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(50);

@@ -139,6 +139,9 @@ struct Shared {
     data_node: parking_lot::Mutex<Option<Arc<dyn DataNode>>>,
     /// Controller leader: when each data leader was last heard, and in which epoch.
     heartbeats: parking_lot::Mutex<BTreeMap<NodeId, (u64, Instant)>>,
+    /// Connections this member's data leader heartbeats over, by member address: `None` while
+    /// a heartbeat to that member is under way (the next one skips it).
+    heartbeat_streams: parking_lot::Mutex<BTreeMap<String, Option<tokio::net::TcpStream>>>,
     /// Since when this member leads the controller (`None`: it does not).
     leading_since: parking_lot::Mutex<Option<Instant>>,
 }
@@ -199,6 +202,7 @@ impl Controller {
                 map: map.clone(),
                 data_node: parking_lot::Mutex::new(None),
                 heartbeats: parking_lot::Mutex::new(BTreeMap::new()),
+                heartbeat_streams: parking_lot::Mutex::new(BTreeMap::new()),
                 leading_since: parking_lot::Mutex::new(None),
             });
             tokio::spawn(watch_leadership(shared.clone(), stopped.clone()));
@@ -210,6 +214,15 @@ impl Controller {
                 let vote = log.read_vote().await.map_err(|e| ControllerError::Failed(e.to_string()))?;
                 state.last_log_id.is_none() && vote.is_none()
             };
+            if !pristine {
+                // A restarted member campaigns at once (it has heard no leader yet) and, with
+                // no pre-vote in openraft 0.9, its higher term makes a healthy leader step
+                // down when it answers that leader's next append. It stays quiet until it hears
+                // a leader, or for a few election timeouts when none speaks (the whole
+                // controller restarted).
+                raft.runtime_config().elect(false);
+                tokio::spawn(elect_once_a_leader_is_heard(raft.clone(), config.node_id, 3 * config.election_timeout.1));
+            }
             if pristine && config.voters.contains_key(&config.node_id) {
                 let voters: BTreeMap<NodeId, BasicNode> =
                     config.voters.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
@@ -297,9 +310,30 @@ impl Controller {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let mut calls = tokio::task::JoinSet::new();
                 for addr in status.voters.iter().filter(|(id, _)| **id != me).map(|(_, addr)| addr.clone()) {
+                    // One connection per member, kept: a new one per heartbeat would leave a
+                    // trail of local ports in TIME_WAIT.
+                    let mut stream = {
+                        let mut streams = shared.heartbeat_streams.lock();
+                        let stream = match streams.get_mut(&addr) {
+                            Some(slot) => match slot.take() {
+                                Some(stream) => Some(stream),
+                                None => continue, // the last heartbeat to it is still under way
+                            },
+                            None => None,
+                        };
+                        streams.insert(addr.clone(), None);
+                        stream
+                    };
+                    let shared = shared.clone();
                     calls.spawn(async move {
                         let request = Request::Heartbeat { node: me, epoch };
-                        call(&mut None, &addr, &request, remaining).await
+                        let answer = call(&mut stream, &addr, &request, remaining).await;
+                        let mut streams = shared.heartbeat_streams.lock();
+                        match stream {
+                            Some(stream) => streams.insert(addr, Some(stream)),
+                            None => streams.remove(&addr),
+                        };
+                        answer
                     });
                 }
                 // Only a member that leads the controller answers Ok; the calls to the others
@@ -557,6 +591,14 @@ async fn change_members_at_leader(
         }
         tokio::time::sleep(NO_LEADER_BACKOFF).await;
     }
+}
+
+/// Lets `raft` start elections once it has heard another member lead, or after `quiet`.
+async fn elect_once_a_leader_is_heard(raft: openraft::Raft<TypeConfig>, me: NodeId, quiet: Duration) {
+    let mut metrics = raft.metrics();
+    let heard = metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != me) && m.vote.is_committed());
+    let _ = tokio::time::timeout(quiet, heard).await;
+    raft.runtime_config().elect(true);
 }
 
 /// Keeps [`Shared::leading_since`] up to date from openraft's metrics.

@@ -162,3 +162,39 @@ fn members_are_added_promoted_and_removed_by_joint_consensus() {
     let map = rest[0].read_map(TIMEOUT).unwrap();
     converged(&[&newcomer, &rest[1]], &map);
 }
+
+/// A member that restarts (here the old leader, right after it was replaced) rejoins without
+/// deposing the healthy leader: the term and the leader stay as they are while it catches up.
+/// Without care it campaigns (a higher term, no pre-vote) or misses the leader's heartbeats
+/// while the leader waits to dial it again, and the leader it answers steps down.
+#[test]
+fn a_restarted_member_does_not_depose_a_healthy_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (voters, members) = cluster(dir.path(), 3);
+    let mut members: BTreeMap<u64, Controller> = members.into_iter().map(|m| (m.node_id(), m)).collect();
+    for round in 0..3 {
+        let any = members.values().next().unwrap();
+        let old = any.wait_for_leader(TIMEOUT).unwrap();
+        members.remove(&old).unwrap().shutdown();
+        let survivor = members.values().next().unwrap();
+        let new = loop {
+            match survivor.wait_for_leader(TIMEOUT).unwrap() {
+                leader if leader != old => break leader,
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        let term = members[&new].status().term;
+        members.insert(old, start(dir.path(), old, &voters));
+        let watched = Instant::now();
+        while watched.elapsed() < Duration::from_secs(2) {
+            let status = members[&new].status();
+            assert_eq!(
+                (status.leader, status.term),
+                (Some(new), term),
+                "round {round}: member {old} restarted and the leader changed after {} ms",
+                watched.elapsed().as_millis()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}

@@ -28,18 +28,34 @@ pub fn any_port() -> SocketAddr {
 
 /// A loopback port free now, to bind later (a node restarted on the same address).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    address_pair()
 }
 
 /// A data address whose next port (a controller's, in `tern serve --cluster`) is free too.
 pub fn address_pair() -> SocketAddr {
+    // Below the kernel's ephemeral range: a port from that range, free while its node is down
+    // (killed, restarting), can be taken meanwhile as the local port of any outgoing
+    // connection, and the node then cannot listen on it again.
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (first, last) = (10_000u16, low.saturating_sub(2).max(10_002));
+    let mut pick = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    };
     loop {
-        let data = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = data.local_addr().unwrap();
-        let Some(next) = addr.port().checked_add(1) else { continue };
-        if std::net::TcpListener::bind(("127.0.0.1", next)).is_ok() {
-            return addr;
-        }
+        pick = pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let port = first + ((pick >> 33) % u64::from(last - first)) as u16;
+        let (Ok(_data), Ok(_next)) =
+            (std::net::TcpListener::bind(("127.0.0.1", port)), std::net::TcpListener::bind(("127.0.0.1", port + 1)))
+        else {
+            continue;
+        };
+        return SocketAddr::from(([127, 0, 0, 1], port));
     }
 }
 
