@@ -52,6 +52,8 @@ mod log_store;
 mod state_machine;
 
 pub use log_store::{LogStore, StoreOptions};
+#[doc(hidden)]
+pub use state_machine::reencode_snapshot_file;
 pub use state_machine::{Application, StateMachineStore};
 
 /// An error of the storage layer as openraft wants it.

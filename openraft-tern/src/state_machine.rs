@@ -6,6 +6,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bincode::Options as _;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, RaftTypeConfig,
@@ -133,10 +134,8 @@ where
         if disk.exists(&path) {
             let bytes = tern_segment::disk::read_small_file(&*disk, &path, SNAPSHOT_BYTES_MAX)
                 .map_err(|e| tern_wal::Error::io(&path, e))?;
-            let stored: StoredSnapshot<C> = decode_snapshot_file(&bytes)
+            let (stored, content) = load_snapshot_file::<C, A>(&bytes)
                 .map_err(|reason| tern_wal::Error::Invalid(format!("{}: {reason}", path.display())))?;
-            let content: SnapshotContent<C, A> = bincode::deserialize(&stored.data)
-                .map_err(|e| tern_wal::Error::Invalid(format!("{}: undecodable snapshot: {e}", path.display())))?;
             state.last_applied = content.last_applied;
             state.membership = content.membership;
             state.app = content.app;
@@ -152,17 +151,46 @@ where
 
     /// Writes `snapshot` durably as the newest one.
     fn persist(&self, snapshot: &StoredSnapshot<C>) -> Result<(), StorageError<C::NodeId>> {
-        let body = bincode::serialize(snapshot).map_err(|e| snapshot_error(ErrorVerb::Write, &*e))?;
-        let mut file = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
-        file.extend_from_slice(&SNAPSHOT_MAGIC);
-        file.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        file.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        file.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        file.extend_from_slice(&body);
+        let file = encode_snapshot_file(snapshot).map_err(|e| snapshot_error(ErrorVerb::Write, &*e))?;
         let path = self.inner.dir.join(SNAPSHOT_FILE);
         tern_segment::disk::write_file_atomic(&*self.inner.disk, &path, &file, true)
             .map_err(|e| snapshot_error(ErrorVerb::Write, &e))
     }
+}
+
+/// A snapshot file holding `snapshot`: header, then the snapshot.
+fn encode_snapshot_file<C: RaftTypeConfig>(snapshot: &StoredSnapshot<C>) -> bincode::Result<Vec<u8>> {
+    let body = bincode::serialize(snapshot)?;
+    let mut file = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
+    file.extend_from_slice(&SNAPSHOT_MAGIC);
+    file.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    file.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    file.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    file.extend_from_slice(&body);
+    Ok(file)
+}
+
+/// The snapshot in a snapshot file and the applied state in it, as [`StateMachineStore::open`]
+/// loads them.
+fn load_snapshot_file<C: RaftTypeConfig, A: Application<C>>(
+    bytes: &[u8],
+) -> Result<(StoredSnapshot<C>, SnapshotContent<C, A>), String> {
+    let stored: StoredSnapshot<C> = decode_snapshot_file(bytes)?;
+    let content: SnapshotContent<C, A> =
+        bincode::deserialize(&stored.data).map_err(|e| format!("undecodable snapshot: {e}"))?;
+    Ok((stored, content))
+}
+
+/// Loads the bytes of a snapshot file as [`StateMachineStore::open`] does, with application
+/// state `A`, and returns the file that [`StateMachineStore`] writes for the snapshot loaded.
+/// For the fuzz targets; not part of the API.
+///
+/// # Errors
+/// Why the bytes do not load, as `open` reports it (without the file name).
+#[doc(hidden)]
+pub fn reencode_snapshot_file<C: RaftTypeConfig, A: Application<C>>(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let (stored, _) = load_snapshot_file::<C, A>(bytes)?;
+    encode_snapshot_file(&stored).map_err(|e| format!("unencodable snapshot: {e}"))
 }
 
 /// The snapshot in a snapshot file, every field checked.
@@ -186,7 +214,37 @@ fn decode_snapshot_file<C: RaftTypeConfig>(bytes: &[u8]) -> Result<StoredSnapsho
     if computed != stored_crc {
         return Err(format!("checksum mismatch (stored {stored_crc:#010x}, computed {computed:#010x})"));
     }
-    bincode::deserialize(body).map_err(|e| format!("undecodable snapshot: {e}"))
+    // As `bincode::serialize` writes, but nothing may follow the snapshot: the length and the
+    // checksum cover exactly what `persist` wrote.
+    let stored: StoredSnapshot<C> = bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+        .deserialize(body)
+        .map_err(|e| format!("undecodable snapshot: {e}"))?;
+    // bincode reads a map or set whose keys are out of order or repeated (the membership's),
+    // which `persist` never writes: the body must be the snapshot's one encoding.
+    if !is_encoding_of(&stored, body) {
+        return Err("snapshot not as written (map keys out of order or repeated)".into());
+    }
+    Ok(stored)
+}
+
+/// Whether `bytes` is exactly `bincode::serialize(value)`, compared as it is encoded (no copy).
+fn is_encoding_of<T: Serialize>(value: &T, bytes: &[u8]) -> bool {
+    struct Rest<'a>(&'a [u8]);
+    impl std::io::Write for Rest<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let rest = self.0.strip_prefix(buf).ok_or_else(|| std::io::Error::other("differs"))?;
+            self.0 = rest;
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut rest = Rest(bytes);
+    bincode::serialize_into(&mut rest, value).is_ok() && rest.0.is_empty()
 }
 
 impl<C, A> RaftSnapshotBuilder<C> for StateMachineStore<C, A>
@@ -293,5 +351,92 @@ where
             .snapshot
             .as_ref()
             .map(|stored| Snapshot { meta: stored.meta.clone(), snapshot: Box::new(Cursor::new(stored.data.clone())) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{BasicNode, Membership};
+
+    use super::*;
+
+    openraft::declare_raft_types!(Config: D = u64, R = u64);
+
+    /// Applied state of no bytes.
+    #[derive(Default, Serialize, Deserialize)]
+    struct Nothing;
+
+    impl Application<Config> for Nothing {
+        fn apply(&mut self, _: &LogId<u64>, _: &u64) -> u64 {
+            0
+        }
+    }
+
+    /// The body of a snapshot file the `snapshot_file` fuzz target found: a snapshot (its first
+    /// 88 bytes) and 108 bytes after it, all covered by the header's length and checksum. It
+    /// loaded, and the file written for it again was 108 bytes shorter. Bytes after the
+    /// snapshot are not a file this store wrote: refused.
+    const BODY: [u8; 196] = [
+        1, 68, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 11, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0,
+        0, 68, 68, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 68, 68, 68, 0, 68, 68, 68, 68,
+        68, 68, 68, 68, 68, 58, 0, 0, 255, 0, 0, 0, 0, 0, 0, 29, 255, 255,
+    ];
+
+    fn file(body: &[u8]) -> Vec<u8> {
+        let mut file = Vec::new();
+        file.extend_from_slice(&SNAPSHOT_MAGIC);
+        file.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        file.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        file.extend_from_slice(body);
+        file
+    }
+
+    /// A snapshot file whose membership lists its nodes out of order (node 2, then node 1), or
+    /// node 1 twice: it loaded, as the membership sorted (or with one node 1), so the file
+    /// written for it again differed. Not a file this store wrote: refused.
+    #[test]
+    fn map_keys_out_of_order_or_repeated_are_refused() {
+        let nodes = [(1, BasicNode::new("a")), (2, BasicNode::new("b"))];
+        let membership = Membership::new(vec![BTreeSet::from([1, 2])], BTreeMap::from(nodes));
+        let meta = SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::new(None, membership),
+            snapshot_id: "s".into(),
+        };
+        let data = bincode::serialize(&SnapshotContent::<Config, Nothing> {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            app: Nothing,
+        })
+        .unwrap();
+        let body = bincode::serialize(&StoredSnapshot::<Config> { meta, data }).unwrap();
+        assert_eq!(reencode_snapshot_file::<Config, Nothing>(&file(&body)).unwrap(), file(&body));
+        // Each node is its id (u64), then its address (u64 length, one byte).
+        let one: Vec<u8> = [&1u64.to_le_bytes()[..], &1u64.to_le_bytes(), b"a"].concat();
+        let two: Vec<u8> = [&2u64.to_le_bytes()[..], &1u64.to_le_bytes(), b"b"].concat();
+        let at = body.windows(34).position(|w| w == [&one[..], &two[..]].concat()).unwrap();
+        let mut swapped = body.clone();
+        swapped[at..at + 34].copy_from_slice(&[&two[..], &one[..]].concat());
+        let mut repeated = body.clone();
+        repeated[at + 17..at + 34].copy_from_slice(&one);
+        for damaged in [swapped, repeated] {
+            let err = reencode_snapshot_file::<Config, Nothing>(&file(&damaged)).unwrap_err();
+            assert!(err.contains("not as written"), "{err}");
+        }
+    }
+
+    #[test]
+    fn bytes_after_the_snapshot_are_refused() {
+        let err = reencode_snapshot_file::<Config, Nothing>(&file(&BODY)).unwrap_err();
+        assert!(err.contains("undecodable snapshot"), "{err}");
+        // The snapshot alone loads and is written back as the same bytes.
+        let alone = file(&BODY[..88]);
+        assert_eq!(reencode_snapshot_file::<Config, Nothing>(&alone).unwrap(), alone);
     }
 }

@@ -111,7 +111,8 @@ impl StateFile {
     /// Replaces the value, durably: when this returns, a power loss keeps it.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a value over [`STATE_BYTES_MAX`] bytes (nothing is written);
+    /// [`Error::Invalid`] for a value over [`STATE_BYTES_MAX`] bytes, or after the last
+    /// sequence number, `u64::MAX` (only a damaged or forged file holds it): nothing is written;
     /// I/O errors, after which this handle refuses every put ([`Error::Fenced`]): reopen the
     /// file to read what it holds.
     pub fn put(&mut self, value: &[u8]) -> Result<()> {
@@ -127,7 +128,12 @@ impl StateFile {
                 reason: "an earlier write or sync of the state file failed".into(),
             });
         }
-        let seq = self.seq + 1;
+        // Only a damaged or forged file holds the last sequence number (no writer makes 2^64
+        // puts). Wrapping to 0 could bring back an older value: the slot written first would
+        // then lose to the other one's, which may hold the value before the current one.
+        let seq = self.seq.checked_add(1).ok_or_else(|| {
+            Error::Invalid(format!("state file {}: sequence number {} is the last one", self.path.display(), self.seq))
+        })?;
         let slot = encode_slot(seq, value);
         for pos in [0, SLOT_BYTES as u64] {
             let written = self.file.write_at(pos, &slot).and_then(|()| self.file.sync_data());
@@ -201,4 +207,38 @@ fn decode_slot(slot: &[u8]) -> Result<(u64, Vec<u8>), Damage> {
         return Err(Damage::Bad(CorruptReason::Checksum { stored, computed }));
     }
     Ok((seq, value.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tern_segment::sim::{SimDisk, Tear};
+
+    use super::*;
+
+    /// The file the `state_file` fuzz target found: slot 0 valid with sequence number
+    /// `u64::MAX`, slot 1 valid with 533, both holding an empty value. The put after opening it
+    /// overflowed the sequence number (a panic where overflow is checked). It is refused, with
+    /// nothing written: the file still reads the same.
+    #[test]
+    fn a_put_after_the_last_sequence_number_is_refused() {
+        let path = Path::new("/data/raft.state");
+        let disk = SimDisk::new();
+        let file = disk.create(path, 0).unwrap();
+        file.write_at(0, &encode_slot(u64::MAX, b"")).unwrap();
+        file.write_at(SLOT_BYTES as u64, &encode_slot(533, b"")).unwrap();
+        file.sync_data().unwrap();
+        disk.sync_dir(Path::new("/data")).unwrap();
+        drop(file);
+        let mut state = StateFile::open(&disk, path).unwrap();
+        assert_eq!((state.seq, state.get()), (u64::MAX, Some(&b""[..])));
+        let err = state.put(b"vote").unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        assert_eq!(state.get(), Some(&b""[..]));
+        drop(state);
+        disk.crash(Tear::None);
+        let state = StateFile::open(&disk, path).unwrap();
+        assert_eq!((state.seq, state.get()), (u64::MAX, Some(&b""[..])));
+    }
 }
