@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target in fuzz/ for TERN_FUZZ_SECONDS (default 20) seconds each and
+# Runs every cargo-fuzz target in fuzz/ for TERN_FUZZ_SECONDS (default 15) seconds each and
 # fails if any of them finds a crash (a panic, a failed round trip, an ASan report, an input
 # over the RSS limit or one that hangs). Crashing inputs are left in fuzz/artifacts/<target>/;
 # `cargo fuzz run <target> <file>` in fuzz/ replays one.
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-seconds="${TERN_FUZZ_SECONDS:-20}"
+seconds="${TERN_FUZZ_SECONDS:-15}"
 export RUSTC_BOOTSTRAP=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
