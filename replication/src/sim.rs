@@ -257,7 +257,7 @@ impl Node {
 }
 
 /// The controller, as the simulator models it: a linearizable register holding the log's
-/// leader and epoch. Epochs are issued only by [`Register::elect`], a compare-and-set, as the
+/// leader and epoch. Epochs are issued only by `Register::elect`, a compare-and-set, as the
 /// controller's map issues them (`Command::Elect`): each epoch once, to one node.
 #[derive(Debug, Clone)]
 pub struct Register {

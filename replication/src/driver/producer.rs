@@ -33,8 +33,8 @@ pub const PRODUCER_BATCHES_IN_FLIGHT_MAX: usize = PRODUCER_BATCHES_KEPT;
 
 /// Wait after the first round in which every node failed (doubling each round).
 const BACKOFF_FIRST: Duration = Duration::from_millis(20);
-/// Default longest wait between two rounds over the nodes.
-pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_millis(100);
+/// Default longest wait between two rounds over the nodes ([`ProducerConfig::backoff_max`]).
+const BACKOFF_MAX_DEFAULT: Duration = Duration::from_millis(100);
 /// Longest a connection attempt waits (less when the producer gives up sooner).
 const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
 /// Shortest wait for a reply, so that a deadline that is almost there still gets a read.
@@ -66,7 +66,7 @@ pub struct ProducerConfig {
     /// node's commit timeout; a leader cut off or paused answers nothing.
     pub reply_timeout: Option<Duration>,
     /// Longest wait between two rounds over the nodes while none takes the batches (default
-    /// [`BACKOFF_MAX_DEFAULT`]). Within a round the nodes are tried back to back, so a new
+    /// 100 ms). Within a round the nodes are tried back to back, so a new
     /// leader is found at most this long after it starts to lead (plus a connection); a
     /// larger value spares the nodes connection attempts during an election.
     pub backoff_max: Duration,
