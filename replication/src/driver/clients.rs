@@ -813,6 +813,16 @@ impl Batch {
                     }
                 }
                 complete_waiters(&mut core);
+                // The node began to stop since these were written and may have refused its
+                // waiters before these joined them: refused here, or they would go unanswered.
+                if shared.stop.load(Ordering::SeqCst) {
+                    super::refuse_waiters(
+                        &mut core,
+                        slot.log.durable_end(),
+                        |_| true,
+                        &format!("; {}", super::STOPPING_REASON),
+                    );
+                }
                 std::mem::take(&mut core.replies)
             };
             deliver(replies);
