@@ -126,8 +126,8 @@ struct History {
     acked: Vec<(u64, String)>,
     in_doubt: Vec<String>,
     sent: BTreeSet<String>,
-    /// When each acknowledgement came.
-    ack_times: Vec<Instant>,
+    /// When each acknowledgement came, and from which node.
+    ack_times: Vec<(Instant, Option<SocketAddr>)>,
 }
 
 /// Appends `client-N-i` values one at a time through an idempotent producer: it follows the
@@ -155,7 +155,7 @@ fn client_loop(n: u64, addrs: Vec<SocketAddr>, stop: Arc<AtomicBool>, history: A
                 let mut h = history.lock().unwrap();
                 for a in acked {
                     h.acked.push((a.receipt.start, format!("client-{n}-{}", a.first_record)));
-                    h.ack_times.push(Instant::now());
+                    h.ack_times.push((Instant::now(), producer.node()));
                 }
             }
             Err(gave_up) => {
@@ -237,7 +237,13 @@ fn acknowledged_values_survive_killed_and_paused_leaders() {
         let resumed = loop {
             let found = {
                 let h = history.lock().unwrap();
-                h.ack_times.get(acked_at_fault..).and_then(|later| later.iter().find(|t| **t > fault_at).copied())
+                // From another node: a reply the faulted leader sent just before its fault may
+                // arrive after it.
+                let faulted = Some(addrs[&leader]);
+                h.ack_times
+                    .get(acked_at_fault..)
+                    .and_then(|later| later.iter().find(|(t, node)| *t > fault_at && *node != faulted))
+                    .map(|(t, _)| *t)
             };
             if let Some(t) = found {
                 break t;

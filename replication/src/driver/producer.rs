@@ -6,10 +6,11 @@
 //! [`PRODUCER_BATCHES_KEPT`] batches of each producer and answers one it already wrote with its
 //! first offsets. So after a broken connection, a reply that did not come in time, or a
 //! refusal that says the node does not lead (a follower) or could not finish (stopping, no
-//! quorum in time), the producer connects again (to the same node first, then to the others in
-//! turn; once every node has failed in a round it waits before the next round, 20 ms doubling
-//! to [`ProducerConfig::backoff_max`]) and sends every batch not yet
-//! acknowledged, in order, with the same producer id and sequences. A reply that does not come
+//! quorum in time), the producer connects again (to the same node first, unless it stayed
+//! silent for the reply timeout or said it does not lead, then to the others in turn; once
+//! every node has failed in a round it waits before the next round, 20 ms doubling to
+//! [`ProducerConfig::backoff_max`]) and sends every batch not yet acknowledged, in order, with
+//! the same producer id and sequences. A reply that does not come
 //! within a third of [`ProducerConfig::give_up_after`] counts as a failure of that node.
 //!
 //! It gives up when no batch was acknowledged for [`ProducerConfig::give_up_after`] while
@@ -216,6 +217,10 @@ pub struct Producer {
     failed_last: Option<usize>,
     /// Since when batches wait without any acknowledgement.
     stalled_since: Option<Instant>,
+    /// When each node last stayed silent for a whole reply timeout: it is passed over for one
+    /// reply timeout while another node may be tried (a paused node takes connections and
+    /// answers nothing, so each try would cost a whole reply timeout again).
+    silent_at: Vec<Option<Instant>>,
 }
 
 impl Producer {
@@ -239,6 +244,7 @@ impl Producer {
             ));
         }
         let errors = vec![None; config.addrs.len()];
+        let silent_at = vec![None; config.addrs.len()];
         let next_sequence = config.first_sequence;
         Ok(Producer {
             config,
@@ -254,6 +260,7 @@ impl Producer {
             rounds: 0,
             failed_last: None,
             stalled_since: None,
+            silent_at,
         })
     }
 
@@ -359,6 +366,9 @@ impl Producer {
                 let receipt = Receipt { start, end, durability, copies, nodes };
                 acked.push(Acked { sequence: batch.sequence, first_record: batch.first_record, receipt });
                 self.lost = Some(index);
+                if let Some(at) = self.silent_at.get_mut(index) {
+                    *at = None;
+                }
                 self.failures = 0;
                 self.failures_in_round = 0;
                 self.rounds = 0;
@@ -378,14 +388,20 @@ impl Producer {
             }
             Ok(other) => self.fail_conn(index, format!("unexpected reply {other:?}"), false),
             Err(e) => {
+                // A node that stayed silent for the whole reply timeout (paused, cut off) is
+                // left for the next one at once: a new connection to it would wait as long.
+                let silent = matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
                 let why = match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                        format!("no reply within {} ms", wait.as_millis())
-                    }
+                    _ if silent => format!("no reply within {} ms", wait.as_millis()),
                     io::ErrorKind::UnexpectedEof => "the connection was closed".into(),
                     _ => e.to_string(),
                 };
-                self.fail_conn(index, why, false)
+                if silent {
+                    if let Some(at) = self.silent_at.get_mut(index) {
+                        *at = Some(Instant::now());
+                    }
+                }
+                self.fail_conn(index, why, silent)
             }
         }
     }
@@ -471,6 +487,10 @@ impl Producer {
             if self.time_left().is_zero() {
                 return Err(self.gave_up_waiting());
             }
+            if self.passed_over(index) && (0..nodes).any(|i| !self.passed_over(i)) {
+                self.current = (index + 1) % nodes;
+                continue;
+            }
             if let Some(backoff) = backoff(self.failures_in_round, nodes, self.rounds, self.config.backoff_max) {
                 std::thread::sleep(backoff.min(self.time_left()));
                 self.failures_in_round = 0;
@@ -490,6 +510,12 @@ impl Producer {
                 Err(e) => self.note_failure(index, format!("connecting: {e}"), true),
             }
         }
+    }
+
+    /// Whether node `index` stayed silent less than a reply timeout ago.
+    fn passed_over(&self, index: usize) -> bool {
+        let reply_timeout = self.config.reply_timeout.unwrap_or(self.config.give_up_after / 3);
+        self.silent_at.get(index).copied().flatten().is_some_and(|at| at.elapsed() < reply_timeout)
     }
 
     /// Time left before the producer gives up (all of it while nothing waits).
