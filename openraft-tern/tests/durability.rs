@@ -94,8 +94,14 @@ async fn a_purge_cut_short_by_a_power_loss_is_finished_or_never_happened() {
                 let last = if purge_to >= 50 { log_id(1, purge_to) } else { log_id(1, 49) };
                 assert_eq!(state.last_log_id, Some(last), "{context}");
                 if purge_to >= 50 {
-                    // The next entry goes right after the purged one.
+                    // The next entry goes right after the purged one, and is read back there,
+                    // also after a restart.
                     store.blocking_append([entry(2, purge_to + 1)]).await.unwrap();
+                    let want = vec![log_id(2, purge_to + 1)];
+                    assert_eq!(ids(&all_entries(&mut store).await), want, "{context}");
+                    drop(store);
+                    let mut store = open(&disk);
+                    assert_eq!(ids(&all_entries(&mut store).await), want, "{context}, reopened");
                 }
             } else {
                 assert!(!returned, "{context}: the purge returned but is gone");
