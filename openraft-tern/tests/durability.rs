@@ -150,3 +150,19 @@ async fn an_entry_that_does_not_continue_the_log_is_refused() {
     assert!(message.contains("ends at index 3"), "{message}");
     assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 2)));
 }
+
+/// An entry over `entry_bytes_max` is refused with its size and the bound, one of exactly the
+/// bound is taken, and nothing of the refused one is written.
+#[tokio::test]
+async fn an_entry_over_the_size_bound_is_refused_and_one_at_the_bound_taken() {
+    let disk = SimDisk::new();
+    let at_bound = bincode::serialized_size(&entry(1, 0)).unwrap();
+    let options = StoreOptions { entry_bytes_max: at_bound, ..options() };
+    let mut store = LogStore::<Config>::open_with(Arc::new(disk.clone()), Path::new(DIR), options).unwrap();
+    store.blocking_append([entry(1, 0)]).await.expect("an entry of exactly the bound");
+    let mut big = entry(1, 1);
+    big.payload = EntryPayload::Normal(Set { key: "big".into(), value: "x".repeat(at_bound as usize) });
+    let message = store.blocking_append([big]).await.unwrap_err().to_string();
+    assert!(message.contains(&format!("exceeds the {at_bound}-byte maximum")), "{message}");
+    assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 0)));
+}
