@@ -137,7 +137,7 @@ struct Shared {
     raft: openraft::Raft<TypeConfig>,
     map: StateMachineStore<TypeConfig, ClusterMap>,
     data_node: parking_lot::Mutex<Option<Arc<dyn DataNode>>>,
-    /// Controller leader: when each data leader was last heard, and in which epoch.
+    /// When each data leader was last heard, and in which epoch (kept by every member).
     heartbeats: parking_lot::Mutex<BTreeMap<NodeId, (u64, Instant)>>,
     /// Connections this member's data leader heartbeats over, by member address: `None` while
     /// a heartbeat to that member is under way (the next one skips it).
