@@ -23,7 +23,13 @@ fn three_nodes(dirs: &[tempfile::TempDir], cluster_id: u64, quorum: Quorum) -> (
         })
         .collect();
     let peers = vec![(2, followers[0].local_addr()), (3, followers[1].local_addr())];
-    let config = ServerConfig { quorum, ..common::config(cluster_id, 1, Role::Leader, peers, any_port()) };
+    // The first appends wait for the followers' handshakes: on a loaded machine that took longer
+    // than the tests' usual 1 s commit timeout, and this test is about placement, not timing.
+    let config = ServerConfig {
+        quorum,
+        commit_timeout: Duration::from_secs(20),
+        ..common::config(cluster_id, 1, Role::Leader, peers, any_port())
+    };
     (common::start(dirs[0].path(), tern::Config::default(), config), followers)
 }
 

@@ -59,7 +59,7 @@ pub fn address_pair() -> SocketAddr {
     }
 }
 
-/// A node's settings for tests: quorum 2, short timeouts, defaults elsewhere.
+/// A node's settings for tests: quorum 2, short timeouts (a 5 s commit timeout), defaults elsewhere.
 pub fn config(cluster_id: u64, id: u64, role: Role, peers: Vec<(u64, SocketAddr)>, listen: SocketAddr) -> ServerConfig {
     ServerConfig {
         cluster_id,
@@ -71,7 +71,9 @@ pub fn config(cluster_id: u64, id: u64, role: Role, peers: Vec<(u64, SocketAddr)
         connections_max: 64,
         handshake_timeout: Duration::from_secs(1),
         client_idle_timeout: Duration::from_secs(60),
-        commit_timeout: Duration::from_secs(1),
+        // Long enough for a node's first appends to wait out its followers' handshakes on a
+        // loaded machine; tests of the timeout itself set their own.
+        commit_timeout: Duration::from_secs(5),
         compression: tern_replication::codec::Compression::default(),
         slot_lag_bytes_max: None,
         quorum_lag_bytes_max: Some(256 << 20),
