@@ -637,32 +637,25 @@ impl World {
         if rolled(self.config.leader_death_ratio) {
             return self.leader_death();
         }
-        if rolled(self.config.leader_pause_ratio) {
-            let until = self.now_ms + self.failure_span_ms();
-            let node = &mut self.nodes[self.register.leader as usize];
-            if node.up() && self.pending_election.is_none() {
-                node.paused_until_ms = Some(until);
-                self.faults_injected.leader_pauses += 1;
+        // Faults on the leader that last a span: paused, cut off from the controller, cut off
+        // from everyone. One at a time, and none while an election is pending.
+        type Span = (fn(&mut Node) -> &mut Option<u64>, fn(&mut Faults) -> &mut u64);
+        let spans: [(f64, Span); 3] = [
+            (self.config.leader_pause_ratio, (|n| &mut n.paused_until_ms, |f| &mut f.leader_pauses)),
+            (self.config.controller_partition_ratio, (|n| &mut n.unseen_until_ms, |f| &mut f.controller_partitions)),
+            (self.config.leader_isolation_ratio, (|n| &mut n.isolated_until_ms, |f| &mut f.leader_isolations)),
+        ];
+        for (ratio, (until_of, count_of)) in spans {
+            if rolled(ratio) {
+                let until = self.now_ms + self.failure_span_ms();
+                let pending = self.pending_election.is_some();
+                let node = &mut self.nodes[self.register.leader as usize];
+                if node.up() && until_of(node).is_none() && !pending {
+                    *until_of(node) = Some(until);
+                    *count_of(&mut self.faults_injected) += 1;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        if rolled(self.config.controller_partition_ratio) {
-            let until = self.now_ms + self.failure_span_ms();
-            let node = &mut self.nodes[self.register.leader as usize];
-            if node.up() && node.unseen_until_ms.is_none() && self.pending_election.is_none() {
-                node.unseen_until_ms = Some(until);
-                self.faults_injected.controller_partitions += 1;
-            }
-            return Ok(());
-        }
-        if rolled(self.config.leader_isolation_ratio) {
-            let until = self.now_ms + self.failure_span_ms();
-            let node = &mut self.nodes[self.register.leader as usize];
-            if node.up() && node.isolated_until_ms.is_none() && self.pending_election.is_none() {
-                node.isolated_until_ms = Some(until);
-                self.faults_injected.leader_isolations += 1;
-            }
-            return Ok(());
         }
         match self.rng.gen_range(0..11) {
             0..=2 => {

@@ -206,8 +206,6 @@ pub struct Producer {
     errors: Vec<Option<String>>,
     /// The node that acknowledged last, or the first that took a connection.
     lost: Option<usize>,
-    /// Failures since the last acknowledgement.
-    failures: u32,
     /// Failures since the producer last waited: a wait comes once there are as many as nodes.
     failures_in_round: usize,
     /// Waits since the last acknowledgement: each doubles the next.
@@ -255,7 +253,6 @@ impl Producer {
             current: 0,
             errors,
             lost: None,
-            failures: 0,
             failures_in_round: 0,
             rounds: 0,
             failed_last: None,
@@ -369,7 +366,6 @@ impl Producer {
                 if let Some(at) = self.silent_at.get_mut(index) {
                     *at = None;
                 }
-                self.failures = 0;
                 self.failures_in_round = 0;
                 self.rounds = 0;
                 self.failed_last = None;
@@ -445,7 +441,6 @@ impl Producer {
     }
 
     fn note_failure(&mut self, index: usize, why: String, next: bool) {
-        self.failures += 1;
         self.failures_in_round += 1;
         if let Some(slot) = self.errors.get_mut(index) {
             *slot = Some(why);
