@@ -198,3 +198,21 @@ fn a_restarted_member_does_not_depose_a_healthy_leader() {
         }
     }
 }
+
+/// A data leader's heartbeat is kept by every member, not only the controller's leader: a
+/// member that becomes the leader knows at once how long each data leader has been silent.
+#[test]
+fn every_member_keeps_a_data_leaders_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, members) = cluster(dir.path(), 3);
+    let leader = members[0].wait_for_leader(TIMEOUT).unwrap();
+    let data_leader = members.iter().find(|m| m.node_id() != leader).unwrap();
+    data_leader.heartbeat(7, TIMEOUT).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    for member in &members {
+        while member.last_heartbeat(data_leader.node_id()).map(|(epoch, _)| epoch) != Some(7) {
+            assert!(Instant::now() < deadline, "member {} never kept the heartbeat", member.node_id());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
