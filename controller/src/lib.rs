@@ -22,7 +22,7 @@ pub mod rpc;
 use std::io::Cursor;
 
 pub use client::ControllerClient;
-pub use map::{ClusterMap, Command, DataLoss, ElectReason, LogMap, Member, Reply};
+pub use map::{ClusterMap, Command, DataLoss, ElectReason, Handover, HandoverStep, LogMap, Member, Reply};
 pub use node::{Controller, ControllerConfig, ControllerError, ControllerStatus, DataNode};
 pub use rpc::{LogReport, MembershipChange};
 

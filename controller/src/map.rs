@@ -45,6 +45,59 @@ pub struct LogMap {
     pub in_sync: Vec<NodeId>,
     /// Ranges accepted as lost by forced promotions, oldest first.
     pub data_loss: Vec<DataLoss>,
+    /// The planned handover under way, or the last one that took effect.
+    pub handover: Option<Handover>,
+}
+
+/// A planned handover of a log's leadership ([`Command::StartHandover`]): kept in the map so
+/// that whichever controller member leads carries it on after a crash, and so that a leader
+/// restarted in the middle of one starts refusing appends again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// The node taking over.
+    pub to: NodeId,
+    /// The epoch of the leader handing over (the target leads the next one).
+    pub epoch: u64,
+    /// How far it got.
+    pub step: HandoverStep,
+    /// Why it was given up (empty unless [`HandoverStep::Aborted`]).
+    pub reason: String,
+}
+
+impl Handover {
+    /// The target, while this handover of the leader of `epoch` is under way (fenced or
+    /// caught up).
+    pub fn under_way(&self, epoch: u64) -> Option<NodeId> {
+        (self.epoch == epoch && matches!(self.step, HandoverStep::Fenced | HandoverStep::CaughtUp)).then_some(self.to)
+    }
+}
+
+/// The steps of a planned handover, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum HandoverStep {
+    /// The leader of `epoch` is to refuse appends ("moved", naming the target), from now on
+    /// and also after a restart, while the target catches up.
+    Fenced,
+    /// The target holds the leader's exact end of every log (the leader said so to the
+    /// controller's leader, which elects the target next).
+    CaughtUp,
+    /// The target leads the next epoch (an [`ElectReason::Handover`] election took effect).
+    Promoted,
+    /// Given up ([`Command::AbortHandover`]): the leader takes appends again, and no
+    /// election of the target for this handover can take effect any more.
+    Aborted,
+}
+
+impl HandoverStep {
+    /// The step's name, as status shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            HandoverStep::Fenced => "fenced",
+            HandoverStep::CaughtUp => "caught-up",
+            HandoverStep::Promoted => "promoted",
+            HandoverStep::Aborted => "aborted",
+        }
+    }
 }
 
 /// The whole map.
@@ -62,7 +115,8 @@ pub enum ElectReason {
     /// The leader failed; the new one holds every committed record (the election function
     /// picked it from a quorum of reports).
     Failover,
-    /// A planned handover to a replica holding the exact end.
+    /// A planned handover to a replica holding the exact end: takes effect only while the
+    /// log's handover to that leader is under way ([`Handover::under_way`]).
     Handover,
     /// An operator forced it with too few reports, accepting the loss of `[from, to)`.
     Forced {
@@ -114,6 +168,39 @@ pub enum Command {
         epoch: u64,
         /// Replicas caught up (the leader included).
         in_sync: Vec<NodeId>,
+    },
+    /// Starts a planned handover of `log` from its leader of `epoch` to `to` (step
+    /// [`HandoverStep::Fenced`]). Refused for another epoch, a target that is not a replica or
+    /// leads already, or while another handover of the log is under way; the same one again
+    /// changes nothing.
+    StartHandover {
+        /// The log.
+        log: String,
+        /// The epoch of the leader handing over.
+        epoch: u64,
+        /// The node taking over.
+        to: NodeId,
+    },
+    /// Moves the handover of `log` from the leader of `epoch` on to `step` (only forward, and
+    /// only to `CaughtUp`: an election promotes, `AbortHandover` gives up). Ignored for
+    /// another epoch or a handover no longer under way.
+    HandoverStep {
+        /// The log.
+        log: String,
+        /// The epoch of the leader handing over.
+        epoch: u64,
+        /// The step reached.
+        step: HandoverStep,
+    },
+    /// Gives up the handover of `log` from the leader of `epoch` (the target did not catch up
+    /// in time, or went away): the leader takes appends again.
+    AbortHandover {
+        /// The log.
+        log: String,
+        /// The epoch of the leader handing over.
+        epoch: u64,
+        /// Why, for status.
+        reason: String,
     },
 }
 
@@ -169,7 +256,65 @@ impl ClusterMap {
                 entry.in_sync = in_sync;
                 Reply::Done
             }
+            Command::StartHandover { log, epoch, to } => self.start_handover(log, *epoch, *to),
+            Command::HandoverStep { log, epoch, step } => {
+                let Some(entry) = self.logs.get_mut(log) else {
+                    return Reply::Refused(format!("no log {log}"));
+                };
+                match entry.handover.as_mut() {
+                    Some(h)
+                        if entry.epoch == *epoch
+                            && h.under_way(*epoch).is_some()
+                            && *step == HandoverStep::CaughtUp =>
+                    {
+                        h.step = HandoverStep::CaughtUp;
+                        Reply::Done
+                    }
+                    _ => Reply::Conflict { log: log.clone(), leader: entry.leader, epoch: entry.epoch },
+                }
+            }
+            Command::AbortHandover { log, epoch, reason } => {
+                let Some(entry) = self.logs.get_mut(log) else {
+                    return Reply::Refused(format!("no log {log}"));
+                };
+                let under_way =
+                    entry.epoch == *epoch && entry.handover.as_ref().is_some_and(|h| h.under_way(*epoch).is_some());
+                let aborted =
+                    entry.handover.as_ref().is_some_and(|h| h.epoch == *epoch && h.step == HandoverStep::Aborted);
+                if under_way || aborted {
+                    if let Some(h) = entry.handover.as_mut().filter(|_| under_way) {
+                        h.step = HandoverStep::Aborted;
+                        h.reason = reason.clone();
+                    }
+                    Reply::Done
+                } else {
+                    Reply::Conflict { log: log.clone(), leader: entry.leader, epoch: entry.epoch }
+                }
+            }
         }
+    }
+
+    fn start_handover(&mut self, log: &str, epoch: u64, to: NodeId) -> Reply {
+        let Some(entry) = self.logs.get_mut(log) else {
+            return Reply::Refused(format!("no log {log}"));
+        };
+        if entry.epoch != epoch {
+            return Reply::Conflict { log: log.to_owned(), leader: entry.leader, epoch: entry.epoch };
+        }
+        if !entry.replicas.contains(&to) {
+            return Reply::Refused(format!("log {log}: node {to} is not one of its replicas {:?}", entry.replicas));
+        }
+        if entry.leader == to {
+            return Reply::Refused(format!("log {log}: node {to} leads epoch {epoch} already"));
+        }
+        match &entry.handover {
+            Some(h) if h.under_way(epoch) == Some(to) => {}
+            Some(h) if h.under_way(epoch).is_some() => {
+                return Reply::Refused(format!("log {log}: a handover to node {} is under way", h.to));
+            }
+            _ => entry.handover = Some(Handover { to, epoch, step: HandoverStep::Fenced, reason: String::new() }),
+        }
+        Reply::Leader { log: log.to_owned(), leader: entry.leader, epoch }
     }
 
     fn create_log(&mut self, log: &str, replicas: &[NodeId], quorum: u32, leader: NodeId) -> Reply {
@@ -193,8 +338,15 @@ impl ClusterMap {
                 Reply::Refused(format!("log {log} exists with replicas {:?}", existing.replicas))
             };
         }
-        let entry =
-            LogMap { leader, epoch: 1, replicas: sorted.clone(), quorum, in_sync: vec![leader], data_loss: Vec::new() };
+        let entry = LogMap {
+            leader,
+            epoch: 1,
+            replicas: sorted.clone(),
+            quorum,
+            in_sync: vec![leader],
+            data_loss: Vec::new(),
+            handover: None,
+        };
         self.logs.insert(log.to_owned(), entry);
         Reply::Leader { log: log.to_owned(), leader, epoch: 1 }
     }
@@ -211,6 +363,18 @@ impl ClusterMap {
         }
         let Some(epoch) = entry.epoch.checked_add(1) else {
             return Reply::Refused(format!("log {log}: no epoch after {}", entry.epoch));
+        };
+        // A handover ends with the election of its target (and only while under way: after it
+        // was given up, its leader may be writing again); any other election ends it too.
+        let handing_over = entry.handover.as_ref().and_then(|h| h.under_way(expected_epoch));
+        entry.handover = match reason {
+            ElectReason::Handover if handing_over != Some(leader) => {
+                return Reply::Refused(format!(
+                    "log {log}: no handover of epoch {expected_epoch} to node {leader} is under way"
+                ));
+            }
+            ElectReason::Handover => entry.handover.take().map(|h| Handover { step: HandoverStep::Promoted, ..h }),
+            _ => None,
         };
         entry.epoch = epoch;
         entry.leader = leader;
@@ -293,6 +457,78 @@ mod tests {
         let current = Command::SetInSync { log: "orders".into(), epoch: 2, in_sync: vec![3, 2, 9, 3] };
         map.apply_command(&current);
         assert_eq!(map.logs["orders"].in_sync, vec![2, 3], "sorted, deduplicated, replicas only");
+    }
+
+    fn start_handover(epoch: u64, to: NodeId) -> Command {
+        Command::StartHandover { log: "orders".into(), epoch, to }
+    }
+
+    fn handover_elect(expected_epoch: u64, leader: NodeId) -> Command {
+        Command::Elect { log: "orders".into(), expected_epoch, leader, reason: ElectReason::Handover }
+    }
+
+    #[test]
+    fn a_handover_goes_fenced_caught_up_promoted_and_each_step_may_be_sent_again() {
+        let mut map = ClusterMap::default();
+        create(&mut map);
+        assert!(matches!(map.apply_command(&start_handover(1, 2)), Reply::Leader { leader: 1, epoch: 1, .. }));
+        assert!(matches!(map.apply_command(&start_handover(1, 2)), Reply::Leader { .. }), "the same start again");
+        assert!(matches!(map.apply_command(&start_handover(1, 3)), Reply::Refused(m) if m.contains("under way")));
+        let step = |map: &ClusterMap| map.logs["orders"].handover.as_ref().map(|h| h.step);
+        assert_eq!(step(&map), Some(HandoverStep::Fenced));
+        let caught_up = Command::HandoverStep { log: "orders".into(), epoch: 1, step: HandoverStep::CaughtUp };
+        assert_eq!(map.apply_command(&caught_up), Reply::Done);
+        assert_eq!(map.apply_command(&caught_up), Reply::Done);
+        assert_eq!(step(&map), Some(HandoverStep::CaughtUp));
+        assert_eq!(
+            map.apply_command(&handover_elect(1, 2)),
+            Reply::Leader { log: "orders".into(), leader: 2, epoch: 2 }
+        );
+        assert_eq!(step(&map), Some(HandoverStep::Promoted));
+        assert!(matches!(map.apply_command(&handover_elect(1, 2)), Reply::Conflict { epoch: 2, .. }));
+        // A step of a handover that is over changes nothing.
+        assert!(matches!(map.apply_command(&caught_up), Reply::Conflict { .. }));
+        assert_eq!(step(&map), Some(HandoverStep::Promoted));
+        // The next one starts from the new leader.
+        assert!(matches!(map.apply_command(&start_handover(2, 1)), Reply::Leader { leader: 2, epoch: 2, .. }));
+        assert!(matches!(map.apply_command(&start_handover(1, 3)), Reply::Conflict { epoch: 2, .. }), "a stale start");
+    }
+
+    #[test]
+    fn a_handover_election_takes_effect_only_while_that_handover_is_under_way() {
+        let mut map = ClusterMap::default();
+        create(&mut map);
+        // None started: a leader that never stopped taking appends must not be replaced so.
+        assert!(matches!(map.apply_command(&handover_elect(1, 2)), Reply::Refused(_)));
+        map.apply_command(&start_handover(1, 2));
+        assert!(matches!(map.apply_command(&handover_elect(1, 3)), Reply::Refused(_)), "another target");
+        let abort = Command::AbortHandover { log: "orders".into(), epoch: 1, reason: "node 2 did not catch up".into() };
+        assert_eq!(map.apply_command(&abort), Reply::Done);
+        assert_eq!(map.apply_command(&abort), Reply::Done, "given up again: the same");
+        let handover = map.logs["orders"].handover.clone().unwrap();
+        assert_eq!((handover.step, handover.reason.as_str()), (HandoverStep::Aborted, "node 2 did not catch up"));
+        // Given up, its leader takes appends again: its election would lose them.
+        let before = map.clone();
+        assert!(matches!(map.apply_command(&handover_elect(1, 2)), Reply::Refused(_)));
+        let caught_up = Command::HandoverStep { log: "orders".into(), epoch: 1, step: HandoverStep::CaughtUp };
+        assert!(matches!(map.apply_command(&caught_up), Reply::Conflict { .. }));
+        assert_eq!(map, before);
+        // Started again, then overtaken by a failover: that ends it.
+        map.apply_command(&start_handover(1, 3));
+        assert_eq!(map.logs["orders"].handover.as_ref().unwrap().step, HandoverStep::Fenced);
+        assert!(matches!(map.apply_command(&elect(1, 2)), Reply::Leader { epoch: 2, .. }));
+        assert_eq!(map.logs["orders"].handover, None);
+        let late = Command::AbortHandover { log: "orders".into(), epoch: 1, reason: String::new() };
+        assert!(matches!(map.apply_command(&late), Reply::Conflict { epoch: 2, .. }));
+    }
+
+    #[test]
+    fn a_handover_to_the_leader_or_outside_the_replicas_is_refused() {
+        let mut map = ClusterMap::default();
+        create(&mut map);
+        assert!(matches!(map.apply_command(&start_handover(1, 1)), Reply::Refused(m) if m.contains("leads")));
+        assert!(matches!(map.apply_command(&start_handover(1, 9)), Reply::Refused(m) if m.contains("replicas")));
+        assert_eq!(map.logs["orders"].handover, None);
     }
 
     proptest! {

@@ -889,6 +889,7 @@ pub(crate) fn start_node(
         reseed: true,
         frame_memory_max: tern_replication::driver::FRAME_MEMORY_MAX_DEFAULT,
         leader_epoch: None,
+        handing_over_to: None,
     };
     let server = Server::start(config, Arc::new(crate::EngineLogs(engine.clone())))?;
     Ok((engine, server))

@@ -32,7 +32,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tern_controller::{Command, Controller, ControllerConfig, DataNode, ElectReason, LogMap, LogReport, Reply};
+use tern_controller::{
+    Command, Controller, ControllerConfig, DataNode, ElectReason, HandoverStep, LogMap, LogReport, Reply,
+};
 use tern_replication::driver::{Role, Server, ServerConfig};
 use tern_replication::election::{elect, ReplicaSet, Report};
 use tern_replication::message::NodeId;
@@ -53,6 +55,9 @@ const TICK: Duration = Duration::from_millis(5);
 const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Once enough reports are in, how long the others may still come.
 const REPORT_GRACE: Duration = Duration::from_millis(20);
+/// How long a leader handing over waits for its target to catch up before it gives the
+/// handover up and takes appends again.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings of a node run by the controller.
 #[derive(Debug, Clone)]
@@ -95,6 +100,8 @@ struct Shared {
     /// The epoch this node stopped leading in (cut off from the controller, or fenced for the
     /// next election): it never leads that epoch again.
     stepped_down: Mutex<Option<u64>>,
+    /// A thread carries a handover on ([`Shared::hand_over`]).
+    handing_over: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -193,6 +200,9 @@ impl tern_replication::driver::Logs for ClusterLogs {
             "quorum": placement.map(|p| p.quorum),
             "members": map.members.iter().map(|(id, m)| serde_json::json!({"node": id, "addr": m.data_addr})).collect::<Vec<_>>(),
             "data_loss": placement.map(|p| p.data_loss.iter().map(|l| serde_json::json!({"epoch": l.epoch, "from": l.from, "to": l.to})).collect::<Vec<_>>()),
+            "handover": placement.and_then(|p| p.handover.as_ref()).map(|h| serde_json::json!({
+                "to": h.to, "from_epoch": h.epoch, "step": h.step.name(), "reason": h.reason,
+            })),
         }))
     }
 }
@@ -233,6 +243,7 @@ impl ClusterNode {
             controller,
             running: Mutex::new(None),
             stepped_down: Mutex::new(None),
+            handing_over: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         shared.controller.set_data_node(Arc::new(FenceHere(Arc::downgrade(&shared))));
@@ -295,17 +306,25 @@ fn log_line(what: &str) {
 impl Shared {
     /// Runs the replication server as `role` in `epoch` (stopping what runs first).
     fn switch(self: &Arc<Self>, role: Role, epoch: u64) -> std::io::Result<()> {
+        let began = Instant::now();
         let mut running = self.running.lock();
-        if let Some(old) = running.take() {
-            old.server.stop();
-        }
         let mut config = self.config.server.clone();
         config.role = role;
         config.peers = Vec::new();
         config.leader_epoch = None;
         if role == Role::Leader {
-            let map = self.controller.local_map();
+            // Read at the controller's leader, not from this member's copy, which may lag
+            // after a restart: a planned handover of this epoch must be seen (the leader then
+            // starts refusing appends), or the target could be elected while this node writes.
+            let map = self.controller.read_map(Duration::from_secs(1)).map_err(std::io::Error::other)?;
             let placement = map.logs.get(ALL_LOGS).cloned().ok_or_else(|| std::io::Error::other("no placement"))?;
+            if placement.epoch != epoch || placement.leader != self.config.node_id {
+                return Err(std::io::Error::other(format!(
+                    "the map moved on: node {} leads epoch {}",
+                    placement.leader, placement.epoch
+                )));
+            }
+            config.handing_over_to = placement.handover.as_ref().and_then(|h| h.under_way(epoch));
             config.peers = placement
                 .replicas
                 .iter()
@@ -318,8 +337,14 @@ impl Shared {
             config.quorum = Quorum::Count(placement.quorum as usize);
             config.leader_epoch = Some(epoch);
         }
+        let read = began.elapsed();
+        if let Some(old) = running.take() {
+            old.server.stop();
+        }
+        let stopped = began.elapsed();
         let logs = ClusterLogs { logs: EngineLogs(self.engine.clone()), shared: Arc::downgrade(self) };
         let server = Server::start(config, Arc::new(logs))?;
+        let started = began.elapsed();
         if role == Role::Leader {
             // As Raft's no-op entry: records of earlier epochs commit only along with one of
             // the leader's own epoch, and the first appends after a failover may all be
@@ -334,6 +359,16 @@ impl Shared {
                     }
                 }
             }
+        }
+        if role == Role::Leader {
+            log_line(&format!(
+                "node {} runs as leader of epoch {epoch}: map read in {} us, old server stopped in {} us, started in {} us, marked in {} us",
+                self.config.node_id,
+                read.as_micros(),
+                (stopped - read).as_micros(),
+                (started - stopped).as_micros(),
+                (began.elapsed() - started).as_micros()
+            ));
         }
         *running = Some(Running { role, epoch, server });
         Ok(())
@@ -386,6 +421,18 @@ impl Shared {
                     }
                     last_heartbeat_ok = Instant::now();
                 }
+                if placement.handover.as_ref().is_some_and(|h| h.under_way(placement.epoch).is_some())
+                    && !self.handing_over.swap(true, Ordering::SeqCst)
+                {
+                    let (shared, placement) = (self.clone(), placement.clone());
+                    let spawned = std::thread::Builder::new().name(format!("tern-handover-{me}")).spawn(move || {
+                        shared.hand_over(&placement);
+                        shared.handing_over.store(false, Ordering::SeqCst);
+                    });
+                    if spawned.is_err() {
+                        self.handing_over.store(false, Ordering::SeqCst);
+                    }
+                }
                 if last_heartbeat_sent.is_none_or(|at| at.elapsed() >= HEARTBEAT_INTERVAL) {
                     last_heartbeat_sent = Some(Instant::now());
                     if self.controller.heartbeat(placement.epoch, HEARTBEAT_INTERVAL).is_ok() {
@@ -422,6 +469,100 @@ impl Shared {
                     self.fail_over(&placement);
                 }
             }
+        }
+    }
+
+    /// Carries on the planned handover of `placement` (this node leads its epoch): refuses
+    /// appends, waits until the target holds every record written here, and elects it; or,
+    /// when the target does not catch up in [`HANDOVER_TIMEOUT`], gives the handover up and
+    /// takes appends again. Every step is idempotent and the map says where it is, so that a
+    /// restart of this node (it leads again, refusing appends from its start) carries on.
+    fn hand_over(self: &Arc<Self>, placement: &LogMap) {
+        let me = self.config.node_id;
+        let Some(handover) = placement.handover.clone() else { return };
+        let Some(to) = handover.under_way(placement.epoch) else { return };
+        let epoch = placement.epoch;
+        let started = Instant::now();
+        let drained = {
+            let running = self.running.lock();
+            match running.as_ref().filter(|r| r.role == Role::Leader && r.epoch == epoch) {
+                Some(r) => r.server.hand_over(Some(to)).map_err(|e| e.to_string()),
+                None => return,
+            }
+        };
+        if let Err(e) = drained {
+            log_line(&format!("node {me} cannot hand epoch {epoch} over to node {to}: {e}"));
+            return self.abort_handover(epoch, to, e);
+        }
+        log_line(&format!("node {me} hands epoch {epoch} over to node {to}: appends refused"));
+        let caught_up = loop {
+            let done = self
+                .running
+                .lock()
+                .as_ref()
+                .filter(|r| r.role == Role::Leader && r.epoch == epoch)
+                .map(|r| r.server.caught_up(to));
+            match done {
+                None => return, // no longer leading this epoch: the map moved on
+                Some(true) => break true,
+                Some(false) if started.elapsed() >= HANDOVER_TIMEOUT || self.stop.load(Ordering::SeqCst) => {
+                    break false
+                }
+                Some(false) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        };
+        if !caught_up {
+            let why = format!("node {to} did not catch up within {} ms", HANDOVER_TIMEOUT.as_millis());
+            return self.abort_handover(epoch, to, why);
+        }
+        let caught_up_at = started.elapsed();
+        if handover.step < HandoverStep::CaughtUp {
+            let step = Command::HandoverStep { log: ALL_LOGS.into(), epoch, step: HandoverStep::CaughtUp };
+            let _ = self.controller.propose(step, Duration::from_secs(1));
+        }
+        let elect_cmd =
+            Command::Elect { log: ALL_LOGS.into(), expected_epoch: epoch, leader: to, reason: ElectReason::Handover };
+        match self.controller.propose(elect_cmd, Duration::from_secs(2)) {
+            Ok(Reply::Leader { leader, epoch: next, .. }) => {
+                log_line(&format!(
+                    "node {leader} elected leader of every log in epoch {next} (handover: caught up in {} us, elected in {} us)",
+                    caught_up_at.as_micros(),
+                    started.elapsed().as_micros()
+                ));
+                // Until this member's copy of the map shows it, the loop would carry on again.
+                self.wait_local(|p| p.epoch > epoch);
+            }
+            // Refused: the handover is no longer under way; Conflict: another election came
+            // first. Either way appends stay refused here until the map is seen again.
+            Ok(other) => log_line(&format!("handover of epoch {epoch} to node {to}: {other:?}")),
+            Err(e) => log_line(&format!("handover of epoch {epoch} to node {to} not committed: {e}")),
+        }
+    }
+
+    /// Gives up the handover of `epoch` to `to`; once that is committed (no election of the
+    /// target can follow it), this node takes appends again.
+    fn abort_handover(&self, epoch: u64, to: NodeId, reason: String) {
+        let me = self.config.node_id;
+        let abort = Command::AbortHandover { log: ALL_LOGS.into(), epoch, reason: reason.clone() };
+        match self.controller.propose(abort, Duration::from_secs(2)) {
+            Ok(Reply::Done) => {
+                log_line(&format!("node {me} gave up handing epoch {epoch} over to node {to}: {reason}"));
+                if let Some(r) = self.running.lock().as_ref().filter(|r| r.role == Role::Leader && r.epoch == epoch) {
+                    let _ = r.server.hand_over(None);
+                }
+                self.wait_local(|p| {
+                    p.epoch > epoch || p.handover.as_ref().is_none_or(|h| h.under_way(epoch).is_none())
+                });
+            }
+            other => log_line(&format!("handover of epoch {epoch} to node {to} not given up: {other:?}")),
+        }
+    }
+
+    /// Waits (up to a second) until this member's copy of the placement satisfies `done`.
+    fn wait_local(&self, done: impl Fn(&LogMap) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline && !self.controller.local_map().logs.get(ALL_LOGS).is_some_and(&done) {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -662,7 +803,7 @@ pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<Strin
         }
         match worst {
             Some((from, to)) => ElectReason::Forced { from, to },
-            None => ElectReason::Handover,
+            None => ElectReason::Failover,
         }
     } else {
         let candidates = most_up_to_date(&placement, &reports)?;
@@ -672,7 +813,7 @@ pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<Strin
                  --force promotes it anyway and says what may be lost"
             ));
         }
-        ElectReason::Handover
+        ElectReason::Failover
     };
     let elect_cmd = Command::Elect { log: ALL_LOGS.into(), expected_epoch: placement.epoch, leader: target, reason };
     match client.propose(&contact, elect_cmd).map_err(|e| e.to_string())? {
@@ -680,4 +821,86 @@ pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<Strin
         other => return Err(format!("the election of epoch {epoch} did not take effect: {other:?}")),
     }
     Ok(lines)
+}
+
+/// `tern handover --all`: hands the leadership of every log over to `target` with no record
+/// lost, asked through the controller member of the node at data address `any`, and waits up
+/// to `timeout` for the outcome, saying each step as the controller records it. The leader
+/// carries the handover out (see [`HandoverStep`]): it refuses appends, waits until `target`
+/// holds its exact end, and elects it in the next epoch; it gives the handover up when
+/// `target` does not catch up in [`HANDOVER_TIMEOUT`].
+///
+/// # Errors
+/// No controller, no placement yet, `target` not a replica or leading already, another
+/// handover under way, the handover given up or overtaken by a failover, or no outcome within
+/// `timeout` (it goes on: `tern status` shows its step).
+pub fn handover(any: SocketAddr, target: NodeId, timeout: Duration) -> Result<Vec<String>, String> {
+    let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    let contact = controller_addr(any).to_string();
+    let deadline = Instant::now() + timeout;
+    let map = retrying(deadline, || client.read_map(&contact))?;
+    let placement = map.logs.get(ALL_LOGS).cloned().ok_or("the cluster has no leader placement yet")?;
+    let epoch = placement.epoch;
+    let start = Command::StartHandover { log: ALL_LOGS.into(), epoch, to: target };
+    match retrying(deadline, || client.propose(&contact, start.clone()))? {
+        Reply::Leader { .. } => {}
+        Reply::Conflict { leader, epoch: now, .. } => {
+            return Err(format!("node {leader} leads epoch {now} now (was {epoch}): try again"));
+        }
+        other => return Err(format!("the handover did not start: {other:?}")),
+    }
+    let started = Instant::now();
+    let mut lines = vec![format!(
+        "handover of every log from node {} (epoch {epoch}) to node {target}: {}",
+        placement.leader,
+        HandoverStep::Fenced.name()
+    )];
+    let mut said = HandoverStep::Fenced;
+    loop {
+        let map = retrying(deadline, || client.read_map(&contact))?;
+        let now = map.logs.get(ALL_LOGS).ok_or("the placement is gone")?;
+        let step = now.handover.as_ref().filter(|h| h.epoch == epoch && h.to == target).map(|h| (h.step, &h.reason));
+        let ms = started.elapsed().as_millis();
+        match step {
+            Some((HandoverStep::Promoted, _)) => {
+                lines.push(format!(
+                    "{ms} ms: {}: node {target} leads every log in epoch {}",
+                    HandoverStep::Promoted.name(),
+                    now.epoch
+                ));
+                return Ok(lines);
+            }
+            Some((HandoverStep::Aborted, reason)) => {
+                return Err(format!("{ms} ms: the handover was given up: {reason}"))
+            }
+            _ if now.epoch != epoch => {
+                return Err(format!("{ms} ms: overtaken: node {} leads epoch {} (a failover)", now.leader, now.epoch));
+            }
+            Some((step, _)) if step > said => {
+                lines.push(format!("{ms} ms: {}", step.name()));
+                said = step;
+            }
+            _ => {}
+        }
+        if started.elapsed() >= timeout {
+            return Err(format!(
+                "no outcome within {} ms; the handover goes on at step {} (see tern status)",
+                timeout.as_millis(),
+                said.name()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// `what` until it succeeds or `deadline` passes: a controller member that is down, or a
+/// controller electing its leader, is waited out (for requests that may be sent again).
+fn retrying<T>(deadline: Instant, what: impl Fn() -> std::io::Result<T>) -> Result<T, String> {
+    loop {
+        match what() {
+            Ok(answer) => return Ok(answer),
+            Err(e) if Instant::now() >= deadline => return Err(format!("controller: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }

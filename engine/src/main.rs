@@ -220,6 +220,27 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Hand the leadership of a --cluster cluster over to a node, with no record lost: the
+    /// leader refuses appends ("moved", naming the node), waits until the node holds its exact
+    /// end, and the controller elects it in the next epoch. The controller keeps the step
+    /// (`tern status`); a crash of either node carries it on, or gives it up after a timeout.
+    Handover {
+        /// Address (--listen) of any node of the cluster.
+        #[arg(long)]
+        server: SocketAddr,
+        /// Hand every log over (one node leads every log in this version).
+        #[arg(long, conflicts_with = "log", required_unless_present = "log")]
+        all: bool,
+        /// Hand this log over: accepted only as every log's handover, see --all.
+        #[arg(long)]
+        log: Option<String>,
+        /// The node taking over.
+        #[arg(long)]
+        to: u64,
+        /// How long to wait for the outcome (the handover goes on after the wait).
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
     /// Measure Tern against the raw disk limits of the same directory.
     Bench(tern::bench::BenchArgs),
     /// Run a realistic mixed workload on a temporary directory and print a summary.
@@ -253,6 +274,21 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e.into()),
         },
+        Command::Handover { log: Some(log), .. } => Err(format!(
+            "--log {log}: one node leads every log in this version, so every log moves together; give --all"
+        )
+        .into()),
+        Command::Handover { server, to, timeout_ms, .. } => {
+            match tern::cluster::handover(server, to, std::time::Duration::from_millis(timeout_ms)) {
+                Ok(lines) => {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Verify { dir } => verify(&dir),
         Command::Dump { dir, log } => dump(&dir, log.as_deref()),
         Command::Repair { dir, log, journal } => repair(&dir, log.as_deref(), journal),
@@ -1069,6 +1105,7 @@ fn serve(args: &ServeArgs) -> CliResult {
         reseed: !args.no_reseed,
         frame_memory_max: args.frame_memory_max,
         leader_epoch: None,
+        handing_over_to: None,
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {

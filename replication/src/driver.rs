@@ -176,6 +176,11 @@ pub struct ServerConfig {
     /// epoch `last + 1` of each log, as a leader chosen by configuration does. A log already at
     /// this epoch or later is not led (its start fails): another leader took it.
     pub leader_epoch: Option<u64>,
+    /// Leader: start handing over to this follower (see [`Server::hand_over`]): every client
+    /// append is refused, naming it, from the first connection on. A leader restarted in the
+    /// middle of a planned handover starts this way, so that nothing is written between its
+    /// start and its next look at the handover.
+    pub handing_over_to: Option<NodeId>,
 }
 
 /// One log of the node: the log itself, outside any lock (appends and syncs take none of the
@@ -561,8 +566,30 @@ pub fn refusal_is_retriable(reason: &str) -> bool {
 }
 
 /// How a leader handing its logs over ([`Server::drain`]) refuses appends: nothing was
-/// written; the node it names takes over.
+/// written; the node it names takes over, at the address after [`MOVED_ADDR`].
 pub const MOVED_PREFIX: &str = "moved: ";
+
+/// In a [`MOVED_PREFIX`] refusal, what comes before the new leader's address.
+pub const MOVED_ADDR: &str = " at ";
+
+/// The refusal of a leader handing over to `target`.
+fn moved_reason(config: &ServerConfig, target: NodeId) -> io::Result<String> {
+    let Some((_, addr)) = config.peers.iter().find(|(id, _)| *id == target) else {
+        return Err(io::Error::other(format!("node {target} is not a follower of this node")));
+    };
+    Ok(format!(
+        "{MOVED_PREFIX}node {} is handing its logs over to node {target}{MOVED_ADDR}{addr}; retry there (not written \
+         here)",
+        config.node_id
+    ))
+}
+
+/// The address a [`MOVED_PREFIX`] refusal names, if any.
+pub fn moved_to(reason: &str) -> Option<SocketAddr> {
+    let rest = reason.strip_prefix(MOVED_PREFIX)?;
+    let (_, after) = rest.split_once(MOVED_ADDR)?;
+    after.split(';').next()?.trim().parse().ok()
+}
 
 /// The words of the refusals [`refusal_is_retriable`] looks for: one home for each.
 const STOPPING_REASON: &str = "the node is stopping";
@@ -775,6 +802,10 @@ impl Server {
             }
         }
         let frames = FrameBudget::new(config.frame_memory_max);
+        let draining = match config.handing_over_to.filter(|_| config.role == Role::Leader) {
+            Some(target) => Some(moved_reason(&config, target)?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config,
             logs,
@@ -799,7 +830,7 @@ impl Server {
             leader_conns: Mutex::new(BTreeMap::new()),
             next_leader_conn: std::sync::atomic::AtomicU64::new(0),
             disk_faults: Mutex::new(BTreeMap::new()),
-            draining: Mutex::new(None),
+            draining: Mutex::new(draining),
             let_go: Mutex::new(std::collections::BTreeSet::new()),
         });
         for name in shared.logs.names() {
@@ -911,34 +942,20 @@ impl Server {
     }
 
     /// Leader, handing over to `target`: from now on client appends are refused with a
-    /// retryable reason naming `target`, and this waits (up to `timeout`) until `target` has
-    /// synced every record of every log that this node has written, so that it can take over
-    /// with exactly this log. Shipping goes on meanwhile. Returns how long the wait took.
+    /// retryable reason naming `target` and its address ([`MOVED_PREFIX`]), and this waits (up
+    /// to `timeout`) until `target` has synced every record of every log that this node has
+    /// written, so that it can take over with exactly this log. Shipping goes on meanwhile.
+    /// Returns how long the wait took.
     ///
     /// # Errors
     /// This node does not lead, `target` is not one of its peers, or `timeout` passed first
-    /// (appends stay refused: the handover goes on or the node is fenced).
+    /// (appends stay refused: the handover goes on, or [`Server::hand_over`] with `None` gives
+    /// it up).
     pub fn drain(&self, target: NodeId, timeout: Duration) -> io::Result<Duration> {
-        let shared = &self.shared;
-        if shared.config.role != Role::Leader {
-            return Err(io::Error::other("only a leader hands over"));
-        }
-        if !shared.config.peers.iter().any(|(id, _)| *id == target) {
-            return Err(io::Error::other(format!("node {target} is not a follower of this node")));
-        }
-        let me = shared.config.node_id;
-        *shared.draining.lock() =
-            Some(format!("moved: node {me} is handing its logs over to node {target}; retry there (not written here)"));
+        self.hand_over(Some(target))?;
         let started = Instant::now();
         loop {
-            let behind = shared.all_slots().iter().any(|slot| {
-                let core = slot.lock();
-                let written = slot.log.written_end();
-                core.leader
-                    .as_ref()
-                    .is_some_and(|l| l.peer_state(target).is_none_or(|(_, durable, _)| durable < written))
-            });
-            if !behind {
+            if self.caught_up(target) {
                 return Ok(started.elapsed());
             }
             if started.elapsed() >= timeout {
@@ -947,8 +964,42 @@ impl Server {
                     timeout.as_millis()
                 )));
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(Duration::from_micros(200));
         }
+    }
+
+    /// Leader: starts refusing client appends, naming `target` as the node to go to (`Some`),
+    /// or takes appends again (`None`: a handover given up). Once this returns with `Some`,
+    /// nothing more is written to any log until it is called with `None`.
+    ///
+    /// # Errors
+    /// This node does not lead, or `target` is not one of its peers.
+    pub fn hand_over(&self, target: Option<NodeId>) -> io::Result<()> {
+        let shared = &self.shared;
+        if shared.config.role != Role::Leader {
+            return Err(io::Error::other("only a leader hands over"));
+        }
+        let reason = match target {
+            Some(target) => Some(moved_reason(&shared.config, target)?),
+            None => None,
+        };
+        // Taken between two writes (the writers hold this lock while they write).
+        *shared.draining.lock() = reason;
+        Ok(())
+    }
+
+    /// Whether `target` has synced every record this leader has written, of every log.
+    pub fn caught_up(&self, target: NodeId) -> bool {
+        !self.shared.all_slots().iter().any(|slot| {
+            let core = slot.lock();
+            let written = slot.log.written_end();
+            core.leader.as_ref().is_some_and(|l| l.peer_state(target).is_none_or(|(_, durable, _)| durable < written))
+        })
+    }
+
+    /// Whether client appends are refused for a handover.
+    pub fn handing_over(&self) -> bool {
+        self.shared.draining.lock().is_some()
     }
 
     /// The fence of this node: nothing of an older epoch is taken (0: none).
@@ -1070,6 +1121,7 @@ impl Server {
             let _ = stream.shutdown(Shutdown::Both);
         }
         let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_millis(200));
+        self.shared.clients.wake();
         for slot in self.shared.all_slots() {
             slot.committed.notify_all();
         }
@@ -1077,6 +1129,9 @@ impl Server {
             let mut syncs = self.shared.syncs.logs.lock();
             syncs.1 = true;
             self.shared.syncs.wake.notify_all();
+        }
+        for thread in &self.threads {
+            thread.thread().unpark();
         }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -1086,7 +1141,7 @@ impl Server {
         self.shared.clients.drop_incoming();
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.shared.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
         // Sync every log so that a clean stop leaves nothing pending.
         for slot in self.shared.all_slots() {
@@ -1658,7 +1713,11 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 fn tick_loop(shared: &Arc<Shared>) {
     let mut maintained = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(10));
+        // Unparked by a stop, so that a stopping node does not wait out the tick.
+        std::thread::park_timeout(Duration::from_millis(10));
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
         if maintained.elapsed() >= MAINTENANCE_INTERVAL {
             maintained = Instant::now();
             shared.maintain();

@@ -274,8 +274,9 @@ impl ClientLoop {
         }
     }
 
-    /// Wakes the loop.
-    fn wake(&self) {
+    /// Wakes the loop (a stopping node's, so that it sees the stop at once rather than at its
+    /// next idle timeout).
+    pub(super) fn wake(&self) {
         let one = 1u64.to_ne_bytes();
         // SAFETY: `one` is valid for 8 bytes and the eventfd is open. A full counter (it cannot
         // be, the loop drains it) would only mean the loop is already woken.
@@ -411,6 +412,11 @@ pub(super) fn serve_client(
     };
     shared.clients.incoming.lock().push((token, conn));
     shared.clients.wake();
+    if shared.stop.load(Ordering::SeqCst) {
+        // The loop may be gone already (a stop sets the flag before anything else): nothing
+        // would ever serve or drop the connection, and the stop would wait for its count.
+        shared.clients.drop_incoming();
+    }
     Ok(())
 }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{refusal_is_retriable, Client, Receipt, NOT_LEADER_PREFIX};
+use super::{moved_to, refusal_is_retriable, Client, Receipt, MOVED_PREFIX, NOT_LEADER_PREFIX};
 use crate::message::{Acks, Message};
 use crate::producers::PRODUCER_BATCHES_KEPT;
 
@@ -36,6 +36,11 @@ pub const PRODUCER_BATCHES_IN_FLIGHT_MAX: usize = PRODUCER_BATCHES_KEPT;
 const BACKOFF_FIRST: Duration = Duration::from_millis(20);
 /// Default longest wait between two rounds over the nodes ([`ProducerConfig::backoff_max`]).
 const BACKOFF_MAX_DEFAULT: Duration = Duration::from_millis(100);
+/// Wait between rounds while a leader hands over ([`MOVED_PREFIX`]): a planned move takes a
+/// few milliseconds, and the new leader is found at most this long after it starts to lead.
+const MOVED_BACKOFF: Duration = Duration::from_millis(2);
+/// How long after a "moved" refusal rounds wait only [`MOVED_BACKOFF`].
+const MOVED_WINDOW: Duration = Duration::from_secs(1);
 /// Longest a connection attempt waits (less when the producer gives up sooner).
 const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
 /// Shortest wait for a reply, so that a deadline that is almost there still gets a read.
@@ -219,6 +224,9 @@ pub struct Producer {
     /// reply timeout while another node may be tried (a paused node takes connections and
     /// answers nothing, so each try would cost a whole reply timeout again).
     silent_at: Vec<Option<Instant>>,
+    /// When a leader last said it hands over: until the new leader answers, rounds over the
+    /// nodes wait only [`MOVED_BACKOFF`].
+    moved_at: Option<Instant>,
 }
 
 impl Producer {
@@ -258,6 +266,7 @@ impl Producer {
             failed_last: None,
             stalled_since: None,
             silent_at,
+            moved_at: None,
         })
     }
 
@@ -369,7 +378,18 @@ impl Producer {
                 self.failures_in_round = 0;
                 self.rounds = 0;
                 self.failed_last = None;
+                self.moved_at = None;
                 self.stalled_since = (!self.unacked.is_empty()).then(Instant::now);
+                Ok(())
+            }
+            Ok(Message::Refuse { reason }) if reason.starts_with(MOVED_PREFIX) => {
+                // A leader handing over: straight to the node it names, when it is one of ours.
+                self.moved_at = Some(Instant::now());
+                let to = moved_to(&reason).and_then(|to| self.config.addrs.iter().position(|a| *a == to));
+                self.fail_conn(index, reason, true)?;
+                if let Some(to) = to {
+                    self.current = to;
+                }
                 Ok(())
             }
             Ok(Message::Refuse { reason }) if refusal_is_retriable(&reason) => {
@@ -486,7 +506,9 @@ impl Producer {
                 self.current = (index + 1) % nodes;
                 continue;
             }
-            if let Some(backoff) = backoff(self.failures_in_round, nodes, self.rounds, self.config.backoff_max) {
+            let handing_over = self.moved_at.is_some_and(|at| at.elapsed() < MOVED_WINDOW);
+            let max = if handing_over { MOVED_BACKOFF } else { self.config.backoff_max };
+            if let Some(backoff) = backoff(self.failures_in_round, nodes, self.rounds, max) {
                 std::thread::sleep(backoff.min(self.time_left()));
                 self.failures_in_round = 0;
                 self.rounds += 1;
@@ -621,5 +643,79 @@ mod tests {
         assert!(Producer::new(ProducerConfig { in_flight_max: 0, ..config.clone() }).is_err());
         let over = PRODUCER_BATCHES_IN_FLIGHT_MAX + 1;
         assert!(Producer::new(ProducerConfig { in_flight_max: over, ..config }).is_err());
+    }
+
+    /// A node that answers every append with `answer(n)`, `n` counting the appends it got.
+    fn fake_node(
+        answer: impl Fn(usize) -> Message + Send + Sync + 'static,
+    ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = std::sync::Arc::new(AtomicUsize::new(0));
+        let (answer, counted) = (std::sync::Arc::new(answer), count.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let (answer, counted) = (answer.clone(), counted.clone());
+                std::thread::spawn(move || {
+                    while let Ok(msg) = super::super::read_msg(&mut stream) {
+                        if !matches!(msg, Message::ClientAppendIdempotent { .. }) {
+                            return;
+                        }
+                        let n = counted.fetch_add(1, Ordering::SeqCst);
+                        if super::super::write_msg(&mut stream, &answer(n)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, count)
+    }
+
+    #[test]
+    fn a_leader_handing_over_sends_the_producer_straight_to_the_node_it_names() {
+        use std::sync::atomic::Ordering;
+        let not_leader = || Message::Refuse { reason: format!("{NOT_LEADER_PREFIX}node 3 is a follower") };
+        // The target leads from its third append on.
+        let (target, at_target) = fake_node(move |n| {
+            if n < 2 {
+                not_leader()
+            } else {
+                Message::ClientAppended { start: 7, end: 8, durability: Acks::Quorum, copies: 2, nodes: 3 }
+            }
+        });
+        let (other, at_other) = fake_node(move |_| not_leader());
+        let moved = format!(
+            "{MOVED_PREFIX}node 1 is handing its logs over to node 3{}{target}; retry there (not written here)",
+            super::super::MOVED_ADDR
+        );
+        assert_eq!(moved_to(&moved), Some(target));
+        let (leader, at_leader) = fake_node(move |_| Message::Refuse { reason: moved.clone() });
+        let mut config = ProducerConfig::new(vec![leader, other, target], "orders");
+        config.give_up_after = Duration::from_secs(20);
+        let mut producer = Producer::new(config).unwrap();
+        producer.send(vec![Bytes::from_static(b"x")]).unwrap();
+        let acked = producer.wait_one().unwrap();
+        assert_eq!(acked[0].receipt.start, 7);
+        assert_eq!(producer.node(), Some(target));
+        assert_eq!(at_target.load(Ordering::SeqCst), 3);
+        // From the leader straight to the target each time (leader, target, leader, target,
+        // ...: the target is last in the list, the leader first), never on to the node after
+        // the leader (leader, other, target, leader, ...).
+        assert_eq!(at_leader.load(Ordering::SeqCst), 3);
+        assert_eq!(at_other.load(Ordering::SeqCst), 0, "the node between leader and target");
+    }
+
+    #[test]
+    fn a_moved_refusal_names_an_address_only_when_it_has_one() {
+        assert_eq!(
+            moved_to("moved: node 1 is handing its logs over to node 2 at 10.0.0.2:7000; retry there"),
+            Some("10.0.0.2:7000".parse().unwrap())
+        );
+        assert_eq!(moved_to("moved: node 1 is handing its logs over to node 2; retry there"), None);
+        assert_eq!(moved_to("not the leader: moved: x at 10.0.0.2:7000"), None);
+        assert_eq!(moved_to("moved: node 1 at nowhere; retry"), None);
     }
 }
