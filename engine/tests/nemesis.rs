@@ -1,12 +1,22 @@
-//! Real `tern serve --cluster` processes on loopback, clients appending unique values with
-//! quorum acks, and a nemesis that SIGKILLs the leader (restarting it later) or SIGSTOPs it past
-//! the failure timeout and resumes it (a zombie of an old epoch). The checker: every
+//! Real `tern serve --cluster` processes, clients appending unique values with quorum acks,
+//! and a nemesis that faults the leader each round: a SIGKILL (the node restarted later), a
+//! SIGSTOP past the failure timeout and a SIGCONT after the failover (a zombie of an old
+//! epoch), or a cut of its network past the failure timeout, healed after the failover (an old
+//! leader that must come back as a follower of the new epoch). The checker: every
 //! acknowledged value is in the log exactly once, at the offset its acknowledgement named, in
 //! the same order on every node; no value appears that was not sent; no value appears twice
 //! (the clients are idempotent producers, resending what they are unsure of).
 //!
+//! Isolation needs root: each node then runs in a network namespace of its own
+//! (`tern-nem-<pid>-<id>`, at 10.77.<subnet>.<id>), on a veth pair whose other end is a port of
+//! a bridge in the root namespace, where the clients (threads of this test) reach every node.
+//! A cut sets the node's bridge port down: nothing reaches the node and nothing leaves it, not
+//! even a reset, as when a machine drops off the network. Without root, or when namespaces
+//! cannot be made, isolation is left out and a line says so; kills and pauses run on loopback.
+//!
 //! `TERN_NEMESIS_ROUNDS` (default 3) sets the rounds; `TERN_NEMESIS_NODES` 3 or 5;
-//! `TERN_NEMESIS_FAULTS` `kill`, `pause` or `both` (the default, chosen by the seed);
+//! `TERN_NEMESIS_FAULTS` `kill`, `pause`, `isolate`, or `both` (the default: kills and pauses,
+//! and isolations where namespaces can be made, chosen by the seed);
 //! `TERN_NEMESIS_VERBOSE` prints every node's lines after each round. Each round prints the
 //! write pause: from the fault to the first append acknowledged by the next leader (clients
 //! give up on a silent node after 1 s).
@@ -26,11 +36,169 @@ use tern_replication::driver::{Client, Producer, ProducerConfig};
 
 const LOG: &str = "nemesis";
 const FAILURE_TIMEOUT_MS: u64 = 1000;
+/// Every node's data port in its own namespace (its controller's is the next one).
+const NAMESPACE_DATA_PORT: u16 = 7000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    Pause,
+    Isolate,
+}
+
+impl Fault {
+    fn done(self) -> &'static str {
+        match self {
+            Fault::Kill => "killed",
+            Fault::Pause => "paused",
+            Fault::Isolate => "isolated",
+        }
+    }
+}
+
+/// One network namespace per node, each joined to a bridge in the root namespace by a veth
+/// pair; the bridge has an address of the nodes' subnet, so this process reaches them as a
+/// client would. Bridged traffic needs no IP forwarding, which stays as it is. Named after this
+/// process: two runs at once do not meet. Everything is removed on drop, also after a panic.
+struct Namespaces {
+    pid: u32,
+    /// The nodes are at 10.77.`subnet`.id, the bridge at .254.
+    subnet: u8,
+    ids: Vec<u64>,
+}
+
+impl Namespaces {
+    /// Makes the namespaces, links and addresses of nodes `ids`; what fails is said.
+    fn create(ids: &[u64]) -> Result<Namespaces, String> {
+        // SAFETY: geteuid only reads this process's credentials.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        remove_stale_namespaces();
+        let pid = std::process::id();
+        // Built first so that a failure half-way removes what was made.
+        let net = Namespaces { pid, subnet: free_subnet(pid)?, ids: ids.to_vec() };
+        let bridge = net.bridge();
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("10.77.{}.254/24", net.subnet), "dev", &bridge])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        for &id in ids {
+            let (namespace, veth) = (net.namespace(id), net.veth(id));
+            ip(&["netns", "add", &namespace])?;
+            ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace])?;
+            ip(&["link", "set", &veth, "master", &bridge, "up"])?;
+            ip(&["-n", &namespace, "addr", "add", &format!("{}/24", net.addr(id).ip()), "dev", "eth0"])?;
+            ip(&["-n", &namespace, "link", "set", "eth0", "up"])?;
+            // A node's controller reaches its own address through the namespace's loopback.
+            ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
+        }
+        // `ip netns exec` also needs a mount namespace of its own, which a container may refuse.
+        ip(&["netns", "exec", &net.namespace(ids[0]), "true"])?;
+        Ok(net)
+    }
+
+    fn namespace(&self, id: u64) -> String {
+        format!("tern-nem-{}-{id}", self.pid)
+    }
+
+    /// The root namespace's end of node `id`'s veth pair: its port on the bridge.
+    fn veth(&self, id: u64) -> String {
+        format!("tnem{}v{id}", self.pid)
+    }
+
+    fn bridge(&self) -> String {
+        format!("tnem{}b", self.pid)
+    }
+
+    fn addr(&self, id: u64) -> SocketAddr {
+        let host = u8::try_from(id).ok().filter(|h| (1..254).contains(h)).expect("node ids 1 to 253");
+        SocketAddr::from(([10, 77, self.subnet, host], NAMESPACE_DATA_PORT))
+    }
+
+    /// Node `id` reaches nobody and nobody reaches it: its packets are dropped, with no reset.
+    fn cut(&self, id: u64) {
+        ip(&["link", "set", &self.veth(id), "down"]).expect("cut a node's link");
+    }
+
+    fn heal(&self, id: u64) {
+        ip(&["link", "set", &self.veth(id), "up"]).expect("heal a node's link");
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        // Deleting a veth end deletes its pair; a namespace goes once no process is left in it.
+        for &id in &self.ids {
+            let _ = ip(&["link", "del", &self.veth(id)]);
+            let _ = ip(&["netns", "del", &self.namespace(id)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
+/// Runs `ip` with `args`; its error message when it fails.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+}
+
+/// A 10.77.x.0/24 subnet no address or route of the root namespace is in, from the pid on.
+fn free_subnet(pid: u32) -> Result<u8, String> {
+    let mut taken = String::new();
+    for args in [&["-4", "-o", "addr", "show"][..], &["-4", "route", "show", "table", "all"]] {
+        let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+        taken.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    (0..254u32)
+        .map(|k| (pid.wrapping_add(k) % 254 + 1) as u8)
+        .find(|x| !taken.split_whitespace().any(|word| word.starts_with(&format!("10.77.{x}."))))
+        .ok_or_else(|| "no free 10.77.x.0/24 subnet".into())
+}
+
+/// Namespaces and links of test processes that are gone (killed before their drop ran).
+fn remove_stale_namespaces() {
+    let gone = |name: &str, prefix: &str| {
+        let pid: String = name.strip_prefix(prefix).unwrap_or("").chars().take_while(char::is_ascii_digit).collect();
+        !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    };
+    let list = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    for line in list(&["netns", "list"]).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if gone(name, "tern-nem-") {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+    for line in list(&["-o", "link", "show"]).lines() {
+        // "7: tnem123v1@if2: <BROADCAST,...": the name is the second word, up to '@' or ':'.
+        let name = line.split_whitespace().nth(1).unwrap_or("").split(['@', ':']).next().unwrap_or("");
+        if gone(name, "tnem") {
+            let _ = ip(&["link", "del", name]);
+        }
+    }
+}
+
+/// Between 2 and 3 s, chosen by the seed: a cut lasts well past the failure timeout.
+fn isolation_hold(seed: u64, round: u64) -> Duration {
+    let mixed = (seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 32;
+    Duration::from_millis(2000 + mixed % 1001)
+}
 
 struct Cluster {
     dirs: Vec<tempfile::TempDir>,
     addrs: BTreeMap<u64, SocketAddr>,
     children: BTreeMap<u64, Child>,
+    /// The nodes' namespaces, when each runs in its own (isolation needs them); dropped after
+    /// the nodes are killed.
+    net: Option<Namespaces>,
 }
 
 impl Cluster {
@@ -47,15 +215,20 @@ impl Cluster {
         self.dirs[id as usize - 1].path().join("serve.log")
     }
 
+    /// Node `id`'s status document (a cut or stopped node's error comes after 500 ms).
+    fn status(&self, id: u64) -> std::io::Result<serde_json::Value> {
+        let wait = Duration::from_millis(500);
+        let mut client = Client::connect_timeout(self.addrs[&id], wait)?;
+        client.set_timeout(Some(wait))?;
+        Ok(serde_json::from_str(&client.status()?)?)
+    }
+
     /// Every node's lines and status, for a failure's report.
     fn lines(&self) -> String {
         let mut out = String::new();
-        for (id, addr) in &self.addrs {
-            let status = Client::connect(*addr).and_then(|mut c| {
-                c.set_timeout(Some(Duration::from_millis(500)))?;
-                c.status()
-            });
-            out.push_str(&format!("[node {id} status] {}\n", status.unwrap_or_else(|e| e.to_string())));
+        for id in self.addrs.keys() {
+            let status = self.status(*id).map_or_else(|e| e.to_string(), |doc| doc.to_string());
+            out.push_str(&format!("[node {id} status] {status}\n"));
         }
         for id in self.addrs.keys() {
             let text = std::fs::read_to_string(self.log_file(*id)).unwrap_or_default();
@@ -67,16 +240,34 @@ impl Cluster {
     }
 
     fn start(&mut self, id: u64) {
+        use std::os::unix::process::CommandExt;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file(id)).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        let mut command = match &self.net {
+            None => Command::new(env!("CARGO_BIN_EXE_tern")),
+            Some(net) => {
+                // `ip netns exec` execs the node in place: the child's pid is the node's.
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &net.namespace(id), env!("CARGO_BIN_EXE_tern")]);
+                command
+            }
+        };
+        command
             .args(["serve", "--dir"])
             .arg(self.dir(id))
             .args(["--listen", &self.addrs[&id].to_string(), "--node-id", &id.to_string()])
-            .args(["--cluster", &self.spec(), "--failure-timeout-ms", &FAILURE_TIMEOUT_MS.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn tern serve");
+            .args(["--cluster", &self.spec(), "--failure-timeout-ms", &FAILURE_TIMEOUT_MS.to_string()]);
+        if self.net.is_some() {
+            command.arg("--insecure-plaintext");
+        }
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. A test killed
+        // before its drop runs takes its nodes with it (they would keep their namespaces).
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.stdout(Stdio::null()).stderr(log).spawn().expect("spawn tern serve");
         self.children.insert(id, child);
     }
 
@@ -95,18 +286,53 @@ impl Cluster {
         }
     }
 
-    /// The node that says it leads, as its status shows.
-    fn leader(&self) -> Option<u64> {
-        for (id, addr) in &self.addrs {
-            let Ok(mut client) = Client::connect(*addr) else { continue };
-            let _ = client.set_timeout(Some(Duration::from_millis(500)));
-            let Ok(text) = client.status() else { continue };
-            let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
-            if doc["role"] == "leader" {
-                return Some(*id);
-            }
+    /// The node that says it leads, as its status shows, and its epoch.
+    fn leader(&self) -> Option<(u64, u64)> {
+        self.addrs.keys().find_map(|id| {
+            let doc = self.status(*id).ok()?;
+            (doc["role"] == "leader").then_some((*id, doc["cluster"]["epoch"].as_u64()?))
+        })
+    }
+
+    /// The log's commit end as node `id` knows it.
+    fn commit_end(&self, id: u64) -> Option<u64> {
+        let doc = self.status(id).ok()?;
+        doc["logs"].as_array()?.iter().find(|l| l["log"] == LOG)?["commit_end"].as_u64()
+    }
+
+    /// Whether node `old` follows the leader of an epoch after `epoch`, and that leader has it
+    /// synced up to `committed` (records of the new epoch: `old` cut whatever it wrote alone):
+    /// the leader and its epoch.
+    fn follows_a_later_leader(&self, old: u64, epoch: u64, committed: u64) -> Option<(u64, u64)> {
+        let doc = self.status(old).ok()?;
+        let (leader, later) = (doc["cluster"]["leader"].as_u64()?, doc["cluster"]["epoch"].as_u64()?);
+        if doc["role"] != "follower" || leader == old || later <= epoch {
+            return None;
         }
-        None
+        let lead = self.status(leader).ok()?;
+        let synced = lead["logs"]
+            .as_array()?
+            .iter()
+            .filter(|l| l["log"] == LOG)
+            .flat_map(|l| l["peers"].as_array().into_iter().flatten())
+            .any(|p| p["node"] == old && p["acked_durable"].as_u64().is_some_and(|end| end >= committed));
+        (lead["role"] == "leader" && lead["cluster"]["epoch"] == later && synced).then_some((leader, later))
+    }
+
+    /// Retries `f` until it succeeds; after `timeout`, fails with the seed and the nodes' lines.
+    fn eventually<T>(&self, seed: u64, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed:#x}: timed out waiting for {what}; the nodes said:\n{}",
+                self.lines()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -128,6 +354,19 @@ struct History {
     sent: BTreeSet<String>,
     /// When each acknowledgement came, and from which node.
     ack_times: Vec<(Instant, Option<SocketAddr>)>,
+}
+
+impl History {
+    /// The longest time without an acknowledgement from `since` to now.
+    fn longest_gap_since(&self, since: Instant) -> Duration {
+        let times = self.ack_times.iter().map(|(t, _)| *t).filter(|t| *t > since);
+        let (mut last, mut gap) = (since, Duration::ZERO);
+        for t in times.chain([Instant::now()]) {
+            gap = gap.max(t.duration_since(last));
+            last = t;
+        }
+        gap
+    }
 }
 
 /// Appends `client-N-i` values one at a time through an idempotent producer: it follows the
@@ -191,20 +430,46 @@ fn percentile(sorted: &[u128], p: f64) -> u128 {
 }
 
 #[test]
-fn acknowledged_values_survive_killed_and_paused_leaders() {
+fn acknowledged_values_survive_killed_paused_and_isolated_leaders() {
     let seed = seed();
     let rounds: u64 = std::env::var("TERN_NEMESIS_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let nodes: u64 = std::env::var("TERN_NEMESIS_NODES").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let addrs: BTreeMap<u64, SocketAddr> = (1..=nodes).map(|id| (id, address_pair())).collect();
+    let mut faults = match std::env::var("TERN_NEMESIS_FAULTS").as_deref() {
+        Ok("kill") => vec![Fault::Kill],
+        Ok("pause") => vec![Fault::Pause],
+        Ok("isolate") => vec![Fault::Isolate],
+        Ok("both") | Err(_) => vec![Fault::Kill, Fault::Pause, Fault::Isolate],
+        Ok(other) => panic!("TERN_NEMESIS_FAULTS={other}: expected kill, pause, isolate or both"),
+    };
+    let ids: Vec<u64> = (1..=nodes).collect();
+    let mut net = None;
+    if faults.contains(&Fault::Isolate) {
+        match Namespaces::create(&ids) {
+            Ok(made) => net = Some(made),
+            Err(why) => {
+                faults.retain(|f| *f != Fault::Isolate);
+                if faults.is_empty() {
+                    eprintln!("isolation skipped: no network namespaces ({why})");
+                    return;
+                }
+                eprintln!("isolation left out: no network namespaces ({why}); kills and pauses on loopback");
+            }
+        }
+    }
+    let addrs: BTreeMap<u64, SocketAddr> = match &net {
+        Some(net) => ids.iter().map(|id| (*id, net.addr(*id))).collect(),
+        None => ids.iter().map(|id| (*id, address_pair())).collect(),
+    };
     let mut cluster = Cluster {
         dirs: (0..nodes).map(|_| tempfile::tempdir().unwrap()).collect(),
         addrs: addrs.clone(),
         children: BTreeMap::new(),
+        net,
     };
     for id in 1..=nodes {
         cluster.start(id);
     }
-    eventually("a first leader", Duration::from_secs(30), || cluster.leader());
+    cluster.eventually(seed, "a first leader", Duration::from_secs(30), || cluster.leader());
     let stop = Arc::new(AtomicBool::new(false));
     let history = Arc::new(Mutex::new(History::default()));
     let clients: Vec<_> = (0..3)
@@ -218,20 +483,18 @@ fn acknowledged_values_survive_killed_and_paused_leaders() {
     for round in 0..rounds {
         // Let the clients get going on this leader.
         let acked_before = history.lock().unwrap().acked.len();
-        eventually("appends acknowledged", Duration::from_secs(30), || {
+        cluster.eventually(seed, "appends acknowledged", Duration::from_secs(30), || {
             (history.lock().unwrap().acked.len() > acked_before + 20).then_some(())
         });
-        let leader = eventually("a leader", Duration::from_secs(30), || cluster.leader());
-        let zombie = match std::env::var("TERN_NEMESIS_FAULTS").as_deref() {
-            Ok("kill") => false,
-            Ok("pause") => true,
-            _ => seed.wrapping_add(round) % 2 == 1,
-        };
+        let (leader, epoch) =
+            cluster
+                .eventually(seed, &format!("a leader in round {round}"), Duration::from_secs(30), || cluster.leader());
+        let fault = faults[(seed.wrapping_add(round) % faults.len() as u64) as usize];
         let fault_at = Instant::now();
-        if zombie {
-            cluster.signal(leader, libc::SIGSTOP);
-        } else {
-            cluster.kill(leader);
+        match fault {
+            Fault::Kill => cluster.kill(leader),
+            Fault::Pause => cluster.signal(leader, libc::SIGSTOP),
+            Fault::Isolate => cluster.net.as_ref().expect("isolation runs in namespaces").cut(leader),
         }
         let acked_at_fault = history.lock().unwrap().acked.len();
         let resumed = loop {
@@ -256,17 +519,47 @@ fn acknowledged_values_survive_killed_and_paused_leaders() {
             std::thread::sleep(Duration::from_millis(5));
         };
         let pause = resumed.duration_since(fault_at).as_millis();
-        eprintln!("round {round}: {} node {leader}; write pause {pause} ms", if zombie { "paused" } else { "killed" });
+        let mut line = format!("round {round}: {} node {leader}; write pause {pause} ms", fault.done());
+        match fault {
+            // The zombie wakes up in an epoch that is over: it must commit nothing more.
+            Fault::Pause => cluster.signal(leader, libc::SIGCONT),
+            Fault::Kill => cluster.start(leader),
+            Fault::Isolate => {
+                // Cut past the failure timeout on both sides: the followers' controller replaced
+                // the leader, and the leader stopped taking appends for want of the controller.
+                let hold = isolation_hold(seed, round);
+                std::thread::sleep(hold.saturating_sub(fault_at.elapsed()));
+                // What the others committed meanwhile, in the new epoch: the old leader has it
+                // only by following the new leader.
+                let committed = cluster.eventually(seed, "the others' commit end", Duration::from_secs(30), || {
+                    ids.iter().filter(|id| **id != leader).filter_map(|id| cluster.commit_end(*id)).max()
+                });
+                let healed_at = Instant::now();
+                cluster.net.as_ref().expect("isolation runs in namespaces").heal(leader);
+                let what = format!(
+                    "round {round}: node {leader}, isolated in epoch {epoch}, back as a follower synced past {committed}"
+                );
+                let (new_leader, new_epoch) = cluster.eventually(seed, &what, Duration::from_secs(30), || {
+                    cluster.follows_a_later_leader(leader, epoch, committed)
+                });
+                let rejoined_ms = healed_at.elapsed().as_millis();
+                // A node coming back must not cost the writers another pause: the longest gap
+                // between acknowledgements from the heal to a failure timeout after the rejoin
+                // (a leader that loses the controller stops within one).
+                std::thread::sleep(Duration::from_millis(FAILURE_TIMEOUT_MS));
+                let gap = history.lock().unwrap().longest_gap_since(healed_at);
+                line.push_str(&format!(
+                    "; healed after {} ms, following node {new_leader} in epoch {new_epoch} {rejoined_ms} ms later; longest gap between acknowledgements since the heal {} ms",
+                    healed_at.duration_since(fault_at).as_millis(),
+                    gap.as_millis()
+                ));
+            }
+        }
+        eprintln!("{line}");
         if std::env::var_os("TERN_NEMESIS_VERBOSE").is_some() {
             eprintln!("{}", cluster.lines());
         }
-        pauses.push(pause);
-        if zombie {
-            // The zombie wakes up in an epoch that is over: it must commit nothing more.
-            cluster.signal(leader, libc::SIGCONT);
-        } else {
-            cluster.start(leader);
-        }
+        pauses.push((fault, pause));
     }
     stop.store(true, Ordering::SeqCst);
     for c in clients {
@@ -274,7 +567,7 @@ fn acknowledged_values_survive_killed_and_paused_leaders() {
     }
     // Every node converges to one log.
     let history = history.lock().unwrap();
-    let logs = eventually("every node holds the same log", Duration::from_secs(60), || {
+    let logs = cluster.eventually(seed, "every node to hold the same log", Duration::from_secs(60), || {
         let logs: Vec<Vec<String>> = addrs.values().filter_map(|a| log_of(*a)).collect();
         (logs.len() == addrs.len() && logs.windows(2).all(|w| w[0] == w[1])).then_some(logs)
     });
@@ -288,14 +581,23 @@ fn acknowledged_values_survive_killed_and_paused_leaders() {
         assert_eq!(log.get(*offset as usize), Some(value), "seed {seed:#x}: acknowledged {value} not at {offset}");
     }
     assert!(history.in_doubt.is_empty(), "seed {seed:#x}: {:?}", history.in_doubt);
-    let mut sorted = pauses.clone();
+    let mut by_fault = Vec::new();
+    for fault in [Fault::Kill, Fault::Pause, Fault::Isolate] {
+        let mut sorted: Vec<u128> = pauses.iter().filter(|(f, _)| *f == fault).map(|(_, p)| *p).collect();
+        sorted.sort_unstable();
+        if let (Some(first), Some(last)) = (sorted.first(), sorted.last()) {
+            by_fault.push(format!("{} {}: {first} to {last} ms", sorted.len(), fault.done()));
+        }
+    }
+    let mut sorted: Vec<u128> = pauses.iter().map(|(_, p)| *p).collect();
     sorted.sort_unstable();
     eprintln!(
-        "{} rounds on {nodes} nodes: {} acknowledged, none twice, write pause p50 {} ms, p99 {} ms, max {} ms (failure timeout {FAILURE_TIMEOUT_MS} ms)",
+        "{} rounds on {nodes} nodes: {} acknowledged, none twice, write pause p50 {} ms, p99 {} ms, max {} ms ({}; failure timeout {FAILURE_TIMEOUT_MS} ms)",
         rounds,
         history.acked.len(),
         percentile(&sorted, 0.5),
         percentile(&sorted, 0.99),
-        sorted.last().copied().unwrap_or(0)
+        sorted.last().copied().unwrap_or(0),
+        by_fault.join(", ")
     );
 }
