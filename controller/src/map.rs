@@ -103,6 +103,11 @@ impl HandoverStep {
 /// The whole map.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMap {
+    /// The id every replication server of the cluster runs with (0: none issued yet). Issued
+    /// once, here, so that it does not depend on which node led first: a node that led before
+    /// any follower reached it, then was cut off, still belongs to the same cluster as the
+    /// leaders after it.
+    pub cluster_id: u64,
     /// Nodes by id.
     pub members: BTreeMap<NodeId, Member>,
     /// Logs by name.
@@ -136,6 +141,11 @@ pub enum Command {
         node: NodeId,
         /// Its `--listen` address.
         data_addr: String,
+    },
+    /// Issues the cluster id, if none is yet (`id` is not 0); once issued it never changes.
+    SetClusterId {
+        /// The id proposed.
+        id: u64,
     },
     /// A new log on `replicas`, led by `leader` in epoch 1.
     CreateLog {
@@ -239,6 +249,12 @@ impl ClusterMap {
         match command {
             Command::Register { node, data_addr } => {
                 self.members.insert(*node, Member { data_addr: data_addr.clone() });
+                Reply::Done
+            }
+            Command::SetClusterId { id } => {
+                if self.cluster_id == 0 {
+                    self.cluster_id = *id;
+                }
                 Reply::Done
             }
             Command::CreateLog { log, replicas, quorum, leader } => self.create_log(log, replicas, *quorum, *leader),
@@ -457,6 +473,16 @@ mod tests {
         let current = Command::SetInSync { log: "orders".into(), epoch: 2, in_sync: vec![3, 2, 9, 3] };
         map.apply_command(&current);
         assert_eq!(map.logs["orders"].in_sync, vec![2, 3], "sorted, deduplicated, replicas only");
+    }
+
+    #[test]
+    fn the_cluster_id_is_issued_once() {
+        let mut map = ClusterMap::default();
+        map.apply_command(&Command::SetClusterId { id: 0 });
+        assert_eq!(map.cluster_id, 0, "0 is no id");
+        map.apply_command(&Command::SetClusterId { id: 7 });
+        map.apply_command(&Command::SetClusterId { id: 9 });
+        assert_eq!(map.cluster_id, 7);
     }
 
     fn start_handover(epoch: u64, to: NodeId) -> Command {

@@ -312,6 +312,10 @@ impl Shared {
         config.role = role;
         config.peers = Vec::new();
         config.leader_epoch = None;
+        let issued = self.controller.local_map().cluster_id;
+        if issued != 0 {
+            config.cluster_id = issued;
+        }
         if role == Role::Leader {
             // Read at the controller's leader, not from this member's copy, which may lag
             // after a restart: a planned handover of this epoch must be seen (the leader then
@@ -325,6 +329,10 @@ impl Shared {
                 )));
             }
             config.handing_over_to = placement.handover.as_ref().and_then(|h| h.under_way(epoch));
+            if map.cluster_id == 0 {
+                return Err(std::io::Error::other("the controller has issued no cluster id yet"));
+            }
+            config.cluster_id = map.cluster_id;
             config.peers = placement
                 .replicas
                 .iter()
@@ -575,6 +583,16 @@ impl Shared {
     fn create_placement(&self) {
         let map = self.controller.local_map();
         if !self.config.cluster.keys().all(|id| map.members.contains_key(id)) {
+            return;
+        }
+        if map.cluster_id == 0 {
+            // First the cluster's id (`--cluster-id` when given), which every server then runs
+            // with: the first leader must not make one of its own (see `ClusterMap::cluster_id`).
+            let id = match self.config.server.cluster_id {
+                0 => tern_replication::driver::random_cluster_id(),
+                given => given,
+            };
+            let _ = self.controller.propose(Command::SetClusterId { id }, Duration::from_secs(1));
             return;
         }
         let replicas: Vec<NodeId> = self.config.cluster.keys().copied().collect();
