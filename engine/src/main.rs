@@ -902,6 +902,16 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
             ids(&cluster["controller_voters"]),
             ids(&cluster["controller_learners"]),
         );
+        if let Some(handover) = cluster["handover"].as_object() {
+            let reason = handover.get("reason").and_then(|r| r.as_str()).filter(|r| !r.is_empty());
+            println!(
+                "handover from epoch {} to node {}: {}{}",
+                id(&handover["from_epoch"]),
+                id(&handover["to"]),
+                handover.get("step").and_then(|s| s.as_str()).unwrap_or("?"),
+                reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            );
+        }
     }
     println!("{:<24} {:>12} {:>12} {:>12} {:>12}", "log", "start", "written", "synced", "committed");
     for log in doc["logs"].as_array().into_iter().flatten() {
