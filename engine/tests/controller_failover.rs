@@ -13,12 +13,16 @@ use tern::cluster::{ClusterConfig, ClusterNode};
 use tern_replication::driver::{Client, Role};
 
 fn start_node(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>) -> ClusterNode {
+    start_node_timeout(dir, id, cluster, Duration::from_secs(1))
+}
+
+fn start_node_timeout(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>, timeout: Duration) -> ClusterNode {
     let server = config(0, id, Role::Follower, vec![], cluster[&id]);
     let config = ClusterConfig {
         node_id: id,
         dir: dir.to_path_buf(),
         cluster: cluster.clone(),
-        failure_timeout: Duration::from_secs(1),
+        failure_timeout: timeout,
         quorum: 2,
         server,
     };
@@ -246,4 +250,48 @@ fn a_handover_to_a_node_that_is_down_is_given_up_and_the_leader_goes_on() {
     assert!(!status, "the leader takes appends again");
     acked.extend(append_many(&nodes[&leader], "after", 100));
     assert_eq!(committed(&nodes[&leader]), acked);
+}
+
+/// `tern promote` of a replica that lacks records another holds, the leader gone: refused
+/// without `--force`; with it, the replica leads the next epoch, the records it lacks are named
+/// and kept in the map, and the other replica's extra records are cut into quarantine. (The
+/// failure timeout is long, so that no automatic failover elects the complete replica first.)
+#[test]
+fn a_forced_promotion_names_what_it_loses_and_only_with_force() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
+    let long = Duration::from_secs(60);
+    let start = |id: u64| start_node_timeout(dirs[id as usize - 1].path(), id, &cluster, long);
+    let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3).map(|id| (id, start(id))).collect();
+    let (leader, epoch) = leader_of(&nodes, 0);
+    let (behind, complete) = (1 + leader % 3, 1 + (leader + 1) % 3);
+    let kept = append_many(&nodes[&leader], "kept", 100);
+    nodes.remove(&behind).unwrap().stop();
+    append_many(&nodes[&leader], "on two", 200);
+    nodes.remove(&leader).unwrap().stop();
+    nodes.insert(behind, start(behind));
+    let refused = tern::cluster::promote(cluster[&complete], behind, false).unwrap_err();
+    assert!(refused.contains("not the most up to date") && refused.contains("--force"), "{refused}");
+    let lines = tern::cluster::promote(cluster[&complete], behind, true).unwrap();
+    let text = lines.join("\n");
+    assert!(text.contains("may lose committed records"), "{text}");
+    assert!(text.contains(&format!("node {behind} leads every log in epoch {}", epoch + 1)), "{text}");
+    assert_eq!(leader_of(&nodes, epoch), (behind, epoch + 1));
+    let map = nodes[&behind].controller().local_map();
+    let loss = &map.logs[tern::cluster::ALL_LOGS].data_loss;
+    assert_eq!(loss.len(), 1, "{loss:?}");
+    assert_eq!(loss[0].epoch, epoch + 1);
+    assert!(loss[0].to >= loss[0].from + 200, "the 200 records only the others held: {loss:?}");
+    // The new leader has what it had; the complete replica follows it, cut back to it.
+    let mut expected = kept.clone();
+    expected.extend(append_many(&nodes[&behind], "after", 100));
+    assert_eq!(committed(&nodes[&behind]), expected);
+    eventually("the complete replica follows, cut back to the new leader's log", Duration::from_secs(30), || {
+        (committed(&nodes[&complete]) == expected).then_some(())
+    });
+    let quarantined = std::fs::read_dir(dirs[complete as usize - 1].path().join("logs/orders"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().starts_with("quarantine-"));
+    assert!(quarantined, "the records cut are kept in a quarantine file");
 }
