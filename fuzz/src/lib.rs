@@ -84,7 +84,7 @@ pub fn check_with_trailing_crc(data: &[u8], check: impl Fn(&[u8])) {
     if data.len() >= 4 {
         let mut fixed = data.to_vec();
         let crc_at = fixed.len() - 4;
-        fix_crc(&mut fixed, crc_at, &[0..crc_at]);
+        fix_crc(&mut fixed, crc_at, std::slice::from_ref(&(0..crc_at)));
         check(&fixed);
     }
 }
