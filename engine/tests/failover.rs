@@ -71,3 +71,50 @@ fn a_leader_epoch_not_above_the_log_s_is_refused() {
     let err = Server::start(leader_config, std::sync::Arc::new(tern::EngineLogs(engine))).err().expect("refused");
     assert!(err.to_string().contains("cannot lead it in epoch 5"), "{err}");
 }
+
+/// The gate of a handover: once `Server::hand_over` returns, nothing more is written to any
+/// log, however many appends race with it (clients writing through the client loop, one at a
+/// time and in batches). Repeated many times to catch a write that checked the gate before it
+/// closed and landed after.
+#[test]
+fn once_a_handover_gate_is_closed_nothing_more_is_written() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (leader, _follower) = leader_and_follower(&dirs, 0x5a7e);
+    let addr = leader.local_addr();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for w in 0..8 {
+            let stop = &stop;
+            s.spawn(move || {
+                let mut client = tern_replication::driver::Client::connect(addr).unwrap();
+                let records: Vec<bytes::Bytes> = (0..1 + w % 3).map(|_| bytes::Bytes::from_static(b"r")).collect();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = client.append_acks("gate", records.clone(), Acks::Written);
+                }
+            });
+        }
+        // The writers stop however this ends (a failed check too).
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
+        eventually("appends land", Duration::from_secs(10), || (wrote(&leader) > 100).then_some(()));
+        for round in 0..300 {
+            leader.hand_over(Some(2)).unwrap();
+            let closed_at = wrote(&leader);
+            std::thread::sleep(Duration::from_micros(500));
+            let later = wrote(&leader);
+            assert_eq!(later, closed_at, "round {round}: written after the gate closed");
+            leader.hand_over(None).unwrap();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+}
+
+/// Records written to the leader's log `gate`.
+fn wrote(leader: &Server) -> u64 {
+    leader.metrics().logs.iter().find(|l| l.log == "gate").map_or(0, |l| l.written_end)
+}
