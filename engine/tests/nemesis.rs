@@ -25,6 +25,11 @@
 //! leader (clients give up on a silent node after 1 s); after a handover, the longest gap
 //! between acknowledgements from just before the command to the first acknowledgement from the
 //! node it handed over to.
+//!
+//! `a_first_leader_cut_before_any_follower_reached_it_rejoins` (root only) cuts the very first
+//! leader of a new cluster off the network as soon as it runs as the leader, with no data
+//! connection between the nodes until then: it once made a cluster id of its own and refused
+//! the rest of its cluster for good after the heal.
 
 mod common;
 
@@ -66,6 +71,15 @@ impl Fault {
 /// The `tern` binary the nodes and the operator's commands run.
 fn tern_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tern")
+}
+
+/// Held by each test that runs a cluster, for all of it: the namespaces and links are named
+/// after this process, and a second cluster beside a nemesis would disturb its pauses.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed holding it leaves it poisoned; what it guards is gone with its drop.
+    ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One network namespace per node, each joined to a bridge in the root namespace by a veth
@@ -134,6 +148,28 @@ impl Namespaces {
 
     fn heal(&self, id: u64) {
         ip(&["link", "set", &self.veth(id), "up"]).expect("heal a node's link");
+    }
+
+    /// Node `id` opens no connection to a data port, refused at once; its controller's
+    /// connections go on. An `ip rule` in its namespace (Linux 4.17 or later).
+    fn hold_data(&self, id: u64) -> Result<(), String> {
+        ip(&[
+            "-n",
+            &self.namespace(id),
+            "rule",
+            "add",
+            "ipproto",
+            "tcp",
+            "dport",
+            &NAMESPACE_DATA_PORT.to_string(),
+            "prohibit",
+        ])
+    }
+
+    fn release_data(&self, id: u64) {
+        let port = NAMESPACE_DATA_PORT.to_string();
+        ip(&["-n", &self.namespace(id), "rule", "del", "ipproto", "tcp", "dport", &port, "prohibit"])
+            .expect("release a node's data connections");
     }
 }
 
@@ -560,6 +596,7 @@ fn percentile(sorted: &[u128], p: f64) -> u128 {
 
 #[test]
 fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() {
+    let _alone = one_cluster_at_a_time();
     let seed = seed();
     let rounds: u64 = std::env::var("TERN_NEMESIS_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let nodes: u64 = std::env::var("TERN_NEMESIS_NODES").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
@@ -734,5 +771,114 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() 
         percentile(&sorted, 0.99),
         sorted.last().copied().unwrap_or(0),
         by_fault.join(", ")
+    );
+}
+
+/// The lines of every node that refused a node of its own cluster for another cluster id.
+fn cluster_id_refusals(cluster: &Cluster) -> Vec<String> {
+    let mut refusals = Vec::new();
+    for id in cluster.addrs.keys() {
+        let text = std::fs::read_to_string(cluster.log_file(*id)).unwrap_or_default();
+        refusals.extend(text.lines().filter(|l| l.contains("is not 0x")).map(|l| format!("[node {id}] {l}")));
+    }
+    refusals
+}
+
+/// The very first leader of a cluster, cut off the network as soon as it runs as the leader of
+/// epoch 1 and before any follower reached it, follows the next leader after the heal and
+/// holds its log. It once made a cluster id of its own there; the next leader made another, and
+/// after the heal the first node refused every connection of its cluster for good ("cluster id
+/// X is not Y"). Root only: the cut needs a namespace for each node.
+#[test]
+fn a_first_leader_cut_before_any_follower_reached_it_rejoins() {
+    let _alone = one_cluster_at_a_time();
+    let ids = [1, 2, 3];
+    let net = match Namespaces::create(&ids) {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("first leader cut skipped: no network namespaces ({why})");
+            return;
+        }
+    };
+    if let Err(why) = ids.iter().try_for_each(|id| net.hold_data(*id)) {
+        eprintln!("first leader cut skipped: data connections cannot be held back ({why})");
+        return;
+    }
+    let addrs = ids.iter().map(|id| (*id, net.addr(*id))).collect();
+    let mut cluster = Cluster::new("a first leader cut".into(), addrs, Some(net));
+    for id in ids {
+        cluster.start(id);
+    }
+    // After its line "leads every log in epoch 1", the first leader reads the map at the
+    // controller's leader, starts its server (which made a cluster id of its own before the
+    // fix) and dials its followers at once. Cut at that line, it could not read the map and
+    // never led; cut a few milliseconds later, a follower had mostly joined it already (the
+    // build before the fix passed most such runs). So no node dials a data port until the
+    // first leader runs as the leader, and then it is cut.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let said = |id: u64, what: &str| std::fs::read_to_string(cluster.log_file(id)).unwrap_or_default().contains(what);
+    let first = loop {
+        if let Some(id) = ids.into_iter().find(|id| said(*id, "leads every log in epoch 1\n")) {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no node led epoch 1 in 30 s; the nodes said:\n{}", cluster.lines());
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    while !said(first, "runs as leader of epoch 1:") {
+        let what = format!("node {first} to run as leader of epoch 1");
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; the nodes said:\n{}", cluster.lines());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let net = cluster.net.as_ref().expect("the nodes run in namespaces");
+    net.cut(first);
+    let cut_at = Instant::now();
+    for id in ids {
+        net.release_data(id);
+    }
+    let others: Vec<u64> = ids.into_iter().filter(|id| *id != first).collect();
+    let what = format!("another node than {first} to lead an epoch after 1");
+    let (leader, epoch) = cluster.eventually(&what, Duration::from_secs(30), || {
+        others.iter().find_map(|id| {
+            let doc = cluster.status(*id).ok()?;
+            let epoch = doc["cluster"]["epoch"].as_u64()?;
+            (doc["role"] == "leader" && doc["cluster"]["leader"] == *id && epoch > 1).then_some((*id, epoch))
+        })
+    });
+    // Records of the new epoch, on a quorum without the cut node: it has them only by
+    // following the new leader.
+    let mut producer = Producer::new(ProducerConfig::new(vec![cluster.addrs[&leader]], LOG)).expect("a producer");
+    let written: u64 = 100;
+    for batch in 0..written / 10 {
+        let records = (0..10).map(|i| bytes::Bytes::from(format!("after-the-cut-{batch}-{i}"))).collect();
+        producer.send(records).unwrap_or_else(|e| panic!("appending to node {leader}: {}", e.reason));
+    }
+    producer.flush().unwrap_or_else(|e| panic!("appending to node {leader}: {}", e.reason));
+    let healed_at = Instant::now();
+    net.heal(first);
+    let what = format!("node {first}, cut as it led epoch 1, to follow a later epoch and hold its leader's log");
+    let (now_leader, now_epoch) = cluster.eventually(&what, Duration::from_secs(30), || {
+        let refusals = cluster_id_refusals(&cluster);
+        assert!(
+            refusals.is_empty(),
+            "a node refused its own cluster:\n{}\nthe nodes said:\n{}",
+            refusals.join("\n"),
+            cluster.lines()
+        );
+        let doc = cluster.status(first).ok()?;
+        let (now_leader, now_epoch) = (doc["cluster"]["leader"].as_u64()?, doc["cluster"]["epoch"].as_u64()?);
+        if doc["role"] != "follower" || now_leader == first || now_epoch <= 1 {
+            return None;
+        }
+        let leader_log = log_of(cluster.addrs[&now_leader])?;
+        let caught_up = values(&leader_log).len() as u64 >= written && log_of(cluster.addrs[&first])? == leader_log;
+        caught_up.then_some((now_leader, now_epoch))
+    });
+    let back_ms = healed_at.elapsed().as_millis();
+    let refusals = cluster_id_refusals(&cluster);
+    assert!(refusals.is_empty(), "a node refused its own cluster:\n{}", refusals.join("\n"));
+    eprintln!(
+        "node {first} cut as it led epoch 1; node {leader} led epoch {epoch}; healed after {} ms; \
+         node {first} followed node {now_leader} in epoch {now_epoch} with its log {back_ms} ms later",
+        healed_at.duration_since(cut_at).as_millis()
     );
 }
