@@ -1,8 +1,9 @@
 //! Real `tern serve --cluster` processes, clients appending unique values with quorum acks,
 //! and a nemesis that faults the leader each round: a SIGKILL (the node restarted later), a
 //! SIGSTOP past the failure timeout and a SIGCONT after the failover (a zombie of an old
-//! epoch), or a cut of its network past the failure timeout, healed after the failover (an old
-//! leader that must come back as a follower of the new epoch). The checker: every
+//! epoch), a cut of its network past the failure timeout, healed after the failover (an old
+//! leader that must come back as a follower of the new epoch), or a planned handover with the
+//! real `tern handover --all --to N` to a node chosen by the seed. The checker: every
 //! acknowledged value is in the log exactly once, at the offset its acknowledgement named, in
 //! the same order on every node; no value appears that was not sent; no value appears twice
 //! (the clients are idempotent producers, resending what they are unsure of).
@@ -12,14 +13,23 @@
 //! a bridge in the root namespace, where the clients (threads of this test) reach every node.
 //! A cut sets the node's bridge port down: nothing reaches the node and nothing leaves it, not
 //! even a reset, as when a machine drops off the network. Without root, or when namespaces
-//! cannot be made, isolation is left out and a line says so; kills and pauses run on loopback.
+//! cannot be made, isolation is left out and a line says so; the other faults run on loopback.
+//! A handover's command runs in the namespace of a node chosen by the seed, as an operator on
+//! one of the machines would run it.
 //!
 //! `TERN_NEMESIS_ROUNDS` (default 3) sets the rounds; `TERN_NEMESIS_NODES` 3 or 5;
-//! `TERN_NEMESIS_FAULTS` `kill`, `pause`, `isolate`, or `both` (the default: kills and pauses,
-//! and isolations where namespaces can be made, chosen by the seed);
+//! `TERN_NEMESIS_FAULTS` `kill`, `pause`, `isolate`, `handover`, or `both` (the default: kills,
+//! pauses and handovers, and isolations where namespaces can be made, chosen by the seed);
 //! `TERN_NEMESIS_VERBOSE` prints every node's lines after each round. Each round prints the
-//! write pause: from the fault to the first append acknowledged by the next leader (clients
-//! give up on a silent node after 1 s).
+//! write pause: after a fault, from the fault to the first append acknowledged by the next
+//! leader (clients give up on a silent node after 1 s); after a handover, the longest gap
+//! between acknowledgements from just before the command to the first acknowledgement from the
+//! node it handed over to.
+//!
+//! `a_first_leader_cut_before_any_follower_reached_it_rejoins` (root only) cuts the very first
+//! leader of a new cluster off the network as soon as it runs as the leader, with no data
+//! connection between the nodes until then: it once made a cluster id of its own and refused
+//! the rest of its cluster for good after the heal.
 
 mod common;
 
@@ -44,6 +54,7 @@ enum Fault {
     Kill,
     Pause,
     Isolate,
+    Handover,
 }
 
 impl Fault {
@@ -52,8 +63,23 @@ impl Fault {
             Fault::Kill => "killed",
             Fault::Pause => "paused",
             Fault::Isolate => "isolated",
+            Fault::Handover => "handed over",
         }
     }
+}
+
+/// The `tern` binary the nodes and the operator's commands run.
+fn tern_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tern")
+}
+
+/// Held by each test that runs a cluster, for all of it: the namespaces and links are named
+/// after this process, and a second cluster beside a nemesis would disturb its pauses.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed holding it leaves it poisoned; what it guards is gone with its drop.
+    ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One network namespace per node, each joined to a bridge in the root namespace by a veth
@@ -123,6 +149,28 @@ impl Namespaces {
     fn heal(&self, id: u64) {
         ip(&["link", "set", &self.veth(id), "up"]).expect("heal a node's link");
     }
+
+    /// Node `id` opens no connection to a data port, refused at once; its controller's
+    /// connections go on. An `ip rule` in its namespace (Linux 4.17 or later).
+    fn hold_data(&self, id: u64) -> Result<(), String> {
+        ip(&[
+            "-n",
+            &self.namespace(id),
+            "rule",
+            "add",
+            "ipproto",
+            "tcp",
+            "dport",
+            &NAMESPACE_DATA_PORT.to_string(),
+            "prohibit",
+        ])
+    }
+
+    fn release_data(&self, id: u64) {
+        let port = NAMESPACE_DATA_PORT.to_string();
+        ip(&["-n", &self.namespace(id), "rule", "del", "ipproto", "tcp", "dport", &port, "prohibit"])
+            .expect("release a node's data connections");
+    }
 }
 
 impl Drop for Namespaces {
@@ -186,13 +234,19 @@ fn remove_stale_namespaces() {
     }
 }
 
+/// The seed's choices for `round`: 32 bits mixed from both.
+fn mix(seed: u64, round: u64) -> u64 {
+    (seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 32
+}
+
 /// Between 2 and 3 s, chosen by the seed: a cut lasts well past the failure timeout.
 fn isolation_hold(seed: u64, round: u64) -> Duration {
-    let mixed = (seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 32;
-    Duration::from_millis(2000 + mixed % 1001)
+    Duration::from_millis(2000 + mix(seed, round) % 1001)
 }
 
 struct Cluster {
+    /// What a failure's message starts with (the seed, to replay it).
+    name: String,
     dirs: Vec<tempfile::TempDir>,
     addrs: BTreeMap<u64, SocketAddr>,
     children: BTreeMap<u64, Child>,
@@ -202,6 +256,12 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Nodes at `addrs` (in `net` when given), each with a directory of its own; none started.
+    fn new(name: String, addrs: BTreeMap<u64, SocketAddr>, net: Option<Namespaces>) -> Cluster {
+        let dirs = addrs.keys().map(|_| tempfile::tempdir().unwrap()).collect();
+        Cluster { name, dirs, addrs, children: BTreeMap::new(), net }
+    }
+
     fn spec(&self) -> String {
         self.addrs.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",")
     }
@@ -239,18 +299,23 @@ impl Cluster {
         out
     }
 
+    /// A `tern` command run on node `id`'s machine: in its namespace, when the nodes have them.
+    fn command_on(&self, id: u64) -> Command {
+        match &self.net {
+            None => Command::new(tern_bin()),
+            Some(net) => {
+                // `ip netns exec` execs the command in place: the child's pid is the command's.
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &net.namespace(id), tern_bin()]);
+                command
+            }
+        }
+    }
+
     fn start(&mut self, id: u64) {
         use std::os::unix::process::CommandExt;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file(id)).unwrap();
-        let mut command = match &self.net {
-            None => Command::new(env!("CARGO_BIN_EXE_tern")),
-            Some(net) => {
-                // `ip netns exec` execs the node in place: the child's pid is the node's.
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", &net.namespace(id), env!("CARGO_BIN_EXE_tern")]);
-                command
-            }
-        };
+        let mut command = self.command_on(id);
         command
             .args(["serve", "--dir"])
             .arg(self.dir(id))
@@ -286,12 +351,35 @@ impl Cluster {
         }
     }
 
-    /// The node that says it leads, as its status shows, and its epoch.
+    /// The node that leads, as its status shows (its server leads, and its copy of the map
+    /// names it), and its epoch. A zombie resumed a moment ago may still say it leads an epoch
+    /// that is over: of two such nodes, the one of the later epoch.
     fn leader(&self) -> Option<(u64, u64)> {
-        self.addrs.keys().find_map(|id| {
-            let doc = self.status(*id).ok()?;
-            (doc["role"] == "leader").then_some((*id, doc["cluster"]["epoch"].as_u64()?))
-        })
+        self.addrs
+            .keys()
+            .filter_map(|id| {
+                let doc = self.status(*id).ok()?;
+                let leads = doc["role"] == "leader" && doc["cluster"]["leader"] == *id;
+                leads.then_some((*id, doc["cluster"]["epoch"].as_u64()?))
+            })
+            .max_by_key(|(_, epoch)| *epoch)
+    }
+
+    /// Whether node `id` follows `leader` in `epoch`, and `leader` ships to it: a handover to
+    /// it can go through (a node restarted a moment ago may not have rejoined yet).
+    fn follows(&self, id: u64, leader: u64, epoch: u64) -> Option<()> {
+        let doc = self.status(id).ok()?;
+        let cluster = &doc["cluster"];
+        if doc["role"] != "follower" || cluster["leader"] != leader || cluster["epoch"] != epoch {
+            return None;
+        }
+        let lead = self.status(leader).ok()?;
+        let logs = lead["logs"].as_array()?;
+        let connected = logs
+            .iter()
+            .flat_map(|l| l["peers"].as_array().into_iter().flatten())
+            .any(|p| p["node"] == id && p["connected"] == true);
+        (lead["role"] == "leader" && connected).then_some(())
     }
 
     /// The log's commit end as node `id` knows it.
@@ -319,8 +407,9 @@ impl Cluster {
         (lead["role"] == "leader" && lead["cluster"]["epoch"] == later && synced).then_some((leader, later))
     }
 
-    /// Retries `f` until it succeeds; after `timeout`, fails with the seed and the nodes' lines.
-    fn eventually<T>(&self, seed: u64, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    /// Retries `f` until it succeeds; after `timeout`, fails with the cluster's name (the seed)
+    /// and the nodes' lines.
+    fn eventually<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = f() {
@@ -328,7 +417,8 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "seed {seed:#x}: timed out waiting for {what}; the nodes said:\n{}",
+                "{}: timed out waiting for {what}; the nodes said:\n{}",
+                self.name,
                 self.lines()
             );
             std::thread::sleep(Duration::from_millis(10));
@@ -359,9 +449,14 @@ struct History {
 impl History {
     /// The longest time without an acknowledgement from `since` to now.
     fn longest_gap_since(&self, since: Instant) -> Duration {
-        let times = self.ack_times.iter().map(|(t, _)| *t).filter(|t| *t > since);
+        self.longest_gap(since, Instant::now())
+    }
+
+    /// The longest time without an acknowledgement from `since` to `until`.
+    fn longest_gap(&self, since: Instant, until: Instant) -> Duration {
+        let times = self.ack_times.iter().map(|(t, _)| *t).filter(|t| *t > since && *t < until);
         let (mut last, mut gap) = (since, Duration::ZERO);
-        for t in times.chain([Instant::now()]) {
+        for t in times.chain([until]) {
             gap = gap.max(t.duration_since(last));
             last = t;
         }
@@ -405,6 +500,76 @@ fn client_loop(n: u64, addrs: Vec<SocketAddr>, stop: Arc<AtomicBool>, history: A
     }
 }
 
+/// A planned move, as an operator makes it: `tern handover --all` run on a node chosen by the
+/// seed, asking any node (chosen by the seed too), hands the leadership over from `leader` (of
+/// `epoch`) to another node chosen by the seed. The write pause is what the writers saw: the
+/// longest gap between acknowledgements from just before the command to the first
+/// acknowledgement from the node handed over to. Returns it and the round's line.
+fn hand_over(
+    cluster: &Cluster,
+    history: &Mutex<History>,
+    seed: u64,
+    round: u64,
+    leader: u64,
+    epoch: u64,
+) -> (u128, String) {
+    let ids: Vec<u64> = cluster.addrs.keys().copied().collect();
+    let others: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+    let mixed = mix(seed, round);
+    let target = others[(mixed % others.len() as u64) as usize];
+    let asked = ids[((mixed >> 8) % ids.len() as u64) as usize];
+    let on = ids[((mixed >> 16) % ids.len() as u64) as usize];
+    // Where the command runs: a node's machine (its namespace), or loopback.
+    let place = match cluster.net {
+        Some(_) => format!(" on node {on}"),
+        None => String::new(),
+    };
+    // A node restarted a moment ago may not follow yet, and a handover to it would be given up
+    // (as it should: the target must catch up within the handover's timeout).
+    let what = format!("round {round}: node {target} to follow node {leader} in epoch {epoch}");
+    cluster.eventually(&what, Duration::from_secs(30), || cluster.follows(target, leader, epoch));
+    let acked_before = history.lock().unwrap().ack_times.len();
+    let started = Instant::now();
+    let asked_addr = cluster.addrs[&asked].to_string();
+    let out = cluster
+        .command_on(on)
+        .args(["handover", "--server", &asked_addr, "--all", "--to", &target.to_string()])
+        .output()
+        .expect("run tern handover");
+    let took = started.elapsed();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let said = format!(
+        "`tern handover --server {asked_addr} --all --to {target}`{place}, from node {leader} of epoch {epoch}, \
+         exited with {} after {} ms:\n{stdout}{stderr}",
+        out.status,
+        took.as_millis()
+    );
+    assert!(out.status.success(), "{}, round {round}: {said}the nodes said:\n{}", cluster.name, cluster.lines());
+    let promised = format!("node {target} leads every log in epoch ");
+    let new_epoch = stdout.lines().find_map(|line| line.split_once(&promised)?.1.trim().parse::<u64>().ok());
+    let new_epoch = match new_epoch {
+        Some(new_epoch) if new_epoch > epoch => new_epoch,
+        _ => panic!("{}, round {round}: {said}no line \"{promised}E\" with E > {epoch}", cluster.name),
+    };
+    let target_addr = Some(cluster.addrs[&target]);
+    let what = format!("round {round}: an append acknowledged by node {target} after the handover");
+    let resumed = cluster.eventually(&what, Duration::from_secs(60), || {
+        let h = history.lock().unwrap();
+        let later = h.ack_times.get(acked_before..)?;
+        later.iter().find(|(t, node)| *t > started && *node == target_addr).map(|(t, _)| *t)
+    });
+    let pause = history.lock().unwrap().longest_gap(started, resumed).as_millis();
+    if std::env::var_os("TERN_NEMESIS_VERBOSE").is_some() {
+        eprint!("{said}");
+    }
+    let line = format!(
+        "round {round}: handed node {leader} over to node {target}; write pause {pause} ms \
+         (`tern handover`{place}, asking node {asked}: {} ms; epoch {new_epoch})",
+        took.as_millis()
+    );
+    (pause, line)
+}
+
 /// Every record of the log on node at `addr`, committed or not.
 fn log_of(addr: SocketAddr) -> Option<Vec<String>> {
     let mut client = Client::connect(addr).ok()?;
@@ -430,7 +595,8 @@ fn percentile(sorted: &[u128], p: f64) -> u128 {
 }
 
 #[test]
-fn acknowledged_values_survive_killed_paused_and_isolated_leaders() {
+fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() {
+    let _alone = one_cluster_at_a_time();
     let seed = seed();
     let rounds: u64 = std::env::var("TERN_NEMESIS_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let nodes: u64 = std::env::var("TERN_NEMESIS_NODES").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
@@ -438,8 +604,9 @@ fn acknowledged_values_survive_killed_paused_and_isolated_leaders() {
         Ok("kill") => vec![Fault::Kill],
         Ok("pause") => vec![Fault::Pause],
         Ok("isolate") => vec![Fault::Isolate],
-        Ok("both") | Err(_) => vec![Fault::Kill, Fault::Pause, Fault::Isolate],
-        Ok(other) => panic!("TERN_NEMESIS_FAULTS={other}: expected kill, pause, isolate or both"),
+        Ok("handover") => vec![Fault::Handover],
+        Ok("both") | Err(_) => vec![Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Handover],
+        Ok(other) => panic!("TERN_NEMESIS_FAULTS={other}: expected kill, pause, isolate, handover or both"),
     };
     let ids: Vec<u64> = (1..=nodes).collect();
     let mut net = None;
@@ -452,7 +619,7 @@ fn acknowledged_values_survive_killed_paused_and_isolated_leaders() {
                     eprintln!("isolation skipped: no network namespaces ({why})");
                     return;
                 }
-                eprintln!("isolation left out: no network namespaces ({why}); kills and pauses on loopback");
+                eprintln!("isolation left out: no network namespaces ({why}); the other faults on loopback");
             }
         }
     }
@@ -460,16 +627,11 @@ fn acknowledged_values_survive_killed_paused_and_isolated_leaders() {
         Some(net) => ids.iter().map(|id| (*id, net.addr(*id))).collect(),
         None => ids.iter().map(|id| (*id, address_pair())).collect(),
     };
-    let mut cluster = Cluster {
-        dirs: (0..nodes).map(|_| tempfile::tempdir().unwrap()).collect(),
-        addrs: addrs.clone(),
-        children: BTreeMap::new(),
-        net,
-    };
+    let mut cluster = Cluster::new(format!("seed {seed:#x}"), addrs.clone(), net);
     for id in 1..=nodes {
         cluster.start(id);
     }
-    cluster.eventually(seed, "a first leader", Duration::from_secs(30), || cluster.leader());
+    cluster.eventually("a first leader", Duration::from_secs(30), || cluster.leader());
     let stop = Arc::new(AtomicBool::new(false));
     let history = Arc::new(Mutex::new(History::default()));
     let clients: Vec<_> = (0..3)
@@ -483,18 +645,27 @@ fn acknowledged_values_survive_killed_paused_and_isolated_leaders() {
     for round in 0..rounds {
         // Let the clients get going on this leader.
         let acked_before = history.lock().unwrap().acked.len();
-        cluster.eventually(seed, "appends acknowledged", Duration::from_secs(30), || {
+        cluster.eventually("appends acknowledged", Duration::from_secs(30), || {
             (history.lock().unwrap().acked.len() > acked_before + 20).then_some(())
         });
         let (leader, epoch) =
-            cluster
-                .eventually(seed, &format!("a leader in round {round}"), Duration::from_secs(30), || cluster.leader());
+            cluster.eventually(&format!("a leader in round {round}"), Duration::from_secs(30), || cluster.leader());
         let fault = faults[(seed.wrapping_add(round) % faults.len() as u64) as usize];
+        if fault == Fault::Handover {
+            let (pause, line) = hand_over(&cluster, &history, seed, round, leader, epoch);
+            eprintln!("{line}");
+            if std::env::var_os("TERN_NEMESIS_VERBOSE").is_some() {
+                eprintln!("{}", cluster.lines());
+            }
+            pauses.push((fault, pause));
+            continue;
+        }
         let fault_at = Instant::now();
         match fault {
             Fault::Kill => cluster.kill(leader),
             Fault::Pause => cluster.signal(leader, libc::SIGSTOP),
             Fault::Isolate => cluster.net.as_ref().expect("isolation runs in namespaces").cut(leader),
+            Fault::Handover => unreachable!("a handover is a round of its own"),
         }
         let acked_at_fault = history.lock().unwrap().acked.len();
         let resumed = loop {
@@ -524,6 +695,7 @@ fn acknowledged_values_survive_killed_paused_and_isolated_leaders() {
             // The zombie wakes up in an epoch that is over: it must commit nothing more.
             Fault::Pause => cluster.signal(leader, libc::SIGCONT),
             Fault::Kill => cluster.start(leader),
+            Fault::Handover => unreachable!("a handover is a round of its own"),
             Fault::Isolate => {
                 // Cut past the failure timeout on both sides: the followers' controller replaced
                 // the leader, and the leader stopped taking appends for want of the controller.
@@ -531,7 +703,7 @@ fn acknowledged_values_survive_killed_paused_and_isolated_leaders() {
                 std::thread::sleep(hold.saturating_sub(fault_at.elapsed()));
                 // What the others committed meanwhile, in the new epoch: the old leader has it
                 // only by following the new leader.
-                let committed = cluster.eventually(seed, "the others' commit end", Duration::from_secs(30), || {
+                let committed = cluster.eventually("the others' commit end", Duration::from_secs(30), || {
                     ids.iter().filter(|id| **id != leader).filter_map(|id| cluster.commit_end(*id)).max()
                 });
                 let healed_at = Instant::now();
@@ -539,7 +711,7 @@ fn acknowledged_values_survive_killed_paused_and_isolated_leaders() {
                 let what = format!(
                     "round {round}: node {leader}, isolated in epoch {epoch}, back as a follower synced past {committed}"
                 );
-                let (new_leader, new_epoch) = cluster.eventually(seed, &what, Duration::from_secs(30), || {
+                let (new_leader, new_epoch) = cluster.eventually(&what, Duration::from_secs(30), || {
                     cluster.follows_a_later_leader(leader, epoch, committed)
                 });
                 let rejoined_ms = healed_at.elapsed().as_millis();
@@ -567,7 +739,7 @@ fn acknowledged_values_survive_killed_paused_and_isolated_leaders() {
     }
     // Every node converges to one log.
     let history = history.lock().unwrap();
-    let logs = cluster.eventually(seed, "every node to hold the same log", Duration::from_secs(60), || {
+    let logs = cluster.eventually("every node to hold the same log", Duration::from_secs(60), || {
         let logs: Vec<Vec<String>> = addrs.values().filter_map(|a| log_of(*a)).collect();
         (logs.len() == addrs.len() && logs.windows(2).all(|w| w[0] == w[1])).then_some(logs)
     });
@@ -582,7 +754,7 @@ fn acknowledged_values_survive_killed_paused_and_isolated_leaders() {
     }
     assert!(history.in_doubt.is_empty(), "seed {seed:#x}: {:?}", history.in_doubt);
     let mut by_fault = Vec::new();
-    for fault in [Fault::Kill, Fault::Pause, Fault::Isolate] {
+    for fault in [Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Handover] {
         let mut sorted: Vec<u128> = pauses.iter().filter(|(f, _)| *f == fault).map(|(_, p)| *p).collect();
         sorted.sort_unstable();
         if let (Some(first), Some(last)) = (sorted.first(), sorted.last()) {
@@ -599,5 +771,114 @@ fn acknowledged_values_survive_killed_paused_and_isolated_leaders() {
         percentile(&sorted, 0.99),
         sorted.last().copied().unwrap_or(0),
         by_fault.join(", ")
+    );
+}
+
+/// The lines of every node that refused a node of its own cluster for another cluster id.
+fn cluster_id_refusals(cluster: &Cluster) -> Vec<String> {
+    let mut refusals = Vec::new();
+    for id in cluster.addrs.keys() {
+        let text = std::fs::read_to_string(cluster.log_file(*id)).unwrap_or_default();
+        refusals.extend(text.lines().filter(|l| l.contains("is not 0x")).map(|l| format!("[node {id}] {l}")));
+    }
+    refusals
+}
+
+/// The very first leader of a cluster, cut off the network as soon as it runs as the leader of
+/// epoch 1 and before any follower reached it, follows the next leader after the heal and
+/// holds its log. It once made a cluster id of its own there; the next leader made another, and
+/// after the heal the first node refused every connection of its cluster for good ("cluster id
+/// X is not Y"). Root only: the cut needs a namespace for each node.
+#[test]
+fn a_first_leader_cut_before_any_follower_reached_it_rejoins() {
+    let _alone = one_cluster_at_a_time();
+    let ids = [1, 2, 3];
+    let net = match Namespaces::create(&ids) {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("first leader cut skipped: no network namespaces ({why})");
+            return;
+        }
+    };
+    if let Err(why) = ids.iter().try_for_each(|id| net.hold_data(*id)) {
+        eprintln!("first leader cut skipped: data connections cannot be held back ({why})");
+        return;
+    }
+    let addrs = ids.iter().map(|id| (*id, net.addr(*id))).collect();
+    let mut cluster = Cluster::new("a first leader cut".into(), addrs, Some(net));
+    for id in ids {
+        cluster.start(id);
+    }
+    // After its line "leads every log in epoch 1", the first leader reads the map at the
+    // controller's leader, starts its server (which made a cluster id of its own before the
+    // fix) and dials its followers at once. Cut at that line, it could not read the map and
+    // never led; cut a few milliseconds later, a follower had mostly joined it already (the
+    // build before the fix passed most such runs). So no node dials a data port until the
+    // first leader runs as the leader, and then it is cut.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let said = |id: u64, what: &str| std::fs::read_to_string(cluster.log_file(id)).unwrap_or_default().contains(what);
+    let first = loop {
+        if let Some(id) = ids.into_iter().find(|id| said(*id, "leads every log in epoch 1\n")) {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no node led epoch 1 in 30 s; the nodes said:\n{}", cluster.lines());
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    while !said(first, "runs as leader of epoch 1:") {
+        let what = format!("node {first} to run as leader of epoch 1");
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; the nodes said:\n{}", cluster.lines());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let net = cluster.net.as_ref().expect("the nodes run in namespaces");
+    net.cut(first);
+    let cut_at = Instant::now();
+    for id in ids {
+        net.release_data(id);
+    }
+    let others: Vec<u64> = ids.into_iter().filter(|id| *id != first).collect();
+    let what = format!("another node than {first} to lead an epoch after 1");
+    let (leader, epoch) = cluster.eventually(&what, Duration::from_secs(30), || {
+        others.iter().find_map(|id| {
+            let doc = cluster.status(*id).ok()?;
+            let epoch = doc["cluster"]["epoch"].as_u64()?;
+            (doc["role"] == "leader" && doc["cluster"]["leader"] == *id && epoch > 1).then_some((*id, epoch))
+        })
+    });
+    // Records of the new epoch, on a quorum without the cut node: it has them only by
+    // following the new leader.
+    let mut producer = Producer::new(ProducerConfig::new(vec![cluster.addrs[&leader]], LOG)).expect("a producer");
+    let written: u64 = 100;
+    for batch in 0..written / 10 {
+        let records = (0..10).map(|i| bytes::Bytes::from(format!("after-the-cut-{batch}-{i}"))).collect();
+        producer.send(records).unwrap_or_else(|e| panic!("appending to node {leader}: {}", e.reason));
+    }
+    producer.flush().unwrap_or_else(|e| panic!("appending to node {leader}: {}", e.reason));
+    let healed_at = Instant::now();
+    net.heal(first);
+    let what = format!("node {first}, cut as it led epoch 1, to follow a later epoch and hold its leader's log");
+    let (now_leader, now_epoch) = cluster.eventually(&what, Duration::from_secs(30), || {
+        let refusals = cluster_id_refusals(&cluster);
+        assert!(
+            refusals.is_empty(),
+            "a node refused its own cluster:\n{}\nthe nodes said:\n{}",
+            refusals.join("\n"),
+            cluster.lines()
+        );
+        let doc = cluster.status(first).ok()?;
+        let (now_leader, now_epoch) = (doc["cluster"]["leader"].as_u64()?, doc["cluster"]["epoch"].as_u64()?);
+        if doc["role"] != "follower" || now_leader == first || now_epoch <= 1 {
+            return None;
+        }
+        let leader_log = log_of(cluster.addrs[&now_leader])?;
+        let caught_up = values(&leader_log).len() as u64 >= written && log_of(cluster.addrs[&first])? == leader_log;
+        caught_up.then_some((now_leader, now_epoch))
+    });
+    let back_ms = healed_at.elapsed().as_millis();
+    let refusals = cluster_id_refusals(&cluster);
+    assert!(refusals.is_empty(), "a node refused its own cluster:\n{}", refusals.join("\n"));
+    eprintln!(
+        "node {first} cut as it led epoch 1; node {leader} led epoch {epoch}; healed after {} ms; \
+         node {first} followed node {now_leader} in epoch {now_epoch} with its log {back_ms} ms later",
+        healed_at.duration_since(cut_at).as_millis()
     );
 }
