@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod controller;
 mod pipeline;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -87,7 +88,8 @@ pub enum Workload {
     ManyLogs,
     /// 4 KiB records, 1 MiB per fsync; then the scan of it after reopen, and recovery.
     Bulk,
-    /// A leader and two followers on loopback: small-sync and bulk with quorum acks.
+    /// A leader and two followers on loopback: small-sync and bulk with quorum acks; the same
+    /// with the leader chosen by the controller, in the same rounds.
     Replicate,
 }
 
@@ -102,6 +104,11 @@ pub struct Row {
     pub unit: &'static str,
     /// The raw-disk (or reference) figure it is compared with.
     pub limit: Option<f64>,
+    /// The ratio to report instead of `value / limit`, when the two were measured back to back
+    /// in each round: the median of the rounds' own ratios, which the drift of the disk
+    /// between rounds leaves alone (the ratio of two medians may take them from different
+    /// rounds).
+    pub paired_ratio: Option<f64>,
     /// What the limit is.
     pub limit_name: String,
     /// Extra figures (latency percentiles and such).
@@ -110,7 +117,7 @@ pub struct Row {
 
 impl Row {
     fn ratio(&self) -> Option<f64> {
-        self.limit.filter(|l| *l > 0.0).map(|l| self.value / l)
+        self.paired_ratio.or_else(|| self.limit.filter(|l| *l > 0.0).map(|l| self.value / l))
     }
 }
 
@@ -160,7 +167,9 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Workload::SmallSync => 6,
         Workload::ManyLogs => 4,
         Workload::Bulk => 8,
-        Workload::Replicate => 7 + args.rounds.max(1) as u64,
+        // Raw latency; small-sync rounds; the cluster under the controller; 5 bulk rounds;
+        // compressible bulk; catch-up (2).
+        Workload::Replicate => 10 + args.rounds.max(1) as u64,
     };
     let progress = Progress::new(steps);
     let mut rows = Vec::new();
@@ -175,6 +184,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         value: lat.p50_us,
         unit: "us p50",
         limit: None,
+        paired_ratio: None,
         limit_name: String::new(),
         detail: format!("p99 {:.0} us", lat.p99_us),
     });
@@ -184,6 +194,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             value: l.p50_us,
             unit: "us p50",
             limit: None,
+            paired_ratio: None,
             limit_name: String::new(),
             detail: format!("p99 {:.0} us", l.p99_us),
         });
@@ -228,6 +239,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                     value: tern.records_per_s,
                     unit: "records/s",
                     limit: Some(raw.records_per_s),
+                    paired_ratio: None,
                     limit_name: format!(
                         "raw group commit {:.0}/s (in a zero-filled file {:.0}/s = {:.2}x);",
                         raw.records_per_s,
@@ -263,6 +275,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 value: tern.records_per_s,
                 unit: "records/s",
                 limit: Some(single.records_per_s),
+                paired_ratio: None,
                 limit_name: format!("tern single log, 16 writers {:.0}/s;", single.records_per_s),
                 detail: format!("p50 {:.0} us, p99 {:.0} us", tern.p50_us, tern.p99_us),
             });
@@ -287,6 +300,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             value: bulk,
             unit: "MB/s",
             limit: Some(best),
+            paired_ratio: None,
             limit_name: format!(
                 "raw write+fdatasync: buffered {raw_buffered:.0} MB/s, O_DIRECT {}",
                 raw_direct.map_or("n/a".into(), |d| format!("{d:.0} MB/s"))
@@ -300,6 +314,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             value: scan,
             unit: "MB/s",
             limit: Some(raw_scan),
+            paired_ratio: None,
             limit_name: format!("raw mmap+crc32 {raw_scan:.0} MB/s"),
             detail: String::new(),
         });
@@ -308,6 +323,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             value: reopen_ms,
             unit: "ms",
             limit: None,
+            paired_ratio: None,
             limit_name: String::new(),
             detail: String::new(),
         });
@@ -318,6 +334,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             value: crash_ms,
             unit: "ms",
             limit: None,
+            paired_ratio: None,
             limit_name: String::new(),
             detail: format!("verified tail {} KiB", tail_bytes >> 10),
         });
@@ -870,29 +887,41 @@ pub(crate) struct NodeSpec {
 pub(crate) fn start_node(
     spec: &NodeSpec,
 ) -> Result<(Arc<crate::Engine>, tern_replication::driver::Server), Box<dyn std::error::Error>> {
-    use tern_replication::driver::{Server, ServerConfig};
     let engine = Arc::new(crate::Engine::open(&spec.dir, spec.engine.clone())?);
-    let config = ServerConfig {
+    let config = server_config(spec.id, spec.addr, spec.role, spec.peers.clone(), spec.compression);
+    let server = tern_replication::driver::Server::start(config, Arc::new(crate::EngineLogs(engine.clone())))?;
+    Ok((engine, server))
+}
+
+/// The replication server settings of every bench node, with a fixed leader or under the
+/// controller (which sets `role`, `peers`, `quorum` and `leader_epoch` from its map), so
+/// that the two clusters differ only in what the controller does.
+fn server_config(
+    id: u64,
+    addr: std::net::SocketAddr,
+    role: tern_replication::driver::Role,
+    peers: Vec<(u64, std::net::SocketAddr)>,
+    compression: tern_replication::codec::Compression,
+) -> tern_replication::driver::ServerConfig {
+    tern_replication::driver::ServerConfig {
         cluster_id: 9,
-        node_id: spec.id,
-        listen: spec.addr,
-        role: spec.role,
-        peers: spec.peers.clone(),
+        node_id: id,
+        listen: addr,
+        role,
+        peers,
         quorum: tern_replication::proto::Quorum::Count(2),
         connections_max: 256,
         handshake_timeout: Duration::from_secs(5),
         client_idle_timeout: Duration::from_secs(120),
         commit_timeout: Duration::from_secs(30),
-        compression: spec.compression,
+        compression,
         slot_lag_bytes_max: None,
         quorum_lag_bytes_max: Some(256 << 20),
         reseed: true,
         frame_memory_max: tern_replication::driver::FRAME_MEMORY_MAX_DEFAULT,
         leader_epoch: None,
         handing_over_to: None,
-    };
-    let server = Server::start(config, Arc::new(crate::EngineLogs(engine.clone())))?;
-    Ok((engine, server))
+    }
 }
 
 /// One node of a bench cluster; `running` is `None` while it is stopped.
@@ -1083,6 +1112,31 @@ fn chunk_build_us(dir: &Path, data: &[Vec<bytes::Bytes>]) -> Result<(f64, f64), 
     Ok((median_f64(&on), median_f64(&off)))
 }
 
+/// `values` with `decimals` decimals, separated by commas.
+fn joined(values: &[f64], decimals: usize) -> String {
+    values.iter().map(|v| format!("{v:.decimals$}")).collect::<Vec<_>>().join(", ")
+}
+
+/// How long the process's CPU use is measured while nothing is measured.
+const IDLE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Milliseconds of CPU time per second this process (every thread) spends over `window`,
+/// measured while no workload runs: what idle nodes cost.
+fn idle_cpu_ms_per_s(window: Duration) -> f64 {
+    let (before, started) = (Usage::now(), Instant::now());
+    std::thread::sleep(window);
+    (Usage::now().cpu_us - before.cpu_us) / 1e3 / started.elapsed().as_secs_f64()
+}
+
+/// Waits until the device probe of each engine directory in `dirs` has kept its result
+/// (`DIR/device`, see [`crate::device`]), or until `deadline` (a probe that failed keeps
+/// nothing).
+fn wait_for_device_probes(dirs: &[PathBuf], deadline: Instant) {
+    while Instant::now() < deadline && !dirs.iter().all(|dir| dir.join(crate::device::DEVICE_FILE).exists()) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn median_f64(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -1124,32 +1178,78 @@ fn replicate(
     let raw_dir = unique(dir, "raw-pipeline");
     std::fs::create_dir(&raw_dir)?;
     let raw_pipeline = pipeline::Pipeline::start(&raw_dir, 2, 1)?;
+
+    // The same three nodes run by the controller, measured in the same rounds, back to back
+    // with the fixed leader. It runs, idle, through every measurement until the bulk rounds
+    // end: what that costs the process is measured before the rounds, with every engine's
+    // device probe done (each writes 32 MiB through the page cache and 32 MiB around it, once
+    // or twice, with a sync per MiB).
+    progress.step("3 nodes under the controller: start, first quorum append, idle CPU");
+    let probe_deadline = Instant::now() + Duration::from_secs(10);
+    let mut engine_dirs: Vec<PathBuf> = cluster.nodes.iter().map(|n| n.spec.dir.clone()).collect();
+    engine_dirs.push(one_node.dir.clone());
+    wait_for_device_probes(&engine_dirs, probe_deadline);
+    let idle_without_ms = idle_cpu_ms_per_s(IDLE_WINDOW);
+    let controlled = controller::ControlledCluster::start(dir, Compression::default(), "bench")?;
+    wait_for_device_probes(controlled.dirs(), Instant::now() + Duration::from_secs(10));
+    let idle_with_ms = idle_cpu_ms_per_s(IDLE_WINDOW);
+    let controller_idle = format!(
+        "the controller chose its leader {:.0} ms after the start and took its first quorum append at {:.0} ms; \
+         idle, the 3 nodes under the controller cost the process {:.1} ms of CPU per s ({:.1} ms with them, {:.1} \
+         without), present in every measurement of this workload until the bulk rounds end",
+        controlled.elected.as_secs_f64() * 1e3,
+        controlled.first_append.as_secs_f64() * 1e3,
+        idle_with_ms - idle_without_ms,
+        idle_with_ms,
+        idle_without_ms
+    );
+
     let (mut single, mut served, mut replicated, mut raw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut controlled_runs = Vec::new();
     // What the whole process (clients and every node) spends per record in each setting.
-    let mut usage = [Usage::default(); 4];
-    let mut ops = [0u64; 4];
+    let mut usage = [Usage::default(); 5];
+    let mut ops = [0u64; 5];
     for r in 0..rounds {
         progress.step(&format!(
-            "small-sync: single-node, one node over TCP, 3 nodes, raw 3-node pipeline; round {}/{rounds}",
+            "small-sync: single-node, one node over TCP, 3 nodes with a fixed leader and under the controller, raw 3-node pipeline; round {}/{rounds}",
             r + 1
         ));
-        let [u_single, u_served, u_replicated, u_raw] = &mut usage;
-        let [o_single, o_served, o_replicated, o_raw] = &mut ops;
+        let [u_single, u_served, u_replicated, u_raw, u_controlled] = &mut usage;
+        let [o_single, o_served, o_replicated, o_raw, o_controlled] = &mut ops;
         single.push(u_single.add(o_single, || tern_small_sync(disk, args.commit_mode.into(), dir, 16, 1, round))?);
         served.push(u_served.add(o_served, || replicate_small_sync(one_server.local_addr(), 16, round, Acks::Leader))?);
-        replicated.push(u_replicated.add(o_replicated, || replicate_small_sync(addr, 16, round, Acks::Quorum))?);
+        // The fixed leader and the controller's back to back, each first in every other round.
+        for controlled_now in [r % 2 == 1, r % 2 == 0] {
+            if controlled_now {
+                controlled_runs.push(u_controlled.add(o_controlled, || {
+                    controlled.measure(|leader| replicate_small_sync(leader, 16, round, Acks::Quorum))
+                })?);
+            } else {
+                replicated
+                    .push(u_replicated.add(o_replicated, || replicate_small_sync(addr, 16, round, Acks::Quorum))?);
+            }
+        }
         raw.push(u_raw.add(o_raw, || closed_loop(16, round, |_| pipeline::client(raw_pipeline.addr())))?);
     }
     one_server.stop();
     drop(one_engine);
     raw_pipeline.stop();
     std::fs::remove_dir_all(&raw_dir)?;
+    let controlled_paired: Vec<f64> =
+        controlled_runs.iter().zip(&replicated).map(|(c, f)| c.records_per_s / f.records_per_s.max(1.0)).collect();
+    let controlled_rounds = controlled_runs
+        .iter()
+        .zip(&replicated)
+        .map(|(c, f)| format!("{:.0}/{:.0}", c.records_per_s, f.records_per_s))
+        .collect::<Vec<_>>()
+        .join(", ");
     let (single, served, replicated, raw) = (median(&single), median(&served), median(&replicated), median(&raw));
     rows.push(Row {
         name: "replicate small-sync 16 clients x 128 B, quorum".into(),
         value: replicated.records_per_s,
         unit: "records/s",
         limit: Some(single.records_per_s),
+        paired_ratio: None,
         limit_name: format!(
             "single-node tern, 16 writers {:.0}/s (p50 {:.0} us, p99 {:.0} us);",
             single.records_per_s, single.p50_us, single.p99_us
@@ -1170,6 +1270,7 @@ fn replicate(
         value: served.records_per_s,
         unit: "records/s",
         limit: Some(single.records_per_s),
+        paired_ratio: None,
         limit_name: "single-node tern in process, same rounds;".into(),
         detail: format!(
             "p50 {:.0} us, p99 {:.0} us: the client path (TCP, one sync per group) without replication; per record, whole process: {}",
@@ -1183,12 +1284,34 @@ fn replicate(
         value: raw.records_per_s,
         unit: "records/s",
         limit: Some(single.records_per_s),
+        paired_ratio: None,
         limit_name: "single-node tern in process, same rounds;".into(),
         detail: format!(
             "p50 {:.0} us, p99 {:.0} us: the ceiling for the row above on this machine: leader and 2 followers with nothing of Tern (bare records over TCP, one write per pass, fdatasync into zero-filled files, no framing, checksums or epochs); per record, whole process: {}",
             raw.p50_us,
             raw.p99_us,
             usage[3].per_op(ops[3]),
+        ),
+    });
+    let controlled_small = median(&controlled_runs);
+    let controlled_ratio = median_f64(&controlled_paired);
+    rows.push(Row {
+        name: "small-sync, 3 nodes under the controller".into(),
+        value: controlled_small.records_per_s,
+        unit: "records/s",
+        limit: Some(replicated.records_per_s),
+        paired_ratio: Some(controlled_ratio),
+        limit_name: format!("the fixed-leader 3-node cluster, same rounds {:.0}/s;", replicated.records_per_s),
+        detail: format!(
+            "the same 16 clients x 128 B with quorum acks, to the leader the controller chose (quorum 2, failure timeout 1 s); ratio: median of the {rounds} rounds' own ratios ({}; ratio of the medians {:.2}x), each round running both back to back (target >= 0.95: {}); records/s per round, under the controller/fixed leader: {controlled_rounds}; p50 {:.0} us, p99 {:.0} us (fixed leader p50 {:.0} us, p99 {:.0} us); per record, whole process: {}; {controller_idle}",
+            joined(&controlled_paired, 2),
+            controlled_small.records_per_s / replicated.records_per_s.max(1.0),
+            if controlled_ratio >= 0.95 { "met" } else { "NOT met" },
+            controlled_small.p50_us,
+            controlled_small.p99_us,
+            replicated.p50_us,
+            replicated.p99_us,
+            usage[4].per_op(ops[4]),
         ),
     });
     let bulk_bytes = (args.bulk_bytes / 4).max(64 << 20);
@@ -1200,18 +1323,31 @@ fn replicate(
     let off_cluster = Cluster::start(dir, Compression::OFF)?;
     let round_batches = (bulk_bytes >> 20) / ROUNDS as u64;
     let data = bulk_batches(round_batches, false, 0x9e37_79b9_7f4a_7c15);
-    let (mut on, mut off) = (Vec::new(), Vec::new());
-    let (mut wire_on, mut wire_off) = (Vec::new(), Vec::new());
+    let (mut on, mut off, mut controlled_bulk) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut wire_on, mut wire_off, mut wire_controlled) = (Vec::new(), Vec::new(), Vec::new());
     let mut raw = Vec::new();
     for round in 0..ROUNDS {
         progress.step(&format!(
-            "raw write + fdatasync, then 3-node bulk, incompressible, compression on and off, round {}/{ROUNDS}",
+            "raw write + fdatasync, then 3-node bulk, incompressible, compression on and off, and under the controller, round {}/{ROUNDS}",
             round + 1
         ));
         let round_bytes = round_batches << 20;
         let raw_buffered = raw_sequential(dir, round_bytes, false)?;
         let raw_direct = raw_sequential(dir, round_bytes, true).ok();
         raw.push(raw_direct.map_or(raw_buffered, |d| d.max(raw_buffered)));
+        // The cluster under the controller (compression on) runs next to the fixed leader's
+        // compression-on run, before it in one round and after it in the next, so that each
+        // round's pair runs back to back too: under, on, off; then off, on, under.
+        let mut run_controlled = || -> Result<(), Box<dyn std::error::Error>> {
+            let before = controlled.ship_stats();
+            controlled_bulk.push(controlled.measure(|leader| append_bulk(leader, "bulk", &data, round_batches))?);
+            wire_controlled.push(wire_ratio(before, controlled.ship_stats()));
+            settle();
+            Ok(())
+        };
+        if round % 2 == 0 {
+            run_controlled()?;
+        }
         // Alternate which goes first.
         for compressed in [round % 2 == 0, round % 2 == 1] {
             let (server, speeds, wire) = if compressed {
@@ -1224,10 +1360,14 @@ fn replicate(
             wire.push(wire_ratio(before, server.ship_stats()));
             settle();
         }
+        if round % 2 == 1 {
+            run_controlled()?;
+        }
     }
     off_cluster.stop();
+    controlled.stop();
     let (bulk_on, bulk_off) = (median_f64(&on), median_f64(&off));
-    let rounds_text = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+    let rounds_text = |v: &[f64]| joined(v, 0);
     let raw_best = median_f64(&raw);
     let raw_limit = format!(
         "raw write+fdatasync {raw_best:.0} MB/s (median of {ROUNDS} rounds: {}) / 3 nodes on one disk;",
@@ -1238,6 +1378,7 @@ fn replicate(
         value: bulk_on,
         unit: "MB/s",
         limit: Some(raw_best / 3.0),
+        paired_ratio: None,
         limit_name: raw_limit.clone(),
         detail: format!(
             "compression on (zstd 1, kept if it saves >= 10%): wire/raw {:.2}; median of {ROUNDS} rounds of {round_batches} MiB ({} MB/s), interleaved with compression off",
@@ -1257,15 +1398,36 @@ fn replicate(
         value: bulk_off,
         unit: "MB/s",
         limit: Some(raw_best / 3.0),
+        paired_ratio: None,
         limit_name: raw_limit.clone(),
         detail: format!(
             "compression on/off {on_off:.2}x, median of the {ROUNDS} paired rounds ({}; ratio of the medians {:.2}x) (target >= 0.95: {}); building a 1 MiB chunk of these records takes the leader {chunk_on_us:.0} us with compression on, {chunk_off_us:.0} us off: {:.1}% of one core at the rate above; wire/raw {:.2}; median of {ROUNDS} rounds ({} MB/s), same bytes as compression on",
-            paired.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
+            joined(&paired, 2),
             bulk_on / bulk_off,
             if on_off >= 0.95 { "met" } else { "NOT met" },
             cost_share * 100.0,
             median_f64(&wire_off),
             rounds_text(&off)
+        ),
+    });
+    let controlled_bulk_paired: Vec<f64> = controlled_bulk.iter().zip(&on).map(|(c, f)| c / f).collect();
+    let controlled_bulk_ratio = median_f64(&controlled_bulk_paired);
+    let controlled_bulk_mb_s = median_f64(&controlled_bulk);
+    rows.push(Row {
+        name: "bulk incompressible, 3 nodes under the controller".into(),
+        value: controlled_bulk_mb_s,
+        unit: "MB/s",
+        limit: Some(bulk_on),
+        paired_ratio: Some(controlled_bulk_ratio),
+        limit_name: format!("the fixed-leader 3-node cluster, compression on, same rounds {bulk_on:.0} MB/s;"),
+        detail: format!(
+            "the same {BULK_CLIENTS} clients and bytes (1 MiB batches of 4 KiB incompressible records, quorum acks, compression on), to the leader the controller chose; ratio: median of the {ROUNDS} rounds' own ratios ({}; ratio of the medians {:.2}x), each round running both back to back (target >= 0.95: {}); {:.2}x of raw write+fdatasync / 3; wire/raw {:.2}; median of {ROUNDS} rounds of {round_batches} MiB ({} MB/s)",
+            joined(&controlled_bulk_paired, 2),
+            controlled_bulk_mb_s / bulk_on.max(f64::MIN_POSITIVE),
+            if controlled_bulk_ratio >= 0.95 { "met" } else { "NOT met" },
+            controlled_bulk_mb_s / (raw_best / 3.0),
+            median_f64(&wire_controlled),
+            rounds_text(&controlled_bulk)
         ),
     });
 
@@ -1280,6 +1442,7 @@ fn replicate(
         value: bulk_text,
         unit: "MB/s",
         limit: Some(raw_best / 3.0),
+        paired_ratio: None,
         limit_name: raw_limit,
         detail: format!("compression {:.1}x", 1.0 / wire_ratio(before, after)),
     });
@@ -1299,6 +1462,7 @@ fn replicate(
         value: if c.caught_up { mb_s } else { 0.0 },
         unit: "MB/s",
         limit: Some(bulk_on),
+        paired_ratio: None,
         limit_name: format!("quorum bulk incompressible {bulk_on:.0} MB/s in this run, taken as the follower's bulk apply rate;"),
         detail: if c.caught_up {
             format!(
@@ -1327,6 +1491,7 @@ fn replicate(
         value: c.live.records_per_s,
         unit: "records/s",
         limit: Some(replicated.records_per_s),
+        paired_ratio: None,
         limit_name: format!("the same clients, no catch-up {:.0}/s;", replicated.records_per_s),
         detail: format!(
             "{LIVE_CLIENTS} clients each appending one 128 B record with a quorum ack to the log being caught up, \
