@@ -322,9 +322,8 @@ fn refuse_waiters(core: &mut Core, durable_end: u64, mut expired: impl FnMut(&Wa
 }
 
 /// A cluster id nobody else has: 64 random bits from the standard library's per-process
-/// random hash keys, never 0.
-/// A random cluster id, never 0 (what a leader without one takes, and what a controller
-/// issues to its cluster).
+/// random hash keys, never 0 (what a leader without one takes, and what a controller issues to
+/// its cluster).
 pub fn random_cluster_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
