@@ -78,17 +78,7 @@ pub struct ClusterConfig {
     /// The replication server's settings; `role`, `peers`, `quorum` and `leader_epoch` are
     /// set from the map.
     pub server: ServerConfig,
-    /// Keep the data's leadership off the node that leads the controller: a node that has led
-    /// both for [`APART_AFTER`] hands the data over to a caught-up replica (a pause of
-    /// milliseconds), so that one crash costs one election, not a controller election and then
-    /// a data failover. `tern serve --cluster` and `tern demo` set it; tests that move the
-    /// leaders themselves do not.
-    pub keep_leaders_apart: bool,
 }
-
-/// How long a node may lead both the controller and the data before it hands the data over
-/// ([`ClusterConfig::keep_leaders_apart`]).
-pub const APART_AFTER: Duration = Duration::from_secs(1);
 
 /// The controller address of a node whose data address is `data`: the next port.
 pub fn controller_addr(data: SocketAddr) -> SocketAddr {
@@ -402,8 +392,6 @@ impl Shared {
         // timeout to start and be heard before it can be found silent.
         let mut observed: Option<(u64, Instant)> = None;
         let mut controller_leader = None;
-        // Since when this node leads both the controller and the data.
-        let mut leads_both: Option<Instant> = None;
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(TICK);
             let status = self.controller.status();
@@ -452,15 +440,6 @@ impl Shared {
                     if spawned.is_err() {
                         self.handing_over.store(false, Ordering::SeqCst);
                     }
-                }
-                let handing_over = placement.handover.as_ref().is_some_and(|h| h.under_way(placement.epoch).is_some());
-                if self.config.keep_leaders_apart && status.leader == Some(me) && !handing_over {
-                    if leads_both.get_or_insert_with(Instant::now).elapsed() >= APART_AFTER {
-                        leads_both = None;
-                        self.move_data_off(&placement);
-                    }
-                } else {
-                    leads_both = None;
                 }
                 if last_heartbeat_sent.is_none_or(|at| at.elapsed() >= HEARTBEAT_INTERVAL) {
                     last_heartbeat_sent = Some(Instant::now());
@@ -565,28 +544,6 @@ impl Shared {
             // first. Either way appends stay refused here until the map is seen again.
             Ok(other) => log_line(&format!("handover of epoch {epoch} to node {to}: {other:?}")),
             Err(e) => log_line(&format!("handover of epoch {epoch} to node {to} not committed: {e}")),
-        }
-    }
-
-    /// This node leads both the controller and the data of `placement`: starts a handover of
-    /// the data to a replica that holds everything written here (the lowest id of those), if
-    /// one does.
-    fn move_data_off(&self, placement: &LogMap) {
-        let me = self.config.node_id;
-        let target = {
-            let running = self.running.lock();
-            let Some(r) = running.as_ref().filter(|r| r.role == Role::Leader && r.epoch == placement.epoch) else {
-                return;
-            };
-            placement.replicas.iter().copied().filter(|id| *id != me).find(|id| r.server.caught_up(*id))
-        };
-        let Some(to) = target else { return };
-        log_line(&format!(
-            "node {me} leads the controller and every log: hands the logs over to node {to}, so that one crash does not take both"
-        ));
-        let start = Command::StartHandover { log: ALL_LOGS.into(), epoch: placement.epoch, to };
-        if let Err(e) = self.controller.propose(start, Duration::from_secs(1)) {
-            log_line(&format!("node {me}: no handover to node {to}: {e}"));
         }
     }
 

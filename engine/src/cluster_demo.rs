@@ -58,7 +58,6 @@ fn start(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>) -> std::io::R
         handing_over_to: None,
     };
     let config = ClusterConfig {
-        keep_leaders_apart: true,
         node_id: id,
         dir: dir.to_path_buf(),
         cluster: cluster.clone(),

@@ -1045,7 +1045,6 @@ fn serve_cluster(
     }
     let quorum = args.quorum.unwrap_or(nodes.len() / 2 + 1);
     let config = tern::cluster::ClusterConfig {
-        keep_leaders_apart: true,
         node_id: args.node_id,
         dir: args.dir.clone(),
         quorum,

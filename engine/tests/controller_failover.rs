@@ -19,7 +19,6 @@ fn start_node(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>) -> Clust
 fn start_node_timeout(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>, timeout: Duration) -> ClusterNode {
     let server = config(0, id, Role::Follower, vec![], cluster[&id]);
     let config = ClusterConfig {
-        keep_leaders_apart: false,
         node_id: id,
         dir: dir.to_path_buf(),
         cluster: cluster.clone(),

@@ -76,9 +76,6 @@ impl ControlledCluster {
                     quorum: QUORUM,
                     // Role, peers, quorum and epoch come from the controller's map.
                     server: super::server_config(id, addr, Role::Follower, Vec::new(), compression),
-                    // The leaders start apart (the controller places the data elsewhere), and a
-                    // move during a round would end the bench: nothing to keep apart here.
-                    keep_leaders_apart: false,
                 };
                 ClusterNode::start(config, crate::Config::default())
             })

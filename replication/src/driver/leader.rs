@@ -132,7 +132,7 @@ pub fn read_chunk(log: &Log, from: u64, bytes_max: u64, compression: &Compressio
 
 /// Longest wait between two dials of an unreachable follower: how long a follower that comes
 /// back may wait before its catch-up starts.
-pub(super) const REDIAL_BACKOFF_MAX: Duration = Duration::from_millis(500);
+pub(super) const REDIAL_BACKOFF_MAX: Duration = Duration::from_millis(200);
 
 /// Leader: dial a follower, handshake, then stream messages both ways until it breaks.
 pub(super) fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
