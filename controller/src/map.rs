@@ -293,8 +293,8 @@ impl ClusterMap {
                 let Some(entry) = self.logs.get_mut(log) else {
                     return Reply::Refused(format!("no log {log}"));
                 };
-                let under_way =
-                    entry.epoch == *epoch && entry.handover.as_ref().is_some_and(|h| h.under_way(*epoch).is_some());
+                // A handover under way is of the current epoch: any election ends it.
+                let under_way = entry.handover.as_ref().is_some_and(|h| h.under_way(*epoch).is_some());
                 let aborted =
                     entry.handover.as_ref().is_some_and(|h| h.epoch == *epoch && h.step == HandoverStep::Aborted);
                 if under_way || aborted {
@@ -476,6 +476,31 @@ mod tests {
     }
 
     #[test]
+    fn status_names_each_handover_step() {
+        let names: Vec<&str> =
+            [HandoverStep::Fenced, HandoverStep::CaughtUp, HandoverStep::Promoted, HandoverStep::Aborted]
+                .into_iter()
+                .map(HandoverStep::name)
+                .collect();
+        assert_eq!(names, ["fenced", "caught-up", "promoted", "aborted"]);
+    }
+
+    #[test]
+    fn a_log_created_again_the_same_way_is_answered_and_otherwise_refused() {
+        let mut map = ClusterMap::default();
+        create(&mut map);
+        let again = Command::CreateLog { log: "orders".into(), replicas: vec![3, 2, 1], quorum: 2, leader: 2 };
+        assert_eq!(map.apply_command(&again), Reply::Leader { log: "orders".into(), leader: 1, epoch: 1 });
+        let other_quorum = Command::CreateLog { log: "orders".into(), replicas: vec![1, 2, 3], quorum: 3, leader: 1 };
+        assert!(matches!(map.apply_command(&other_quorum), Reply::Refused(_)));
+        let other_replicas = Command::CreateLog { log: "orders".into(), replicas: vec![1, 2], quorum: 2, leader: 1 };
+        assert!(matches!(map.apply_command(&other_replicas), Reply::Refused(_)));
+        // Every replica may be needed for a commit.
+        let all = Command::CreateLog { log: "all".into(), replicas: vec![1, 2, 3], quorum: 3, leader: 1 };
+        assert!(matches!(map.apply_command(&all), Reply::Leader { .. }));
+    }
+
+    #[test]
     fn the_cluster_id_is_issued_once() {
         let mut map = ClusterMap::default();
         map.apply_command(&Command::SetClusterId { id: 0 });
@@ -512,8 +537,10 @@ mod tests {
         );
         assert_eq!(step(&map), Some(HandoverStep::Promoted));
         assert!(matches!(map.apply_command(&handover_elect(1, 2)), Reply::Conflict { epoch: 2, .. }));
-        // A step of a handover that is over changes nothing.
+        // A step of a handover that is over changes nothing, nor does giving it up.
         assert!(matches!(map.apply_command(&caught_up), Reply::Conflict { .. }));
+        let late = Command::AbortHandover { log: "orders".into(), epoch: 1, reason: "late".into() };
+        assert!(matches!(map.apply_command(&late), Reply::Conflict { epoch: 2, .. }));
         assert_eq!(step(&map), Some(HandoverStep::Promoted));
         // The next one starts from the new leader.
         assert!(matches!(map.apply_command(&start_handover(2, 1)), Reply::Leader { leader: 2, epoch: 2, .. }));
