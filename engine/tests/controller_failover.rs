@@ -266,6 +266,10 @@ fn a_forced_promotion_names_what_it_loses_and_only_with_force() {
     let (leader, epoch) = leader_of(&nodes, 0);
     let (behind, complete) = (1 + leader % 3, 1 + (leader + 1) % 3);
     let kept = append_many(&nodes[&leader], "kept", 100);
+    // A quorum is two of three: the node to fall behind must hold these before it stops.
+    eventually("every node holds the first records", Duration::from_secs(20), || {
+        (committed(&nodes[&behind]) == kept).then_some(())
+    });
     nodes.remove(&behind).unwrap().stop();
     append_many(&nodes[&leader], "on two", 200);
     nodes.remove(&leader).unwrap().stop();
