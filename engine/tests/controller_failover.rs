@@ -29,6 +29,14 @@ fn start_node_timeout(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>, 
     ClusterNode::start(config, tern::Config::default()).expect("node starts")
 }
 
+/// Three nodes with the tests' settings: their directories, data addresses and nodes.
+fn three_nodes() -> (Vec<tempfile::TempDir>, BTreeMap<u64, SocketAddr>, BTreeMap<u64, ClusterNode>) {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
+    let nodes = (1..=3).map(|id| (id, start_node(dirs[id as usize - 1].path(), id, &cluster))).collect();
+    (dirs, cluster, nodes)
+}
+
 /// The node that leads, once exactly one does, with its epoch.
 fn leader_of(nodes: &BTreeMap<u64, ClusterNode>, above_epoch: u64) -> (u64, u64) {
     eventually("one node leads", Duration::from_secs(30), || {
@@ -59,10 +67,7 @@ fn committed(node: &ClusterNode) -> Vec<String> {
 
 #[test]
 fn a_stopped_leader_is_replaced_and_nothing_acknowledged_is_lost() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
-    let mut nodes: BTreeMap<u64, ClusterNode> =
-        (1..=3).map(|id| (id, start_node(dirs[id as usize - 1].path(), id, &cluster))).collect();
+    let (dirs, cluster, mut nodes) = three_nodes();
     let (first, epoch) = leader_of(&nodes, 0);
     let mut acked = Vec::new();
     for i in 0..50 {
@@ -209,10 +214,7 @@ fn append_many(node: &ClusterNode, tag: &str, count: usize) -> Vec<String> {
 /// (electing it at once loses most of them: the third copy is cut back to the target's).
 #[test]
 fn a_handover_to_a_node_far_behind_waits_for_it_and_loses_nothing() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
-    let mut nodes: BTreeMap<u64, ClusterNode> =
-        (1..=3).map(|id| (id, start_node(dirs[id as usize - 1].path(), id, &cluster))).collect();
+    let (dirs, cluster, mut nodes) = three_nodes();
     let (leader, epoch) = leader_of(&nodes, 0);
     let target = 1 + leader % 3;
     let mut acked = append_many(&nodes[&leader], "before", 100);
@@ -233,10 +235,7 @@ fn a_handover_to_a_node_far_behind_waits_for_it_and_loses_nothing() {
 /// why, and the leader takes appends again in the same epoch.
 #[test]
 fn a_handover_to_a_node_that_is_down_is_given_up_and_the_leader_goes_on() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
-    let mut nodes: BTreeMap<u64, ClusterNode> =
-        (1..=3).map(|id| (id, start_node(dirs[id as usize - 1].path(), id, &cluster))).collect();
+    let (_dirs, cluster, mut nodes) = three_nodes();
     let (leader, epoch) = leader_of(&nodes, 0);
     let target = 1 + leader % 3;
     nodes.remove(&target).unwrap().stop();
