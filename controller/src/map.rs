@@ -310,16 +310,29 @@ impl ClusterMap {
         }
     }
 
-    fn start_handover(&mut self, log: &str, epoch: u64, to: NodeId) -> Reply {
+    /// `log` if it is at `epoch` and `node` is one of its replicas; otherwise the reply that
+    /// says why not (the compare-and-set every epoch-changing command starts with).
+    fn at_epoch(&mut self, log: &str, epoch: u64, node: NodeId) -> Result<&mut LogMap, Reply> {
         let Some(entry) = self.logs.get_mut(log) else {
-            return Reply::Refused(format!("no log {log}"));
+            return Err(Reply::Refused(format!("no log {log}")));
         };
         if entry.epoch != epoch {
-            return Reply::Conflict { log: log.to_owned(), leader: entry.leader, epoch: entry.epoch };
+            return Err(Reply::Conflict { log: log.to_owned(), leader: entry.leader, epoch: entry.epoch });
         }
-        if !entry.replicas.contains(&to) {
-            return Reply::Refused(format!("log {log}: node {to} is not one of its replicas {:?}", entry.replicas));
+        if !entry.replicas.contains(&node) {
+            return Err(Reply::Refused(format!(
+                "log {log}: node {node} is not one of its replicas {:?}",
+                entry.replicas
+            )));
         }
+        Ok(entry)
+    }
+
+    fn start_handover(&mut self, log: &str, epoch: u64, to: NodeId) -> Reply {
+        let entry = match self.at_epoch(log, epoch, to) {
+            Ok(entry) => entry,
+            Err(reply) => return reply,
+        };
         if entry.leader == to {
             return Reply::Refused(format!("log {log}: node {to} leads epoch {epoch} already"));
         }
@@ -368,15 +381,10 @@ impl ClusterMap {
     }
 
     fn elect(&mut self, log: &str, expected_epoch: u64, leader: NodeId, reason: &ElectReason) -> Reply {
-        let Some(entry) = self.logs.get_mut(log) else {
-            return Reply::Refused(format!("no log {log}"));
+        let entry = match self.at_epoch(log, expected_epoch, leader) {
+            Ok(entry) => entry,
+            Err(reply) => return reply,
         };
-        if entry.epoch != expected_epoch {
-            return Reply::Conflict { log: log.to_owned(), leader: entry.leader, epoch: entry.epoch };
-        }
-        if !entry.replicas.contains(&leader) {
-            return Reply::Refused(format!("log {log}: node {leader} is not one of its replicas {:?}", entry.replicas));
-        }
         let Some(epoch) = entry.epoch.checked_add(1) else {
             return Reply::Refused(format!("log {log}: no epoch after {}", entry.epoch));
         };
