@@ -118,3 +118,25 @@ fn once_a_handover_gate_is_closed_nothing_more_is_written() {
 fn wrote(leader: &Server) -> u64 {
     leader.metrics().logs.iter().find(|l| l.log == "gate").map_or(0, |l| l.written_end)
 }
+
+/// A leader started in the middle of a handover (`ServerConfig::handing_over_to`: a restart
+/// while the map says its handover is under way) refuses its very first append, naming the
+/// target, and nothing is written; it takes appends once the handover is given up.
+#[test]
+fn a_leader_started_mid_handover_refuses_from_its_first_append() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let follower =
+        start(dirs[1].path(), tern::Config::default(), config(0x5a7f, 2, Role::Follower, vec![], any_port()));
+    let mut leader_config = config(0x5a7f, 1, Role::Leader, vec![(2, follower.local_addr())], any_port());
+    leader_config.handing_over_to = Some(2);
+    let leader = start(dirs[0].path(), tern::Config::default(), leader_config);
+    assert!(leader.handing_over());
+    let mut client = tern_replication::driver::Client::connect(leader.local_addr()).unwrap();
+    let refused = client.append_acks("gate", vec![bytes::Bytes::from_static(b"r")], Acks::Written).unwrap_err();
+    let moved = tern_replication::driver::moved_to(&refused.to_string());
+    assert_eq!(moved, Some(follower.local_addr()), "{refused}");
+    assert_eq!(wrote(&leader), 0);
+    leader.hand_over(None).unwrap();
+    client.append_acks("gate", vec![bytes::Bytes::from_static(b"r")], Acks::Written).unwrap();
+    assert_eq!(wrote(&leader), 1);
+}
