@@ -217,11 +217,21 @@ impl Controller {
             if !pristine {
                 // A restarted member campaigns at once (it has heard no leader yet) and, with
                 // no pre-vote in openraft 0.9, its higher term makes a healthy leader step
-                // down when it answers that leader's next append. It stays quiet until it hears
-                // a leader, or for a few election timeouts when none speaks (the whole
-                // controller restarted).
+                // down when it answers that leader's next append. It stays quiet until it
+                // follows a leader and holds that leader's entries (it has applied one of the
+                // leader's term), or for a few election timeouts when that does not happen (the
+                // whole controller restarted, or the leader died just after it was heard).
+                //
+                // Hearing the leader is not enough. A member that restarted a moment before the
+                // leader died has heard it but lacks its last entries: it campaigns first (its
+                // slice of the timeout may be the shortest), every up-to-date member refuses it,
+                // and its rising terms make their own campaigns fail in turn. Worse, a candidate
+                // refused for a shorter log waits two more election timeouts before its next
+                // campaign, and openraft keeps that delay until it campaigns again, however
+                // long after: the nemesis saw controller elections of 1.2 to 1.6 s, over three
+                // terms, when a leader died just after the previous one's member restarted.
                 raft.runtime_config().elect(false);
-                tokio::spawn(elect_once_a_leader_is_heard(raft.clone(), config.node_id, 3 * config.election_timeout.1));
+                tokio::spawn(elect_once_caught_up(raft.clone(), config.node_id, 3 * config.election_timeout.1));
             }
             if pristine && config.voters.contains_key(&config.node_id) {
                 let voters: BTreeMap<NodeId, BasicNode> =
@@ -593,11 +603,17 @@ async fn change_members_at_leader(
     }
 }
 
-/// Lets `raft` start elections once it has heard another member lead, or after `quiet`.
-async fn elect_once_a_leader_is_heard(raft: openraft::Raft<TypeConfig>, me: NodeId, quiet: Duration) {
+/// Lets `raft` start elections once it follows another member and has applied an entry of
+/// that member's term (so it holds the log up to the leader's first entry at least), or after
+/// `quiet`.
+async fn elect_once_caught_up(raft: openraft::Raft<TypeConfig>, me: NodeId, quiet: Duration) {
     let mut metrics = raft.metrics();
-    let heard = metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != me) && m.vote.is_committed());
-    let _ = tokio::time::timeout(quiet, heard).await;
+    let caught_up = metrics.wait_for(|m| {
+        m.current_leader.is_some_and(|l| l != me)
+            && m.vote.is_committed()
+            && m.last_applied.is_some_and(|applied| applied.leader_id.get_term() >= m.vote.leader_id().get_term())
+    });
+    let _ = tokio::time::timeout(quiet, caught_up).await;
     raft.runtime_config().elect(true);
 }
 

@@ -247,9 +247,27 @@ enum Command {
     Demo(tern::demo::DemoArgs),
 }
 
+/// Diagnostics of the libraries Tern runs on (the controller's Raft elections, for one) go to
+/// standard error when `TERN_LOG` holds a filter, e.g. `TERN_LOG=openraft=info`; nothing
+/// otherwise. A filter that does not parse is named and ignored.
+fn init_tracing() {
+    let Ok(filter) = std::env::var("TERN_LOG") else { return };
+    match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(filter) => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .try_init();
+        }
+        Err(e) => eprintln!("tern: TERN_LOG={filter} ignored: {e}"),
+    }
+}
+
 fn main() -> ExitCode {
     // A bug must still end in one line, not a backtrace; the exit code tells it apart.
     std::panic::set_hook(Box::new(|info| eprintln!("tern: internal error: {info}")));
+    init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Append { dir: Some(dir), log, durability, .. } => append(&dir, &log, durability),
