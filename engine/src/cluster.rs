@@ -483,8 +483,10 @@ impl Shared {
     /// Carries on the planned handover of `placement` (this node leads its epoch): refuses
     /// appends, waits until the target holds every record written here, and elects it; or,
     /// when the target does not catch up in [`HANDOVER_TIMEOUT`], gives the handover up and
-    /// takes appends again. Every step is idempotent and the map says where it is, so that a
-    /// restart of this node (it leads again, refusing appends from its start) carries on.
+    /// takes appends again. Every step is idempotent and the map says where it is. A node that
+    /// stops meanwhile leaves the step as it is, as a crash would: restarted, it cannot lead
+    /// its epoch again (every start of a leader begins a new epoch of its logs), so the
+    /// failover after the failure timeout ends the handover.
     fn hand_over(self: &Arc<Self>, placement: &LogMap) {
         let me = self.config.node_id;
         let Some(handover) = placement.handover.clone() else { return };
@@ -513,9 +515,10 @@ impl Shared {
             match done {
                 None => return, // no longer leading this epoch: the map moved on
                 Some(true) => break true,
-                Some(false) if started.elapsed() >= HANDOVER_TIMEOUT || self.stop.load(Ordering::SeqCst) => {
-                    break false
-                }
+                // Stopping is not the target failing to catch up: as after a crash, the map
+                // keeps the step, and the restarted node or a failover ends the handover.
+                Some(false) if self.stop.load(Ordering::SeqCst) => return,
+                Some(false) if started.elapsed() >= HANDOVER_TIMEOUT => break false,
                 Some(false) => std::thread::sleep(Duration::from_micros(200)),
             }
         };

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tern::cluster::{ClusterConfig, ClusterNode};
+use tern_controller::{Handover, HandoverStep};
 use tern_replication::driver::{Client, Role};
 
 fn start_node(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>) -> ClusterNode {
@@ -29,11 +30,19 @@ fn start_node_timeout(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>, 
     ClusterNode::start(config, tern::Config::default()).expect("node starts")
 }
 
+type Nodes = (Vec<tempfile::TempDir>, BTreeMap<u64, SocketAddr>, BTreeMap<u64, ClusterNode>);
+
 /// Three nodes with the tests' settings: their directories, data addresses and nodes.
-fn three_nodes() -> (Vec<tempfile::TempDir>, BTreeMap<u64, SocketAddr>, BTreeMap<u64, ClusterNode>) {
+fn three_nodes() -> Nodes {
+    three_nodes_timeout(Duration::from_secs(1))
+}
+
+/// [`three_nodes`] with another failure timeout.
+fn three_nodes_timeout(timeout: Duration) -> Nodes {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
-    let nodes = (1..=3).map(|id| (id, start_node(dirs[id as usize - 1].path(), id, &cluster))).collect();
+    let nodes =
+        (1..=3).map(|id| (id, start_node_timeout(dirs[id as usize - 1].path(), id, &cluster, timeout))).collect();
     (dirs, cluster, nodes)
 }
 
@@ -52,14 +61,17 @@ fn leader_of(nodes: &BTreeMap<u64, ClusterNode>, above_epoch: u64) -> (u64, u64)
 }
 
 fn append(node: &ClusterNode, values: &[String]) -> std::io::Result<(u64, u64)> {
-    let mut client = Client::connect(node.local_addr().unwrap())?;
+    // No server for a moment while the node switches roles and fails to start one.
+    let addr = node.local_addr().ok_or_else(|| std::io::Error::other("the node runs no server"))?;
+    let mut client = Client::connect(addr)?;
     let records = values.iter().map(|v| bytes::Bytes::from(v.clone().into_bytes())).collect();
     let (start, end, _) = client.append("orders", records, true)?;
     Ok((start, end))
 }
 
 fn committed(node: &ClusterNode) -> Vec<String> {
-    let Ok(mut client) = Client::connect(node.local_addr().unwrap()) else { return Vec::new() };
+    let Some(addr) = node.local_addr() else { return Vec::new() };
+    let Ok(mut client) = Client::connect(addr) else { return Vec::new() };
     let Ok((_, _, records)) = client.read_from("orders", 0, 100_000, false) else { return Vec::new() };
     // Without the empty record each new leader writes at the start of its epoch.
     records.into_iter().filter(|r| !r.is_empty()).map(|r| String::from_utf8(r.to_vec()).unwrap()).collect()
@@ -297,4 +309,371 @@ fn a_forced_promotion_names_what_it_loses_and_only_with_force() {
         .filter_map(Result::ok)
         .any(|e| e.file_name().to_string_lossy().starts_with("quarantine-"));
     assert!(quarantined, "the records cut are kept in a quarantine file");
+}
+
+// Crashes during a planned handover (`tern handover --all`). Each node is stopped as a
+// process would end: its loop, its replication server and its controller member go. A crash
+// of either node at any step must end the handover one way or the other (the target leads the
+// next epoch, or the handover is given up or overtaken by a failover), with every
+// acknowledged record kept once, a leader taking appends again, and status saying which.
+
+/// The data leader and its epoch, the controller's leader, and the third node (the target of
+/// the handover tests below): the controller's leader is neither leader nor target when it
+/// does not lead the data too (the first placement avoids that).
+fn roles(nodes: &BTreeMap<u64, ClusterNode>) -> (u64, u64, u64, u64) {
+    let (leader, epoch) = leader_of(nodes, 0);
+    let controller = controller_leader(nodes);
+    let target = (1..=3).find(|id| *id != leader && *id != controller).unwrap_or(1 + leader % 3);
+    (leader, epoch, controller, target)
+}
+
+/// The controller's leader, once every running node names the same one.
+fn controller_leader(nodes: &BTreeMap<u64, ClusterNode>) -> u64 {
+    eventually("the controller members agree on a leader", Duration::from_secs(20), || {
+        let named: std::collections::BTreeSet<Option<u64>> =
+            nodes.values().map(|n| n.controller().status().leader).collect();
+        (named.len() == 1).then(|| named.into_iter().next().flatten()).flatten()
+    })
+}
+
+/// Whether `node` refuses appends for a handover (its gate is closed).
+fn gate_closed(node: &ClusterNode) -> bool {
+    node.with_server(|s| s.handing_over()) == Some(true)
+}
+
+/// The handover in the map as `node`'s controller member holds it.
+fn handover_in_map(node: &ClusterNode) -> Option<Handover> {
+    node.controller().local_map().logs.get(tern::cluster::ALL_LOGS)?.handover.clone()
+}
+
+/// The handover `tern status` shows at `node`: its step's name, the epoch handed over, the
+/// target.
+fn status_handover(node: &ClusterNode) -> Option<(String, u64, u64)> {
+    let mut client = Client::connect(node.local_addr()?).ok()?;
+    let doc: serde_json::Value = serde_json::from_str(&client.status().ok()?).ok()?;
+    let shown = &doc["cluster"]["handover"];
+    Some((shown["step"].as_str()?.to_owned(), shown["from_epoch"].as_u64()?, shown["to"].as_u64()?))
+}
+
+/// Every acknowledged value is in `log` exactly once, and no value is there twice.
+fn assert_each_once(log: &[String], acked: &[String]) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for value in log {
+        *counts.entry(value.as_str()).or_default() += 1;
+    }
+    // Values are shown by their first 20 bytes (the tag and the number).
+    let short = |v: &str| v.chars().take(20).collect::<String>();
+    let twice: Vec<String> = counts.iter().filter(|(_, n)| **n > 1).map(|(v, _)| short(v)).take(3).collect();
+    assert!(twice.is_empty(), "values stored more than once, e.g. {twice:?}");
+    let lost: Vec<String> = acked.iter().filter(|v| !counts.contains_key(v.as_str())).map(|v| short(v)).collect();
+    assert!(lost.is_empty(), "{} acknowledged values lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(3)]);
+}
+
+/// An idempotent producer appending one value at a time to `orders` through every node, as a
+/// client of a cluster whose leader moves or fails does, from its own thread (see
+/// [`with_writer`]). It keeps the values acknowledged; one that gives up is replaced by a new
+/// one (its batch in doubt may or may not be stored, and is not counted).
+#[derive(Default)]
+struct Writer {
+    stop: std::sync::atomic::AtomicBool,
+    acked: std::sync::Mutex<Vec<String>>,
+    gave_up: std::sync::Mutex<Vec<String>>,
+}
+
+impl Writer {
+    fn run(&self, cluster: &BTreeMap<u64, SocketAddr>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tern_replication::driver::{Producer, ProducerConfig};
+        let mut i = 0u64;
+        while !self.stop.load(SeqCst) {
+            let mut config = ProducerConfig::new(cluster.values().copied().collect(), "orders");
+            config.in_flight_max = 1;
+            config.reply_timeout = Some(Duration::from_secs(1));
+            let mut producer = Producer::new(config).unwrap();
+            while !self.stop.load(SeqCst) {
+                let value = format!("written {i}");
+                i += 1;
+                let record = vec![bytes::Bytes::from(value.clone().into_bytes())];
+                match producer.send(record).and_then(|_| producer.wait_one()) {
+                    Ok(_) => self.acked.lock().unwrap().push(value),
+                    Err(gave_up) => {
+                        self.gave_up.lock().unwrap().push(gave_up.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `more` values beyond those acknowledged so far are acknowledged.
+    fn wait_for_more(&self, more: usize, what: &str) {
+        let now = self.acked_count();
+        eventually(what, Duration::from_secs(20), || (self.acked_count() >= now + more).then_some(()));
+    }
+}
+
+/// Runs `body` while a [`Writer`] appends; returns what `body` returned and the values
+/// acknowledged. The writer stops however `body` ends (a failed check too).
+fn with_writer<T>(cluster: &BTreeMap<u64, SocketAddr>, body: impl FnOnce(&Writer) -> T) -> (T, Vec<String>) {
+    struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let writer = Writer::default();
+    let out = std::thread::scope(|s| {
+        s.spawn(|| writer.run(cluster));
+        let _stop = StopOnDrop(&writer.stop);
+        writer.wait_for_more(10, "the writer's first appends");
+        body(&writer)
+    });
+    let gave_up = writer.gave_up.into_inner().unwrap();
+    if !gave_up.is_empty() {
+        eprintln!("producers that gave up (their last batch in doubt): {gave_up:?}");
+    }
+    (out, writer.acked.into_inner().unwrap())
+}
+
+/// The leader crashes while its handover waits for a target far behind (step fenced, appends
+/// refused): the controller fails over to the replica holding every record. Nothing
+/// acknowledged is lost, the new leader takes appends in a later epoch, the operator's
+/// handover reports that it was overtaken, no handover is left under way, and the next one
+/// works.
+#[test]
+fn a_leader_crashing_mid_handover_is_failed_over_and_a_later_handover_works() {
+    let started = Instant::now();
+    let (dirs, cluster, mut nodes) = three_nodes();
+    let (leader, epoch, controller, target) = roles(&nodes);
+    let mut acked = append_many(&nodes[&leader], "before", 100);
+    nodes.remove(&target).unwrap().stop();
+    acked.extend(append_many(&nodes[&leader], "while down", 2_000));
+    let ((answer, new, new_epoch), written) = with_writer(&cluster, |writer| {
+        std::thread::scope(|s| {
+            let asked = s.spawn(|| tern::cluster::handover(cluster[&controller], target, Duration::from_secs(15)));
+            eventually("the leader refuses appends", Duration::from_secs(10), || {
+                gate_closed(&nodes[&leader]).then_some(())
+            });
+            let shown = handover_in_map(&nodes[&controller]).map(|h| (h.to, h.epoch, h.step));
+            assert_eq!(shown, Some((target, epoch, HandoverStep::Fenced)));
+            nodes.remove(&leader).unwrap().stop();
+            nodes.insert(target, start_node(dirs[target as usize - 1].path(), target, &cluster));
+            let (new, new_epoch) = leader_of(&nodes, epoch);
+            writer.wait_for_more(20, "appends resume at the new leader");
+            (asked.join().unwrap(), new, new_epoch)
+        })
+    });
+    acked.extend(written);
+    assert_ne!(new, leader);
+    let answer = answer.unwrap_err();
+    assert!(answer.contains("overtaken"), "{answer}");
+    let placement =
+        nodes[&new].controller().read_map(Duration::from_secs(2)).unwrap().logs[tern::cluster::ALL_LOGS].clone();
+    assert_eq!((placement.leader, placement.epoch), (new, new_epoch));
+    assert!(placement.handover.as_ref().is_none_or(|h| h.under_way(new_epoch).is_none()), "{placement:?}");
+    acked.extend(append_many(&nodes[&new], "after", 100));
+    assert_each_once(&committed(&nodes[&new]), &acked);
+    // The crashed node comes back and follows; a new handover is not blocked by the old one.
+    nodes.insert(leader, start_node(dirs[leader as usize - 1].path(), leader, &cluster));
+    let next = if new == target { leader } else { target };
+    let lines = tern::cluster::handover(cluster[&controller], next, Duration::from_secs(20)).unwrap();
+    assert!(
+        lines.last().unwrap().contains(&format!("node {next} leads every log in epoch {}", new_epoch + 1)),
+        "{lines:?}"
+    );
+    assert_eq!(leader_of(&nodes, new_epoch), (next, new_epoch + 1));
+    acked.extend(append_many(&nodes[&next], "last", 100));
+    assert_each_once(&committed(&nodes[&next]), &acked);
+    eprintln!("done in {} ms", started.elapsed().as_millis());
+}
+
+/// The leader restarts within the failure timeout while its handover waits for the target.
+/// It cannot lead its epoch again (every start of a leader begins a new epoch of its logs, and
+/// a log already at that epoch refuses it), so it comes back taking no appends, and status
+/// still shows the handover fenced, until the failover after the failure timeout ends the
+/// handover ("overtaken"): a node holding every record leads a later epoch and takes appends,
+/// nothing acknowledged is lost, and the target, back, follows.
+#[test]
+fn a_leader_restarted_mid_handover_takes_no_append_in_its_epoch_and_a_failover_ends_it() {
+    let started = Instant::now();
+    // Longer than the restart takes: the node is back well before it could be found silent.
+    let timeout = Duration::from_secs(3);
+    let (dirs, cluster, mut nodes) = three_nodes_timeout(timeout);
+    let (leader, epoch, controller, target) = roles(&nodes);
+    let restart = |id: u64| start_node_timeout(dirs[id as usize - 1].path(), id, &cluster, timeout);
+    let mut acked = append_many(&nodes[&leader], "before", 100);
+    nodes.remove(&target).unwrap().stop();
+    acked.extend(append_many(&nodes[&leader], "while down", 2_000));
+    let answer = std::thread::scope(|s| {
+        let asked = s.spawn(|| tern::cluster::handover(cluster[&controller], target, Duration::from_secs(20)));
+        eventually("the leader refuses appends", Duration::from_secs(10), || {
+            gate_closed(&nodes[&leader]).then_some(())
+        });
+        let down_at = Instant::now();
+        nodes.remove(&leader).unwrap().stop();
+        nodes.insert(leader, restart(leader));
+        eprintln!("the leader was back in {} ms", down_at.elapsed().as_millis());
+        eventually("the restarted node serves", Duration::from_secs(10), || nodes[&leader].local_addr());
+        let fenced = Some(("fenced".to_owned(), epoch, target));
+        assert_eq!(status_handover(&nodes[&controller]), fenced, "status shows where the handover is");
+        nodes.insert(target, restart(target));
+        // Until the failover, the restarted node neither leads its old epoch nor takes an
+        // append: asked all along, as it comes to look at the map.
+        let map_epoch = || nodes[&controller].controller().local_map().logs[tern::cluster::ALL_LOGS].epoch;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for attempt in 0.. {
+            if map_epoch() != epoch {
+                break;
+            }
+            assert_ne!(nodes[&leader].role(), Some((Role::Leader, epoch)), "the restarted node leads its old epoch");
+            let value = format!("mid-handover {attempt}");
+            if let Ok(range) = append(&nodes[&leader], std::slice::from_ref(&value)) {
+                // Only once it was elected again, in a later epoch (the map says so first).
+                assert_ne!(map_epoch(), epoch, "the restarted node took an append in its old epoch at {range:?}");
+                acked.push(value);
+                break;
+            }
+            assert!(Instant::now() < deadline, "no failover within 15 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        asked.join().unwrap()
+    });
+    let answer = answer.unwrap_err();
+    assert!(answer.contains("overtaken"), "{answer}");
+    let (now, now_epoch) = leader_of(&nodes, epoch);
+    assert_ne!(now, target, "the target lacks records: it cannot be elected");
+    let placement =
+        nodes[&now].controller().read_map(Duration::from_secs(2)).unwrap().logs[tern::cluster::ALL_LOGS].clone();
+    assert_eq!((placement.leader, placement.epoch, placement.handover), (now, now_epoch, None));
+    acked.extend(append_many(&nodes[&now], "after", 100));
+    assert_eq!(committed(&nodes[&now]), acked, "every acknowledged record, in order, once");
+    eventually("the target follows and catches up", Duration::from_secs(20), || {
+        (committed(&nodes[&target]) == acked).then_some(())
+    });
+    eprintln!("done in {} ms", started.elapsed().as_millis());
+}
+
+/// The target crashes as soon as the map shows it caught up or elected: elected, it never
+/// leads, and the controller fails over to another replica in a later epoch. Nothing
+/// acknowledged is lost, appends resume, no handover is left under way, and the target comes
+/// back as a follower of the new leader.
+#[test]
+fn a_target_crashing_once_caught_up_is_failed_over_and_nothing_is_lost() {
+    let started = Instant::now();
+    let (dirs, cluster, mut nodes) = three_nodes();
+    let (leader, epoch, controller, target) = roles(&nodes);
+    let mut acked = append_many(&nodes[&leader], "before", 100);
+    let ((seen, answer, new, new_epoch), written) = with_writer(&cluster, |writer| {
+        let (seen, answer) = std::thread::scope(|s| {
+            let asked = s.spawn(|| tern::cluster::handover(cluster[&controller], target, Duration::from_secs(15)));
+            // Polled closely: the election follows the caught-up step at once.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let seen = loop {
+                let step = handover_in_map(&nodes[&controller]).filter(|h| h.epoch == epoch).map(|h| h.step);
+                if let Some(step @ (HandoverStep::CaughtUp | HandoverStep::Promoted)) = step {
+                    break step;
+                }
+                assert!(Instant::now() < deadline, "the target never caught up: {step:?}");
+                std::thread::sleep(Duration::from_micros(100));
+            };
+            nodes.remove(&target).unwrap().stop();
+            (seen, asked.join().unwrap())
+        });
+        let (new, new_epoch) = leader_of(&nodes, epoch + 1);
+        writer.wait_for_more(20, "appends resume at the new leader");
+        (seen, answer, new, new_epoch)
+    });
+    eprintln!("the target stopped at step {}", seen.name());
+    acked.extend(written);
+    let lines = answer.unwrap();
+    assert!(
+        lines.last().unwrap().contains(&format!("node {target} leads every log in epoch {}", epoch + 1)),
+        "{lines:?}"
+    );
+    assert_ne!(new, target);
+    assert!(new_epoch >= epoch + 2, "a failover after the handover's epoch: {new_epoch}");
+    let placement =
+        nodes[&new].controller().read_map(Duration::from_secs(2)).unwrap().logs[tern::cluster::ALL_LOGS].clone();
+    assert_eq!((placement.leader, placement.epoch, placement.handover), (new, new_epoch, None));
+    eventually("status shows no handover", Duration::from_secs(10), || {
+        status_handover(&nodes[&new]).is_none().then_some(())
+    });
+    acked.extend(append_many(&nodes[&new], "after", 100));
+    let log = committed(&nodes[&new]);
+    assert_each_once(&log, &acked);
+    nodes.insert(target, start_node(dirs[target as usize - 1].path(), target, &cluster));
+    eventually("the target comes back as a follower and catches up", Duration::from_secs(20), || {
+        (nodes[&target].role() == Some((Role::Follower, 0)) && committed(&nodes[&target]) == log).then_some(())
+    });
+    assert_eq!(leader_of(&nodes, epoch + 1), (new, new_epoch));
+    eprintln!("done in {} ms", started.elapsed().as_millis());
+}
+
+/// The controller's leader (neither the data leader nor the target) crashes while a handover
+/// waits for the target: the other two elect a controller leader, and the handover completes
+/// or is given up (or a failover overtakes it); whichever, the map's step says which, one node
+/// leads and takes appends, and every acknowledged record is there once.
+#[test]
+fn a_handover_ends_cleanly_when_the_controller_leader_crashes_mid_way() {
+    let started = Instant::now();
+    let mut tries = 0;
+    let (dirs, cluster, mut nodes, (leader, epoch, controller, target)) = loop {
+        let (dirs, cluster, nodes) = three_nodes();
+        let roles = roles(&nodes);
+        if roles.0 != roles.2 {
+            break (dirs, cluster, nodes, roles);
+        }
+        tries += 1;
+        if tries == 3 {
+            eprintln!("skipped: the controller's leader led the data in {tries} clusters; the case needs a third node");
+            return;
+        }
+    };
+    let mut acked = append_many(&nodes[&leader], "before", 100);
+    nodes.remove(&target).unwrap().stop();
+    acked.extend(append_many(&nodes[&leader], "while down", 2_000));
+    let (answer, written) = with_writer(&cluster, |writer| {
+        let answer = std::thread::scope(|s| {
+            // Asked through the leader, which stays up.
+            let asked = s.spawn(|| tern::cluster::handover(cluster[&leader], target, Duration::from_secs(15)));
+            eventually("the leader refuses appends", Duration::from_secs(10), || {
+                gate_closed(&nodes[&leader]).then_some(())
+            });
+            nodes.remove(&controller).unwrap().stop();
+            nodes.insert(target, start_node(dirs[target as usize - 1].path(), target, &cluster));
+            asked.join().unwrap()
+        });
+        writer.wait_for_more(20, "appends resume");
+        answer
+    });
+    acked.extend(written);
+    let map = nodes[&leader].controller().read_map(Duration::from_secs(2)).unwrap();
+    let placement = map.logs[tern::cluster::ALL_LOGS].clone();
+    let step = placement.handover.as_ref().map(|h| (h.to, h.epoch, h.step));
+    match &answer {
+        Ok(lines) => {
+            assert!(lines.last().unwrap().contains(&format!("node {target} leads every log")), "{lines:?}");
+            assert_eq!((placement.leader, placement.epoch), (target, epoch + 1));
+            assert_eq!(step, Some((target, epoch, HandoverStep::Promoted)));
+        }
+        Err(e) if e.contains("given up") => {
+            assert_eq!((placement.leader, placement.epoch), (leader, epoch));
+            assert_eq!(step, Some((target, epoch, HandoverStep::Aborted)));
+        }
+        Err(e) => {
+            assert!(e.contains("overtaken"), "{e}");
+            assert!(placement.epoch > epoch && step.is_none(), "{placement:?}");
+        }
+    }
+    eprintln!("the handover ended: {answer:?}");
+    let (now, now_epoch) = leader_of(&nodes, 0);
+    assert_eq!((now, now_epoch), (placement.leader, placement.epoch));
+    assert!(!gate_closed(&nodes[&now]), "the leader takes appends");
+    acked.extend(append_many(&nodes[&now], "after", 100));
+    assert_each_once(&committed(&nodes[&now]), &acked);
+    eprintln!("done in {} ms", started.elapsed().as_millis());
 }
