@@ -100,8 +100,8 @@ struct Shared {
     /// The epoch this node stopped leading in (cut off from the controller, or fenced for the
     /// next election): it never leads that epoch again.
     stepped_down: Mutex<Option<u64>>,
-    /// A thread carries a handover on ([`Shared::hand_over`]).
-    handing_over: AtomicBool,
+    /// The thread carrying a handover on ([`Shared::hand_over`]), joined when the node stops.
+    handover_thread: Mutex<Option<JoinHandle<()>>>,
     stop: AtomicBool,
 }
 
@@ -243,7 +243,7 @@ impl ClusterNode {
             controller,
             running: Mutex::new(None),
             stepped_down: Mutex::new(None),
-            handing_over: AtomicBool::new(false),
+            handover_thread: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
         shared.controller.set_data_node(Arc::new(FenceHere(Arc::downgrade(&shared))));
@@ -283,6 +283,12 @@ impl ClusterNode {
     fn halt(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        // It holds the engine and the controller member: a restart in the same directory
+        // must find them closed.
+        let handover = self.shared.handover_thread.lock().take();
+        if let Some(thread) = handover {
             let _ = thread.join();
         }
         if let Some(running) = self.shared.running.lock().take() {
@@ -429,16 +435,14 @@ impl Shared {
                     }
                     last_heartbeat_ok = Instant::now();
                 }
-                if placement.handover.as_ref().is_some_and(|h| h.under_way(placement.epoch).is_some())
-                    && !self.handing_over.swap(true, Ordering::SeqCst)
-                {
-                    let (shared, placement) = (self.clone(), placement.clone());
-                    let spawned = std::thread::Builder::new().name(format!("tern-handover-{me}")).spawn(move || {
-                        shared.hand_over(&placement);
-                        shared.handing_over.store(false, Ordering::SeqCst);
-                    });
-                    if spawned.is_err() {
-                        self.handing_over.store(false, Ordering::SeqCst);
+                if placement.handover.as_ref().is_some_and(|h| h.under_way(placement.epoch).is_some()) {
+                    let mut thread = self.handover_thread.lock();
+                    if thread.as_ref().is_none_or(|t| t.is_finished()) && !self.stop.load(Ordering::SeqCst) {
+                        let (shared, placement) = (self.clone(), placement.clone());
+                        *thread = std::thread::Builder::new()
+                            .name(format!("tern-handover-{me}"))
+                            .spawn(move || shared.hand_over(&placement))
+                            .ok();
                     }
                 }
                 if last_heartbeat_sent.is_none_or(|at| at.elapsed() >= HEARTBEAT_INTERVAL) {
