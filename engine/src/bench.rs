@@ -921,6 +921,7 @@ fn server_config(
         frame_memory_max: tern_replication::driver::FRAME_MEMORY_MAX_DEFAULT,
         leader_epoch: None,
         handing_over_to: None,
+        learners: Vec::new(),
     }
 }
 

@@ -56,6 +56,7 @@ fn start(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>) -> std::io::R
         frame_memory_max: tern_replication::driver::FRAME_MEMORY_MAX_DEFAULT,
         leader_epoch: None,
         handing_over_to: None,
+        learners: Vec::new(),
     };
     let config = ClusterConfig {
         node_id: id,

@@ -1134,6 +1134,7 @@ fn serve(args: &ServeArgs) -> CliResult {
         frame_memory_max: args.frame_memory_max,
         leader_epoch: None,
         handing_over_to: None,
+        learners: Vec::new(),
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {

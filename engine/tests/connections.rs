@@ -211,6 +211,7 @@ fn frames_being_received_stay_within_one_memory_budget() {
         frame_memory_max: FRAME_MEMORY_MIN,
         leader_epoch: None,
         handing_over_to: None,
+        learners: Vec::new(),
         // The abusers keep their places for the whole test.
         handshake_timeout: Duration::from_secs(60),
         ..common::config(0xfb, 1, Role::Leader, vec![], any_port())

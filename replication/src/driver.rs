@@ -139,6 +139,9 @@ pub struct ServerConfig {
     pub role: Role,
     /// The followers (for a leader).
     pub peers: Vec<(NodeId, SocketAddr)>,
+    /// Followers among `peers` being seeded (for a leader): shipped to, but their copies count
+    /// toward no quorum ([`LeaderConfig::learners`]).
+    pub learners: Vec<NodeId>,
     /// Copies that commit a record.
     pub quorum: Quorum,
     /// Most client connections served at once. Peers (a leader dialing this node) have
@@ -1207,6 +1210,7 @@ impl Shared {
                     epoch,
                     epoch_history: log.epoch_history(),
                     peers: self.config.peers.iter().map(|(id, _)| *id).collect(),
+                    learners: self.config.learners.clone(),
                     quorum: self.config.quorum,
                     inflight_bytes_max: 8 << 20,
                     chunk_bytes_max: 1 << 20,

@@ -981,6 +981,7 @@ mod tests {
             epoch,
             epoch_history: leader_history,
             peers: vec![2],
+            learners: Vec::new(),
             quorum: Quorum::Count(1),
             inflight_bytes_max: 1 << 20,
             chunk_bytes_max: 1 << 20,

@@ -104,7 +104,11 @@ pub struct LeaderConfig {
     pub epoch_history: Vec<(u64, u64)>,
     /// The followers.
     pub peers: Vec<NodeId>,
-    /// Copies needed to commit.
+    /// Followers among `peers` being seeded: shipped to like the others, but their copies
+    /// count toward no quorum (a node added to the replicas catches up first, and a commit
+    /// never waits for it nor stands on it).
+    pub learners: Vec<NodeId>,
+    /// Copies needed to commit, among the leader and the peers that are not learners.
     pub quorum: Quorum,
     /// Most unacknowledged bytes in flight to one peer.
     pub inflight_bytes_max: u64,
@@ -127,7 +131,12 @@ pub struct LeaderConfig {
 impl LeaderConfig {
     /// Copies needed for a quorum, the leader included, bounded by the cluster size.
     pub fn quorum_size(&self) -> usize {
-        self.quorum.size(self.peers.len() + 1)
+        self.quorum.size(self.voters().count() + 1)
+    }
+
+    /// The peers whose copies count toward a quorum (not learners).
+    pub fn voters(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.iter().copied().filter(|p| !self.learners.contains(p))
     }
 }
 
@@ -775,7 +784,9 @@ impl Leader {
         // committed record, and what its followers hold beyond it can be cut. Records of
         // earlier epochs count only once a record of this one is on the quorum too, or once
         // every node holds them.
-        let peers: Vec<u64> = self.peers.values().map(|p| p.acked_durable).collect();
+        let learners = &self.config.learners;
+        let peers: Vec<u64> =
+            self.peers.iter().filter(|(id, _)| !learners.contains(id)).map(|(_, p)| p.acked_durable).collect();
         let k = self.config.quorum_size();
         let quorum_end = quorum_commit_end(self.durable_end, &peers, k, self.epoch_start);
         if quorum_end > self.commit_end {
@@ -1315,6 +1326,7 @@ mod tests {
             epoch: 1,
             epoch_history: vec![(1, 0)],
             peers: vec![2, 3],
+            learners: Vec::new(),
             quorum,
             inflight_bytes_max: 1 << 20,
             chunk_bytes_max: 64 << 10,
@@ -1394,6 +1406,27 @@ mod tests {
         // A peer reconnecting with less never moves the commit point back.
         leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
         assert_eq!(leader.commit_end(), 10);
+    }
+
+    /// A learner (a replica being seeded) is a peer like the others, but its copy commits nothing: with
+    /// peers 2 and 3 voting and 4 learning, 2 of 3 voting copies are needed, and the leader
+    /// with the learner is not enough.
+    #[test]
+    fn a_learners_copy_counts_toward_no_quorum() {
+        let seeding = LeaderConfig { peers: vec![2, 3, 4], learners: vec![4], ..config(Quorum::Count(2)) };
+        assert_eq!(seeding.quorum_size(), 2);
+        let mut leader = Leader::new(seeding, 0, 0, 0);
+        for peer in [2, 3, 4] {
+            leader.handle(LeaderInput::Connected { peer, written_end: 0, durable_end: 0 });
+        }
+        leader.handle(LeaderInput::Written { end: 10 });
+        leader.handle(LeaderInput::Synced { end: 10 });
+        leader.handle(LeaderInput::Received { peer: 4, msg: ack(10, 10) });
+        assert_eq!(leader.commit_end(), 0, "the leader and a learner make no quorum");
+        leader.handle(LeaderInput::Received { peer: 3, msg: ack(10, 10) });
+        assert_eq!(leader.commit_end(), 10);
+        let all = LeaderConfig { peers: vec![2, 4], learners: vec![4], ..config(Quorum::All) };
+        assert_eq!(all.quorum_size(), 2, "every node: the learner is not one of them");
     }
 
     /// Raft's rule (section 5.4.2 of the Raft paper): records of earlier epochs that a new

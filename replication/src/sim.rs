@@ -427,6 +427,7 @@ fn leader_core(log: &Log, epoch: u64, peers: &[NodeId], config: &Config, commit_
         epoch,
         epoch_history: log.epoch_history(),
         peers: peers.to_vec(),
+        learners: Vec::new(),
         quorum: config.quorum,
         inflight_bytes_max: 8 << 10,
         chunk_bytes_max: 2 << 10,

@@ -81,6 +81,7 @@ pub fn config(cluster_id: u64, id: u64, role: Role, peers: Vec<(u64, SocketAddr)
         frame_memory_max: tern_replication::driver::FRAME_MEMORY_MAX_DEFAULT,
         leader_epoch: None,
         handing_over_to: None,
+        learners: Vec::new(),
     }
 }
 
