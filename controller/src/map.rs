@@ -47,6 +47,59 @@ pub struct LogMap {
     pub data_loss: Vec<DataLoss>,
     /// The planned handover under way, or the last one that took effect.
     pub handover: Option<Handover>,
+    /// Nodes being seeded with a copy ([`Command::AddReplica`]): the leader ships to them, but
+    /// their copies count toward no quorum and no election, until the leader finds one caught
+    /// up and makes it a replica ([`Command::PromoteReplica`]).
+    pub learners: Vec<NodeId>,
+    /// A replica to be removed ([`Command::RemoveReplica`]): the leader takes it out once the
+    /// replicas left hold every record it wrote ([`Command::RetireReplica`]).
+    pub leaving: Option<NodeId>,
+}
+
+impl LogMap {
+    /// The same leader leads the next epoch (its followers or quorum changed).
+    fn next_epoch(&mut self, log: &str) -> Reply {
+        let Some(epoch) = self.epoch.checked_add(1) else {
+            return Reply::Refused(format!("log {log}: no epoch after {}", self.epoch));
+        };
+        self.epoch = epoch;
+        Reply::Leader { log: log.to_owned(), leader: self.leader, epoch }
+    }
+
+    /// The quorum and replicas a change of this log's replicas leads to, if one is pending
+    /// for its leader to carry out: a learner to promote (`Some(learner)` given) or the
+    /// leaving replica to take out.
+    pub fn replicas_after(&self, promoted: Option<NodeId>) -> (Vec<NodeId>, u32) {
+        let n = self.replicas.len();
+        match (promoted, self.leaving) {
+            (Some(node), _) => {
+                let mut replicas = self.replicas.clone();
+                replicas.push(node);
+                replicas.sort_unstable();
+                (replicas, resized_quorum(self.quorum, n, n + 1))
+            }
+            (None, Some(leaving)) => (
+                self.replicas.iter().copied().filter(|r| *r != leaving).collect(),
+                resized_quorum(self.quorum, n, n.saturating_sub(1)),
+            ),
+            (None, None) => (self.replicas.clone(), self.quorum),
+        }
+    }
+}
+
+/// The quorum of a log whose `n` replicas become `to`: every replica stays every replica, a
+/// majority stays a majority (the smallest quorum that allows automatic failover), and any
+/// other quorum is kept, within the new count and never below its majority.
+pub fn resized_quorum(quorum: u32, n: usize, to: usize) -> u32 {
+    let (k, to) = (quorum as usize, to.max(1));
+    let resized = if k >= n {
+        to
+    } else if k == n / 2 + 1 {
+        to / 2 + 1
+    } else {
+        k.clamp(to / 2 + 1, to)
+    };
+    resized as u32
 }
 
 /// A planned handover of a log's leadership ([`Command::StartHandover`]): kept in the map so
@@ -202,6 +255,52 @@ pub enum Command {
         /// The step reached.
         step: HandoverStep,
     },
+    /// Starts seeding `node` (a registered member) with a copy of `log`, if `log` is still at
+    /// `expected_epoch`: it becomes a learner, and the leader leads the next epoch with it among
+    /// its followers (a new epoch is how a leader's followers change). Refused for a node that
+    /// already holds a copy or is not registered.
+    AddReplica {
+        /// The log.
+        log: String,
+        /// The epoch the proposer saw.
+        expected_epoch: u64,
+        /// The node to seed.
+        node: NodeId,
+    },
+    /// The leader of `epoch` found learner `node` caught up and, refusing appends, made sure a
+    /// quorum of the replicas with `node` holds every record it wrote: `node` becomes a
+    /// replica, the quorum is resized ([`resized_quorum`]), and the leader leads the next epoch.
+    PromoteReplica {
+        /// The log.
+        log: String,
+        /// The epoch of the leader promoting.
+        epoch: u64,
+        /// The learner.
+        node: NodeId,
+    },
+    /// Removes `node` from `log`, if `log` is still at `expected_epoch`: a learner at once (next
+    /// epoch); a replica once its leader took it out ([`Command::RetireReplica`]), which this
+    /// asks for ([`LogMap::leaving`]). Refused for the leader (hand the log over first), for
+    /// the last replica, and while another replica is leaving.
+    RemoveReplica {
+        /// The log.
+        log: String,
+        /// The epoch the proposer saw.
+        expected_epoch: u64,
+        /// The node to remove.
+        node: NodeId,
+    },
+    /// The leader of `epoch`, refusing appends, made sure a quorum of the replicas other than
+    /// the leaving one holds every record it wrote: that replica goes, the quorum is resized,
+    /// and the leader leads the next epoch.
+    RetireReplica {
+        /// The log.
+        log: String,
+        /// The epoch of the leader retiring it.
+        epoch: u64,
+        /// The leaving replica.
+        node: NodeId,
+    },
     /// Gives up the handover of `log` from the leader of `epoch` (the target did not catch up
     /// in time, or went away): the leader takes appends again.
     AbortHandover {
@@ -289,6 +388,10 @@ impl ClusterMap {
                     _ => Reply::Conflict { log: log.clone(), leader: entry.leader, epoch: entry.epoch },
                 }
             }
+            Command::AddReplica { log, expected_epoch, node } => self.add_replica(log, *expected_epoch, *node),
+            Command::PromoteReplica { log, epoch, node } => self.promote_replica(log, *epoch, *node),
+            Command::RemoveReplica { log, expected_epoch, node } => self.remove_replica(log, *expected_epoch, *node),
+            Command::RetireReplica { log, epoch, node } => self.retire_replica(log, *epoch, *node),
             Command::AbortHandover { log, epoch, reason } => {
                 let Some(entry) = self.logs.get_mut(log) else {
                     return Reply::Refused(format!("no log {log}"));
@@ -313,12 +416,7 @@ impl ClusterMap {
     /// `log` if it is at `epoch` and `node` is one of its replicas; otherwise the reply that
     /// says why not (the compare-and-set every epoch-changing command starts with).
     fn at_epoch(&mut self, log: &str, epoch: u64, node: NodeId) -> Result<&mut LogMap, Reply> {
-        let Some(entry) = self.logs.get_mut(log) else {
-            return Err(Reply::Refused(format!("no log {log}")));
-        };
-        if entry.epoch != epoch {
-            return Err(Reply::Conflict { log: log.to_owned(), leader: entry.leader, epoch: entry.epoch });
-        }
+        let entry = self.log_at(log, epoch)?;
         if !entry.replicas.contains(&node) {
             return Err(Reply::Refused(format!(
                 "log {log}: node {node} is not one of its replicas {:?}",
@@ -326,6 +424,96 @@ impl ClusterMap {
             )));
         }
         Ok(entry)
+    }
+
+    /// `log` if it is at `epoch`; otherwise the reply that says why not.
+    fn log_at(&mut self, log: &str, epoch: u64) -> Result<&mut LogMap, Reply> {
+        let Some(entry) = self.logs.get_mut(log) else {
+            return Err(Reply::Refused(format!("no log {log}")));
+        };
+        if entry.epoch != epoch {
+            return Err(Reply::Conflict { log: log.to_owned(), leader: entry.leader, epoch: entry.epoch });
+        }
+        Ok(entry)
+    }
+
+    fn add_replica(&mut self, log: &str, expected_epoch: u64, node: NodeId) -> Reply {
+        if !self.members.contains_key(&node) {
+            return Reply::Refused(format!("log {log}: node {node} is not a registered member"));
+        }
+        let entry = match self.log_at(log, expected_epoch) {
+            Ok(entry) => entry,
+            Err(reply) => return reply,
+        };
+        if entry.replicas.contains(&node) || entry.learners.contains(&node) {
+            return Reply::Refused(format!("log {log}: node {node} holds a copy already"));
+        }
+        entry.learners.push(node);
+        entry.learners.sort_unstable();
+        entry.next_epoch(log)
+    }
+
+    fn promote_replica(&mut self, log: &str, epoch: u64, node: NodeId) -> Reply {
+        let entry = match self.log_at(log, epoch) {
+            Ok(entry) => entry,
+            Err(reply) => return reply,
+        };
+        if !entry.learners.contains(&node) {
+            return Reply::Refused(format!("log {log}: node {node} is not a learner"));
+        }
+        let n = entry.replicas.len();
+        entry.quorum = resized_quorum(entry.quorum, n, n + 1);
+        entry.learners.retain(|l| *l != node);
+        entry.replicas.push(node);
+        entry.replicas.sort_unstable();
+        entry.in_sync.push(node);
+        entry.in_sync.sort_unstable();
+        entry.next_epoch(log)
+    }
+
+    fn remove_replica(&mut self, log: &str, expected_epoch: u64, node: NodeId) -> Reply {
+        let entry = match self.log_at(log, expected_epoch) {
+            Ok(entry) => entry,
+            Err(reply) => return reply,
+        };
+        if entry.learners.contains(&node) {
+            entry.learners.retain(|l| *l != node);
+            return entry.next_epoch(log);
+        }
+        if !entry.replicas.contains(&node) {
+            return Reply::Refused(format!("log {log}: node {node} holds no copy"));
+        }
+        if entry.leader == node {
+            return Reply::Refused(format!("log {log}: node {node} leads it; hand it over first (tern handover)"));
+        }
+        if entry.handover.as_ref().is_some_and(|h| h.under_way(entry.epoch) == Some(node)) {
+            return Reply::Refused(format!("log {log}: a handover to node {node} is under way"));
+        }
+        match entry.leaving {
+            Some(leaving) if leaving == node => Reply::Done,
+            Some(leaving) => Reply::Refused(format!("log {log}: node {leaving} is leaving it already")),
+            None if entry.replicas.len() == 1 => Reply::Refused(format!("log {log}: node {node} is its last replica")),
+            None => {
+                entry.leaving = Some(node);
+                Reply::Done
+            }
+        }
+    }
+
+    fn retire_replica(&mut self, log: &str, epoch: u64, node: NodeId) -> Reply {
+        let entry = match self.log_at(log, epoch) {
+            Ok(entry) => entry,
+            Err(reply) => return reply,
+        };
+        if entry.leaving != Some(node) || entry.leader == node {
+            return Reply::Refused(format!("log {log}: node {node} is not leaving it"));
+        }
+        let n = entry.replicas.len();
+        entry.quorum = resized_quorum(entry.quorum, n, n - 1);
+        entry.replicas.retain(|r| *r != node);
+        entry.in_sync.retain(|r| *r != node);
+        entry.leaving = None;
+        entry.next_epoch(log)
     }
 
     fn start_handover(&mut self, log: &str, epoch: u64, to: NodeId) -> Reply {
@@ -375,6 +563,8 @@ impl ClusterMap {
             in_sync: vec![leader],
             data_loss: Vec::new(),
             handover: None,
+            learners: Vec::new(),
+            leaving: None,
         };
         self.logs.insert(log.to_owned(), entry);
         Reply::Leader { log: log.to_owned(), leader, epoch: 1 }
@@ -428,6 +618,86 @@ mod tests {
 
     fn elect(expected_epoch: u64, leader: NodeId) -> Command {
         Command::Elect { log: "orders".into(), expected_epoch, leader, reason: ElectReason::Failover }
+    }
+
+    fn register(map: &mut ClusterMap, node: NodeId) {
+        map.apply_command(&Command::Register { node, data_addr: format!("127.0.0.1:{}", 7000 + node) });
+    }
+
+    fn leads(leader: NodeId, epoch: u64) -> Reply {
+        Reply::Leader { log: "orders".into(), leader, epoch }
+    }
+
+    #[test]
+    fn quorums_resize_as_majorities_stay_majorities_and_all_stays_all() {
+        assert_eq!([2, 3, 4, 5, 6].map(|to| resized_quorum(2, 3, to)), [2, 2, 3, 3, 4]);
+        assert_eq!([2, 3, 4].map(|to| resized_quorum(3, 3, to)), [2, 3, 4]);
+        assert_eq!(resized_quorum(3, 4, 3), 2, "3 of 4 is a majority");
+        assert_eq!(resized_quorum(4, 5, 4), 4, "4 of 5 (neither) kept");
+        assert_eq!(resized_quorum(4, 5, 6), 4);
+        assert_eq!(resized_quorum(4, 5, 3), 3, "never more than the replicas");
+        assert_eq!(resized_quorum(1, 3, 4), 3, "never below a majority");
+        assert_eq!(resized_quorum(1, 1, 2), 2);
+        assert_eq!(resized_quorum(2, 2, 1), 1);
+    }
+
+    #[test]
+    fn a_node_added_learns_first_then_joins_the_replicas_and_the_quorum() {
+        let mut map = ClusterMap::default();
+        create(&mut map);
+        let add = Command::AddReplica { log: "orders".into(), expected_epoch: 1, node: 4 };
+        assert!(matches!(map.apply_command(&add), Reply::Refused(m) if m.contains("not a registered member")));
+        register(&mut map, 4);
+        assert_eq!(map.apply_command(&add), leads(1, 2));
+        assert_eq!(map.logs["orders"].learners, vec![4]);
+        assert_eq!((map.logs["orders"].replicas.len(), map.logs["orders"].quorum), (3, 2));
+        // A retry after a lost reply changes nothing.
+        assert_eq!(map.apply_command(&add), Reply::Conflict { log: "orders".into(), leader: 1, epoch: 2 });
+        let again = Command::AddReplica { log: "orders".into(), expected_epoch: 2, node: 4 };
+        assert!(matches!(map.apply_command(&again), Reply::Refused(m) if m.contains("holds a copy already")));
+        // A learner is elected by no one and leads nothing.
+        assert!(matches!(map.apply_command(&elect(2, 4)), Reply::Refused(_)));
+        let stale = Command::PromoteReplica { log: "orders".into(), epoch: 1, node: 4 };
+        assert_eq!(map.apply_command(&stale), Reply::Conflict { log: "orders".into(), leader: 1, epoch: 2 });
+        let not_learner = Command::PromoteReplica { log: "orders".into(), epoch: 2, node: 3 };
+        assert!(matches!(map.apply_command(&not_learner), Reply::Refused(_)));
+        let promote = Command::PromoteReplica { log: "orders".into(), epoch: 2, node: 4 };
+        assert_eq!(map.apply_command(&promote), leads(1, 3));
+        let orders = &map.logs["orders"];
+        assert_eq!((orders.replicas.clone(), orders.quorum, orders.learners.len()), (vec![1, 2, 3, 4], 3, 0));
+        assert!(orders.in_sync.contains(&4));
+    }
+
+    #[test]
+    fn a_replica_leaves_only_through_its_leader_and_never_the_leader_itself() {
+        let mut map = ClusterMap::default();
+        create(&mut map);
+        let remove = |node| Command::RemoveReplica { log: "orders".into(), expected_epoch: 1, node };
+        assert!(matches!(map.apply_command(&remove(1)), Reply::Refused(m) if m.contains("hand it over first")));
+        assert!(matches!(map.apply_command(&remove(7)), Reply::Refused(m) if m.contains("holds no copy")));
+        assert_eq!(map.apply_command(&remove(3)), Reply::Done);
+        assert_eq!(map.apply_command(&remove(3)), Reply::Done, "asked again: nothing changes");
+        assert!(matches!(map.apply_command(&remove(2)), Reply::Refused(m) if m.contains("leaving it already")));
+        assert_eq!((map.logs["orders"].epoch, map.logs["orders"].leaving), (1, Some(3)));
+        assert_eq!(map.logs["orders"].replicas_after(None), (vec![1, 2], 2));
+        let not_leaving = Command::RetireReplica { log: "orders".into(), epoch: 1, node: 2 };
+        assert!(matches!(map.apply_command(&not_leaving), Reply::Refused(_)));
+        let retire = Command::RetireReplica { log: "orders".into(), epoch: 1, node: 3 };
+        assert_eq!(map.apply_command(&retire), leads(1, 2));
+        let orders = &map.logs["orders"];
+        assert_eq!((orders.replicas.clone(), orders.quorum, orders.leaving), (vec![1, 2], 2, None));
+        assert_eq!(map.apply_command(&retire), Reply::Conflict { log: "orders".into(), leader: 1, epoch: 2 });
+        // A learner goes at once.
+        register(&mut map, 4);
+        map.apply_command(&Command::AddReplica { log: "orders".into(), expected_epoch: 2, node: 4 });
+        let drop_learner = Command::RemoveReplica { log: "orders".into(), expected_epoch: 3, node: 4 };
+        assert_eq!(map.apply_command(&drop_learner), leads(1, 4));
+        assert!(map.logs["orders"].learners.is_empty());
+        // The last replica stays.
+        let remove2 = Command::RemoveReplica { log: "orders".into(), expected_epoch: 4, node: 2 };
+        map.apply_command(&remove2);
+        map.apply_command(&Command::RetireReplica { log: "orders".into(), epoch: 4, node: 2 });
+        assert_eq!(map.logs["orders"].replicas, vec![1]);
     }
 
     #[test]
