@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::map::{ClusterMap, Command, Reply};
 use crate::network::{call, CallError};
-use crate::rpc::{LogReport, Request, Response, ServeError};
+use crate::rpc::{LogReport, MembershipChange, Request, Response, ServeError};
 
 /// Talks to controller members from a thread outside any async runtime.
 #[derive(Debug)]
@@ -85,6 +85,17 @@ impl ControllerClient {
     pub fn propose(&self, addr: &str, command: Command) -> io::Result<Reply> {
         self.at_leader(addr, &Request::Propose(command), |r| match r {
             Response::Propose(result) => Some(result),
+            _ => None,
+        })
+    }
+
+    /// Changes the controller's membership at its leader ([`MembershipChange`]).
+    ///
+    /// # Errors
+    /// As [`ControllerClient::read_map`]; a change already under way, or refused.
+    pub fn change_members(&self, addr: &str, change: MembershipChange) -> io::Result<()> {
+        self.at_leader(addr, &Request::ChangeMembers(change), |r| match r {
+            Response::ChangeMembers(result) => Some(result),
             _ => None,
         })
     }

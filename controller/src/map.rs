@@ -195,6 +195,11 @@ pub enum Command {
         /// Its `--listen` address.
         data_addr: String,
     },
+    /// Forgets a node that holds no copy of any log (it was removed from the cluster).
+    Unregister {
+        /// The node.
+        node: NodeId,
+    },
     /// Issues the cluster id, if none is yet (`id` is not 0); once issued it never changes.
     SetClusterId {
         /// The id proposed.
@@ -349,6 +354,20 @@ impl ClusterMap {
             Command::Register { node, data_addr } => {
                 self.members.insert(*node, Member { data_addr: data_addr.clone() });
                 Reply::Done
+            }
+            Command::Unregister { node } => {
+                let holding: Vec<&String> = self
+                    .logs
+                    .iter()
+                    .filter(|(_, l)| l.replicas.contains(node) || l.learners.contains(node))
+                    .map(|(name, _)| name)
+                    .collect();
+                if holding.is_empty() {
+                    self.members.remove(node);
+                    Reply::Done
+                } else {
+                    Reply::Refused(format!("node {node} holds a copy of {holding:?}"))
+                }
             }
             Command::SetClusterId { id } => {
                 if self.cluster_id == 0 {
@@ -693,6 +712,9 @@ mod tests {
         let drop_learner = Command::RemoveReplica { log: "orders".into(), expected_epoch: 3, node: 4 };
         assert_eq!(map.apply_command(&drop_learner), leads(1, 4));
         assert!(map.logs["orders"].learners.is_empty());
+        assert!(matches!(map.apply_command(&Command::Unregister { node: 2 }), Reply::Refused(_)));
+        assert_eq!(map.apply_command(&Command::Unregister { node: 4 }), Reply::Done);
+        assert!(!map.members.contains_key(&4));
         // The last replica stays.
         let remove2 = Command::RemoveReplica { log: "orders".into(), expected_epoch: 4, node: 2 };
         map.apply_command(&remove2);

@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tern_controller::{
-    Command, Controller, ControllerConfig, DataNode, ElectReason, HandoverStep, LogMap, LogReport, Reply,
+    Command, Controller, ControllerConfig, DataNode, ElectReason, HandoverStep, LogMap, LogReport, MembershipChange,
+    Reply,
 };
 use tern_replication::driver::{Role, Server, ServerConfig};
 use tern_replication::election::{elect, ReplicaSet, Report};
@@ -55,6 +56,14 @@ const TICK: Duration = Duration::from_millis(5);
 const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Once enough reports are in, how long the others may still come.
 const REPORT_GRACE: Duration = Duration::from_millis(20);
+/// A learner this close to its leader's written end on every log (in bytes) is promoted: the
+/// leader refuses appends while it catches up the rest.
+pub const PROMOTE_LAG_BYTES: u64 = 1 << 20;
+/// How long a leader changing the replicas refuses appends, at most, waiting for the new
+/// replicas to hold its records; it then takes appends again and tries later.
+pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a leader waits before it tries again a change of replicas that timed out.
+const CHANGE_RETRY: Duration = Duration::from_secs(5);
 /// How long a leader handing over waits for its target to catch up before it gives the
 /// handover up and takes appends again.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,7 +76,8 @@ pub struct ClusterConfig {
     /// Its engine directory; the controller keeps its state in `controller/` under it.
     pub dir: PathBuf,
     /// The voters: node id and data address (`--listen`) of each. Each controller listens on
-    /// its node's data port + 1.
+    /// its node's data port + 1. A node not named here joins a running cluster: it waits until
+    /// [`add_node`] (`tern cluster add-node`) adds it.
     pub cluster: BTreeMap<NodeId, SocketAddr>,
     /// A leader not heard from for this long is replaced; a leader that cannot reach the
     /// controller for this long stops taking appends.
@@ -102,6 +112,8 @@ struct Shared {
     stepped_down: Mutex<Option<u64>>,
     /// The thread carrying a handover on ([`Shared::hand_over`]), joined when the node stops.
     handover_thread: Mutex<Option<JoinHandle<()>>>,
+    /// A change of replicas that timed out is not tried again before this.
+    change_retry_at: Mutex<Option<Instant>>,
     stop: AtomicBool,
 }
 
@@ -198,6 +210,8 @@ impl tern_replication::driver::Logs for ClusterLogs {
             "epoch": placement.map(|p| p.epoch),
             "replicas": placement.map(|p| p.replicas.clone()),
             "quorum": placement.map(|p| p.quorum),
+            "learners": placement.map(|p| p.learners.clone()),
+            "leaving": placement.and_then(|p| p.leaving),
             "members": map.members.iter().map(|(id, m)| serde_json::json!({"node": id, "addr": m.data_addr})).collect::<Vec<_>>(),
             "data_loss": placement.map(|p| p.data_loss.iter().map(|l| serde_json::json!({"epoch": l.epoch, "from": l.from, "to": l.to})).collect::<Vec<_>>()),
             "handover": placement.and_then(|p| p.handover.as_ref()).map(|h| serde_json::json!({
@@ -212,13 +226,10 @@ impl ClusterNode {
     /// server in the role the map gives this node.
     ///
     /// # Errors
-    /// The node is not one of the voters; opening the engine or the controller's store;
-    /// binding an address.
+    /// A quorum that does not allow automatic failover; opening the engine or the controller's
+    /// store; binding an address.
     pub fn start(config: ClusterConfig, engine: crate::Config) -> std::io::Result<ClusterNode> {
         let me = config.node_id;
-        if !config.cluster.contains_key(&me) {
-            return Err(std::io::Error::other(format!("--cluster does not name this node ({me})")));
-        }
         let set = ReplicaSet {
             log: ALL_LOGS.into(),
             replicas: config.cluster.keys().copied().collect(),
@@ -244,6 +255,7 @@ impl ClusterNode {
             running: Mutex::new(None),
             stepped_down: Mutex::new(None),
             handover_thread: Mutex::new(None),
+            change_retry_at: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
         shared.controller.set_data_node(Arc::new(FenceHere(Arc::downgrade(&shared))));
@@ -342,12 +354,14 @@ impl Shared {
             config.peers = placement
                 .replicas
                 .iter()
+                .chain(&placement.learners)
                 .filter(|id| **id != self.config.node_id)
                 .filter_map(|id| {
                     let addr = map.members.get(id).and_then(|m| m.data_addr.parse().ok());
                     addr.or_else(|| self.config.cluster.get(id).copied()).map(|addr| (*id, addr))
                 })
                 .collect();
+            config.learners = placement.learners.clone();
             config.quorum = Quorum::Count(placement.quorum as usize);
             config.leader_epoch = Some(epoch);
         }
@@ -435,13 +449,18 @@ impl Shared {
                     }
                     last_heartbeat_ok = Instant::now();
                 }
-                if placement.handover.as_ref().is_some_and(|h| h.under_way(placement.epoch).is_some()) {
+                let handing_over = placement.handover.as_ref().is_some_and(|h| h.under_way(placement.epoch).is_some());
+                let change = if handing_over { None } else { self.replica_change_due(&placement) };
+                if handing_over || change.is_some() {
                     let mut thread = self.handover_thread.lock();
                     if thread.as_ref().is_none_or(|t| t.is_finished()) && !self.stop.load(Ordering::SeqCst) {
                         let (shared, placement) = (self.clone(), placement.clone());
                         *thread = std::thread::Builder::new()
                             .name(format!("tern-handover-{me}"))
-                            .spawn(move || shared.hand_over(&placement))
+                            .spawn(move || match change {
+                                Some(promote) => shared.change_replicas(&placement, promote),
+                                None => shared.hand_over(&placement),
+                            })
                             .ok();
                     }
                 }
@@ -551,6 +570,98 @@ impl Shared {
             // first. Either way appends stay refused here until the map is seen again.
             Ok(other) => log_line(&format!("handover of epoch {epoch} to node {to}: {other:?}")),
             Err(e) => log_line(&format!("handover of epoch {epoch} to node {to} not committed: {e}")),
+        }
+    }
+
+    /// The change of replicas this node, leading `placement`'s epoch, has to carry out now, if
+    /// any: `Some(Some(learner))` to promote a learner nearly caught up (within
+    /// [`PROMOTE_LAG_BYTES`] on every log), `Some(None)` to take the leaving replica out.
+    fn replica_change_due(&self, placement: &LogMap) -> Option<Option<NodeId>> {
+        let me = self.config.node_id;
+        if self.change_retry_at.lock().is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
+        let running = self.running.lock();
+        let server = &running.as_ref().filter(|r| r.role == Role::Leader && r.epoch == placement.epoch)?.server;
+        let close = |node: &NodeId| *node == me || server.lag_bytes(*node).is_some_and(|lag| lag <= PROMOTE_LAG_BYTES);
+        if placement.leaving.is_some_and(|l| l != me) {
+            let (replicas, quorum) = placement.replicas_after(None);
+            return (replicas.iter().filter(|n| close(n)).count() >= quorum as usize).then_some(None);
+        }
+        placement.learners.iter().find(|l| close(l)).map(|l| Some(*l))
+    }
+
+    /// Carries out a change of the replicas of every log this node leads in `placement`'s
+    /// epoch: promotes `promote` (a learner), or takes out the leaving replica. Appends are
+    /// refused meanwhile (for milliseconds): the change is committed only once a quorum of the
+    /// new replicas (the learner among them) holds every record written here, so that every
+    /// election of the next epochs, counting the new replicas, finds every committed record.
+    /// When they do not within [`CHANGE_TIMEOUT`], appends are taken again and the change is
+    /// tried later.
+    fn change_replicas(self: &Arc<Self>, placement: &LogMap, promote: Option<NodeId>) {
+        let me = self.config.node_id;
+        let epoch = placement.epoch;
+        let (replicas, quorum) = placement.replicas_after(promote);
+        let command = match (promote, placement.leaving) {
+            (Some(node), _) => Command::PromoteReplica { log: ALL_LOGS.into(), epoch, node },
+            (None, Some(node)) => Command::RetireReplica { log: ALL_LOGS.into(), epoch, node },
+            (None, None) => return,
+        };
+        let leading = |what: &dyn Fn(&Server) -> usize| {
+            self.running.lock().as_ref().filter(|r| r.role == Role::Leader && r.epoch == epoch).map(|r| what(&r.server))
+        };
+        let started = Instant::now();
+        if leading(&|s| usize::from(s.pause_appends(true).is_ok())) != Some(1) {
+            return;
+        }
+        let must_hold: Vec<NodeId> = promote.into_iter().collect();
+        loop {
+            let held = leading(&|s| {
+                let learner_there = s.holding_everything(&must_hold) == must_hold.len();
+                if learner_there {
+                    s.holding_everything(&replicas)
+                } else {
+                    0
+                }
+            });
+            match held {
+                None => return, // no longer leading this epoch: the map moved on
+                Some(held) if held >= quorum as usize => break,
+                Some(_) if started.elapsed() >= CHANGE_TIMEOUT || self.stop.load(Ordering::SeqCst) => {
+                    log_line(&format!(
+                        "node {me}: replicas {replicas:?} did not hold epoch {epoch}'s records within {} ms; appends taken again",
+                        CHANGE_TIMEOUT.as_millis()
+                    ));
+                    leading(&|s| usize::from(s.pause_appends(false).is_ok()));
+                    *self.change_retry_at.lock() = Some(Instant::now() + CHANGE_RETRY);
+                    return;
+                }
+                Some(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+        // Sent until the answer is certain: after a lost reply the change may have been made,
+        // and appends taken again in this epoch would then be on too few of the new replicas.
+        loop {
+            match self.controller.propose(command.clone(), Duration::from_secs(1)) {
+                Ok(Reply::Leader { epoch: next, .. }) => {
+                    log_line(&format!(
+                        "node {me} leads every log in epoch {next} with replicas {replicas:?}, quorum {quorum} ({} us of refused appends)",
+                        started.elapsed().as_micros()
+                    ));
+                    self.wait_local(|p| p.epoch > epoch);
+                    return;
+                }
+                // The map moved on (this change, or an election): the loop follows it.
+                Ok(Reply::Conflict { .. }) => return,
+                Ok(other) => {
+                    log_line(&format!("node {me}: change of replicas in epoch {epoch} refused: {other:?}"));
+                    leading(&|s| usize::from(s.pause_appends(false).is_ok()));
+                    return;
+                }
+                Err(_) if self.stop.load(Ordering::SeqCst) => return,
+                Err(e) if leading(&|_| 0).is_none() => return log_line(&format!("change of replicas: {e}")),
+                Err(_) => {}
+            }
         }
     }
 
@@ -916,6 +1027,153 @@ pub fn handover(any: SocketAddr, target: NodeId, timeout: Duration) -> Result<Ve
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Adds node `node` to the cluster reached at `any`: its `tern serve` runs already, at
+/// `data_addr`, started with `--cluster` naming the cluster's voters (and not itself, so that it
+/// waits to be added instead of forming a cluster). It joins the controller as a learner (a
+/// voter with `voter`), then every log as a learner: its leader ships it a copy, and once the
+/// copy is nearly caught up, refusing appends for the last of it, makes it a replica (the
+/// quorum resized: a majority stays a majority). Returns a line per step.
+///
+/// # Errors
+/// The controller cannot be reached or refuses, or the copy is not a replica within
+/// `timeout` (seeding goes on: see `tern status`).
+pub fn add_node(
+    any: SocketAddr,
+    node: NodeId,
+    data_addr: SocketAddr,
+    voter: bool,
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
+    let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    let contact = controller_addr(any).to_string();
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let ms = || started.elapsed().as_millis();
+    let map = retrying(deadline, || client.read_map(&contact))?;
+    if let Some(member) = map.members.get(&node).filter(|m| m.data_addr != data_addr.to_string()) {
+        return Err(format!("node {node} is a member at {} already", member.data_addr));
+    }
+    let learner = MembershipChange::AddLearner { node, addr: controller_addr(data_addr).to_string() };
+    retrying(deadline, || client.change_members(&contact, learner.clone()))?;
+    let mut lines = vec![format!("{} ms: node {node} follows the controller's log", ms())];
+    if voter {
+        retrying(deadline, || client.change_members(&contact, MembershipChange::Promote { nodes: vec![node] }))?;
+        lines.push(format!("{} ms: node {node} votes in the controller", ms()));
+    }
+    let register = Command::Register { node, data_addr: data_addr.to_string() };
+    retrying(deadline, || client.propose(&contact, register.clone()))?;
+    loop {
+        let map = retrying(deadline, || client.read_map(&contact))?;
+        let Some((name, log)) =
+            map.logs.iter().find(|(_, l)| !l.replicas.contains(&node) && !l.learners.contains(&node))
+        else {
+            break;
+        };
+        let add = Command::AddReplica { log: name.clone(), expected_epoch: log.epoch, node };
+        match retrying(deadline, || client.propose(&contact, add.clone()))? {
+            Reply::Leader { epoch, .. } => {
+                lines.push(format!("{} ms: log {name}: seeding node {node} (epoch {epoch})", ms()))
+            }
+            Reply::Conflict { .. } => {} // the epoch moved on meanwhile: read again
+            other => return Err(format!("log {name}: node {node} not added: {other:?}")),
+        }
+    }
+    loop {
+        let map = retrying(deadline, || client.read_map(&contact))?;
+        let seeding: Vec<&String> =
+            map.logs.iter().filter(|(_, l)| !l.replicas.contains(&node)).map(|(n, _)| n).collect();
+        if seeding.is_empty() {
+            for (name, log) in &map.logs {
+                lines.push(format!(
+                    "{} ms: log {name}: node {node} is a replica (epoch {}, replicas {:?}, quorum {})",
+                    ms(),
+                    log.epoch,
+                    log.replicas,
+                    log.quorum
+                ));
+            }
+            return Ok(lines);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "node {node} is still being seeded with {seeding:?} after {} ms; it goes on (see tern status)",
+                ms()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Removes node `node` from the cluster reached at `any`: the logs it leads are handed over to
+/// another replica first; then, through each log's leader, it leaves the replicas once the
+/// replicas left hold every record (the quorum resized); then it leaves the controller and the
+/// map. Its `tern serve` is to be stopped after. Returns a line per step.
+///
+/// # Errors
+/// The controller cannot be reached or refuses, a handover fails, or the node still holds a
+/// copy after `timeout`.
+pub fn remove_node(any: SocketAddr, node: NodeId, timeout: Duration) -> Result<Vec<String>, String> {
+    let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    let contact = controller_addr(any).to_string();
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let ms = || started.elapsed().as_millis();
+    let mut lines = Vec::new();
+    let map = retrying(deadline, || client.read_map(&contact))?;
+    if let Some(placement) = map.logs.get(ALL_LOGS).filter(|p| p.leader == node) {
+        let to = placement
+            .in_sync
+            .iter()
+            .chain(&placement.replicas)
+            .copied()
+            .find(|r| *r != node)
+            .ok_or_else(|| format!("node {node} is the only replica: nothing to hand its logs over to"))?;
+        lines.extend(handover(any, to, deadline.saturating_duration_since(Instant::now()))?);
+    }
+    loop {
+        let map = retrying(deadline, || client.read_map(&contact))?;
+        let holding: Vec<(&String, &LogMap)> =
+            map.logs.iter().filter(|(_, l)| l.replicas.contains(&node) || l.learners.contains(&node)).collect();
+        if holding.is_empty() {
+            break;
+        }
+        for (name, log) in holding {
+            if log.leaving == Some(node) {
+                continue;
+            }
+            let remove = Command::RemoveReplica { log: name.clone(), expected_epoch: log.epoch, node };
+            match retrying(deadline, || client.propose(&contact, remove.clone()))? {
+                Reply::Done => {
+                    lines.push(format!("{} ms: log {name}: node {node} leaving (epoch {})", ms(), log.epoch))
+                }
+                Reply::Leader { epoch, .. } => {
+                    lines.push(format!("{} ms: log {name}: learner {node} gone (epoch {epoch})", ms()))
+                }
+                Reply::Conflict { .. } => {}
+                Reply::Refused(why) => return Err(why),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("node {node} still holds a copy after {} ms (see tern status)", ms()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let map = retrying(deadline, || client.read_map(&contact))?;
+    for (name, log) in &map.logs {
+        lines.push(format!(
+            "{} ms: log {name}: replicas {:?}, quorum {} (epoch {})",
+            ms(),
+            log.replicas,
+            log.quorum,
+            log.epoch
+        ));
+    }
+    retrying(deadline, || client.change_members(&contact, MembershipChange::Remove { nodes: vec![node] }))?;
+    retrying(deadline, || client.propose(&contact, Command::Unregister { node }))?;
+    lines.push(format!("{} ms: node {node} left the controller and the cluster: stop its tern serve now", ms()));
+    Ok(lines)
 }
 
 /// `what` until it succeeds or `deadline` passes: a controller member that is down, or a

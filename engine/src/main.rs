@@ -241,6 +241,9 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
     },
+    /// Change the nodes of a controller-run cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Measure Tern against the raw disk limits of the same directory.
     Bench(tern::bench::BenchArgs),
     /// Run a realistic mixed workload on a temporary directory and print a summary.
@@ -250,6 +253,54 @@ enum Command {
 /// Diagnostics of the libraries Tern runs on (the controller's Raft elections, for one) go to
 /// standard error when `TERN_LOG` holds a filter, e.g. `TERN_LOG=openraft=info`; nothing
 /// otherwise. A filter that does not parse is named and ignored.
+/// Prints the lines of a cluster command that went through.
+fn print_lines(result: Result<Vec<String>, String>) -> CliResult {
+    for line in result? {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tern cluster ...`.
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Add a node whose `tern serve` runs already (started with --cluster naming the voters,
+    /// not itself): it follows the controller, then every log's leader seeds it with a copy
+    /// and makes it a replica once caught up (a majority quorum stays a majority).
+    AddNode {
+        /// Address (--listen) of any node of the cluster.
+        #[arg(long)]
+        server: SocketAddr,
+        /// The new node's id.
+        #[arg(long)]
+        node: u64,
+        /// The new node's address (its --listen).
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Make it a voter of the controller (otherwise it follows the controller's log
+        /// without voting; 3 or 5 voters are usual).
+        #[arg(long)]
+        voter: bool,
+        /// How long to wait until it is a replica of every log (seeding goes on after).
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
+    /// Remove a node: the logs it leads are handed over first, then each log's leader takes it
+    /// out of the replicas (a majority quorum stays a majority), then it leaves the controller.
+    /// Stop its `tern serve` afterwards.
+    RemoveNode {
+        /// Address (--listen) of any node of the cluster.
+        #[arg(long)]
+        server: SocketAddr,
+        /// The node to remove.
+        #[arg(long)]
+        node: u64,
+        /// How long to wait for each step.
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
+}
+
 fn init_tracing() {
     let Ok(filter) = std::env::var("TERN_LOG") else { return };
     match tracing_subscriber::EnvFilter::try_new(&filter) {
@@ -297,15 +348,13 @@ fn main() -> ExitCode {
         )
         .into()),
         Command::Handover { server, to, timeout_ms, .. } => {
-            match tern::cluster::handover(server, to, std::time::Duration::from_millis(timeout_ms)) {
-                Ok(lines) => {
-                    for line in lines {
-                        println!("{line}");
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => Err(e.into()),
-            }
+            print_lines(tern::cluster::handover(server, to, std::time::Duration::from_millis(timeout_ms)))
+        }
+        Command::Cluster(ClusterCommand::AddNode { server, node, addr, voter, timeout_ms }) => print_lines(
+            tern::cluster::add_node(server, node, addr, voter, std::time::Duration::from_millis(timeout_ms)),
+        ),
+        Command::Cluster(ClusterCommand::RemoveNode { server, node, timeout_ms }) => {
+            print_lines(tern::cluster::remove_node(server, node, std::time::Duration::from_millis(timeout_ms)))
         }
         Command::Verify { dir } => verify(&dir),
         Command::Dump { dir, log } => dump(&dir, log.as_deref()),
@@ -920,6 +969,13 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
             ids(&cluster["controller_voters"]),
             ids(&cluster["controller_learners"]),
         );
+        let seeding = ids(&cluster["learners"]);
+        if !seeding.is_empty() {
+            println!("seeding (learners of every log): {seeding}");
+        }
+        if let Some(leaving) = cluster["leaving"].as_u64() {
+            println!("leaving (taken out of the replicas by the leader next): {leaving}");
+        }
         if let Some(handover) = cluster["handover"].as_object() {
             let reason = handover.get("reason").and_then(|r| r.as_str()).filter(|r| !r.is_empty());
             println!(

@@ -677,3 +677,106 @@ fn a_handover_ends_cleanly_when_the_controller_leader_crashes_mid_way() {
     assert_each_once(&committed(&nodes[&now]), &acked);
     eprintln!("done in {} ms", started.elapsed().as_millis());
 }
+
+/// A node added while a producer appends (`tern cluster add-node`) is seeded as a learner,
+/// then becomes a replica with the quorum resized to 3 of 4, holding every acknowledged
+/// record. With the leader stopped, the four replicas fail over with nothing lost; the added
+/// node, removed (`tern cluster remove-node`), leaves 3 replicas with a quorum of 2, and the
+/// appends go on.
+#[test]
+fn a_node_added_is_seeded_then_counts_and_removed_leaves_a_majority_quorum() {
+    let (_dirs, cluster, mut nodes) = three_nodes();
+    let (leader, _) = leader_of(&nodes, 0);
+    let before = append_many(&nodes[&leader], "before", 2000);
+    let dir4 = tempfile::tempdir().unwrap();
+    let addr4 = address_pair();
+    let joining = ClusterConfig {
+        node_id: 4,
+        dir: dir4.path().to_path_buf(),
+        cluster: cluster.clone(),
+        failure_timeout: Duration::from_secs(1),
+        quorum: 2,
+        server: config(0, 4, Role::Follower, vec![], addr4),
+    };
+    nodes
+        .insert(4, ClusterNode::start(joining, tern::Config::default()).expect("a node not named in --cluster starts"));
+    let (lines, acked) = with_writer(&cluster, |writer| {
+        let lines =
+            tern::cluster::add_node(cluster[&1], 4, addr4, false, Duration::from_secs(30)).expect("node 4 added");
+        writer.wait_for_more(20, "appends once node 4 counts");
+        lines
+    });
+    eprintln!("{}", lines.join("\n"));
+    let read_map = |at: SocketAddr| {
+        let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).unwrap();
+        client.read_map(&tern::cluster::controller_addr(at).to_string()).unwrap()
+    };
+    let placement = read_map(addr4).logs[tern::cluster::ALL_LOGS].clone();
+    assert_eq!((placement.replicas.clone(), placement.quorum), (vec![1, 2, 3, 4], 3));
+    assert!(placement.learners.is_empty());
+    let all: Vec<String> = before.iter().chain(&acked).cloned().collect();
+    eventually("node 4 holds every acknowledged record", Duration::from_secs(20), || {
+        let held = committed(&nodes[&4]);
+        all.iter().all(|v| held.contains(v)).then_some(())
+    });
+    assert_each_once(&committed(&nodes[&4]), &all);
+
+    let (leader, epoch) = leader_of(&nodes, 0);
+    nodes.remove(&leader).unwrap().stop();
+    let (leader, _) = leader_of(&nodes, epoch);
+    eprintln!("node {leader} leads after the failover");
+    // Committed there once a record of its epoch is on 3 of the 4 replicas (the 3 left).
+    eventually("the new leader's commit covers every acknowledged record", Duration::from_secs(20), || {
+        let held = committed(&nodes[&leader]);
+        all.iter().all(|v| held.contains(v)).then_some(())
+    });
+    assert_each_once(&committed(&nodes[&leader]), &all);
+
+    let lines = tern::cluster::remove_node(cluster[&leader], 4, Duration::from_secs(30)).expect("node 4 removed");
+    eprintln!("{}", lines.join("\n"));
+    nodes.remove(&4).unwrap().stop();
+    let map = read_map(cluster[&leader]);
+    let placement = &map.logs[tern::cluster::ALL_LOGS];
+    assert_eq!((placement.replicas.len(), placement.quorum), (3, 2));
+    assert!(!placement.replicas.contains(&4) && !map.members.contains_key(&4));
+    let after = vec!["after removal".to_owned()];
+    eventually("an append after the removal", Duration::from_secs(10), || append(&nodes[&leader], &after).ok());
+}
+
+/// A replica removed while the one left beside the leader is far behind (it was down while
+/// 5,000 records were acknowledged): the leader takes it out only once the replicas left hold
+/// every record, so when the leader then stops, the one left (elected from its report alone:
+/// 2 replicas, quorum 2) holds every acknowledged record. Taking it out at once loses them.
+#[test]
+fn a_replica_is_taken_out_only_once_the_replicas_left_hold_every_record() {
+    let (dirs, cluster, mut nodes) = three_nodes();
+    let (leader, _) = leader_of(&nodes, 0);
+    let behind = *nodes.keys().find(|id| **id != leader).unwrap();
+    let leaving = *nodes.keys().find(|id| **id != leader && **id != behind).unwrap();
+    nodes.remove(&behind).unwrap().stop();
+    let acked = append_many(&nodes[&leader], "while down", 5000);
+    nodes.insert(behind, start_node(dirs[behind as usize - 1].path(), behind, &cluster));
+    let contact = tern::cluster::controller_addr(cluster[&leader]).to_string();
+    let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).unwrap();
+    let epoch = client.read_map(&contact).unwrap().logs[tern::cluster::ALL_LOGS].epoch;
+    let remove = tern_controller::Command::RemoveReplica {
+        log: tern::cluster::ALL_LOGS.into(),
+        expected_epoch: epoch,
+        node: leaving,
+    };
+    assert_eq!(client.propose(&contact, remove).unwrap(), tern_controller::Reply::Done);
+    let placement = eventually("the replica taken out", Duration::from_secs(20), || {
+        let placement = client.read_map(&contact).ok()?.logs[tern::cluster::ALL_LOGS].clone();
+        (!placement.replicas.contains(&leaving)).then_some(placement)
+    });
+    assert_eq!((placement.replicas.len(), placement.quorum), (2, 2));
+    nodes.remove(&leader).unwrap().stop();
+    let (new_leader, _) = leader_of(&nodes, placement.epoch);
+    assert_eq!(new_leader, behind, "the only replica left is elected");
+    // It commits with both replicas: the old leader comes back as its follower (cut back to
+    // the new leader's log, with anything beyond it quarantined).
+    nodes.insert(leader, start_node(dirs[leader as usize - 1].path(), leader, &cluster));
+    let marker = vec!["after".to_owned()];
+    eventually("an append on both replicas", Duration::from_secs(20), || append(&nodes[&new_leader], &marker).ok());
+    assert_each_once(&committed(&nodes[&new_leader]), &acked);
+}

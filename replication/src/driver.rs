@@ -992,6 +992,64 @@ impl Server {
         Ok(())
     }
 
+    /// Leader: refuses client appends for a moment (`true`) while the replicas of its logs
+    /// change, with a retriable [`MOVED_PREFIX`] refusal that names this node itself; or takes
+    /// them again (`false`). Once this returns with `true`, nothing more is written to any log
+    /// until it is called with `false`.
+    ///
+    /// # Errors
+    /// This node does not lead.
+    pub fn pause_appends(&self, pause: bool) -> io::Result<()> {
+        let shared = &self.shared;
+        if shared.config.role != Role::Leader {
+            return Err(io::Error::other("only a leader pauses appends"));
+        }
+        let reason = pause.then(|| {
+            format!(
+                "{MOVED_PREFIX}node {} is changing the replicas of its logs and takes appends again in a \
+                 moment{MOVED_ADDR}{}; retry there (not written here)",
+                shared.config.node_id, self.local_addr
+            )
+        });
+        // Taken between two writes (the writers hold this lock while they write).
+        *shared.draining.lock() = reason;
+        Ok(())
+    }
+
+    /// How many of `nodes` hold every record this leader has written, of every log, synced:
+    /// a follower once it acknowledged it durable, this node once its own log is synced (a
+    /// sync is asked for when it is not).
+    pub fn holding_everything(&self, nodes: &[NodeId]) -> usize {
+        let me = self.shared.config.node_id;
+        let synced_here = || {
+            let mut synced = true;
+            for slot in self.shared.all_slots() {
+                let written = slot.log.written_end();
+                let durable = slot.lock().leader.as_ref().map(Leader::durable_end);
+                if durable.is_some_and(|d| d < written) {
+                    self.shared.want_sync(&slot);
+                    synced = false;
+                }
+            }
+            synced
+        };
+        nodes.iter().filter(|node| if **node == me { synced_here() } else { self.caught_up(**node) }).count()
+    }
+
+    /// How far behind this leader's written end `target`'s synced copy is, in bytes, on the log
+    /// where it is furthest behind (`None`: it has not connected to some log yet).
+    pub fn lag_bytes(&self, target: NodeId) -> Option<u64> {
+        let mut lag = 0;
+        for slot in self.shared.all_slots() {
+            let written = slot.log.written_end();
+            let core = slot.lock();
+            let Some(leader) = core.leader.as_ref() else { continue };
+            let (_, durable, _) = leader.peer_state(target)?;
+            lag = lag.max(written.saturating_sub(durable));
+        }
+        Some(lag)
+    }
+
     /// Whether `target` has synced every record this leader has written, of every log.
     pub fn caught_up(&self, target: NodeId) -> bool {
         !self.shared.all_slots().iter().any(|slot| {
