@@ -20,6 +20,11 @@
 //! the log already holds, answered from where it is and not written again: without the marker
 //! nothing would ever commit. Readers see it as an empty record.
 //!
+//! Nodes join and leave through the map ([`add_node`], [`remove_node`]): a new node learns
+//! every log first (a learner: shipped to, counted in no quorum), and the leader changes the
+//! voting replicas itself, refusing appends for the moment it takes to make sure the new
+//! replicas hold every record it wrote (PROTOCOL.md "Adding and removing nodes").
+//!
 //! Today one node leads every log (the replication server's role is per node); the map keeps a
 //! placement per log for when roles are per log.
 
@@ -110,7 +115,8 @@ struct Shared {
     /// The epoch this node stopped leading in (cut off from the controller, or fenced for the
     /// next election): it never leads that epoch again.
     stepped_down: Mutex<Option<u64>>,
-    /// The thread carrying a handover on ([`Shared::hand_over`]), joined when the node stops.
+    /// The thread carrying a handover or a change of replicas on ([`Shared::hand_over`],
+    /// [`Shared::change_replicas`]), joined when the node stops.
     handover_thread: Mutex<Option<JoinHandle<()>>>,
     /// A change of replicas that timed out is not tried again before this.
     change_retry_at: Mutex<Option<Instant>>,
