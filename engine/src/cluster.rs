@@ -216,6 +216,7 @@ impl tern_replication::driver::Logs for ClusterLogs {
             "epoch": placement.map(|p| p.epoch),
             "replicas": placement.map(|p| p.replicas.clone()),
             "quorum": placement.map(|p| p.quorum),
+            "in_sync": placement.map(|p| p.in_sync.clone()),
             "learners": placement.map(|p| p.learners.clone()),
             "leaving": placement.and_then(|p| p.leaving),
             "members": map.members.iter().map(|(id, m)| serde_json::json!({"node": id, "addr": m.data_addr})).collect::<Vec<_>>(),
@@ -475,6 +476,7 @@ impl Shared {
                     if self.controller.heartbeat(placement.epoch, HEARTBEAT_INTERVAL).is_ok() {
                         last_heartbeat_ok = Instant::now();
                     }
+                    self.report_in_sync(&placement);
                 }
                 if last_heartbeat_ok.elapsed() > timeout {
                     log_line(&format!(
@@ -576,6 +578,29 @@ impl Shared {
             // first. Either way appends stay refused here until the map is seen again.
             Ok(other) => log_line(&format!("handover of epoch {epoch} to node {to}: {other:?}")),
             Err(e) => log_line(&format!("handover of epoch {epoch} to node {to} not committed: {e}")),
+        }
+    }
+
+    /// Tells the controller which replicas are in sync (this node, and those within
+    /// [`PROMOTE_LAG_BYTES`] of its written end on every log), when that changed: status
+    /// shows it, and a node removed while it leads hands over to one of them.
+    fn report_in_sync(&self, placement: &LogMap) {
+        let me = self.config.node_id;
+        let in_sync: Vec<NodeId> = {
+            let running = self.running.lock();
+            let Some(r) = running.as_ref().filter(|r| r.role == Role::Leader && r.epoch == placement.epoch) else {
+                return;
+            };
+            placement
+                .replicas
+                .iter()
+                .copied()
+                .filter(|n| *n == me || r.server.lag_bytes(*n).is_some_and(|lag| lag <= PROMOTE_LAG_BYTES))
+                .collect()
+        };
+        if in_sync != placement.in_sync {
+            let report = Command::SetInSync { log: ALL_LOGS.into(), epoch: placement.epoch, in_sync };
+            let _ = self.controller.propose(report, HEARTBEAT_INTERVAL);
         }
     }
 

@@ -959,10 +959,11 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
             v.as_array().into_iter().flatten().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
         };
         println!(
-            "cluster: leader {} in epoch {}, replicas {}, quorum {}; controller leader {} (term {}), voters {}, learners [{}]",
+            "cluster: leader {} in epoch {}, replicas {} (in sync {}), quorum {}; controller leader {} (term {}), voters {}, learners [{}]",
             id(&cluster["leader"]),
             id(&cluster["epoch"]),
             ids(&cluster["replicas"]),
+            ids(&cluster["in_sync"]),
             id(&cluster["quorum"]),
             id(&cluster["controller_leader"]),
             id(&cluster["controller_term"]),

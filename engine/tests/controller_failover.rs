@@ -720,6 +720,9 @@ fn a_node_added_is_seeded_then_counts_and_removed_leaves_a_majority_quorum() {
         all.iter().all(|v| held.contains(v)).then_some(())
     });
     assert_each_once(&committed(&nodes[&4]), &all);
+    eventually("the leader reports node 4 in sync", Duration::from_secs(10), || {
+        read_map(addr4).logs[tern::cluster::ALL_LOGS].in_sync.contains(&4).then_some(())
+    });
 
     let (leader, epoch) = leader_of(&nodes, 0);
     nodes.remove(&leader).unwrap().stop();
@@ -731,6 +734,11 @@ fn a_node_added_is_seeded_then_counts_and_removed_leaves_a_majority_quorum() {
         all.iter().all(|v| held.contains(v)).then_some(())
     });
     assert_each_once(&committed(&nodes[&leader]), &all);
+    // An election leaves the new leader alone in sync; it reports the others as they keep up.
+    let live: Vec<u64> = nodes.keys().copied().collect();
+    eventually("the new leader reports the live replicas in sync", Duration::from_secs(10), || {
+        (read_map(cluster[&leader]).logs[tern::cluster::ALL_LOGS].in_sync == live).then_some(())
+    });
 
     let lines = tern::cluster::remove_node(cluster[&leader], 4, Duration::from_secs(30)).expect("node 4 removed");
     eprintln!("{}", lines.join("\n"));

@@ -1037,14 +1037,17 @@ impl Server {
     }
 
     /// How far behind this leader's written end `target`'s synced copy is, in bytes, on the log
-    /// where it is furthest behind (`None`: it has not connected to some log yet).
+    /// where it is furthest behind (`None`: it is not connected, or not yet to some log).
     pub fn lag_bytes(&self, target: NodeId) -> Option<u64> {
         let mut lag = 0;
         for slot in self.shared.all_slots() {
             let written = slot.log.written_end();
             let core = slot.lock();
             let Some(leader) = core.leader.as_ref() else { continue };
-            let (_, durable, _) = leader.peer_state(target)?;
+            let (_, durable, connected) = leader.peer_state(target)?;
+            if !connected {
+                return None;
+            }
             lag = lag.max(written.saturating_sub(durable));
         }
         Some(lag)
