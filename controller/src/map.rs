@@ -92,10 +92,12 @@ impl LogMap {
 /// other quorum is kept, within the new count and never below its majority.
 pub fn resized_quorum(quorum: u32, n: usize, to: usize) -> u32 {
     let (k, to) = (quorum as usize, to.max(1));
-    let resized = if k >= n {
-        to
-    } else if k == n / 2 + 1 {
+    // A majority first: of 2 replicas, 2 is both a majority and every replica, and a log
+    // shrunk to 2 and grown back to 3 must be back at 2 of 3, not 3 of 3.
+    let resized = if k == n / 2 + 1 {
         to / 2 + 1
+    } else if k >= n {
+        to
     } else {
         k.clamp(to / 2 + 1, to)
     };
@@ -658,6 +660,7 @@ mod tests {
         assert_eq!(resized_quorum(1, 3, 4), 3, "never below a majority");
         assert_eq!(resized_quorum(1, 1, 2), 2);
         assert_eq!(resized_quorum(2, 2, 1), 1);
+        assert_eq!(resized_quorum(2, 2, 3), 2, "shrunk to 2 of 2 and grown back: 2 of 3");
     }
 
     #[test]

@@ -234,6 +234,20 @@ impl Controller {
                 tokio::spawn(elect_once_caught_up(raft.clone(), config.node_id, 3 * config.election_timeout.1));
             }
             if pristine && config.voters.contains_key(&config.node_id) {
+                // A voter with an empty store may be one whose disk was lost: it no longer
+                // knows whom it voted for, and could vote twice in one term. It is told apart
+                // from a voter starting for the first time by the others' map, where it
+                // registered once it had a store.
+                if let Some(seen_by) = registered_elsewhere(&config).await {
+                    return Err(ControllerError::Failed(format!(
+                        "node {me} is registered in the cluster's map already (node {seen_by}'s), but its controller \
+                         store in {dir} is empty: its disk was lost or replaced, and it would have forgotten its \
+                         votes. Remove it (tern cluster remove-node --node {me}), then start it with an empty \
+                         directory and without naming it in --cluster, and add it again (tern cluster add-node)",
+                        me = config.node_id,
+                        dir = config.dir.display()
+                    )));
+                }
                 let voters: BTreeMap<NodeId, BasicNode> =
                     config.voters.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
                 // Already formed (another member's entries reached us first): fine.
@@ -603,6 +617,21 @@ async fn change_members_at_leader(
     }
 }
 
+/// The first other voter whose copy of the cluster map has node `config.node_id` registered;
+/// `None` when none answers so (the others are down or forming the cluster too: a first
+/// start).
+async fn registered_elsewhere(config: &ControllerConfig) -> Option<NodeId> {
+    const ASK_TIMEOUT: Duration = Duration::from_millis(300);
+    for (id, addr) in config.voters.iter().filter(|(id, _)| **id != config.node_id) {
+        if let Ok(Response::LocalMap(map)) = call(&mut None, addr, &Request::LocalMap, ASK_TIMEOUT).await {
+            if map.members.contains_key(&config.node_id) {
+                return Some(*id);
+            }
+        }
+    }
+    None
+}
+
 /// Lets `raft` start elections once it follows another member and has applied an entry of
 /// that member's term (so it holds the log up to the leader's first entry at least), or after
 /// `quiet`.
@@ -682,6 +711,7 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>, mut stop: 
                 Err(e) => Err(ServeError::Failed(e.to_string())),
             }),
             Request::ChangeMembers(change) => Response::ChangeMembers(change_members_here(raft, change).await),
+            Request::LocalMap => Response::LocalMap(map.with_app(Clone::clone)),
             Request::Heartbeat { node, epoch } => Response::Heartbeat({
                 // Kept by every member: the next controller leader knows how long it was.
                 shared.heartbeats.lock().insert(node, (epoch, Instant::now()));

@@ -68,6 +68,8 @@ pub enum Request {
         /// How long to wait for it to catch up.
         timeout_ms: u64,
     },
+    /// The map as this member has applied it (it may lag): served by any member.
+    LocalMap,
 }
 
 /// Where one log stands on a fenced node.
@@ -141,6 +143,8 @@ pub enum Response {
     Fence(Result<Vec<LogReport>, ServeError>),
     /// To `Drain`: how long the target took to catch up, in milliseconds.
     Drain(Result<u64, ServeError>),
+    /// To `LocalMap`.
+    LocalMap(ClusterMap),
 }
 
 /// A request with the protocol version it speaks.

@@ -788,3 +788,56 @@ fn a_replica_is_taken_out_only_once_the_replicas_left_hold_every_record() {
     eventually("an append on both replicas", Duration::from_secs(20), || append(&nodes[&new_leader], &marker).ok());
     assert_each_once(&committed(&nodes[&new_leader]), &acked);
 }
+
+/// A voter whose disk was lost (its directory emptied) is refused at its restart, naming the
+/// cure: it would have forgotten its votes. The cure works: removed, then started empty without
+/// naming itself in --cluster and added again as a voter, it holds every record and the
+/// cluster takes appends.
+#[test]
+fn a_voter_that_lost_its_disk_is_refused_until_removed_and_added_again() {
+    let (dirs, cluster, mut nodes) = three_nodes();
+    let (leader, _) = leader_of(&nodes, 0);
+    let acked = append_many(&nodes[&leader], "before", 300);
+    let lost = *nodes.keys().find(|id| **id != leader).unwrap();
+    nodes.remove(&lost).unwrap().stop();
+    let dir = dirs[lost as usize - 1].path();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(path).unwrap()
+        } else {
+            std::fs::remove_file(path).unwrap()
+        }
+    }
+    let again = ClusterConfig {
+        node_id: lost,
+        dir: dir.to_path_buf(),
+        cluster: cluster.clone(),
+        failure_timeout: Duration::from_secs(1),
+        quorum: 2,
+        server: config(0, lost, Role::Follower, vec![], cluster[&lost]),
+    };
+    let refused = ClusterNode::start(again.clone(), tern::Config::default()).expect_err("a voter without its votes");
+    assert!(refused.to_string().contains("its disk was lost"), "{refused}");
+    eprintln!("{refused}");
+
+    tern::cluster::remove_node(cluster[&leader], lost, Duration::from_secs(30)).expect("removed");
+    let others: std::collections::BTreeMap<u64, SocketAddr> =
+        cluster.iter().filter(|(id, _)| **id != lost).map(|(id, a)| (*id, *a)).collect();
+    let joining = ClusterConfig { cluster: others, ..again };
+    nodes.insert(lost, ClusterNode::start(joining, tern::Config::default()).expect("an empty node joins"));
+    let lines = tern::cluster::add_node(cluster[&leader], lost, cluster[&lost], true, Duration::from_secs(30))
+        .expect("added again");
+    eprintln!("{}", lines.join("\n"));
+    let status = nodes[&leader].controller().status();
+    assert!(status.voters.contains_key(&lost), "a voter again: {status:?}");
+    let placement =
+        nodes[&leader].controller().read_map(Duration::from_secs(3)).unwrap().logs[tern::cluster::ALL_LOGS].clone();
+    assert_eq!((placement.replicas.len(), placement.quorum), (3, 2), "a majority again");
+    let more = vec!["after".to_owned()];
+    eventually("an append once added again", Duration::from_secs(10), || append(&nodes[&leader], &more).ok());
+    eventually("the node added again holds every record", Duration::from_secs(20), || {
+        let held = committed(&nodes[&lost]);
+        acked.iter().chain(&more).all(|v| held.contains(v)).then_some(())
+    });
+}
