@@ -1061,6 +1061,11 @@ fn status(server: SocketAddr, json: bool) -> CliResult {
                 n(&log["records_cut"])
             );
         }
+        let quarantine: Vec<&str> =
+            log["quarantine"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
+        if !quarantine.is_empty() {
+            println!("  quarantine files (records cut, kept in the log's directory): {}", quarantine.join(", "));
+        }
         if n(&log["cuts_failed"]) > 0 {
             println!(
                 "  {} cuts asked by the leader failed; this node's log says why (nothing is shipped here meanwhile)",

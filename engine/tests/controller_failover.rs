@@ -304,11 +304,17 @@ fn a_forced_promotion_names_what_it_loses_and_only_with_force() {
     eventually("the complete replica follows, cut back to the new leader's log", Duration::from_secs(30), || {
         (committed(&nodes[&complete]) == expected).then_some(())
     });
-    let quarantined = std::fs::read_dir(dirs[complete as usize - 1].path().join("logs/orders"))
+    let mut quarantined: Vec<String> = std::fs::read_dir(dirs[complete as usize - 1].path().join("logs/orders"))
         .unwrap()
         .filter_map(Result::ok)
-        .any(|e| e.file_name().to_string_lossy().starts_with("quarantine-"));
-    assert!(quarantined, "the records cut are kept in a quarantine file");
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("quarantine-"))
+        .collect();
+    assert!(!quarantined.is_empty(), "the records cut are kept in a quarantine file");
+    quarantined.sort();
+    // And status lists them.
+    let listed = nodes[&complete].with_server(|s| log_metrics(s, "orders").quarantine).unwrap();
+    assert_eq!(listed, quarantined);
 }
 
 // Crashes during a planned handover (`tern handover --all`). Each node is stopped as a

@@ -2099,6 +2099,7 @@ impl Shared {
                     follower_inline_syncs: applied.inline_syncs.load(Ordering::Relaxed),
                     records_synced: applied.records_synced.load(Ordering::Relaxed),
                     records_cut: applied.records_cut.load(Ordering::Relaxed),
+                    quarantine: quarantine_files(log.dir()),
                     cuts_failed: applied.cuts_failed.load(Ordering::Relaxed),
                     gap: core.follower.as_ref().and_then(Follower::gap),
                     disk_fault,
@@ -2120,6 +2121,17 @@ impl Shared {
             logs,
         }
     }
+}
+
+/// The names of the quarantine files in `dir`, sorted.
+fn quarantine_files(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(tern_wal::QUARANTINE_FILE_PREFIX))
+        .collect();
+    names.sort();
+    names
 }
 
 /// A node's metrics ([`Server::metrics`], and `tern status` as JSON).
@@ -2171,6 +2183,10 @@ pub struct LogMetrics {
     /// Follower: records cut because they diverged from a restarted leader's log (kept in
     /// quarantine files in the log's directory).
     pub records_cut: u64,
+    /// The quarantine files in the log's directory (records cut from its end, kept: a
+    /// follower's diverged tail, or what a forced promotion or an operator's repair cut), by
+    /// name.
+    pub quarantine: Vec<String>,
     /// Follower: cuts its leader asked for that failed (the log says why; while it lasts the
     /// leader asks again with each heartbeat and ships this log nothing).
     pub cuts_failed: u64,
@@ -2261,7 +2277,7 @@ impl NodeMetrics {
                     "chunks_applied": l.chunks_applied, "bytes_applied": l.bytes_applied,
                     "follower_syncs": l.follower_syncs, "follower_inline_syncs": l.follower_inline_syncs,
                     "records_synced": l.records_synced,
-                    "records_cut": l.records_cut, "cuts_failed": l.cuts_failed,
+                    "records_cut": l.records_cut, "cuts_failed": l.cuts_failed, "quarantine": l.quarantine,
                     "gap": l.gap.map(|(from, to, reseeded)| {
                         serde_json::json!({ "from": from, "to": to, "outcome": if reseeded { "re-seeded" } else { "data loss" } })
                     }),

@@ -16,7 +16,10 @@ pub mod verify;
 pub use committer::{CommitMode, Committer, CommitterStats};
 pub use error::{Error, Result};
 pub use journal::JournalOptions;
-pub use log::{now_ms, AppendOptions, Appended, Durability, Log, LogOptions, LogStats, Recovered, Visibility};
+pub use log::{
+    now_ms, AppendOptions, Appended, Durability, Log, LogOptions, LogStats, Recovered, Visibility,
+    QUARANTINE_FILE_PREFIX,
+};
 pub use read::{BatchRef, ReadRecord, Reader};
 pub use tern_segment::frame::Record;
 
