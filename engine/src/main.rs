@@ -60,7 +60,9 @@ struct ServeArgs {
     role: Option<RoleArg>,
     /// Run under the controller: every node of the cluster as ID=ADDR,ID=ADDR (their --listen
     /// addresses; each node's controller listens on the next port). The controller chooses
-    /// the leader, replaces it when it fails, and the others follow. Same list on every node.
+    /// the leader, replaces it when it fails, and the others follow. Same list on every node:
+    /// the voters. A node not in it joins a running cluster: it waits until `tern cluster
+    /// add-node` adds it.
     #[arg(long, conflicts_with = "peers")]
     cluster: Option<String>,
     /// With --cluster: a leader not heard from for this long is replaced, and a leader that
@@ -1117,8 +1119,18 @@ fn serve_cluster(
 ) -> CliResult {
     let nodes: std::collections::BTreeMap<u64, SocketAddr> =
         parse_peers(cluster).map_err(|e| e.to_string().replace("--peers", "--cluster"))?.into_iter().collect();
-    if nodes.get(&args.node_id) != Some(&args.listen) {
-        return Err(format!("--cluster must name this node as {}={}", args.node_id, args.listen).into());
+    match nodes.get(&args.node_id) {
+        Some(addr) if *addr != args.listen => {
+            return Err(
+                format!("--cluster names node {} at {addr}, not at its --listen {}", args.node_id, args.listen).into()
+            )
+        }
+        Some(_) => {}
+        // A node joining a running cluster: it waits until `tern cluster add-node` adds it.
+        None if nodes.values().any(|addr| *addr == args.listen) => {
+            return Err(format!("--listen {} is another node's address in --cluster", args.listen).into())
+        }
+        None => {}
     }
     if args.failure_timeout_ms == 0 {
         return Err("--failure-timeout-ms must be above 0".into());

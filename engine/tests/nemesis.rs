@@ -3,10 +3,15 @@
 //! SIGSTOP past the failure timeout and a SIGCONT after the failover (a zombie of an old
 //! epoch), a cut of its network past the failure timeout, healed after the failover (an old
 //! leader that must come back as a follower of the new epoch), or a planned handover with the
-//! real `tern handover --all --to N` to a node chosen by the seed. The checker: every
-//! acknowledged value is in the log exactly once, at the offset its acknowledgement named, in
-//! the same order on every node; no value appears that was not sent; no value appears twice
-//! (the clients are idempotent producers, resending what they are unsure of).
+//! real `tern handover --all --to N` to a node chosen by the seed; or, in a `member` round, a
+//! change of the nodes with the real `tern cluster add-node` and `remove-node`: an extra node
+//! (id nodes + 1, a fresh directory each time) is started and added, or, when it is in, removed
+//! and stopped. The checker: every acknowledged value is in the log exactly once, at the offset
+//! its acknowledgement named, in the same order on every node of the cluster (the extra node
+//! too while it is in); no value appears that was not sent; no value appears twice (the
+//! clients are idempotent producers, resending what they are unsure of). The extra node must
+//! hold every value acknowledged before it was added from the moment add-node says it is a
+//! replica, and every value acknowledged since by the time it is removed.
 //!
 //! Isolation needs root: each node then runs in a network namespace of its own
 //! (`tern-nem-<pid>-<id>`, at 10.77.<subnet>.<id>), on a veth pair whose other end is a port of
@@ -15,16 +20,21 @@
 //! even a reset, as when a machine drops off the network. Without root, or when namespaces
 //! cannot be made, isolation is left out and a line says so; the other faults run on loopback.
 //! A handover's command runs in the namespace of a node chosen by the seed, as an operator on
-//! one of the machines would run it.
+//! one of the machines would run it, and so do add-node and remove-node. The extra node has a
+//! namespace of its own too. It is a learner of the controller, not a voter: a fault on it
+//! (it may lead the logs) leaves every voter up, and a fault on a voter leaves a majority of
+//! them, so no fault takes the controller's quorum away.
 //!
-//! `TERN_NEMESIS_ROUNDS` (default 3) sets the rounds; `TERN_NEMESIS_NODES` 3 or 5;
-//! `TERN_NEMESIS_FAULTS` `kill`, `pause`, `isolate`, `handover`, or `both` (the default: kills,
-//! pauses and handovers, and isolations where namespaces can be made, chosen by the seed);
-//! `TERN_NEMESIS_VERBOSE` prints every node's lines after each round. Each round prints the
-//! write pause: after a fault, from the fault to the first append acknowledged by the next
-//! leader (clients give up on a silent node after 1 s); after a handover, the longest gap
-//! between acknowledgements from just before the command to the first acknowledgement from the
-//! node it handed over to.
+//! `TERN_NEMESIS_ROUNDS` (default 3) sets the rounds; `TERN_NEMESIS_NODES` 3 or 5 (the voters);
+//! `TERN_NEMESIS_FAULTS` `kill`, `pause`, `isolate`, `handover`, `member`, or `both` (the
+//! default: kills, pauses, handovers and member changes, and isolations where namespaces can be
+//! made, chosen by the seed); `TERN_NEMESIS_VERBOSE` prints every node's lines after each
+//! round. Each round prints the write pause: after a fault, from the fault to the first append
+//! acknowledged by the next leader (clients give up on a silent node after 1 s); after a
+//! handover, the longest gap between acknowledgements from just before the command to the
+//! first acknowledgement from the node it handed over to; after a member change, the longest
+//! gap between acknowledgements from just before the command to the first acknowledgement
+//! after it (after the removed node is stopped, for a removal).
 //!
 //! `a_first_leader_cut_before_any_follower_reached_it_rejoins` (root only) cuts the very first
 //! leader of a new cluster off the network as soon as it runs as the leader, with no data
@@ -55,6 +65,8 @@ enum Fault {
     Pause,
     Isolate,
     Handover,
+    /// The extra node added, or removed when it is in.
+    Member,
 }
 
 impl Fault {
@@ -64,6 +76,7 @@ impl Fault {
             Fault::Pause => "paused",
             Fault::Isolate => "isolated",
             Fault::Handover => "handed over",
+            Fault::Member => "changed members",
         }
     }
 }
@@ -247,8 +260,15 @@ fn isolation_hold(seed: u64, round: u64) -> Duration {
 struct Cluster {
     /// What a failure's message starts with (the seed, to replay it).
     name: String,
-    dirs: Vec<tempfile::TempDir>,
+    /// Nodes 1 to `voters` vote in the controller and are named in every node's `--cluster`.
+    voters: u64,
+    /// Each node's data and lines; the extra node gets a fresh one each time it is added.
+    dirs: BTreeMap<u64, tempfile::TempDir>,
+    /// Every node that may run: the voters, and the extra node (`voters + 1`) in runs with
+    /// member rounds.
     addrs: BTreeMap<u64, SocketAddr>,
+    /// Whether the extra node is in the cluster: added, and not removed since.
+    extra_joined: bool,
     children: BTreeMap<u64, Child>,
     /// The nodes' namespaces, when each runs in its own (isolation needs them); dropped after
     /// the nodes are killed.
@@ -257,22 +277,49 @@ struct Cluster {
 
 impl Cluster {
     /// Nodes at `addrs` (in `net` when given), each with a directory of its own; none started.
-    fn new(name: String, addrs: BTreeMap<u64, SocketAddr>, net: Option<Namespaces>) -> Cluster {
-        let dirs = addrs.keys().map(|_| tempfile::tempdir().unwrap()).collect();
-        Cluster { name, dirs, addrs, children: BTreeMap::new(), net }
+    /// Those up to `voters` vote; one more, if any, is the extra node of member rounds.
+    fn new(name: String, voters: u64, addrs: BTreeMap<u64, SocketAddr>, net: Option<Namespaces>) -> Cluster {
+        assert!(addrs.keys().all(|id| (1..=voters + 1).contains(id)), "voters 1 to {voters}, and one extra node");
+        let dirs = addrs.keys().map(|id| (*id, tempfile::tempdir().unwrap())).collect();
+        Cluster { name, voters, dirs, addrs, extra_joined: false, children: BTreeMap::new(), net }
     }
 
+    /// The voters: what every node's `--cluster` names (the extra node's too, which is then
+    /// waiting to be added, not forming a cluster of its own).
     fn spec(&self) -> String {
-        self.addrs.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",")
+        self.addrs.range(..=self.voters).map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// The extra node's id, in runs with member rounds.
+    fn extra(&self) -> Option<u64> {
+        Some(self.voters + 1).filter(|id| self.addrs.contains_key(id))
+    }
+
+    /// The nodes in the cluster now: the voters, and the extra node while it is in.
+    fn members(&self) -> Vec<u64> {
+        let extra = self.extra().filter(|_| self.extra_joined);
+        (1..=self.voters).chain(extra).collect()
+    }
+
+    /// The members, and a node that runs without being one (the extra node being added or
+    /// removed): whose lines a failure shows.
+    fn shown(&self) -> BTreeSet<u64> {
+        self.members().into_iter().chain(self.children.keys().copied()).collect()
     }
 
     fn dir(&self, id: u64) -> PathBuf {
-        self.dirs[id as usize - 1].path().join("data")
+        self.dirs[&id].path().join("data")
     }
 
-    /// Where node `id` writes its lines (kept across its restarts).
+    /// Where node `id` writes its lines (kept across its restarts, not across a fresh start).
     fn log_file(&self, id: u64) -> PathBuf {
-        self.dirs[id as usize - 1].path().join("serve.log")
+        self.dirs[&id].path().join("serve.log")
+    }
+
+    /// A new, empty directory for node `id` (not running): it starts as a node never seen.
+    fn fresh_dir(&mut self, id: u64) {
+        assert!(!self.children.contains_key(&id), "node {id} runs in the directory to replace");
+        self.dirs.insert(id, tempfile::tempdir().unwrap());
     }
 
     /// Node `id`'s status document (a cut or stopped node's error comes after 500 ms).
@@ -286,11 +333,12 @@ impl Cluster {
     /// Every node's lines and status, for a failure's report.
     fn lines(&self) -> String {
         let mut out = String::new();
-        for id in self.addrs.keys() {
+        let shown = self.shown();
+        for id in &shown {
             let status = self.status(*id).map_or_else(|e| e.to_string(), |doc| doc.to_string());
             out.push_str(&format!("[node {id} status] {status}\n"));
         }
-        for id in self.addrs.keys() {
+        for id in &shown {
             let text = std::fs::read_to_string(self.log_file(*id)).unwrap_or_default();
             for line in text.lines().filter(|l| !l.contains("cannot connect")) {
                 out.push_str(&format!("[node {id}] {line}\n"));
@@ -351,12 +399,29 @@ impl Cluster {
         }
     }
 
+    /// Stops node `id` as an operator would, with a SIGTERM; how long it took to exit. A node
+    /// that has not exited after 10 s fails the run.
+    fn stop(&mut self, id: u64) -> Duration {
+        let started = Instant::now();
+        self.signal(id, libc::SIGTERM);
+        let mut child = self.children.remove(&id).expect("a running node");
+        while child.try_wait().expect("wait for a node").is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{}: node {id} still ran 10 s after a SIGTERM; the nodes said:\n{}", self.name, self.lines());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        started.elapsed()
+    }
+
     /// The node that leads, as its status shows (its server leads, and its copy of the map
     /// names it), and its epoch. A zombie resumed a moment ago may still say it leads an epoch
     /// that is over: of two such nodes, the one of the later epoch.
     fn leader(&self) -> Option<(u64, u64)> {
-        self.addrs
-            .keys()
+        self.members()
+            .iter()
             .filter_map(|id| {
                 let doc = self.status(*id).ok()?;
                 let leads = doc["role"] == "leader" && doc["cluster"]["leader"] == *id;
@@ -513,7 +578,7 @@ fn hand_over(
     leader: u64,
     epoch: u64,
 ) -> (u128, String) {
-    let ids: Vec<u64> = cluster.addrs.keys().copied().collect();
+    let ids = cluster.members();
     let others: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
     let mixed = mix(seed, round);
     let target = others[(mixed % others.len() as u64) as usize];
@@ -570,6 +635,201 @@ fn hand_over(
     (pause, line)
 }
 
+/// A change of the nodes, as an operator makes it, with the clients appending. When the extra
+/// node is out, it is started in a fresh directory (`--cluster` naming the voters: it waits to
+/// be added) and added with `tern cluster add-node`; when it is in, it is removed with
+/// `tern cluster remove-node`, then stopped. Each command asks a member and runs on a member's
+/// machine, both chosen by the seed. Checked: the command's lines; `tern status --json` of a
+/// node of the cluster after the change (chosen by the seed) naming the extra node among the
+/// replicas and members, or nowhere; on an
+/// add, the extra node holding every value acknowledged before the command as soon as the
+/// command says it is a replica (its leader promotes it only then); before a removal, every
+/// value acknowledged until then. The write pause is the longest gap between acknowledgements
+/// from just before the command to the first acknowledgement after it (after the removed node
+/// is stopped). Returns what was done ("added" or "removed"), the pause and the round's line.
+fn change_members(
+    cluster: &mut Cluster,
+    history: &Mutex<History>,
+    seed: u64,
+    round: u64,
+    leader: u64,
+) -> (&'static str, u128, String) {
+    let extra = cluster.extra().expect("member rounds run with an extra node");
+    let extra_addr = cluster.addrs[&extra].to_string();
+    let members = cluster.members();
+    let mixed = mix(seed, round);
+    let pick = |among: &[u64], shift: u32| among[((mixed >> shift) % among.len() as u64) as usize];
+    let (asked, on) = (pick(&members, 8), pick(&members, 16));
+    let joining = !cluster.extra_joined;
+    // Whose status shows the change: a node of the cluster after it (a node removed keeps the
+    // map as it was when it left).
+    let after: Vec<u64> = (1..=cluster.voters).chain(joining.then_some(extra)).collect();
+    let shown_by = pick(&after, 24);
+    let asked_addr = cluster.addrs[&asked].to_string();
+    let place = match cluster.net {
+        Some(_) => format!(" on node {on}"),
+        None => String::new(),
+    };
+    let voters: Vec<u64> = (1..=cluster.voters).collect();
+    let majority = |n: u64| n / 2 + 1;
+    let name = cluster.name.clone();
+    if joining {
+        cluster.fresh_dir(extra);
+        cluster.start(extra);
+        // Its server answers (a follower waiting to be added) once it runs.
+        cluster.eventually(&format!("round {round}: node {extra} to start"), Duration::from_secs(30), || {
+            cluster.status(extra).ok()
+        });
+    } else {
+        // Everything acknowledged so far is on the extra node, as on every member.
+        let acked = history.lock().unwrap().acked.clone();
+        let what = format!("round {round}: node {extra} to hold the {} values acknowledged so far", acked.len());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match holds(&log_of(cluster.addrs[&extra]).unwrap_or_default(), &acked) {
+                Ok(()) => break,
+                Err(why) if Instant::now() >= deadline => {
+                    panic!("{name}: timed out waiting for {what}: {why}; the nodes said:\n{}", cluster.lines())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+    let (acked_before, acks_before) = {
+        let h = history.lock().unwrap();
+        (h.acked.clone(), h.ack_times.len())
+    };
+    let extra_id = extra.to_string();
+    let mut args = vec!["cluster"];
+    if joining {
+        args.extend(["add-node", "--server", &asked_addr, "--node", &extra_id, "--addr", &extra_addr]);
+        args.extend(["--timeout-ms", "60000"]);
+    } else {
+        args.extend(["remove-node", "--server", &asked_addr, "--node", &extra_id, "--timeout-ms", "30000"]);
+    }
+    let started = Instant::now();
+    let out = cluster.command_on(on).args(&args).output().expect("run tern cluster");
+    let took = started.elapsed();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let said = format!(
+        "`tern {}`{place} exited with {} after {} ms:\n{stdout}{stderr}",
+        args.join(" "),
+        out.status,
+        took.as_millis()
+    );
+    assert!(out.status.success(), "{name}, round {round}: {said}the nodes said:\n{}", cluster.lines());
+    // What the placement must be now: a majority stays a majority.
+    let (replicas, quorum) = if joining {
+        let with_extra: Vec<u64> = voters.iter().copied().chain([extra]).collect();
+        let quorum = majority(with_extra.len() as u64);
+        (with_extra, quorum)
+    } else {
+        (voters.clone(), majority(voters.len() as u64))
+    };
+    let promised = if joining {
+        format!("log *: node {extra} is a replica (epoch ")
+    } else {
+        format!("log *: replicas {replicas:?}, quorum {quorum} (epoch ")
+    };
+    let placed = stdout.lines().any(|line| {
+        line.contains(&promised) && (!joining || line.ends_with(&format!("replicas {replicas:?}, quorum {quorum})")))
+    });
+    let left =
+        joining || stdout.lines().last().is_some_and(|l| l.contains(&format!("node {extra} left the controller")));
+    assert!(
+        placed && left,
+        "{name}, round {round}: {said}no line \"{promised}\" with replicas {replicas:?}, quorum {quorum}"
+    );
+    let mut held = String::new();
+    if joining {
+        cluster.extra_joined = true;
+        // Promoted only once it held every record its leader wrote: at once, not eventually.
+        let log = log_of(cluster.addrs[&extra]).unwrap_or_default();
+        if let Err(why) = holds(&log, &acked_before) {
+            panic!(
+                "{name}, round {round}: node {extra}, a replica as add-node returned, lacks what was acknowledged before: \
+                 {why}\n{said}the nodes said:\n{}",
+                cluster.lines()
+            );
+        }
+        held = format!("; it held the {} values acknowledged before", acked_before.len());
+    }
+    // The status an operator reads (a node's copy of the map may be a moment behind).
+    let shown_addr = cluster.addrs[&shown_by].to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = cluster.command_on(on).args(["status", "--json", "--server", &shown_addr]).output();
+        let doc: serde_json::Value =
+            out.ok().and_then(|out| serde_json::from_slice(&out.stdout).ok()).unwrap_or_default();
+        let placed = &doc["cluster"];
+        let ids = |key: &str| -> Vec<u64> {
+            placed[key].as_array().into_iter().flatten().filter_map(|n| n.as_u64()).collect()
+        };
+        let named: Vec<u64> =
+            placed["members"].as_array().into_iter().flatten().filter_map(|m| m["node"].as_u64()).collect();
+        let settled = ids("replicas") == replicas
+            && placed["quorum"] == quorum
+            && ids("learners").is_empty()
+            && placed["leaving"].is_null()
+            && named.contains(&extra) == joining
+            && ids("controller_learners").contains(&extra) == joining
+            && !ids("controller_voters").contains(&extra);
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}, round {round}: `tern status --server {shown_addr} --json` (node {shown_by}) did not show \
+             replicas {replicas:?}, quorum {quorum}, node {extra} {} the members within 10 s; last: {placed}\n\
+             {said}the nodes said:\n{}",
+            if joining { "among" } else { "gone from" },
+            cluster.lines()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stopped = String::new();
+    if !joining {
+        cluster.extra_joined = false;
+        let took = cluster.stop(extra);
+        // remove-node hands the logs over first when the node leads them.
+        let led = if leader == extra { "; it led the logs, handed over first" } else { "" };
+        stopped = format!("{led}; stopped in {} ms", took.as_millis());
+    }
+    let finished = Instant::now();
+    let what = format!("round {round}: an append acknowledged after the member change");
+    let resumed = cluster.eventually(&what, Duration::from_secs(60), || {
+        let h = history.lock().unwrap();
+        h.ack_times.get(acks_before..)?.iter().find(|(t, _)| *t > finished).map(|(t, _)| *t)
+    });
+    let pause = history.lock().unwrap().longest_gap(started, resumed).as_millis();
+    if std::env::var_os("TERN_NEMESIS_VERBOSE").is_some() {
+        eprint!("{said}");
+    }
+    let done = if joining { "added" } else { "removed" };
+    let command = if joining { "add-node" } else { "remove-node" };
+    let line = format!(
+        "round {round}: {done} node {extra}; write pause {pause} ms (`tern cluster {command}`{place}, asking node {asked}: \
+         {} ms; replicas {replicas:?}, quorum {quorum}{held}{stopped})",
+        took.as_millis()
+    );
+    (done, pause, line)
+}
+
+/// Whether `log` holds every value of `acked` at the offset its acknowledgement named; what it
+/// lacks first, if not.
+fn holds(log: &[String], acked: &[(u64, String)]) -> Result<(), String> {
+    for (offset, value) in acked {
+        let there = log.get(*offset as usize);
+        if there != Some(value) {
+            return Err(format!(
+                "acknowledged {value} at offset {offset}, found {there:?} there ({} records)",
+                log.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Every record of the log on node at `addr`, committed or not.
 fn log_of(addr: SocketAddr) -> Option<Vec<String>> {
     let mut client = Client::connect(addr).ok()?;
@@ -595,7 +855,7 @@ fn percentile(sorted: &[u128], p: f64) -> u128 {
 }
 
 #[test]
-fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() {
+fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_nodes_added_and_removed() {
     let _alone = one_cluster_at_a_time();
     let seed = seed();
     let rounds: u64 = std::env::var("TERN_NEMESIS_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
@@ -605,10 +865,12 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() 
         Ok("pause") => vec![Fault::Pause],
         Ok("isolate") => vec![Fault::Isolate],
         Ok("handover") => vec![Fault::Handover],
-        Ok("both") | Err(_) => vec![Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Handover],
-        Ok(other) => panic!("TERN_NEMESIS_FAULTS={other}: expected kill, pause, isolate, handover or both"),
+        Ok("member") => vec![Fault::Member],
+        Ok("both") | Err(_) => vec![Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Handover, Fault::Member],
+        Ok(other) => panic!("TERN_NEMESIS_FAULTS={other}: expected kill, pause, isolate, handover, member or both"),
     };
-    let ids: Vec<u64> = (1..=nodes).collect();
+    // The voters, and the extra node of member rounds (which runs only while it is added).
+    let ids: Vec<u64> = (1..=nodes).chain(faults.contains(&Fault::Member).then_some(nodes + 1)).collect();
     let mut net = None;
     if faults.contains(&Fault::Isolate) {
         match Namespaces::create(&ids) {
@@ -627,7 +889,7 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() 
         Some(net) => ids.iter().map(|id| (*id, net.addr(*id))).collect(),
         None => ids.iter().map(|id| (*id, address_pair())).collect(),
     };
-    let mut cluster = Cluster::new(format!("seed {seed:#x}"), addrs.clone(), net);
+    let mut cluster = Cluster::new(format!("seed {seed:#x}"), nodes, addrs.clone(), net);
     for id in 1..=nodes {
         cluster.start(id);
     }
@@ -637,6 +899,8 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() 
     let clients: Vec<_> = (0..3)
         .map(|n| {
             let (stop, history) = (stop.clone(), history.clone());
+            // The extra node's too: it may come to lead, and a producer goes only to the nodes
+            // it knows. While it is out, nothing listens there, and it is passed over at once.
             let addrs: Vec<SocketAddr> = addrs.values().copied().collect();
             std::thread::spawn(move || client_loop(n, addrs, stop, history))
         })
@@ -651,13 +915,19 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() 
         let (leader, epoch) =
             cluster.eventually(&format!("a leader in round {round}"), Duration::from_secs(30), || cluster.leader());
         let fault = faults[(seed.wrapping_add(round) % faults.len() as u64) as usize];
-        if fault == Fault::Handover {
-            let (pause, line) = hand_over(&cluster, &history, seed, round, leader, epoch);
+        if fault == Fault::Handover || fault == Fault::Member {
+            let (done, pause, line) = match fault {
+                Fault::Handover => {
+                    let (pause, line) = hand_over(&cluster, &history, seed, round, leader, epoch);
+                    (fault.done(), pause, line)
+                }
+                _ => change_members(&mut cluster, &history, seed, round, leader),
+            };
             eprintln!("{line}");
             if std::env::var_os("TERN_NEMESIS_VERBOSE").is_some() {
                 eprintln!("{}", cluster.lines());
             }
-            pauses.push((fault, pause));
+            pauses.push((done, pause));
             continue;
         }
         let fault_at = Instant::now();
@@ -665,7 +935,7 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() 
             Fault::Kill => cluster.kill(leader),
             Fault::Pause => cluster.signal(leader, libc::SIGSTOP),
             Fault::Isolate => cluster.net.as_ref().expect("isolation runs in namespaces").cut(leader),
-            Fault::Handover => unreachable!("a handover is a round of its own"),
+            Fault::Handover | Fault::Member => unreachable!("a round of its own"),
         }
         let acked_at_fault = history.lock().unwrap().acked.len();
         let resumed = loop {
@@ -695,7 +965,7 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() 
             // The zombie wakes up in an epoch that is over: it must commit nothing more.
             Fault::Pause => cluster.signal(leader, libc::SIGCONT),
             Fault::Kill => cluster.start(leader),
-            Fault::Handover => unreachable!("a handover is a round of its own"),
+            Fault::Handover | Fault::Member => unreachable!("a round of its own"),
             Fault::Isolate => {
                 // Cut past the failure timeout on both sides: the followers' controller replaced
                 // the leader, and the leader stopped taking appends for want of the controller.
@@ -703,8 +973,9 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() 
                 std::thread::sleep(hold.saturating_sub(fault_at.elapsed()));
                 // What the others committed meanwhile, in the new epoch: the old leader has it
                 // only by following the new leader.
+                let others: Vec<u64> = cluster.members().into_iter().filter(|id| *id != leader).collect();
                 let committed = cluster.eventually("the others' commit end", Duration::from_secs(30), || {
-                    ids.iter().filter(|id| **id != leader).filter_map(|id| cluster.commit_end(*id)).max()
+                    others.iter().filter_map(|id| cluster.commit_end(*id)).max()
                 });
                 let healed_at = Instant::now();
                 cluster.net.as_ref().expect("isolation runs in namespaces").heal(leader);
@@ -731,17 +1002,18 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() 
         if std::env::var_os("TERN_NEMESIS_VERBOSE").is_some() {
             eprintln!("{}", cluster.lines());
         }
-        pauses.push((fault, pause));
+        pauses.push((fault.done(), pause));
     }
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.join().unwrap();
     }
-    // Every node converges to one log.
+    // Every node of the cluster converges to one log: the extra node's too, while it is in.
     let history = history.lock().unwrap();
+    let members = cluster.members();
     let logs = cluster.eventually("every node to hold the same log", Duration::from_secs(60), || {
-        let logs: Vec<Vec<String>> = addrs.values().filter_map(|a| log_of(*a)).collect();
-        (logs.len() == addrs.len() && logs.windows(2).all(|w| w[0] == w[1])).then_some(logs)
+        let logs: Vec<Vec<String>> = members.iter().filter_map(|id| log_of(cluster.addrs[id])).collect();
+        (logs.len() == members.len() && logs.windows(2).all(|w| w[0] == w[1])).then_some(logs)
     });
     let log = &logs[0];
     let mut seen = BTreeSet::new();
@@ -754,17 +1026,22 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_and_handed_over() 
     }
     assert!(history.in_doubt.is_empty(), "seed {seed:#x}: {:?}", history.in_doubt);
     let mut by_fault = Vec::new();
-    for fault in [Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Handover] {
-        let mut sorted: Vec<u128> = pauses.iter().filter(|(f, _)| *f == fault).map(|(_, p)| *p).collect();
+    let kinds = [Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Handover].map(Fault::done);
+    for done in kinds.into_iter().chain(["added", "removed"]) {
+        let mut sorted: Vec<u128> = pauses.iter().filter(|(d, _)| *d == done).map(|(_, p)| *p).collect();
         sorted.sort_unstable();
         if let (Some(first), Some(last)) = (sorted.first(), sorted.last()) {
-            by_fault.push(format!("{} {}: {first} to {last} ms", sorted.len(), fault.done()));
+            by_fault.push(format!("{} {done}: {first} to {last} ms", sorted.len()));
         }
     }
     let mut sorted: Vec<u128> = pauses.iter().map(|(_, p)| *p).collect();
     sorted.sort_unstable();
+    let extra = match cluster.extra() {
+        Some(extra) if cluster.extra_joined => format!(" and node {extra} (added)"),
+        _ => String::new(),
+    };
     eprintln!(
-        "{} rounds on {nodes} nodes: {} acknowledged, none twice, write pause p50 {} ms, p99 {} ms, max {} ms ({}; failure timeout {FAILURE_TIMEOUT_MS} ms)",
+        "{} rounds on {nodes} nodes{extra}: {} acknowledged, none twice, write pause p50 {} ms, p99 {} ms, max {} ms ({}; failure timeout {FAILURE_TIMEOUT_MS} ms)",
         rounds,
         history.acked.len(),
         percentile(&sorted, 0.5),
@@ -805,7 +1082,7 @@ fn a_first_leader_cut_before_any_follower_reached_it_rejoins() {
         return;
     }
     let addrs = ids.iter().map(|id| (*id, net.addr(*id))).collect();
-    let mut cluster = Cluster::new("a first leader cut".into(), addrs, Some(net));
+    let mut cluster = Cluster::new("a first leader cut".into(), 3, addrs, Some(net));
     for id in ids {
         cluster.start(id);
     }
