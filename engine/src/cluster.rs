@@ -61,9 +61,17 @@ const TICK: Duration = Duration::from_millis(5);
 const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Once enough reports are in, how long the others may still come.
 const REPORT_GRACE: Duration = Duration::from_millis(20);
-/// A learner this close to its leader's written end on every log (in bytes) is promoted: the
-/// leader refuses appends while it catches up the rest.
+/// A learner this close to its leader's written end on every log (in bytes) is promoted, once
+/// connected for [`PROMOTE_SETTLE`]: the leader refuses appends while it catches up the rest.
 pub const PROMOTE_LAG_BYTES: u64 = 1 << 20;
+/// How long a learner is connected before it may be promoted (its first acknowledgements).
+pub const PROMOTE_SETTLE: Duration = Duration::from_millis(100);
+/// A learner connected this long, kept further behind than [`PROMOTE_LAG_BYTES`] by a steady
+/// stream of writes, is promoted from [`PROMOTE_LAG_BYTES_LATE`] behind (appends then wait
+/// for it to copy that much, a fraction of a second).
+pub const PROMOTE_PATIENCE: Duration = Duration::from_secs(10);
+/// See [`PROMOTE_PATIENCE`].
+pub const PROMOTE_LAG_BYTES_LATE: u64 = 64 << 20;
 /// How long a leader changing the replicas refuses appends, at most, waiting for the new
 /// replicas to hold its records; it then takes appends again and tries later.
 pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -120,6 +128,8 @@ struct Shared {
     handover_thread: Mutex<Option<JoinHandle<()>>>,
     /// A change of replicas that timed out is not tried again before this.
     change_retry_at: Mutex<Option<Instant>>,
+    /// Since when each learner has been connected to this leader.
+    learners_connected: Mutex<BTreeMap<NodeId, Instant>>,
     stop: AtomicBool,
 }
 
@@ -263,6 +273,7 @@ impl ClusterNode {
             stepped_down: Mutex::new(None),
             handover_thread: Mutex::new(None),
             change_retry_at: Mutex::new(None),
+            learners_connected: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
         });
         shared.controller.set_data_node(Arc::new(FenceHere(Arc::downgrade(&shared))));
@@ -619,7 +630,28 @@ impl Shared {
             let (replicas, quorum) = placement.replicas_after(None);
             return (replicas.iter().filter(|n| close(n)).count() >= quorum as usize).then_some(None);
         }
-        placement.learners.iter().find(|l| close(l)).map(|l| Some(*l))
+        // A learner just connected has acknowledged nothing yet; one kept behind by a steady
+        // stream of writes is promoted, after a while, from further back.
+        let mut connected = self.learners_connected.lock();
+        connected.retain(|l, _| placement.learners.contains(l));
+        let mut ready = None;
+        for learner in &placement.learners {
+            let Some(lag) = server.lag_bytes(*learner) else {
+                connected.remove(learner);
+                continue;
+            };
+            let since = *connected.entry(*learner).or_insert_with(Instant::now);
+            let allowed = match since.elapsed() {
+                t if t >= PROMOTE_PATIENCE => PROMOTE_LAG_BYTES_LATE,
+                t if t >= PROMOTE_SETTLE => PROMOTE_LAG_BYTES,
+                _ => continue,
+            };
+            if lag <= allowed {
+                ready = Some(Some(*learner));
+                break;
+            }
+        }
+        ready
     }
 
     /// Carries out a change of the replicas of every log this node leads in `placement`'s
