@@ -513,7 +513,7 @@ impl ClusterMap {
         match entry.leaving {
             Some(leaving) if leaving == node => Reply::Done,
             Some(leaving) => Reply::Refused(format!("log {log}: node {leaving} is leaving it already")),
-            None if entry.replicas.len() == 1 => Reply::Refused(format!("log {log}: node {node} is its last replica")),
+            // Never the last replica: that one leads.
             None => {
                 entry.leaving = Some(node);
                 Reply::Done
@@ -702,12 +702,14 @@ mod tests {
         assert!(matches!(map.apply_command(&remove(2)), Reply::Refused(m) if m.contains("leaving it already")));
         assert_eq!((map.logs["orders"].epoch, map.logs["orders"].leaving), (1, Some(3)));
         assert_eq!(map.logs["orders"].replicas_after(None), (vec![1, 2], 2));
+        assert_eq!(map.logs["orders"].replicas_after(Some(4)), (vec![1, 2, 3, 4], 3));
         let not_leaving = Command::RetireReplica { log: "orders".into(), epoch: 1, node: 2 };
         assert!(matches!(map.apply_command(&not_leaving), Reply::Refused(_)));
         let retire = Command::RetireReplica { log: "orders".into(), epoch: 1, node: 3 };
         assert_eq!(map.apply_command(&retire), leads(1, 2));
         let orders = &map.logs["orders"];
         assert_eq!((orders.replicas.clone(), orders.quorum, orders.leaving), (vec![1, 2], 2, None));
+        assert_eq!(orders.in_sync, vec![1], "the leaving replica is no longer in sync, the others stay");
         assert_eq!(map.apply_command(&retire), Reply::Conflict { log: "orders".into(), leader: 1, epoch: 2 });
         // A learner goes at once.
         register(&mut map, 4);
@@ -723,6 +725,27 @@ mod tests {
         map.apply_command(&remove2);
         map.apply_command(&Command::RetireReplica { log: "orders".into(), epoch: 4, node: 2 });
         assert_eq!(map.logs["orders"].replicas, vec![1]);
+    }
+
+    #[test]
+    fn a_replica_leaving_four_leaves_a_majority_of_three_and_a_handover_target_stays() {
+        let mut map = ClusterMap::default();
+        create(&mut map);
+        register(&mut map, 4);
+        map.apply_command(&Command::AddReplica { log: "orders".into(), expected_epoch: 1, node: 4 });
+        map.apply_command(&Command::PromoteReplica { log: "orders".into(), epoch: 2, node: 4 });
+        map.apply_command(&Command::SetInSync { log: "orders".into(), epoch: 3, in_sync: vec![1, 2, 3, 4] });
+        assert_eq!((map.logs["orders"].replicas.len(), map.logs["orders"].quorum), (4, 3));
+        let start = Command::StartHandover { log: "orders".into(), epoch: 3, to: 3 };
+        assert_eq!(map.apply_command(&start), leads(1, 3));
+        let remove = |node| Command::RemoveReplica { log: "orders".into(), expected_epoch: 3, node };
+        assert!(matches!(map.apply_command(&remove(3)), Reply::Refused(m) if m.contains("handover to node 3")));
+        assert_eq!(map.apply_command(&remove(2)), Reply::Done);
+        let retire = Command::RetireReplica { log: "orders".into(), epoch: 3, node: 2 };
+        assert_eq!(map.apply_command(&retire), leads(1, 4));
+        let orders = &map.logs["orders"];
+        assert_eq!((orders.replicas.clone(), orders.quorum), (vec![1, 3, 4], 2));
+        assert_eq!(orders.in_sync, vec![1, 3, 4]);
     }
 
     #[test]
