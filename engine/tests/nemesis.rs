@@ -1025,6 +1025,7 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
         assert_eq!(log.get(*offset as usize), Some(value), "seed {seed:#x}: acknowledged {value} not at {offset}");
     }
     assert!(history.in_doubt.is_empty(), "seed {seed:#x}: {:?}", history.in_doubt);
+    let (files, quarantined) = check_quarantine(&cluster, &members, &history.sent, seed);
     let mut by_fault = Vec::new();
     let kinds = [Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Handover].map(Fault::done);
     for done in kinds.into_iter().chain(["added", "removed"]) {
@@ -1041,7 +1042,7 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
         _ => String::new(),
     };
     eprintln!(
-        "{} rounds on {nodes} nodes{extra}: {} acknowledged, none twice, write pause p50 {} ms, p99 {} ms, max {} ms ({}; failure timeout {FAILURE_TIMEOUT_MS} ms)",
+        "{} rounds on {nodes} nodes{extra}: {} acknowledged, none twice, {quarantined} records cut and kept in {files} quarantine files (each listed by status), write pause p50 {} ms, p99 {} ms, max {} ms ({}; failure timeout {FAILURE_TIMEOUT_MS} ms)",
         rounds,
         history.acked.len(),
         percentile(&sorted, 0.5),
@@ -1049,6 +1050,56 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
         sorted.last().copied().unwrap_or(0),
         by_fault.join(", ")
     );
+}
+
+/// Every quarantine file (records a node cut from its log, kept) in a member's log directory
+/// is listed by its status, its frames decode, and its records are values a client sent (or
+/// the empty record a leader writes at the start of its epoch): nothing invented. Returns the
+/// files and records counted.
+fn check_quarantine(cluster: &Cluster, members: &[u64], sent: &BTreeSet<String>, seed: u64) -> (usize, usize) {
+    let (mut files, mut records) = (0, 0);
+    for id in members {
+        let dir = cluster.dir(*id).join("logs").join(LOG);
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|name| name.starts_with(tern_wal::QUARANTINE_FILE_PREFIX))
+                    .collect()
+            })
+            .unwrap_or_default();
+        on_disk.sort();
+        let status = cluster.status(*id).unwrap_or_else(|e| panic!("seed {seed:#x}: node {id}'s status: {e}"));
+        let listed: Vec<String> = status["logs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["log"] == LOG)
+            .flat_map(|l| l["quarantine"].as_array().cloned().unwrap_or_default())
+            .filter_map(|f| f.as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(listed, on_disk, "seed {seed:#x}: node {id}'s status lists its quarantine files");
+        for name in &on_disk {
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            let mut at = 0;
+            while at < bytes.len() {
+                let frame = tern_segment::frame::decode(&bytes[at..])
+                    .unwrap_or_else(|e| panic!("seed {seed:#x}: node {id}: {name} at byte {at}: {e}"))
+                    .unwrap_or_else(|| panic!("seed {seed:#x}: node {id}: {name} ends early at byte {at}"));
+                for record in frame.records() {
+                    let value = String::from_utf8_lossy(record.value).into_owned();
+                    assert!(
+                        value.is_empty() || sent.contains(&value),
+                        "seed {seed:#x}: node {id}: {name} holds {value}, never sent"
+                    );
+                    records += 1;
+                }
+                at += frame.frame_len;
+            }
+            files += 1;
+        }
+    }
+    (files, records)
 }
 
 /// The lines of every node that refused a node of its own cluster for another cluster id.
