@@ -135,6 +135,11 @@ where
                 tern_wal::Error::Invalid(format!("{}: undecodable vote record: {e}", state_path.display()))
             })?,
         };
+        // A thread of its own syncs, so that `append` returns before the sync and openraft's core
+        // goes on (replicating to followers, say) meanwhile. In leader mode the core's task would
+        // run the sync itself. The price is two thread wake-ups per flush (this thread, then the
+        // task waiting for the callback); when the cores are busy with work of higher priority,
+        // each can wait for a scheduler tick (BENCHMARKS.md, "openraft on Tern").
         let committer = Committer::start_with(disk.clone(), None, CommitMode::Thread)?;
         let log_options = LogOptions {
             segment_size_bytes: options.segment_size_bytes,
