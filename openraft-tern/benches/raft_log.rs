@@ -3,6 +3,9 @@
 //!
 //! - `raft_log_append/{tern,memory}/{1,64}`: the log store alone: appends of 1 or 64 entries of
 //!   about 100 bytes, each waited for until reported flushed (on Tern: synced to disk).
+//! - `raft_log_append/raw/{1,64}`: the raw-disk limit beside it: the bytes Tern writes for the
+//!   same entries (their batch frames) written at the end of a pre-allocated file of the
+//!   store's segment size, then `fdatasync`, in the same directory.
 //! - `raft_client_write/{tern,memory}/{1,16}`: a one-node openraft cluster, `client_write` from 1
 //!   or 16 concurrent tasks (16 let group commit serve several writes per fsync).
 //!
@@ -28,8 +31,10 @@ use openraft::{
     BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, SnapshotPolicy,
     StorageError, Vote,
 };
-use openraft_tern::{Application, LogStore, StateMachineStore};
+use openraft_tern::{Application, LogStore, StateMachineStore, StoreOptions};
 use serde::{Deserialize, Serialize};
+use tern_segment::frame::{BATCH_HEADER_BYTES, FRAME_PREFIX_BYTES, RECORD_HEADER_BYTES};
+use tern_segment::{Disk, DiskFile, OsDisk};
 use tokio::sync::Mutex;
 
 openraft::declare_raft_types!(pub Config: D = Vec<u8>, R = u64);
@@ -177,6 +182,39 @@ async fn append_batches<S: RaftLogStorage<Config>>(store: &mut S, next: &mut u64
     start.elapsed()
 }
 
+/// Appends to pre-allocated files of the store's segment size, as a segment is written.
+struct RawLog {
+    disk: OsDisk,
+    dir: std::path::PathBuf,
+    file: Arc<dyn DiskFile>,
+    files_count: u64,
+    pos: u64,
+}
+
+impl RawLog {
+    const FILE_BYTES: u64 = 4 << 20;
+
+    fn new(dir: &std::path::Path) -> RawLog {
+        assert_eq!(Self::FILE_BYTES, StoreOptions::default().segment_size_bytes, "as the store's segments");
+        let disk = OsDisk::new();
+        let file = disk.create(&dir.join("raw-0"), Self::FILE_BYTES).expect("raw file");
+        RawLog { disk, dir: dir.to_path_buf(), file, files_count: 1, pos: 0 }
+    }
+
+    /// Writes `bytes` after the last write (in a new file when they do not fit), then syncs.
+    fn write_and_sync(&mut self, bytes: &[u8]) {
+        if self.pos + bytes.len() as u64 > Self::FILE_BYTES {
+            let path = self.dir.join(format!("raw-{}", self.files_count));
+            self.file = self.disk.create(&path, Self::FILE_BYTES).expect("raw file");
+            self.files_count += 1;
+            self.pos = 0;
+        }
+        self.file.write_at(self.pos, bytes).expect("raw write");
+        self.file.sync_data().expect("raw fdatasync");
+        self.pos += bytes.len() as u64;
+    }
+}
+
 fn raft_log_append(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut group = c.benchmark_group("raft_log_append");
@@ -189,6 +227,11 @@ fn raft_log_append(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("tern", batch), |b| {
             b.iter_custom(|iters| rt.block_on(append_batches(&mut tern, &mut next, batch, iters)))
         });
+        let frame_bytes = FRAME_PREFIX_BYTES + BATCH_HEADER_BYTES + RECORD_HEADER_BYTES;
+        let entry_bytes = bincode::serialized_size(&entry(0)).expect("entry size") as usize;
+        let bytes = vec![7u8; (frame_bytes + entry_bytes) * batch as usize];
+        let mut raw = RawLog::new(dir.path());
+        group.bench_function(BenchmarkId::new("raw", batch), |b| b.iter(|| raw.write_and_sync(&bytes)));
         let mut memory = MemLog::default();
         let mut next = 0;
         group.bench_function(BenchmarkId::new("memory", batch), |b| {

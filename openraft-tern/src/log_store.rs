@@ -13,9 +13,10 @@ use openraft::{
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tern_segment::frame::{self, BatchMeta};
 use tern_segment::{Disk, OsDisk};
 use tern_wal::state::StateFile;
-use tern_wal::{AppendOptions, CommitMode, Committer, Log, LogOptions, Record, Visibility};
+use tern_wal::{CommitMode, Committer, Log, LogOptions, Record, Visibility};
 
 use crate::storage_error;
 
@@ -39,6 +40,10 @@ impl Default for StoreOptions {
 const STATE_FILE: &str = "raft.state";
 /// Directory of the log itself.
 const LOG_DIR: &str = "log";
+/// Most frame bytes one append call hands to the log at once: a call of many large entries is
+/// written in runs of about this size, so the store holds at most this much encoded besides
+/// openraft's entries. An entry larger than that goes in a run of its own.
+const RUN_BYTES_MAX: usize = 8 << 20;
 
 /// What the state file holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,7 +78,8 @@ impl<C: RaftTypeConfig> Drop for Inner<C> {
 /// openraft's log storage ([`RaftLogStorage`]) on a Tern log. Cloning shares the store (a
 /// clone is also its log reader).
 ///
-/// Entry `i` of the Raft log is the record at offset `i`, one batch frame per entry; the vote
+/// Entry `i` of the Raft log is the record at offset `i`, one batch frame per entry (the frames
+/// of one append call are written together and flushed by one sync); the vote
 /// and the last purged log id live in a two-slot state file (`tern_wal::state`) beside the
 /// log. Purging is exact: entries up to the purged id are never returned, even while the
 /// segment holding them is still on disk (segments are deleted whole).
@@ -129,6 +135,11 @@ where
                 tern_wal::Error::Invalid(format!("{}: undecodable vote record: {e}", state_path.display()))
             })?,
         };
+        // A thread of its own syncs, so that `append` returns before the sync and openraft's core
+        // goes on (replicating to followers, say) meanwhile. In leader mode the core's task would
+        // run the sync itself. The price is two thread wake-ups per flush (this thread, then the
+        // task waiting for the callback); when the cores are busy with work of higher priority,
+        // each can wait for a scheduler tick (BENCHMARKS.md, "openraft on Tern").
         let committer = Committer::start_with(disk.clone(), None, CommitMode::Thread)?;
         let log_options = LogOptions {
             segment_size_bytes: options.segment_size_bytes,
@@ -270,51 +281,89 @@ where
         Ok(self.inner.state.lock().1.vote.clone())
     }
 
+    /// Writes the entries of one call together: each is its own batch frame (so that openraft
+    /// may truncate after any of them), and the frames go to the log in one
+    /// [`Log::append_frames`] call, one write while they fit the active segment, flushed by one
+    /// sync. Every entry is checked (continuity, purge, size bound) before anything is written:
+    /// a refused call writes nothing.
+    ///
+    /// # Durability
+    /// `callback` is called once the sync covering the last entry completed, which makes every
+    /// earlier entry of the call durable too, or with the error that keeps it from completing.
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError<C::NodeId>>
     where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let log = &self.inner.log;
-        let mut last = None;
-        for entry in entries {
-            let log_id = entry.get_log_id().clone();
-            let write_error = |e: &(dyn std::error::Error + 'static)| {
-                storage_error(ErrorSubject::Log(log_id.clone()), ErrorVerb::Write, e)
-            };
-            if self.purged().is_some_and(|p| log_id.index <= p.index) {
-                // Purged already: no reader would ever see it (openraft's suite appends below
-                // a purge that a state machine ahead of the log caused).
-                continue;
-            }
-            let mut end = log.written_end();
-            if log_id.index > end && end <= self.first_readable() {
-                // An empty log may begin at any index (openraft's suite starts logs at 1).
-                log.reset(log_id.index).map_err(|e| write_error(&e))?;
-                end = log_id.index;
-            }
-            if log_id.index != end {
+        let purged = self.purged();
+        // Purged already: no reader would ever see them (openraft's suite appends below a purge
+        // that a state machine ahead of the log caused).
+        let entries: Vec<C::Entry> =
+            entries.into_iter().filter(|e| purged.as_ref().is_none_or(|p| e.get_log_id().index > p.index)).collect();
+        let Some(first) = entries.first() else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let write_error = |log_id: &LogId<C::NodeId>, e: &(dyn std::error::Error + 'static)| {
+            storage_error(ErrorSubject::Log(log_id.clone()), ErrorVerb::Write, e)
+        };
+        // First pass: check every entry, writing nothing.
+        let end = log.written_end();
+        let first_index = first.get_log_id().index;
+        // An empty log may begin at any index (openraft's suite starts logs at 1).
+        let reset = first_index > end && end <= self.first_readable();
+        let base = if reset { first_index } else { end };
+        for (i, entry) in entries.iter().enumerate() {
+            let log_id = entry.get_log_id();
+            let expected = base + i as u64;
+            if log_id.index != expected {
                 let e = std::io::Error::other(format!(
-                    "entry {log_id} does not continue the log in {}, which ends at index {end}",
+                    "entry {log_id} does not continue the log in {}, which ends at index {expected} with the \
+                     entries before it in this call",
                     log.dir().display()
                 ));
-                return Err(write_error(&e));
+                return Err(write_error(log_id, &e));
             }
-            let bytes = bincode::serialize(&entry).map_err(|e| write_error(&*e))?;
-            if bytes.len() as u64 > self.inner.entry_bytes_max {
+            let len_bytes = bincode::serialized_size(entry).map_err(|e| write_error(log_id, &*e))?;
+            if len_bytes > self.inner.entry_bytes_max {
                 let e = std::io::Error::other(format!(
-                    "entry {log_id} of {} bytes exceeds the {}-byte maximum",
-                    bytes.len(),
+                    "entry {log_id} of {len_bytes} bytes exceeds the {}-byte maximum",
                     self.inner.entry_bytes_max
                 ));
-                return Err(write_error(&e));
+                return Err(write_error(log_id, &e));
             }
-            let record = Record::new(&bytes, tern_wal::now_ms());
-            let appended = log.append_records(&[record], AppendOptions::default()).map_err(|e| write_error(&e))?;
+        }
+        // Second pass: encode one frame per entry and hand them over in runs.
+        if reset {
+            log.reset(first_index).map_err(|e| write_error(first.get_log_id(), &e))?;
+        }
+        let epoch = log.epoch();
+        let timestamp_ms = tern_wal::now_ms();
+        let mut entry_bytes = Vec::new();
+        let mut frames = Vec::new();
+        let mut run_first = 0;
+        let mut last = None;
+        for (i, entry) in entries.iter().enumerate() {
+            let log_id = entry.get_log_id();
+            entry_bytes.clear();
+            bincode::serialize_into(&mut entry_bytes, entry).map_err(|e| write_error(log_id, &*e))?;
+            let meta = BatchMeta { base_offset: log_id.index, epoch, ..BatchMeta::default() };
+            frame::encode(&mut frames, &meta, &[Record::new(&entry_bytes, timestamp_ms)])
+                .map_err(|e| write_error(log_id, &e))?;
+            if frames.len() < RUN_BYTES_MAX && i + 1 < entries.len() {
+                continue;
+            }
+            let run_log_id = entries.get(run_first).map_or(log_id, |e| e.get_log_id());
+            let appended = log.append_frames(&frames).map_err(|e| write_error(run_log_id, &e))?;
+            // Checked above and nobody else appends to this log: the run lands where expected.
+            assert_eq!(appended.offsets, run_log_id.index..log_id.index + 1, "run of {run_log_id} misplaced");
+            frames.clear();
+            run_first = i + 1;
             last = Some(appended);
         }
         match last {
-            // Durability is monotonic: the last entry's flush covers every earlier one.
+            // Durability is monotonic: the last run's flush covers every earlier one.
             Some(appended) => appended.on_durable(move |result| {
                 callback.log_io_completed(result.map(|_| ()).map_err(std::io::Error::other));
             }),

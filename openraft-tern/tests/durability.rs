@@ -3,7 +3,9 @@
 
 mod common;
 
+use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{Config, Set};
@@ -11,6 +13,7 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
 use openraft_tern::{LogStore, StoreOptions};
 use tern_segment::sim::{SimDisk, Tear};
+use tern_segment::{Disk, DiskFile};
 
 const DIR: &str = "/data/raft";
 
@@ -165,4 +168,178 @@ async fn an_entry_over_the_size_bound_is_refused_and_one_at_the_bound_taken() {
     let message = store.blocking_append([big]).await.unwrap_err().to_string();
     assert!(message.contains(&format!("exceeds the {at_bound}-byte maximum")), "{message}");
     assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 0)));
+}
+
+/// A call refused at any of its entries writes none of them: not the entries before the one
+/// refused, and not the reset an empty log takes for a call that starts past its end.
+#[tokio::test]
+async fn a_call_refused_at_a_later_entry_writes_nothing() {
+    let disk = SimDisk::new();
+    // Entry 6 is the largest of those below that must be taken.
+    let at_bound = bincode::serialized_size(&entry(1, 6)).unwrap();
+    let options = StoreOptions { entry_bytes_max: at_bound, ..options() };
+    let mut store = LogStore::<Config>::open_with(Arc::new(disk.clone()), Path::new(DIR), options).unwrap();
+    // On the empty log: a call starting at 5 with a gap after 6.
+    let message = store.blocking_append([entry(1, 5), entry(1, 6), entry(1, 8)]).await.unwrap_err().to_string();
+    assert!(message.contains("ends at index 7"), "{message}");
+    assert_eq!(store.get_log_state().await.unwrap().last_log_id, None);
+    store.blocking_append([entry(1, 0), entry(1, 1)]).await.expect("the log still starts anywhere");
+    // A gap after two good entries.
+    let message = store.blocking_append([entry(1, 2), entry(1, 3), entry(1, 5)]).await.unwrap_err().to_string();
+    assert!(message.contains("ends at index 4"), "{message}");
+    assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 1)));
+    // An entry over the size bound after two good ones.
+    let mut big = entry(1, 4);
+    big.payload = EntryPayload::Normal(Set { key: "big".into(), value: "x".repeat(at_bound as usize) });
+    let message = store.blocking_append([entry(1, 2), entry(1, 3), big]).await.unwrap_err().to_string();
+    assert!(message.contains(&format!("exceeds the {at_bound}-byte maximum")), "{message}");
+    assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 1)));
+    assert_eq!(ids(&all_entries(&mut store).await), [log_id(1, 0), log_id(1, 1)]);
+}
+
+/// The entries of one append call reach the segment in one write and are flushed by one
+/// sync, and each stays a batch of its own (openraft may truncate after any of them).
+#[tokio::test]
+async fn the_entries_of_one_call_are_one_write_and_one_sync() {
+    let disk = CountingDisk::new(SimDisk::new());
+    let options = StoreOptions { segment_size_bytes: 1 << 20, ..options() };
+    let mut store = LogStore::<Config>::open_with(Arc::new(disk.clone()), Path::new(DIR), options).unwrap();
+    store.blocking_append((0..3).map(|i| entry(1, i))).await.unwrap();
+    for count in [1u64, 2, 16, 64] {
+        let start = store.get_log_state().await.unwrap().last_log_id.map_or(0, |id| id.index + 1);
+        let (writes, syncs) = disk.segment_counts();
+        store.blocking_append((start..start + count).map(|i| entry(1, i))).await.unwrap();
+        let (writes_after, syncs_after) = disk.segment_counts();
+        assert_eq!(writes_after - writes, 1, "segment writes for {count} entries");
+        assert_eq!(syncs_after - syncs, 1, "segment syncs for {count} entries");
+    }
+    let end = 3 + 1 + 2 + 16 + 64;
+    assert_eq!(store.log().stats().batches, end, "one batch frame per entry");
+    store.truncate(log_id(1, end - 40)).await.expect("a cut inside what one call wrote");
+    assert_eq!(all_entries(&mut store).await, (0..end - 40).map(|i| entry(1, i)).collect::<Vec<_>>());
+}
+
+/// A call of more entry bytes than the store hands to the log at once goes in several runs;
+/// its flush is reported once all of them are synced, and they all survive a power loss.
+#[tokio::test]
+async fn a_call_written_in_several_runs_is_flushed_whole() {
+    let disk = SimDisk::new();
+    let mut store = open(&disk);
+    let big = |index: u64| {
+        let request = Set { key: format!("key {index}"), value: "x".repeat(3 << 20) };
+        Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(request) }
+    };
+    store.blocking_append((0..5).map(big)).await.unwrap();
+    let image = disk.fork();
+    image.crash(Tear::Random(7));
+    drop(store);
+    let mut store = open(&image);
+    assert_eq!(all_entries(&mut store).await, (0..5).map(big).collect::<Vec<_>>());
+}
+
+/// A [`SimDisk`] that counts the writes and syncs of segment files.
+#[derive(Debug, Clone)]
+struct CountingDisk {
+    inner: SimDisk,
+    counts: Arc<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    segment_writes: AtomicU64,
+    segment_syncs: AtomicU64,
+}
+
+impl CountingDisk {
+    fn new(inner: SimDisk) -> Self {
+        CountingDisk { inner, counts: Arc::default() }
+    }
+
+    /// Writes and syncs of segment files so far.
+    fn segment_counts(&self) -> (u64, u64) {
+        (self.counts.segment_writes.load(Ordering::SeqCst), self.counts.segment_syncs.load(Ordering::SeqCst))
+    }
+
+    fn wrap(&self, path: &Path, file: Arc<dyn DiskFile>) -> Arc<dyn DiskFile> {
+        let segment = path.extension().is_some_and(|e| e == tern_segment::segment::SEGMENT_EXT);
+        Arc::new(CountingFile { inner: file, counts: segment.then(|| self.counts.clone()) })
+    }
+}
+
+impl Disk for CountingDisk {
+    fn create(&self, path: &Path, size_bytes: u64) -> io::Result<Arc<dyn DiskFile>> {
+        Ok(self.wrap(path, self.inner.create(path, size_bytes)?))
+    }
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn DiskFile>> {
+        Ok(self.wrap(path, self.inner.open(path)?))
+    }
+    fn rename(&self, source: &Path, target: &Path) -> io::Result<()> {
+        self.inner.rename(source, target)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.inner.exists(path)
+    }
+}
+
+/// A file of a [`CountingDisk`]; `counts` only for segment files.
+#[derive(Debug)]
+struct CountingFile {
+    inner: Arc<dyn DiskFile>,
+    counts: Option<Arc<Counts>>,
+}
+
+impl CountingFile {
+    fn count(&self, which: impl Fn(&Counts) -> &AtomicU64) {
+        if let Some(counts) = &self.counts {
+            which(counts).fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl DiskFile for CountingFile {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn write_at(&self, pos: u64, bytes: &[u8]) -> io::Result<()> {
+        self.count(|c| &c.segment_writes);
+        self.inner.write_at(pos, bytes)
+    }
+    fn read_at(&self, pos: u64, len_bytes: u64) -> io::Result<bytes::Bytes> {
+        self.inner.read_at(pos, len_bytes)
+    }
+    fn read_copy(&self, pos: u64, len_bytes: u64) -> io::Result<Vec<u8>> {
+        self.inner.read_copy(pos, len_bytes)
+    }
+    fn write_direct(&self, pos: u64, bytes: &[u8]) -> io::Result<bool> {
+        let direct = self.inner.write_direct(pos, bytes)?;
+        if direct {
+            self.count(|c| &c.segment_writes);
+        }
+        Ok(direct)
+    }
+    fn data_regions(&self, from: u64, to: u64) -> io::Result<Vec<std::ops::Range<u64>>> {
+        self.inner.data_regions(from, to)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.count(|c| &c.segment_syncs);
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len_bytes: u64) -> io::Result<()> {
+        self.inner.set_len(len_bytes)
+    }
+    fn raw_fd(&self) -> Option<i32> {
+        self.inner.raw_fd()
+    }
 }
