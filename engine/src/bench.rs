@@ -6,6 +6,7 @@
 //! that is pending to a pre-allocated file and syncs once; (c) sequential 1 MiB writes plus
 //! `fdatasync`, buffered and O_DIRECT; (d) a memory-mapped read of the same bytes with crc32;
 //! (e) for replication, a raw three-node pipeline over loopback TCP (`bench/pipeline.rs`).
+//! `--link-rtt-us` puts a delay line (`bench/link.rs`) on every link between nodes.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod controller;
+mod link;
 mod pipeline;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -55,6 +57,13 @@ pub struct BenchArgs {
     /// as an engine does: `Config::direct_writes`).
     #[arg(long, default_value = "auto")]
     pub direct_writes: crate::DirectWrites,
+    /// Round trip added to every link between two nodes of `--workload replicate`, in
+    /// microseconds (0: none). Each byte from the leader to a follower and back goes through
+    /// an in-process delay line that holds it N/2 us each way without limiting bandwidth:
+    /// the fixed-leader clusters' replication connections and the raw pipeline's links.
+    /// Clients reach the leader directly; the cluster under the controller runs without.
+    #[arg(long, default_value_t = 0)]
+    pub link_rtt_us: u64,
 }
 
 /// `--commit-mode` values.
@@ -155,6 +164,9 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.bulk_bytes < (16 << 20) {
         return Err("--bulk-bytes must be at least 16 MiB".into());
+    }
+    if Duration::from_micros(args.link_rtt_us / 2) > link::ONE_WAY_MAX {
+        return Err(format!("--link-rtt-us must be at most {}", 2 * link::ONE_WAY_MAX.as_micros()).into());
     }
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     if !parent.is_dir() {
@@ -963,23 +975,37 @@ impl Node {
 /// Three in-process nodes on loopback, each with its own engine under `dir`; `nodes[0]` leads.
 struct Cluster {
     nodes: Vec<Node>,
+    /// The leader's links to the followers, when they have a delay.
+    links: Vec<link::Link>,
 }
 
 impl Cluster {
+    /// Starts the cluster; with `link_one_way`, the leader reaches each follower through a
+    /// [`link::Link`] that adds it each way (the leader dials its followers, so every byte
+    /// between them goes through the link).
     fn start(
         dir: &Path,
         compression: tern_replication::codec::Compression,
+        link_one_way: Option<Duration>,
     ) -> Result<Cluster, Box<dyn std::error::Error>> {
         use tern_replication::driver::Role;
         let addrs: Vec<std::net::SocketAddr> = (0..3)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
             .collect::<Result<_, _>>()?;
+        let links = match link_one_way {
+            Some(one_way) => vec![link::Link::start(addrs[1], one_way)?, link::Link::start(addrs[2], one_way)?],
+            None => Vec::new(),
+        };
+        let peer_addrs: Vec<std::net::SocketAddr> = match &links[..] {
+            [to_2, to_3] => vec![to_2.addr(), to_3.addr()],
+            _ => vec![addrs[1], addrs[2]],
+        };
         let spec = |i: usize| NodeSpec {
             id: i as u64 + 1,
             dir: unique(dir, &format!("node-{i}")),
             addr: addrs[i],
             role: if i == 0 { Role::Leader } else { Role::Follower },
-            peers: if i == 0 { vec![(2, addrs[1]), (3, addrs[2])] } else { Vec::new() },
+            peers: if i == 0 { vec![(2, peer_addrs[0]), (3, peer_addrs[1])] } else { Vec::new() },
             compression,
             engine: crate::Config::default(),
         };
@@ -987,17 +1013,20 @@ impl Cluster {
         let follower_2 = Node::start(spec(1))?;
         let follower_3 = Node::start(spec(2))?;
         let leader = Node::start(spec(0))?;
-        Ok(Cluster { nodes: vec![leader, follower_2, follower_3] })
+        Ok(Cluster { nodes: vec![leader, follower_2, follower_3], links })
     }
 
     fn leader(&self) -> &tern_replication::driver::Server {
         self.nodes[0].server()
     }
 
-    /// Stops the leader first, then the followers.
+    /// Stops the leader first, then the followers, then the links.
     fn stop(mut self) {
         for node in &mut self.nodes {
             node.stop();
+        }
+        for link in self.links.drain(..) {
+            link.stop();
         }
     }
 }
@@ -1163,7 +1192,30 @@ fn replicate(
     // without replication), and the three-node cluster with quorum acks.
     let rounds = args.rounds.max(1);
     let round = seconds / rounds as u32;
-    let mut cluster = Cluster::start(dir, Compression::default())?;
+    // Every link between two nodes of the fixed-leader clusters and of the raw pipeline.
+    let link_one_way = (args.link_rtt_us > 0).then(|| Duration::from_micros(args.link_rtt_us / 2));
+    if let Some(one_way) = link_one_way {
+        // What a round trip through one link takes: with the delay, and with none (the
+        // forwarder's own two loopback hops and wake-ups, on top of a direct connection).
+        let (p50_us, p99_us) = link::round_trip_us(one_way, 500)?;
+        let (bare_p50_us, bare_p99_us) = link::round_trip_us(Duration::ZERO, 500)?;
+        rows.push(Row {
+            name: format!("link between nodes, {} us round trip set", args.link_rtt_us),
+            value: p50_us,
+            unit: "us p50",
+            limit: None,
+            paired_ratio: None,
+            limit_name: String::new(),
+            detail: format!(
+                "p99 {p99_us:.0} us: 128 B there and back through the in-process delay line ({} us each way, no \
+                 bandwidth limit) to an echo on loopback; the same line without delay: p50 {bare_p50_us:.0} us, p99 \
+                 {bare_p99_us:.0} us; on the fixed-leader clusters' and the raw pipeline's links, not the \
+                 controller's cluster's, nor between clients and leaders",
+                args.link_rtt_us / 2
+            ),
+        });
+    }
+    let mut cluster = Cluster::start(dir, Compression::default(), link_one_way)?;
     let addr = cluster.leader().local_addr();
     let one_node = NodeSpec {
         id: 1,
@@ -1178,7 +1230,7 @@ fn replicate(
     // The same pipeline with nothing of Tern in it: what this machine allows.
     let raw_dir = unique(dir, "raw-pipeline");
     std::fs::create_dir(&raw_dir)?;
-    let raw_pipeline = pipeline::Pipeline::start(&raw_dir, 2, 1)?;
+    let raw_pipeline = pipeline::Pipeline::start(&raw_dir, 2, 1, link_one_way)?;
 
     // The same three nodes run by the controller, measured in the same rounds, back to back
     // with the fixed leader. It runs, idle, through every measurement until the bulk rounds
@@ -1234,8 +1286,6 @@ fn replicate(
     }
     one_server.stop();
     drop(one_engine);
-    raw_pipeline.stop();
-    std::fs::remove_dir_all(&raw_dir)?;
     let controlled_paired: Vec<f64> =
         controlled_runs.iter().zip(&replicated).map(|(c, f)| c.records_per_s / f.records_per_s.max(1.0)).collect();
     let controlled_rounds = controlled_runs
@@ -1321,21 +1371,25 @@ fn replicate(
     // the raw disk before each round (this disk drifts over seconds, by half at times): the
     // leader of the second cluster ships everything raw.
     const ROUNDS: usize = 5;
-    let off_cluster = Cluster::start(dir, Compression::OFF)?;
+    let off_cluster = Cluster::start(dir, Compression::OFF, link_one_way)?;
     let round_batches = (bulk_bytes >> 20) / ROUNDS as u64;
     let data = bulk_batches(round_batches, false, 0x9e37_79b9_7f4a_7c15);
     let (mut on, mut off, mut controlled_bulk) = (Vec::new(), Vec::new(), Vec::new());
     let (mut wire_on, mut wire_off, mut wire_controlled) = (Vec::new(), Vec::new(), Vec::new());
     let mut raw = Vec::new();
+    let mut raw_pipeline_bulk = Vec::new();
     for round in 0..ROUNDS {
         progress.step(&format!(
-            "raw write + fdatasync, then 3-node bulk, incompressible, compression on and off, and under the controller, round {}/{ROUNDS}",
+            "raw write + fdatasync, raw pipeline, then 3-node bulk, incompressible, compression on and off, and under the controller, round {}/{ROUNDS}",
             round + 1
         ));
         let round_bytes = round_batches << 20;
         let raw_buffered = raw_sequential(dir, round_bytes, false)?;
         let raw_direct = raw_sequential(dir, round_bytes, true).ok();
         raw.push(raw_direct.map_or(raw_buffered, |d| d.max(raw_buffered)));
+        // The raw pipeline over the same links: the same clients, batch size and bytes.
+        raw_pipeline_bulk.push(pipeline::bulk(raw_pipeline.addr(), BULK_CLIENTS, round_batches, 1 << 20)?);
+        settle();
         // The cluster under the controller (compression on) runs next to the fixed leader's
         // compression-on run, before it in one round and after it in the next, so that each
         // round's pair runs back to back too: under, on, off; then off, on, under.
@@ -1367,6 +1421,8 @@ fn replicate(
     }
     off_cluster.stop();
     controlled.stop();
+    raw_pipeline.stop();
+    std::fs::remove_dir_all(&raw_dir)?;
     let (bulk_on, bulk_off) = (median_f64(&on), median_f64(&off));
     let rounds_text = |v: &[f64]| joined(v, 0);
     let raw_best = median_f64(&raw);
@@ -1374,6 +1430,25 @@ fn replicate(
         "raw write+fdatasync {raw_best:.0} MB/s (median of {ROUNDS} rounds: {}) / 3 nodes on one disk;",
         rounds_text(&raw)
     );
+    let raw_pipeline_mb_s = median_f64(&raw_pipeline_bulk);
+    let on_raw_pipeline: Vec<f64> = on.iter().zip(&raw_pipeline_bulk).map(|(t, r)| t / r).collect();
+    rows.push(Row {
+        name: "raw 3-node pipeline bulk, 4 clients x 1 MiB, quorum".into(),
+        value: raw_pipeline_mb_s,
+        unit: "MB/s",
+        limit: Some(raw_best / 3.0),
+        paired_ratio: None,
+        limit_name: raw_limit.clone(),
+        detail: format!(
+            "the raw pipeline of the small-sync rows, over the same links: {BULK_CLIENTS} clients each send 1 MiB \
+             of 128 B records and wait for every record's answer; median of {ROUNDS} rounds of {round_batches} MiB \
+             ({} MB/s), each just before that round's Tern runs; Tern (compression on) / raw pipeline: {:.2}x, \
+             median of the rounds' own ratios ({})",
+            rounds_text(&raw_pipeline_bulk),
+            median_f64(&on_raw_pipeline),
+            joined(&on_raw_pipeline, 2)
+        ),
+    });
     rows.push(Row {
         name: "replicate bulk 4 KiB records, incompressible, quorum".into(),
         value: bulk_on,

@@ -9,6 +9,9 @@
 //! and `quorum` follower syncs cover its record. No framing, checksums, epochs, compression,
 //! flow control or recovery; files are written with zeros first, so a sync never has to
 //! persist new extents (Tern's small syncs go through its zero-filled journal the same way).
+//!
+//! With a link delay, each leader-to-follower connection goes through a [`Link`] that adds
+//! the delay each way; clients reach the leader directly.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -23,6 +26,8 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::link::Link;
+
 /// Bytes of one record, as in Tern's small-sync.
 const RECORD_BYTES: usize = 128;
 /// Each node's file, written with zeros first and then overwritten in a ring.
@@ -36,6 +41,8 @@ pub(super) struct Pipeline {
     stop: Arc<AtomicBool>,
     leader: Arc<Leader>,
     threads: Vec<JoinHandle<()>>,
+    /// The links to the followers, when they have a delay.
+    links: Vec<Link>,
 }
 
 struct State {
@@ -43,8 +50,9 @@ struct State {
     durable: u64,
     /// Each follower's durable end.
     acked: Vec<u64>,
-    /// Clients waiting, by the end of their record.
-    waiters: VecDeque<(u64, Arc<TcpStream>)>,
+    /// Clients waiting, by the end of their last record, with how many of their records a
+    /// pass took (each is answered with 8 bytes, in one write).
+    waiters: VecDeque<(u64, Arc<TcpStream>, u64)>,
 }
 
 struct Leader {
@@ -60,10 +68,15 @@ impl Leader {
         acked.sort_unstable_by(|a, b| b.cmp(a));
         let followers = if self.quorum == 0 { u64::MAX } else { acked.get(self.quorum - 1).copied().unwrap_or(0) };
         let commit = st.durable.min(followers);
-        while st.waiters.front().is_some_and(|(end, _)| *end <= commit) {
-            if let Some((end, client)) = st.waiters.pop_front() {
+        let mut answers = Vec::new();
+        while st.waiters.front().is_some_and(|(end, _, _)| *end <= commit) {
+            if let Some((end, client, records)) = st.waiters.pop_front() {
+                answers.clear();
+                for _ in 0..records {
+                    answers.extend_from_slice(&end.to_le_bytes());
+                }
                 // A client that went away is no longer waited for.
-                let _ = (&*client).write_all(&end.to_le_bytes());
+                let _ = (&*client).write_all(&answers);
             }
         }
     }
@@ -236,8 +249,8 @@ fn leader_loop(
                 client.held.extend_from_slice(buf.get(..n).unwrap_or_default());
                 let whole = client.held.len() / RECORD_BYTES * RECORD_BYTES;
                 pass.extend_from_slice(client.held.get(..whole).unwrap_or_default());
-                for _ in 0..whole / RECORD_BYTES {
-                    waiting.push(client.stream.clone());
+                if whole > 0 {
+                    waiting.push((client.stream.clone(), (whole / RECORD_BYTES) as u64));
                 }
                 client.held.drain(..whole);
             }
@@ -248,9 +261,9 @@ fn leader_loop(
                 f.write_all(&pass)?;
             }
             let mut st = leader.state.lock();
-            for client in waiting.drain(..) {
-                written += 1;
-                st.waiters.push_back((written, client));
+            for (client, records) in waiting.drain(..) {
+                written += records;
+                st.waiters.push_back((written, client, records));
             }
             st.written = written;
             leader.wrote.notify_one();
@@ -286,8 +299,14 @@ fn sync_loop(file: Arc<File>, leader: Arc<Leader>, stop: Arc<AtomicBool>) {
 
 impl Pipeline {
     /// Starts a leader and `followers` followers with their files in `dir`; a record is
-    /// answered once `quorum` followers synced it too.
-    pub(super) fn start(dir: &Path, followers: usize, quorum: usize) -> io::Result<Pipeline> {
+    /// answered once `quorum` followers synced it too. A `link_one_way` delay goes each way
+    /// between the leader and every follower.
+    pub(super) fn start(
+        dir: &Path,
+        followers: usize,
+        quorum: usize,
+        link_one_way: Option<std::time::Duration>,
+    ) -> io::Result<Pipeline> {
         let stop = Arc::new(AtomicBool::new(false));
         let leader = Arc::new(Leader {
             state: Mutex::new(State { written: 0, durable: 0, acked: vec![0; followers], waiters: VecDeque::new() }),
@@ -296,9 +315,18 @@ impl Pipeline {
         });
         let mut threads = Vec::new();
         let mut to_followers = Vec::new();
+        let mut links = Vec::new();
         for i in 0..followers {
             let listener = TcpListener::bind("127.0.0.1:0")?;
-            let stream = TcpStream::connect(listener.local_addr()?)?;
+            let stream = match link_one_way {
+                Some(one_way) => {
+                    let link = Link::start(listener.local_addr()?, one_way)?;
+                    let stream = TcpStream::connect(link.addr())?;
+                    links.push(link);
+                    stream
+                }
+                None => TcpStream::connect(listener.local_addr()?)?,
+            };
             let (accepted, _) = listener.accept()?;
             stream.set_nodelay(true)?;
             accepted.set_nodelay(true)?;
@@ -320,7 +348,7 @@ impl Pipeline {
             }
         })?;
         threads.push(thread);
-        Ok(Pipeline { addr, stop, leader, threads })
+        Ok(Pipeline { addr, stop, leader, threads, links })
     }
 
     /// Where clients connect.
@@ -338,6 +366,9 @@ impl Pipeline {
         for thread in self.threads {
             let _ = thread.join();
         }
+        for link in self.links {
+            link.stop();
+        }
     }
 }
 
@@ -348,4 +379,45 @@ pub(super) fn client(addr: SocketAddr) -> Option<impl FnMut() -> bool> {
     let record = [0x5au8; RECORD_BYTES];
     let mut answer = [0u8; 8];
     Some(move || stream.write_all(&record).is_ok() && stream.read_exact(&mut answer).is_ok())
+}
+
+/// `clients` clients send `batches` batches of `batch_bytes` (whole records) between them, each
+/// waiting for the answers to its batch before the next; MB/s.
+///
+/// # Errors
+/// A client that cannot connect, or a connection that broke.
+pub(super) fn bulk(addr: SocketAddr, clients: usize, batches: u64, batch_bytes: usize) -> io::Result<f64> {
+    let records = batch_bytes / RECORD_BYTES;
+    let batch = vec![0x5au8; records * RECORD_BYTES];
+    let mut streams = (0..clients)
+        .map(|_| {
+            let stream = TcpStream::connect(addr)?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| -> io::Result<()> {
+        let handles: Vec<_> = streams
+            .iter_mut()
+            .enumerate()
+            .map(|(k, stream)| {
+                let mine = (k as u64..batches).step_by(clients.max(1)).count();
+                let batch = &batch;
+                scope.spawn(move || -> io::Result<()> {
+                    let mut answers = vec![0u8; records * 8];
+                    for _ in 0..mine {
+                        stream.write_all(batch)?;
+                        stream.read_exact(&mut answers)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().map_err(|_| io::Error::other("a raw bulk client panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok((batches as usize * records * RECORD_BYTES) as f64 / started.elapsed().as_secs_f64() / 1e6)
 }
