@@ -847,3 +847,46 @@ fn a_voter_that_lost_its_disk_is_refused_until_removed_and_added_again() {
         acked.iter().chain(&more).all(|v| held.contains(v)).then_some(())
     });
 }
+
+/// A replica asked to leave while the one that would be left beside the leader is down: the
+/// leader does not take it out (the replicas left could not hold the records) and does not
+/// stop the writes meanwhile; once the other replica is back, it takes it out.
+#[test]
+fn a_replica_leaves_only_once_the_replicas_left_can_hold_the_records_and_writes_go_on_meanwhile() {
+    let (dirs, cluster, mut nodes) = three_nodes();
+    let (leader, epoch) = leader_of(&nodes, 0);
+    let down = *nodes.keys().find(|id| **id != leader).unwrap();
+    let leaving = *nodes.keys().find(|id| **id != leader && **id != down).unwrap();
+    let mut acked = append_many(&nodes[&leader], "before", 200);
+    nodes.remove(&down).unwrap().stop();
+    let contact = tern::cluster::controller_addr(cluster[&leader]).to_string();
+    let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).unwrap();
+    let remove = tern_controller::Command::RemoveReplica {
+        log: tern::cluster::ALL_LOGS.into(),
+        expected_epoch: epoch,
+        node: leaving,
+    };
+    // The controller may be electing (the node stopped may have led it).
+    let reply =
+        eventually("the removal asked", Duration::from_secs(10), || client.propose(&contact, remove.clone()).ok());
+    assert_eq!(reply, tern_controller::Reply::Done);
+    for i in 0..20 {
+        let value = vec![format!("while {down} is down {i}")];
+        append(&nodes[&leader], &value).expect("appends go on while the removal waits");
+        acked.extend(value);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let map = eventually("the map", Duration::from_secs(10), || client.read_map(&contact).ok());
+    let placement = map.logs[tern::cluster::ALL_LOGS].clone();
+    assert_eq!((placement.epoch, placement.replicas.len(), placement.leaving), (epoch, 3, Some(leaving)));
+    nodes.insert(down, start_node(dirs[down as usize - 1].path(), down, &cluster));
+    let placement = eventually("the replica taken out once the other is back", Duration::from_secs(20), || {
+        let placement = client.read_map(&contact).ok()?.logs[tern::cluster::ALL_LOGS].clone();
+        (!placement.replicas.contains(&leaving)).then_some(placement)
+    });
+    assert_eq!((placement.replicas.len(), placement.quorum), (2, 2));
+    let after = vec!["after".to_owned()];
+    eventually("an append after the removal", Duration::from_secs(10), || append(&nodes[&leader], &after).ok());
+    acked.extend(after);
+    assert_each_once(&committed(&nodes[&leader]), &acked);
+}
