@@ -66,9 +66,9 @@ impl LogMap {
         Reply::Leader { log: log.to_owned(), leader: self.leader, epoch }
     }
 
-    /// The quorum and replicas a change of this log's replicas leads to, if one is pending
-    /// for its leader to carry out: a learner to promote (`Some(learner)` given) or the
-    /// leaving replica to take out.
+    /// The replicas and quorum a change of this log's replicas leads to: a learner promoted
+    /// (`Some(learner)`), or else the leaving replica taken out. The leader waits on exactly
+    /// this before proposing the change, and the map applies exactly this.
     pub fn replicas_after(&self, promoted: Option<NodeId>) -> (Vec<NodeId>, u32) {
         let n = self.replicas.len();
         match (promoted, self.leaving) {
@@ -482,11 +482,9 @@ impl ClusterMap {
         if !entry.learners.contains(&node) {
             return Reply::Refused(format!("log {log}: node {node} is not a learner"));
         }
-        let n = entry.replicas.len();
-        entry.quorum = resized_quorum(entry.quorum, n, n + 1);
+        // What the leader made sure of before proposing this: one computation for both.
+        (entry.replicas, entry.quorum) = entry.replicas_after(Some(node));
         entry.learners.retain(|l| *l != node);
-        entry.replicas.push(node);
-        entry.replicas.sort_unstable();
         entry.in_sync.push(node);
         entry.in_sync.sort_unstable();
         entry.next_epoch(log)
@@ -529,9 +527,7 @@ impl ClusterMap {
         if entry.leaving != Some(node) || entry.leader == node {
             return Reply::Refused(format!("log {log}: node {node} is not leaving it"));
         }
-        let n = entry.replicas.len();
-        entry.quorum = resized_quorum(entry.quorum, n, n - 1);
-        entry.replicas.retain(|r| *r != node);
+        (entry.replicas, entry.quorum) = entry.replicas_after(None);
         entry.in_sync.retain(|r| *r != node);
         entry.leaving = None;
         entry.next_epoch(log)

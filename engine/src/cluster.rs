@@ -535,12 +535,8 @@ impl Shared {
         let Some(to) = handover.under_way(placement.epoch) else { return };
         let epoch = placement.epoch;
         let started = Instant::now();
-        let drained = {
-            let running = self.running.lock();
-            match running.as_ref().filter(|r| r.role == Role::Leader && r.epoch == epoch) {
-                Some(r) => r.server.hand_over(Some(to)).map_err(|e| e.to_string()),
-                None => return,
-            }
+        let Some(drained) = self.as_leader(epoch, |s| s.hand_over(Some(to)).map_err(|e| e.to_string())) else {
+            return;
         };
         if let Err(e) = drained {
             log_line(&format!("node {me} cannot hand epoch {epoch} over to node {to}: {e}"));
@@ -548,13 +544,7 @@ impl Shared {
         }
         log_line(&format!("node {me} hands epoch {epoch} over to node {to}: appends refused"));
         let caught_up = loop {
-            let done = self
-                .running
-                .lock()
-                .as_ref()
-                .filter(|r| r.role == Role::Leader && r.epoch == epoch)
-                .map(|r| r.server.caught_up(to));
-            match done {
+            match self.as_leader(epoch, |s| s.caught_up(to)) {
                 None => return, // no longer leading this epoch: the map moved on
                 Some(true) => break true,
                 // Stopping is not the target failing to catch up: as after a crash, the map
@@ -592,23 +582,20 @@ impl Shared {
         }
     }
 
+    /// `f` on the replication server, while this node runs it as the leader of `epoch`.
+    fn as_leader<T>(&self, epoch: u64, f: impl FnOnce(&Server) -> T) -> Option<T> {
+        self.running.lock().as_ref().filter(|r| r.role == Role::Leader && r.epoch == epoch).map(|r| f(&r.server))
+    }
+
     /// Tells the controller which replicas are in sync (this node, and those within
     /// [`PROMOTE_LAG_BYTES`] of its written end on every log), when that changed: status
     /// shows it, and a node removed while it leads hands over to one of them.
     fn report_in_sync(&self, placement: &LogMap) {
         let me = self.config.node_id;
-        let in_sync: Vec<NodeId> = {
-            let running = self.running.lock();
-            let Some(r) = running.as_ref().filter(|r| r.role == Role::Leader && r.epoch == placement.epoch) else {
-                return;
-            };
-            placement
-                .replicas
-                .iter()
-                .copied()
-                .filter(|n| *n == me || r.server.lag_bytes(*n).is_some_and(|lag| lag <= PROMOTE_LAG_BYTES))
-                .collect()
-        };
+        let in_sync = self.as_leader(placement.epoch, |s| {
+            placement.replicas.iter().copied().filter(|n| *n == me || keeps_up(s, *n)).collect::<Vec<_>>()
+        });
+        let Some(in_sync) = in_sync else { return };
         if in_sync != placement.in_sync {
             let report = Command::SetInSync { log: ALL_LOGS.into(), epoch: placement.epoch, in_sync };
             let _ = self.controller.propose(report, HEARTBEAT_INTERVAL);
@@ -620,38 +607,40 @@ impl Shared {
     /// [`PROMOTE_LAG_BYTES`] on every log), `Some(None)` to take the leaving replica out.
     fn replica_change_due(&self, placement: &LogMap) -> Option<Option<NodeId>> {
         let me = self.config.node_id;
-        if self.change_retry_at.lock().is_some_and(|at| Instant::now() < at) {
+        let nothing_asked = placement.learners.is_empty() && placement.leaving.is_none();
+        if nothing_asked || self.change_retry_at.lock().is_some_and(|at| Instant::now() < at) {
             return None;
         }
-        let running = self.running.lock();
-        let server = &running.as_ref().filter(|r| r.role == Role::Leader && r.epoch == placement.epoch)?.server;
-        let close = |node: &NodeId| *node == me || server.lag_bytes(*node).is_some_and(|lag| lag <= PROMOTE_LAG_BYTES);
-        if placement.leaving.is_some_and(|l| l != me) {
-            let (replicas, quorum) = placement.replicas_after(None);
-            return (replicas.iter().filter(|n| close(n)).count() >= quorum as usize).then_some(None);
-        }
-        // A learner just connected has acknowledged nothing yet; one kept behind by a steady
-        // stream of writes is promoted, after a while, from further back.
-        let mut connected = self.learners_connected.lock();
-        connected.retain(|l, _| placement.learners.contains(l));
-        let mut ready = None;
-        for learner in &placement.learners {
-            let Some(lag) = server.lag_bytes(*learner) else {
-                connected.remove(learner);
-                continue;
-            };
-            let since = *connected.entry(*learner).or_insert_with(Instant::now);
-            let allowed = match since.elapsed() {
-                t if t >= PROMOTE_PATIENCE => PROMOTE_LAG_BYTES_LATE,
-                t if t >= PROMOTE_SETTLE => PROMOTE_LAG_BYTES,
-                _ => continue,
-            };
-            if lag <= allowed {
-                ready = Some(Some(*learner));
-                break;
+        self.as_leader(placement.epoch, |server| {
+            let close = |node: &NodeId| *node == me || keeps_up(server, *node);
+            if placement.leaving.is_some_and(|l| l != me) {
+                let (replicas, quorum) = placement.replicas_after(None);
+                return (replicas.iter().filter(|n| close(n)).count() >= quorum as usize).then_some(None);
             }
-        }
-        ready
+            // A learner just connected has acknowledged nothing yet; one kept behind by a steady
+            // stream of writes is promoted, after a while, from further back.
+            let mut connected = self.learners_connected.lock();
+            connected.retain(|l, _| placement.learners.contains(l));
+            let mut ready = None;
+            for learner in &placement.learners {
+                let Some(lag) = server.lag_bytes(*learner) else {
+                    connected.remove(learner);
+                    continue;
+                };
+                let since = *connected.entry(*learner).or_insert_with(Instant::now);
+                let allowed = match since.elapsed() {
+                    t if t >= PROMOTE_PATIENCE => PROMOTE_LAG_BYTES_LATE,
+                    t if t >= PROMOTE_SETTLE => PROMOTE_LAG_BYTES,
+                    _ => continue,
+                };
+                if lag <= allowed {
+                    ready = Some(Some(*learner));
+                    break;
+                }
+            }
+            ready
+        })
+        .flatten()
     }
 
     /// Carries out a change of the replicas of every log this node leads in `placement`'s
@@ -670,18 +659,14 @@ impl Shared {
             (None, Some(node)) => Command::RetireReplica { log: ALL_LOGS.into(), epoch, node },
             (None, None) => return,
         };
-        let leading = |what: &dyn Fn(&Server) -> usize| {
-            self.running.lock().as_ref().filter(|r| r.role == Role::Leader && r.epoch == epoch).map(|r| what(&r.server))
-        };
         let started = Instant::now();
-        if leading(&|s| usize::from(s.pause_appends(true).is_ok())) != Some(1) {
+        if self.as_leader(epoch, |s| s.pause_appends(true).is_ok()) != Some(true) {
             return;
         }
-        let must_hold: Vec<NodeId> = promote.into_iter().collect();
         loop {
-            let held = leading(&|s| {
-                let learner_there = s.holding_everything(&must_hold) == must_hold.len();
-                if learner_there {
+            // The learner itself, and a quorum of the new replicas (it among them).
+            let held = self.as_leader(epoch, |s| {
+                if promote.is_none_or(|learner| s.caught_up(learner)) {
                     s.holding_everything(&replicas)
                 } else {
                     0
@@ -695,7 +680,7 @@ impl Shared {
                         "node {me}: replicas {replicas:?} did not hold epoch {epoch}'s records within {} ms; appends taken again",
                         CHANGE_TIMEOUT.as_millis()
                     ));
-                    leading(&|s| usize::from(s.pause_appends(false).is_ok()));
+                    self.as_leader(epoch, |s| s.pause_appends(false));
                     *self.change_retry_at.lock() = Some(Instant::now() + CHANGE_RETRY);
                     return;
                 }
@@ -718,11 +703,13 @@ impl Shared {
                 Ok(Reply::Conflict { .. }) => return,
                 Ok(other) => {
                     log_line(&format!("node {me}: change of replicas in epoch {epoch} refused: {other:?}"));
-                    leading(&|s| usize::from(s.pause_appends(false).is_ok()));
+                    self.as_leader(epoch, |s| s.pause_appends(false));
                     return;
                 }
                 Err(_) if self.stop.load(Ordering::SeqCst) => return,
-                Err(e) if leading(&|_| 0).is_none() => return log_line(&format!("change of replicas: {e}")),
+                Err(e) if self.as_leader(epoch, |_| ()).is_none() => {
+                    return log_line(&format!("change of replicas: {e}"))
+                }
                 Err(_) => {}
             }
         }
@@ -736,9 +723,7 @@ impl Shared {
         match self.controller.propose(abort, Duration::from_secs(2)) {
             Ok(Reply::Done) => {
                 log_line(&format!("node {me} gave up handing epoch {epoch} over to node {to}: {reason}"));
-                if let Some(r) = self.running.lock().as_ref().filter(|r| r.role == Role::Leader && r.epoch == epoch) {
-                    let _ = r.server.hand_over(None);
-                }
+                self.as_leader(epoch, |s| s.hand_over(None));
                 self.wait_local(|p| {
                     p.epoch > epoch || p.handover.as_ref().is_none_or(|h| h.under_way(epoch).is_none())
                 });
@@ -858,6 +843,13 @@ impl Shared {
             Err(e) => log_line(&format!("election of epoch {epoch} not committed: {e}")),
         }
     }
+}
+
+/// Whether `node` keeps up with the leader running `server`: connected, and within
+/// [`PROMOTE_LAG_BYTES`] of its written end on every log (in sync, or close enough to be
+/// promoted or left as a replica).
+fn keeps_up(server: &Server, node: NodeId) -> bool {
+    server.lag_bytes(node).is_some_and(|lag| lag <= PROMOTE_LAG_BYTES)
 }
 
 /// The node to lead every log next: one whose copy of every log is the most up to date among
