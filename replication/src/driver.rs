@@ -123,6 +123,24 @@ pub enum Role {
     Follower,
 }
 
+/// How a node leads one log ([`Server::set_role`]): what [`ServerConfig`]'s `role`, `peers`,
+/// `learners`, `quorum`, `leader_epoch` and `handing_over_to` say for every log of a node
+/// whose role is per node.
+#[derive(Debug, Clone)]
+pub struct Lead {
+    /// The epoch it leads in (see [`ServerConfig::leader_epoch`]).
+    pub epoch: Option<u64>,
+    /// The followers of this log.
+    pub peers: Vec<(NodeId, SocketAddr)>,
+    /// Followers among `peers` being seeded: their copies count toward no quorum.
+    pub learners: Vec<NodeId>,
+    /// Copies that commit a record.
+    pub quorum: Quorum,
+    /// Refuse every append to this log from the start, naming this follower (a handover under
+    /// way, see [`Server::hand_over_log`]).
+    pub handing_over_to: Option<NodeId>,
+}
+
 /// Settings of a node.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -192,6 +210,11 @@ pub struct ServerConfig {
 struct LogSlot {
     name: String,
     log: Log,
+    /// How this node leads the log (`None`: it follows). A change of role replaces the slot.
+    lead: Option<Lead>,
+    /// Set, between two writes, when the slot was replaced by one of another role: nothing
+    /// more is written or shipped through it.
+    retired: AtomicBool,
     core: Mutex<Core>,
     /// The chunks shipped last, newest at the back: a peer asking for a range another peer was
     /// just sent gets the same chunk, compressed once. Chunks are built under this lock, not
@@ -367,8 +390,10 @@ impl Shared {
     /// keeps failing): recovery cuts it back to what was durable, and the leader, told where
     /// it now ends, ships it the rest. The fault is logged each time.
     fn reopen_fenced_logs(&self) {
+        // A leader's fenced log takes no appends until the node restarts (its written records
+        // may be ahead of what is durable; reopening would cut them under its followers).
         for slot in self.all_slots() {
-            if !slot.log.is_fenced() {
+            if !slot.log.is_fenced() || slot.lead.is_some() {
                 continue;
             }
             let name = slot.name.clone();
@@ -466,10 +491,22 @@ impl Shared {
         Ok(())
     }
 
-    /// Why a follower refuses an append: it names the leader it follows, when it has one.
-    fn follower_refusal(&self) -> String {
+    /// Why a follower of `log` refuses an append to it: it names the leader of the log, when
+    /// it has heard of one.
+    fn follower_refusal(&self, log: &str) -> String {
         let me = self.config.node_id;
-        match *self.following.lock() {
+        let following = *self.following.lock();
+        if let Some((epoch, leader)) = self.node_state.lock().leader(log) {
+            let from = match following {
+                Some((node, ip)) if node == leader => format!(" (which connected from {ip})"),
+                _ => String::new(),
+            };
+            return format!(
+                "{NOT_LEADER_PREFIX}node {me} is a follower of node {leader}{from} on log {log} (epoch {epoch}); append \
+                 to node {leader}"
+            );
+        }
+        match following {
             Some((leader, ip)) => format!(
                 "{NOT_LEADER_PREFIX}node {me} is a follower of node {leader} (which connected from {ip}); append to \
                  node {leader}"
@@ -576,16 +613,22 @@ pub const MOVED_PREFIX: &str = "moved: ";
 /// In a [`MOVED_PREFIX`] refusal, what comes before the new leader's address.
 pub const MOVED_ADDR: &str = " at ";
 
-/// The refusal of a leader handing over to `target`.
-fn moved_reason(config: &ServerConfig, target: NodeId) -> io::Result<String> {
-    let Some((_, addr)) = config.peers.iter().find(|(id, _)| *id == target) else {
+/// The refusal of node `me`, leading as `lead` says, handing over to `target`.
+fn moved_reason(me: NodeId, lead: Option<&Lead>, target: NodeId) -> io::Result<String> {
+    let Some((_, addr)) = lead.and_then(|lead| lead.peers.iter().find(|(id, _)| *id == target)) else {
         return Err(io::Error::other(format!("node {target} is not a follower of this node")));
     };
     Ok(format!(
-        "{MOVED_PREFIX}node {} is handing its logs over to node {target}{MOVED_ADDR}{addr}; retry there (not written \
-         here)",
-        config.node_id
+        "{MOVED_PREFIX}node {me} is handing its logs over to node {target}{MOVED_ADDR}{addr}; retry there (not written \
+         here)"
     ))
+}
+
+/// Whether `target` has synced every record written to `slot`'s log, when this node leads it.
+fn slot_caught_up(slot: &LogSlot, target: NodeId) -> bool {
+    let core = slot.lock();
+    let written = slot.log.written_end();
+    core.leader.as_ref().is_none_or(|l| l.peer_state(target).is_some_and(|(_, durable, _)| durable >= written))
 }
 
 /// The address a [`MOVED_PREFIX`] refusal names, if any.
@@ -702,9 +745,32 @@ struct Shared {
     /// Follower: per log, how often it was reopened after its disk failed, and why the last
     /// attempt to reopen it failed (while it still does).
     disk_faults: Mutex<BTreeMap<String, (u64, Option<String>)>>,
-    /// Leader: handing over; client appends are refused with this reason (see
-    /// [`Server::drain`]).
-    draining: Mutex<Option<String>>,
+    /// Leader: handing over; client appends are refused with these reasons (see
+    /// [`Server::drain`]). Writers hold this lock while they write, so a change taken under it
+    /// comes between two writes.
+    draining: Mutex<Draining>,
+    /// Roles set per log ([`Server::set_role`]) over the node's (`Some`: leads, `None`:
+    /// follows).
+    roles: Mutex<BTreeMap<String, Option<Lead>>>,
+    /// Leader: the followers being dialed, by a thread each ([`Shared::dial`]), until no log
+    /// led here has them as a peer.
+    dialing: Mutex<BTreeMap<NodeId, JoinHandle<()>>>,
+}
+
+/// Why client appends are refused while a leader hands over or changes its replicas.
+#[derive(Debug, Default)]
+struct Draining {
+    /// Every log's appends.
+    all: Option<String>,
+    /// The appends of single logs.
+    logs: BTreeMap<String, String>,
+}
+
+impl Draining {
+    /// Why appends to `log` are refused now, if they are.
+    fn refusal(&self, log: &str) -> Option<&String> {
+        self.all.as_ref().or_else(|| self.logs.get(log))
+    }
 }
 
 /// Where one log stands on a fenced node: its part of an election's report.
@@ -775,11 +841,10 @@ impl Server {
         let listener = TcpListener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
         let peer_slots_file = logs.state_dir().map(|(disk, dir)| (disk, dir.join(SLOTS_FILE)));
+        // A follower may come to lead some logs ([`Server::set_role`]).
         let peer_slots = match &peer_slots_file {
-            Some((disk, path)) if config.role == Role::Leader => {
-                Slots::load(&**disk, path).map_err(|e| io::Error::other(e.to_string()))?
-            }
-            _ => Slots::new(),
+            Some((disk, path)) => Slots::load(&**disk, path).map_err(|e| io::Error::other(e.to_string()))?,
+            None => Slots::new(),
         };
         let node_state_file = logs.state_dir().map(|(disk, dir)| (disk, dir.join(NODE_STATE_FILE)));
         let kept_state = match &node_state_file {
@@ -807,7 +872,7 @@ impl Server {
         }
         let frames = FrameBudget::new(config.frame_memory_max);
         let draining = match config.handing_over_to.filter(|_| config.role == Role::Leader) {
-            Some(target) => Some(moved_reason(&config, target)?),
+            Some(target) => Some(moved_reason(config.node_id, Some(&node_lead(&config)), target)?),
             None => None,
         };
         let shared = Arc::new(Shared {
@@ -834,8 +899,10 @@ impl Server {
             leader_conns: Mutex::new(BTreeMap::new()),
             next_leader_conn: std::sync::atomic::AtomicU64::new(0),
             disk_faults: Mutex::new(BTreeMap::new()),
-            draining: Mutex::new(draining),
+            draining: Mutex::new(Draining { all: draining, logs: BTreeMap::new() }),
             let_go: Mutex::new(std::collections::BTreeSet::new()),
+            roles: Mutex::new(BTreeMap::new()),
+            dialing: Mutex::new(BTreeMap::new()),
         });
         for name in shared.logs.names() {
             shared.log_state(&name).map_err(io::Error::other)?;
@@ -843,16 +910,9 @@ impl Server {
         let mut threads = Vec::new();
         let accept = shared.clone();
         threads.push(spawn("tern-accept", move || accept_loop(&accept, &listener))?);
-        if shared.config.role == Role::Leader {
-            for (peer, addr) in shared.config.peers.clone() {
-                let dial = shared.clone();
-                threads.push(spawn(&format!("tern-dial-{peer}"), move || dial_loop(&dial, peer, addr))?);
-            }
-        }
-        if shared.config.role == Role::Leader {
-            let syncer = shared.clone();
-            threads.push(spawn("tern-sync", move || leader_sync_loop(&syncer))?);
-        }
+        shared.dial_peers()?;
+        let syncer = shared.clone();
+        threads.push(spawn("tern-sync", move || leader_sync_loop(&syncer))?);
         let clients = shared.clone();
         threads.push(spawn("tern-clients", move || clients::client_loop(&clients))?);
         let tick = shared.clone();
@@ -918,31 +978,108 @@ impl Server {
     /// needs from this node. From the moment the fence is on disk the node takes nothing of an
     /// older epoch, on any log, also after a restart, so the leader being replaced can commit
     /// nothing more through it. Fencing again at the same epoch reports again; a lower epoch
-    /// changes nothing but the report.
+    /// changes nothing but the report. Logs fenced alone ([`Server::fence_log`]) are neither
+    /// fenced nor reported: their epochs are their own.
     ///
     /// # Errors
-    /// On a leader (stop it and start it as a follower first: a node that takes appends is not
-    /// fenced); writing the node state; a log whose sync fails (it is fenced, and reopened as a
-    /// follower's log is).
+    /// On a leader of a log this fences (stop leading it first: a node that takes appends is
+    /// not fenced); writing the node state; a log whose sync fails (it is fenced, and reopened
+    /// as a follower's log is).
     pub fn fence(&self, epoch: u64) -> io::Result<Vec<LogReport>> {
         let shared = &self.shared;
-        if shared.config.role == Role::Leader {
+        let fenced: Vec<Arc<LogSlot>> = {
+            let state = shared.node_state.lock();
+            shared.all_slots().into_iter().filter(|s| !state.fenced_alone(&s.name)).collect()
+        };
+        if shared.config.role == Role::Leader || fenced.iter().any(|s| s.lead.is_some()) {
             return Err(io::Error::other("a leader is not fenced: stop it, and start it as a follower first"));
         }
         shared.update_node_state(|state| state.fence_epoch = state.fence_epoch.max(epoch)).map_err(io::Error::other)?;
-        let mut reports = Vec::new();
-        for slot in shared.all_slots() {
-            if let Some(follower) = slot.lock().follower.as_mut() {
-                follower.fence(epoch);
-            }
-            slot.log.sync().map_err(|e| io::Error::other(format!("log {}: {e}", slot.name)))?;
-            reports.push(LogReport {
-                log: slot.name.clone(),
-                last_epoch: slot.log.last_epoch(),
-                durable_end: slot.log.durable_end(),
-            });
+        fenced.iter().map(|slot| shared.fence_slot(slot)).collect()
+    }
+
+    /// Follower of `log`: fences that log alone at `epoch`, as [`Server::fence`] fences every
+    /// log, and reports where it ends. From then on the log has a fence of its own, and the
+    /// node's fence no longer applies to it: for logs whose leaders are elected one log at a
+    /// time.
+    ///
+    /// # Errors
+    /// As [`Server::fence`], for this log; a log not open here.
+    pub fn fence_log(&self, log: &str, epoch: u64) -> io::Result<LogReport> {
+        let shared = &self.shared;
+        let slot = shared.slot(log).ok_or_else(|| io::Error::other(format!("no log named {log:?} here")))?;
+        if slot.lead.is_some() {
+            return Err(io::Error::other(format!("log {log} is led here: it is not fenced; stop leading it first")));
         }
-        Ok(reports)
+        shared.update_node_state(|state| state.fence_log(log, epoch)).map_err(io::Error::other)?;
+        shared.fence_slot(&slot)
+    }
+
+    /// Makes this node lead `log` as `lead` says, or follow it (`None`), from now on, whatever
+    /// the node's role: the log's appends, shipping and acknowledgements change over between
+    /// two writes, while the node's other logs go on. Leading begins a new epoch of the log,
+    /// as a leader's start does ([`ServerConfig::leader_epoch`]); appends waiting on the role
+    /// it had are refused (retriable), and a client sent elsewhere by a follower's refusal
+    /// finds the leader. Setting the role the log has again begins nothing new.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server: tern_replication::driver::Server = todo!();
+    /// use tern_replication::driver::Lead;
+    /// use tern_replication::proto::Quorum;
+    /// let peers = vec![(2, "10.0.0.2:7000".parse()?), (3, "10.0.0.3:7000".parse()?)];
+    /// let lead = Lead { epoch: Some(8), peers, learners: vec![], quorum: Quorum::Count(2), handing_over_to: None };
+    /// server.set_role("orders", Some(lead))?; // leads "orders" in epoch 8
+    /// server.set_role("events", None)?; // follows "events", whoever leads it
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Opening the log, or beginning its epoch (one at or past it is there already: another
+    /// leader took it); the log then follows.
+    pub fn set_role(&self, log: &str, lead: Option<Lead>) -> io::Result<()> {
+        let shared = &self.shared;
+        let mut draining = shared.draining.lock();
+        let old = {
+            let mut slots = shared.slots.lock();
+            shared.roles.lock().insert(log.to_owned(), lead.clone());
+            let old = slots.remove(log);
+            if let Some(old) = &old {
+                old.retired.store(true, Ordering::SeqCst);
+            }
+            old
+        };
+        draining.logs.remove(log);
+        let why = lead
+            .as_ref()
+            .and_then(|l| l.handing_over_to)
+            .map(|to| moved_reason(shared.config.node_id, lead.as_ref(), to));
+        let started = match why.transpose() {
+            Ok(why) => shared.log_state(log).map(|_| why),
+            Err(e) => Err(e.to_string()),
+        };
+        let result = match started {
+            Ok(why) => {
+                if let Some(why) = why {
+                    draining.logs.insert(log.to_owned(), why);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // It follows instead (the next call may lead it).
+                shared.roles.lock().insert(log.to_owned(), None);
+                let _ = shared.log_state(log);
+                Err(io::Error::other(e))
+            }
+        };
+        drop(draining);
+        if let Some(old) = old {
+            let why = format!("; {NOT_LEADER_PREFIX}node {} no longer leads log {log} this way", shared.config.node_id);
+            shared.refuse_waiters(&old, |_| true, &why);
+            old.committed.notify_all();
+        }
+        shared.dial_peers()?;
+        result
     }
 
     /// Leader, handing over to `target`: from now on client appends are refused with a
@@ -980,15 +1117,33 @@ impl Server {
     /// This node does not lead, or `target` is not one of its peers.
     pub fn hand_over(&self, target: Option<NodeId>) -> io::Result<()> {
         let shared = &self.shared;
-        if shared.config.role != Role::Leader {
-            return Err(io::Error::other("only a leader hands over"));
-        }
+        let Some(lead) = shared.leads_any() else { return Err(io::Error::other("only a leader hands over")) };
         let reason = match target {
-            Some(target) => Some(moved_reason(&shared.config, target)?),
+            Some(target) => Some(moved_reason(shared.config.node_id, Some(&lead), target)?),
             None => None,
         };
         // Taken between two writes (the writers hold this lock while they write).
-        *shared.draining.lock() = reason;
+        shared.draining.lock().all = reason;
+        Ok(())
+    }
+
+    /// Leader of `log`: as [`Server::hand_over`], for this log alone.
+    ///
+    /// # Errors
+    /// This node does not lead `log`, or `target` is not one of its peers.
+    pub fn hand_over_log(&self, log: &str, target: Option<NodeId>) -> io::Result<()> {
+        let shared = &self.shared;
+        let lead = shared.slot(log).and_then(|s| s.lead.clone());
+        let Some(lead) = lead else { return Err(io::Error::other(format!("this node does not lead log {log}"))) };
+        let reason = match target {
+            Some(target) => Some(moved_reason(shared.config.node_id, Some(&lead), target)?),
+            None => None,
+        };
+        let mut draining = shared.draining.lock();
+        match reason {
+            Some(reason) => draining.logs.insert(log.to_owned(), reason),
+            None => draining.logs.remove(log),
+        };
         Ok(())
     }
 
@@ -1001,7 +1156,7 @@ impl Server {
     /// This node does not lead.
     pub fn pause_appends(&self, pause: bool) -> io::Result<()> {
         let shared = &self.shared;
-        if shared.config.role != Role::Leader {
+        if shared.leads_any().is_none() {
             return Err(io::Error::other("only a leader pauses appends"));
         }
         let reason = pause.then(|| {
@@ -1012,7 +1167,7 @@ impl Server {
             )
         });
         // Taken between two writes (the writers hold this lock while they write).
-        *shared.draining.lock() = reason;
+        shared.draining.lock().all = reason;
         Ok(())
     }
 
@@ -1055,16 +1210,19 @@ impl Server {
 
     /// Whether `target` has synced every record this leader has written, of every log.
     pub fn caught_up(&self, target: NodeId) -> bool {
-        !self.shared.all_slots().iter().any(|slot| {
-            let core = slot.lock();
-            let written = slot.log.written_end();
-            core.leader.as_ref().is_some_and(|l| l.peer_state(target).is_none_or(|(_, durable, _)| durable < written))
-        })
+        self.shared.all_slots().iter().all(|slot| slot_caught_up(slot, target))
     }
 
-    /// Whether client appends are refused for a handover.
+    /// Whether `target` has synced every record this node has written to `log`, which it leads
+    /// (false when it does not).
+    pub fn caught_up_on(&self, log: &str, target: NodeId) -> bool {
+        self.shared.slot(log).is_some_and(|slot| slot.lead.is_some() && slot_caught_up(&slot, target))
+    }
+
+    /// Whether client appends are refused for a handover (of every log, or of one).
     pub fn handing_over(&self) -> bool {
-        self.shared.draining.lock().is_some()
+        let draining = self.shared.draining.lock();
+        draining.all.is_some() || !draining.logs.is_empty()
     }
 
     /// The fence of this node: nothing of an older epoch is taken (0: none).
@@ -1097,18 +1255,15 @@ impl Server {
     /// `acks` did not hold within the commit timeout (the records may still commit later).
     pub fn append(&self, log: &str, records: &[&[u8]], acks: Acks) -> io::Result<Receipt> {
         let shared = &self.shared;
-        if shared.config.role != Role::Leader {
-            return Err(io::Error::other(shared.follower_refusal()));
-        }
-        let slot = shared.log_state(log).map_err(io::Error::other)?;
+        let slot = shared.leading_slot(log).map_err(io::Error::other)?;
         if let Some(why) = slot.lock().leader.as_ref().and_then(|l| stop_reason(log, shared.config.node_id, l)) {
             return Err(io::Error::other(why));
         }
         let offsets = {
             // Held while writing, as the client loop does (see `Server::drain`).
             let draining = shared.draining.lock();
-            if let Some(reason) = draining.as_ref() {
-                return Err(io::Error::other(reason.clone()));
+            if let Some(reason) = shared.write_refusal(&draining, &slot) {
+                return Err(io::Error::other(reason));
             }
             slot.log.append(records, tern_wal::Durability::None).map_err(io::Error::other)?
         };
@@ -1201,6 +1356,11 @@ impl Server {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        // Not under the lock: a dialing thread takes it to end.
+        let dialing = std::mem::take(&mut *self.shared.dialing.lock());
+        for thread in dialing.into_values() {
+            let _ = thread.join();
+        }
         // Client connections handed over after the client loop's last look are dropped here
         // (with their counts): nothing serves them any more.
         self.shared.clients.drop_incoming();
@@ -1222,7 +1382,109 @@ impl Drop for Server {
     }
 }
 
+/// How a node whose role is per node leads each of its logs.
+fn node_lead(config: &ServerConfig) -> Lead {
+    Lead {
+        epoch: config.leader_epoch,
+        peers: config.peers.clone(),
+        learners: config.learners.clone(),
+        quorum: config.quorum,
+        handing_over_to: None,
+    }
+}
+
 impl Shared {
+    /// How this node leads log `name` (`None`: it follows it): as set for the log
+    /// ([`Server::set_role`]), or else as the node's role says.
+    fn lead_of(&self, name: &str) -> Option<Lead> {
+        match self.roles.lock().get(name) {
+            Some(lead) => lead.clone(),
+            None => (self.config.role == Role::Leader).then(|| node_lead(&self.config)),
+        }
+    }
+
+    /// Whether this node leads log `name` (without opening it).
+    fn would_lead(&self, name: &str) -> bool {
+        match self.roles.lock().get(name) {
+            Some(lead) => lead.is_some(),
+            None => self.config.role == Role::Leader,
+        }
+    }
+
+    /// How this node leads one of its logs, if it leads any.
+    fn leads_any(&self) -> Option<Lead> {
+        if self.config.role == Role::Leader {
+            return Some(node_lead(&self.config));
+        }
+        self.all_slots().into_iter().find_map(|s| s.lead.clone())
+    }
+
+    /// The slot of `log`, which this node leads (opened the first time); or why not.
+    fn leading_slot(&self, log: &str) -> Result<Arc<LogSlot>, String> {
+        let slot = match self.slot(log) {
+            Some(slot) => slot,
+            None if self.would_lead(log) => self.log_state(log)?,
+            None => return Err(self.follower_refusal(log)),
+        };
+        if slot.lead.is_none() {
+            return Err(self.follower_refusal(log));
+        }
+        Ok(slot)
+    }
+
+    /// Why a write to `slot` must not be made now (with the writers' lock, `draining`, held):
+    /// a handover or a change of replicas under way, or the slot was replaced.
+    fn write_refusal(&self, draining: &Draining, slot: &LogSlot) -> Option<String> {
+        if slot.retired.load(Ordering::SeqCst) {
+            return Some(format!(
+                "{NOT_LEADER_PREFIX}the role of node {} on log {} changed; retry",
+                self.config.node_id, slot.name
+            ));
+        }
+        draining.refusal(&slot.name).cloned()
+    }
+
+    /// Fences `slot` at the fence the node state now gives it, syncs its log and reports.
+    fn fence_slot(&self, slot: &LogSlot) -> io::Result<LogReport> {
+        let fence = self.node_state.lock().fence_of(&slot.name);
+        if let Some(follower) = slot.lock().follower.as_mut() {
+            follower.fence(fence);
+        }
+        slot.log.sync().map_err(|e| io::Error::other(format!("log {}: {e}", slot.name)))?;
+        Ok(LogReport { log: slot.name.clone(), last_epoch: slot.log.last_epoch(), durable_end: slot.log.durable_end() })
+    }
+
+    /// Starts dialing every follower of a log led here that no thread dials yet; a dialing
+    /// thread ends once no log led here has its follower as a peer.
+    fn dial_peers(self: &Arc<Self>) -> io::Result<()> {
+        let mut wanted: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
+        if self.config.role == Role::Leader {
+            wanted.extend(self.config.peers.iter().copied());
+        }
+        for slot in self.all_slots() {
+            if let Some(lead) = &slot.lead {
+                wanted.extend(lead.peers.iter().copied());
+            }
+        }
+        let mut dialing = self.dialing.lock();
+        dialing.retain(|_, thread| !thread.is_finished());
+        for (peer, addr) in wanted {
+            if self.stop.load(Ordering::SeqCst) || dialing.contains_key(&peer) {
+                continue;
+            }
+            let dial = self.clone();
+            dialing.insert(peer, spawn(&format!("tern-dial-{peer}"), move || dial_loop(&dial, peer, addr))?);
+        }
+        Ok(())
+    }
+
+    /// Whether a log led here has `peer` as a follower: its dialing thread goes on.
+    fn wants_peer(&self, peer: NodeId) -> bool {
+        let wanted = |lead: &Lead| lead.peers.iter().any(|(p, _)| *p == peer);
+        (self.config.role == Role::Leader && wanted(&node_lead(&self.config)))
+            || self.all_slots().iter().any(|s| s.lead.as_ref().is_some_and(wanted))
+    }
+
     /// The slot of log `name`, if the node has opened it.
     fn slot(&self, name: &str) -> Option<Arc<LogSlot>> {
         self.slots.lock().get(name).cloned()
@@ -1245,12 +1507,13 @@ impl Shared {
         }
         let log = self.logs.open(name)?;
         let (written, durable) = (log.written_end(), log.durable_end());
-        let (leader, follower) = match self.config.role {
-            Role::Leader => {
+        let lead = self.lead_of(name);
+        let (leader, follower) = match &lead {
+            Some(lead) => {
                 // Every start of a leader is a new epoch of each of its logs, recorded durably
                 // before anything of it is shipped: a follower holding records of an earlier
                 // epoch past where that epoch ends here (lost here in a power loss) is cut back.
-                let epoch = match self.config.leader_epoch {
+                let epoch = match lead.epoch {
                     Some(epoch) if epoch <= log.epoch() => {
                         return Err(format!(
                             "log {name}: cannot lead it in epoch {epoch}: it is at epoch {} already",
@@ -1263,16 +1526,16 @@ impl Shared {
                 log.begin_epoch(epoch).map_err(|e| format!("log {name}: cannot begin epoch {epoch}: {e}"))?;
                 // The shipper reads every batch right after it is written: keep large ones in
                 // the page cache instead of reading them back from the disk.
-                if !self.config.peers.is_empty() {
+                if !lead.peers.is_empty() {
                     log.set_direct_writes(false);
                 }
                 let config = LeaderConfig {
                     log: name.to_owned(),
                     epoch,
                     epoch_history: log.epoch_history(),
-                    peers: self.config.peers.iter().map(|(id, _)| *id).collect(),
-                    learners: self.config.learners.clone(),
-                    quorum: self.config.quorum,
+                    peers: lead.peers.iter().map(|(id, _)| *id).collect(),
+                    learners: lead.learners.clone(),
+                    quorum: lead.quorum,
                     inflight_bytes_max: 8 << 20,
                     chunk_bytes_max: 1 << 20,
                     heartbeat_ms: 100,
@@ -1287,7 +1550,7 @@ impl Shared {
                 let mut leader = Leader::new(config, written, durable, 0);
                 leader.handle(LeaderInput::StartMoved { start: log.start_offset() });
                 let kept = self.peer_slots.lock();
-                for (peer, _) in &self.config.peers {
+                for (peer, _) in &lead.peers {
                     if let Some(Slot { durable_end, epoch, state: SlotState::Active }) = kept.get(name, *peer) {
                         leader.restore_peer(*peer, *durable_end, *epoch);
                     }
@@ -1296,7 +1559,7 @@ impl Shared {
                 while leader.poll_action().is_some() {}
                 (Some(leader), None)
             }
-            Role::Follower => {
+            None => {
                 let last_epoch = follower::ack_last_epoch(&log);
                 let held = log.start_offset()..written;
                 let mut follower = Follower::new(name.to_owned(), 0, held, durable, last_epoch, log.epoch_history());
@@ -1304,7 +1567,7 @@ impl Shared {
                 if let Some((epoch, leader)) = state.leader(name) {
                     follower.restore_leader(epoch, leader);
                 }
-                follower.fence(state.fence_epoch);
+                follower.fence(state.fence_of(name));
                 drop(state);
                 (None, Some(follower))
             }
@@ -1329,6 +1592,8 @@ impl Shared {
         let slot = Arc::new(LogSlot {
             name: name.to_owned(),
             log,
+            lead,
+            retired: AtomicBool::new(false),
             core: Mutex::new(Core {
                 leader,
                 follower,
@@ -1788,12 +2053,9 @@ fn tick_loop(shared: &Arc<Shared>) {
             maintained = Instant::now();
             shared.maintain();
         }
-        if shared.config.role != Role::Leader {
-            shared.reopen_fenced_logs();
-            continue;
-        }
+        shared.reopen_fenced_logs();
         let now_ms = shared.now_ms();
-        for slot in shared.all_slots() {
+        for slot in shared.all_slots().into_iter().filter(|s| s.lead.is_some()) {
             // Appends acknowledged as only written are synced soon, by the syncer thread: a
             // sync that takes seconds must not hold up heartbeats (followers would take the
             // silence for a lost leader and reconnect).
@@ -1946,16 +2208,12 @@ impl Shared {
         }
         for slot in self.all_slots() {
             let log = &slot.log;
-            if self.config.role == Role::Leader {
+            if let Some(lead) = &slot.lead {
                 let (views, commit): (Vec<(NodeId, PeerView)>, u64) = {
                     let core = slot.lock();
                     let Some(leader) = core.leader.as_ref() else { continue };
-                    let views = self
-                        .config
-                        .peers
-                        .iter()
-                        .filter_map(|(peer, _)| Some((*peer, leader.peer_view(*peer)?)))
-                        .collect();
+                    let views =
+                        lead.peers.iter().filter_map(|(peer, _)| Some((*peer, leader.peer_view(*peer)?))).collect();
                     (views, leader.commit_end())
                 };
                 let written = log.written_end();
@@ -2008,15 +2266,13 @@ impl Shared {
     /// Saves what each follower acknowledged, if it changed (leader, with a state directory).
     fn persist_slots(&self) {
         let Some((disk, path)) = &self.peer_slots_file else { return };
-        if self.config.role != Role::Leader {
-            return;
-        }
         let mut kept = self.peer_slots.lock();
         let mut changed = false;
         for slot in self.all_slots() {
+            let Some(lead) = &slot.lead else { continue };
             let core = slot.lock();
             let Some(leader) = core.leader.as_ref() else { continue };
-            for (peer, _) in &self.config.peers {
+            for (peer, _) in &lead.peers {
                 let Some(view) = leader.peer_view(*peer) else { continue };
                 let state = match view.gap {
                     Some((from, to)) if from < to => SlotState::NeedsReseed { missing_from: from, missing_to: to },
@@ -2046,8 +2302,8 @@ impl Shared {
                 let log = &slot.log;
                 let written_end = log.written_end();
                 let mut peers = Vec::new();
-                if let Some(leader) = core.leader.as_ref() {
-                    for (node, _) in &self.config.peers {
+                if let (Some(leader), Some(lead)) = (core.leader.as_ref(), slot.lead.as_ref()) {
+                    for (node, _) in &lead.peers {
                         let Some(view) = leader.peer_view(*node) else { continue };
                         let shipped = core.shipped.get(node).copied().unwrap_or_default();
                         let lag_records = written_end.saturating_sub(view.acked_durable);
@@ -2077,9 +2333,9 @@ impl Shared {
                 let applied = &slot.applied;
                 let (reopens, reopen_failed) = self.disk_faults.lock().get(&slot.name).cloned().unwrap_or_default();
                 let disk_fault = log.is_fenced().then(|| {
-                    let what = match self.config.role {
-                        Role::Follower => "a write or sync failed; the log is reopened from its files after a backoff",
-                        Role::Leader => "a write or sync failed; the log takes no appends until the node restarts",
+                    let what = match slot.lead {
+                        None => "a write or sync failed; the log is reopened from its files after a backoff",
+                        Some(_) => "a write or sync failed; the log takes no appends until the node restarts",
                     };
                     match reopen_failed {
                         Some(e) => format!("{what} (the last attempt failed: {e})"),
@@ -2088,6 +2344,7 @@ impl Shared {
                 });
                 LogMetrics {
                     log: slot.name.clone(),
+                    role: if slot.lead.is_some() { Role::Leader } else { Role::Follower },
                     start_offset: log.start_offset(),
                     written_end,
                     durable_end: log.durable_end(),
@@ -2120,6 +2377,13 @@ impl Shared {
             frame_memory_max: self.frames.max() as u64,
             logs,
         }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
     }
 }
 
@@ -2159,6 +2423,8 @@ pub struct NodeMetrics {
 pub struct LogMetrics {
     /// The log.
     pub log: String,
+    /// This node's role on it.
+    pub role: Role,
     /// First offset still held.
     pub start_offset: u64,
     /// One past the last record written here (page cache): the `written` watermark.
@@ -2271,7 +2537,7 @@ impl NodeMetrics {
                     })
                     .collect();
                 serde_json::json!({
-                    "log": l.log, "start_offset": l.start_offset,
+                    "log": l.log, "role": role_name(l.role), "start_offset": l.start_offset,
                     "written_end": l.written_end, "durable_end": l.durable_end, "commit_end": l.commit_end,
                     "peers": peers,
                     "chunks_applied": l.chunks_applied, "bytes_applied": l.bytes_applied,
@@ -2287,12 +2553,8 @@ impl NodeMetrics {
                 })
             })
             .collect();
-        let role = match self.role {
-            Role::Leader => "leader",
-            Role::Follower => "follower",
-        };
         serde_json::json!({
-            "node": self.node, "role": role, "connections": self.connections,
+            "node": self.node, "role": role_name(self.role), "connections": self.connections,
             "reads_waiting": self.reads_waiting, "frame_bytes_held": self.frame_bytes_held,
             "frame_memory_max": self.frame_memory_max, "logs": logs,
         })

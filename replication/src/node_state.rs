@@ -11,6 +11,9 @@
 //! - The fence: the epoch below which the node takes nothing on any log, recorded durably
 //!   before the node reports where its logs end for the election of that epoch (a report is a
 //!   promise: the old leader can no longer commit through this node).
+//! - Fences of single logs, for logs whose leaders are elected one log at a time: such a log
+//!   is governed by its own fence instead of the node's (its epochs are its own, and the
+//!   node's fence may pass them).
 //!
 //! The file is small, replaced whole, atomically and durably at every change, and read once at
 //! start. Its bytes are untrusted: lengths and counts are bounded before use and the checksum
@@ -34,10 +37,12 @@ pub const NODE_STATE_FILE_BYTES_MAX: u64 = 4 << 20;
 pub const NODE_STATE_LOG_NAME_BYTES_MAX: usize = 255;
 
 const MAGIC: [u8; 8] = *b"TERNNODE";
-/// Version 1 has no fence; version 2 adds it after the cluster id. A state without a fence is
-/// written as version 1, so that every state has one encoding and older builds read it.
+/// Version 1 has no fence; version 2 adds it after the cluster id; version 3 adds fences of
+/// single logs after the entries (its node fence may be 0). A state is written in the lowest
+/// version that holds it, so that every state has one encoding and older builds read it.
 const VERSION: u32 = 1;
 const VERSION_FENCED: u32 = 2;
+const VERSION_LOG_FENCES: u32 = 3;
 /// Magic, version, cluster id and entry count.
 const HEADER_BYTES: usize = 8 + 4 + 8 + 4;
 /// The fence field of version 2.
@@ -46,6 +51,9 @@ const CRC_BYTES: usize = 4;
 /// An entry without its name: name length, epoch, leader.
 const ENTRY_FIXED_BYTES: usize = 2 + 8 + 8;
 const ENTRY_BYTES_MIN: usize = ENTRY_FIXED_BYTES + 1;
+/// A fence of one log without its name: name length, epoch.
+const LOG_FENCE_FIXED_BYTES: usize = 2 + 8;
+const LOG_FENCE_BYTES_MIN: usize = LOG_FENCE_FIXED_BYTES + 1;
 
 const _: () = assert!(NODE_STATE_LOG_NAME_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(NODE_STATE_FILE_BYTES_MAX / (ENTRY_BYTES_MIN as u64) <= u32::MAX as u64);
@@ -97,8 +105,12 @@ pub struct NodeState {
     pub cluster_id: u64,
     /// Per log: the highest leader epoch taken, and the node that led it then.
     leaders: BTreeMap<String, (u64, NodeId)>,
-    /// Nothing of an epoch below this is taken on any log (0: no fence).
+    /// Nothing of an epoch below this is taken on any log without a fence of its own in
+    /// `log_fences` (0: no fence).
     pub fence_epoch: u64,
+    /// Logs fenced one at a time: nothing of an epoch below its fence is taken on such a log,
+    /// and `fence_epoch` does not apply to it.
+    log_fences: BTreeMap<String, u64>,
 }
 
 impl NodeState {
@@ -150,15 +162,40 @@ impl NodeState {
         self.leaders.insert(log.to_owned(), (epoch, leader));
     }
 
+    /// The fence that applies to `log`: its own, or else the node's (0: none).
+    pub fn fence_of(&self, log: &str) -> u64 {
+        self.log_fences.get(log).copied().unwrap_or(self.fence_epoch)
+    }
+
+    /// Whether `log` has a fence of its own ([`NodeState::fence_log`]).
+    pub fn fenced_alone(&self, log: &str) -> bool {
+        self.log_fences.contains_key(log)
+    }
+
+    /// Gives `log` a fence of its own, at `epoch` or the one it has if higher: from now on the
+    /// node's fence no longer applies to it.
+    ///
+    /// # Panics
+    /// As [`NodeState::set_leader`], for a bad name.
+    pub fn fence_log(&mut self, log: &str, epoch: u64) {
+        assert!((1..=NODE_STATE_LOG_NAME_BYTES_MAX).contains(&log.len()), "log name of {} bytes", log.len());
+        let fence = self.log_fences.entry(log.to_owned()).or_insert(0);
+        *fence = (*fence).max(epoch);
+    }
+
     /// Encodes the file.
     pub fn encode(&self) -> Vec<u8> {
         let mut w =
             Vec::with_capacity(HEADER_BYTES + FENCE_BYTES + CRC_BYTES + self.leaders.len() * (ENTRY_FIXED_BYTES + 16));
         w.extend_from_slice(&MAGIC);
-        let version = if self.fence_epoch == 0 { VERSION } else { VERSION_FENCED };
+        let version = match (self.fence_epoch, self.log_fences.is_empty()) {
+            (0, true) => VERSION,
+            (_, true) => VERSION_FENCED,
+            (_, false) => VERSION_LOG_FENCES,
+        };
         w.extend_from_slice(&version.to_le_bytes());
         w.extend_from_slice(&self.cluster_id.to_le_bytes());
-        if self.fence_epoch != 0 {
+        if version != VERSION {
             w.extend_from_slice(&self.fence_epoch.to_le_bytes());
         }
         let count = u32::try_from(self.leaders.len()).expect("more logs than a u32 counts");
@@ -169,6 +206,16 @@ impl NodeState {
             w.extend_from_slice(log.as_bytes());
             w.extend_from_slice(&epoch.to_le_bytes());
             w.extend_from_slice(&leader.to_le_bytes());
+        }
+        if version == VERSION_LOG_FENCES {
+            let count = u32::try_from(self.log_fences.len()).expect("more logs than a u32 counts");
+            w.extend_from_slice(&count.to_le_bytes());
+            for (log, epoch) in &self.log_fences {
+                let name_len = u16::try_from(log.len()).expect("log name length checked by fence_log");
+                w.extend_from_slice(&name_len.to_le_bytes());
+                w.extend_from_slice(log.as_bytes());
+                w.extend_from_slice(&epoch.to_le_bytes());
+            }
         }
         let crc = crc32fast::hash(&w);
         w.extend_from_slice(&crc.to_le_bytes());
@@ -205,16 +252,16 @@ impl NodeState {
         cur.take(MAGIC.len()).map_err(|r| corrupt(0, r))?;
         let version_pos = cur.pos();
         let version = cur.u32_le().map_err(|r| corrupt(version_pos, r))?;
-        if version != VERSION && version != VERSION_FENCED {
+        if !(VERSION..=VERSION_LOG_FENCES).contains(&version) {
             return Err(corrupt(version_pos, CorruptReason::Version { found: version }));
         }
         let cluster_pos = cur.pos();
         let cluster_id = cur.u64_le().map_err(|r| corrupt(cluster_pos, r))?;
         let mut fence_epoch = 0;
-        if version == VERSION_FENCED {
+        if version != VERSION {
             let fence_pos = cur.pos();
             fence_epoch = cur.u64_le().map_err(|r| corrupt(fence_pos, r))?;
-            if fence_epoch == 0 {
+            if fence_epoch == 0 && version == VERSION_FENCED {
                 return Err(corrupt(fence_pos, CorruptReason::Field("a version 2 state with no fence")));
             }
         }
@@ -226,29 +273,54 @@ impl NodeState {
         let mut leaders = BTreeMap::new();
         let mut last: Option<String> = None;
         for _ in 0..count {
-            let entry_pos = cur.pos();
-            let name_len = usize::from(cur.u16_le().map_err(|r| corrupt(entry_pos, r))?);
-            if !(1..=NODE_STATE_LOG_NAME_BYTES_MAX).contains(&name_len) {
-                return Err(corrupt(entry_pos, CorruptReason::Field("log name length outside 1..=255")));
-            }
-            let name_pos = cur.pos();
-            let name_bytes = cur.take(name_len).map_err(|r| corrupt(name_pos, r))?;
-            let name = std::str::from_utf8(name_bytes)
-                .map_err(|_| corrupt(name_pos, CorruptReason::Field("log name is not UTF-8")))?;
+            let name = entry_name(&mut cur, &mut last)?;
             let fields_pos = cur.pos();
             let epoch = cur.u64_le().map_err(|r| corrupt(fields_pos, r))?;
             let leader = cur.u64_le().map_err(|r| corrupt(fields_pos + 8, r))?;
-            if last.as_deref().is_some_and(|last| last >= name) {
-                return Err(corrupt(entry_pos, CorruptReason::Field("entries out of order or repeated")));
+            leaders.insert(name, (epoch, leader));
+        }
+        let mut log_fences = BTreeMap::new();
+        if version == VERSION_LOG_FENCES {
+            let count_pos = cur.pos();
+            let count = cur.u32_le().map_err(|r| corrupt(count_pos, r))?;
+            if count == 0 {
+                return Err(corrupt(count_pos, CorruptReason::Field("a version 3 state with no log fence")));
             }
-            last = Some(name.to_owned());
-            leaders.insert(name.to_owned(), (epoch, leader));
+            if u64::from(count) > (cur.remaining_bytes() / LOG_FENCE_BYTES_MIN) as u64 {
+                return Err(corrupt(count_pos, CorruptReason::Field("log fence count exceeds what the file can hold")));
+            }
+            let mut last: Option<String> = None;
+            for _ in 0..count {
+                let name = entry_name(&mut cur, &mut last)?;
+                let epoch_pos = cur.pos();
+                let epoch = cur.u64_le().map_err(|r| corrupt(epoch_pos, r))?;
+                log_fences.insert(name, epoch);
+            }
         }
         if cur.remaining_bytes() > 0 {
             return Err(corrupt(cur.pos(), CorruptReason::TrailingGarbage));
         }
-        Ok(NodeState { cluster_id, leaders, fence_epoch })
+        Ok(NodeState { cluster_id, leaders, fence_epoch, log_fences })
     }
+}
+
+/// Reads the name that begins an entry, checking its length, its UTF-8 and that it comes
+/// after `last`, which it becomes.
+fn entry_name(cur: &mut Cursor<'_>, last: &mut Option<String>) -> Result<String, NodeStateError> {
+    let entry_pos = cur.pos();
+    let name_len = usize::from(cur.u16_le().map_err(|r| corrupt(entry_pos, r))?);
+    if !(1..=NODE_STATE_LOG_NAME_BYTES_MAX).contains(&name_len) {
+        return Err(corrupt(entry_pos, CorruptReason::Field("log name length outside 1..=255")));
+    }
+    let name_pos = cur.pos();
+    let name_bytes = cur.take(name_len).map_err(|r| corrupt(name_pos, r))?;
+    let name = std::str::from_utf8(name_bytes)
+        .map_err(|_| corrupt(name_pos, CorruptReason::Field("log name is not UTF-8")))?;
+    if last.as_deref().is_some_and(|last| last >= name) {
+        return Err(corrupt(entry_pos, CorruptReason::Field("entries out of order or repeated")));
+    }
+    *last = Some(name.to_owned());
+    Ok(name.to_owned())
 }
 
 fn corrupt(pos: usize, reason: CorruptReason) -> NodeStateError {
@@ -303,6 +375,32 @@ mod tests {
         }
         // Without a fence the file is version 1, as older builds wrote it.
         assert_eq!(sample().encode()[8..12], 1u32.to_le_bytes());
+    }
+
+    /// A log with a fence of its own is governed by it alone: the node's fence, higher or
+    /// lower, does not apply to it (its epochs are its own), and it still does to the others.
+    #[test]
+    fn a_log_fenced_alone_keeps_its_own_fence_through_the_file_and_every_damage_is_refused() {
+        let mut state = sample();
+        state.fence_log("orders", 4);
+        state.fence_log("orders", 3);
+        state.fence_epoch = 9;
+        assert_eq!((state.fence_of("orders"), state.fence_of("events")), (4, 9));
+        let bytes = state.encode();
+        assert_eq!(bytes[8..12], 3u32.to_le_bytes());
+        assert_eq!(NodeState::decode(&bytes).unwrap(), state);
+        for i in 0..bytes.len() * 8 {
+            let mut bad = bytes.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(NodeState::decode(&bad).is_err(), "bit {i}");
+        }
+        for len in 0..bytes.len() {
+            assert!(NodeState::decode(&bytes[..len]).is_err(), "cut to {len}");
+        }
+        // Without a node fence: version 3 with 0 there.
+        let mut alone = sample();
+        alone.fence_log("events", 2);
+        assert_eq!(NodeState::decode(&alone.encode()).unwrap().fence_of("events"), 2);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tern_wal::{Durability, Visibility};
 
 use super::{
     bytes_after, codec, complete_waiters, deliver, log_line, receipt, status_json, Acks, FrameBudget, Leader,
-    LeaderInput, LogSlot, Message, Reader, Reply, Reservation, Role, Shared, Waiter, QUORUM_LAG_REASON,
+    LeaderInput, LogSlot, Message, Reader, Reply, Reservation, Shared, Waiter, QUORUM_LAG_REASON,
 };
 use crate::producers::Check;
 
@@ -673,16 +673,13 @@ fn handle(
 
 /// Takes an append of `conn` into `batch`, or holds it back (quorum lag), or refuses it.
 fn handle_append(shared: &Arc<Shared>, conn: &mut Conn, seq: u64, log: &str, append: Append, batch: &mut Batch) {
-    if shared.config.role != Role::Leader {
-        return conn.replies.fill(seq, &Message::Refuse { reason: shared.follower_refusal() });
-    }
-    if let Some(reason) = shared.draining.lock().clone() {
-        return conn.replies.fill(seq, &Message::Refuse { reason });
-    }
-    let slot = match shared.log_state(log) {
+    let slot = match shared.leading_slot(log) {
         Ok(slot) => slot,
         Err(reason) => return conn.replies.fill(seq, &Message::Refuse { reason }),
     };
+    if let Some(reason) = shared.write_refusal(&shared.draining.lock(), &slot) {
+        return conn.replies.fill(seq, &Message::Refuse { reason });
+    }
     let stopped = slot.lock().leader.as_ref().and_then(|l| super::stop_reason(log, shared.config.node_id, l));
     if let Some(reason) = stopped {
         return conn.replies.fill(seq, &Message::Refuse { reason });
@@ -738,15 +735,13 @@ impl Batch {
         // Held while writing: a handover (`Server::drain`) sets its reason only between two
         // writes, so nothing is written after it saw the target catch up.
         let draining = shared.draining.lock();
-        if let Some(reason) = draining.as_ref() {
-            for (_, list) in self.logs.drain(..) {
+        for (slot, list) in self.logs.drain(..) {
+            if let Some(reason) = shared.write_refusal(&draining, &slot) {
                 for p in list {
                     p.replies.fill(p.seq, &Message::Refuse { reason: reason.clone() });
                 }
+                continue;
             }
-            return;
-        }
-        for (slot, list) in self.logs.drain(..) {
             let mut written = Vec::with_capacity(list.len());
             let mut list = list.into_iter().peekable();
             while let Some(next) = list.peek() {

@@ -93,8 +93,8 @@ pub(super) fn follow_messages(
     queue: &SyncQueue,
 ) -> io::Result<()> {
     let leader = admitted.leader;
-    // Tell the leader where each log stands.
-    for slot in shared.all_slots() {
+    // Tell the leader where each log followed here stands (a log led here is not its).
+    for slot in shared.all_slots().into_iter().filter(|s| s.lead.is_none()) {
         let msg = Message::Ack {
             log: slot.name.clone(),
             epoch: slot.lock().follower.as_ref().map_or(0, Follower::checked_epoch),

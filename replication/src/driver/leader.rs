@@ -66,6 +66,7 @@ pub(super) fn ship_loop(shared: &Shared, peer: NodeId, outbox: &Arc<Outbox>, mut
         for item in items {
             match item {
                 Outgoing::Bytes(bytes) => out.extend_from_slice(&bytes),
+                Outgoing::Ship { slot, .. } if slot.retired.load(Ordering::SeqCst) => {}
                 Outgoing::Ship { slot, from, bytes_max, commit_end } => {
                     let chunk = shared.chunk_for(&slot, peer, from, bytes_max);
                     let mut core = slot.lock();
@@ -140,6 +141,15 @@ pub(super) fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
     // The same failure is logged once, then at most every 10 s.
     let mut logged: Option<(String, Instant)> = None;
     while !shared.stop.load(Ordering::SeqCst) {
+        {
+            // Decided under the lock `Shared::dial_peers` starts threads under: a log that
+            // comes to need this follower either finds this thread going on, or its entry gone.
+            let mut dialing = shared.dialing.lock();
+            if !shared.wants_peer(peer) {
+                dialing.remove(&peer);
+                return;
+            }
+        }
         let mut welcomed = false;
         match connect_peer(shared, peer, addr, &mut welcomed) {
             Ok(()) => backoff = Duration::from_millis(50),
@@ -236,14 +246,18 @@ pub(super) fn connect_peer(
         }
         // A leader without logs sends no heartbeats, so its follower has nothing to answer.
         let silent = || heard.elapsed() >= PEER_SILENCE_MAX && shared.has_logs();
-        let give_up = || silent() || shared.stop.load(Ordering::SeqCst);
+        let unwanted = || heard.elapsed() >= GIVE_UP_POLL && !shared.wants_peer(peer);
+        let give_up = || silent() || unwanted() || shared.stop.load(Ordering::SeqCst);
         let msg = match read_msg_unless(&mut reader, &shared.frames, Reader::Peer, give_up) {
             Ok((msg, _held)) => msg,
             Err(e) => break Err(e),
         };
         heard = Instant::now();
         if let Message::Ack { log, .. } = &msg {
-            if let Ok(slot) = shared.log_state(&log.clone()) {
+            // A log this node would lead is opened (a follower may hold one not opened here
+            // yet); one it follows is not this connection's business.
+            let slot = if shared.would_lead(log) { shared.log_state(log).ok() } else { shared.slot(log) };
+            if let Some(slot) = slot {
                 shared.leader_input(&slot, LeaderInput::Received { peer, msg });
             }
         }
