@@ -41,7 +41,7 @@ use tern_controller::{
     Command, Controller, ControllerConfig, DataNode, ElectReason, HandoverStep, LogMap, LogReport, MembershipChange,
     Reply,
 };
-use tern_replication::driver::{Role, Server, ServerConfig};
+use tern_replication::driver::{Lead, Role, Server, ServerConfig};
 use tern_replication::election::{elect, ReplicaSet, Report};
 use tern_replication::message::NodeId;
 use tern_replication::proto::Quorum;
@@ -340,18 +340,14 @@ fn log_line(what: &str) {
 }
 
 impl Shared {
-    /// Runs the replication server as `role` in `epoch` (stopping what runs first).
+    /// Runs the replication server as `role` in `epoch`: started once, as a follower, then
+    /// told to lead every log or to follow them ([`Server::set_default_role`]) without a
+    /// restart, so that connections, threads and the other logs' state stay.
     fn switch(self: &Arc<Self>, role: Role, epoch: u64) -> std::io::Result<()> {
         let began = Instant::now();
         let mut running = self.running.lock();
-        let mut config = self.config.server.clone();
-        config.role = role;
-        config.peers = Vec::new();
-        config.leader_epoch = None;
-        let issued = self.controller.local_map().cluster_id;
-        if issued != 0 {
-            config.cluster_id = issued;
-        }
+        let mut lead = None;
+        let mut cluster_id = self.controller.local_map().cluster_id;
         if role == Role::Leader {
             // Read at the controller's leader, not from this member's copy, which may lag
             // after a restart: a planned handover of this epoch must be seen (the leader then
@@ -364,12 +360,11 @@ impl Shared {
                     placement.leader, placement.epoch
                 )));
             }
-            config.handing_over_to = placement.handover.as_ref().and_then(|h| h.under_way(epoch));
             if map.cluster_id == 0 {
                 return Err(std::io::Error::other("the controller has issued no cluster id yet"));
             }
-            config.cluster_id = map.cluster_id;
-            config.peers = placement
+            cluster_id = map.cluster_id;
+            let peers = placement
                 .replicas
                 .iter()
                 .chain(&placement.learners)
@@ -379,18 +374,37 @@ impl Shared {
                     addr.or_else(|| self.config.cluster.get(id).copied()).map(|addr| (*id, addr))
                 })
                 .collect();
-            config.learners = placement.learners.clone();
-            config.quorum = Quorum::Count(placement.quorum as usize);
-            config.leader_epoch = Some(epoch);
+            lead = Some(Lead {
+                epoch: Some(epoch),
+                peers,
+                learners: placement.learners.clone(),
+                quorum: Quorum::Count(placement.quorum as usize),
+                handing_over_to: placement.handover.as_ref().and_then(|h| h.under_way(epoch)),
+            });
         }
         let read = began.elapsed();
-        if let Some(old) = running.take() {
-            old.server.stop();
+        if running.is_none() {
+            let mut config = self.config.server.clone();
+            config.role = Role::Follower;
+            config.peers = Vec::new();
+            config.leader_epoch = None;
+            if cluster_id != 0 {
+                config.cluster_id = cluster_id;
+            }
+            let logs = ClusterLogs { logs: EngineLogs(self.engine.clone()), shared: Arc::downgrade(self) };
+            let server = Server::start(config, Arc::new(logs))?;
+            *running = Some(Running { role: Role::Follower, epoch: 0, server });
         }
-        let stopped = began.elapsed();
-        let logs = ClusterLogs { logs: EngineLogs(self.engine.clone()), shared: Arc::downgrade(self) };
-        let server = Server::start(config, Arc::new(logs))?;
+        let Some(current) = running.as_mut() else { return Err(std::io::Error::other("no server")) };
         let started = began.elapsed();
+        if cluster_id != 0 {
+            current.server.join_cluster(cluster_id)?;
+        }
+        // Following until the change is made: a failed change leaves the node following.
+        (current.role, current.epoch) = (Role::Follower, 0);
+        current.server.set_default_role(lead)?;
+        (current.role, current.epoch) = (role, epoch);
+        let changed = began.elapsed();
         if role == Role::Leader {
             // As Raft's no-op entry: records of earlier epochs commit only along with one of
             // the leader's own epoch, and the first appends after a failover may all be
@@ -405,18 +419,15 @@ impl Shared {
                     }
                 }
             }
-        }
-        if role == Role::Leader {
             log_line(&format!(
-                "node {} runs as leader of epoch {epoch}: map read in {} us, old server stopped in {} us, started in {} us, marked in {} us",
+                "node {} runs as leader of epoch {epoch}: map read in {} us, server ready in {} us, role changed in {} us, marked in {} us",
                 self.config.node_id,
                 read.as_micros(),
-                (stopped - read).as_micros(),
-                (started - stopped).as_micros(),
-                (began.elapsed() - started).as_micros()
+                (started - read).as_micros(),
+                (changed - started).as_micros(),
+                (began.elapsed() - changed).as_micros()
             ));
         }
-        *running = Some(Running { role, epoch, server });
         Ok(())
     }
 

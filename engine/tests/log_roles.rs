@@ -151,3 +151,40 @@ fn a_log_fenced_alone_stops_its_leader_and_no_other_log() {
     let reports = nodes[2].fence(3).unwrap();
     assert_eq!(reports.iter().map(|r| r.log.as_str()).collect::<Vec<_>>(), ["events"]);
 }
+
+/// The node's role covers every log without a role of its own, logs created later too; a log
+/// with a role of its own keeps it when the node's role changes. Node 1 leads every log but
+/// `orders`, which node 3 leads; every log but `orders` then moves to node 2, and `orders`
+/// goes on being written on node 3 in the same epoch.
+#[test]
+fn a_log_with_a_role_of_its_own_keeps_it_when_the_node_s_role_changes() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = three_followers(&dirs);
+    nodes[0].set_role("orders", None).unwrap();
+    nodes[0].set_default_role(Some(lead(&nodes, 0, 1))).unwrap();
+    nodes[2].set_role("orders", Some(lead(&nodes, 2, 1))).unwrap();
+    for i in 0..5 {
+        nodes[0].append("events", &[format!("event {i}").as_bytes()], Acks::Quorum).unwrap();
+        nodes[2].append("orders", &[format!("order {i}").as_bytes()], Acks::Quorum).unwrap();
+    }
+    // Created after the node's role was set: led by node 1 too.
+    nodes[0].append("audit", &[b"audit 0"], Acks::Quorum).unwrap();
+    assert_eq!(log_metrics(&nodes[0], "orders").role, Role::Follower);
+
+    nodes[0].hand_over(Some(2)).unwrap();
+    eventually("node 2 holds every log node 1 leads", Duration::from_secs(10), || nodes[0].caught_up(2).then_some(()));
+    nodes[0].set_default_role(None).unwrap();
+    nodes[1].set_role("orders", None).unwrap();
+    nodes[1].set_default_role(Some(lead(&nodes, 1, 2))).unwrap();
+    assert_eq!(nodes[1].append("events", &[b"event 5"], Acks::Quorum).unwrap().start, 5);
+    assert_eq!(nodes[1].append("audit", &[b"audit 1"], Acks::Quorum).unwrap().start, 1);
+    assert_eq!(nodes[2].append("orders", &[b"order 5"], Acks::Quorum).unwrap().start, 5);
+    assert!(nodes[0].append("events", &[b"to the old leader"], Acks::Quorum).is_err());
+    assert_eq!(log_metrics(&nodes[2], "orders").role, Role::Leader);
+    for node in &nodes {
+        eventually("every node holds every log", Duration::from_secs(20), || {
+            let held = records(node, "orders").len() == 6 && records(node, "events").len() == 6;
+            (held && records(node, "audit").len() == 2).then_some(())
+        });
+    }
+}

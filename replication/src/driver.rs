@@ -752,6 +752,9 @@ struct Shared {
     /// Roles set per log ([`Server::set_role`]) over the node's (`Some`: leads, `None`:
     /// follows).
     roles: Mutex<BTreeMap<String, Option<Lead>>>,
+    /// How the node leads every log without a role of its own (`None`: it follows them): as
+    /// its configuration says at start, then as [`Server::set_default_role`] sets.
+    default_lead: Mutex<Option<Lead>>,
     /// Leader: the followers being dialed, by a thread each ([`Shared::dial`]), until no log
     /// led here has them as a peer.
     dialing: Mutex<BTreeMap<NodeId, JoinHandle<()>>>,
@@ -875,6 +878,7 @@ impl Server {
             Some(target) => Some(moved_reason(config.node_id, Some(&node_lead(&config)), target)?),
             None => None,
         };
+        let default_lead = (config.role == Role::Leader).then(|| node_lead(&config));
         let shared = Arc::new(Shared {
             config,
             logs,
@@ -902,6 +906,7 @@ impl Server {
             draining: Mutex::new(Draining { all: draining, logs: BTreeMap::new() }),
             let_go: Mutex::new(std::collections::BTreeSet::new()),
             roles: Mutex::new(BTreeMap::new()),
+            default_lead: Mutex::new(default_lead),
             dialing: Mutex::new(BTreeMap::new()),
         });
         for name in shared.logs.names() {
@@ -991,7 +996,7 @@ impl Server {
             let state = shared.node_state.lock();
             shared.all_slots().into_iter().filter(|s| !state.fenced_alone(&s.name)).collect()
         };
-        if shared.config.role == Role::Leader || fenced.iter().any(|s| s.lead.is_some()) {
+        if fenced.iter().any(|s| s.lead.is_some()) {
             return Err(io::Error::other("a leader is not fenced: stop it, and start it as a follower first"));
         }
         shared.update_node_state(|state| state.fence_epoch = state.fence_epoch.max(epoch)).map_err(io::Error::other)?;
@@ -1040,46 +1045,68 @@ impl Server {
     pub fn set_role(&self, log: &str, lead: Option<Lead>) -> io::Result<()> {
         let shared = &self.shared;
         let mut draining = shared.draining.lock();
-        let old = {
-            let mut slots = shared.slots.lock();
-            shared.roles.lock().insert(log.to_owned(), lead.clone());
-            let old = slots.remove(log);
-            if let Some(old) = &old {
-                old.retired.store(true, Ordering::SeqCst);
-            }
-            old
-        };
-        draining.logs.remove(log);
-        let why = lead
-            .as_ref()
-            .and_then(|l| l.handing_over_to)
-            .map(|to| moved_reason(shared.config.node_id, lead.as_ref(), to));
-        let started = match why.transpose() {
-            Ok(why) => shared.log_state(log).map(|_| why),
-            Err(e) => Err(e.to_string()),
-        };
-        let result = match started {
-            Ok(why) => {
-                if let Some(why) = why {
-                    draining.logs.insert(log.to_owned(), why);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // It follows instead (the next call may lead it).
-                shared.roles.lock().insert(log.to_owned(), None);
-                let _ = shared.log_state(log);
-                Err(io::Error::other(e))
-            }
-        };
-        drop(draining);
-        if let Some(old) = old {
-            let why = format!("; {NOT_LEADER_PREFIX}node {} no longer leads log {log} this way", shared.config.node_id);
-            shared.refuse_waiters(&old, |_| true, &why);
-            old.committed.notify_all();
+        shared.roles.lock().insert(log.to_owned(), lead.clone());
+        let mut old = Vec::new();
+        let result = shared.rerole(&mut draining, log, lead.as_ref(), &mut old);
+        if result.is_err() {
+            // It follows instead (the next call may lead it).
+            shared.roles.lock().insert(log.to_owned(), None);
+            let _ = shared.rerole(&mut draining, log, None, &mut old);
         }
+        drop(draining);
+        shared.retire(old);
         shared.dial_peers()?;
-        result
+        result.map_err(io::Error::other)
+    }
+
+    /// Makes this node lead every log without a role of its own ([`Server::set_role`]) as `lead`
+    /// says, logs created later too, or follow them (`None`): as [`Server::set_role`] does for
+    /// one log, for all of them at once, between two writes. With `handing_over_to`, every
+    /// append to them is refused, naming that follower, from the start.
+    ///
+    /// # Errors
+    /// As [`Server::set_role`], for any of those logs; they all follow then.
+    pub fn set_default_role(&self, lead: Option<Lead>) -> io::Result<()> {
+        let shared = &self.shared;
+        let mut draining = shared.draining.lock();
+        *shared.default_lead.lock() = lead.clone();
+        let names: Vec<String> = {
+            let roles = shared.roles.lock();
+            shared.slots.lock().keys().filter(|name| !roles.contains_key(*name)).cloned().collect()
+        };
+        let mut old = Vec::new();
+        let mut result = Ok(());
+        draining.all = None;
+        for name in &names {
+            result = result.and(shared.rerole(&mut draining, name, lead.as_ref(), &mut old));
+        }
+        if let (Ok(()), Some(to)) = (&result, lead.as_ref().and_then(|l| l.handing_over_to)) {
+            match moved_reason(shared.config.node_id, lead.as_ref(), to) {
+                Ok(why) => draining.all = Some(why),
+                Err(e) => result = Err(e.to_string()),
+            }
+        }
+        if result.is_err() {
+            *shared.default_lead.lock() = None;
+            draining.all = None;
+            for name in &names {
+                let _ = shared.rerole(&mut draining, name, None, &mut old);
+            }
+        }
+        drop(draining);
+        shared.retire(old);
+        shared.dial_peers()?;
+        result.map_err(io::Error::other)
+    }
+
+    /// Makes this node a member of cluster `cluster_id`, durably, when it belongs to none yet
+    /// (as a follower does when the first leader reaches it): for a node that comes to lead
+    /// before any leader reached it.
+    ///
+    /// # Errors
+    /// It belongs to another cluster; writing the node state.
+    pub fn join_cluster(&self, cluster_id: u64) -> io::Result<()> {
+        self.shared.join_cluster(cluster_id).map_err(io::Error::other)
     }
 
     /// Leader, handing over to `target`: from now on client appends are refused with a
@@ -1394,12 +1421,49 @@ fn node_lead(config: &ServerConfig) -> Lead {
 }
 
 impl Shared {
+    /// Replaces the slot of `log` by one of the role `lead` (with `draining`, the writers'
+    /// lock, held: between two writes), keeping the replaced slot in `old` for
+    /// [`Shared::retire`]. Its handover refusal follows `lead.handing_over_to`.
+    fn rerole(
+        &self,
+        draining: &mut Draining,
+        log: &str,
+        lead: Option<&Lead>,
+        old: &mut Vec<Arc<LogSlot>>,
+    ) -> Result<(), String> {
+        if let Some(slot) = self.slots.lock().remove(log) {
+            slot.retired.store(true, Ordering::SeqCst);
+            old.push(slot);
+        }
+        draining.logs.remove(log);
+        let why = match lead.and_then(|l| l.handing_over_to) {
+            Some(to) => Some(moved_reason(self.config.node_id, lead, to).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let slot = self.log_state(log)?;
+        debug_assert_eq!(slot.lead.is_some(), lead.is_some());
+        if let Some(why) = why {
+            draining.logs.insert(log.to_owned(), why);
+        }
+        Ok(())
+    }
+
+    /// Refuses the appends still waiting on slots replaced by [`Shared::rerole`].
+    fn retire(&self, old: Vec<Arc<LogSlot>>) {
+        for slot in old {
+            let why =
+                format!("; {NOT_LEADER_PREFIX}node {} no longer leads log {} this way", self.config.node_id, slot.name);
+            self.refuse_waiters(&slot, |_| true, &why);
+            slot.committed.notify_all();
+        }
+    }
+
     /// How this node leads log `name` (`None`: it follows it): as set for the log
     /// ([`Server::set_role`]), or else as the node's role says.
     fn lead_of(&self, name: &str) -> Option<Lead> {
         match self.roles.lock().get(name) {
             Some(lead) => lead.clone(),
-            None => (self.config.role == Role::Leader).then(|| node_lead(&self.config)),
+            None => self.default_lead.lock().clone(),
         }
     }
 
@@ -1407,14 +1471,14 @@ impl Shared {
     fn would_lead(&self, name: &str) -> bool {
         match self.roles.lock().get(name) {
             Some(lead) => lead.is_some(),
-            None => self.config.role == Role::Leader,
+            None => self.default_lead.lock().is_some(),
         }
     }
 
     /// How this node leads one of its logs, if it leads any.
     fn leads_any(&self) -> Option<Lead> {
-        if self.config.role == Role::Leader {
-            return Some(node_lead(&self.config));
+        if let Some(lead) = self.default_lead.lock().clone() {
+            return Some(lead);
         }
         self.all_slots().into_iter().find_map(|s| s.lead.clone())
     }
@@ -1458,8 +1522,8 @@ impl Shared {
     /// thread ends once no log led here has its follower as a peer.
     fn dial_peers(self: &Arc<Self>) -> io::Result<()> {
         let mut wanted: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
-        if self.config.role == Role::Leader {
-            wanted.extend(self.config.peers.iter().copied());
+        if let Some(lead) = self.default_lead.lock().as_ref() {
+            wanted.extend(lead.peers.iter().copied());
         }
         for slot in self.all_slots() {
             if let Some(lead) = &slot.lead {
@@ -1481,7 +1545,7 @@ impl Shared {
     /// Whether a log led here has `peer` as a follower: its dialing thread goes on.
     fn wants_peer(&self, peer: NodeId) -> bool {
         let wanted = |lead: &Lead| lead.peers.iter().any(|(p, _)| *p == peer);
-        (self.config.role == Role::Leader && wanted(&node_lead(&self.config)))
+        self.default_lead.lock().as_ref().is_some_and(wanted)
             || self.all_slots().iter().any(|s| s.lead.as_ref().is_some_and(wanted))
     }
 
@@ -2370,7 +2434,7 @@ impl Shared {
             .collect();
         NodeMetrics {
             node: self.config.node_id,
-            role: self.config.role,
+            role: if self.default_lead.lock().is_some() { Role::Leader } else { Role::Follower },
             connections: self.connections.load(Ordering::SeqCst) as u64,
             reads_waiting: self.clients.reads_waiting() as u64,
             frame_bytes_held: self.frames.used() as u64,

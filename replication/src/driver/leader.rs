@@ -205,7 +205,7 @@ pub(super) fn connect_peer(
     // Where a stop can close it, until this connection ends.
     let _registered = shared.register(&stream);
     let hello = Message::Hello {
-        cluster_id: shared.config.cluster_id,
+        cluster_id: shared.cluster_id(),
         node_id: shared.config.node_id,
         version_min: PROTOCOL_VERSION_MIN,
         version_max: PROTOCOL_VERSION_MAX,
@@ -221,7 +221,7 @@ pub(super) fn connect_peer(
                 "the node at {addr} is node {node_id}, not node {peer}: it is not counted as node {peer}"
             )));
         }
-        Message::Welcome { cluster_id, .. } if cluster_id == shared.config.cluster_id => *welcomed = true,
+        Message::Welcome { cluster_id, .. } if cluster_id == shared.cluster_id() => *welcomed = true,
         Message::Refuse { reason } => return Err(io::Error::other(format!("refused: {reason}"))),
         _ => return Err(io::Error::other("unexpected handshake answer")),
     }
