@@ -100,12 +100,14 @@ impl ControllerClient {
         })
     }
 
-    /// Fences the data node beside the member at `addr` at `epoch` and returns its reports.
+    /// Fences the data node beside the member at `addr` at `epoch` (log `log` alone, or every
+    /// log but `except`: see [`crate::DataNode::fence`]) and returns its reports.
     ///
     /// # Errors
     /// No answer, or the node's refusal.
-    pub fn fence(&self, addr: &str, epoch: u64) -> io::Result<Vec<LogReport>> {
-        match self.request(addr, &Request::Fence { epoch })? {
+    pub fn fence(&self, addr: &str, epoch: u64, log: Option<&str>, except: &[String]) -> io::Result<Vec<LogReport>> {
+        let request = Request::Fence { epoch, log: log.map(str::to_owned), except: except.to_vec() };
+        match self.request(addr, &request)? {
             Response::Fence(result) => match served(result)? {
                 Ok(reports) => Ok(reports),
                 Err(_) => Err(io::Error::other("refused")),

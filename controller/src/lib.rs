@@ -22,8 +22,8 @@ pub mod rpc;
 use std::io::Cursor;
 
 pub use client::ControllerClient;
-pub use map::{ClusterMap, Command, DataLoss, ElectReason, Handover, HandoverStep, LogMap, Member, Reply};
-pub use node::{Controller, ControllerConfig, ControllerError, ControllerStatus, DataNode};
+pub use map::{ClusterMap, Command, DataLoss, ElectReason, Handover, HandoverStep, LogMap, Member, Reply, ALL_LOGS};
+pub use node::{Controller, ControllerConfig, ControllerError, ControllerStatus, DataNode, Leads};
 pub use rpc::{LogReport, MembershipChange};
 
 openraft::declare_raft_types!(

@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tern_replication::message::NodeId;
 
+/// The placement of every log without one of its own ([`Command::PlaceLog`]).
+pub const ALL_LOGS: &str = "*";
+
 /// A node of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -318,6 +321,17 @@ pub enum Command {
         /// Why, for status.
         reason: String,
     },
+    /// Gives log `log`, until now led with every log under placement `*`, a placement of its
+    /// own, if `*` is still at `expected_epoch`: the same leader, replicas and quorum, in the
+    /// next epoch (epochs are per log: `*`'s later epochs are never this log's). From then on
+    /// its leader is elected, handed over and heartbeats apart. Refused while `*` changes its
+    /// replicas or hands over; the same log placed again is answered as it is.
+    PlaceLog {
+        /// The log.
+        log: String,
+        /// The epoch of `*` the proposer saw.
+        expected_epoch: u64,
+    },
 }
 
 /// What applying a command did.
@@ -413,6 +427,7 @@ impl ClusterMap {
             Command::PromoteReplica { log, epoch, node } => self.promote_replica(log, *epoch, *node),
             Command::RemoveReplica { log, expected_epoch, node } => self.remove_replica(log, *expected_epoch, *node),
             Command::RetireReplica { log, epoch, node } => self.retire_replica(log, *epoch, *node),
+            Command::PlaceLog { log, expected_epoch } => self.place_log(log, *expected_epoch),
             Command::AbortHandover { log, epoch, reason } => {
                 let Some(entry) = self.logs.get_mut(log) else {
                     return Reply::Refused(format!("no log {log}"));
@@ -549,6 +564,32 @@ impl ClusterMap {
             _ => entry.handover = Some(Handover { to, epoch, step: HandoverStep::Fenced, reason: String::new() }),
         }
         Reply::Leader { log: log.to_owned(), leader: entry.leader, epoch }
+    }
+
+    fn place_log(&mut self, log: &str, expected_epoch: u64) -> Reply {
+        if let Some(placed) = self.logs.get(log).filter(|_| log != ALL_LOGS) {
+            return Reply::Leader { log: log.to_owned(), leader: placed.leader, epoch: placed.epoch };
+        }
+        if log == ALL_LOGS || log.is_empty() {
+            return Reply::Refused(format!("{log:?} is not a log name"));
+        }
+        let all = match self.log_at(ALL_LOGS, expected_epoch) {
+            Ok(all) => all,
+            Err(reply) => return reply,
+        };
+        if !all.learners.is_empty() || all.leaving.is_some() {
+            return Reply::Refused("the replicas of every log are changing: place the log once that is done".into());
+        }
+        if all.handover.as_ref().is_some_and(|h| h.under_way(all.epoch).is_some()) {
+            return Reply::Refused("every log is being handed over: place the log once that is done".into());
+        }
+        let Some(epoch) = all.epoch.checked_add(1) else {
+            return Reply::Refused(format!("log {log}: no epoch after {}", all.epoch));
+        };
+        let placed = LogMap { epoch, handover: None, data_loss: Vec::new(), ..all.clone() };
+        let leader = placed.leader;
+        self.logs.insert(log.to_owned(), placed);
+        Reply::Leader { log: log.to_owned(), leader, epoch }
     }
 
     fn create_log(&mut self, log: &str, replicas: &[NodeId], quorum: u32, leader: NodeId) -> Reply {
@@ -820,6 +861,35 @@ mod tests {
         // Every replica may be needed for a commit.
         let all = Command::CreateLog { log: "all".into(), replicas: vec![1, 2, 3], quorum: 3, leader: 1 };
         assert!(matches!(map.apply_command(&all), Reply::Leader { .. }));
+    }
+
+    /// A log placed alone starts from `*` as it is, in the next epoch, and from then on its
+    /// epochs are its own: an election of `*` does not move it, nor it `*`.
+    #[test]
+    fn a_log_placed_alone_takes_the_next_epoch_and_goes_its_own_way() {
+        let mut map = ClusterMap::default();
+        map.apply_command(&Command::CreateLog { log: ALL_LOGS.into(), replicas: vec![1, 2, 3], quorum: 2, leader: 1 });
+        let place = |epoch| Command::PlaceLog { log: "orders".into(), expected_epoch: epoch };
+        assert!(matches!(map.apply_command(&place(0)), Reply::Conflict { .. }));
+        assert_eq!(map.apply_command(&place(1)), leads(1, 2));
+        assert_eq!(map.apply_command(&place(1)), leads(1, 2), "placed again: the same");
+        let orders = map.logs["orders"].clone();
+        assert_eq!((orders.replicas, orders.quorum, orders.epoch), (vec![1, 2, 3], 2, 2));
+        assert_eq!(map.logs[ALL_LOGS].epoch, 1, "* keeps its epoch");
+        map.apply_command(&Command::Elect {
+            log: "orders".into(),
+            expected_epoch: 2,
+            leader: 3,
+            reason: ElectReason::Failover,
+        });
+        assert_eq!((map.logs["orders"].leader, map.logs[ALL_LOGS].leader), (3, 1));
+        for bad in [ALL_LOGS, ""] {
+            let command = Command::PlaceLog { log: bad.into(), expected_epoch: 1 };
+            assert!(matches!(map.apply_command(&command), Reply::Refused(_)), "{bad:?}");
+        }
+        map.apply_command(&Command::StartHandover { log: ALL_LOGS.into(), epoch: 1, to: 2 });
+        let refused = map.apply_command(&Command::PlaceLog { log: "events".into(), expected_epoch: 1 });
+        assert!(matches!(refused, Reply::Refused(_)), "placed while every log is handed over: {refused:?}");
     }
 
     #[test]

@@ -118,7 +118,9 @@ pub trait DataNode: Send + Sync + 'static {
     ///
     /// # Errors
     /// Why it could not (a node that leads does not report).
-    fn fence(&self, epoch: u64) -> Result<Vec<LogReport>, String>;
+    /// Only log `log` when given (placed alone: `Server::fence_log`); without it, every log
+    /// but those in `except` (placed alone, each given a fence of its own first).
+    fn fence(&self, epoch: u64, log: Option<&str>, except: &[String]) -> Result<Vec<LogReport>, String>;
 
     /// A leader handing over to `target`: stops taking appends and waits until `target` holds
     /// every record, for up to `timeout`; returns how long that took.
@@ -131,6 +133,9 @@ pub trait DataNode: Send + Sync + 'static {
     }
 }
 
+/// The epoch of each placement a data leader leads, as its heartbeat says.
+pub type Leads = BTreeMap<String, u64>;
+
 /// What the member's tasks share.
 struct Shared {
     node_id: NodeId,
@@ -138,7 +143,7 @@ struct Shared {
     map: StateMachineStore<TypeConfig, ClusterMap>,
     data_node: parking_lot::Mutex<Option<Arc<dyn DataNode>>>,
     /// When each data leader was last heard, and in which epoch (kept by every member).
-    heartbeats: parking_lot::Mutex<BTreeMap<NodeId, (u64, Instant)>>,
+    heartbeats: parking_lot::Mutex<BTreeMap<NodeId, (Leads, Instant)>>,
     /// Connections this member's data leader heartbeats over, by member address: `None` while
     /// a heartbeat to that member is under way (the next one skips it).
     heartbeat_streams: parking_lot::Mutex<BTreeMap<String, Option<tokio::net::TcpStream>>>,
@@ -321,14 +326,14 @@ impl Controller {
     /// # Errors
     /// [`ControllerError::NoLeader`] when no controller leader answered within `timeout`: a
     /// data leader that cannot reach the controller for its failure timeout stops leading.
-    pub fn heartbeat(&self, epoch: u64, timeout: Duration) -> Result<(), ControllerError> {
+    pub fn heartbeat(&self, leads: &Leads, timeout: Duration) -> Result<(), ControllerError> {
         let shared = self.shared.clone();
         let me = self.node_id;
         self.runtime().block_on(async move {
             let deadline = Instant::now() + timeout;
             let mut leader = None;
             loop {
-                shared.heartbeats.lock().insert(me, (epoch, Instant::now()));
+                shared.heartbeats.lock().insert(me, (leads.clone(), Instant::now()));
                 let status = self.status();
                 leader = status.leader.or(leader);
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -348,9 +353,9 @@ impl Controller {
                         streams.insert(addr.clone(), None);
                         stream
                     };
-                    let shared = shared.clone();
+                    let (shared, leads) = (shared.clone(), leads.clone());
                     calls.spawn(async move {
-                        let request = Request::Heartbeat { node: me, epoch };
+                        let request = Request::Heartbeat { node: me, leads };
                         let answer = call(&mut stream, &addr, &request, remaining).await;
                         let mut streams = shared.heartbeat_streams.lock();
                         match stream {
@@ -379,9 +384,10 @@ impl Controller {
         })
     }
 
-    /// When data leader `node` was last heard by this member, and in which epoch.
-    pub fn last_heartbeat(&self, node: NodeId) -> Option<(u64, Instant)> {
-        self.shared.heartbeats.lock().get(&node).copied()
+    /// When data leader `node` was last heard by this member, and which placements it led in
+    /// which epoch.
+    pub fn last_heartbeat(&self, node: NodeId) -> Option<(Leads, Instant)> {
+        self.shared.heartbeats.lock().get(&node).cloned()
     }
 
     /// Since when this member leads the controller, if it does.
@@ -399,15 +405,17 @@ impl Controller {
         node: NodeId,
         addr: &str,
         epoch: u64,
+        (log, except): (Option<&str>, &[String]),
         timeout: Duration,
     ) -> Result<Vec<LogReport>, ControllerError> {
         if node == self.node_id {
             let data = self.shared.data_node.lock().clone();
             let data = data.ok_or_else(|| ControllerError::Failed("no data node beside this member".into()))?;
-            return data.fence(epoch).map_err(ControllerError::Failed);
+            return data.fence(epoch, log, except).map_err(ControllerError::Failed);
         }
+        let request = Request::Fence { epoch, log: log.map(str::to_owned), except: except.to_vec() };
         self.runtime().block_on(async {
-            match call(&mut None, addr, &Request::Fence { epoch }, timeout).await {
+            match call(&mut None, addr, &request, timeout).await {
                 Ok(Response::Fence(Ok(reports))) => Ok(reports),
                 Ok(Response::Fence(Err(e))) => Err(ControllerError::Failed(format!("node {node}: {e:?}"))),
                 Ok(_) => Err(ControllerError::Failed(format!("node {node}: a response of another kind"))),
@@ -712,9 +720,9 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>, mut stop: 
             }),
             Request::ChangeMembers(change) => Response::ChangeMembers(change_members_here(raft, change).await),
             Request::LocalMap => Response::LocalMap(map.with_app(Clone::clone)),
-            Request::Heartbeat { node, epoch } => Response::Heartbeat({
+            Request::Heartbeat { node, leads } => Response::Heartbeat({
                 // Kept by every member: the next controller leader knows how long it was.
-                shared.heartbeats.lock().insert(node, (epoch, Instant::now()));
+                shared.heartbeats.lock().insert(node, (leads, Instant::now()));
                 if shared.leading_since.lock().is_some() {
                     Ok(())
                 } else {
@@ -734,14 +742,16 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>, mut stop: 
                     }
                 })
             }
-            Request::Fence { epoch } => {
+            Request::Fence { epoch, log, except } => {
                 let data = shared.data_node.lock().clone();
                 Response::Fence(match data {
                     None => Err(ServeError::Failed("no data node beside this member".into())),
-                    Some(data) => match tokio::task::spawn_blocking(move || data.fence(epoch)).await {
-                        Ok(result) => result.map_err(ServeError::Failed),
-                        Err(e) => Err(ServeError::Failed(e.to_string())),
-                    },
+                    Some(data) => {
+                        match tokio::task::spawn_blocking(move || data.fence(epoch, log.as_deref(), &except)).await {
+                            Ok(result) => result.map_err(ServeError::Failed),
+                            Err(e) => Err(ServeError::Failed(e.to_string())),
+                        }
+                    }
                 })
             }
         };

@@ -6,6 +6,7 @@
 //! carries one request at a time, each answered by one response. The length is checked
 //! before anything is allocated; a bad magic, length or checksum closes the connection.
 
+use std::collections::BTreeMap;
 use std::io;
 
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -46,19 +47,24 @@ pub enum Request {
     ReadMap,
     /// Change the controller's membership (served by its leader).
     ChangeMembers(MembershipChange),
-    /// A data leader says it is alive and leads in `epoch` (served by the controller's
-    /// leader, which keeps the time it heard it, in memory).
+    /// A data leader says it is alive and which placements it leads in which epoch (served by
+    /// the controller's leader, which keeps the time it heard it, in memory).
     Heartbeat {
         /// The data leader.
         node: NodeId,
-        /// The epoch it leads.
-        epoch: u64,
+        /// The epoch of each placement it leads (`*` and logs placed one by one).
+        leads: BTreeMap<String, u64>,
     },
     /// Fence this node's logs at `epoch` and report where each ends (served by the data node
-    /// beside any member), for the election of the leader of `epoch`.
+    /// beside any member), for the election of the leader of `epoch`: log `log` alone, or
+    /// every log but those placed one by one (`except`, each given a fence of its own first).
     Fence {
         /// The epoch being elected.
         epoch: u64,
+        /// The log placed alone being elected, or `None` for the placement of every other log.
+        log: Option<String>,
+        /// With `log` `None`: the logs placed one by one, left out.
+        except: Vec<String>,
     },
     /// The data leader beside this member stops taking appends and waits until `target` holds
     /// its every record (a planned handover), for up to `timeout_ms`.

@@ -207,10 +207,11 @@ fn every_member_keeps_a_data_leaders_heartbeats() {
     let (_, members) = cluster(dir.path(), 3);
     let leader = members[0].wait_for_leader(TIMEOUT).unwrap();
     let data_leader = members.iter().find(|m| m.node_id() != leader).unwrap();
-    data_leader.heartbeat(7, TIMEOUT).unwrap();
+    let leads: std::collections::BTreeMap<String, u64> = [("*".to_owned(), 7), ("orders".to_owned(), 3)].into();
+    data_leader.heartbeat(&leads, TIMEOUT).unwrap();
     let deadline = Instant::now() + TIMEOUT;
     for member in &members {
-        while member.last_heartbeat(data_leader.node_id()).map(|(epoch, _)| epoch) != Some(7) {
+        while member.last_heartbeat(data_leader.node_id()).map(|(led, _)| led) != Some(leads.clone()) {
             assert!(Instant::now() < deadline, "member {} never kept the heartbeat", member.node_id());
             std::thread::sleep(Duration::from_millis(5));
         }

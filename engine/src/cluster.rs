@@ -1,18 +1,24 @@
 //! A node whose role the controller decides (`tern serve --cluster`).
 //!
 //! Every node runs a controller member (on its data port + 1) beside its replication server.
-//! The cluster map's placement `*` names the node that leads every log and the epoch it leads
-//! in; the controller issues each epoch once ([`tern_controller::Command::Elect`]). A node runs
-//! its replication server as that leader, with that epoch, or as a follower:
+//! The cluster map's placement `*` names the node that leads every log without a placement of
+//! its own, and the epoch it leads in; a log handed over alone (`tern handover --log`,
+//! [`handover`]) gets a placement of its own ([`tern_controller::Command::PlaceLog`]), with its
+//! own leader and epochs. The controller issues each epoch of a placement once
+//! ([`tern_controller::Command::Elect`]). A node runs its replication server once, and each
+//! placement on it as that leader, with that epoch, or as a follower
+//! ([`Server::set_default_role`] for `*`, [`Server::set_role`] for a log placed alone):
 //!
-//! - The leader heartbeats to the controller's leader every [`HEARTBEAT_INTERVAL`]. One that
-//!   cannot reach it for the failure timeout stops taking appends (it restarts as a follower):
-//!   cut off from the controller, it may have been replaced.
-//! - The controller's leader watches those heartbeats. After the failure timeout without one,
-//!   it fences the other replicas at the next epoch (each durably refuses anything older, then
-//!   reports where each log ends), elects from the reports a node holding every committed
-//!   record of every log (`tern_replication::election::elect`, per log), and commits the
-//!   election. The elected node starts leading; the others follow it.
+//! - A leader heartbeats to the controller's leader every [`HEARTBEAT_INTERVAL`], naming each
+//!   placement it leads with its epoch. One that cannot reach it for the failure timeout stops
+//!   taking appends (it follows): cut off from the controller, it may have been replaced.
+//! - The controller's leader watches those heartbeats, per placement. After the failure timeout
+//!   without one, it fences the placement's replicas at its next epoch (each durably refuses
+//!   anything older on the placement's logs, then reports where each ends; a log placed alone
+//!   has a fence of its own, which `*`'s fences do not touch), elects from the reports a node
+//!   holding every committed record of every log of the placement
+//!   (`tern_replication::election::elect`, per log), and commits the election. The elected
+//!   node starts leading; the others follow it. The other placements go on meanwhile.
 //!
 //! A new leader writes one record in each log it holds at the start of its epoch: key
 //! `tern.epoch`, an empty value. Records of earlier epochs are committed only along with one of
@@ -25,8 +31,8 @@
 //! voting replicas itself, refusing appends for the moment it takes to make sure the new
 //! replicas hold every record it wrote (PROTOCOL.md "Adding and removing nodes").
 //!
-//! Today one node leads every log (the replication server's role is per node); the map keeps a
-//! placement per log for when roles are per log.
+//! A log is placed alone by an operator (`tern handover --log`); new logs are led under `*`
+//! until then: leaders are not yet spread over the nodes by themselves.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,8 +54,9 @@ use tern_replication::proto::Quorum;
 
 use crate::{Engine, EngineLogs};
 
-/// The placement every log follows today: one node leads them all.
-pub const ALL_LOGS: &str = "*";
+/// The placement of every log without one of its own: one node leads them all, and each log
+/// placed alone (`tern handover --log`) has a leader of its own.
+pub const ALL_LOGS: &str = tern_controller::ALL_LOGS;
 /// The key of the record a leader under the controller writes at the start of its epoch in
 /// each log it holds (with an empty value): see [`ClusterNode`]'s module docs.
 pub const EPOCH_MARKER_KEY: &[u8] = b"tern.epoch";
@@ -108,11 +115,26 @@ pub fn controller_addr(data: SocketAddr) -> SocketAddr {
     SocketAddr::new(data.ip(), data.port().wrapping_add(1))
 }
 
-/// What runs now.
+/// What runs now: the replication server, started once, and the role and epoch each
+/// placement (`*`, or a log placed alone) runs in on it.
 struct Running {
-    role: Role,
-    epoch: u64,
     server: Server,
+    roles: BTreeMap<String, (Role, u64)>,
+}
+
+/// What the node keeps of one placement it leads or led.
+#[derive(Default)]
+struct PlacementState {
+    /// The epoch this node stopped leading in (cut off from the controller, or fenced for the
+    /// next election): it never leads that epoch again.
+    stepped_down: Option<u64>,
+    /// The thread carrying a handover or a change of replicas on ([`Shared::hand_over`],
+    /// [`Shared::change_replicas`]), joined when the node stops.
+    thread: Option<JoinHandle<()>>,
+    /// A change of replicas that timed out is not tried again before this.
+    change_retry_at: Option<Instant>,
+    /// Since when each learner has been connected to this leader.
+    learners_connected: BTreeMap<NodeId, Instant>,
 }
 
 struct Shared {
@@ -120,17 +142,84 @@ struct Shared {
     engine: Arc<Engine>,
     controller: Controller,
     running: Mutex<Option<Running>>,
-    /// The epoch this node stopped leading in (cut off from the controller, or fenced for the
-    /// next election): it never leads that epoch again.
-    stepped_down: Mutex<Option<u64>>,
-    /// The thread carrying a handover or a change of replicas on ([`Shared::hand_over`],
-    /// [`Shared::change_replicas`]), joined when the node stops.
-    handover_thread: Mutex<Option<JoinHandle<()>>>,
-    /// A change of replicas that timed out is not tried again before this.
-    change_retry_at: Mutex<Option<Instant>>,
-    /// Since when each learner has been connected to this leader.
-    learners_connected: Mutex<BTreeMap<NodeId, Instant>>,
+    placements: Mutex<BTreeMap<String, PlacementState>>,
     stop: AtomicBool,
+}
+
+/// The logs one placement governs on this node's server: every log without a placement of
+/// its own (`*`: the server's role for the node), or one log (a role of its own).
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    All,
+    Log(&'a str),
+}
+
+impl<'a> Scope<'a> {
+    fn of(name: &'a str) -> Scope<'a> {
+        if name == ALL_LOGS {
+            Scope::All
+        } else {
+            Scope::Log(name)
+        }
+    }
+
+    fn set_role(self, server: &Server, lead: Option<Lead>) -> std::io::Result<()> {
+        match self {
+            Scope::All => server.set_default_role(lead),
+            Scope::Log(log) => server.set_role(log, lead),
+        }
+    }
+
+    fn hand_over(self, server: &Server, to: Option<NodeId>) -> std::io::Result<()> {
+        match self {
+            Scope::All => server.hand_over(to),
+            Scope::Log(log) => server.hand_over_log(log, to),
+        }
+    }
+
+    fn caught_up(self, server: &Server, node: NodeId) -> bool {
+        match self {
+            Scope::All => server.caught_up(node),
+            Scope::Log(log) => server.caught_up_on(log, node),
+        }
+    }
+
+    fn pause(self, server: &Server, pause: bool) -> std::io::Result<()> {
+        match self {
+            Scope::All => server.pause_appends(pause),
+            Scope::Log(log) => server.pause_log(log, pause),
+        }
+    }
+
+    fn holding(self, server: &Server, nodes: &[NodeId]) -> usize {
+        match self {
+            Scope::All => server.holding_everything(nodes),
+            Scope::Log(log) => server.holding_everything_on(log, nodes),
+        }
+    }
+
+    fn lag_bytes(self, server: &Server, node: NodeId) -> Option<u64> {
+        match self {
+            Scope::All => server.lag_bytes(node),
+            Scope::Log(log) => server.lag_bytes_on(log, node),
+        }
+    }
+
+    /// Whether `node` keeps up with the leader running `server`: connected, and within
+    /// [`PROMOTE_LAG_BYTES`] of its written end on every log of the scope (in sync, or close
+    /// enough to be promoted or left as a replica).
+    fn keeps_up(self, server: &Server, node: NodeId) -> bool {
+        self.lag_bytes(server, node).is_some_and(|lag| lag <= PROMOTE_LAG_BYTES)
+    }
+}
+
+impl std::fmt::Display for Scope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::All => write!(f, "every log"),
+            Scope::Log(log) => write!(f, "log {log}"),
+        }
+    }
 }
 
 /// A running node of a controller-run cluster. Dropping it stops it.
@@ -152,26 +241,42 @@ impl DataNode for FenceHere {
         self.drain_here(target, timeout)
     }
 
-    fn fence(&self, epoch: u64) -> Result<Vec<LogReport>, String> {
+    fn fence(&self, epoch: u64, log: Option<&str>, except: &[String]) -> Result<Vec<LogReport>, String> {
         let shared = self.0.upgrade().ok_or("the node is stopping")?;
+        let name = log.unwrap_or(ALL_LOGS);
         // A leader asked to report was given up on: it stops leading (and never leads its epoch
         // again), then reports as a follower.
-        let leading = shared.running.lock().as_ref().filter(|r| r.role == Role::Leader).map(|r| r.epoch);
+        let leading = shared
+            .running
+            .lock()
+            .as_ref()
+            .and_then(|r| r.roles.get(name).copied())
+            .filter(|(role, _)| *role == Role::Leader)
+            .map(|(_, epoch)| epoch);
         if let Some(led) = leading.filter(|led| *led >= epoch) {
             // A late request for an election this node has since won: it leads on.
             return Err(format!("node {} leads epoch {led}: not fenced for {epoch}", shared.config.node_id));
         }
+        let scope = Scope::of(name);
         if let Some(led) = leading {
-            *shared.stepped_down.lock() = Some(led);
+            shared.placements.lock().entry(name.to_owned()).or_default().stepped_down = Some(led);
             log_line(&format!(
-                "node {} stops leading epoch {led}: fenced for the election of {epoch}",
+                "node {} stops leading {scope} in epoch {led}: fenced for the election of {epoch}",
                 shared.config.node_id
             ));
-            shared.switch(Role::Follower, 0).map_err(|e| e.to_string())?;
+            shared.switch(name, Role::Follower, 0).map_err(|e| e.to_string())?;
         }
         let running = shared.running.lock();
         let Some(running) = running.as_ref() else { return Err("the node runs no server yet".into()) };
-        let reports = running.server.fence(epoch).map_err(|e| e.to_string())?;
+        let reports = match log {
+            Some(log) => vec![running.server.fence_log(log, epoch).map_err(|e| e.to_string())?],
+            None => {
+                for log in except {
+                    running.server.keep_apart(log).map_err(|e| e.to_string())?;
+                }
+                running.server.fence(epoch).map_err(|e| e.to_string())?
+            }
+        };
         Ok(reports
             .into_iter()
             .map(|r| LogReport { log: r.log, last_epoch: r.last_epoch, durable_end: r.durable_end })
@@ -183,11 +288,29 @@ impl FenceHere {
     fn drain_here(&self, target: NodeId, timeout: Duration) -> Result<Duration, String> {
         let shared = self.0.upgrade().ok_or("the node is stopping")?;
         let running = shared.running.lock();
-        let Some(running) = running.as_ref().filter(|r| r.role == Role::Leader) else {
+        let leads = |r: &&Running| r.roles.get(ALL_LOGS).is_some_and(|(role, _)| *role == Role::Leader);
+        let Some(running) = running.as_ref().filter(leads) else {
             return Err(format!("node {} does not lead", shared.config.node_id));
         };
         running.server.drain(target, timeout).map_err(|e| e.to_string())
     }
+}
+
+/// A placement in the status document.
+fn placement_json(p: &LogMap) -> serde_json::Value {
+    serde_json::json!({
+        "leader": p.leader,
+        "epoch": p.epoch,
+        "replicas": p.replicas,
+        "quorum": p.quorum,
+        "in_sync": p.in_sync,
+        "learners": p.learners,
+        "leaving": p.leaving,
+        "data_loss": p.data_loss.iter().map(|l| serde_json::json!({"epoch": l.epoch, "from": l.from, "to": l.to})).collect::<Vec<_>>(),
+        "handover": p.handover.as_ref().map(|h| serde_json::json!({
+            "to": h.to, "from_epoch": h.epoch, "step": h.step.name(), "reason": h.reason,
+        })),
+    })
 }
 
 /// The logs of the engine, with the controller's view in the status document.
@@ -216,25 +339,24 @@ impl tern_replication::driver::Logs for ClusterLogs {
         let shared = self.shared.upgrade()?;
         let status = shared.controller.status();
         let map = shared.controller.local_map();
-        let placement = map.logs.get(ALL_LOGS);
-        Some(serde_json::json!({
-            "controller_leader": status.leader,
-            "controller_term": status.term,
-            "controller_voters": status.voters.keys().collect::<Vec<_>>(),
-            "controller_learners": status.learners,
-            "leader": placement.map(|p| p.leader),
-            "epoch": placement.map(|p| p.epoch),
-            "replicas": placement.map(|p| p.replicas.clone()),
-            "quorum": placement.map(|p| p.quorum),
-            "in_sync": placement.map(|p| p.in_sync.clone()),
-            "learners": placement.map(|p| p.learners.clone()),
-            "leaving": placement.and_then(|p| p.leaving),
-            "members": map.members.iter().map(|(id, m)| serde_json::json!({"node": id, "addr": m.data_addr})).collect::<Vec<_>>(),
-            "data_loss": placement.map(|p| p.data_loss.iter().map(|l| serde_json::json!({"epoch": l.epoch, "from": l.from, "to": l.to})).collect::<Vec<_>>()),
-            "handover": placement.and_then(|p| p.handover.as_ref()).map(|h| serde_json::json!({
-                "to": h.to, "from_epoch": h.epoch, "step": h.step.name(), "reason": h.reason,
-            })),
-        }))
+        let mut all = map.logs.get(ALL_LOGS).map_or(serde_json::json!({}), placement_json);
+        let placed: serde_json::Map<String, serde_json::Value> = map
+            .logs
+            .iter()
+            .filter(|(name, _)| *name != ALL_LOGS)
+            .map(|(n, p)| (n.clone(), placement_json(p)))
+            .collect();
+        if let Some(fields) = all.as_object_mut() {
+            fields.insert("controller_leader".into(), serde_json::json!(status.leader));
+            fields.insert("controller_term".into(), serde_json::json!(status.term));
+            fields.insert("controller_voters".into(), serde_json::json!(status.voters.keys().collect::<Vec<_>>()));
+            fields.insert("controller_learners".into(), serde_json::json!(status.learners));
+            let members: Vec<_> =
+                map.members.iter().map(|(id, m)| serde_json::json!({"node": id, "addr": m.data_addr})).collect();
+            fields.insert("members".into(), serde_json::json!(members));
+            fields.insert("placed".into(), serde_json::Value::Object(placed));
+        }
+        Some(all)
     }
 }
 
@@ -270,16 +392,13 @@ impl ClusterNode {
             engine,
             controller,
             running: Mutex::new(None),
-            stepped_down: Mutex::new(None),
-            handover_thread: Mutex::new(None),
-            change_retry_at: Mutex::new(None),
-            learners_connected: Mutex::new(BTreeMap::new()),
+            placements: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
         });
         shared.controller.set_data_node(Arc::new(FenceHere(Arc::downgrade(&shared))));
         // A follower from the start: clients are told who leads rather than refused a
         // connection, and a node that led before a restart takes nothing until the map says.
-        shared.switch(Role::Follower, 0)?;
+        shared.switch(ALL_LOGS, Role::Follower, 0)?;
         let looping = shared.clone();
         let thread = std::thread::Builder::new().name(format!("tern-cluster-{me}")).spawn(move || looping.run())?;
         Ok(ClusterNode { shared, thread: Some(thread) })
@@ -290,9 +409,15 @@ impl ClusterNode {
         self.shared.running.lock().as_ref().map(|r| r.server.local_addr())
     }
 
-    /// The role and epoch this node runs in now.
+    /// The role and epoch this node runs every log in that has no placement of its own.
     pub fn role(&self) -> Option<(Role, u64)> {
-        self.shared.running.lock().as_ref().map(|r| (r.role, r.epoch))
+        self.shared.running.lock().as_ref().and_then(|r| r.roles.get(ALL_LOGS).copied())
+    }
+
+    /// The role and epoch this node runs each placement in: `*` ([`ClusterNode::role`]) and
+    /// each log placed alone.
+    pub fn roles(&self) -> BTreeMap<String, (Role, u64)> {
+        self.shared.running.lock().as_ref().map(|r| r.roles.clone()).unwrap_or_default()
     }
 
     /// Runs `f` on the replication server running now, if any.
@@ -315,10 +440,11 @@ impl ClusterNode {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        // It holds the engine and the controller member: a restart in the same directory
+        // They hold the engine and the controller member: a restart in the same directory
         // must find them closed.
-        let handover = self.shared.handover_thread.lock().take();
-        if let Some(thread) = handover {
+        let threads: Vec<JoinHandle<()>> =
+            self.shared.placements.lock().values_mut().filter_map(|p| p.thread.take()).collect();
+        for thread in threads {
             let _ = thread.join();
         }
         if let Some(running) = self.shared.running.lock().take() {
@@ -340,20 +466,23 @@ fn log_line(what: &str) {
 }
 
 impl Shared {
-    /// Runs the replication server as `role` in `epoch`: started once, as a follower, then
-    /// told to lead every log or to follow them ([`Server::set_default_role`]) without a
-    /// restart, so that connections, threads and the other logs' state stay.
-    fn switch(self: &Arc<Self>, role: Role, epoch: u64) -> std::io::Result<()> {
+    /// Runs placement `name` (`*`, or a log placed alone) as `role` in `epoch` on the
+    /// replication server: started once, as a follower of every log, then told to lead or
+    /// follow the placement's logs ([`Server::set_default_role`], [`Server::set_role`]) without
+    /// a restart, so that connections, threads and the other placements' logs stay.
+    fn switch(self: &Arc<Self>, name: &str, role: Role, epoch: u64) -> std::io::Result<()> {
         let began = Instant::now();
+        let scope = Scope::of(name);
         let mut running = self.running.lock();
         let mut lead = None;
-        let mut cluster_id = self.controller.local_map().cluster_id;
+        let local = self.controller.local_map();
+        let mut cluster_id = local.cluster_id;
         if role == Role::Leader {
             // Read at the controller's leader, not from this member's copy, which may lag
             // after a restart: a planned handover of this epoch must be seen (the leader then
             // starts refusing appends), or the target could be elected while this node writes.
             let map = self.controller.read_map(Duration::from_secs(1)).map_err(std::io::Error::other)?;
-            let placement = map.logs.get(ALL_LOGS).cloned().ok_or_else(|| std::io::Error::other("no placement"))?;
+            let placement = map.logs.get(name).cloned().ok_or_else(|| std::io::Error::other("no placement"))?;
             if placement.epoch != epoch || placement.leader != self.config.node_id {
                 return Err(std::io::Error::other(format!(
                     "the map moved on: node {} leads epoch {}",
@@ -393,24 +522,31 @@ impl Shared {
             }
             let logs = ClusterLogs { logs: EngineLogs(self.engine.clone()), shared: Arc::downgrade(self) };
             let server = Server::start(config, Arc::new(logs))?;
-            *running = Some(Running { role: Role::Follower, epoch: 0, server });
+            *running = Some(Running { server, roles: BTreeMap::new() });
         }
         let Some(current) = running.as_mut() else { return Err(std::io::Error::other("no server")) };
         let started = began.elapsed();
         if cluster_id != 0 {
             current.server.join_cluster(cluster_id)?;
         }
-        // Following until the change is made: a failed change leaves the node following.
-        (current.role, current.epoch) = (Role::Follower, 0);
-        current.server.set_default_role(lead)?;
-        (current.role, current.epoch) = (role, epoch);
+        // Following until the change is made: a failed change leaves the logs following.
+        current.roles.insert(name.to_owned(), (Role::Follower, 0));
+        scope.set_role(&current.server, lead)?;
+        current.roles.insert(name.to_owned(), (role, epoch));
         let changed = began.elapsed();
         if role == Role::Leader {
             // As Raft's no-op entry: records of earlier epochs commit only along with one of
             // the leader's own epoch, and the first appends after a failover may all be
             // producers' retries of batches already in the log (answered from there, not
             // written again): without a record of its own, the new leader would never commit.
-            for name in self.engine.log_names().unwrap_or_default() {
+            let names = match scope {
+                Scope::All => {
+                    let placed = |n: &String| local.logs.contains_key(n);
+                    self.engine.log_names().unwrap_or_default().into_iter().filter(|n| !placed(n)).collect()
+                }
+                Scope::Log(log) => vec![log.to_owned()],
+            };
+            for name in names {
                 if let Ok(log) = self.engine.log(&name) {
                     let marker =
                         tern_wal::Record { key: Some(EPOCH_MARKER_KEY), value: b"", timestamp_ms: tern_wal::now_ms() };
@@ -420,7 +556,7 @@ impl Shared {
                 }
             }
             log_line(&format!(
-                "node {} runs as leader of epoch {epoch}: map read in {} us, server ready in {} us, role changed in {} us, marked in {} us",
+                "node {} runs as leader of {scope} in epoch {epoch}: map read in {} us, server ready in {} us, role changed in {} us, marked in {} us",
                 self.config.node_id,
                 read.as_micros(),
                 (started - read).as_micros(),
@@ -437,9 +573,11 @@ impl Shared {
         let mut registered = false;
         let mut last_heartbeat_ok = Instant::now();
         let mut last_heartbeat_sent: Option<Instant> = None;
-        // The placement this node last saw, and since when: a new leader gets the failure
-        // timeout to start and be heard before it can be found silent.
-        let mut observed: Option<(u64, Instant)> = None;
+        // The epoch of each placement this node last saw, and since when: a new leader gets
+        // the failure timeout to start and be heard before it can be found silent.
+        let mut observed: BTreeMap<String, (u64, Instant)> = BTreeMap::new();
+        // Logs placed alone whose fence this node keeps apart from the node's.
+        let mut apart: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         let mut controller_leader = None;
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(TICK);
@@ -455,107 +593,158 @@ impl Shared {
                 let register = Command::Register { node: me, data_addr: self.data_addr() };
                 registered = self.controller.propose(register, Duration::from_secs(1)).is_ok();
             }
-            let Some(placement) = map.logs.get(ALL_LOGS).cloned() else {
+            if !map.logs.contains_key(ALL_LOGS) {
                 if status.leader == Some(me) {
                     self.create_placement();
                 }
                 continue;
-            };
-            if observed.is_none_or(|(epoch, _)| epoch != placement.epoch) {
-                observed = Some((placement.epoch, Instant::now()));
             }
-            let stepped_down = *self.stepped_down.lock();
-            let lead = placement.leader == me && stepped_down != Some(placement.epoch);
-            let current = self.running.lock().as_ref().map(|r| (r.role, r.epoch));
-            if lead {
-                if current != Some((Role::Leader, placement.epoch)) {
-                    log_line(&format!("node {me} leads every log in epoch {}", placement.epoch));
-                    if let Err(e) = self.switch(Role::Leader, placement.epoch) {
-                        log_line(&format!("node {me} cannot lead epoch {}: {e}", placement.epoch));
-                        *self.stepped_down.lock() = Some(placement.epoch);
-                        let _ = self.switch(Role::Follower, 0);
-                        continue;
-                    }
-                    last_heartbeat_ok = Instant::now();
-                }
-                let handing_over = placement.handover.as_ref().is_some_and(|h| h.under_way(placement.epoch).is_some());
-                let change = if handing_over { None } else { self.replica_change_due(&placement) };
-                if handing_over || change.is_some() {
-                    let mut thread = self.handover_thread.lock();
-                    if thread.as_ref().is_none_or(|t| t.is_finished()) && !self.stop.load(Ordering::SeqCst) {
-                        let (shared, placement) = (self.clone(), placement.clone());
-                        *thread = std::thread::Builder::new()
-                            .name(format!("tern-handover-{me}"))
-                            .spawn(move || match change {
-                                Some(promote) => shared.change_replicas(&placement, promote),
-                                None => shared.hand_over(&placement),
-                            })
-                            .ok();
+            let mut leads = BTreeMap::new();
+            for (name, placement) in &map.logs {
+                if name != ALL_LOGS && !apart.contains(name) {
+                    // Before anything of its own epochs: `*`'s fences no longer reach it.
+                    if self.running.lock().as_ref().is_some_and(|r| r.server.keep_apart(name).is_ok()) {
+                        apart.insert(name.clone());
                     }
                 }
-                if last_heartbeat_sent.is_none_or(|at| at.elapsed() >= HEARTBEAT_INTERVAL) {
-                    last_heartbeat_sent = Some(Instant::now());
-                    if self.controller.heartbeat(placement.epoch, HEARTBEAT_INTERVAL).is_ok() {
+                if observed.get(name).is_none_or(|(epoch, _)| *epoch != placement.epoch) {
+                    observed.insert(name.clone(), (placement.epoch, Instant::now()));
+                }
+                let was_leading = self.leads(name, placement.epoch);
+                if self.tend(name, placement) {
+                    if !was_leading {
                         last_heartbeat_ok = Instant::now();
                     }
-                    self.report_in_sync(&placement);
+                    leads.insert(name.clone(), placement.epoch);
+                }
+            }
+            if leads.is_empty() {
+                last_heartbeat_ok = Instant::now();
+            } else {
+                if last_heartbeat_sent.is_none_or(|at| at.elapsed() >= HEARTBEAT_INTERVAL) {
+                    last_heartbeat_sent = Some(Instant::now());
+                    if self.controller.heartbeat(&leads, HEARTBEAT_INTERVAL).is_ok() {
+                        last_heartbeat_ok = Instant::now();
+                    }
+                    for name in leads.keys() {
+                        self.report_in_sync(name, &map.logs[name]);
+                    }
                 }
                 if last_heartbeat_ok.elapsed() > timeout {
-                    log_line(&format!(
-                        "node {me} heard no controller for {} ms: it stops leading epoch {}",
-                        timeout.as_millis(),
-                        placement.epoch
-                    ));
-                    *self.stepped_down.lock() = Some(placement.epoch);
-                    let _ = self.switch(Role::Follower, 0);
+                    for (name, epoch) in &leads {
+                        log_line(&format!(
+                            "node {me} heard no controller for {} ms: it stops leading {} in epoch {epoch}",
+                            timeout.as_millis(),
+                            Scope::of(name)
+                        ));
+                        self.placements.lock().entry(name.clone()).or_default().stepped_down = Some(*epoch);
+                        let _ = self.switch(name, Role::Follower, 0);
+                    }
                 }
-            } else if current.map(|(role, _)| role) != Some(Role::Follower) {
-                log_line(&format!("node {me} follows node {} (epoch {})", placement.leader, placement.epoch));
-                let _ = self.switch(Role::Follower, 0);
             }
             // The controller's leader replaces a data leader it has not heard from (itself too,
             // once it stepped down).
-            if status.leader == Some(me) && (placement.leader != me || stepped_down == Some(placement.epoch)) {
+            if status.leader != Some(me) {
+                continue;
+            }
+            for (name, placement) in &map.logs {
+                let stepped_down = self.placements.lock().get(name).and_then(|p| p.stepped_down);
+                if placement.leader == me && stepped_down != Some(placement.epoch) {
+                    continue;
+                }
                 // A live leader heartbeats every member every HEARTBEAT_INTERVAL, so a new
                 // controller leader knows how long it has been silent; two intervals of
                 // leading let it hear one that it could not hear before (it was cut off).
                 let settle = 2 * HEARTBEAT_INTERVAL;
                 let settled = self.controller.leading_since().is_some_and(|since| since.elapsed() > settle)
-                    && observed.is_some_and(|(_, since)| since.elapsed() > timeout);
+                    && observed.get(name).is_some_and(|(_, since)| since.elapsed() > timeout);
                 let heard = self
                     .controller
                     .last_heartbeat(placement.leader)
-                    .is_some_and(|(epoch, at)| epoch == placement.epoch && at.elapsed() <= timeout);
+                    .is_some_and(|(led, at)| led.get(name) == Some(&placement.epoch) && at.elapsed() <= timeout);
                 if settled && !heard {
-                    self.fail_over(&placement);
+                    self.fail_over(name, placement);
                 }
             }
         }
     }
 
-    /// Carries on the planned handover of `placement` (this node leads its epoch): refuses
-    /// appends, waits until the target holds every record written here, and elects it; or,
-    /// when the target does not catch up in [`HANDOVER_TIMEOUT`], gives the handover up and
-    /// takes appends again. Every step is idempotent and the map says where it is. A node that
-    /// stops meanwhile leaves the step as it is, as a crash would: restarted, it cannot lead
-    /// its epoch again (every start of a leader begins a new epoch of its logs), so the
-    /// failover after the failure timeout ends the handover.
-    fn hand_over(self: &Arc<Self>, placement: &LogMap) {
+    /// Whether this node runs placement `name` as the leader of `epoch`.
+    fn leads(&self, name: &str, epoch: u64) -> bool {
+        self.running.lock().as_ref().and_then(|r| r.roles.get(name).copied()) == Some((Role::Leader, epoch))
+    }
+
+    /// Runs placement `name` as the map says: leads it (with its handover or change of
+    /// replicas carried on) or follows it. Returns whether it leads it now.
+    fn tend(self: &Arc<Self>, name: &str, placement: &LogMap) -> bool {
         let me = self.config.node_id;
+        let scope = Scope::of(name);
+        let stepped_down = self.placements.lock().get(name).and_then(|p| p.stepped_down);
+        let lead = placement.leader == me && stepped_down != Some(placement.epoch);
+        let current = self.running.lock().as_ref().and_then(|r| r.roles.get(name).copied());
+        if !lead {
+            if current.map(|(role, _)| role) != Some(Role::Follower) {
+                log_line(&format!(
+                    "node {me} follows node {} on {scope} (epoch {})",
+                    placement.leader, placement.epoch
+                ));
+                let _ = self.switch(name, Role::Follower, 0);
+            }
+            return false;
+        }
+        if current != Some((Role::Leader, placement.epoch)) {
+            log_line(&format!("node {me} leads {scope} in epoch {}", placement.epoch));
+            if let Err(e) = self.switch(name, Role::Leader, placement.epoch) {
+                log_line(&format!("node {me} cannot lead {scope} in epoch {}: {e}", placement.epoch));
+                self.placements.lock().entry(name.to_owned()).or_default().stepped_down = Some(placement.epoch);
+                let _ = self.switch(name, Role::Follower, 0);
+                return false;
+            }
+        }
+        let handing_over = placement.handover.as_ref().is_some_and(|h| h.under_way(placement.epoch).is_some());
+        let change = if handing_over { None } else { self.replica_change_due(name, placement) };
+        if handing_over || change.is_some() {
+            let mut placements = self.placements.lock();
+            let state = placements.entry(name.to_owned()).or_default();
+            if state.thread.as_ref().is_none_or(|t| t.is_finished()) && !self.stop.load(Ordering::SeqCst) {
+                let (shared, placement, name) = (self.clone(), placement.clone(), name.to_owned());
+                state.thread = std::thread::Builder::new()
+                    .name(format!("tern-handover-{me}"))
+                    .spawn(move || match change {
+                        Some(promote) => shared.change_replicas(&name, &placement, promote),
+                        None => shared.hand_over(&name, &placement),
+                    })
+                    .ok();
+            }
+        }
+        true
+    }
+
+    /// Carries on the planned handover of placement `name` (this node leads its epoch):
+    /// refuses appends, waits until the target holds every record written here, and elects
+    /// it; or, when the target does not catch up in [`HANDOVER_TIMEOUT`], gives the handover
+    /// up and takes appends again. Every step is idempotent and the map says where it is. A
+    /// node that stops meanwhile leaves the step as it is, as a crash would: restarted, it
+    /// cannot lead its epoch again (every start of a leader begins a new epoch of its logs),
+    /// so the failover after the failure timeout ends the handover.
+    fn hand_over(self: &Arc<Self>, name: &str, placement: &LogMap) {
+        let me = self.config.node_id;
+        let scope = Scope::of(name);
         let Some(handover) = placement.handover.clone() else { return };
         let Some(to) = handover.under_way(placement.epoch) else { return };
         let epoch = placement.epoch;
         let started = Instant::now();
-        let Some(drained) = self.as_leader(epoch, |s| s.hand_over(Some(to)).map_err(|e| e.to_string())) else {
+        let Some(drained) = self.as_leader(name, epoch, |s| scope.hand_over(s, Some(to)).map_err(|e| e.to_string()))
+        else {
             return;
         };
         if let Err(e) = drained {
-            log_line(&format!("node {me} cannot hand epoch {epoch} over to node {to}: {e}"));
-            return self.abort_handover(epoch, to, e);
+            log_line(&format!("node {me} cannot hand {scope} (epoch {epoch}) over to node {to}: {e}"));
+            return self.abort_handover(name, epoch, to, e);
         }
-        log_line(&format!("node {me} hands epoch {epoch} over to node {to}: appends refused"));
+        log_line(&format!("node {me} hands {scope} (epoch {epoch}) over to node {to}: appends refused"));
         let caught_up = loop {
-            match self.as_leader(epoch, |s| s.caught_up(to)) {
+            match self.as_leader(name, epoch, |s| scope.caught_up(s, to)) {
                 None => return, // no longer leading this epoch: the map moved on
                 Some(true) => break true,
                 // Stopping is not the target failing to catch up: as after a crash, the map
@@ -567,74 +756,81 @@ impl Shared {
         };
         if !caught_up {
             let why = format!("node {to} did not catch up within {} ms", HANDOVER_TIMEOUT.as_millis());
-            return self.abort_handover(epoch, to, why);
+            return self.abort_handover(name, epoch, to, why);
         }
         let caught_up_at = started.elapsed();
         if handover.step < HandoverStep::CaughtUp {
-            let step = Command::HandoverStep { log: ALL_LOGS.into(), epoch, step: HandoverStep::CaughtUp };
+            let step = Command::HandoverStep { log: name.into(), epoch, step: HandoverStep::CaughtUp };
             let _ = self.controller.propose(step, Duration::from_secs(1));
         }
         let elect_cmd =
-            Command::Elect { log: ALL_LOGS.into(), expected_epoch: epoch, leader: to, reason: ElectReason::Handover };
+            Command::Elect { log: name.into(), expected_epoch: epoch, leader: to, reason: ElectReason::Handover };
         match self.controller.propose(elect_cmd, Duration::from_secs(2)) {
             Ok(Reply::Leader { leader, epoch: next, .. }) => {
                 log_line(&format!(
-                    "node {leader} elected leader of every log in epoch {next} (handover: caught up in {} us, elected in {} us)",
+                    "node {leader} elected leader of {scope} in epoch {next} (handover: caught up in {} us, elected in {} us)",
                     caught_up_at.as_micros(),
                     started.elapsed().as_micros()
                 ));
                 // Until this member's copy of the map shows it, the loop would carry on again.
-                self.wait_local(|p| p.epoch > epoch);
+                self.wait_local(name, |p| p.epoch > epoch);
             }
             // Refused: the handover is no longer under way; Conflict: another election came
             // first. Either way appends stay refused here until the map is seen again.
-            Ok(other) => log_line(&format!("handover of epoch {epoch} to node {to}: {other:?}")),
-            Err(e) => log_line(&format!("handover of epoch {epoch} to node {to} not committed: {e}")),
+            Ok(other) => log_line(&format!("handover of {scope} (epoch {epoch}) to node {to}: {other:?}")),
+            Err(e) => log_line(&format!("handover of {scope} (epoch {epoch}) to node {to} not committed: {e}")),
         }
     }
 
-    /// `f` on the replication server, while this node runs it as the leader of `epoch`.
-    fn as_leader<T>(&self, epoch: u64, f: impl FnOnce(&Server) -> T) -> Option<T> {
-        self.running.lock().as_ref().filter(|r| r.role == Role::Leader && r.epoch == epoch).map(|r| f(&r.server))
+    /// `f` on the replication server, while this node runs placement `name` as the leader of
+    /// `epoch`.
+    fn as_leader<T>(&self, name: &str, epoch: u64, f: impl FnOnce(&Server) -> T) -> Option<T> {
+        let running = self.running.lock();
+        let running = running.as_ref()?;
+        (running.roles.get(name) == Some(&(Role::Leader, epoch))).then(|| f(&running.server))
     }
 
-    /// Tells the controller which replicas are in sync (this node, and those within
-    /// [`PROMOTE_LAG_BYTES`] of its written end on every log), when that changed: status
-    /// shows it, and a node removed while it leads hands over to one of them.
-    fn report_in_sync(&self, placement: &LogMap) {
+    /// Tells the controller which replicas of placement `name` are in sync (this node, and
+    /// those within [`PROMOTE_LAG_BYTES`] of its written end on every log of it), when that
+    /// changed: status shows it, and a node removed while it leads hands over to one of them.
+    fn report_in_sync(&self, name: &str, placement: &LogMap) {
         let me = self.config.node_id;
-        let in_sync = self.as_leader(placement.epoch, |s| {
-            placement.replicas.iter().copied().filter(|n| *n == me || keeps_up(s, *n)).collect::<Vec<_>>()
+        let scope = Scope::of(name);
+        let in_sync = self.as_leader(name, placement.epoch, |s| {
+            placement.replicas.iter().copied().filter(|n| *n == me || scope.keeps_up(s, *n)).collect::<Vec<_>>()
         });
         let Some(in_sync) = in_sync else { return };
         if in_sync != placement.in_sync {
-            let report = Command::SetInSync { log: ALL_LOGS.into(), epoch: placement.epoch, in_sync };
+            let report = Command::SetInSync { log: name.into(), epoch: placement.epoch, in_sync };
             let _ = self.controller.propose(report, HEARTBEAT_INTERVAL);
         }
     }
 
-    /// The change of replicas this node, leading `placement`'s epoch, has to carry out now, if
-    /// any: `Some(Some(learner))` to promote a learner nearly caught up (within
+    /// The change of replicas this node, leading placement `name` in its epoch, has to carry
+    /// out now, if any: `Some(Some(learner))` to promote a learner nearly caught up (within
     /// [`PROMOTE_LAG_BYTES`] on every log), `Some(None)` to take the leaving replica out.
-    fn replica_change_due(&self, placement: &LogMap) -> Option<Option<NodeId>> {
+    fn replica_change_due(&self, name: &str, placement: &LogMap) -> Option<Option<NodeId>> {
         let me = self.config.node_id;
+        let scope = Scope::of(name);
         let nothing_asked = placement.learners.is_empty() && placement.leaving.is_none();
-        if nothing_asked || self.change_retry_at.lock().is_some_and(|at| Instant::now() < at) {
+        let retry_at = self.placements.lock().get(name).and_then(|p| p.change_retry_at);
+        if nothing_asked || retry_at.is_some_and(|at| Instant::now() < at) {
             return None;
         }
-        self.as_leader(placement.epoch, |server| {
-            let close = |node: &NodeId| *node == me || keeps_up(server, *node);
+        self.as_leader(name, placement.epoch, |server| {
+            let close = |node: &NodeId| *node == me || scope.keeps_up(server, *node);
             if placement.leaving.is_some_and(|l| l != me) {
                 let (replicas, quorum) = placement.replicas_after(None);
                 return (replicas.iter().filter(|n| close(n)).count() >= quorum as usize).then_some(None);
             }
             // A learner just connected has acknowledged nothing yet; one kept behind by a steady
             // stream of writes is promoted, after a while, from further back.
-            let mut connected = self.learners_connected.lock();
+            let mut placements = self.placements.lock();
+            let connected = &mut placements.entry(name.to_owned()).or_default().learners_connected;
             connected.retain(|l, _| placement.learners.contains(l));
             let mut ready = None;
             for learner in &placement.learners {
-                let Some(lag) = server.lag_bytes(*learner) else {
+                let Some(lag) = scope.lag_bytes(server, *learner) else {
                     connected.remove(learner);
                     continue;
                 };
@@ -654,31 +850,32 @@ impl Shared {
         .flatten()
     }
 
-    /// Carries out a change of the replicas of every log this node leads in `placement`'s
-    /// epoch: promotes `promote` (a learner), or takes out the leaving replica. Appends are
-    /// refused meanwhile (for milliseconds): the change is committed only once a quorum of the
-    /// new replicas (the learner among them) holds every record written here, so that every
-    /// election of the next epochs, counting the new replicas, finds every committed record.
-    /// When they do not within [`CHANGE_TIMEOUT`], appends are taken again and the change is
-    /// tried later.
-    fn change_replicas(self: &Arc<Self>, placement: &LogMap, promote: Option<NodeId>) {
+    /// Carries out a change of the replicas of placement `name`, which this node leads in
+    /// `placement`'s epoch: promotes `promote` (a learner), or takes out the leaving replica.
+    /// Appends are refused meanwhile (for milliseconds): the change is committed only once a
+    /// quorum of the new replicas (the learner among them) holds every record written here, so
+    /// that every election of the next epochs, counting the new replicas, finds every
+    /// committed record. When they do not within [`CHANGE_TIMEOUT`], appends are taken again
+    /// and the change is tried later.
+    fn change_replicas(self: &Arc<Self>, name: &str, placement: &LogMap, promote: Option<NodeId>) {
         let me = self.config.node_id;
+        let scope = Scope::of(name);
         let epoch = placement.epoch;
         let (replicas, quorum) = placement.replicas_after(promote);
         let command = match (promote, placement.leaving) {
-            (Some(node), _) => Command::PromoteReplica { log: ALL_LOGS.into(), epoch, node },
-            (None, Some(node)) => Command::RetireReplica { log: ALL_LOGS.into(), epoch, node },
+            (Some(node), _) => Command::PromoteReplica { log: name.into(), epoch, node },
+            (None, Some(node)) => Command::RetireReplica { log: name.into(), epoch, node },
             (None, None) => return,
         };
         let started = Instant::now();
-        if self.as_leader(epoch, |s| s.pause_appends(true).is_ok()) != Some(true) {
+        if self.as_leader(name, epoch, |s| scope.pause(s, true).is_ok()) != Some(true) {
             return;
         }
         loop {
             // The learner itself, and a quorum of the new replicas (it among them).
-            let held = self.as_leader(epoch, |s| {
-                if promote.is_none_or(|learner| s.caught_up(learner)) {
-                    s.holding_everything(&replicas)
+            let held = self.as_leader(name, epoch, |s| {
+                if promote.is_none_or(|learner| scope.caught_up(s, learner)) {
+                    scope.holding(s, &replicas)
                 } else {
                     0
                 }
@@ -688,11 +885,12 @@ impl Shared {
                 Some(held) if held >= quorum as usize => break,
                 Some(_) if started.elapsed() >= CHANGE_TIMEOUT || self.stop.load(Ordering::SeqCst) => {
                     log_line(&format!(
-                        "node {me}: replicas {replicas:?} did not hold epoch {epoch}'s records within {} ms; appends taken again",
+                        "node {me}: replicas {replicas:?} of {scope} did not hold epoch {epoch}'s records within {} ms; appends taken again",
                         CHANGE_TIMEOUT.as_millis()
                     ));
-                    self.as_leader(epoch, |s| s.pause_appends(false));
-                    *self.change_retry_at.lock() = Some(Instant::now() + CHANGE_RETRY);
+                    self.as_leader(name, epoch, |s| scope.pause(s, false));
+                    self.placements.lock().entry(name.to_owned()).or_default().change_retry_at =
+                        Some(Instant::now() + CHANGE_RETRY);
                     return;
                 }
                 Some(_) => std::thread::sleep(Duration::from_micros(200)),
@@ -704,49 +902,50 @@ impl Shared {
             match self.controller.propose(command.clone(), Duration::from_secs(1)) {
                 Ok(Reply::Leader { epoch: next, .. }) => {
                     log_line(&format!(
-                        "node {me} leads every log in epoch {next} with replicas {replicas:?}, quorum {quorum} ({} us of refused appends)",
+                        "node {me} leads {scope} in epoch {next} with replicas {replicas:?}, quorum {quorum} ({} us of refused appends)",
                         started.elapsed().as_micros()
                     ));
-                    self.wait_local(|p| p.epoch > epoch);
+                    self.wait_local(name, |p| p.epoch > epoch);
                     return;
                 }
                 // The map moved on (this change, or an election): the loop follows it.
                 Ok(Reply::Conflict { .. }) => return,
                 Ok(other) => {
-                    log_line(&format!("node {me}: change of replicas in epoch {epoch} refused: {other:?}"));
-                    self.as_leader(epoch, |s| s.pause_appends(false));
+                    log_line(&format!("node {me}: change of replicas of {scope} in epoch {epoch} refused: {other:?}"));
+                    self.as_leader(name, epoch, |s| scope.pause(s, false));
                     return;
                 }
                 Err(_) if self.stop.load(Ordering::SeqCst) => return,
-                Err(e) if self.as_leader(epoch, |_| ()).is_none() => {
-                    return log_line(&format!("change of replicas: {e}"))
+                Err(e) if self.as_leader(name, epoch, |_| ()).is_none() => {
+                    return log_line(&format!("change of replicas of {scope}: {e}"))
                 }
                 Err(_) => {}
             }
         }
     }
 
-    /// Gives up the handover of `epoch` to `to`; once that is committed (no election of the
-    /// target can follow it), this node takes appends again.
-    fn abort_handover(&self, epoch: u64, to: NodeId, reason: String) {
+    /// Gives up the handover of placement `name` in `epoch` to `to`; once that is committed
+    /// (no election of the target can follow it), this node takes appends again.
+    fn abort_handover(&self, name: &str, epoch: u64, to: NodeId, reason: String) {
         let me = self.config.node_id;
-        let abort = Command::AbortHandover { log: ALL_LOGS.into(), epoch, reason: reason.clone() };
+        let scope = Scope::of(name);
+        let abort = Command::AbortHandover { log: name.into(), epoch, reason: reason.clone() };
         match self.controller.propose(abort, Duration::from_secs(2)) {
             Ok(Reply::Done) => {
-                log_line(&format!("node {me} gave up handing epoch {epoch} over to node {to}: {reason}"));
-                self.as_leader(epoch, |s| s.hand_over(None));
-                self.wait_local(|p| {
+                log_line(&format!("node {me} gave up handing {scope} (epoch {epoch}) over to node {to}: {reason}"));
+                self.as_leader(name, epoch, |s| scope.hand_over(s, None));
+                self.wait_local(name, |p| {
                     p.epoch > epoch || p.handover.as_ref().is_none_or(|h| h.under_way(epoch).is_none())
                 });
             }
-            other => log_line(&format!("handover of epoch {epoch} to node {to} not given up: {other:?}")),
+            other => log_line(&format!("handover of {scope} (epoch {epoch}) to node {to} not given up: {other:?}")),
         }
     }
 
-    /// Waits (up to a second) until this member's copy of the placement satisfies `done`.
-    fn wait_local(&self, done: impl Fn(&LogMap) -> bool) {
+    /// Waits (up to a second) until this member's copy of placement `name` satisfies `done`.
+    fn wait_local(&self, name: &str, done: impl Fn(&LogMap) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < deadline && !self.controller.local_map().logs.get(ALL_LOGS).is_some_and(&done) {
+        while Instant::now() < deadline && !self.controller.local_map().logs.get(name).is_some_and(&done) {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -781,20 +980,26 @@ impl Shared {
         let _ = self.controller.propose(create, Duration::from_secs(1));
     }
 
-    /// Elects the leader of the next epoch from the fenced replicas' reports (see the module
-    /// docs), and commits the election.
-    fn fail_over(self: &Arc<Self>, placement: &LogMap) {
+    /// Elects the leader of the next epoch of placement `name` from the fenced replicas'
+    /// reports (see the module docs), and commits the election.
+    fn fail_over(self: &Arc<Self>, name: &str, placement: &LogMap) {
         let me = self.config.node_id;
+        let scope = Scope::of(name);
         let epoch = placement.epoch + 1;
         let map = self.controller.local_map();
         // The old leader too: when it is alive but went unheard, it stops leading and reports.
         let reporters: Vec<NodeId> = placement.replicas.clone();
         log_line(&format!(
-            "node {me} (controller leader): node {} led epoch {} and was not heard for {} ms; fencing {reporters:?} at epoch {epoch}",
+            "node {me} (controller leader): node {} led {scope} in epoch {} and was not heard for {} ms; fencing {reporters:?} at epoch {epoch}",
             placement.leader,
             placement.epoch,
             self.config.failure_timeout.as_millis()
         ));
+        // `*`'s replicas leave the logs placed alone out (each kept apart first).
+        let (log, except): (Option<String>, Vec<String>) = match scope {
+            Scope::All => (None, map.logs.keys().filter(|n| *n != ALL_LOGS).cloned().collect()),
+            Scope::Log(log) => (Some(log.to_owned()), Vec::new()),
+        };
         // Reports are taken as they come: the election needs n - k + 1 of them, and a node
         // that does not answer (paused, partitioned) must not hold it up. The others get a
         // moment more, so that the most up to date copy is usually among them.
@@ -808,9 +1013,10 @@ impl Shared {
                 .or_else(|| self.config.cluster.get(node).copied())
                 .map(|a| controller_addr(a).to_string())
                 .unwrap_or_default();
-            let (node, tx, shared) = (*node, tx.clone(), self.clone());
+            let (node, tx, shared, log, except) = (*node, tx.clone(), self.clone(), log.clone(), except.clone());
             let _ = std::thread::Builder::new().name(format!("tern-fence-{node}")).spawn(move || {
-                let _ = tx.send((node, shared.controller.fence(node, &addr, epoch, FENCE_TIMEOUT)));
+                let scope = (log.as_deref(), except.as_slice());
+                let _ = tx.send((node, shared.controller.fence(node, &addr, epoch, scope, FENCE_TIMEOUT)));
             });
         }
         drop(tx);
@@ -836,31 +1042,24 @@ impl Shared {
         let chosen = match choose(placement, &reports, Some(me)) {
             Ok(chosen) => chosen,
             Err(why) => {
-                log_line(&format!("no leader elected for epoch {epoch}: {why}"));
+                log_line(&format!("no leader elected for {scope} in epoch {epoch}: {why}"));
                 return;
             }
         };
         let elect_cmd = Command::Elect {
-            log: ALL_LOGS.into(),
+            log: name.into(),
             expected_epoch: placement.epoch,
             leader: chosen,
             reason: ElectReason::Failover,
         };
         match self.controller.propose(elect_cmd, Duration::from_secs(2)) {
             Ok(Reply::Leader { leader, epoch, .. }) => {
-                log_line(&format!("node {leader} elected leader of every log in epoch {epoch}"));
+                log_line(&format!("node {leader} elected leader of {scope} in epoch {epoch}"));
             }
-            Ok(other) => log_line(&format!("election of epoch {epoch}: {other:?}")),
-            Err(e) => log_line(&format!("election of epoch {epoch} not committed: {e}")),
+            Ok(other) => log_line(&format!("election of {scope} in epoch {epoch}: {other:?}")),
+            Err(e) => log_line(&format!("election of {scope} in epoch {epoch} not committed: {e}")),
         }
     }
-}
-
-/// Whether `node` keeps up with the leader running `server`: connected, and within
-/// [`PROMOTE_LAG_BYTES`] of its written end on every log (in sync, or close enough to be
-/// promoted or left as a replica).
-fn keeps_up(server: &Server, node: NodeId) -> bool {
-    server.lag_bytes(node).is_some_and(|lag| lag <= PROMOTE_LAG_BYTES)
 }
 
 /// The node to lead every log next: one whose copy of every log is the most up to date among
@@ -964,6 +1163,7 @@ pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<Strin
         }
     }
     let mut reports: BTreeMap<NodeId, Vec<LogReport>> = BTreeMap::new();
+    let placed: Vec<String> = map.logs.keys().filter(|n| *n != ALL_LOGS).cloned().collect();
     // Every replica at once: each syncs its logs and its node state.
     let answers: Vec<(NodeId, std::io::Result<Vec<LogReport>>)> = std::thread::scope(|s| {
         let asks: Vec<_> = placement
@@ -971,10 +1171,11 @@ pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<Strin
             .iter()
             .filter_map(|node| {
                 let addr = map.members.get(node).and_then(|m| m.data_addr.parse::<SocketAddr>().ok())?;
-                let node = *node;
+                let (node, placed) = (*node, &placed);
                 Some(s.spawn(move || {
                     let client = tern_controller::ControllerClient::new(Duration::from_secs(3))?;
-                    Ok::<_, std::io::Error>((node, client.fence(&controller_addr(addr).to_string(), epoch)))
+                    let reports = client.fence(&controller_addr(addr).to_string(), epoch, None, placed);
+                    Ok::<_, std::io::Error>((node, reports))
                 }))
             })
             .collect();
@@ -1025,25 +1226,45 @@ pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<Strin
     Ok(lines)
 }
 
-/// `tern handover --all`: hands the leadership of every log over to `target` with no record
-/// lost, asked through the controller member of the node at data address `any`, and waits up
-/// to `timeout` for the outcome, saying each step as the controller records it. The leader
-/// carries the handover out (see [`HandoverStep`]): it refuses appends, waits until `target`
-/// holds its exact end, and elects it in the next epoch; it gives the handover up when
-/// `target` does not catch up in [`HANDOVER_TIMEOUT`].
+/// `tern handover --all` (`log` `None`) or `--log NAME`: hands the leadership of every log
+/// without a placement of its own, or of log `NAME`, over to `target` with no record lost,
+/// asked through the controller member of the node at data address `any`, and waits up to
+/// `timeout` for the outcome, saying each step as the controller records it. A log handed
+/// over alone is first given a placement of its own ([`Command::PlaceLog`]): from then on its
+/// leader is elected and handed over apart from the other logs. The leader carries the
+/// handover out (see [`HandoverStep`]): it refuses appends, waits until `target` holds its
+/// exact end, and elects it in the next epoch; it gives the handover up when `target` does not
+/// catch up in [`HANDOVER_TIMEOUT`].
 ///
 /// # Errors
 /// No controller, no placement yet, `target` not a replica or leading already, another
 /// handover under way, the handover given up or overtaken by a failover, or no outcome within
 /// `timeout` (it goes on: `tern status` shows its step).
-pub fn handover(any: SocketAddr, target: NodeId, timeout: Duration) -> Result<Vec<String>, String> {
+pub fn handover(any: SocketAddr, log: Option<&str>, target: NodeId, timeout: Duration) -> Result<Vec<String>, String> {
     let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).map_err(|e| e.to_string())?;
     let contact = controller_addr(any).to_string();
     let deadline = Instant::now() + timeout;
-    let map = retrying(deadline, || client.read_map(&contact))?;
-    let placement = map.logs.get(ALL_LOGS).cloned().ok_or("the cluster has no leader placement yet")?;
+    let name = log.unwrap_or(ALL_LOGS);
+    let scope = Scope::of(name);
+    let mut lines = Vec::new();
+    let mut map = retrying(deadline, || client.read_map(&contact))?;
+    if !map.logs.contains_key(name) {
+        let all = map.logs.get(ALL_LOGS).ok_or("the cluster has no leader placement yet")?;
+        let place = Command::PlaceLog { log: name.to_owned(), expected_epoch: all.epoch };
+        match retrying(deadline, || client.propose(&contact, place.clone()))? {
+            Reply::Leader { leader, epoch, .. } => {
+                lines.push(format!("log {name} placed alone: node {leader} leads it in epoch {epoch}"));
+            }
+            Reply::Conflict { leader, epoch, .. } => {
+                return Err(format!("node {leader} leads epoch {epoch} of every log now: try again"));
+            }
+            other => return Err(format!("log {name} was not placed alone: {other:?}")),
+        }
+        map = retrying(deadline, || client.read_map(&contact))?;
+    }
+    let placement = map.logs.get(name).cloned().ok_or("the placement is gone")?;
     let epoch = placement.epoch;
-    let start = Command::StartHandover { log: ALL_LOGS.into(), epoch, to: target };
+    let start = Command::StartHandover { log: name.into(), epoch, to: target };
     match retrying(deadline, || client.propose(&contact, start.clone()))? {
         Reply::Leader { .. } => {}
         Reply::Conflict { leader, epoch: now, .. } => {
@@ -1052,21 +1273,21 @@ pub fn handover(any: SocketAddr, target: NodeId, timeout: Duration) -> Result<Ve
         other => return Err(format!("the handover did not start: {other:?}")),
     }
     let started = Instant::now();
-    let mut lines = vec![format!(
-        "handover of every log from node {} (epoch {epoch}) to node {target}: {}",
+    lines.push(format!(
+        "handover of {scope} from node {} (epoch {epoch}) to node {target}: {}",
         placement.leader,
         HandoverStep::Fenced.name()
-    )];
+    ));
     let mut said = HandoverStep::Fenced;
     loop {
         let map = retrying(deadline, || client.read_map(&contact))?;
-        let now = map.logs.get(ALL_LOGS).ok_or("the placement is gone")?;
+        let now = map.logs.get(name).ok_or("the placement is gone")?;
         let step = now.handover.as_ref().filter(|h| h.epoch == epoch && h.to == target).map(|h| (h.step, &h.reason));
         let ms = started.elapsed().as_millis();
         match step {
             Some((HandoverStep::Promoted, _)) => {
                 lines.push(format!(
-                    "{ms} ms: {}: node {target} leads every log in epoch {}",
+                    "{ms} ms: {}: node {target} leads {scope} in epoch {}",
                     HandoverStep::Promoted.name(),
                     now.epoch
                 ));
@@ -1188,7 +1409,7 @@ pub fn remove_node(any: SocketAddr, node: NodeId, timeout: Duration) -> Result<V
     let ms = || started.elapsed().as_millis();
     let mut lines = Vec::new();
     let map = retrying(deadline, || client.read_map(&contact))?;
-    if let Some(placement) = map.logs.get(ALL_LOGS).filter(|p| p.leader == node) {
+    for (name, placement) in map.logs.iter().filter(|(_, p)| p.leader == node) {
         let to = placement
             .in_sync
             .iter()
@@ -1196,7 +1417,8 @@ pub fn remove_node(any: SocketAddr, node: NodeId, timeout: Duration) -> Result<V
             .copied()
             .find(|r| *r != node)
             .ok_or_else(|| format!("node {node} is the only replica: nothing to hand its logs over to"))?;
-        lines.extend(handover(any, to, deadline.saturating_duration_since(Instant::now()))?);
+        let log = (name != ALL_LOGS).then_some(name.as_str());
+        lines.extend(handover(any, log, to, deadline.saturating_duration_since(Instant::now()))?);
     }
     loop {
         let map = retrying(deadline, || client.read_map(&contact))?;

@@ -230,10 +230,12 @@ enum Command {
         /// Address (--listen) of any node of the cluster.
         #[arg(long)]
         server: SocketAddr,
-        /// Hand every log over (one node leads every log in this version).
+        /// Hand over every log without a leader of its own (every log until one is handed over
+        /// alone).
         #[arg(long, conflicts_with = "log", required_unless_present = "log")]
         all: bool,
-        /// Hand this log over: accepted only as every log's handover, see --all.
+        /// Hand this log alone over: from then on it has a leader of its own, elected and
+        /// handed over apart from the other logs.
         #[arg(long)]
         log: Option<String>,
         /// The node taking over.
@@ -345,13 +347,12 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e.into()),
         },
-        Command::Handover { log: Some(log), .. } => Err(format!(
-            "--log {log}: one node leads every log in this version, so every log moves together; give --all"
-        )
-        .into()),
-        Command::Handover { server, to, timeout_ms, .. } => {
-            print_lines(tern::cluster::handover(server, to, std::time::Duration::from_millis(timeout_ms)))
-        }
+        Command::Handover { server, log, to, timeout_ms, .. } => print_lines(tern::cluster::handover(
+            server,
+            log.as_deref(),
+            to,
+            std::time::Duration::from_millis(timeout_ms),
+        )),
         Command::Cluster(ClusterCommand::AddNode { server, node, addr, voter, timeout_ms }) => print_lines(
             tern::cluster::add_node(server, node, addr, voter, std::time::Duration::from_millis(timeout_ms)),
         ),

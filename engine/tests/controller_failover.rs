@@ -151,7 +151,7 @@ fn planned_moves_lose_nothing_and_pause_writes_briefly() {
             let moved = if by_promote {
                 tern::cluster::promote(cluster[&1], to, false)
             } else {
-                tern::cluster::handover(cluster[&1], to, Duration::from_secs(10))
+                tern::cluster::handover(cluster[&1], None, to, Duration::from_secs(10))
             };
             let returned = Instant::now();
             let lines = moved.unwrap_or_else(|e| panic!("round {round}: {e}"));
@@ -233,7 +233,7 @@ fn a_handover_to_a_node_far_behind_waits_for_it_and_loses_nothing() {
     nodes.remove(&target).unwrap().stop();
     acked.extend(append_many(&nodes[&leader], "while down", 3_000));
     nodes.insert(target, start_node(dirs[target as usize - 1].path(), target, &cluster));
-    let lines = tern::cluster::handover(cluster[&leader], target, Duration::from_secs(20)).unwrap();
+    let lines = tern::cluster::handover(cluster[&leader], None, target, Duration::from_secs(20)).unwrap();
     assert!(
         lines.last().unwrap().contains(&format!("node {target} leads every log in epoch {}", epoch + 1)),
         "{lines:?}"
@@ -253,7 +253,7 @@ fn a_handover_to_a_node_that_is_down_is_given_up_and_the_leader_goes_on() {
     nodes.remove(&target).unwrap().stop();
     let mut acked = append_many(&nodes[&leader], "before", 100);
     let started = Instant::now();
-    let err = tern::cluster::handover(cluster[&leader], target, Duration::from_secs(20)).unwrap_err();
+    let err = tern::cluster::handover(cluster[&leader], None, target, Duration::from_secs(20)).unwrap_err();
     assert!(err.contains("given up") && err.contains("did not catch up"), "{err}");
     assert!(started.elapsed() >= tern::cluster::HANDOVER_TIMEOUT);
     assert_eq!(nodes[&leader].role(), Some((Role::Leader, epoch)));
@@ -460,7 +460,8 @@ fn a_leader_crashing_mid_handover_is_failed_over_and_a_later_handover_works() {
     acked.extend(append_many(&nodes[&leader], "while down", 2_000));
     let ((answer, new, new_epoch), written) = with_writer(&cluster, |writer| {
         std::thread::scope(|s| {
-            let asked = s.spawn(|| tern::cluster::handover(cluster[&controller], target, Duration::from_secs(15)));
+            let asked =
+                s.spawn(|| tern::cluster::handover(cluster[&controller], None, target, Duration::from_secs(15)));
             eventually("the leader refuses appends", Duration::from_secs(10), || {
                 gate_closed(&nodes[&leader]).then_some(())
             });
@@ -486,7 +487,7 @@ fn a_leader_crashing_mid_handover_is_failed_over_and_a_later_handover_works() {
     // The crashed node comes back and follows; a new handover is not blocked by the old one.
     nodes.insert(leader, start_node(dirs[leader as usize - 1].path(), leader, &cluster));
     let next = if new == target { leader } else { target };
-    let lines = tern::cluster::handover(cluster[&controller], next, Duration::from_secs(20)).unwrap();
+    let lines = tern::cluster::handover(cluster[&controller], None, next, Duration::from_secs(20)).unwrap();
     assert!(
         lines.last().unwrap().contains(&format!("node {next} leads every log in epoch {}", new_epoch + 1)),
         "{lines:?}"
@@ -515,7 +516,7 @@ fn a_leader_restarted_mid_handover_takes_no_append_in_its_epoch_and_a_failover_e
     nodes.remove(&target).unwrap().stop();
     acked.extend(append_many(&nodes[&leader], "while down", 2_000));
     let answer = std::thread::scope(|s| {
-        let asked = s.spawn(|| tern::cluster::handover(cluster[&controller], target, Duration::from_secs(20)));
+        let asked = s.spawn(|| tern::cluster::handover(cluster[&controller], None, target, Duration::from_secs(20)));
         eventually("the leader refuses appends", Duration::from_secs(10), || {
             gate_closed(&nodes[&leader]).then_some(())
         });
@@ -575,7 +576,8 @@ fn a_target_crashing_once_caught_up_is_failed_over_and_nothing_is_lost() {
     let mut acked = append_many(&nodes[&leader], "before", 100);
     let ((seen, answer, new, new_epoch), written) = with_writer(&cluster, |writer| {
         let (seen, answer) = std::thread::scope(|s| {
-            let asked = s.spawn(|| tern::cluster::handover(cluster[&controller], target, Duration::from_secs(15)));
+            let asked =
+                s.spawn(|| tern::cluster::handover(cluster[&controller], None, target, Duration::from_secs(15)));
             // Polled closely: the election follows the caught-up step at once.
             let deadline = Instant::now() + Duration::from_secs(15);
             let seen = loop {
@@ -645,7 +647,7 @@ fn a_handover_ends_cleanly_when_the_controller_leader_crashes_mid_way() {
     let (answer, written) = with_writer(&cluster, |writer| {
         let answer = std::thread::scope(|s| {
             // Asked through the leader, which stays up.
-            let asked = s.spawn(|| tern::cluster::handover(cluster[&leader], target, Duration::from_secs(15)));
+            let asked = s.spawn(|| tern::cluster::handover(cluster[&leader], None, target, Duration::from_secs(15)));
             eventually("the leader refuses appends", Duration::from_secs(10), || {
                 gate_closed(&nodes[&leader]).then_some(())
             });
@@ -892,4 +894,84 @@ fn a_replica_leaves_only_once_the_replicas_left_can_hold_the_records_and_writes_
     eventually("an append after the removal", Duration::from_secs(10), || append(&nodes[&leader], &after).ok());
     acked.extend(after);
     assert_each_once(&committed(&nodes[&leader]), &acked);
+}
+
+/// Appends `value` to `log` through `node` and waits for the quorum.
+fn append_to(node: &ClusterNode, log: &str, value: &str) -> std::io::Result<(u64, u64)> {
+    let addr = node.local_addr().ok_or_else(|| std::io::Error::other("the node runs no server"))?;
+    let mut client = Client::connect(addr)?;
+    let (start, end, _) = client.append(log, vec![bytes::Bytes::from(value.to_owned())], true)?;
+    Ok((start, end))
+}
+
+/// The committed values of `log` on `node`, without the epoch markers.
+fn committed_of(node: &ClusterNode, log: &str) -> Vec<String> {
+    let Some(addr) = node.local_addr() else { return Vec::new() };
+    let Ok(mut client) = Client::connect(addr) else { return Vec::new() };
+    let Ok((_, _, records)) = client.read_from(log, 0, 100_000, false) else { return Vec::new() };
+    records.into_iter().filter(|r| !r.is_empty()).map(|r| String::from_utf8(r.to_vec()).unwrap()).collect()
+}
+
+/// Leaders per log: `tern handover --log orders` gives `orders` a placement of its own, led
+/// by another node than every other log; both leaders take appends at once. When the node
+/// leading `orders` stops, `orders` alone fails over (the other logs keep their leader and
+/// epoch), and nothing acknowledged on either log is lost.
+#[test]
+fn a_log_handed_over_alone_has_a_leader_of_its_own_and_fails_over_apart() {
+    let (_dirs, cluster, mut nodes) = three_nodes();
+    let (leader, epoch) = leader_of(&nodes, 0);
+    let mut orders = Vec::new();
+    let mut events = Vec::new();
+    for i in 0..20 {
+        let (order, event) = (format!("order {i}"), format!("event {i}"));
+        append_to(&nodes[&leader], "orders", &order).unwrap();
+        append_to(&nodes[&leader], "events", &event).unwrap();
+        orders.push(order);
+        events.push(event);
+    }
+    let target = *nodes.keys().find(|id| **id != leader).unwrap();
+    let lines = tern::cluster::handover(cluster[&leader], Some("orders"), target, Duration::from_secs(20)).unwrap();
+    eprintln!("{}", lines.join("\n"));
+    assert!(lines[0].contains("log orders placed alone"), "{lines:?}");
+    assert!(lines.last().unwrap().contains(&format!("node {target} leads log orders in epoch")), "{lines:?}");
+    let map = read_map_any(&cluster, &nodes).unwrap();
+    assert_eq!((map.logs["orders"].leader, map.logs[tern::cluster::ALL_LOGS].leader), (target, leader));
+    assert_eq!(map.logs[tern::cluster::ALL_LOGS].epoch, epoch, "every other log kept its leader and epoch");
+    eventually("node {target} takes the appends of orders", Duration::from_secs(10), || {
+        append_to(&nodes[&target], "orders", "order 20").ok()
+    });
+    orders.push("order 20".into());
+    append_to(&nodes[&leader], "events", "event 20").unwrap();
+    events.push("event 20".into());
+    let refused = append_to(&nodes[&leader], "orders", "to the old leader").unwrap_err().to_string();
+    assert!(refused.contains(&format!("follower of node {target}")), "{refused}");
+    assert_eq!(nodes[&target].roles()["orders"].0, Role::Leader);
+
+    // The leader of orders stops: orders fails over to the third node or to the leader of
+    // the other logs; the other logs are not touched.
+    nodes.remove(&target).unwrap().stop();
+    let orders_leader = eventually("orders failed over", Duration::from_secs(30), || {
+        let map = read_map_any(&cluster, &nodes)?;
+        let placed = &map.logs["orders"];
+        (placed.leader != target).then_some(placed.leader)
+    });
+    eventually("orders taken again", Duration::from_secs(20), || {
+        append_to(&nodes[&orders_leader], "orders", "order 21").ok()
+    });
+    orders.push("order 21".into());
+    append_to(&nodes[&leader], "events", "event 21").unwrap();
+    events.push("event 21".into());
+    let map = read_map_any(&cluster, &nodes).unwrap();
+    assert_eq!(map.logs[tern::cluster::ALL_LOGS].epoch, epoch, "the other logs did not fail over");
+    assert_each_once(&committed_of(&nodes[&orders_leader], "orders"), &orders);
+    assert_each_once(&committed_of(&nodes[&leader], "events"), &events);
+}
+
+/// The map read through any node still running.
+fn read_map_any(
+    cluster: &BTreeMap<u64, SocketAddr>,
+    nodes: &BTreeMap<u64, ClusterNode>,
+) -> Option<tern_controller::ClusterMap> {
+    let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).ok()?;
+    nodes.keys().find_map(|id| client.read_map(&tern::cluster::controller_addr(cluster[id]).to_string()).ok())
 }

@@ -138,10 +138,10 @@ fn a_log_fenced_alone_stops_its_leader_and_no_other_log() {
     nodes[0].set_role("events", Some(lead(&nodes, 0, 1))).unwrap();
     nodes[0].append("orders", &[b"order 0"], Acks::Quorum).unwrap();
     nodes[0].append("events", &[b"event 0"], Acks::Quorum).unwrap();
-    for node in &nodes[1..] {
-        let report = node.fence_log("orders", 5).unwrap();
-        assert_eq!((report.log.as_str(), report.durable_end), ("orders", 1));
-    }
+    let reports: Vec<_> = nodes[1..].iter().map(|node| node.fence_log("orders", 5).unwrap()).collect();
+    assert!(reports.iter().all(|r| r.log == "orders" && r.durable_end <= 1), "{reports:?}");
+    // The committed record is on a quorum: on one of the two followers at least.
+    assert!(reports.iter().any(|r| r.durable_end == 1), "{reports:?}");
     let refused = nodes[0].append("orders", &[b"after the fence"], Acks::Quorum);
     assert!(refused.is_err(), "the old leader committed through fenced followers: {refused:?}");
     nodes[0].append("events", &[b"event 1"], Acks::Quorum).unwrap();

@@ -1152,7 +1152,7 @@ fn a_first_leader_cut_before_any_follower_reached_it_rejoins() {
         assert!(Instant::now() < deadline, "no node led epoch 1 in 30 s; the nodes said:\n{}", cluster.lines());
         std::thread::sleep(Duration::from_millis(1));
     };
-    while !said(first, "runs as leader of epoch 1:") {
+    while !said(first, "runs as leader of every log in epoch 1:") {
         let what = format!("node {first} to run as leader of epoch 1");
         assert!(Instant::now() < deadline, "timed out waiting for {what}; the nodes said:\n{}", cluster.lines());
         std::thread::sleep(Duration::from_millis(1));

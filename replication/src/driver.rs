@@ -212,6 +212,9 @@ struct LogSlot {
     log: Log,
     /// How this node leads the log (`None`: it follows). A change of role replaces the slot.
     lead: Option<Lead>,
+    /// The log has a role of its own ([`Server::set_role`]): what is said of every log of the
+    /// node (its role, a handover of them all, a change of their replicas) is not said of it.
+    own_role: bool,
     /// Set, between two writes, when the slot was replaced by one of another role: nothing
     /// more is written or shipped through it.
     retired: AtomicBool,
@@ -763,17 +766,10 @@ struct Shared {
 /// Why client appends are refused while a leader hands over or changes its replicas.
 #[derive(Debug, Default)]
 struct Draining {
-    /// Every log's appends.
+    /// The appends of every log without a role of its own.
     all: Option<String>,
     /// The appends of single logs.
     logs: BTreeMap<String, String>,
-}
-
-impl Draining {
-    /// Why appends to `log` are refused now, if they are.
-    fn refusal(&self, log: &str) -> Option<&String> {
-        self.all.as_ref().or_else(|| self.logs.get(log))
-    }
 }
 
 /// Where one log stands on a fenced node: its part of an election's report.
@@ -1009,10 +1005,11 @@ impl Server {
     /// time.
     ///
     /// # Errors
-    /// As [`Server::fence`], for this log; a log not open here.
+    /// As [`Server::fence`], for this log; opening it (a log this node never held is created).
     pub fn fence_log(&self, log: &str, epoch: u64) -> io::Result<LogReport> {
         let shared = &self.shared;
-        let slot = shared.slot(log).ok_or_else(|| io::Error::other(format!("no log named {log:?} here")))?;
+        // A replica that has not received anything of the log yet reports an empty copy.
+        let slot = shared.log_state(log).map_err(io::Error::other)?;
         if slot.lead.is_some() {
             return Err(io::Error::other(format!("log {log} is led here: it is not fenced; stop leading it first")));
         }
@@ -1198,31 +1195,95 @@ impl Server {
         Ok(())
     }
 
+    /// Leader of `log`: as [`Server::pause_appends`], for this log alone.
+    ///
+    /// # Errors
+    /// This node does not lead `log`.
+    pub fn pause_log(&self, log: &str, pause: bool) -> io::Result<()> {
+        let shared = &self.shared;
+        if shared.slot(log).is_none_or(|s| s.lead.is_none()) {
+            return Err(io::Error::other(format!("this node does not lead log {log}")));
+        }
+        let mut draining = shared.draining.lock();
+        if pause {
+            let why = format!(
+                "{MOVED_PREFIX}node {} is changing the replicas of log {log} and takes appends again in a \
+                 moment{MOVED_ADDR}{}; retry there (not written here)",
+                shared.config.node_id, self.local_addr
+            );
+            draining.logs.insert(log.to_owned(), why);
+        } else {
+            draining.logs.remove(log);
+        }
+        Ok(())
+    }
+
+    /// Gives `log` a fence of its own, at the fence that applies to it now, durably: from now
+    /// on the node's fence ([`Server::fence`]) leaves it as it is (its leaders are elected
+    /// apart from the node's other logs). Nothing changes for a log that has one.
+    ///
+    /// # Errors
+    /// Writing the node state.
+    pub fn keep_apart(&self, log: &str) -> io::Result<()> {
+        self.shared
+            .update_node_state(|state| {
+                let fence = state.fence_of(log);
+                state.fence_log(log, fence);
+            })
+            .map_err(io::Error::other)
+    }
+
     /// How many of `nodes` hold every record this leader has written, of every log, synced:
     /// a follower once it acknowledged it durable, this node once its own log is synced (a
     /// sync is asked for when it is not).
     pub fn holding_everything(&self, nodes: &[NodeId]) -> usize {
+        self.holding(None, nodes)
+    }
+
+    /// As [`Server::holding_everything`], of log `log` alone.
+    pub fn holding_everything_on(&self, log: &str, nodes: &[NodeId]) -> usize {
+        self.holding(Some(log), nodes)
+    }
+
+    /// The logs led as the node's role says (`None`), or log `log`.
+    fn scope(&self, log: Option<&str>) -> Vec<Arc<LogSlot>> {
+        let slots = self.shared.all_slots();
+        slots.into_iter().filter(|s| log.map_or(!s.own_role, |log| s.name == log)).collect()
+    }
+
+    fn holding(&self, log: Option<&str>, nodes: &[NodeId]) -> usize {
         let me = self.shared.config.node_id;
+        let slots = self.scope(log);
         let synced_here = || {
             let mut synced = true;
-            for slot in self.shared.all_slots() {
+            for slot in &slots {
                 let written = slot.log.written_end();
                 let durable = slot.lock().leader.as_ref().map(Leader::durable_end);
                 if durable.is_some_and(|d| d < written) {
-                    self.shared.want_sync(&slot);
+                    self.shared.want_sync(slot);
                     synced = false;
                 }
             }
             synced
         };
-        nodes.iter().filter(|node| if **node == me { synced_here() } else { self.caught_up(**node) }).count()
+        let caught_up = |node: NodeId| slots.iter().all(|slot| slot_caught_up(slot, node));
+        nodes.iter().filter(|node| if **node == me { synced_here() } else { caught_up(**node) }).count()
     }
 
     /// How far behind this leader's written end `target`'s synced copy is, in bytes, on the log
     /// where it is furthest behind (`None`: it is not connected, or not yet to some log).
     pub fn lag_bytes(&self, target: NodeId) -> Option<u64> {
+        self.lag(None, target)
+    }
+
+    /// As [`Server::lag_bytes`], on log `log` alone.
+    pub fn lag_bytes_on(&self, log: &str, target: NodeId) -> Option<u64> {
+        self.lag(Some(log), target)
+    }
+
+    fn lag(&self, log: Option<&str>, target: NodeId) -> Option<u64> {
         let mut lag = 0;
-        for slot in self.shared.all_slots() {
+        for slot in self.scope(log) {
             let written = slot.log.written_end();
             let core = slot.lock();
             let Some(leader) = core.leader.as_ref() else { continue };
@@ -1237,7 +1298,7 @@ impl Server {
 
     /// Whether `target` has synced every record this leader has written, of every log.
     pub fn caught_up(&self, target: NodeId) -> bool {
-        self.shared.all_slots().iter().all(|slot| slot_caught_up(slot, target))
+        self.scope(None).iter().all(|slot| slot_caught_up(slot, target))
     }
 
     /// Whether `target` has synced every record this node has written to `log`, which it leads
@@ -1505,7 +1566,7 @@ impl Shared {
                 self.config.node_id, slot.name
             ));
         }
-        draining.refusal(&slot.name).cloned()
+        draining.logs.get(&slot.name).or(draining.all.as_ref().filter(|_| !slot.own_role)).cloned()
     }
 
     /// Fences `slot` at the fence the node state now gives it, syncs its log and reports.
@@ -1572,6 +1633,7 @@ impl Shared {
         let log = self.logs.open(name)?;
         let (written, durable) = (log.written_end(), log.durable_end());
         let lead = self.lead_of(name);
+        let own_role = self.roles.lock().contains_key(name);
         let (leader, follower) = match &lead {
             Some(lead) => {
                 // Every start of a leader is a new epoch of each of its logs, recorded durably
@@ -1657,6 +1719,7 @@ impl Shared {
             name: name.to_owned(),
             log,
             lead,
+            own_role,
             retired: AtomicBool::new(false),
             core: Mutex::new(Core {
                 leader,
