@@ -26,6 +26,10 @@
 //! them, so no fault takes the controller's quorum away.
 //!
 //! `TERN_NEMESIS_ROUNDS` (default 3) sets the rounds; `TERN_NEMESIS_NODES` 3 or 5 (the voters);
+//! In half the runs (by the seed; `TERN_NEMESIS_PLACE=1` always, `0` never) the clients' log is
+//! first placed alone (`tern handover --log`), so that it has a leader of its own: every fault
+//! then hits that leader, and handovers move that log alone.
+//!
 //! `TERN_NEMESIS_FAULTS` `kill`, `pause`, `isolate`, `handover`, `member`, or `both` (the
 //! default: kills, pauses, handovers and member changes, and isolations where namespaces can be
 //! made, chosen by the seed); `TERN_NEMESIS_VERBOSE` prints every node's lines after each
@@ -416,16 +420,16 @@ impl Cluster {
         started.elapsed()
     }
 
-    /// The node that leads, as its status shows (its server leads, and its copy of the map
-    /// names it), and its epoch. A zombie resumed a moment ago may still say it leads an epoch
-    /// that is over: of two such nodes, the one of the later epoch.
+    /// The node that leads the clients' log, as its status shows (its server leads it, and its
+    /// copy of the map names it), and its epoch. A zombie resumed a moment ago may still say it
+    /// leads an epoch that is over: of two such nodes, the one of the later epoch.
     fn leader(&self) -> Option<(u64, u64)> {
         self.members()
             .iter()
             .filter_map(|id| {
                 let doc = self.status(*id).ok()?;
-                let leads = doc["role"] == "leader" && doc["cluster"]["leader"] == *id;
-                leads.then_some((*id, doc["cluster"]["epoch"].as_u64()?))
+                let leads = role(&doc) == "leader" && placement(&doc)["leader"] == *id;
+                leads.then_some((*id, placement(&doc)["epoch"].as_u64()?))
             })
             .max_by_key(|(_, epoch)| *epoch)
     }
@@ -434,8 +438,8 @@ impl Cluster {
     /// it can go through (a node restarted a moment ago may not have rejoined yet).
     fn follows(&self, id: u64, leader: u64, epoch: u64) -> Option<()> {
         let doc = self.status(id).ok()?;
-        let cluster = &doc["cluster"];
-        if doc["role"] != "follower" || cluster["leader"] != leader || cluster["epoch"] != epoch {
+        let cluster = placement(&doc);
+        if role(&doc) != "follower" || cluster["leader"] != leader || cluster["epoch"] != epoch {
             return None;
         }
         let lead = self.status(leader).ok()?;
@@ -444,7 +448,7 @@ impl Cluster {
             .iter()
             .flat_map(|l| l["peers"].as_array().into_iter().flatten())
             .any(|p| p["node"] == id && p["connected"] == true);
-        (lead["role"] == "leader" && connected).then_some(())
+        (role(&lead) == "leader" && connected).then_some(())
     }
 
     /// The log's commit end as node `id` knows it.
@@ -458,8 +462,8 @@ impl Cluster {
     /// the leader and its epoch.
     fn follows_a_later_leader(&self, old: u64, epoch: u64, committed: u64) -> Option<(u64, u64)> {
         let doc = self.status(old).ok()?;
-        let (leader, later) = (doc["cluster"]["leader"].as_u64()?, doc["cluster"]["epoch"].as_u64()?);
-        if doc["role"] != "follower" || leader == old || later <= epoch {
+        let (leader, later) = (placement(&doc)["leader"].as_u64()?, placement(&doc)["epoch"].as_u64()?);
+        if role(&doc) != "follower" || leader == old || later <= epoch {
             return None;
         }
         let lead = self.status(leader).ok()?;
@@ -469,7 +473,7 @@ impl Cluster {
             .filter(|l| l["log"] == LOG)
             .flat_map(|l| l["peers"].as_array().into_iter().flatten())
             .any(|p| p["node"] == old && p["acked_durable"].as_u64().is_some_and(|end| end >= committed));
-        (lead["role"] == "leader" && lead["cluster"]["epoch"] == later && synced).then_some((leader, later))
+        (role(&lead) == "leader" && placement(&lead)["epoch"] == later && synced).then_some((leader, later))
     }
 
     /// Retries `f` until it succeeds; after `timeout`, fails with the cluster's name (the seed)
@@ -565,6 +569,23 @@ fn client_loop(n: u64, addrs: Vec<SocketAddr>, stop: Arc<AtomicBool>, history: A
     }
 }
 
+/// The placement of the clients' log in a node's status: its own (`tern handover --log`), or
+/// else that of every log.
+fn placement(doc: &serde_json::Value) -> &serde_json::Value {
+    let placed = &doc["cluster"]["placed"][LOG];
+    if placed.is_object() {
+        placed
+    } else {
+        &doc["cluster"]
+    }
+}
+
+/// A node's role on the clients' log (its role for every log until it holds that one).
+fn role(doc: &serde_json::Value) -> &serde_json::Value {
+    let log = doc["logs"].as_array().and_then(|logs| logs.iter().find(|l| l["log"] == LOG));
+    log.map_or(&doc["role"], |l| &l["role"])
+}
+
 /// A planned move, as an operator makes it: `tern handover --all` run on a node chosen by the
 /// seed, asking any node (chosen by the seed too), hands the leadership over from `leader` (of
 /// `epoch`) to another node chosen by the seed. The write pause is what the writers saw: the
@@ -577,6 +598,7 @@ fn hand_over(
     round: u64,
     leader: u64,
     epoch: u64,
+    placed: bool,
 ) -> (u128, String) {
     let ids = cluster.members();
     let others: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
@@ -596,21 +618,29 @@ fn hand_over(
     let acked_before = history.lock().unwrap().ack_times.len();
     let started = Instant::now();
     let asked_addr = cluster.addrs[&asked].to_string();
+    let which = if placed { ["--log", LOG] } else { ["--all", ""] };
+    let which: Vec<&str> = which.into_iter().filter(|a| !a.is_empty()).collect();
     let out = cluster
         .command_on(on)
-        .args(["handover", "--server", &asked_addr, "--all", "--to", &target.to_string()])
+        .args(["handover", "--server", &asked_addr])
+        .args(&which)
+        .args(["--to", &target.to_string()])
         .output()
         .expect("run tern handover");
     let took = started.elapsed();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let said = format!(
-        "`tern handover --server {asked_addr} --all --to {target}`{place}, from node {leader} of epoch {epoch}, \
+        "`tern handover --server {asked_addr} {} --to {target}`{place}, from node {leader} of epoch {epoch}, \
          exited with {} after {} ms:\n{stdout}{stderr}",
+        which.join(" "),
         out.status,
         took.as_millis()
     );
     assert!(out.status.success(), "{}, round {round}: {said}the nodes said:\n{}", cluster.name, cluster.lines());
-    let promised = format!("node {target} leads every log in epoch ");
+    let promised = match placed {
+        true => format!("node {target} leads log {LOG} in epoch "),
+        false => format!("node {target} leads every log in epoch "),
+    };
     let new_epoch = stdout.lines().find_map(|line| line.split_once(&promised)?.1.trim().parse::<u64>().ok());
     let new_epoch = match new_epoch {
         Some(new_epoch) if new_epoch > epoch => new_epoch,
@@ -893,7 +923,19 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
     for id in 1..=nodes {
         cluster.start(id);
     }
-    cluster.eventually("a first leader", Duration::from_secs(30), || cluster.leader());
+    let (first, first_epoch) = cluster.eventually("a first leader", Duration::from_secs(30), || cluster.leader());
+    // The clients' log led alone (`tern handover --log`), by a leader of its own, in half the
+    // runs (`TERN_NEMESIS_PLACE=1` always, `0` never): every fault then hits that leader.
+    let placed = match std::env::var("TERN_NEMESIS_PLACE").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => seed % 2 == 1,
+    };
+    eprintln!(
+        "{}: {}",
+        cluster.name,
+        if placed { format!("log {LOG} placed alone") } else { "one placement for every log".into() }
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let history = Arc::new(Mutex::new(History::default()));
     let clients: Vec<_> = (0..3)
@@ -906,6 +948,16 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
         })
         .collect();
     let mut pauses = Vec::new();
+    if placed {
+        let acked_before = history.lock().unwrap().acked.len();
+        cluster.eventually("appends acknowledged", Duration::from_secs(30), || {
+            (history.lock().unwrap().acked.len() > acked_before + 20).then_some(())
+        });
+        // Placed, then handed over to a node chosen by the seed.
+        let (pause, line) = hand_over(&cluster, &history, seed, u64::MAX, first, first_epoch, true);
+        eprintln!("{}", line.replacen(&format!("round {}", u64::MAX), "placing the log", 1));
+        pauses.push((Fault::Handover.done(), pause));
+    }
     for round in 0..rounds {
         // Let the clients get going on this leader.
         let acked_before = history.lock().unwrap().acked.len();
@@ -918,7 +970,7 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
         if fault == Fault::Handover || fault == Fault::Member {
             let (done, pause, line) = match fault {
                 Fault::Handover => {
-                    let (pause, line) = hand_over(&cluster, &history, seed, round, leader, epoch);
+                    let (pause, line) = hand_over(&cluster, &history, seed, round, leader, epoch, placed);
                     (fault.done(), pause, line)
                 }
                 _ => change_members(&mut cluster, &history, seed, round, leader),
