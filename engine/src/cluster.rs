@@ -477,6 +477,7 @@ impl Shared {
         let mut lead = None;
         let local = self.controller.local_map();
         let mut cluster_id = local.cluster_id;
+        let mut placed: Vec<String> = local.logs.keys().filter(|n| *n != ALL_LOGS).cloned().collect();
         if role == Role::Leader {
             // Read at the controller's leader, not from this member's copy, which may lag
             // after a restart: a planned handover of this epoch must be seen (the leader then
@@ -493,6 +494,7 @@ impl Shared {
                 return Err(std::io::Error::other("the controller has issued no cluster id yet"));
             }
             cluster_id = map.cluster_id;
+            placed.extend(map.logs.keys().filter(|n| *n != ALL_LOGS).cloned());
             let peers = placement
                 .replicas
                 .iter()
@@ -529,6 +531,18 @@ impl Shared {
         if cluster_id != 0 {
             current.server.join_cluster(cluster_id)?;
         }
+        if matches!(scope, Scope::All) {
+            // A log placed alone is never led under `*`: its epochs are its own, and `*`'s,
+            // higher perhaps, would depose its leader. Each gets a role of its own (following
+            // until its placement is looked at) before `*`'s role covers the rest: a node
+            // restarted a moment ago has given none yet.
+            for log in &placed {
+                if !current.roles.contains_key(log) {
+                    current.server.set_role(log, None)?;
+                    current.roles.insert(log.clone(), (Role::Follower, 0));
+                }
+            }
+        }
         // Following until the change is made: a failed change leaves the logs following.
         current.roles.insert(name.to_owned(), (Role::Follower, 0));
         scope.set_role(&current.server, lead)?;
@@ -541,8 +555,7 @@ impl Shared {
             // written again): without a record of its own, the new leader would never commit.
             let names = match scope {
                 Scope::All => {
-                    let placed = |n: &String| local.logs.contains_key(n);
-                    self.engine.log_names().unwrap_or_default().into_iter().filter(|n| !placed(n)).collect()
+                    self.engine.log_names().unwrap_or_default().into_iter().filter(|n| !placed.contains(n)).collect()
                 }
                 Scope::Log(log) => vec![log.to_owned()],
             };

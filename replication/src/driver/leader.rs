@@ -182,6 +182,14 @@ pub(super) fn dial_loop(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) {
                 shared.leader_input(&slot, LeaderInput::Disconnected { peer });
             }
         }
+        if !shared.wants_peer(peer) {
+            // Closed for want of a log led here that it follows: no backoff. The loop's top
+            // ends the thread, or, when this node has come to lead such a log meanwhile (a
+            // handover back), dials again at once: a backoff here held up a leader's first
+            // commit by up to 50 ms.
+            backoff = Duration::from_millis(50);
+            continue;
+        }
         let resume = Instant::now() + backoff;
         while Instant::now() < resume && !shared.stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
