@@ -70,11 +70,7 @@ fn append(node: &ClusterNode, values: &[String]) -> std::io::Result<(u64, u64)> 
 }
 
 fn committed(node: &ClusterNode) -> Vec<String> {
-    let Some(addr) = node.local_addr() else { return Vec::new() };
-    let Ok(mut client) = Client::connect(addr) else { return Vec::new() };
-    let Ok((_, _, records)) = client.read_from("orders", 0, 100_000, false) else { return Vec::new() };
-    // Without the empty record each new leader writes at the start of its epoch.
-    records.into_iter().filter(|r| !r.is_empty()).map(|r| String::from_utf8(r.to_vec()).unwrap()).collect()
+    committed_of(node, "orders")
 }
 
 #[test]
@@ -904,7 +900,8 @@ fn append_to(node: &ClusterNode, log: &str, value: &str) -> std::io::Result<(u64
     Ok((start, end))
 }
 
-/// The committed values of `log` on `node`, without the epoch markers.
+/// The committed values of `log` on `node`, without the empty record each new leader writes
+/// at the start of its epoch.
 fn committed_of(node: &ClusterNode, log: &str) -> Vec<String> {
     let Some(addr) = node.local_addr() else { return Vec::new() };
     let Ok(mut client) = Client::connect(addr) else { return Vec::new() };

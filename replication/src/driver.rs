@@ -467,6 +467,7 @@ impl Shared {
             heard: Arc::new(std::sync::atomic::AtomicU64::new(now)),
             from: stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
             closer: stream.try_clone().map_err(|e| e.to_string())?,
+            writer: None,
         };
         let admitted = AdmittedLeader { shared: self.clone(), leader, id: conn.id, heard: conn.heard.clone() };
         conns.insert(leader, conn);
@@ -1052,6 +1053,7 @@ impl Server {
         }
         drop(draining);
         shared.retire(old);
+        shared.announce_followed(&[log.to_owned()]);
         shared.dial_peers()?;
         result.map_err(io::Error::other)
     }
@@ -1092,6 +1094,7 @@ impl Server {
         }
         drop(draining);
         shared.retire(old);
+        shared.announce_followed(&names);
         shared.dial_peers()?;
         result.map_err(io::Error::other)
     }
@@ -1507,6 +1510,32 @@ impl Shared {
             draining.logs.insert(log.to_owned(), why);
         }
         Ok(())
+    }
+
+    /// Tells every node leading this one where each of `names` that it now follows stands, as
+    /// a new connection's follower does: a node that just stopped leading a log dropped what a
+    /// new leader of it shipped meanwhile, and that leader would otherwise learn where it
+    /// stands only from the answer to its next heartbeat (100 ms of a handover's pause).
+    fn announce_followed(&self, names: &[String]) {
+        let writers: Vec<Arc<Mutex<TcpStream>>> =
+            self.leader_conns.lock().values().filter_map(|c| c.writer.clone()).collect();
+        if writers.is_empty() {
+            return;
+        }
+        let mut out = Vec::new();
+        for slot in names.iter().filter_map(|name| self.slot(name)).filter(|s| s.lead.is_none()) {
+            let msg = Message::Ack {
+                log: slot.name.clone(),
+                epoch: slot.lock().follower.as_ref().map_or(0, Follower::checked_epoch),
+                written_end: slot.log.written_end(),
+                durable_end: slot.log.durable_end(),
+                last_epoch: follower::ack_last_epoch(&slot.log),
+            };
+            codec::encode(&msg, &mut out);
+        }
+        for writer in writers {
+            let _ = writer.lock().write_all(&out);
+        }
     }
 
     /// Refuses the appends still waiting on slots replaced by [`Shared::rerole`].
@@ -2130,6 +2159,8 @@ struct LeaderConn {
     heard: Arc<std::sync::atomic::AtomicU64>,
     from: String,
     closer: TcpStream,
+    /// Where this connection's acks are written, once its follower loop runs.
+    writer: Option<Arc<Mutex<TcpStream>>>,
 }
 
 /// A leader connection admitted; dropping it (when the connection ends) lets the next one in.

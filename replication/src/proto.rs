@@ -500,6 +500,16 @@ impl Leader {
                         gap_told: false,
                         reseeds: p.reseeds,
                     };
+                    // A heartbeat at once: its answer says where the peer stands and checks its
+                    // log against this epoch. A new connection's follower says so by itself,
+                    // but a leader that begins an epoch over a connection it kept (its node led
+                    // a moment ago) would otherwise ship nothing until its first heartbeat
+                    // tick, 100 ms of a handover's pause.
+                    let msg = Message::Heartbeat {
+                        epoch: self.config.epoch,
+                        logs: vec![(self.config.log.clone(), self.written_end, self.commit_end)],
+                    };
+                    self.actions.push_back(LeaderAction::Send { peer, msg });
                     self.update_commit();
                     self.ship(peer);
                 }
@@ -1511,7 +1521,12 @@ mod tests {
         let mut leader = Leader::new(config(Quorum::All), 100, 100, 0);
         leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
         let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
-        assert!(actions.is_empty(), "nothing is shipped before the peer says where it stands: {actions:?}");
+        // Asked where it stands at once, with a heartbeat (over a kept connection, nothing
+        // else would ask before the heartbeat interval).
+        assert!(
+            matches!(&actions[..], [LeaderAction::Send { peer: 2, msg: Message::Heartbeat { epoch: 1, .. } }]),
+            "nothing is shipped before the peer says where it stands: {actions:?}"
+        );
         leader.handle(LeaderInput::Received { peer: 2, msg: ack(40, 40) });
         let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();
         assert!(actions.iter().any(|a| matches!(a, LeaderAction::Ship { peer: 2, from: 40, .. })), "{actions:?}");
@@ -1523,6 +1538,7 @@ mod tests {
         let config = LeaderConfig { epoch: 2, epoch_history: vec![(1, 0), (2, 50)], ..config(Quorum::Count(2)) };
         let mut leader = Leader::new(config, 80, 80, 0);
         leader.handle(LeaderInput::Connected { peer: 2, written_end: 0, durable_end: 0 });
+        while leader.poll_action().is_some() {} // the heartbeat asking where it stands
         let diverged = Message::Ack { log: "l".into(), epoch: 1, written_end: 70, durable_end: 70, last_epoch: 1 };
         leader.handle(LeaderInput::Received { peer: 2, msg: diverged });
         let actions: Vec<_> = std::iter::from_fn(|| leader.poll_action()).collect();

@@ -6,12 +6,15 @@ use super::*;
 /// Follower: apply what the leader ships, acknowledge after each apply and each sync.
 pub(super) fn follow(shared: &Arc<Shared>, admitted: &AdmittedLeader, stream: TcpStream) -> io::Result<()> {
     let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    if let Some(conn) = shared.leader_conns.lock().get_mut(&admitted.leader).filter(|c| c.id == admitted.id) {
+        conn.writer = Some(writer.clone());
+    }
     let queue = Arc::new(SyncQueue::default());
     // Syncs run on their own thread, so chunks keep being applied while one runs and the next
     // sync covers all of them: fsync-batched durability.
     let syncer = {
-        let (shared, writer, queue) = (shared.clone(), writer.clone(), queue.clone());
-        spawn("tern-fsync", move || sync_loop(&shared, &writer, &queue))?
+        let (shared, writer, queue, leader) = (shared.clone(), writer.clone(), queue.clone(), admitted.leader);
+        spawn("tern-fsync", move || sync_loop(&shared, leader, &writer, &queue))?
     };
     let result = follow_messages(shared, admitted, stream, &writer, &queue);
     {
@@ -23,7 +26,7 @@ pub(super) fn follow(shared: &Arc<Shared>, admitted: &AdmittedLeader, stream: Tc
     result
 }
 
-pub(super) fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, queue: &SyncQueue) {
+pub(super) fn sync_loop(shared: &Arc<Shared>, leader: NodeId, writer: &Arc<Mutex<TcpStream>>, queue: &SyncQueue) {
     loop {
         let names = {
             let mut logs = queue.logs.lock();
@@ -54,7 +57,15 @@ pub(super) fn sync_loop(shared: &Arc<Shared>, writer: &Arc<Mutex<TcpStream>>, qu
             for msg in sends {
                 codec::encode(&msg, &mut out);
             }
-            let _ = writer.lock().write_all(&out);
+            // To the node the log follows now: a sync asked for by the chunks of a leader that
+            // has since handed over completes after its successor's chunks were applied, and
+            // the durable end it reports is the successor's business. Sent back here, it
+            // reached the successor only with the answer to its next heartbeat (100 ms).
+            let follows = shared.slot(&name).and_then(|s| s.lock().follower.as_ref().and_then(Follower::leader));
+            let elsewhere = follows
+                .filter(|now| *now != leader)
+                .and_then(|now| shared.leader_conns.lock().get(&now).and_then(|c| c.writer.clone()));
+            let _ = elsewhere.as_ref().unwrap_or(writer).lock().write_all(&out);
         }
         queue.busy.store(false, Ordering::Relaxed);
     }

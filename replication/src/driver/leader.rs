@@ -253,9 +253,13 @@ pub(super) fn connect_peer(
             break Ok(());
         }
         // A leader without logs sends no heartbeats, so its follower has nothing to answer.
+        // A connection no log led here needs any more is not closed: it goes quiet, and ends
+        // with this silence, unless the node leads again meanwhile (a handover back a moment
+        // later) and takes it up at once. Closed at once, a new one raced the follower's
+        // teardown of the old (a second connection of a node still heard is refused) and
+        // waited out a redial: 50 to 110 ms of a handover's pause.
         let silent = || heard.elapsed() >= PEER_SILENCE_MAX && shared.has_logs();
-        let unwanted = || heard.elapsed() >= GIVE_UP_POLL && !shared.wants_peer(peer);
-        let give_up = || silent() || unwanted() || shared.stop.load(Ordering::SeqCst);
+        let give_up = || silent() || shared.stop.load(Ordering::SeqCst);
         let msg = match read_msg_unless(&mut reader, &shared.frames, Reader::Peer, give_up) {
             Ok((msg, _held)) => msg,
             Err(e) => break Err(e),
