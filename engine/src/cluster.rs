@@ -1136,8 +1136,10 @@ pub fn most_up_to_date(placement: &LogMap, reports: &BTreeMap<NodeId, Vec<LogRep
     Ok(candidates)
 }
 
-/// `tern promote`: makes `target` the leader of every log in the next epoch, asked through the
-/// controller member of the node at data address `any`. Every replica that answers is fenced
+/// `tern promote` (`log` `None`) or `--log NAME`: makes `target` the leader of every log
+/// without a placement of its own, or of log `NAME` (placed alone first when it is not yet,
+/// see [`handover`]), in the next epoch, asked through the controller member of the node at
+/// data address `any`. Every replica that answers is fenced
 /// at the next epoch first and reports (the leader too: it stops leading). Without `force`,
 /// `target` must be most up to date on every log among at least `n - k + 1` reports (it then
 /// holds every committed record). With `force` fewer reports do, and the records that may be
@@ -1147,11 +1149,27 @@ pub fn most_up_to_date(placement: &LogMap, reports: &BTreeMap<NodeId, Vec<LogRep
 /// # Errors
 /// No controller, no placement yet, `target` not a replica or not answering, or (without
 /// `force`) too few reports or a target that lacks records another replica holds.
-pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<String>, String> {
+pub fn promote(any: SocketAddr, log: Option<&str>, target: NodeId, force: bool) -> Result<Vec<String>, String> {
     let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).map_err(|e| e.to_string())?;
     let contact = controller_addr(any).to_string();
-    let map = client.read_map(&contact).map_err(|e| e.to_string())?;
-    let placement = map.logs.get(ALL_LOGS).cloned().ok_or("the cluster has no leader placement yet")?;
+    let name = log.unwrap_or(ALL_LOGS);
+    let scope = Scope::of(name);
+    let mut lines = Vec::new();
+    // The leader that stopped may have led the controller too: its members elect another.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut map = retrying(deadline, || client.read_map(&contact))?;
+    if !map.logs.contains_key(name) {
+        let all = map.logs.get(ALL_LOGS).ok_or("the cluster has no leader placement yet")?;
+        let place = Command::PlaceLog { log: name.to_owned(), expected_epoch: all.epoch };
+        match retrying(deadline, || client.propose(&contact, place.clone()))? {
+            Reply::Leader { leader, epoch, .. } => {
+                lines.push(format!("log {name} placed alone: node {leader} leads it in epoch {epoch}"));
+            }
+            other => return Err(format!("log {name} was not placed alone: {other:?}")),
+        }
+        map = retrying(deadline, || client.read_map(&contact))?;
+    }
+    let placement = map.logs.get(name).cloned().ok_or("the placement is gone")?;
     if !placement.replicas.contains(&target) {
         return Err(format!("node {target} is not one of the replicas {:?}", placement.replicas));
     }
@@ -1159,8 +1177,7 @@ pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<Strin
         return Err(format!("node {target} leads epoch {} already", placement.epoch));
     }
     let epoch = placement.epoch + 1;
-    let mut lines = Vec::new();
-    if !force {
+    if !force && matches!(scope, Scope::All) {
         // A planned move: the leader stops taking appends and waits until the target holds
         // its every record, so that the target is sure to be elected. A leader that does not
         // answer is not waited for (the election then decides whether the target may lead).
@@ -1176,7 +1193,11 @@ pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<Strin
         }
     }
     let mut reports: BTreeMap<NodeId, Vec<LogReport>> = BTreeMap::new();
-    let placed: Vec<String> = map.logs.keys().filter(|n| *n != ALL_LOGS).cloned().collect();
+    // `*`'s replicas leave the logs placed alone out; a log placed alone is fenced alone.
+    let placed: Vec<String> = match scope {
+        Scope::All => map.logs.keys().filter(|n| *n != ALL_LOGS).cloned().collect(),
+        Scope::Log(_) => Vec::new(),
+    };
     // Every replica at once: each syncs its logs and its node state.
     let answers: Vec<(NodeId, std::io::Result<Vec<LogReport>>)> = std::thread::scope(|s| {
         let asks: Vec<_> = placement
@@ -1187,7 +1208,7 @@ pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<Strin
                 let (node, placed) = (*node, &placed);
                 Some(s.spawn(move || {
                     let client = tern_controller::ControllerClient::new(Duration::from_secs(3))?;
-                    let reports = client.fence(&controller_addr(addr).to_string(), epoch, None, placed);
+                    let reports = client.fence(&controller_addr(addr).to_string(), epoch, log, placed);
                     Ok::<_, std::io::Error>((node, reports))
                 }))
             })
@@ -1231,9 +1252,14 @@ pub fn promote(any: SocketAddr, target: NodeId, force: bool) -> Result<Vec<Strin
         }
         ElectReason::Failover
     };
-    let elect_cmd = Command::Elect { log: ALL_LOGS.into(), expected_epoch: placement.epoch, leader: target, reason };
-    match client.propose(&contact, elect_cmd).map_err(|e| e.to_string())? {
-        Reply::Leader { leader, epoch, .. } => lines.push(format!("node {leader} leads every log in epoch {epoch}")),
+    let elect_cmd = Command::Elect { log: name.into(), expected_epoch: placement.epoch, leader: target, reason };
+    match retrying(deadline, || client.propose(&contact, elect_cmd.clone()))? {
+        // Sent again after a lost reply, the election finds itself made.
+        Reply::Leader { leader, epoch, .. } | Reply::Conflict { leader, epoch, .. }
+            if leader == target && epoch == placement.epoch + 1 =>
+        {
+            lines.push(format!("node {leader} leads {scope} in epoch {epoch}"))
+        }
         other => return Err(format!("the election of epoch {epoch} did not take effect: {other:?}")),
     }
     Ok(lines)

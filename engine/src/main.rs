@@ -217,6 +217,10 @@ enum Command {
         /// The node to promote.
         #[arg(long)]
         to: u64,
+        /// Promote it to lead this log alone (placed alone first when it is not yet); without
+        /// it, every log without a leader of its own.
+        #[arg(long)]
+        log: Option<String>,
         /// Promote it even with too few reports or a shorter copy, after printing, per log,
         /// the records that may be lost (recorded in the cluster map and shown by status).
         #[arg(long)]
@@ -338,15 +342,17 @@ fn main() -> ExitCode {
         Command::Read { .. } => Err("give --dir or --server".into()),
         Command::Serve(args) => serve(&args),
         Command::Status { server, json } => status(server, json),
-        Command::Promote { server, to, force } => match tern::cluster::promote(server, to, force) {
-            Ok(lines) => {
-                for line in lines {
-                    println!("{line}");
+        Command::Promote { server, to, log, force } => {
+            match tern::cluster::promote(server, log.as_deref(), to, force) {
+                Ok(lines) => {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                    Ok(ExitCode::SUCCESS)
                 }
-                Ok(ExitCode::SUCCESS)
+                Err(e) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        },
+        }
         Command::Handover { server, log, to, timeout_ms, .. } => print_lines(tern::cluster::handover(
             server,
             log.as_deref(),

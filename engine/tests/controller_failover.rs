@@ -145,7 +145,7 @@ fn planned_moves_lose_nothing_and_pause_writes_briefly() {
             let before = acked.lock().unwrap().last().map(|(t, _)| *t).unwrap();
             let called = Instant::now();
             let moved = if by_promote {
-                tern::cluster::promote(cluster[&1], to, false)
+                tern::cluster::promote(cluster[&1], None, to, false)
             } else {
                 tern::cluster::handover(cluster[&1], None, to, Duration::from_secs(10))
             };
@@ -281,9 +281,9 @@ fn a_forced_promotion_names_what_it_loses_and_only_with_force() {
     append_many(&nodes[&leader], "on two", 200);
     nodes.remove(&leader).unwrap().stop();
     nodes.insert(behind, start(behind));
-    let refused = tern::cluster::promote(cluster[&complete], behind, false).unwrap_err();
+    let refused = tern::cluster::promote(cluster[&complete], None, behind, false).unwrap_err();
     assert!(refused.contains("not the most up to date") && refused.contains("--force"), "{refused}");
-    let lines = tern::cluster::promote(cluster[&complete], behind, true).unwrap();
+    let lines = tern::cluster::promote(cluster[&complete], None, behind, true).unwrap();
     let text = lines.join("\n");
     assert!(text.contains("may lose committed records"), "{text}");
     assert!(text.contains(&format!("node {behind} leads every log in epoch {}", epoch + 1)), "{text}");
@@ -971,4 +971,50 @@ fn read_map_any(
 ) -> Option<tern_controller::ClusterMap> {
     let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).ok()?;
     nodes.keys().find_map(|id| client.read_map(&tern::cluster::controller_addr(cluster[id]).to_string()).ok())
+}
+
+/// `tern promote --log`: the leader of a log placed alone stops, and before any automatic
+/// failover (a long failure timeout here) an operator promotes a replica of that log alone:
+/// only that log's replicas are fenced and only its epoch moves; the node promoted is the most
+/// up to date of the reports (a node that is not is refused, naming the one that is), and it
+/// holds every acknowledged record of the log.
+#[test]
+fn a_log_placed_alone_is_promoted_alone() {
+    let (_dirs, cluster, mut nodes) = three_nodes_timeout(Duration::from_secs(60));
+    let (leader, epoch) = leader_of(&nodes, 0);
+    let target = *nodes.keys().find(|id| **id != leader).unwrap();
+    tern::cluster::handover(cluster[&leader], Some("orders"), target, Duration::from_secs(20)).unwrap();
+    let mut orders = Vec::new();
+    for i in 0..20 {
+        let order = format!("order {i}");
+        eventually("orders taken", Duration::from_secs(10), || append_to(&nodes[&target], "orders", &order).ok());
+        orders.push(order);
+    }
+    nodes.remove(&target).unwrap().stop();
+    // One of the two left is the most up to date (or both are): the other is refused.
+    let promoted = nodes
+        .keys()
+        .copied()
+        .find(|to| match tern::cluster::promote(cluster[&leader], Some("orders"), *to, false) {
+            Ok(lines) => {
+                eprintln!("{}", lines.join("\n"));
+                assert!(lines.last().unwrap().contains(&format!("node {to} leads log orders in epoch")), "{lines:?}");
+                true
+            }
+            Err(why) => {
+                assert!(why.contains("is not the most up to date"), "{why}");
+                false
+            }
+        })
+        .expect("a replica promoted");
+    let map = read_map_any(&cluster, &nodes).unwrap();
+    assert_eq!(map.logs["orders"].leader, promoted);
+    assert_eq!((map.logs[tern::cluster::ALL_LOGS].leader, map.logs[tern::cluster::ALL_LOGS].epoch), (leader, epoch));
+    eventually("orders taken again", Duration::from_secs(20), || {
+        append_to(&nodes[&promoted], "orders", "order 20").ok()
+    });
+    orders.push("order 20".into());
+    assert_each_once(&committed_of(&nodes[&promoted], "orders"), &orders);
+    // The other logs were not fenced: their leader still takes appends.
+    append_to(&nodes[&leader], "events", "event").unwrap();
 }

@@ -1043,13 +1043,16 @@ impl Server {
     pub fn set_role(&self, log: &str, lead: Option<Lead>) -> io::Result<()> {
         let shared = &self.shared;
         let mut draining = shared.draining.lock();
-        shared.roles.lock().insert(log.to_owned(), lead.clone());
         let mut old = Vec::new();
-        let result = shared.rerole(&mut draining, log, lead.as_ref(), &mut old);
+        let names = [log.to_owned()];
+        let set = || drop(shared.roles.lock().insert(log.to_owned(), lead.clone()));
+        shared.replace_slots(set, |_| names.to_vec(), &mut old);
+        let result = shared.reopen_slots(&mut draining, &names, lead.as_ref());
         if result.is_err() {
             // It follows instead (the next call may lead it).
-            shared.roles.lock().insert(log.to_owned(), None);
-            let _ = shared.rerole(&mut draining, log, None, &mut old);
+            let set = || drop(shared.roles.lock().insert(log.to_owned(), None));
+            shared.replace_slots(set, |_| names.to_vec(), &mut old);
+            let _ = shared.reopen_slots(&mut draining, &names, None);
         }
         drop(draining);
         shared.retire(old);
@@ -1068,17 +1071,17 @@ impl Server {
     pub fn set_default_role(&self, lead: Option<Lead>) -> io::Result<()> {
         let shared = &self.shared;
         let mut draining = shared.draining.lock();
-        *shared.default_lead.lock() = lead.clone();
-        let names: Vec<String> = {
-            let roles = shared.roles.lock();
-            shared.slots.lock().keys().filter(|name| !roles.contains_key(*name)).cloned().collect()
-        };
         let mut old = Vec::new();
-        let mut result = Ok(());
+        // The logs without a role of their own; their handover refusal is `draining.all`.
+        let covered = |slots: &BTreeMap<String, Arc<LogSlot>>| {
+            let roles = shared.roles.lock();
+            slots.keys().filter(|name| !roles.contains_key(*name)).cloned().collect()
+        };
+        let set = || *shared.default_lead.lock() = lead.clone();
+        let names = shared.replace_slots(set, covered, &mut old);
+        let each = lead.clone().map(|lead| Lead { handing_over_to: None, ..lead });
         draining.all = None;
-        for name in &names {
-            result = result.and(shared.rerole(&mut draining, name, lead.as_ref(), &mut old));
-        }
+        let mut result = shared.reopen_slots(&mut draining, &names, each.as_ref());
         if let (Ok(()), Some(to)) = (&result, lead.as_ref().and_then(|l| l.handing_over_to)) {
             match moved_reason(shared.config.node_id, lead.as_ref(), to) {
                 Ok(why) => draining.all = Some(why),
@@ -1086,11 +1089,10 @@ impl Server {
             }
         }
         if result.is_err() {
-            *shared.default_lead.lock() = None;
             draining.all = None;
-            for name in &names {
-                let _ = shared.rerole(&mut draining, name, None, &mut old);
-            }
+            let set = || *shared.default_lead.lock() = None;
+            shared.replace_slots(set, |_| names.clone(), &mut old);
+            let _ = shared.reopen_slots(&mut draining, &names, None);
         }
         drop(draining);
         shared.retire(old);
@@ -1485,31 +1487,57 @@ fn node_lead(config: &ServerConfig) -> Lead {
 }
 
 impl Shared {
-    /// Replaces the slot of `log` by one of the role `lead` (with `draining`, the writers'
-    /// lock, held: between two writes), keeping the replaced slot in `old` for
-    /// [`Shared::retire`]. Its handover refusal follows `lead.handing_over_to`.
-    fn rerole(
+    /// Removes the slots of the logs `select` picks, after `set` changed the role they are to
+    /// have, keeping the removed ones in `old` for [`Shared::retire`]; returns the names. All
+    /// under the slots' lock, as a slot is opened ([`Shared::log_state`] holds it throughout):
+    /// a slot opened between the change and the removal would begin the new role's epoch, and
+    /// the slot replacing it would then find the epoch begun already.
+    fn replace_slots(
         &self,
-        draining: &mut Draining,
-        log: &str,
-        lead: Option<&Lead>,
+        set: impl FnOnce(),
+        select: impl FnOnce(&BTreeMap<String, Arc<LogSlot>>) -> Vec<String>,
         old: &mut Vec<Arc<LogSlot>>,
-    ) -> Result<(), String> {
-        if let Some(slot) = self.slots.lock().remove(log) {
-            slot.retired.store(true, Ordering::SeqCst);
-            old.push(slot);
+    ) -> Vec<String> {
+        let mut slots = self.slots.lock();
+        set();
+        let names = select(&slots);
+        for name in &names {
+            if let Some(slot) = slots.remove(name) {
+                slot.retired.store(true, Ordering::SeqCst);
+                old.push(slot);
+            }
         }
-        draining.logs.remove(log);
-        let why = match lead.and_then(|l| l.handing_over_to) {
-            Some(to) => Some(moved_reason(self.config.node_id, lead, to).map_err(|e| e.to_string())?),
-            None => None,
-        };
-        let slot = self.log_state(log)?;
-        debug_assert_eq!(slot.lead.is_some(), lead.is_some());
-        if let Some(why) = why {
-            draining.logs.insert(log.to_owned(), why);
+        names
+    }
+
+    /// Opens the slots of `names` again, in the role `lead` they were given (with `draining`,
+    /// the writers' lock, held: between two writes); each one's handover refusal follows
+    /// `lead.handing_over_to`. The first error, once every one was tried.
+    fn reopen_slots(&self, draining: &mut Draining, names: &[String], lead: Option<&Lead>) -> Result<(), String> {
+        let mut result = Ok(());
+        for name in names {
+            draining.logs.remove(name);
+            let why = match lead.and_then(|l| l.handing_over_to) {
+                Some(to) => match moved_reason(self.config.node_id, lead, to) {
+                    Ok(why) => Some(why),
+                    Err(e) => {
+                        result = result.and(Err(e.to_string()));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            match self.log_state(name) {
+                Ok(slot) => {
+                    debug_assert_eq!(slot.lead.is_some(), lead.is_some());
+                    if let Some(why) = why {
+                        draining.logs.insert(name.clone(), why);
+                    }
+                }
+                Err(e) => result = result.and(Err(e)),
+            }
         }
-        Ok(())
+        result
     }
 
     /// Tells every node leading this one where each of `names` that it now follows stands, as
@@ -1538,7 +1566,7 @@ impl Shared {
         }
     }
 
-    /// Refuses the appends still waiting on slots replaced by [`Shared::rerole`].
+    /// Refuses the appends still waiting on slots replaced by [`Shared::replace_slots`].
     fn retire(&self, old: Vec<Arc<LogSlot>>) {
         for slot in old {
             let why =
