@@ -1157,18 +1157,7 @@ pub fn promote(any: SocketAddr, log: Option<&str>, target: NodeId, force: bool) 
     let mut lines = Vec::new();
     // The leader that stopped may have led the controller too: its members elect another.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut map = retrying(deadline, || client.read_map(&contact))?;
-    if !map.logs.contains_key(name) {
-        let all = map.logs.get(ALL_LOGS).ok_or("the cluster has no leader placement yet")?;
-        let place = Command::PlaceLog { log: name.to_owned(), expected_epoch: all.epoch };
-        match retrying(deadline, || client.propose(&contact, place.clone()))? {
-            Reply::Leader { leader, epoch, .. } => {
-                lines.push(format!("log {name} placed alone: node {leader} leads it in epoch {epoch}"));
-            }
-            other => return Err(format!("log {name} was not placed alone: {other:?}")),
-        }
-        map = retrying(deadline, || client.read_map(&contact))?;
-    }
+    let map = placed_map(&client, &contact, name, deadline, &mut lines)?;
     let placement = map.logs.get(name).cloned().ok_or("the placement is gone")?;
     if !placement.replicas.contains(&target) {
         return Err(format!("node {target} is not one of the replicas {:?}", placement.replicas));
@@ -1286,21 +1275,7 @@ pub fn handover(any: SocketAddr, log: Option<&str>, target: NodeId, timeout: Dur
     let name = log.unwrap_or(ALL_LOGS);
     let scope = Scope::of(name);
     let mut lines = Vec::new();
-    let mut map = retrying(deadline, || client.read_map(&contact))?;
-    if !map.logs.contains_key(name) {
-        let all = map.logs.get(ALL_LOGS).ok_or("the cluster has no leader placement yet")?;
-        let place = Command::PlaceLog { log: name.to_owned(), expected_epoch: all.epoch };
-        match retrying(deadline, || client.propose(&contact, place.clone()))? {
-            Reply::Leader { leader, epoch, .. } => {
-                lines.push(format!("log {name} placed alone: node {leader} leads it in epoch {epoch}"));
-            }
-            Reply::Conflict { leader, epoch, .. } => {
-                return Err(format!("node {leader} leads epoch {epoch} of every log now: try again"));
-            }
-            other => return Err(format!("log {name} was not placed alone: {other:?}")),
-        }
-        map = retrying(deadline, || client.read_map(&contact))?;
-    }
+    let map = placed_map(&client, &contact, name, deadline, &mut lines)?;
     let placement = map.logs.get(name).cloned().ok_or("the placement is gone")?;
     let epoch = placement.epoch;
     let start = Command::StartHandover { log: name.into(), epoch, to: target };
@@ -1501,6 +1476,33 @@ pub fn remove_node(any: SocketAddr, node: NodeId, timeout: Duration) -> Result<V
     retrying(deadline, || client.propose(&contact, Command::Unregister { node }))?;
     lines.push(format!("{} ms: node {node} left the controller and the cluster: stop its tern serve now", ms()));
     Ok(lines)
+}
+
+/// The map, read through the controller member at `contact`, once placement `name` is in it:
+/// a log not placed alone yet is placed first ([`Command::PlaceLog`]), said in `lines`.
+fn placed_map(
+    client: &tern_controller::ControllerClient,
+    contact: &str,
+    name: &str,
+    deadline: Instant,
+    lines: &mut Vec<String>,
+) -> Result<tern_controller::ClusterMap, String> {
+    let map = retrying(deadline, || client.read_map(contact))?;
+    if map.logs.contains_key(name) {
+        return Ok(map);
+    }
+    let all = map.logs.get(ALL_LOGS).ok_or("the cluster has no leader placement yet")?;
+    let place = Command::PlaceLog { log: name.to_owned(), expected_epoch: all.epoch };
+    match retrying(deadline, || client.propose(contact, place.clone()))? {
+        Reply::Leader { leader, epoch, .. } => {
+            lines.push(format!("log {name} placed alone: node {leader} leads it in epoch {epoch}"));
+        }
+        Reply::Conflict { leader, epoch, .. } => {
+            return Err(format!("node {leader} leads epoch {epoch} of every log now: try again"));
+        }
+        other => return Err(format!("log {name} was not placed alone: {other:?}")),
+    }
+    retrying(deadline, || client.read_map(contact))
 }
 
 /// `what` until it succeeds or `deadline` passes: a controller member that is down, or a
