@@ -989,9 +989,11 @@ impl Server {
     /// as a follower's log is).
     pub fn fence(&self, epoch: u64) -> io::Result<Vec<LogReport>> {
         let shared = &self.shared;
+        // The slots first: a slot's opening reads the node state inside the slots' lock.
+        let slots = shared.all_slots();
         let fenced: Vec<Arc<LogSlot>> = {
             let state = shared.node_state.lock();
-            shared.all_slots().into_iter().filter(|s| !state.fenced_alone(&s.name)).collect()
+            slots.into_iter().filter(|s| !state.fenced_alone(&s.name)).collect()
         };
         if fenced.iter().any(|s| s.lead.is_some()) {
             return Err(io::Error::other("a leader is not fenced: stop it, and start it as a follower first"));
@@ -1663,8 +1665,11 @@ impl Shared {
     /// Whether a log led here has `peer` as a follower: its dialing thread goes on.
     fn wants_peer(&self, peer: NodeId) -> bool {
         let wanted = |lead: &Lead| lead.peers.iter().any(|(p, _)| *p == peer);
-        self.default_lead.lock().as_ref().is_some_and(wanted)
-            || self.all_slots().iter().any(|s| s.lead.as_ref().is_some_and(wanted))
+        // Its own statement: the node's role is locked inside the slots' lock (a slot's
+        // opening reads it), never around it. Held across `all_slots`, a dialing thread and a
+        // slot being opened waited for each other for good, and every append with them.
+        let by_node_role = self.default_lead.lock().as_ref().is_some_and(wanted);
+        by_node_role || self.all_slots().iter().any(|s| s.lead.as_ref().is_some_and(wanted))
     }
 
     /// The slot of log `name`, if the node has opened it.
