@@ -2457,9 +2457,12 @@ impl Shared {
     /// Saves what each follower acknowledged, if it changed (leader, with a state directory).
     fn persist_slots(&self) {
         let Some((disk, path)) = &self.peer_slots_file else { return };
+        // The slots first: a leader slot's opening reads the kept slots inside the slots' lock,
+        // and roles change at any time now, not only at a start.
+        let slots = self.all_slots();
         let mut kept = self.peer_slots.lock();
         let mut changed = false;
-        for slot in self.all_slots() {
+        for slot in slots {
             let Some(lead) = &slot.lead else { continue };
             let core = slot.lock();
             let Some(leader) = core.leader.as_ref() else { continue };
