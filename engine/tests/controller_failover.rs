@@ -771,15 +771,7 @@ fn a_replica_is_taken_out_only_once_the_replicas_left_hold_every_record() {
     let contact = tern::cluster::controller_addr(cluster[&leader]).to_string();
     let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).unwrap();
     let epoch = client.read_map(&contact).unwrap().logs[tern::cluster::ALL_LOGS].epoch;
-    let remove = tern_controller::Command::RemoveReplica {
-        log: tern::cluster::ALL_LOGS.into(),
-        expected_epoch: epoch,
-        node: leaving,
-    };
-    // The restarted node may have led the controller: its members elect another first.
-    let reply =
-        eventually("the removal proposed", Duration::from_secs(10), || client.propose(&contact, remove.clone()).ok());
-    assert_eq!(reply, tern_controller::Reply::Done);
+    ask_removal(&client, &contact, epoch, leaving);
     let placement = eventually("the replica taken out", Duration::from_secs(20), || {
         let placement = client.read_map(&contact).ok()?.logs[tern::cluster::ALL_LOGS].clone();
         (!placement.replicas.contains(&leaving)).then_some(placement)
@@ -862,15 +854,7 @@ fn a_replica_leaves_only_once_the_replicas_left_can_hold_the_records_and_writes_
     nodes.remove(&down).unwrap().stop();
     let contact = tern::cluster::controller_addr(cluster[&leader]).to_string();
     let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).unwrap();
-    let remove = tern_controller::Command::RemoveReplica {
-        log: tern::cluster::ALL_LOGS.into(),
-        expected_epoch: epoch,
-        node: leaving,
-    };
-    // The controller may be electing (the node stopped may have led it).
-    let reply =
-        eventually("the removal asked", Duration::from_secs(10), || client.propose(&contact, remove.clone()).ok());
-    assert_eq!(reply, tern_controller::Reply::Done);
+    ask_removal(&client, &contact, epoch, leaving);
     for i in 0..20 {
         let value = vec![format!("while {down} is down {i}")];
         append(&nodes[&leader], &value).expect("appends go on while the removal waits");
@@ -1017,4 +1001,18 @@ fn a_log_placed_alone_is_promoted_alone() {
     assert_each_once(&committed_of(&nodes[&promoted], "orders"), &orders);
     // The other logs were not fenced: their leader still takes appends.
     append_to(&nodes[&leader], "events", "event").unwrap();
+}
+
+/// Asks, through the controller member at `contact`, that replica `leaving` leave every log
+/// of placement `*` at `epoch`. The controller may be electing (a node stopped a moment ago
+/// may have led it): the proposal is sent until one is taken.
+fn ask_removal(client: &tern_controller::ControllerClient, contact: &str, epoch: u64, leaving: u64) {
+    let remove = tern_controller::Command::RemoveReplica {
+        log: tern::cluster::ALL_LOGS.into(),
+        expected_epoch: epoch,
+        node: leaving,
+    };
+    let reply =
+        eventually("the removal asked", Duration::from_secs(10), || client.propose(contact, remove.clone()).ok());
+    assert_eq!(reply, tern_controller::Reply::Done);
 }
