@@ -20,11 +20,12 @@
 //!   (`tern_replication::election::elect`, per log), and commits the election. The elected
 //!   node starts leading; the others follow it. The other placements go on meanwhile.
 //!
-//! A new leader writes one record in each log it holds at the start of its epoch: key
-//! `tern.epoch`, an empty value. Records of earlier epochs are committed only along with one of
-//! the leader's own (Raft's rule), and after a failover every client may be retrying a batch
-//! the log already holds, answered from where it is and not written again: without the marker
-//! nothing would ever commit. Readers see it as an empty record.
+//! A new leader writes one record in each log it holds at the start of its epoch: a control
+//! batch (FORMAT.md "Batch frame") with key `tern.epoch` and an empty value. Records of earlier
+//! epochs are committed only along with one of the leader's own (Raft's rule), and after a
+//! failover every client may be retrying a batch the log already holds, answered from where it
+//! is and not written again: without the marker nothing would ever commit. It takes an offset,
+//! but readers never see it (`Log::read` and `ClientRead` skip control records).
 //!
 //! Nodes join and leave through the map ([`add_node`], [`remove_node`]): a new node learns
 //! every log first (a learner: shipped to, counted in no quorum), and the leader changes the
@@ -57,8 +58,8 @@ use crate::{Engine, EngineLogs};
 /// The placement of every log without one of its own: one node leads them all, and each log
 /// placed alone (`tern handover --log`) has a leader of its own.
 pub const ALL_LOGS: &str = tern_controller::ALL_LOGS;
-/// The key of the record a leader under the controller writes at the start of its epoch in
-/// each log it holds (with an empty value): see [`ClusterNode`]'s module docs.
+/// The key of the control record a leader under the controller writes at the start of its
+/// epoch in each log it holds (with an empty value): see [`ClusterNode`]'s module docs.
 pub const EPOCH_MARKER_KEY: &[u8] = b"tern.epoch";
 /// How often a leader tells the controller it is alive.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -563,7 +564,8 @@ impl Shared {
                 if let Ok(log) = self.engine.log(&name) {
                     let marker =
                         tern_wal::Record { key: Some(EPOCH_MARKER_KEY), value: b"", timestamp_ms: tern_wal::now_ms() };
-                    if let Err(e) = log.append_records(&[marker], tern_wal::AppendOptions::default()) {
+                    let control = tern_wal::AppendOptions { control: true, ..tern_wal::AppendOptions::default() };
+                    if let Err(e) = log.append_records(&[marker], control) {
                         log_line(&format!("log {name}: no epoch marker for epoch {epoch}: {e}"));
                     }
                 }

@@ -926,6 +926,8 @@ fn remote_read(
             out.flush()?;
         }
         let (start, _commit, records) = client.read_wait(name, next, want, uncommitted, wait)?;
+        // Records are consecutive from `start`, past any control records the node skipped.
+        next = start + records.len() as u64;
         if records.is_empty() {
             if !follow {
                 break;
@@ -938,7 +940,6 @@ fn remote_read(
             out.write_all(b"\n")?;
         }
         printed += records.len() as u64;
-        next = start + records.len() as u64;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

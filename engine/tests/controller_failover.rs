@@ -884,13 +884,11 @@ fn append_to(node: &ClusterNode, log: &str, value: &str) -> std::io::Result<(u64
     Ok((start, end))
 }
 
-/// The committed values of `log` on `node`, without the empty record each new leader writes
-/// at the start of its epoch.
+/// The committed values of `log` on `node`.
 fn committed_of(node: &ClusterNode, log: &str) -> Vec<String> {
     let Some(addr) = node.local_addr() else { return Vec::new() };
-    let Ok(mut client) = Client::connect(addr) else { return Vec::new() };
-    let Ok((_, _, records)) = client.read_from(log, 0, 100_000, false) else { return Vec::new() };
-    records.into_iter().filter(|r| !r.is_empty()).map(|r| String::from_utf8(r.to_vec()).unwrap()).collect()
+    let Ok(records) = read_log(addr, log, false) else { return Vec::new() };
+    records.into_values().map(|r| String::from_utf8(r.to_vec()).unwrap()).collect()
 }
 
 /// Leaders per log: `tern handover --log orders` gives `orders` a placement of its own, led

@@ -424,3 +424,46 @@ fn concurrent_appends_each_get_their_own_records_at_the_offsets_their_receipts_n
         server.stop();
     }
 }
+
+/// Control records (a leader's record at the start of its epoch) take offsets, ship and commit
+/// like any other, but a reader never gets one: a reply is a run of consecutive records from
+/// its `start`, past control records that come first and ending before one that comes later,
+/// and a reader that goes on from `start` + its count gets every record at its offset.
+#[test]
+fn readers_skip_control_records_and_go_on_from_each_replys_start() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let follower = node(dirs[1].path(), 2, Role::Follower, vec![], any_port());
+    let engine = std::sync::Arc::new(tern::Engine::open(dirs[0].path(), tern::Config::default()).unwrap());
+    let control = tern_wal::AppendOptions { control: true, ..tern_wal::AppendOptions::default() };
+    let mark = || {
+        let marker = tern_wal::Record { key: Some(b"tern.epoch"), value: b"", timestamp_ms: tern_wal::now_ms() };
+        let appended = engine.log(LOG).unwrap().append_records(&[marker], control).unwrap();
+        appended.wait(tern_wal::Durability::Local).unwrap()
+    };
+    // Offsets: control 0, a-0 a-1 at 1 and 2, control 3 and 4, b-0 at 5, control 6.
+    assert_eq!(mark(), 0..1);
+    let config = common::config(0x5ec, 1, Role::Leader, vec![(2, follower.local_addr())], any_port());
+    let leader = Server::start(config, std::sync::Arc::new(tern::EngineLogs(engine.clone()))).unwrap();
+    let mut client = Client::connect(leader.local_addr()).unwrap();
+    assert_eq!(client.append_acks(LOG, records(2, "a"), Acks::Quorum).unwrap().start, 1);
+    assert_eq!((mark(), mark()), (3..4, 4..5));
+    assert_eq!(client.append_acks(LOG, records(1, "b"), Acks::Quorum).unwrap().start, 5);
+    assert_eq!(mark(), 6..7);
+    for server in [&leader, &follower] {
+        eventually("the control records to commit", || (log_metrics(server).commit_end == 7).then_some(()));
+    }
+    for server in [&leader, &follower] {
+        let mut reader = Client::connect(server.local_addr()).unwrap();
+        // A run starts past the control record at 0 and ends before the one at 3.
+        assert_eq!(reader.read(LOG, 0, 100).unwrap(), (1, 7, records(2, "a")));
+        assert_eq!(reader.read(LOG, 2, 100).unwrap(), (2, 7, records(2, "a")[1..].to_vec()));
+        assert_eq!(reader.read(LOG, 3, 100).unwrap(), (5, 7, records(1, "b")));
+        // With nothing but control records left, the reply is empty and says where to go on.
+        assert_eq!(reader.read(LOG, 6, 100).unwrap(), (7, 7, Vec::new()));
+        let everything = common::read_log(server.local_addr(), LOG, false).unwrap();
+        let want = [(1, "a-0"), (2, "a-1"), (5, "b-0")].map(|(o, v)| (o, Bytes::from(v)));
+        assert_eq!(everything.into_iter().collect::<Vec<_>>(), want);
+    }
+    leader.stop();
+    follower.stop();
+}

@@ -2926,6 +2926,11 @@ impl Client {
 
     /// Committed records from `from`, at most `max`: (first offset, commit point, records).
     ///
+    /// The records are consecutive from the first offset, which is past `from` when control
+    /// records (a leader's record at the start of its epoch) came first: readers never see
+    /// those, and a reply ends before one. Read on from the first offset + the records' count.
+    /// With no record, the first offset is where the next read should begin.
+    ///
     /// # Errors
     /// The node's refusal, or connection errors.
     pub fn read(&mut self, log: &str, from: u64, max: u32) -> io::Result<(u64, u64, Vec<Bytes>)> {

@@ -19,6 +19,12 @@ pub const RECORD_HEADER_BYTES: usize = 12;
 pub const FRAME_BODY_BYTES_MAX: u32 = 64 << 20;
 /// Batch format version written by this build.
 pub const BATCH_VERSION: u8 = 1;
+/// Batch flag: a control batch, whose records the log writes for itself (the start of a
+/// leader's epoch) and not a producer. Control records hold offsets, are replicated and
+/// committed like any other, and readers of data skip them. A control batch has no producer.
+pub const FLAG_CONTROL: u8 = 1;
+/// Every flag this build knows; a frame with another bit set is refused.
+pub const FLAGS_KNOWN: u8 = FLAG_CONTROL;
 /// `key_len` value that means "no key".
 pub const NO_KEY: u32 = u32::MAX;
 /// Largest value or key a record may carry within the frame limit.
@@ -55,7 +61,7 @@ impl<'a> Record<'a> {
 pub struct BatchHeader {
     /// Batch format version (1).
     pub version: u8,
-    /// Flags; none are defined in version 1 and all must be zero.
+    /// Flags: [`FLAG_CONTROL`] or none; every other bit must be zero.
     pub flags: u8,
     /// Records in the batch, at least one.
     pub record_count: u32,
@@ -78,6 +84,11 @@ impl BatchHeader {
     pub fn end_offset(&self) -> u64 {
         self.base_offset.saturating_add(u64::from(self.record_count))
     }
+
+    /// A control batch ([`FLAG_CONTROL`]): readers of data skip its records.
+    pub fn is_control(&self) -> bool {
+        self.flags & FLAG_CONTROL != 0
+    }
 }
 
 /// Fields the writer chooses for a batch; offsets and timestamps come from the records.
@@ -91,6 +102,8 @@ pub struct BatchMeta {
     pub producer_id: u64,
     /// Producer sequence.
     pub sequence: u64,
+    /// Flags ([`FLAG_CONTROL`]); a control batch must have no producer.
+    pub flags: u8,
 }
 
 /// Why a batch could not be encoded.
@@ -113,6 +126,9 @@ pub enum EncodeError {
     /// A key of exactly `u32::MAX` bytes cannot be told apart from "no key".
     #[error("key too long")]
     KeyTooLong,
+    /// Flags this build does not know, or a control batch naming a producer.
+    #[error("batch flags {0:#04x} are unknown or name a producer on a control batch")]
+    Flags(u8),
 }
 
 /// Bytes the frame for `records` takes, prefix included.
@@ -142,12 +158,15 @@ pub fn encode(out: &mut Vec<u8>, meta: &BatchMeta, records: &[Record<'_>]) -> Re
     if records.iter().any(|r| r.key.is_some_and(|k| k.len() >= NO_KEY as usize)) {
         return Err(EncodeError::KeyTooLong);
     }
+    if meta.flags & !FLAGS_KNOWN != 0 || (meta.flags & FLAG_CONTROL != 0 && meta.producer_id != 0) {
+        return Err(EncodeError::Flags(meta.flags));
+    }
     let start = out.len();
     out.reserve(frame_len);
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes()); // crc, patched below
     out.push(BATCH_VERSION);
-    out.push(0); // flags
+    out.push(meta.flags);
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
     for field in [meta.base_offset, meta.epoch, first_ts, max_ts, meta.producer_id, meta.sequence] {
@@ -226,15 +245,15 @@ fn body_len(cur: &mut Cursor<'_>) -> Result<Option<u32>, CorruptReason> {
 }
 
 /// Reads the batch header at the start of a body and checks the fields every frame must get
-/// right: version, zero flags and reserved bits, a non-zero count whose offsets do not overflow,
-/// ordered timestamps.
+/// right: version, known flags (a control batch without a producer), zero reserved bits, a
+/// non-zero count whose offsets do not overflow, ordered timestamps.
 fn read_header(cur: &mut Cursor<'_>) -> Result<BatchHeader, CorruptReason> {
     let version = cur.u8()?;
     if version != BATCH_VERSION {
         return Err(CorruptReason::Version { found: u32::from(version) });
     }
     let flags = cur.u8()?;
-    if flags != 0 {
+    if flags & !FLAGS_KNOWN != 0 {
         return Err(CorruptReason::Field("flags"));
     }
     if cur.u16_le()? != 0 {
@@ -253,6 +272,9 @@ fn read_header(cur: &mut Cursor<'_>) -> Result<BatchHeader, CorruptReason> {
     };
     if header.record_count == 0 {
         return Err(CorruptReason::Records("zero records"));
+    }
+    if header.is_control() && header.producer_id != 0 {
+        return Err(CorruptReason::Field("producer_id"));
     }
     if header.base_offset.checked_add(u64::from(header.record_count)).is_none() {
         return Err(CorruptReason::Field("base_offset"));
@@ -345,6 +367,7 @@ impl<'a> Frame<'a> {
             epoch: self.header.epoch,
             producer_id: self.header.producer_id,
             sequence: self.header.sequence,
+            flags: self.header.flags,
         };
         encode(out, &meta, &records)
     }
@@ -395,7 +418,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn meta(base_offset: u64) -> BatchMeta {
-        BatchMeta { base_offset, epoch: 3, producer_id: 9, sequence: 11 }
+        BatchMeta { base_offset, epoch: 3, producer_id: 9, sequence: 11, flags: 0 }
     }
 
     #[test]
@@ -474,6 +497,44 @@ mod tests {
         let mut overflow = out;
         overflow[32..48].copy_from_slice(&[0xff; 16]); // first = max = u64::MAX, deltas 0 and 10
         assert_eq!(decode(&reseal(overflow)), Err(CorruptReason::Records("timestamp overflows")));
+    }
+
+    #[test]
+    #[allow(clippy::indexing_slicing)] // fixed positions in a frame this test just encoded
+    fn control_batches_round_trip_and_other_flags_are_refused() {
+        let control = BatchMeta { base_offset: 4, epoch: 2, flags: FLAG_CONTROL, ..BatchMeta::default() };
+        let mut out = Vec::new();
+        encode(&mut out, &control, &[Record::new(b"", 5)]).unwrap();
+        let frame = decode(&out).unwrap().unwrap();
+        assert!(frame.header.is_control());
+        let mut again = Vec::new();
+        frame.encode(&mut again).unwrap();
+        assert_eq!(again, out);
+        assert!(!decode(&encoded(&meta(4))).unwrap().unwrap().header.is_control());
+
+        // A producer's batch is never a control batch, and unknown bits are refused, both
+        // when writing and when reading (the flags are at frame byte 9).
+        let with_producer = BatchMeta { producer_id: 3, ..control };
+        assert_eq!(encode(&mut Vec::new(), &with_producer, &[Record::new(b"", 5)]), Err(EncodeError::Flags(1)));
+        let unknown = BatchMeta { flags: 2, ..BatchMeta::default() };
+        assert_eq!(encode(&mut Vec::new(), &unknown, &[Record::new(b"", 5)]), Err(EncodeError::Flags(2)));
+        let reseal = |mut frame: Vec<u8>, flags: u8| {
+            frame[9] = flags;
+            let crc = frame_crc(&frame[..4], &frame[FRAME_PREFIX_BYTES..]);
+            frame[4..8].copy_from_slice(&crc.to_le_bytes());
+            frame
+        };
+        for flags in 2..=u8::MAX {
+            assert_eq!(decode(&reseal(out.clone(), flags)), Err(CorruptReason::Field("flags")), "flags {flags:#x}");
+        }
+        let producer_frame = encoded(&meta(4));
+        assert_eq!(decode(&reseal(producer_frame, FLAG_CONTROL)), Err(CorruptReason::Field("producer_id")));
+    }
+
+    fn encoded(meta: &BatchMeta) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(&mut out, meta, &[Record::new(b"v", 5)]).unwrap();
+        out
     }
 
     proptest! {

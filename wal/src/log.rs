@@ -135,6 +135,11 @@ pub struct AppendOptions {
     pub producer_id: u64,
     /// Producer sequence number.
     pub sequence: u64,
+    /// A control batch ([`tern_segment::frame::FLAG_CONTROL`]): records the log writes for
+    /// itself, such as a leader's record at the start of its epoch. They take offsets and are
+    /// replicated and committed like any other, but [`Log::read`] skips them. A control batch
+    /// has no producer.
+    pub control: bool,
 }
 
 /// What recovery found when the log was opened.
@@ -661,7 +666,13 @@ impl Log {
         inner.check_writable()?;
         let base = inner.written_end.load(Ordering::Acquire);
         let epoch = options.epoch.unwrap_or(st.history.latest_epoch());
-        let meta = BatchMeta { base_offset: base, epoch, producer_id: options.producer_id, sequence: options.sequence };
+        let meta = BatchMeta {
+            base_offset: base,
+            epoch,
+            producer_id: options.producer_id,
+            sequence: options.sequence,
+            flags: if options.control { frame::FLAG_CONTROL } else { 0 },
+        };
         st.buf.clear();
         let frame_len = frame::encode(&mut st.buf, &meta, records).map_err(|e| Error::Invalid(e.to_string()))?;
         inner.enter_epoch(&mut st.history, epoch, base)?;

@@ -40,7 +40,9 @@ pub struct BatchRef {
 
 /// Iterates records from an offset up to the end seen when it was created (or last
 /// [`Reader::refresh`]ed). Every frame's checksum is verified before any record of it is
-/// returned; a damaged frame is an error naming file and position, never data.
+/// returned; a damaged frame is an error naming file and position, never data. Records of
+/// control batches ([`crate::AppendOptions::control`]) are skipped: offsets of the records
+/// returned are then not consecutive across them.
 #[derive(Debug)]
 pub struct Reader {
     log: Log,
@@ -112,7 +114,8 @@ impl Log {
 }
 
 impl Reader {
-    /// The offset the next record will have.
+    /// Where the reader goes on from: the offset after the last record returned or control
+    /// batch skipped (the next record's, unless a control batch comes first).
     pub fn next_offset(&self) -> u64 {
         self.next_offset
     }
@@ -234,6 +237,9 @@ impl Iterator for Reader {
             }
             let (from, mut pending) = (self.next_offset, std::mem::take(&mut self.pending));
             let result = self.next_batch(&mut |decoded, bytes| {
+                if decoded.header.is_control() {
+                    return; // the log's own records, not data
+                }
                 for record in decoded.records().filter(|r| r.offset >= from) {
                     pending.push_back(ReadRecord {
                         offset: record.offset,
@@ -246,6 +252,8 @@ impl Iterator for Reader {
             });
             self.pending = pending;
             match result {
+                // A control batch gave no record: the next one starts after it.
+                Ok(Some(batch)) if self.pending.is_empty() => self.next_offset = batch.end_offset,
                 Ok(Some(_)) => {}
                 Ok(None) => return None,
                 Err(e) => {

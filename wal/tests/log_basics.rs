@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::*;
 use tern_segment::sim::{FaultOp, SimDisk, Tear};
 use tern_segment::{Disk, OsDisk};
-use tern_wal::{Committer, Durability, Error, Log, LogOptions, Visibility};
+use tern_wal::{now_ms, AppendOptions, Committer, Durability, Error, Log, LogOptions, Record, Visibility};
 
 #[test]
 fn records_round_trip_across_segments_and_a_clean_reopen() {
@@ -172,5 +172,43 @@ fn many_writers_share_syncs() {
     seen.dedup();
     assert_eq!(seen.len(), 400);
     log.close().unwrap();
+    committer.stop();
+}
+
+#[test]
+fn control_records_take_offsets_and_ship_but_readers_skip_them() {
+    let disk = SimDisk::new();
+    let committer = sim_committer(&disk);
+    let log = open(&disk, &committer).unwrap();
+    let control = AppendOptions { control: true, ..AppendOptions::default() };
+    let marker = [Record::new(b"", now_ms())];
+    let first = log.append_records(&marker, control).unwrap().offsets;
+    log.append(&[b"a", b"b"], Durability::Local).unwrap();
+    let second = log.append_records(&marker, control).unwrap().offsets;
+    let last = log.append(&[b"c"], Durability::Local).unwrap();
+    let trailing = log.append_records(&marker, control).unwrap().wait(Durability::Local).unwrap();
+    assert_eq!((first, second, last, trailing), (0..1, 3..4, 4..5, 5..6));
+
+    let read = |from: u64| -> Vec<(u64, Vec<u8>)> {
+        log.read(from, Visibility::Durable).unwrap().map(|r| r.map(|r| (r.offset, r.value.to_vec())).unwrap()).collect()
+    };
+    let all = vec![(1, b"a".to_vec()), (2, b"b".to_vec()), (4, b"c".to_vec())];
+    assert_eq!(read(0), all);
+    assert_eq!(read(3), all[2..]);
+    // A reader past the last record goes on after the control batch, not before it.
+    let mut reader = log.read(4, Visibility::Durable).unwrap();
+    assert_eq!(reader.next().unwrap().unwrap().offset, 4);
+    assert!(reader.next().is_none());
+    assert_eq!(reader.next_offset(), 6);
+    // Shippers send every batch, control ones included.
+    let batches = log.read_batches(0, u64::MAX, Visibility::Durable).unwrap();
+    assert_eq!(batches.iter().map(|b| b.base_offset).collect::<Vec<_>>(), vec![0, 1, 3, 4, 5]);
+    // A control batch names no producer.
+    let with_producer = AppendOptions { producer_id: 7, sequence: 1, ..control };
+    assert!(matches!(log.append_records(&marker, with_producer), Err(Error::Invalid(_))));
+    log.close().unwrap();
+    let log = open(&disk, &committer).unwrap();
+    let reopened: Vec<u64> = log.read(0, Visibility::Written).unwrap().map(|r| r.unwrap().offset).collect();
+    assert_eq!((reopened, log.written_end()), (vec![1, 2, 4], 6));
     committer.stop();
 }

@@ -142,3 +142,24 @@ pub fn leader_and_follower(dirs: &[tempfile::TempDir], cluster_id: u64) -> (Serv
     let leader = start(dirs[0].path(), tern::Config::default(), config(cluster_id, 1, Role::Leader, peers, any_port()));
     (leader, follower)
 }
+
+/// Every record of `log` a node at `addr` answers with (committed ones only unless
+/// `uncommitted`), by offset: read on from each reply's first offset, as readers must, since
+/// control records are skipped.
+pub fn read_log(
+    addr: SocketAddr,
+    log: &str,
+    uncommitted: bool,
+) -> std::io::Result<std::collections::BTreeMap<u64, bytes::Bytes>> {
+    let mut client = tern_replication::driver::Client::connect(addr)?;
+    let (mut out, mut next) = (std::collections::BTreeMap::new(), 0);
+    loop {
+        let (start, _, records) = client.read_from(log, next, 10_000, uncommitted)?;
+        assert!(start >= next, "a read from {next} answered from {start}");
+        if records.is_empty() {
+            return Ok(out);
+        }
+        next = start + records.len() as u64;
+        out.extend((start..).zip(records));
+    }
+}

@@ -856,7 +856,7 @@ fn write_idempotent(slot: &LogSlot, p: &Pending) -> Option<std::ops::Range<u64>>
         Check::New => {
             let now = tern_wal::now_ms();
             let values: Vec<tern_wal::Record<'_>> = records.iter().map(|r| tern_wal::Record::new(r, now)).collect();
-            let options = tern_wal::AppendOptions { epoch: None, producer_id, sequence };
+            let options = tern_wal::AppendOptions { epoch: None, producer_id, sequence, control: false };
             match slot.log.append_records(&values, options).and_then(|appended| appended.wait(Durability::None)) {
                 Ok(offsets) => {
                     producers.record(producer_id, sequence, offsets.clone());
@@ -914,24 +914,31 @@ fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32, uncommitte
     if from >= end {
         return Message::ClientRecords { start: from, commit_end: commit, records: Vec::new() };
     }
-    let mut records = Vec::new();
-    let mut bytes = 0usize;
-    let reader = match log.read(from, Visibility::Written) {
+    let mut reader = match log.read(from, Visibility::Written) {
         Ok(r) => r,
         Err(e) => return Message::Refuse { reason: e.to_string() },
     };
-    for record in reader {
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => return Message::Refuse { reason: e.to_string() },
+    // The records of a reply are consecutive from `start`: it starts after the control
+    // records the reader skips at first and ends before one it skips later. With no record,
+    // `start` is where the next read goes on (past control records up to `end`).
+    let (mut start, mut records, mut bytes) = (None, Vec::new(), 0usize);
+    let resume = loop {
+        let record = match reader.next() {
+            None => break reader.next_offset(),
+            Some(Ok(r)) => r,
+            Some(Err(e)) => return Message::Refuse { reason: e.to_string() },
         };
-        if record.offset >= end || records.len() >= max as usize || bytes + record.value.len() > (16 << 20) {
-            break;
+        let consecutive = start.is_none_or(|s| record.offset == s + records.len() as u64);
+        // At least one record, however large, so that a reader always moves on.
+        let full = records.len() >= max as usize || (!records.is_empty() && bytes + record.value.len() > (16 << 20));
+        if record.offset >= end || !consecutive || full {
+            break record.offset;
         }
+        start.get_or_insert(record.offset);
         bytes += record.value.len();
         records.push(record.value);
-    }
-    Message::ClientRecords { start: from, commit_end: commit, records }
+    };
+    Message::ClientRecords { start: start.unwrap_or(resume.min(end)), commit_end: commit, records }
 }
 
 #[cfg(test)]
