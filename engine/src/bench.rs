@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod controller;
-mod link;
+pub mod link;
 mod pipeline;
 
 use indicatif::{ProgressBar, ProgressStyle};

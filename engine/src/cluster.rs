@@ -109,6 +109,11 @@ pub struct ClusterConfig {
     /// The replication server's settings; `role`, `peers`, `quorum` and `leader_epoch` are
     /// set from the map.
     pub server: ServerConfig,
+    /// The address peers and clients reach this node at, when it is not `server.listen` (a
+    /// forwarder or a NAT in between: `tern serve --advertise`). It is what `cluster` names
+    /// for this node and what the map records; its controller is reached at its port + 1 and
+    /// listens at `server.listen`'s port + 1.
+    pub advertise: Option<SocketAddr>,
 }
 
 /// The controller address of a node whose data address is `data`: the next port.
@@ -965,7 +970,12 @@ impl Shared {
         }
     }
 
+    /// Where peers and clients reach this node: its advertised address, or where its server
+    /// listens.
     fn data_addr(&self) -> String {
+        if let Some(addr) = self.config.advertise {
+            return addr.to_string();
+        }
         self.running.lock().as_ref().map_or(self.config.server.listen, |r| r.server.local_addr()).to_string()
     }
 

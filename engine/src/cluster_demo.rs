@@ -65,6 +65,7 @@ fn start(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>) -> std::io::R
         failure_timeout: FAILURE_TIMEOUT,
         quorum: 2,
         server,
+        advertise: None,
     };
     ClusterNode::start(config, Config { segment_size_bytes: 16 << 20, ..Config::default() })
 }

@@ -77,6 +77,11 @@ struct ServeArgs {
     /// its first leader's.
     #[arg(long)]
     cluster_id: Option<u64>,
+    /// With --cluster: the address peers and clients reach this node at, when it is not
+    /// --listen (a forwarder or a NAT in between); --cluster names this one. The controller
+    /// is then reached at its port + 1 and listens at --listen's port + 1.
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
     /// Allow a non-loopback listen address without TLS.
     #[arg(long)]
     insecure_plaintext: bool,
@@ -1127,16 +1132,18 @@ fn serve_cluster(
 ) -> CliResult {
     let nodes: std::collections::BTreeMap<u64, SocketAddr> =
         parse_peers(cluster).map_err(|e| e.to_string().replace("--peers", "--cluster"))?.into_iter().collect();
+    let (reached, flag) = match args.advertise {
+        Some(addr) => (addr, "--advertise"),
+        None => (args.listen, "--listen"),
+    };
     match nodes.get(&args.node_id) {
-        Some(addr) if *addr != args.listen => {
-            return Err(
-                format!("--cluster names node {} at {addr}, not at its --listen {}", args.node_id, args.listen).into()
-            )
+        Some(addr) if *addr != reached => {
+            return Err(format!("--cluster names node {} at {addr}, not at its {flag} {reached}", args.node_id).into())
         }
         Some(_) => {}
         // A node joining a running cluster: it waits until `tern cluster add-node` adds it.
-        None if nodes.values().any(|addr| *addr == args.listen) => {
-            return Err(format!("--listen {} is another node's address in --cluster", args.listen).into())
+        None if nodes.values().any(|addr| *addr == reached) => {
+            return Err(format!("{flag} {reached} is another node's address in --cluster").into())
         }
         None => {}
     }
@@ -1151,10 +1158,12 @@ fn serve_cluster(
         cluster: nodes,
         failure_timeout: std::time::Duration::from_millis(args.failure_timeout_ms),
         server,
+        advertise: args.advertise,
     };
     let node = tern::cluster::ClusterNode::start(config, engine)?;
+    let advertised = args.advertise.map(|a| format!(", reached at {a}")).unwrap_or_default();
     eprintln!(
-        "tern serve: node {} listening on {} (controller on {})",
+        "tern serve: node {} listening on {} (controller on {}){advertised}",
         args.node_id,
         args.listen,
         tern::cluster::controller_addr(args.listen)
@@ -1174,6 +1183,9 @@ fn serve(args: &ServeArgs) -> CliResult {
             args.listen
         )
         .into());
+    }
+    if args.advertise.is_some() && args.cluster.is_none() {
+        return Err("--advertise is for a node under the controller (--cluster)".into());
     }
     let peers = parse_peers(&args.peers)?;
     if peers.iter().any(|(id, addr)| *id == args.node_id || *addr == args.listen) {

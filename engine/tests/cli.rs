@@ -218,11 +218,21 @@ fn serve_refuses_a_missing_role_and_a_peer_named_twice() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let base = ["serve", "--dir", d, "--listen", "127.0.0.1:0", "--node-id", "1"];
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 7] = [
         (&[], "--role"),
         (&["--role", "leader", "--peers", "2=127.0.0.1:7001,3=127.0.0.1:7001"], "address 127.0.0.1:7001 twice"),
         (&["--role", "leader", "--peers", "2=127.0.0.1:7001,2=127.0.0.1:7002"], "node id 2 twice"),
         (&["--role", "follower", "--peers", "2=127.0.0.1:7001"], "--peers is for the leader"),
+        // An advertised address is what --cluster must name for the node, and only with it.
+        (&["--role", "leader", "--advertise", "127.0.0.1:7005"], "--cluster"),
+        (
+            &["--cluster", "1=127.0.0.1:7001,2=127.0.0.1:7003", "--advertise", "127.0.0.1:7005"],
+            "not at its --advertise",
+        ),
+        (
+            &["--cluster", "2=127.0.0.1:7003,3=127.0.0.1:7005", "--advertise", "127.0.0.1:7005"],
+            "another node's address",
+        ),
     ];
     for (extra, said) in cases {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();

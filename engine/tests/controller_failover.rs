@@ -26,6 +26,7 @@ fn start_node_timeout(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>, 
         failure_timeout: timeout,
         quorum: 2,
         server,
+        advertise: None,
     };
     ClusterNode::start(config, tern::Config::default()).expect("node starts")
 }
@@ -701,6 +702,7 @@ fn a_node_added_is_seeded_then_counts_and_removed_leaves_a_majority_quorum() {
         failure_timeout: Duration::from_secs(1),
         quorum: 2,
         server: config(0, 4, Role::Follower, vec![], addr4),
+        advertise: None,
     };
     nodes
         .insert(4, ClusterNode::start(joining, tern::Config::default()).expect("a node not named in --cluster starts"));
@@ -815,6 +817,7 @@ fn a_voter_that_lost_its_disk_is_refused_until_removed_and_added_again() {
         failure_timeout: Duration::from_secs(1),
         quorum: 2,
         server: config(0, lost, Role::Follower, vec![], cluster[&lost]),
+        advertise: None,
     };
     let refused = ClusterNode::start(again.clone(), tern::Config::default()).expect_err("a voter without its votes");
     assert!(refused.to_string().contains("its disk was lost"), "{refused}");

@@ -25,6 +25,14 @@
 //! (it may lead the logs) leaves every voter up, and a fault on a voter leaves a majority of
 //! them, so no fault takes the controller's quorum away.
 //!
+//! Latency: in two runs of three (by the seed; `TERN_NEMESIS_RTT_US` sets it, 0 for none) a
+//! round trip of 0.2 or 1 ms separates every two nodes, and every client from every node: a
+//! link (`tern::bench::link`, a forwarder that delays each direction by half of it) stands in
+//! front of each node's data and controller ports, and the node advertises the link's address
+//! (`tern serve --advertise`). The kernel's netem would do this on the veth pairs; where it is
+//! missing (here), the links do it. With namespaces the links listen on the bridge, so that a
+//! cut node is as unreachable through its links as directly.
+//!
 //! `TERN_NEMESIS_ROUNDS` (default 3) sets the rounds; `TERN_NEMESIS_NODES` 3 or 5 (the voters);
 //! In half the runs (by the seed; `TERN_NEMESIS_PLACE=1` always, `0` never) the clients' log is
 //! first placed alone (`tern handover --log`), so that it has a leader of its own: every fault
@@ -56,6 +64,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use tern::bench::link::Link;
 use tern_replication::driver::{Client, Producer, ProducerConfig};
 
 const LOG: &str = "nemesis";
@@ -156,6 +165,13 @@ impl Namespaces {
     fn addr(&self, id: u64) -> SocketAddr {
         let host = u8::try_from(id).ok().filter(|h| (1..254).contains(h)).expect("node ids 1 to 253");
         SocketAddr::from(([10, 77, self.subnet, host], NAMESPACE_DATA_PORT))
+    }
+
+    /// Where the links in front of node `id` listen, in runs with latency: on the bridge, this
+    /// port and the next.
+    fn link_addr(&self, id: u64) -> SocketAddr {
+        let port = u16::try_from(id).ok().and_then(|id| id.checked_mul(2)).expect("node ids 1 to 253");
+        SocketAddr::from(([10, 77, self.subnet, 254], NAMESPACE_DATA_PORT + 100 + port))
     }
 
     /// Node `id` reaches nobody and nobody reaches it: its packets are dropped, with no reset.
@@ -269,8 +285,13 @@ struct Cluster {
     /// Each node's data and lines; the extra node gets a fresh one each time it is added.
     dirs: BTreeMap<u64, tempfile::TempDir>,
     /// Every node that may run: the voters, and the extra node (`voters + 1`) in runs with
-    /// member rounds.
+    /// member rounds. Where peers and clients reach each: a delay link's address in runs with
+    /// latency (the node advertises it), else where the node listens.
     addrs: BTreeMap<u64, SocketAddr>,
+    /// Where each node listens, behind its links in runs with latency.
+    listen: BTreeMap<u64, SocketAddr>,
+    /// The links in front of each node's data and controller ports, in runs with latency.
+    links: Vec<Link>,
     /// Whether the extra node is in the cluster: added, and not removed since.
     extra_joined: bool,
     children: BTreeMap<u64, Child>,
@@ -285,7 +306,38 @@ impl Cluster {
     fn new(name: String, voters: u64, addrs: BTreeMap<u64, SocketAddr>, net: Option<Namespaces>) -> Cluster {
         assert!(addrs.keys().all(|id| (1..=voters + 1).contains(id)), "voters 1 to {voters}, and one extra node");
         let dirs = addrs.keys().map(|id| (*id, tempfile::tempdir().unwrap())).collect();
-        Cluster { name, voters, dirs, addrs, extra_joined: false, children: BTreeMap::new(), net }
+        let listen = addrs.clone();
+        Cluster {
+            name,
+            voters,
+            dirs,
+            addrs,
+            listen,
+            links: Vec::new(),
+            extra_joined: false,
+            children: BTreeMap::new(),
+            net,
+        }
+    }
+
+    /// Puts a link that delays each direction by `one_way` in front of every node's data and
+    /// controller ports (none started yet): every byte between nodes, and between clients and
+    /// nodes, then crosses one. With namespaces, the links listen on the bridge, where every
+    /// namespace reaches them; a cut node's links reach it no more than anybody else.
+    fn add_latency(&mut self, one_way: Duration) {
+        assert!(self.children.is_empty(), "links go in before the nodes start");
+        for (id, listen) in &self.listen {
+            let front = match &self.net {
+                Some(net) => net.link_addr(*id),
+                None => address_pair(),
+            };
+            for port in [0, 1] {
+                let at = SocketAddr::new(front.ip(), front.port() + port);
+                let to = SocketAddr::new(listen.ip(), listen.port() + port);
+                self.links.push(Link::start_at(at, to, one_way).expect("a link in front of a node"));
+            }
+            self.addrs.insert(*id, front);
+        }
     }
 
     /// The voters: what every node's `--cluster` names (the extra node's too, which is then
@@ -371,8 +423,11 @@ impl Cluster {
         command
             .args(["serve", "--dir"])
             .arg(self.dir(id))
-            .args(["--listen", &self.addrs[&id].to_string(), "--node-id", &id.to_string()])
+            .args(["--listen", &self.listen[&id].to_string(), "--node-id", &id.to_string()])
             .args(["--cluster", &self.spec(), "--failure-timeout-ms", &FAILURE_TIMEOUT_MS.to_string()]);
+        if self.addrs[&id] != self.listen[&id] {
+            command.args(["--advertise", &self.addrs[&id].to_string()]);
+        }
         if self.net.is_some() {
             command.arg("--insecure-plaintext");
         }
@@ -910,7 +965,17 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
         Some(net) => ids.iter().map(|id| (*id, net.addr(*id))).collect(),
         None => ids.iter().map(|id| (*id, address_pair())).collect(),
     };
-    let mut cluster = Cluster::new(format!("seed {seed:#x}"), nodes, addrs.clone(), net);
+    let mut cluster = Cluster::new(format!("seed {seed:#x}"), nodes, addrs, net);
+    // A round trip between any two of them (`TERN_NEMESIS_RTT_US`; by the seed otherwise:
+    // none, 0.2 ms or 1 ms), through links that delay each direction by half of it.
+    let rtt_us = match std::env::var("TERN_NEMESIS_RTT_US") {
+        Ok(us) => us.parse().unwrap_or_else(|_| panic!("TERN_NEMESIS_RTT_US={us}: expected microseconds")),
+        Err(_) => [0, 200, 1000][(seed / 2 % 3) as usize],
+    };
+    if rtt_us > 0 {
+        cluster.add_latency(Duration::from_micros(rtt_us / 2));
+    }
+    let addrs = cluster.addrs.clone();
     for id in 1..=nodes {
         cluster.start(id);
     }
@@ -923,7 +988,7 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
         _ => seed % 2 == 1,
     };
     eprintln!(
-        "{}: {}",
+        "{}: {}, round trip {rtt_us} us between nodes",
         cluster.name,
         if placed { format!("log {LOG} placed alone") } else { "one placement for every log".into() }
     );

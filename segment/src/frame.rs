@@ -531,6 +531,24 @@ mod tests {
         assert_eq!(decode(&reseal(producer_frame, FLAG_CONTROL)), Err(CorruptReason::Field("producer_id")));
     }
 
+    #[test]
+    fn the_encoder_takes_a_batch_right_at_each_limit_and_refuses_one_past_it() {
+        let at_limit = vec![7u8; RECORD_BYTES_MAX];
+        let mut out = Vec::new();
+        let len = encode(&mut out, &meta(0), &[Record::new(&at_limit, 1)]).unwrap();
+        assert_eq!(len, FRAME_PREFIX_BYTES + FRAME_BODY_BYTES_MAX as usize);
+        let past = vec![7u8; RECORD_BYTES_MAX + 1];
+        let too_large =
+            EncodeError::TooLarge { len_bytes: u64::from(FRAME_BODY_BYTES_MAX) + 1, limit_bytes: FRAME_BODY_BYTES_MAX };
+        assert_eq!(encode(&mut Vec::new(), &meta(0), &[Record::new(&past, 1)]), Err(too_large));
+
+        let span = u64::from(u32::MAX);
+        let widest = [Record::new(b"a", 10), Record::new(b"b", 10 + span)];
+        assert!(encode(&mut Vec::new(), &meta(0), &widest).is_ok());
+        let wider = [Record::new(b"a", 10), Record::new(b"b", 11 + span)];
+        assert_eq!(encode(&mut Vec::new(), &meta(0), &wider), Err(EncodeError::TimestampSpan));
+    }
+
     fn encoded(meta: &BatchMeta) -> Vec<u8> {
         let mut out = Vec::new();
         encode(&mut out, meta, &[Record::new(b"v", 5)]).unwrap();

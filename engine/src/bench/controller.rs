@@ -76,6 +76,7 @@ impl ControlledCluster {
                     quorum: QUORUM,
                     // Role, peers, quorum and epoch come from the controller's map.
                     server: super::server_config(id, addr, Role::Follower, Vec::new(), compression),
+                    advertise: None,
                 };
                 ClusterNode::start(config, crate::Config::default())
             })

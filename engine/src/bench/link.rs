@@ -1,9 +1,10 @@
-//! A link with latency between two bench nodes (`tern bench --link-rtt-us`): a TCP forwarder
-//! on loopback that delivers every byte a fixed time after it arrived, in each direction.
+//! A link with latency between two nodes (`tern bench --link-rtt-us`, and the nemesis test's
+//! `TERN_NEMESIS_RTT_US`): a TCP forwarder that delivers every byte a fixed time after it
+//! arrived, in each direction.
 //!
 //! The kernel's `netem` qdisc would do this on a real interface; where it is missing, the
-//! delay goes here, in the process. A [`Link`] listens on a loopback port and, for each
-//! connection it accepts, dials its target and runs two directions. Each direction is a
+//! delay goes here, in the process. A [`Link`] listens on a port and, for each connection it
+//! accepts, dials its target and runs two directions. Each direction is a
 //! reader thread and a writer thread joined by a bounded queue: the reader stamps each chunk
 //! it reads with its due time (arrival + the one-way delay) and queues it at once; the writer
 //! sleeps until the chunk at the head is due, then writes it. Chunks arrive in order, so the
@@ -27,53 +28,74 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 /// Bytes read at most per chunk.
-pub(super) const CHUNK_BYTES_MAX: usize = 64 << 10;
+pub const CHUNK_BYTES_MAX: usize = 64 << 10;
 /// Chunks queued at most per direction: up to 256 MiB in flight, far above what loopback
 /// moves in the longest delay the bench allows, so the queue never limits the rate; it only
 /// bounds the memory of a receiver that stopped reading.
-pub(super) const CHUNKS_IN_FLIGHT_MAX: usize = 4096;
+pub const CHUNKS_IN_FLIGHT_MAX: usize = 4096;
 /// The longest one-way delay a link accepts.
-pub(super) const ONE_WAY_MAX: Duration = Duration::from_secs(1);
+pub const ONE_WAY_MAX: Duration = Duration::from_secs(1);
+/// How long a link waits to reach its target for one connection (a target cut off the
+/// network answers nothing) before it closes the connection it accepted.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A running link; connect to [`Link::addr`] to reach its target with the delay added.
-pub(super) struct Link {
+/// A running link; connect to [`Link::addr`] to reach its target with the delay added. The
+/// benches put one between nodes (`tern bench --link-rtt-us`), and cluster tests one in front
+/// of each node's data and controller ports (a node then advertises the link's address).
+pub struct Link {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    /// Both ends of every connection forwarded so far, for [`Link::stop`] to shut down.
-    streams: Arc<Mutex<Vec<TcpStream>>>,
-    /// The four threads of every connection forwarded so far.
-    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// The connections forwarded so far and not yet over, for [`Link::stop`] to shut down.
+    conns: Arc<Mutex<Vec<Forwarded>>>,
     acceptor: Option<JoinHandle<()>>,
 }
 
+/// One connection a link forwards: both ends and the threads of both directions (none until
+/// the target answered).
+#[derive(Default)]
+struct Forwarded {
+    streams: Vec<TcpStream>,
+    threads: Vec<JoinHandle<()>>,
+}
+
 impl Link {
-    /// Starts a link to `target` that delays each direction by `one_way`.
+    /// Starts a link on a loopback port to `target` that delays each direction by `one_way`.
     ///
     /// # Errors
     /// `one_way` above [`ONE_WAY_MAX`], no loopback port, or no thread.
-    pub(super) fn start(target: SocketAddr, one_way: Duration) -> io::Result<Link> {
+    pub fn start(target: SocketAddr, one_way: Duration) -> io::Result<Link> {
+        Link::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), target, one_way)
+    }
+
+    /// Starts a link listening at `listen` (port 0 picks one) to `target` that delays each
+    /// direction by `one_way`. Each connection it accepts is forwarded by threads of its own:
+    /// a target that is down or unreachable closes that connection (after up to a second),
+    /// and holds up no other.
+    ///
+    /// # Errors
+    /// `one_way` above [`ONE_WAY_MAX`], `listen` taken, or no thread.
+    pub fn start_at(listen: SocketAddr, target: SocketAddr, one_way: Duration) -> io::Result<Link> {
         if one_way > ONE_WAY_MAX {
             return Err(io::Error::other(format!("one-way delay {one_way:?} above {ONE_WAY_MAX:?}")));
         }
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let streams = Arc::new(Mutex::new(Vec::new()));
-        let threads = Arc::new(Mutex::new(Vec::new()));
-        let (s, st, th) = (stop.clone(), streams.clone(), threads.clone());
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (s, c) = (stop.clone(), conns.clone());
         let acceptor = std::thread::Builder::new()
             .name("link-accept".into())
-            .spawn(move || accept_loop(&listener, target, one_way, &s, &st, &th))?;
-        Ok(Link { addr, stop, streams, threads, acceptor: Some(acceptor) })
+            .spawn(move || accept_loop(&listener, target, one_way, &s, &c))?;
+        Ok(Link { addr, stop, conns, acceptor: Some(acceptor) })
     }
 
     /// Where to connect.
-    pub(super) fn addr(&self) -> SocketAddr {
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Closes every forwarded connection and joins every thread.
-    pub(super) fn stop(mut self) {
+    pub fn stop(mut self) {
         self.shut();
     }
 
@@ -83,12 +105,21 @@ impl Link {
         // Wakes the acceptor from `accept`; it sees the flag and returns.
         drop(TcpStream::connect(self.addr));
         let _ = acceptor.join();
-        for stream in self.streams.lock().iter() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        let threads = std::mem::take(&mut *self.threads.lock());
-        for thread in threads {
-            let _ = thread.join();
+        // A connection still reaching its target adds its streams once it gets there (or
+        // gives up within the connect timeout), then sees the flag and ends them.
+        loop {
+            let conns = std::mem::take(&mut *self.conns.lock());
+            if conns.is_empty() {
+                return;
+            }
+            for conn in &conns {
+                for stream in &conn.streams {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+            }
+            for thread in conns.into_iter().flat_map(|c| c.threads) {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -103,20 +134,29 @@ fn accept_loop(
     listener: &TcpListener,
     target: SocketAddr,
     one_way: Duration,
-    stop: &AtomicBool,
-    streams: &Mutex<Vec<TcpStream>>,
-    threads: &Mutex<Vec<JoinHandle<()>>>,
+    stop: &Arc<AtomicBool>,
+    conns: &Arc<Mutex<Vec<Forwarded>>>,
 ) {
     for accepted in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
         }
         let Ok(source) = accepted else { continue };
-        // A target that is down (a node being restarted) closes the connection at once, as
-        // a refused connection would; the dialer tries again.
-        let Ok(sink) = TcpStream::connect(target) else { continue };
-        if let Err(e) = forward(source, sink, one_way, streams, threads) {
-            eprintln!("link to {target}: {e}");
+        let (stop, list) = (stop.clone(), conns.clone());
+        let mut conns = conns.lock();
+        // Connections whose every thread ended are over: their streams close here.
+        conns.retain(|c| c.threads.iter().any(|t| !t.is_finished()));
+        let dial = std::thread::Builder::new().name("link-dial".into()).spawn(move || {
+            // A target that is down (a node being restarted) closes the connection at once, as a
+            // refused connection would; one cut off the network, after the timeout. The dialer
+            // tries again.
+            let Ok(sink) = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) else { return };
+            if let Err(e) = forward(source, sink, one_way, &stop, &list) {
+                eprintln!("link to {target}: {e}");
+            }
+        });
+        if let Ok(dial) = dial {
+            conns.push(Forwarded { streams: Vec::new(), threads: vec![dial] });
         }
     }
 }
@@ -126,21 +166,24 @@ fn forward(
     source: TcpStream,
     target: TcpStream,
     one_way: Duration,
-    streams: &Mutex<Vec<TcpStream>>,
-    threads: &Mutex<Vec<JoinHandle<()>>>,
+    stop: &AtomicBool,
+    conns: &Mutex<Vec<Forwarded>>,
 ) -> io::Result<()> {
     source.set_nodelay(true)?;
     target.set_nodelay(true)?;
-    let mut streams = streams.lock();
-    streams.push(source.try_clone()?);
-    streams.push(target.try_clone()?);
-    let mut threads = threads.lock();
+    let mut conns = conns.lock();
+    if stop.load(Ordering::SeqCst) {
+        return Ok(()); // the link is stopping: both ends close here
+    }
+    let mut conn = Forwarded { streams: vec![source.try_clone()?, target.try_clone()?], threads: Vec::new() };
     for (from, to) in [(source.try_clone()?, target.try_clone()?), (target, source)] {
         let (send, recv) = crossbeam_channel::bounded::<(Instant, Vec<u8>)>(CHUNKS_IN_FLIGHT_MAX);
-        threads
-            .push(std::thread::Builder::new().name("link-read".into()).spawn(move || read_side(from, one_way, &send))?);
-        threads.push(std::thread::Builder::new().name("link-write".into()).spawn(move || write_side(to, &recv))?);
+        let reader =
+            std::thread::Builder::new().name("link-read".into()).spawn(move || read_side(from, one_way, &send));
+        conn.threads.push(reader?);
+        conn.threads.push(std::thread::Builder::new().name("link-write".into()).spawn(move || write_side(to, &recv))?);
     }
+    conns.push(conn);
     Ok(())
 }
 
@@ -185,7 +228,7 @@ fn write_side(mut to: TcpStream, queue: &crossbeam_channel::Receiver<(Instant, V
 ///
 /// # Errors
 /// No loopback port, or the echo broke.
-pub(super) fn round_trip_us(one_way: Duration, count: usize) -> io::Result<(f64, f64)> {
+pub fn round_trip_us(one_way: Duration, count: usize) -> io::Result<(f64, f64)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let link = Link::start(listener.local_addr()?, one_way)?;
     let mut stream = TcpStream::connect(link.addr())?;
