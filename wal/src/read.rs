@@ -252,9 +252,9 @@ impl Iterator for Reader {
             });
             self.pending = pending;
             match result {
-                // A control batch gave no record: the next one starts after it.
-                Ok(Some(batch)) if self.pending.is_empty() => self.next_offset = batch.end_offset,
-                Ok(Some(_)) => {}
+                // Past the batch; each record popped sets it back to its own offset + 1 (a
+                // control batch gives none: the next record is after it).
+                Ok(Some(batch)) => self.next_offset = batch.end_offset,
                 Ok(None) => return None,
                 Err(e) => {
                     self.failed = true;
