@@ -1434,19 +1434,29 @@ pub fn remove_node(any: SocketAddr, node: NodeId, timeout: Duration) -> Result<V
     let deadline = started + timeout;
     let ms = || started.elapsed().as_millis();
     let mut lines = Vec::new();
-    let map = retrying(deadline, || client.read_map(&contact))?;
-    for (name, placement) in map.logs.iter().filter(|(_, p)| p.leader == node) {
-        let to = placement
-            .in_sync
-            .iter()
-            .chain(&placement.replicas)
-            .copied()
-            .find(|r| *r != node)
-            .ok_or_else(|| format!("node {node} is the only replica: nothing to hand its logs over to"))?;
-        let log = (name != ALL_LOGS).then_some(name.as_str());
-        lines.extend(handover(any, log, to, deadline.saturating_duration_since(Instant::now()))?);
-    }
     loop {
+        // The logs the node leads are handed over first: at the start, and again whenever a
+        // failover elected it meanwhile (the most up to date replica, though leaving), since
+        // a leader never takes itself out.
+        let map = retrying(deadline, || client.read_map(&contact))?;
+        for (name, placement) in map.logs.iter().filter(|(_, p)| p.leader == node) {
+            let to = placement
+                .in_sync
+                .iter()
+                .chain(&placement.replicas)
+                .copied()
+                .find(|r| *r != node)
+                .ok_or_else(|| format!("node {node} is the only replica: nothing to hand its logs over to"))?;
+            let log = (name != ALL_LOGS).then_some(name.as_str());
+            match handover(any, log, to, deadline.saturating_duration_since(Instant::now())) {
+                Ok(said) => lines.extend(said),
+                // A failover or a handover may be settling: tried again until the deadline.
+                Err(why) if Instant::now() < deadline => {
+                    lines.push(format!("{} ms: log {name}: handover to node {to} failed ({why}); trying again", ms()));
+                }
+                Err(why) => return Err(why),
+            }
+        }
         let map = retrying(deadline, || client.read_map(&contact))?;
         let holding: Vec<(&String, &LogMap)> =
             map.logs.iter().filter(|(_, l)| l.replicas.contains(&node) || l.learners.contains(&node)).collect();
@@ -1454,7 +1464,7 @@ pub fn remove_node(any: SocketAddr, node: NodeId, timeout: Duration) -> Result<V
             break;
         }
         for (name, log) in holding {
-            if log.leaving == Some(node) {
+            if log.leaving == Some(node) || log.leader == node {
                 continue;
             }
             let remove = Command::RemoveReplica { log: name.clone(), expected_epoch: log.epoch, node };

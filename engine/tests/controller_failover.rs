@@ -1017,3 +1017,44 @@ fn ask_removal(client: &tern_controller::ControllerClient, contact: &str, epoch:
         eventually("the removal asked", Duration::from_secs(10), || client.propose(contact, remove.clone()).ok());
     assert_eq!(reply, tern_controller::Reply::Done);
 }
+
+/// A replica being removed can still be elected leader (it may be the only one holding every
+/// committed record), and a leader never takes itself out: `tern cluster remove-node` then
+/// hands its logs over again, and the removal ends. Here the leaving replica is the most up to
+/// date when its leader stops: the other follower was down while records were written.
+#[test]
+fn a_leaving_replica_elected_leader_is_handed_over_and_removed() {
+    let (dirs, cluster, mut nodes) = three_nodes();
+    let (leader, epoch) = leader_of(&nodes, 0);
+    let down = *nodes.keys().find(|id| **id != leader).unwrap();
+    let leaving = *nodes.keys().find(|id| **id != leader && **id != down).unwrap();
+    let mut acked = append_many(&nodes[&leader], "before", 200);
+    nodes.remove(&down).unwrap().stop();
+    acked.extend(append_many(&nodes[&leader], "while down", 200));
+    let contact = tern::cluster::controller_addr(cluster[&leaving]).to_string();
+    let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).unwrap();
+    ask_removal(&client, &contact, epoch, leaving);
+    // The leader cannot take it out (the replica left besides itself is down); it stops, and
+    // the more up to date of the two others is elected: the leaving one.
+    nodes.remove(&leader).unwrap().stop();
+    nodes.insert(down, start_node(dirs[down as usize - 1].path(), down, &cluster));
+    let placement = eventually("the leaving replica elected", Duration::from_secs(30), || {
+        let placement = client.read_map(&contact).ok()?.logs[tern::cluster::ALL_LOGS].clone();
+        (placement.epoch > epoch).then_some(placement)
+    });
+    assert_eq!((placement.leader, placement.leaving), (leaving, Some(leaving)), "{placement:?}");
+    // The replicas left must both be up to take it out.
+    nodes.insert(leader, start_node(dirs[leader as usize - 1].path(), leader, &cluster));
+    let said = tern::cluster::remove_node(cluster[&leaving], leaving, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the removal of a leaving leader ends: {e}"));
+    let placement = client.read_map(&contact).unwrap().logs[tern::cluster::ALL_LOGS].clone();
+    let mut left = vec![leader, down];
+    left.sort_unstable();
+    assert_eq!(placement.replicas, left, "{said:?}");
+    assert_ne!(placement.leader, leaving, "{said:?}");
+    let after = vec!["after".to_owned()];
+    let new_leader = &nodes[&placement.leader];
+    eventually("an append after the removal", Duration::from_secs(10), || append(new_leader, &after).ok());
+    acked.extend(after);
+    assert_each_once(&committed(new_leader), &acked);
+}
