@@ -467,3 +467,32 @@ fn readers_skip_control_records_and_go_on_from_each_replys_start() {
     leader.stop();
     follower.stop();
 }
+
+/// A read's reply holds at most `max` records and 16 MiB of values, and a record as large as
+/// the largest one a log takes by default comes alone.
+#[test]
+fn a_read_reply_is_bounded_by_count_and_bytes_and_holds_at_least_one_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = node(dir.path(), 1, Role::Leader, vec![], any_port());
+    let mut client = Client::connect(leader.local_addr()).unwrap();
+    let eight = |tag: u8| Bytes::from(vec![tag; 8 << 20]);
+    for tag in 0..3 {
+        client.append_acks(LOG, vec![eight(tag)], Acks::Leader).unwrap();
+    }
+    let sizes = |records: Vec<Bytes>| records.iter().map(|r| (r[0], r.len())).collect::<Vec<_>>();
+    // Two of 8 MiB make exactly 16 MiB; a third would go past.
+    let (start, _, records) = client.read_from(LOG, 0, 100, true).unwrap();
+    assert_eq!((start, sizes(records)), (0, vec![(0, 8 << 20), (1, 8 << 20)]));
+    let (start, _, records) = client.read_from(LOG, 0, 1, true).unwrap();
+    assert_eq!((start, sizes(records)), (0, vec![(0, 8 << 20)]));
+    let (start, _, records) = client.read_from(LOG, 2, 100, true).unwrap();
+    assert_eq!((start, sizes(records)), (2, vec![(2, 8 << 20)]));
+    // A record as large as the bound comes alone.
+    let largest = Bytes::from(vec![9; 16 << 20]);
+    client.append_acks(LOG, vec![Bytes::from_static(b"small"), largest], Acks::Leader).unwrap();
+    let (start, _, records) = client.read_from(LOG, 3, 100, true).unwrap();
+    assert_eq!((start, sizes(records)), (3, vec![(b's', 5)]));
+    let (start, _, records) = client.read_from(LOG, 4, 100, true).unwrap();
+    assert_eq!((start, sizes(records)), (4, vec![(9, 16 << 20)]));
+    leader.stop();
+}

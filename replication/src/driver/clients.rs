@@ -904,6 +904,9 @@ fn merge_runs<T>(
     run
 }
 
+/// Bytes of values a read's reply holds at most, unless its one record is larger.
+const CLIENT_READ_BYTES_MAX: usize = 16 << 20;
+
 /// Records of `name` from `from`, at most `max` and 16 MiB, below the commit point unless
 /// `uncommitted`.
 fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32, uncommitted: bool) -> Message {
@@ -930,7 +933,8 @@ fn client_read(shared: &Arc<Shared>, name: &str, from: u64, max: u32, uncommitte
         };
         let consecutive = start.is_none_or(|s| record.offset == s + records.len() as u64);
         // At least one record, however large, so that a reader always moves on.
-        let full = records.len() >= max as usize || (!records.is_empty() && bytes + record.value.len() > (16 << 20));
+        let full = records.len() >= max as usize
+            || (!records.is_empty() && bytes + record.value.len() > CLIENT_READ_BYTES_MAX);
         if record.offset >= end || !consecutive || full {
             break record.offset;
         }
