@@ -88,6 +88,9 @@ const CHANGE_RETRY: Duration = Duration::from_secs(5);
 /// How long a leader handing over waits for its target to catch up before it gives the
 /// handover up and takes appends again.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a handover's target may stay disconnected from the leader (crashed, or restarting)
+/// before the handover is given up: a live target reconnects within milliseconds.
+pub const HANDOVER_TARGET_GONE: Duration = Duration::from_millis(250);
 
 /// Settings of a node run by the controller.
 #[derive(Debug, Clone)]
@@ -763,19 +766,33 @@ impl Shared {
             return self.abort_handover(name, epoch, to, e);
         }
         log_line(&format!("node {me} hands {scope} (epoch {epoch}) over to node {to}: appends refused"));
+        // Since when the target has not been connected, if it is not: a target that crashed
+        // (its connection reset) is given up after a short grace, not the whole timeout, for
+        // appends are refused meanwhile.
+        let mut gone_since: Option<Instant> = None;
         let caught_up = loop {
-            match self.as_leader(name, epoch, |s| scope.caught_up(s, to)) {
+            let state = self.as_leader(name, epoch, |s| {
+                let caught_up = scope.caught_up(s, to);
+                (caught_up, caught_up || scope.lag_bytes(s, to).is_some())
+            });
+            let connected = state.is_some_and(|(_, connected)| connected);
+            gone_since = if connected { None } else { gone_since.or(Some(Instant::now())) };
+            match state.map(|(caught_up, _)| caught_up) {
                 None => return, // no longer leading this epoch: the map moved on
-                Some(true) => break true,
+                Some(true) => break Ok(()),
                 // Stopping is not the target failing to catch up: as after a crash, the map
                 // keeps the step, and the restarted node or a failover ends the handover.
                 Some(false) if self.stop.load(Ordering::SeqCst) => return,
-                Some(false) if started.elapsed() >= HANDOVER_TIMEOUT => break false,
+                Some(false) if gone_since.is_some_and(|t| t.elapsed() >= HANDOVER_TARGET_GONE) => {
+                    break Err(format!("node {to} was not connected for {} ms", HANDOVER_TARGET_GONE.as_millis()));
+                }
+                Some(false) if started.elapsed() >= HANDOVER_TIMEOUT => {
+                    break Err(format!("node {to} did not catch up within {} ms", HANDOVER_TIMEOUT.as_millis()));
+                }
                 Some(false) => std::thread::sleep(Duration::from_micros(200)),
             }
         };
-        if !caught_up {
-            let why = format!("node {to} did not catch up within {} ms", HANDOVER_TIMEOUT.as_millis());
+        if let Err(why) = caught_up {
             return self.abort_handover(name, epoch, to, why);
         }
         let caught_up_at = started.elapsed();

@@ -78,6 +78,8 @@ enum Fault {
     Pause,
     Isolate,
     Handover,
+    /// A handover with the old leader or the target SIGKILLed while it runs (restarted after).
+    HandoverCrash,
     /// The extra node added, or removed when it is in.
     Member,
 }
@@ -89,6 +91,7 @@ impl Fault {
             Fault::Pause => "paused",
             Fault::Isolate => "isolated",
             Fault::Handover => "handed over",
+            Fault::HandoverCrash => "killed mid-handover",
             Fault::Member => "changed members",
         }
     }
@@ -655,42 +658,14 @@ fn hand_over(
     epoch: u64,
     placed: bool,
 ) -> (u128, String) {
-    let ids = cluster.members();
-    let others: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
-    let mixed = mix(seed, round);
-    let target = others[(mixed % others.len() as u64) as usize];
-    let asked = ids[((mixed >> 8) % ids.len() as u64) as usize];
-    let on = ids[((mixed >> 16) % ids.len() as u64) as usize];
-    // Where the command runs: a node's machine (its namespace), or loopback.
-    let place = match cluster.net {
-        Some(_) => format!(" on node {on}"),
-        None => String::new(),
-    };
-    // A node restarted a moment ago may not follow yet, and a handover to it would be given up
-    // (as it should: the target must catch up within the handover's timeout).
-    let what = format!("round {round}: node {target} to follow node {leader} in epoch {epoch}");
-    cluster.eventually(&what, Duration::from_secs(30), || cluster.follows(target, leader, epoch));
+    let mut handover = Handover::new(cluster, seed, round, leader, epoch, placed);
+    let (target, asked, place) = (handover.target, handover.asked, handover.place.clone());
     let acked_before = history.lock().unwrap().ack_times.len();
     let started = Instant::now();
-    let asked_addr = cluster.addrs[&asked].to_string();
-    let which = if placed { ["--log", LOG] } else { ["--all", ""] };
-    let which: Vec<&str> = which.into_iter().filter(|a| !a.is_empty()).collect();
-    let out = cluster
-        .command_on(on)
-        .args(["handover", "--server", &asked_addr])
-        .args(&which)
-        .args(["--to", &target.to_string()])
-        .output()
-        .expect("run tern handover");
+    let out = handover.command.output().expect("run tern handover");
     let took = started.elapsed();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let said = format!(
-        "`tern handover --server {asked_addr} {} --to {target}`{place}, from node {leader} of epoch {epoch}, \
-         exited with {} after {} ms:\n{stdout}{stderr}",
-        which.join(" "),
-        out.status,
-        took.as_millis()
-    );
+    let said = format!("{} exited with {} after {} ms:\n{stdout}{stderr}", handover.said, out.status, took.as_millis());
     assert!(out.status.success(), "{}, round {round}: {said}the nodes said:\n{}", cluster.name, cluster.lines());
     let promised = match placed {
         true => format!("node {target} leads log {LOG} in epoch "),
@@ -715,6 +690,100 @@ fn hand_over(
     let line = format!(
         "round {round}: handed node {leader} over to node {target}; write pause {pause} ms \
          (`tern handover`{place}, asking node {asked}: {} ms; epoch {new_epoch})",
+        took.as_millis()
+    );
+    (pause, line)
+}
+
+/// A `tern handover` of a round, as an operator runs it: to a node chosen by the seed (once it
+/// follows the leader), asking a node chosen by the seed, run on a node's machine.
+struct Handover {
+    command: Command,
+    target: u64,
+    asked: u64,
+    /// Where it runs, for the round's line.
+    place: String,
+    /// The command and the leader it moves from, for a failure's message.
+    said: String,
+}
+
+impl Handover {
+    fn new(cluster: &Cluster, seed: u64, round: u64, leader: u64, epoch: u64, placed: bool) -> Handover {
+        let ids = cluster.members();
+        let others: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+        let mixed = mix(seed, round);
+        let target = others[(mixed % others.len() as u64) as usize];
+        let asked = ids[((mixed >> 8) % ids.len() as u64) as usize];
+        let on = ids[((mixed >> 16) % ids.len() as u64) as usize];
+        // Where the command runs: a node's machine (its namespace), or loopback.
+        let place = match cluster.net {
+            Some(_) => format!(" on node {on}"),
+            None => String::new(),
+        };
+        // A node restarted a moment ago may not follow yet, and a handover to it would be given
+        // up (as it should: the target must catch up within the handover's timeout).
+        let what = format!("round {round}: node {target} to follow node {leader} in epoch {epoch}");
+        cluster.eventually(&what, Duration::from_secs(30), || cluster.follows(target, leader, epoch));
+        let asked_addr = cluster.addrs[&asked].to_string();
+        let which = if placed { ["--log", LOG] } else { ["--all", ""] };
+        let which: Vec<&str> = which.into_iter().filter(|a| !a.is_empty()).collect();
+        let mut command = cluster.command_on(on);
+        command.args(["handover", "--server", &asked_addr]).args(&which).args(["--to", &target.to_string()]);
+        let said = format!(
+            "`tern handover --server {asked_addr} {} --to {target}`{place}, from node {leader} of epoch {epoch},",
+            which.join(" ")
+        );
+        Handover { command, target, asked, place, said }
+    }
+}
+
+/// A handover with the old leader or the target (by the seed) SIGKILLed 0 to 40 ms after the
+/// command starts, at whatever step it is then; the command may then fail or succeed. The
+/// write pause: from the kill to the first append acknowledged by a node other than the one
+/// killed. The killed node is restarted once the writes go on.
+fn crash_mid_handover(
+    cluster: &mut Cluster,
+    history: &Mutex<History>,
+    seed: u64,
+    round: u64,
+    leader: u64,
+    epoch: u64,
+    placed: bool,
+) -> (u128, String) {
+    let mut handover = Handover::new(cluster, seed, round, leader, epoch, placed);
+    let mixed = mix(seed, round);
+    let victim = if mixed >> 24 & 1 == 0 { leader } else { handover.target };
+    let delay = Duration::from_millis((mixed >> 25) % 41);
+    let child = handover.command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run tern handover");
+    let started = Instant::now();
+    // A fault's timing, not an ordering: the step the handover is at is whatever it is then.
+    std::thread::sleep(delay);
+    let acked_at_kill = history.lock().unwrap().ack_times.len();
+    let killed_at = Instant::now();
+    cluster.kill(victim);
+    let out = child.wait_with_output().expect("wait for tern handover");
+    let took = started.elapsed();
+    let victim_addr = Some(cluster.addrs[&victim]);
+    let what = format!("round {round}: an append acknowledged by another node than {victim} after its kill");
+    let resumed = cluster.eventually(&what, Duration::from_secs(60), || {
+        let h = history.lock().unwrap();
+        let later = h.ack_times.get(acked_at_kill..)?;
+        later.iter().find(|(t, node)| *t > killed_at && *node != victim_addr).map(|(t, _)| *t)
+    });
+    cluster.start(victim);
+    let pause = resumed.duration_since(killed_at).as_millis();
+    if std::env::var_os("TERN_NEMESIS_VERBOSE").is_some() {
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        eprint!("{} exited with {} after {} ms:\n{stdout}{stderr}", handover.said, out.status, took.as_millis());
+    }
+    let role = if victim == leader { "the old leader" } else { "the target" };
+    let line = format!(
+        "round {round}: handover of node {leader} to node {}{}: {role} killed {} ms in; the command {} after {} ms; \
+         write pause {pause} ms",
+        handover.target,
+        handover.place,
+        delay.as_millis(),
+        if out.status.success() { "succeeded" } else { "failed" },
         took.as_millis()
     );
     (pause, line)
@@ -941,9 +1010,14 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
         Ok("pause") => vec![Fault::Pause],
         Ok("isolate") => vec![Fault::Isolate],
         Ok("handover") => vec![Fault::Handover],
+        Ok("crash") => vec![Fault::HandoverCrash],
         Ok("member") => vec![Fault::Member],
-        Ok("both") | Err(_) => vec![Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Handover, Fault::Member],
-        Ok(other) => panic!("TERN_NEMESIS_FAULTS={other}: expected kill, pause, isolate, handover, member or both"),
+        Ok("both") | Err(_) => {
+            vec![Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Handover, Fault::HandoverCrash, Fault::Member]
+        }
+        Ok(other) => {
+            panic!("TERN_NEMESIS_FAULTS={other}: expected kill, pause, isolate, handover, crash, member or both")
+        }
     };
     // The voters, and the extra node of member rounds (which runs only while it is added).
     let ids: Vec<u64> = (1..=nodes).chain(faults.contains(&Fault::Member).then_some(nodes + 1)).collect();
@@ -1023,10 +1097,14 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
         let (leader, epoch) =
             cluster.eventually(&format!("a leader in round {round}"), Duration::from_secs(30), || cluster.leader());
         let fault = faults[(seed.wrapping_add(round) % faults.len() as u64) as usize];
-        if fault == Fault::Handover || fault == Fault::Member {
+        if matches!(fault, Fault::Handover | Fault::HandoverCrash | Fault::Member) {
             let (done, pause, line) = match fault {
                 Fault::Handover => {
                     let (pause, line) = hand_over(&cluster, &history, seed, round, leader, epoch, placed);
+                    (fault.done(), pause, line)
+                }
+                Fault::HandoverCrash => {
+                    let (pause, line) = crash_mid_handover(&mut cluster, &history, seed, round, leader, epoch, placed);
                     (fault.done(), pause, line)
                 }
                 _ => change_members(&mut cluster, &history, seed, round, leader),
@@ -1043,7 +1121,7 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
             Fault::Kill => cluster.kill(leader),
             Fault::Pause => cluster.signal(leader, libc::SIGSTOP),
             Fault::Isolate => cluster.net.as_ref().expect("isolation runs in namespaces").cut(leader),
-            Fault::Handover | Fault::Member => unreachable!("a round of its own"),
+            Fault::Handover | Fault::HandoverCrash | Fault::Member => unreachable!("a round of its own"),
         }
         let acked_at_fault = history.lock().unwrap().acked.len();
         let resumed = loop {
@@ -1073,7 +1151,7 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
             // The zombie wakes up in an epoch that is over: it must commit nothing more.
             Fault::Pause => cluster.signal(leader, libc::SIGCONT),
             Fault::Kill => cluster.start(leader),
-            Fault::Handover | Fault::Member => unreachable!("a round of its own"),
+            Fault::Handover | Fault::HandoverCrash | Fault::Member => unreachable!("a round of its own"),
             Fault::Isolate => {
                 // Cut past the failure timeout on both sides: the followers' controller replaced
                 // the leader, and the leader stopped taking appends for want of the controller.
@@ -1135,7 +1213,7 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
     assert!(history.in_doubt.is_empty(), "seed {seed:#x}: {:?}", history.in_doubt);
     let (files, quarantined) = check_quarantine(&cluster, &members, &history.sent, seed);
     let mut by_fault = Vec::new();
-    let kinds = [Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Handover].map(Fault::done);
+    let kinds = [Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Handover, Fault::HandoverCrash].map(Fault::done);
     for done in kinds.into_iter().chain(["added", "removed"]) {
         let mut sorted: Vec<u128> = pauses.iter().filter(|(d, _)| *d == done).map(|(_, p)| *p).collect();
         sorted.sort_unstable();
