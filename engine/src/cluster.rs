@@ -144,6 +144,9 @@ struct PlacementState {
     change_retry_at: Option<Instant>,
     /// Since when each learner has been connected to this leader.
     learners_connected: BTreeMap<NodeId, Instant>,
+    /// The epoch this node last proposed a handover's election in: until a handover of that
+    /// epoch is given up in the map, the election may still be committed.
+    elect_proposed: Option<u64>,
 }
 
 struct Shared {
@@ -802,6 +805,7 @@ impl Shared {
         }
         let elect_cmd =
             Command::Elect { log: name.into(), expected_epoch: epoch, leader: to, reason: ElectReason::Handover };
+        self.placements.lock().entry(name.to_owned()).or_default().elect_proposed = Some(epoch);
         match self.controller.propose(elect_cmd, Duration::from_secs(2)) {
             Ok(Reply::Leader { leader, epoch: next, .. }) => {
                 log_line(&format!(
@@ -961,11 +965,19 @@ impl Shared {
         }
     }
 
-    /// Gives up the handover of placement `name` in `epoch` to `to`; once that is committed
-    /// (no election of the target can follow it), this node takes appends again.
+    /// Gives up the handover of placement `name` in `epoch` to `to`, and takes appends again:
+    /// at once when this node never proposed the target's election in `epoch` (only the
+    /// leader handing over proposes it, and a restarted node never leads the same epoch, so
+    /// no election of the target can come), else once the abort is committed (no election
+    /// of the target can follow it). Taken again at once, appends do not wait for the
+    /// controller, which may be electing a leader of its own when the target died with it.
     fn abort_handover(&self, name: &str, epoch: u64, to: NodeId, reason: String) {
         let me = self.config.node_id;
         let scope = Scope::of(name);
+        let proposed = self.placements.lock().get(name).and_then(|p| p.elect_proposed);
+        if proposed != Some(epoch) {
+            self.as_leader(name, epoch, |s| scope.hand_over(s, None));
+        }
         let abort = Command::AbortHandover { log: name.into(), epoch, reason: reason.clone() };
         match self.controller.propose(abort, Duration::from_secs(2)) {
             Ok(Reply::Done) => {
@@ -1179,14 +1191,13 @@ pub fn most_up_to_date(placement: &LogMap, reports: &BTreeMap<NodeId, Vec<LogRep
 /// No controller, no placement yet, `target` not a replica or not answering, or (without
 /// `force`) too few reports or a target that lacks records another replica holds.
 pub fn promote(any: SocketAddr, log: Option<&str>, target: NodeId, force: bool) -> Result<Vec<String>, String> {
-    let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).map_err(|e| e.to_string())?;
-    let contact = controller_addr(any).to_string();
+    let admin = Admin::new(any)?;
     let name = log.unwrap_or(ALL_LOGS);
     let scope = Scope::of(name);
     let mut lines = Vec::new();
     // The leader that stopped may have led the controller too: its members elect another.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let map = placed_map(&client, &contact, name, deadline, &mut lines)?;
+    let map = placed_map(&admin, name, deadline, &mut lines)?;
     let placement = map.logs.get(name).cloned().ok_or("the placement is gone")?;
     if !placement.replicas.contains(&target) {
         return Err(format!("node {target} is not one of the replicas {:?}", placement.replicas));
@@ -1201,7 +1212,7 @@ pub fn promote(any: SocketAddr, log: Option<&str>, target: NodeId, force: bool) 
         // answer is not waited for (the election then decides whether the target may lead).
         let leader_addr = map.members.get(&placement.leader).and_then(|m| m.data_addr.parse::<SocketAddr>().ok());
         if let Some(addr) = leader_addr {
-            match client.drain(&controller_addr(addr).to_string(), target, Duration::from_secs(2)) {
+            match admin.client.drain(&controller_addr(addr).to_string(), target, Duration::from_secs(2)) {
                 Ok(ms) => lines.push(format!(
                     "node {} stopped taking appends; node {target} caught up in {ms} ms",
                     placement.leader
@@ -1271,7 +1282,7 @@ pub fn promote(any: SocketAddr, log: Option<&str>, target: NodeId, force: bool) 
         ElectReason::Failover
     };
     let elect_cmd = Command::Elect { log: name.into(), expected_epoch: placement.epoch, leader: target, reason };
-    match retrying(deadline, || client.propose(&contact, elect_cmd.clone()))? {
+    match admin.propose(deadline, &elect_cmd)? {
         // Sent again after a lost reply, the election finds itself made.
         Reply::Leader { leader, epoch, .. } | Reply::Conflict { leader, epoch, .. }
             if leader == target && epoch == placement.epoch + 1 =>
@@ -1298,17 +1309,16 @@ pub fn promote(any: SocketAddr, log: Option<&str>, target: NodeId, force: bool) 
 /// handover under way, the handover given up or overtaken by a failover, or no outcome within
 /// `timeout` (it goes on: `tern status` shows its step).
 pub fn handover(any: SocketAddr, log: Option<&str>, target: NodeId, timeout: Duration) -> Result<Vec<String>, String> {
-    let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).map_err(|e| e.to_string())?;
-    let contact = controller_addr(any).to_string();
+    let admin = Admin::new(any)?;
     let deadline = Instant::now() + timeout;
     let name = log.unwrap_or(ALL_LOGS);
     let scope = Scope::of(name);
     let mut lines = Vec::new();
-    let map = placed_map(&client, &contact, name, deadline, &mut lines)?;
+    let map = placed_map(&admin, name, deadline, &mut lines)?;
     let placement = map.logs.get(name).cloned().ok_or("the placement is gone")?;
     let epoch = placement.epoch;
     let start = Command::StartHandover { log: name.into(), epoch, to: target };
-    match retrying(deadline, || client.propose(&contact, start.clone()))? {
+    match admin.propose(deadline, &start)? {
         Reply::Leader { .. } => {}
         Reply::Conflict { leader, epoch: now, .. } => {
             return Err(format!("node {leader} leads epoch {now} now (was {epoch}): try again"));
@@ -1323,7 +1333,7 @@ pub fn handover(any: SocketAddr, log: Option<&str>, target: NodeId, timeout: Dur
     ));
     let mut said = HandoverStep::Fenced;
     loop {
-        let map = retrying(deadline, || client.read_map(&contact))?;
+        let map = admin.read_map(deadline)?;
         let now = map.logs.get(name).ok_or("the placement is gone")?;
         let step = now.handover.as_ref().filter(|h| h.epoch == epoch && h.to == target).map(|h| (h.step, &h.reason));
         let ms = started.elapsed().as_millis();
@@ -1376,33 +1386,32 @@ pub fn add_node(
     voter: bool,
     timeout: Duration,
 ) -> Result<Vec<String>, String> {
-    let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).map_err(|e| e.to_string())?;
-    let contact = controller_addr(any).to_string();
+    let admin = Admin::new(any)?;
     let started = Instant::now();
     let deadline = started + timeout;
     let ms = || started.elapsed().as_millis();
-    let map = retrying(deadline, || client.read_map(&contact))?;
+    let map = admin.read_map(deadline)?;
     if let Some(member) = map.members.get(&node).filter(|m| m.data_addr != data_addr.to_string()) {
         return Err(format!("node {node} is a member at {} already", member.data_addr));
     }
     let learner = MembershipChange::AddLearner { node, addr: controller_addr(data_addr).to_string() };
-    retrying(deadline, || client.change_members(&contact, learner.clone()))?;
+    admin.change_members(deadline, &learner)?;
     let mut lines = vec![format!("{} ms: node {node} follows the controller's log", ms())];
     if voter {
-        retrying(deadline, || client.change_members(&contact, MembershipChange::Promote { nodes: vec![node] }))?;
+        admin.change_members(deadline, &MembershipChange::Promote { nodes: vec![node] })?;
         lines.push(format!("{} ms: node {node} votes in the controller", ms()));
     }
     let register = Command::Register { node, data_addr: data_addr.to_string() };
-    retrying(deadline, || client.propose(&contact, register.clone()))?;
+    admin.propose(deadline, &register)?;
     loop {
-        let map = retrying(deadline, || client.read_map(&contact))?;
+        let map = admin.read_map(deadline)?;
         let Some((name, log)) =
             map.logs.iter().find(|(_, l)| !l.replicas.contains(&node) && !l.learners.contains(&node))
         else {
             break;
         };
         let add = Command::AddReplica { log: name.clone(), expected_epoch: log.epoch, node };
-        match retrying(deadline, || client.propose(&contact, add.clone()))? {
+        match admin.propose(deadline, &add)? {
             Reply::Leader { epoch, .. } => {
                 lines.push(format!("{} ms: log {name}: seeding node {node} (epoch {epoch})", ms()))
             }
@@ -1411,7 +1420,7 @@ pub fn add_node(
         }
     }
     loop {
-        let map = retrying(deadline, || client.read_map(&contact))?;
+        let map = admin.read_map(deadline)?;
         let seeding: Vec<&String> =
             map.logs.iter().filter(|(_, l)| !l.replicas.contains(&node)).map(|(n, _)| n).collect();
         if seeding.is_empty() {
@@ -1445,8 +1454,7 @@ pub fn add_node(
 /// The controller cannot be reached or refuses, a handover fails, or the node still holds a
 /// copy after `timeout`.
 pub fn remove_node(any: SocketAddr, node: NodeId, timeout: Duration) -> Result<Vec<String>, String> {
-    let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).map_err(|e| e.to_string())?;
-    let contact = controller_addr(any).to_string();
+    let admin = Admin::new(any)?;
     let started = Instant::now();
     let deadline = started + timeout;
     let ms = || started.elapsed().as_millis();
@@ -1455,7 +1463,7 @@ pub fn remove_node(any: SocketAddr, node: NodeId, timeout: Duration) -> Result<V
         // The logs the node leads are handed over first: at the start, and again whenever a
         // failover elected it meanwhile (the most up to date replica, though leaving), since
         // a leader never takes itself out.
-        let map = retrying(deadline, || client.read_map(&contact))?;
+        let map = admin.read_map(deadline)?;
         for (name, placement) in map.logs.iter().filter(|(_, p)| p.leader == node) {
             let to = placement
                 .in_sync
@@ -1474,7 +1482,7 @@ pub fn remove_node(any: SocketAddr, node: NodeId, timeout: Duration) -> Result<V
                 Err(why) => return Err(why),
             }
         }
-        let map = retrying(deadline, || client.read_map(&contact))?;
+        let map = admin.read_map(deadline)?;
         let holding: Vec<(&String, &LogMap)> =
             map.logs.iter().filter(|(_, l)| l.replicas.contains(&node) || l.learners.contains(&node)).collect();
         if holding.is_empty() {
@@ -1485,7 +1493,7 @@ pub fn remove_node(any: SocketAddr, node: NodeId, timeout: Duration) -> Result<V
                 continue;
             }
             let remove = Command::RemoveReplica { log: name.clone(), expected_epoch: log.epoch, node };
-            match retrying(deadline, || client.propose(&contact, remove.clone()))? {
+            match admin.propose(deadline, &remove)? {
                 Reply::Done => {
                     lines.push(format!("{} ms: log {name}: node {node} leaving (epoch {})", ms(), log.epoch))
                 }
@@ -1501,7 +1509,7 @@ pub fn remove_node(any: SocketAddr, node: NodeId, timeout: Duration) -> Result<V
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let map = retrying(deadline, || client.read_map(&contact))?;
+    let map = admin.read_map(deadline)?;
     for (name, log) in &map.logs {
         lines.push(format!(
             "{} ms: log {name}: replicas {:?}, quorum {} (epoch {})",
@@ -1511,28 +1519,27 @@ pub fn remove_node(any: SocketAddr, node: NodeId, timeout: Duration) -> Result<V
             log.epoch
         ));
     }
-    retrying(deadline, || client.change_members(&contact, MembershipChange::Remove { nodes: vec![node] }))?;
-    retrying(deadline, || client.propose(&contact, Command::Unregister { node }))?;
+    admin.change_members(deadline, &MembershipChange::Remove { nodes: vec![node] })?;
+    admin.propose(deadline, &Command::Unregister { node })?;
     lines.push(format!("{} ms: node {node} left the controller and the cluster: stop its tern serve now", ms()));
     Ok(lines)
 }
 
-/// The map, read through the controller member at `contact`, once placement `name` is in it:
+/// The map, read through `admin`, once placement `name` is in it:
 /// a log not placed alone yet is placed first ([`Command::PlaceLog`]), said in `lines`.
 fn placed_map(
-    client: &tern_controller::ControllerClient,
-    contact: &str,
+    admin: &Admin,
     name: &str,
     deadline: Instant,
     lines: &mut Vec<String>,
 ) -> Result<tern_controller::ClusterMap, String> {
-    let map = retrying(deadline, || client.read_map(contact))?;
+    let map = admin.read_map(deadline)?;
     if map.logs.contains_key(name) {
         return Ok(map);
     }
     let all = map.logs.get(ALL_LOGS).ok_or("the cluster has no leader placement yet")?;
     let place = Command::PlaceLog { log: name.to_owned(), expected_epoch: all.epoch };
-    match retrying(deadline, || client.propose(contact, place.clone()))? {
+    match admin.propose(deadline, &place)? {
         Reply::Leader { leader, epoch, .. } => {
             lines.push(format!("log {name} placed alone: node {leader} leads it in epoch {epoch}"));
         }
@@ -1541,17 +1548,67 @@ fn placed_map(
         }
         other => return Err(format!("log {name} was not placed alone: {other:?}")),
     }
-    retrying(deadline, || client.read_map(contact))
+    admin.read_map(deadline)
 }
 
-/// `what` until it succeeds or `deadline` passes: a controller member that is down, or a
-/// controller electing its leader, is waited out (for requests that may be sent again).
-fn retrying<T>(deadline: Instant, what: impl Fn() -> std::io::Result<T>) -> Result<T, String> {
-    loop {
-        match what() {
-            Ok(answer) => return Ok(answer),
-            Err(e) if Instant::now() >= deadline => return Err(format!("controller: {e}")),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+/// How an operator's command reaches the controller: through the member beside the node it
+/// was given, and, once it has read the map, through any member the map names, so that the
+/// command goes on when the node it asked dies or is cut off (it would otherwise wait out its
+/// whole deadline on that one node).
+struct Admin {
+    client: tern_controller::ControllerClient,
+    /// Controller addresses to ask, the one given first; `at` is the one asked now.
+    contacts: std::cell::RefCell<Vec<String>>,
+    at: std::cell::Cell<usize>,
+}
+
+impl Admin {
+    fn new(any: SocketAddr) -> Result<Admin, String> {
+        let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        let contacts = std::cell::RefCell::new(vec![controller_addr(any).to_string()]);
+        Ok(Admin { client, contacts, at: std::cell::Cell::new(0) })
+    }
+
+    /// `what`, asked of one member after another, until it succeeds or `deadline` passes: a
+    /// member that is down, or a controller electing its leader, is waited out (for requests
+    /// that may be sent again).
+    fn retrying<T>(
+        &self,
+        deadline: Instant,
+        what: impl Fn(&tern_controller::ControllerClient, &str) -> std::io::Result<T>,
+    ) -> Result<T, String> {
+        loop {
+            let contact = self.contacts.borrow()[self.at.get()].clone();
+            match what(&self.client, &contact) {
+                Ok(answer) => return Ok(answer),
+                Err(e) if Instant::now() >= deadline => return Err(format!("controller at {contact}: {e}")),
+                Err(_) => {
+                    self.at.set((self.at.get() + 1) % self.contacts.borrow().len());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
         }
+    }
+
+    /// The map, read at the controller's leader; its members become contacts.
+    fn read_map(&self, deadline: Instant) -> Result<tern_controller::ClusterMap, String> {
+        let map = self.retrying(deadline, |c, at| c.read_map(at))?;
+        let mut contacts = self.contacts.borrow_mut();
+        for member in map.members.values() {
+            let Ok(addr) = member.data_addr.parse::<SocketAddr>() else { continue };
+            let addr = controller_addr(addr).to_string();
+            if !contacts.contains(&addr) {
+                contacts.push(addr);
+            }
+        }
+        Ok(map)
+    }
+
+    fn propose(&self, deadline: Instant, command: &Command) -> Result<Reply, String> {
+        self.retrying(deadline, |c, at| c.propose(at, command.clone()))
+    }
+
+    fn change_members(&self, deadline: Instant, change: &MembershipChange) -> Result<(), String> {
+        self.retrying(deadline, |c, at| c.change_members(at, change.clone()))
     }
 }

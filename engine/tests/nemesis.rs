@@ -739,8 +739,9 @@ impl Handover {
 
 /// A handover with the old leader or the target (by the seed) SIGKILLed 0 to 40 ms after the
 /// command starts, at whatever step it is then; the command may then fail or succeed. The
-/// write pause: from the kill to the first append acknowledged by a node other than the one
-/// killed. The killed node is restarted once the writes go on.
+/// killed node is restarted once an append is acknowledged by another node, and the round
+/// ends once it follows the leader. The write pause: the longest time without an
+/// acknowledgement from the kill to the end of the round.
 fn crash_mid_handover(
     cluster: &mut Cluster,
     history: &Mutex<History>,
@@ -771,17 +772,39 @@ fn crash_mid_handover(
         later.iter().find(|(t, node)| *t > killed_at && *node != victim_addr).map(|(t, _)| *t)
     });
     cluster.start(victim);
-    let pause = resumed.duration_since(killed_at).as_millis();
+    // The round ends once the restarted node follows the leader there is then, so that the
+    // next round's fault meets a whole cluster (and its pause is that fault's alone).
+    let what = format!("round {round}: node {victim}, restarted, to follow the leader");
+    cluster.eventually(&what, Duration::from_secs(60), || {
+        let (now, now_epoch) = cluster.leader()?;
+        (now != victim).then_some(())?;
+        cluster.follows(victim, now, now_epoch)
+    });
+    // The longest time without an acknowledgement from the kill to the end of the round: a
+    // handover that elects the target just before its death is followed by a failover, after
+    // acknowledgements that came in between.
+    let gap = history.lock().unwrap().longest_gap_since(killed_at);
+    let pause = resumed.duration_since(killed_at).max(gap).as_millis();
     if std::env::var_os("TERN_NEMESIS_VERBOSE").is_some() {
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         eprint!("{} exited with {} after {} ms:\n{stdout}{stderr}", handover.said, out.status, took.as_millis());
     }
+    // The command ends with an outcome it names, whichever node died: the handover done, given
+    // up, or overtaken by a failover (a node asked that dies is replaced by another member; only
+    // one killed before the command read the map leaves it nobody else to ask).
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let outcome = ["given up", "overtaken", "try again"].iter().any(|o| stderr.contains(o))
+            || (victim == handover.asked && stderr.contains("controller at"));
+        assert!(outcome, "seed {seed:#x}, round {round}: {} failed without an outcome: {stderr}", handover.said);
+    }
     let role = if victim == leader { "the old leader" } else { "the target" };
     let line = format!(
-        "round {round}: handover of node {leader} to node {}{}: {role} killed {} ms in; the command {} after {} ms; \
-         write pause {pause} ms",
+        "round {round}: handover of node {leader} to node {}{} asking node {}: {role} killed {} ms in; the command {} \
+         after {} ms; write pause {pause} ms",
         handover.target,
         handover.place,
+        handover.asked,
         delay.as_millis(),
         if out.status.success() { "succeeded" } else { "failed" },
         took.as_millis()
