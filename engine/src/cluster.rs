@@ -88,9 +88,11 @@ const CHANGE_RETRY: Duration = Duration::from_secs(5);
 /// How long a leader handing over waits for its target to catch up before it gives the
 /// handover up and takes appends again.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a handover's target may stay disconnected from the leader (crashed, or restarting)
-/// before the handover is given up: a live target reconnects within milliseconds.
-pub const HANDOVER_TARGET_GONE: Duration = Duration::from_millis(250);
+/// How long a handover's target, behind the leader, may go without acknowledging anything new
+/// (not connected: crashed, cut off or restarting; or connected and taking nothing in: paused)
+/// before the handover is given up, for appends are refused meanwhile. A live target catching
+/// up acknowledges what it is shipped within milliseconds, and reconnects as fast.
+pub const HANDOVER_STALL_MAX: Duration = Duration::from_millis(250);
 
 /// Settings of a node run by the controller.
 #[derive(Debug, Clone)]
@@ -207,6 +209,13 @@ impl<'a> Scope<'a> {
         match self {
             Scope::All => server.holding_everything(nodes),
             Scope::Log(log) => server.holding_everything_on(log, nodes),
+        }
+    }
+
+    fn acked_by(self, server: &Server, node: NodeId) -> Option<u64> {
+        match self {
+            Scope::All => server.acked_by(node),
+            Scope::Log(log) => server.acked_by_on(log, node),
         }
     }
 
@@ -769,30 +778,31 @@ impl Shared {
             return self.abort_handover(name, epoch, to, e);
         }
         log_line(&format!("node {me} hands {scope} (epoch {epoch}) over to node {to}: appends refused"));
-        // Since when the target has not been connected, if it is not: a target that crashed
-        // (its connection reset) is given up after a short grace, not the whole timeout, for
-        // appends are refused meanwhile.
-        let mut gone_since: Option<Instant> = None;
+        // The most the target has acknowledged, and since when it has not acknowledged more: a
+        // target that crashed, is cut off or paused is given up after a short grace, not the
+        // whole timeout, for appends are refused meanwhile.
+        let (mut acked_most, mut stalled_since) = (None, Instant::now());
         let caught_up = loop {
-            let state = self.as_leader(name, epoch, |s| {
-                let caught_up = scope.caught_up(s, to);
-                (caught_up, caught_up || scope.lag_bytes(s, to).is_some())
-            });
-            let connected = state.is_some_and(|(_, connected)| connected);
-            gone_since = if connected { None } else { gone_since.or(Some(Instant::now())) };
-            match state.map(|(caught_up, _)| caught_up) {
-                None => return, // no longer leading this epoch: the map moved on
-                Some(true) => break Ok(()),
+            let state = self.as_leader(name, epoch, |s| (scope.caught_up(s, to), scope.acked_by(s, to)));
+            let Some((caught_up, acked)) = state else {
+                return; // no longer leading this epoch: the map moved on
+            };
+            if acked.is_some_and(|a| acked_most.is_none_or(|most| a > most)) {
+                (acked_most, stalled_since) = (acked, Instant::now());
+            }
+            match caught_up {
+                true => break Ok(()),
                 // Stopping is not the target failing to catch up: as after a crash, the map
                 // keeps the step, and the restarted node or a failover ends the handover.
-                Some(false) if self.stop.load(Ordering::SeqCst) => return,
-                Some(false) if gone_since.is_some_and(|t| t.elapsed() >= HANDOVER_TARGET_GONE) => {
-                    break Err(format!("node {to} was not connected for {} ms", HANDOVER_TARGET_GONE.as_millis()));
+                false if self.stop.load(Ordering::SeqCst) => return,
+                false if stalled_since.elapsed() >= HANDOVER_STALL_MAX => {
+                    let how = if acked.is_some() { "connected, acknowledging nothing" } else { "not connected" };
+                    break Err(format!("node {to} made no progress for {} ms ({how})", HANDOVER_STALL_MAX.as_millis()));
                 }
-                Some(false) if started.elapsed() >= HANDOVER_TIMEOUT => {
+                false if started.elapsed() >= HANDOVER_TIMEOUT => {
                     break Err(format!("node {to} did not catch up within {} ms", HANDOVER_TIMEOUT.as_millis()));
                 }
-                Some(false) => std::thread::sleep(Duration::from_micros(200)),
+                false => std::thread::sleep(Duration::from_micros(200)),
             }
         };
         if let Err(why) = caught_up {

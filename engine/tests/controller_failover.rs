@@ -240,8 +240,8 @@ fn a_handover_to_a_node_far_behind_waits_for_it_and_loses_nothing() {
     assert_eq!(committed(&nodes[&target]), acked, "every acknowledged record, in order, once");
 }
 
-/// A handover to a node that is down is given up once the target has stayed disconnected for
-/// a short grace (not the whole timeout, appends being refused meanwhile): the step says why,
+/// A handover to a node that is down is given up once the target has made no progress for a
+/// short grace (not the whole timeout, appends being refused meanwhile): the step says why,
 /// and the leader takes appends again in the same epoch.
 #[test]
 fn a_handover_to_a_node_that_is_down_is_given_up_and_the_leader_goes_on() {
@@ -252,9 +252,9 @@ fn a_handover_to_a_node_that_is_down_is_given_up_and_the_leader_goes_on() {
     let mut acked = append_many(&nodes[&leader], "before", 100);
     let started = Instant::now();
     let err = tern::cluster::handover(cluster[&leader], None, target, Duration::from_secs(20)).unwrap_err();
-    assert!(err.contains("given up") && err.contains("was not connected"), "{err}");
+    assert!(err.contains("given up") && err.contains("made no progress") && err.contains("(not connected)"), "{err}");
     let took = started.elapsed();
-    assert!(took >= tern::cluster::HANDOVER_TARGET_GONE && took < tern::cluster::HANDOVER_TIMEOUT, "{took:?}");
+    assert!(took >= tern::cluster::HANDOVER_STALL_MAX && took < tern::cluster::HANDOVER_TIMEOUT, "{took:?}");
     assert_eq!(nodes[&leader].role(), Some((Role::Leader, epoch)));
     let status = nodes[&leader].with_server(|s| s.handing_over()).unwrap();
     assert!(!status, "the leader takes appends again");

@@ -9,6 +9,8 @@
 //! - The leader of `orders` runs as a process and is paused (SIGSTOP) past the failure timeout:
 //!   `orders` fails over and `*` is handed over meanwhile. Resumed, it acknowledges no append of
 //!   its old epoch, and its copies of both logs converge.
+//! - `orders` is handed over to a replica that is paused: the handover is given up for want of
+//!   progress within a moment (its connection still open), and the leader goes on.
 //!
 //! In the last two, `*`'s epoch is first pushed past `orders`' (promotions of `*`, which fence
 //! every replica at the node's level): the returning node's node-wide fence is then above the
@@ -622,4 +624,56 @@ fn a_paused_leader_of_a_placed_log_resumes_acknowledging_nothing_and_converges()
     let doc = status(cluster[&paused]).unwrap();
     let cut = doc["logs"].as_array().unwrap().iter().find(|l| l["log"] == ORDERS).map(|l| l["records_cut"].clone());
     eprintln!("node {paused} cut {cut:?} records of orders; took {} ms", started.elapsed().as_millis());
+}
+
+/// A handover of `orders` to a replica that is paused (SIGSTOP: the kernel keeps its connections
+/// open, and it acknowledges nothing) is given up for want of progress within a moment, not
+/// after the silence that drops its connection (3 s) nor the handover's timeout (5 s), appends
+/// being refused meanwhile: the error says the target was connected and took nothing in, the
+/// leader of `orders` takes appends again in the same epoch, and the resumed node converges.
+#[test]
+fn a_handover_to_a_paused_replica_is_given_up_for_want_of_progress() {
+    let _one = one_cluster_at_a_time();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
+    let paused = 3;
+    let nodes: BTreeMap<u64, ClusterNode> =
+        (1..=2).map(|id| (id, start_node(dirs[id as usize - 1].path(), id, &cluster))).collect();
+    let all_contacts: Vec<SocketAddr> = cluster.values().copied().collect();
+    let contacts: Vec<SocketAddr> = nodes.keys().map(|id| cluster[id]).collect();
+    // Started once the others have a controller leader: paused, it does not hold the
+    // controller up (the commands below would wait out its election, and the 3 s of silence
+    // that drop its connections would pass first).
+    eventually("a controller leader among nodes 1 and 2", WAIT, || read_map(&contacts));
+    let process = Process::start(dirs[2].path(), paused, &cluster);
+    let mut book = Book::default();
+    book.append_each(&all_contacts, &cluster, &[EVENTS], 1, || ());
+    let all = governing(&read_map(&contacts).unwrap(), EVENTS).unwrap().leader;
+    assert_ne!(all, paused, "the lowest ids lead first");
+    let orders_on = *nodes.keys().find(|id| **id != all).unwrap();
+    let (_, leader) = place_orders(&all_contacts, &cluster, Some(orders_on), &mut book);
+    let epoch = read_map(&contacts).unwrap().logs[ORDERS].epoch;
+    wait_for(&format!("node {paused}'s copy of orders to converge"), || converged(&contacts, &cluster, paused, ORDERS));
+    // Paused once the leader of orders ships to it: the connection then stays (a dial to a
+    // paused node never completes its handshake, and the node would count as not connected).
+    eventually(&format!("node {leader} to ship orders to node {paused}"), WAIT, || {
+        let doc = status(cluster[&leader])?;
+        let orders = doc["logs"].as_array()?.iter().find(|l| l["log"] == ORDERS)?.clone();
+        let peers = orders["peers"].as_array()?;
+        peers.iter().any(|p| p["node"] == paused && p["connected"] == true).then_some(())
+    });
+
+    process.signal(libc::SIGSTOP);
+    // Behind by these, which the paused node never acknowledges.
+    book.append_each(&contacts, &cluster, &[ORDERS], 5, || ());
+    let err = tern::cluster::handover(cluster[&leader], Some(ORDERS), paused, WAIT).unwrap_err();
+    assert!(err.contains("given up") && err.contains("made no progress") && err.contains("(connected"), "{err}");
+    let map = read_map(&contacts).unwrap();
+    assert_eq!((map.logs[ORDERS].leader, map.logs[ORDERS].epoch), (leader, epoch), "orders keeps its leader");
+    assert!(!nodes[&leader].with_server(|s| s.handing_over()).unwrap(), "appends are taken again");
+    book.append_each(&contacts, &cluster, &[ORDERS], 5, || ());
+
+    process.signal(libc::SIGCONT);
+    wait_for(&format!("node {paused}'s copy of orders to converge"), || converged(&contacts, &cluster, paused, ORDERS));
+    book.check_leaders(&contacts, &cluster, &[ORDERS, EVENTS]);
 }

@@ -1288,6 +1288,33 @@ impl Server {
         self.lag(Some(log), target)
     }
 
+    /// How much `target` has acknowledged, as one number that grows with every acknowledgement
+    /// of a record written or synced there, over every log this node leads (`None`: it is not
+    /// connected, or not yet to some log). A connected follower whose figure stands still while
+    /// it is behind takes nothing in: paused, or stuck.
+    pub fn acked_by(&self, target: NodeId) -> Option<u64> {
+        self.acked(None, target)
+    }
+
+    /// As [`Server::acked_by`], on log `log` alone.
+    pub fn acked_by_on(&self, log: &str, target: NodeId) -> Option<u64> {
+        self.acked(Some(log), target)
+    }
+
+    fn acked(&self, log: Option<&str>, target: NodeId) -> Option<u64> {
+        let mut acked = 0u64;
+        for slot in self.scope(log) {
+            let core = slot.lock();
+            let Some(leader) = core.leader.as_ref() else { continue };
+            let (written, durable, connected) = leader.peer_state(target)?;
+            if !connected {
+                return None;
+            }
+            acked = acked.saturating_add(written).saturating_add(durable);
+        }
+        Some(acked)
+    }
+
     fn lag(&self, log: Option<&str>, target: NodeId) -> Option<u64> {
         let mut lag = 0;
         for slot in self.scope(log) {
