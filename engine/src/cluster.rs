@@ -757,8 +757,8 @@ impl Shared {
 
     /// Carries on the planned handover of placement `name` (this node leads its epoch):
     /// refuses appends, waits until the target holds every record written here, and elects
-    /// it; or, when the target does not catch up in [`HANDOVER_TIMEOUT`], gives the handover
-    /// up and takes appends again. Every step is idempotent and the map says where it is. A
+    /// it; or, when the target acknowledges nothing new for [`HANDOVER_STALL_MAX`] or does not
+    /// catch up in [`HANDOVER_TIMEOUT`], gives the handover up and takes appends again. Every step is idempotent and the map says where it is. A
     /// node that stops meanwhile leaves the step as it is, as a crash would: restarted, it
     /// cannot lead its epoch again (every start of a leader begins a new epoch of its logs),
     /// so the failover after the failure timeout ends the handover.
