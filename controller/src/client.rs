@@ -122,8 +122,27 @@ impl ControllerClient {
     /// # Errors
     /// No answer, or the node's refusal.
     pub fn drain(&self, addr: &str, target: tern_replication::message::NodeId, timeout: Duration) -> io::Result<u64> {
-        let request = Request::Drain { target, timeout_ms: timeout.as_millis() as u64 };
-        match self.request(addr, &request)? {
+        self.drain_request(addr, &Request::Drain { target, timeout_ms: timeout.as_millis() as u64 })
+    }
+
+    /// As [`ControllerClient::drain`], for log `log` alone (placed alone; the other logs'
+    /// appends go on).
+    ///
+    /// # Errors
+    /// No answer, or the node's refusal.
+    pub fn drain_log(
+        &self,
+        addr: &str,
+        log: &str,
+        target: tern_replication::message::NodeId,
+        timeout: Duration,
+    ) -> io::Result<u64> {
+        let timeout_ms = timeout.as_millis() as u64;
+        self.drain_request(addr, &Request::DrainLog { log: log.to_owned(), target, timeout_ms })
+    }
+
+    fn drain_request(&self, addr: &str, request: &Request) -> io::Result<u64> {
+        match self.request(addr, request)? {
             Response::Drain(result) => match served(result)? {
                 Ok(ms) => Ok(ms),
                 Err(_) => Err(io::Error::other("refused")),

@@ -131,6 +131,16 @@ pub trait DataNode: Send + Sync + 'static {
         let _ = (target, timeout);
         Err("this node does not hand over".into())
     }
+
+    /// As [`DataNode::drain`], for log `log` alone (placed alone, led here): its appends stop,
+    /// the other logs' go on.
+    ///
+    /// # Errors
+    /// The node does not lead `log`, or `target` did not catch up in time.
+    fn drain_log(&self, log: &str, target: NodeId, timeout: Duration) -> Result<Duration, String> {
+        let _ = (log, target, timeout);
+        Err("this node does not hand over".into())
+    }
 }
 
 /// The epoch of each placement a data leader leads, as its heartbeat says.
@@ -729,13 +739,21 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>, mut stop: 
                     Err(ServeError::NotLeader { leader: raft.metrics().borrow().current_leader, addr: None })
                 }
             }),
-            Request::Drain { target, timeout_ms } => {
+            Request::Drain { .. } | Request::DrainLog { .. } => {
                 let data = shared.data_node.lock().clone();
                 Response::Drain(match data {
                     None => Err(ServeError::Failed("no data node beside this member".into())),
                     Some(data) => {
-                        let timeout = Duration::from_millis(timeout_ms.min(60_000));
-                        match tokio::task::spawn_blocking(move || data.drain(target, timeout)).await {
+                        let drain = move || match request {
+                            Request::Drain { target, timeout_ms } => {
+                                data.drain(target, Duration::from_millis(timeout_ms.min(60_000)))
+                            }
+                            Request::DrainLog { log, target, timeout_ms } => {
+                                data.drain_log(&log, target, Duration::from_millis(timeout_ms.min(60_000)))
+                            }
+                            _ => unreachable!("a drain"),
+                        };
+                        match tokio::task::spawn_blocking(drain).await {
                             Ok(result) => result.map(|d| d.as_millis() as u64).map_err(ServeError::Failed),
                             Err(e) => Err(ServeError::Failed(e.to_string())),
                         }

@@ -76,6 +76,16 @@ pub enum Request {
     },
     /// The map as this member has applied it (it may lag): served by any member.
     LocalMap,
+    /// As `Drain`, for log `log` alone, which the data node beside this member leads (placed
+    /// alone): its appends stop, the other logs' go on. Answered with a `Drain` response.
+    DrainLog {
+        /// The log placed alone.
+        log: String,
+        /// The node taking over.
+        target: NodeId,
+        /// How long to wait for it to catch up.
+        timeout_ms: u64,
+    },
 }
 
 /// Where one log stands on a fenced node.

@@ -259,7 +259,11 @@ struct FenceHere(std::sync::Weak<Shared>);
 
 impl DataNode for FenceHere {
     fn drain(&self, target: NodeId, timeout: Duration) -> Result<Duration, String> {
-        self.drain_here(target, timeout)
+        self.drain_here(ALL_LOGS, target, timeout)
+    }
+
+    fn drain_log(&self, log: &str, target: NodeId, timeout: Duration) -> Result<Duration, String> {
+        self.drain_here(log, target, timeout)
     }
 
     fn fence(&self, epoch: u64, log: Option<&str>, except: &[String]) -> Result<Vec<LogReport>, String> {
@@ -306,14 +310,20 @@ impl DataNode for FenceHere {
 }
 
 impl FenceHere {
-    fn drain_here(&self, target: NodeId, timeout: Duration) -> Result<Duration, String> {
+    /// Drains placement `name` (`*`, or a log placed alone) towards `target`, when this node
+    /// leads it.
+    fn drain_here(&self, name: &str, target: NodeId, timeout: Duration) -> Result<Duration, String> {
         let shared = self.0.upgrade().ok_or("the node is stopping")?;
         let running = shared.running.lock();
-        let leads = |r: &&Running| r.roles.get(ALL_LOGS).is_some_and(|(role, _)| *role == Role::Leader);
+        let leads = |r: &&Running| r.roles.get(name).is_some_and(|(role, _)| *role == Role::Leader);
         let Some(running) = running.as_ref().filter(leads) else {
-            return Err(format!("node {} does not lead", shared.config.node_id));
+            return Err(format!("node {} does not lead {}", shared.config.node_id, Scope::of(name)));
         };
-        running.server.drain(target, timeout).map_err(|e| e.to_string())
+        match Scope::of(name) {
+            Scope::All => running.server.drain(target, timeout),
+            Scope::Log(log) => running.server.drain_log(log, target, timeout),
+        }
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -1216,13 +1226,20 @@ pub fn promote(any: SocketAddr, log: Option<&str>, target: NodeId, force: bool) 
         return Err(format!("node {target} leads epoch {} already", placement.epoch));
     }
     let epoch = placement.epoch + 1;
-    if !force && matches!(scope, Scope::All) {
-        // A planned move: the leader stops taking appends and waits until the target holds
-        // its every record, so that the target is sure to be elected. A leader that does not
-        // answer is not waited for (the election then decides whether the target may lead).
+    if !force {
+        // A planned move: the leader stops taking appends (of the log placed alone: the other
+        // logs' go on) and waits until the target holds its every record, so that the target
+        // is sure to be elected. A leader that does not answer is not waited for (the election
+        // then decides whether the target may lead).
         let leader_addr = map.members.get(&placement.leader).and_then(|m| m.data_addr.parse::<SocketAddr>().ok());
         if let Some(addr) = leader_addr {
-            match admin.client.drain(&controller_addr(addr).to_string(), target, Duration::from_secs(2)) {
+            let at = controller_addr(addr).to_string();
+            let wait = Duration::from_secs(2);
+            let drained = match scope {
+                Scope::All => admin.client.drain(&at, target, wait),
+                Scope::Log(log) => admin.client.drain_log(&at, log, target, wait),
+            };
+            match drained {
                 Ok(ms) => lines.push(format!(
                     "node {} stopped taking appends; node {target} caught up in {ms} ms",
                     placement.leader

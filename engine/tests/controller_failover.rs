@@ -1006,6 +1006,54 @@ fn a_log_placed_alone_is_promoted_alone() {
     append_to(&nodes[&leader], "events", "event").unwrap();
 }
 
+/// `tern promote --log` (without `--force`) of a replica while the log's leader lives and takes
+/// appends is a planned move, as for every log: the leader stops taking that log's appends
+/// (the other logs' go on) and waits until the target holds its every record, so the target is
+/// elected though writes never stopped, and every acknowledged value is on it once.
+#[test]
+fn promoting_a_replica_of_a_log_placed_alone_drains_its_live_leader_first() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (_dirs, cluster, nodes) = three_nodes_timeout(Duration::from_secs(60));
+    let (leader, _) = leader_of(&nodes, 0);
+    let on = *nodes.keys().find(|id| **id != leader).unwrap();
+    tern::cluster::handover(cluster[&leader], Some("orders"), on, Duration::from_secs(20)).unwrap();
+    let to = *nodes.keys().find(|id| **id != leader && **id != on).unwrap();
+    let (stop, count) = (AtomicBool::new(false), AtomicUsize::new(0));
+    let (acked, promoted) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut acked = Vec::new();
+            // Refused ("moved", or not leading any more) values are not acknowledged.
+            for i in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let value = format!("order {i}");
+                if append_to(&nodes[&on], "orders", &value).is_ok() {
+                    acked.push(value);
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            acked
+        });
+        eventually("orders taken", Duration::from_secs(20), || (count.load(Ordering::SeqCst) >= 50).then_some(()));
+        let promoted = tern::cluster::promote(cluster[&leader], Some("orders"), to, false);
+        stop.store(true, Ordering::SeqCst);
+        (writer.join().unwrap(), promoted)
+    });
+    let lines = promoted.expect("the replica is promoted");
+    eprintln!("{}", lines.join("\n"));
+    let drained = format!("node {on} stopped taking appends; node {to} caught up in");
+    assert!(lines.iter().any(|l| l.contains(&drained)), "the leader of orders drained first: {lines:?}");
+    assert!(lines.last().unwrap().contains(&format!("node {to} leads log orders in epoch")), "{lines:?}");
+    append_to(&nodes[&leader], "events", "event").expect("the other logs take appends");
+    eventually("orders taken on the promoted node", Duration::from_secs(20), || {
+        append_to(&nodes[&to], "orders", "after").ok()
+    });
+    let mut acked = acked;
+    acked.push("after".into());
+    assert_each_once(&committed_of(&nodes[&to], "orders"), &acked);
+}
+
 /// Asks, through the controller member at `contact`, that replica `leaving` leave every log
 /// of placement `*` at `epoch`. The controller may be electing (a node stopped a moment ago
 /// may have led it): the proposal is sent until one is taken.

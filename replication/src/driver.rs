@@ -1125,9 +1125,28 @@ impl Server {
     /// it up).
     pub fn drain(&self, target: NodeId, timeout: Duration) -> io::Result<Duration> {
         self.hand_over(Some(target))?;
+        self.wait_caught_up(None, target, timeout)
+    }
+
+    /// Leader of `log`: as [`Server::drain`], for this log alone (its appends are refused,
+    /// the other logs' go on; [`Server::hand_over_log`] with `None` gives it up).
+    ///
+    /// # Errors
+    /// This node does not lead `log`, `target` is not one of its peers, or `timeout` passed
+    /// first.
+    pub fn drain_log(&self, log: &str, target: NodeId, timeout: Duration) -> io::Result<Duration> {
+        self.hand_over_log(log, Some(target))?;
+        self.wait_caught_up(Some(log), target, timeout)
+    }
+
+    fn wait_caught_up(&self, log: Option<&str>, target: NodeId, timeout: Duration) -> io::Result<Duration> {
         let started = Instant::now();
         loop {
-            if self.caught_up(target) {
+            let caught_up = match log {
+                Some(log) => self.caught_up_on(log, target),
+                None => self.caught_up(target),
+            };
+            if caught_up {
                 return Ok(started.elapsed());
             }
             if started.elapsed() >= timeout {
