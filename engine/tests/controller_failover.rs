@@ -262,6 +262,79 @@ fn a_handover_to_a_node_that_is_down_is_given_up_and_the_leader_goes_on() {
     assert_eq!(committed(&nodes[&leader]), acked);
 }
 
+/// A handover to a target that catches up slowly but steadily waits for it, however long that
+/// takes within the handover's timeout: only a target that acknowledges nothing new for
+/// `HANDOVER_STALL_MAX` is given up. The target is 20 MiB behind (80 records of 256 KiB),
+/// reached through links that add a 60 ms round trip to its data and controller ports (`tern
+/// serve --advertise`): its catch-up takes round trip after round trip, acknowledged all along,
+/// and the handover starts with more than 40 records (10 MiB) to go.
+#[test]
+fn a_handover_to_a_target_catching_up_slowly_but_steadily_waits_for_it() {
+    use tern::bench::link::Link;
+    use tern::cluster::controller_addr;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
+    let target = 3;
+    let advertised = address_pair();
+    let one_way = Duration::from_millis(30);
+    let _links = [
+        Link::start_at(advertised, cluster[&target], one_way).unwrap(),
+        Link::start_at(controller_addr(advertised), controller_addr(cluster[&target]), one_way).unwrap(),
+    ];
+    let start = |id: u64| {
+        let config = ClusterConfig {
+            node_id: id,
+            dir: dirs[id as usize - 1].path().to_path_buf(),
+            cluster: cluster.clone(),
+            failure_timeout: Duration::from_secs(1),
+            quorum: 2,
+            server: config(0, id, Role::Follower, vec![], cluster[&id]),
+            advertise: (id == target).then_some(advertised),
+        };
+        ClusterNode::start(config, tern::Config::default()).expect("node starts")
+    };
+    let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3).map(|id| (id, start(id))).collect();
+    let (leader, epoch) = leader_of(&nodes, 0);
+    assert_ne!(leader, target, "the lowest ids lead first");
+    let mut acked = append_many(&nodes[&leader], "before", 100);
+    nodes.remove(&target).unwrap().stop();
+    // 20 MiB while it is down: 20 batches of 4 records of 256 KiB, hex of a xorshift (little
+    // for compression to take away).
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut client = Client::connect(nodes[&leader].local_addr().unwrap()).unwrap();
+    for batch in 0..20 {
+        let values: Vec<String> = (0..4)
+            .map(|i| {
+                let mut value = format!("big {batch}.{i} ");
+                while value.len() < 256 << 10 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    value.push_str(&format!("{x:016x}"));
+                }
+                value
+            })
+            .collect();
+        let records = values.iter().map(|v| bytes::Bytes::from(v.clone())).collect();
+        client.append("orders", records, true).expect("appended with the third node's acknowledgement");
+        acked.extend(values);
+    }
+    nodes.insert(target, start(target));
+    // Under way: connected, and still far behind.
+    eventually("the target catching up", Duration::from_secs(20), || {
+        let lag = nodes[&leader].with_server(|s| s.lag_bytes(target)).flatten()?;
+        (lag > 10 << 20).then_some(())
+    });
+    let lines = tern::cluster::handover(cluster[&leader], None, target, Duration::from_secs(20))
+        .expect("the handover waits for a target that makes progress");
+    eprintln!("{}", lines.join("\n"));
+    // The steps the map went through, as the command saw them.
+    assert!(lines.iter().any(|l| l.ends_with("caught-up")), "{lines:?}");
+    assert_eq!(leader_of(&nodes, epoch), (target, epoch + 1));
+    acked.extend(append_many(&nodes[&target], "after", 100));
+    assert_each_once(&committed(&nodes[&target]), &acked);
+}
+
 /// `tern promote` of a replica that lacks records another holds, the leader gone: refused
 /// without `--force`; with it, the replica leads the next epoch, the records it lacks are named
 /// and kept in the map, and the other replica's extra records are cut into quarantine. (The

@@ -1338,13 +1338,20 @@ impl Server {
         let mut lag = 0;
         for slot in self.scope(log) {
             let written = slot.log.written_end();
-            let core = slot.lock();
-            let Some(leader) = core.leader.as_ref() else { continue };
-            let (_, durable, connected) = leader.peer_state(target)?;
-            if !connected {
-                return None;
+            let durable = {
+                let core = slot.lock();
+                let Some(leader) = core.leader.as_ref() else { continue };
+                let (_, durable, connected) = leader.peer_state(target)?;
+                if !connected {
+                    return None;
+                }
+                durable
+            };
+            // Bytes of the log past the peer's synced end (offsets count records: a learner
+            // a few large records behind is far behind).
+            if durable < written {
+                lag = lag.max(bytes_after(&slot.log, durable));
             }
-            lag = lag.max(written.saturating_sub(durable));
         }
         Some(lag)
     }
