@@ -88,11 +88,15 @@ const CHANGE_RETRY: Duration = Duration::from_secs(5);
 /// How long a leader handing over waits for its target to catch up before it gives the
 /// handover up and takes appends again.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a handover's target, behind the leader, may go without acknowledging anything new
-/// (not connected: crashed, cut off or restarting; or connected and taking nothing in: paused)
-/// before the handover is given up, for appends are refused meanwhile. A live target catching
-/// up acknowledges what it is shipped within milliseconds, and reconnects as fast.
-pub const HANDOVER_STALL_MAX: Duration = Duration::from_millis(250);
+/// How long a handover's target, behind the leader and connected to it, may go without
+/// acknowledging anything new (paused, or stuck) before the handover is given up, for appends
+/// are refused meanwhile. A live target catching up acknowledges what it is shipped within
+/// milliseconds; a busy machine's may take some hundreds.
+pub const HANDOVER_STALL_MAX: Duration = Duration::from_secs(1);
+/// As [`HANDOVER_STALL_MAX`], for a target that is not connected (crashed, cut off, or
+/// restarting): a live one reconnects within milliseconds, and one that crashed has its
+/// connection closed by its kernel at once.
+pub const HANDOVER_GONE_MAX: Duration = Duration::from_millis(250);
 
 /// Settings of a node run by the controller.
 #[derive(Debug, Clone)]
@@ -767,8 +771,9 @@ impl Shared {
 
     /// Carries on the planned handover of placement `name` (this node leads its epoch):
     /// refuses appends, waits until the target holds every record written here, and elects
-    /// it; or, when the target acknowledges nothing new for [`HANDOVER_STALL_MAX`] or does not
-    /// catch up in [`HANDOVER_TIMEOUT`], gives the handover up and takes appends again. Every step is idempotent and the map says where it is. A
+    /// it; or, when the target acknowledges nothing new for [`HANDOVER_STALL_MAX`] (for
+    /// [`HANDOVER_GONE_MAX`] when not connected) or does not catch up in [`HANDOVER_TIMEOUT`],
+    /// gives the handover up and takes appends again. Every step is idempotent and the map says where it is. A
     /// node that stops meanwhile leaves the step as it is, as a crash would: restarted, it
     /// cannot lead its epoch again (every start of a leader begins a new epoch of its logs),
     /// so the failover after the failure timeout ends the handover.
@@ -805,9 +810,15 @@ impl Shared {
                 // Stopping is not the target failing to catch up: as after a crash, the map
                 // keeps the step, and the restarted node or a failover ends the handover.
                 false if self.stop.load(Ordering::SeqCst) => return,
-                false if stalled_since.elapsed() >= HANDOVER_STALL_MAX => {
-                    let how = if acked.is_some() { "connected, acknowledging nothing" } else { "not connected" };
-                    break Err(format!("node {to} made no progress for {} ms ({how})", HANDOVER_STALL_MAX.as_millis()));
+                false
+                    if stalled_since.elapsed()
+                        >= if acked.is_some() { HANDOVER_STALL_MAX } else { HANDOVER_GONE_MAX } =>
+                {
+                    let (how, max) = match acked {
+                        Some(_) => ("connected, acknowledging nothing", HANDOVER_STALL_MAX),
+                        None => ("not connected", HANDOVER_GONE_MAX),
+                    };
+                    break Err(format!("node {to} made no progress for {} ms ({how})", max.as_millis()));
                 }
                 false if started.elapsed() >= HANDOVER_TIMEOUT => {
                     break Err(format!("node {to} did not catch up within {} ms", HANDOVER_TIMEOUT.as_millis()));

@@ -744,7 +744,7 @@ impl Handover {
 /// A handover with the old leader or the target (by the seed) SIGKILLed 0 to 40 ms after the
 /// command starts, at whatever step it is then; the command may then fail or succeed. The
 /// killed node is restarted once an append is acknowledged by another node, and the round
-/// ends once it follows the leader. The write pause: the longest time without an
+/// ends once every node follows the leader. The write pause: the longest time without an
 /// acknowledgement from the kill to the end of the round.
 fn crash_mid_handover(
     cluster: &mut Cluster,
