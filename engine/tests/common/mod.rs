@@ -47,9 +47,20 @@ pub fn address_pair() -> SocketAddr {
         h.write_u32(std::process::id());
         h.finish()
     };
+    // Never the same pair twice in one test process: a port handed out and free for a moment
+    // (its node stopped, to restart at the same address) must not go to a test running beside.
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         pick = pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let port = first + ((pick >> 33) % u64::from(last - first)) as u16;
+        {
+            let mut handed = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if handed.contains(&port) || handed.contains(&(port + 1)) || handed.contains(&(port - 1)) {
+                continue;
+            }
+            handed.extend([port, port + 1]);
+        }
         let (Ok(_data), Ok(_next)) =
             (std::net::TcpListener::bind(("127.0.0.1", port)), std::net::TcpListener::bind(("127.0.0.1", port + 1)))
         else {
