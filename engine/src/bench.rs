@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 mod controller;
 pub mod link;
+pub mod netns;
 mod pipeline;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -64,6 +65,12 @@ pub struct BenchArgs {
     /// Clients reach the leader directly; the cluster under the controller runs without.
     #[arg(long, default_value_t = 0)]
     pub link_rtt_us: u64,
+    /// Runs every node of `--workload replicate` in a network namespace of its own (node ids
+    /// 1 to 3: one namespace each, shared by the clusters' nodes of that id), joined to a
+    /// bridge by a veth pair; the clients stay in this process's namespace, and the links of
+    /// `--link-rtt-us` listen on the bridge. Needs root and `ip` (iproute2).
+    #[arg(long)]
+    pub netns: bool,
 }
 
 /// `--commit-mode` values.
@@ -874,9 +881,66 @@ fn tern_crash_reopen(disk: &Arc<dyn Disk>, dir: &Path) -> Result<(f64, u64), Box
     Ok((ms, recovered.scanned_bytes))
 }
 
+/// Where the bench's nodes run: all on loopback in this process's network namespace, or
+/// (`--netns`) each node id in a network namespace of its own, the nodes and this process's
+/// clients reaching each other across veth pairs and a bridge.
+#[derive(Clone)]
+enum Hosts {
+    Loopback,
+    Namespaces(Arc<netns::Namespaces>),
+}
+
+impl Hosts {
+    /// Runs `f` where node `id` runs: the sockets it makes and the threads it starts are that
+    /// node's.
+    fn run<T: Send>(&self, id: u64, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+        match self {
+            Hosts::Loopback => Ok(f()),
+            Hosts::Namespaces(net) => net.run_in(id, f),
+        }
+    }
+
+    /// Node `id`'s address, without a port.
+    fn ip(&self, id: u64) -> std::net::IpAddr {
+        match self {
+            Hosts::Loopback => std::net::Ipv4Addr::LOCALHOST.into(),
+            Hosts::Namespaces(net) => net.ip(id).into(),
+        }
+    }
+
+    /// A listener of node `id` on a port the system picks.
+    fn listen(&self, id: u64) -> std::io::Result<std::net::TcpListener> {
+        let ip = self.ip(id);
+        self.run(id, || std::net::TcpListener::bind((ip, 0)))?
+    }
+
+    /// An address of node `id` whose port is free now.
+    fn free_addr(&self, id: u64) -> std::io::Result<std::net::SocketAddr> {
+        self.listen(id)?.local_addr()
+    }
+
+    /// A link of `one_way` each way to `target`, listening where every node reaches it: on
+    /// loopback, or on the bridge in this process's namespace.
+    fn link(&self, target: std::net::SocketAddr, one_way: Duration) -> std::io::Result<link::Link> {
+        let ip = match self {
+            Hosts::Loopback => std::net::Ipv4Addr::LOCALHOST,
+            Hosts::Namespaces(net) => net.bridge_ip(),
+        };
+        link::Link::start_at((ip, 0).into(), target, one_way)
+    }
+
+    /// What the rows say of where the nodes run.
+    fn describe(&self) -> &'static str {
+        match self {
+            Hosts::Loopback => "on loopback",
+            Hosts::Namespaces(_) => "each node in a network namespace of its own, on veth pairs and a bridge",
+        }
+    }
+}
+
 /// How one in-process node is started, kept so that it can be stopped and started again on the
-/// same directory and address (by the bench and by the cluster demo).
-#[derive(Debug, Clone)]
+/// same directory and address.
+#[derive(Clone)]
 pub(crate) struct NodeSpec {
     /// Node id (the leader is 1).
     pub(crate) id: u64,
@@ -892,11 +956,21 @@ pub(crate) struct NodeSpec {
     pub(crate) compression: tern_replication::codec::Compression,
     /// Its engine's settings.
     pub(crate) engine: crate::Config,
+    /// Where it runs.
+    hosts: Hosts,
 }
 
 /// Opens the node's engine and starts its server (`Server::stop` lets go of the engine and
-/// the address before it returns, so a node can be started again at once).
-pub(crate) fn start_node(
+/// the address before it returns, so a node can be started again at once), where the node
+/// runs.
+fn start_node(
+    spec: &NodeSpec,
+) -> Result<(Arc<crate::Engine>, tern_replication::driver::Server), Box<dyn std::error::Error>> {
+    let started = spec.hosts.run(spec.id, || start_node_here(spec).map_err(|e| e.to_string()))?;
+    Ok(started?)
+}
+
+fn start_node_here(
     spec: &NodeSpec,
 ) -> Result<(Arc<crate::Engine>, tern_replication::driver::Server), Box<dyn std::error::Error>> {
     let engine = Arc::new(crate::Engine::open(&spec.dir, spec.engine.clone())?);
@@ -937,6 +1011,65 @@ fn server_config(
     }
 }
 
+/// The row of what a round trip between two nodes takes, when there are links or namespaces:
+/// through one link with its delay, through the same line without delay, and (across
+/// namespaces) with no line at all; from node 1 to an echo on node 2.
+fn link_row(hosts: &Hosts, link_one_way: Option<Duration>) -> Result<Option<Row>, Box<dyn std::error::Error>> {
+    let measure = |one_way: Option<Duration>| -> Result<(f64, f64), Box<dyn std::error::Error>> {
+        let listener = hosts.listen(2)?;
+        let echo = listener.local_addr()?;
+        let link = one_way.map(|one_way| hosts.link(echo, one_way)).transpose()?;
+        let target = link.as_ref().map_or(echo, link::Link::addr);
+        let stream = hosts.run(1, || std::net::TcpStream::connect(target))??;
+        let measured = link::echo_round_trips(stream, &listener, 500);
+        if let Some(link) = link {
+            link.stop();
+        }
+        Ok(measured?)
+    };
+    let direct = match hosts {
+        Hosts::Namespaces(_) => Some(measure(None)?),
+        Hosts::Loopback => None,
+    };
+    let Some(one_way) = link_one_way else {
+        return Ok(direct.map(|(p50_us, p99_us)| Row {
+            name: "round trip between nodes, no link".into(),
+            value: p50_us,
+            unit: "us p50",
+            limit: None,
+            paired_ratio: None,
+            limit_name: String::new(),
+            detail: format!(
+                "p99 {p99_us:.0} us: 128 B there and back from node 1 to an echo on node 2, {}",
+                hosts.describe()
+            ),
+        }));
+    };
+    let direct = direct.map_or_else(String::new, |(p50_us, p99_us)| {
+        format!("; with no line, across the namespaces: p50 {p50_us:.0} us, p99 {p99_us:.0} us")
+    });
+    // What a round trip through one link takes: with the delay, and with none (the
+    // forwarder's own two hops and wake-ups, on top of a direct connection).
+    let (p50_us, p99_us) = measure(Some(one_way))?;
+    let (bare_p50_us, bare_p99_us) = measure(Some(Duration::ZERO))?;
+    Ok(Some(Row {
+        name: format!("link between nodes, {} us round trip set", 2 * one_way.as_micros()),
+        value: p50_us,
+        unit: "us p50",
+        limit: None,
+        paired_ratio: None,
+        limit_name: String::new(),
+        detail: format!(
+            "p99 {p99_us:.0} us: 128 B there and back from node 1 through the in-process delay line ({} us each way, \
+             no bandwidth limit) to an echo on node 2, {}; the same line without delay: p50 {bare_p50_us:.0} us, \
+             p99 {bare_p99_us:.0} us{direct}; on the fixed-leader clusters' and the raw pipeline's links, not the \
+             controller's cluster's, nor between clients and leaders",
+            one_way.as_micros(),
+            hosts.describe()
+        ),
+    }))
+}
+
 /// One node of a bench cluster; `running` is `None` while it is stopped.
 struct Node {
     spec: NodeSpec,
@@ -972,7 +1105,7 @@ impl Node {
     }
 }
 
-/// Three in-process nodes on loopback, each with its own engine under `dir`; `nodes[0]` leads.
+/// Three in-process nodes, each with its own engine under `dir`; `nodes[0]` leads.
 struct Cluster {
     nodes: Vec<Node>,
     /// The leader's links to the followers, when they have a delay.
@@ -987,13 +1120,12 @@ impl Cluster {
         dir: &Path,
         compression: tern_replication::codec::Compression,
         link_one_way: Option<Duration>,
+        hosts: &Hosts,
     ) -> Result<Cluster, Box<dyn std::error::Error>> {
         use tern_replication::driver::Role;
-        let addrs: Vec<std::net::SocketAddr> = (0..3)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
-            .collect::<Result<_, _>>()?;
+        let addrs: Vec<std::net::SocketAddr> = (1..=3).map(|id| hosts.free_addr(id)).collect::<Result<_, _>>()?;
         let links = match link_one_way {
-            Some(one_way) => vec![link::Link::start(addrs[1], one_way)?, link::Link::start(addrs[2], one_way)?],
+            Some(one_way) => vec![hosts.link(addrs[1], one_way)?, hosts.link(addrs[2], one_way)?],
             None => Vec::new(),
         };
         let peer_addrs: Vec<std::net::SocketAddr> = match &links[..] {
@@ -1008,6 +1140,7 @@ impl Cluster {
             peers: if i == 0 { vec![(2, peer_addrs[0]), (3, peer_addrs[1])] } else { Vec::new() },
             compression,
             engine: crate::Config::default(),
+            hosts: hosts.clone(),
         };
         // Followers first, so the leader finds them listening.
         let follower_2 = Node::start(spec(1))?;
@@ -1194,43 +1327,31 @@ fn replicate(
     let round = seconds / rounds as u32;
     // Every link between two nodes of the fixed-leader clusters and of the raw pipeline.
     let link_one_way = (args.link_rtt_us > 0).then(|| Duration::from_micros(args.link_rtt_us / 2));
-    if let Some(one_way) = link_one_way {
-        // What a round trip through one link takes: with the delay, and with none (the
-        // forwarder's own two loopback hops and wake-ups, on top of a direct connection).
-        let (p50_us, p99_us) = link::round_trip_us(one_way, 500)?;
-        let (bare_p50_us, bare_p99_us) = link::round_trip_us(Duration::ZERO, 500)?;
-        rows.push(Row {
-            name: format!("link between nodes, {} us round trip set", args.link_rtt_us),
-            value: p50_us,
-            unit: "us p50",
-            limit: None,
-            paired_ratio: None,
-            limit_name: String::new(),
-            detail: format!(
-                "p99 {p99_us:.0} us: 128 B there and back through the in-process delay line ({} us each way, no \
-                 bandwidth limit) to an echo on loopback; the same line without delay: p50 {bare_p50_us:.0} us, p99 \
-                 {bare_p99_us:.0} us; on the fixed-leader clusters' and the raw pipeline's links, not the \
-                 controller's cluster's, nor between clients and leaders",
-                args.link_rtt_us / 2
-            ),
-        });
+    let hosts = if args.netns {
+        Hosts::Namespaces(Arc::new(netns::Namespaces::create("bch", &[1, 2, 3]).map_err(|e| format!("--netns: {e}"))?))
+    } else {
+        Hosts::Loopback
+    };
+    if let Some(row) = link_row(&hosts, link_one_way)? {
+        rows.push(row);
     }
-    let mut cluster = Cluster::start(dir, Compression::default(), link_one_way)?;
+    let mut cluster = Cluster::start(dir, Compression::default(), link_one_way, &hosts)?;
     let addr = cluster.leader().local_addr();
     let one_node = NodeSpec {
         id: 1,
         dir: unique(dir, "one-node"),
-        addr: std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?,
+        addr: hosts.free_addr(1)?,
         role: tern_replication::driver::Role::Leader,
         peers: Vec::new(),
         compression: Compression::default(),
         engine: crate::Config::default(),
+        hosts: hosts.clone(),
     };
     let (one_engine, one_server) = start_node(&one_node)?;
     // The same pipeline with nothing of Tern in it: what this machine allows.
     let raw_dir = unique(dir, "raw-pipeline");
     std::fs::create_dir(&raw_dir)?;
-    let raw_pipeline = pipeline::Pipeline::start(&raw_dir, 2, 1, link_one_way)?;
+    let raw_pipeline = pipeline::Pipeline::start(&raw_dir, 2, 1, link_one_way, &hosts)?;
 
     // The same three nodes run by the controller, measured in the same rounds, back to back
     // with the fixed leader. It runs, idle, through every measurement until the bulk rounds
@@ -1243,7 +1364,7 @@ fn replicate(
     engine_dirs.push(one_node.dir.clone());
     wait_for_device_probes(&engine_dirs, probe_deadline);
     let idle_without_ms = idle_cpu_ms_per_s(IDLE_WINDOW);
-    let controlled = controller::ControlledCluster::start(dir, Compression::default(), "bench")?;
+    let controlled = controller::ControlledCluster::start(dir, Compression::default(), "bench", &hosts)?;
     wait_for_device_probes(controlled.dirs(), Instant::now() + Duration::from_secs(10));
     let idle_with_ms = idle_cpu_ms_per_s(IDLE_WINDOW);
     let controller_idle = format!(
@@ -1371,7 +1492,7 @@ fn replicate(
     // the raw disk before each round (this disk drifts over seconds, by half at times): the
     // leader of the second cluster ships everything raw.
     const ROUNDS: usize = 5;
-    let off_cluster = Cluster::start(dir, Compression::OFF, link_one_way)?;
+    let off_cluster = Cluster::start(dir, Compression::OFF, link_one_way, &hosts)?;
     let round_batches = (bulk_bytes >> 20) / ROUNDS as u64;
     let data = bulk_batches(round_batches, false, 0x9e37_79b9_7f4a_7c15);
     let (mut on, mut off, mut controlled_bulk) = (Vec::new(), Vec::new(), Vec::new());

@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tern::bench::link::Link;
+use tern::bench::netns::Namespaces;
 use tern_replication::driver::{Client, Producer, ProducerConfig};
 
 const LOG: &str = "nemesis";
@@ -115,163 +116,10 @@ fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// One network namespace per node, each joined to a bridge in the root namespace by a veth
-/// pair; the bridge has an address of the nodes' subnet, so this process reaches them as a
-/// client would. Bridged traffic needs no IP forwarding, which stays as it is. Named after this
-/// process: two runs at once do not meet. Everything is removed on drop, also after a panic.
-struct Namespaces {
-    pid: u32,
-    /// The nodes are at 10.77.`subnet`.id, the bridge at .254.
-    subnet: u8,
-    ids: Vec<u64>,
-}
-
-impl Namespaces {
-    /// Makes the namespaces, links and addresses of nodes `ids`; what fails is said.
-    fn create(ids: &[u64]) -> Result<Namespaces, String> {
-        // SAFETY: geteuid only reads this process's credentials.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root".into());
-        }
-        remove_stale_namespaces();
-        let pid = std::process::id();
-        // Built first so that a failure half-way removes what was made.
-        let net = Namespaces { pid, subnet: free_subnet(pid)?, ids: ids.to_vec() };
-        let bridge = net.bridge();
-        ip(&["link", "add", &bridge, "type", "bridge"])?;
-        ip(&["addr", "add", &format!("10.77.{}.254/24", net.subnet), "dev", &bridge])?;
-        ip(&["link", "set", &bridge, "up"])?;
-        for &id in ids {
-            let (namespace, veth) = (net.namespace(id), net.veth(id));
-            ip(&["netns", "add", &namespace])?;
-            ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace])?;
-            ip(&["link", "set", &veth, "master", &bridge, "up"])?;
-            ip(&["-n", &namespace, "addr", "add", &format!("{}/24", net.addr(id).ip()), "dev", "eth0"])?;
-            ip(&["-n", &namespace, "link", "set", "eth0", "up"])?;
-            // A node's controller reaches its own address through the namespace's loopback.
-            ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
-        }
-        // `ip netns exec` also needs a mount namespace of its own, which a container may refuse.
-        ip(&["netns", "exec", &net.namespace(ids[0]), "true"])?;
-        Ok(net)
-    }
-
-    fn namespace(&self, id: u64) -> String {
-        format!("tern-nem-{}-{id}", self.pid)
-    }
-
-    /// The root namespace's end of node `id`'s veth pair: its port on the bridge.
-    fn veth(&self, id: u64) -> String {
-        format!("tnem{}v{id}", self.pid)
-    }
-
-    fn bridge(&self) -> String {
-        format!("tnem{}b", self.pid)
-    }
-
-    fn addr(&self, id: u64) -> SocketAddr {
-        let host = u8::try_from(id).ok().filter(|h| (1..254).contains(h)).expect("node ids 1 to 253");
-        SocketAddr::from(([10, 77, self.subnet, host], NAMESPACE_DATA_PORT))
-    }
-
-    /// Where the links in front of node `id` listen, in runs with latency: on the bridge, this
-    /// port and the next.
-    fn link_addr(&self, id: u64) -> SocketAddr {
-        let port = u16::try_from(id).ok().and_then(|id| id.checked_mul(2)).expect("node ids 1 to 253");
-        SocketAddr::from(([10, 77, self.subnet, 254], NAMESPACE_DATA_PORT + 100 + port))
-    }
-
-    /// Node `id` reaches nobody and nobody reaches it: its packets are dropped, with no reset.
-    fn cut(&self, id: u64) {
-        ip(&["link", "set", &self.veth(id), "down"]).expect("cut a node's link");
-    }
-
-    fn heal(&self, id: u64) {
-        ip(&["link", "set", &self.veth(id), "up"]).expect("heal a node's link");
-    }
-
-    /// Node `id` opens no connection to a data port, refused at once; its controller's
-    /// connections go on. An `ip rule` in its namespace (Linux 4.17 or later).
-    fn hold_data(&self, id: u64) -> Result<(), String> {
-        ip(&[
-            "-n",
-            &self.namespace(id),
-            "rule",
-            "add",
-            "ipproto",
-            "tcp",
-            "dport",
-            &NAMESPACE_DATA_PORT.to_string(),
-            "prohibit",
-        ])
-    }
-
-    fn release_data(&self, id: u64) {
-        let port = NAMESPACE_DATA_PORT.to_string();
-        ip(&["-n", &self.namespace(id), "rule", "del", "ipproto", "tcp", "dport", &port, "prohibit"])
-            .expect("release a node's data connections");
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        // Deleting a veth end deletes its pair; a namespace goes once no process is left in it.
-        for &id in &self.ids {
-            let _ = ip(&["link", "del", &self.veth(id)]);
-            let _ = ip(&["netns", "del", &self.namespace(id)]);
-        }
-        let _ = ip(&["link", "del", &self.bridge()]);
-    }
-}
-
-/// Runs `ip` with `args`; its error message when it fails.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-}
-
-/// A 10.77.x.0/24 subnet no address or route of the root namespace is in, from the pid on.
-fn free_subnet(pid: u32) -> Result<u8, String> {
-    let mut taken = String::new();
-    for args in [&["-4", "-o", "addr", "show"][..], &["-4", "route", "show", "table", "all"]] {
-        let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
-        taken.push_str(&String::from_utf8_lossy(&out.stdout));
-    }
-    (0..254u32)
-        .map(|k| (pid.wrapping_add(k) % 254 + 1) as u8)
-        .find(|x| !taken.split_whitespace().any(|word| word.starts_with(&format!("10.77.{x}."))))
-        .ok_or_else(|| "no free 10.77.x.0/24 subnet".into())
-}
-
-/// Namespaces and links of test processes that are gone (killed before their drop ran).
-fn remove_stale_namespaces() {
-    let gone = |name: &str, prefix: &str| {
-        let pid: String = name.strip_prefix(prefix).unwrap_or("").chars().take_while(char::is_ascii_digit).collect();
-        !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-    };
-    let list = |args: &[&str]| {
-        Command::new("ip")
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    for line in list(&["netns", "list"]).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        if gone(name, "tern-nem-") {
-            let _ = ip(&["netns", "del", name]);
-        }
-    }
-    for line in list(&["-o", "link", "show"]).lines() {
-        // "7: tnem123v1@if2: <BROADCAST,...": the name is the second word, up to '@' or ':'.
-        let name = line.split_whitespace().nth(1).unwrap_or("").split(['@', ':']).next().unwrap_or("");
-        if gone(name, "tnem") {
-            let _ = ip(&["link", "del", name]);
-        }
-    }
+/// Where node `id`'s links listen, in runs with latency: on the bridge, this port and the next.
+fn link_addr(net: &Namespaces, id: u64) -> SocketAddr {
+    let port = u16::try_from(id).ok().and_then(|id| id.checked_mul(2)).expect("node ids 1 to 253");
+    net.bridge_addr(NAMESPACE_DATA_PORT + 100 + port)
 }
 
 /// The seed's choices for `round`: 32 bits mixed from both.
@@ -335,7 +183,7 @@ impl Cluster {
         assert!(self.children.is_empty(), "links go in before the nodes start");
         for (id, listen) in &self.listen {
             let front = match &self.net {
-                Some(net) => net.link_addr(*id),
+                Some(net) => link_addr(net, *id),
                 None => address_pair(),
             };
             for port in [0, 1] {
@@ -1051,7 +899,7 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
     let ids: Vec<u64> = (1..=nodes).chain(faults.contains(&Fault::Member).then_some(nodes + 1)).collect();
     let mut net = None;
     if faults.contains(&Fault::Isolate) {
-        match Namespaces::create(&ids) {
+        match Namespaces::create("nem", &ids) {
             Ok(made) => net = Some(made),
             Err(why) => {
                 faults.retain(|f| *f != Fault::Isolate);
@@ -1064,7 +912,7 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
         }
     }
     let addrs: BTreeMap<u64, SocketAddr> = match &net {
-        Some(net) => ids.iter().map(|id| (*id, net.addr(*id))).collect(),
+        Some(net) => ids.iter().map(|id| (*id, net.addr(*id, NAMESPACE_DATA_PORT))).collect(),
         None => ids.iter().map(|id| (*id, address_pair())).collect(),
     };
     let mut cluster = Cluster::new(format!("seed {seed:#x}"), nodes, addrs, net);
@@ -1346,18 +1194,18 @@ fn cluster_id_refusals(cluster: &Cluster) -> Vec<String> {
 fn a_first_leader_cut_before_any_follower_reached_it_rejoins() {
     let _alone = one_cluster_at_a_time();
     let ids = [1, 2, 3];
-    let net = match Namespaces::create(&ids) {
+    let net = match Namespaces::create("nem", &ids) {
         Ok(net) => net,
         Err(why) => {
             eprintln!("first leader cut skipped: no network namespaces ({why})");
             return;
         }
     };
-    if let Err(why) = ids.iter().try_for_each(|id| net.hold_data(*id)) {
+    if let Err(why) = ids.iter().try_for_each(|id| net.hold_port(*id, NAMESPACE_DATA_PORT)) {
         eprintln!("first leader cut skipped: data connections cannot be held back ({why})");
         return;
     }
-    let addrs = ids.iter().map(|id| (*id, net.addr(*id))).collect();
+    let addrs = ids.iter().map(|id| (*id, net.addr(*id, NAMESPACE_DATA_PORT))).collect();
     let mut cluster = Cluster::new("a first leader cut".into(), 3, addrs, Some(net));
     for id in ids {
         cluster.start(id);
@@ -1386,7 +1234,7 @@ fn a_first_leader_cut_before_any_follower_reached_it_rejoins() {
     net.cut(first);
     let cut_at = Instant::now();
     for id in ids {
-        net.release_data(id);
+        net.release_port(id, NAMESPACE_DATA_PORT);
     }
     let others: Vec<u64> = ids.into_iter().filter(|id| *id != first).collect();
     let what = format!("another node than {first} to lead an epoch after 1");

@@ -1,10 +1,10 @@
 //! The three-node cluster of `tern bench --workload replicate` run by the controller, measured
 //! in the same rounds as the cluster with a fixed leader: what the controller costs.
 //!
-//! Three in-process [`ClusterNode`]s on loopback, each with its own engine under the bench
-//! directory, quorum 2 of 3, failure timeout 1 s (as `tern serve --cluster` by default). Their
-//! engines and replication servers are set up as the fixed-leader cluster's
-//! ([`super::server_config`]), so what differs is the controller's work: its Raft group on
+//! Three in-process [`ClusterNode`]s on loopback (with `--netns`, each in a network namespace
+//! of its own), each with its own engine under the bench directory, quorum 2 of 3, failure
+//! timeout 1 s (as `tern serve --cluster` by default). Their engines and replication servers
+//! are set up as the fixed-leader cluster's ([`super::server_config`]), so what differs is the controller's work: its Raft group on
 //! each node (on the data port + 1), the node loops that read its map every 5 ms, the leader's
 //! heartbeats to every member, and the epoch marker the leader writes in each log it holds
 //! when its epoch starts. (Both leaders lead in an epoch; under the controller its number
@@ -27,7 +27,7 @@ const FAILURE_TIMEOUT: Duration = Duration::from_secs(1);
 const QUORUM: usize = 2;
 /// How long the cluster has to choose a leader and take a first quorum append.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts at finding a free pair of loopback ports per node.
+/// Attempts at finding a free pair of ports per node.
 const PORT_ATTEMPTS_MAX: usize = 100;
 
 /// Three nodes run by the controller; every measurement goes to the leader it chose at the
@@ -58,10 +58,11 @@ impl ControlledCluster {
         dir: &Path,
         compression: Compression,
         log: &str,
+        hosts: &super::Hosts,
     ) -> Result<ControlledCluster, Box<dyn std::error::Error>> {
         let started = Instant::now();
         let deadline = started + START_TIMEOUT;
-        let cluster: BTreeMap<u64, SocketAddr> = (1..).zip(address_pairs(3)?).collect();
+        let cluster: BTreeMap<u64, SocketAddr> = (1..).zip(address_pairs(hosts, 3)?).collect();
         let dirs: Vec<PathBuf> =
             cluster.keys().map(|id| super::unique(dir, &format!("controlled-node-{id}"))).collect();
         let nodes = cluster
@@ -78,7 +79,7 @@ impl ControlledCluster {
                     server: super::server_config(id, addr, Role::Follower, Vec::new(), compression),
                     advertise: None,
                 };
-                ClusterNode::start(config, crate::Config::default())
+                hosts.run(id, || ClusterNode::start(config, crate::Config::default()))?
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         let (leader, epoch) = loop {
@@ -179,27 +180,27 @@ fn leaders(nodes: &[ClusterNode]) -> Vec<(usize, u64)> {
         .collect()
 }
 
-/// `count` loopback data addresses whose next ports (their controllers') are free too; no
-/// port is in two pairs.
-fn address_pairs(count: usize) -> std::io::Result<Vec<SocketAddr>> {
+/// The data addresses of nodes 1 to `count` whose next ports (their controllers') are free
+/// too; no port is in two pairs (on loopback, where all nodes share one address).
+fn address_pairs(hosts: &super::Hosts, count: usize) -> std::io::Result<Vec<SocketAddr>> {
     // Every port found stays bound until all are found, so the system hands none out twice.
     let mut held = Vec::with_capacity(2 * count);
     let mut addrs = Vec::with_capacity(count);
-    for _ in 0..count * PORT_ATTEMPTS_MAX {
-        if addrs.len() == count {
-            break;
-        }
-        let data = TcpListener::bind("127.0.0.1:0")?;
-        let addr = data.local_addr()?;
-        let Some(next) = addr.port().checked_add(1) else { continue };
-        if let Ok(controller) = TcpListener::bind(("127.0.0.1", next)) {
-            held.push(data);
-            held.push(controller);
-            addrs.push(addr);
-        }
-    }
-    if addrs.len() < count {
-        return Err(std::io::Error::other(format!("no {count} free pairs of consecutive loopback ports")));
+    for id in (1..).take(count) {
+        let ip = hosts.ip(id);
+        let pair = (0..PORT_ATTEMPTS_MAX).find_map(|_| {
+            let data = hosts.listen(id).ok()?;
+            let addr = data.local_addr().ok()?;
+            let next = addr.port().checked_add(1)?;
+            let controller = hosts.run(id, || TcpListener::bind((ip, next))).ok()?.ok()?;
+            Some((addr, data, controller))
+        });
+        let Some((addr, data, controller)) = pair else {
+            return Err(std::io::Error::other(format!("no free pair of consecutive ports at {ip}")));
+        };
+        held.push(data);
+        held.push(controller);
+        addrs.push(addr);
     }
     Ok(addrs)
 }
@@ -210,7 +211,7 @@ mod tests {
 
     #[test]
     fn address_pairs_share_no_port() {
-        let addrs = address_pairs(3).expect("free loopback ports");
+        let addrs = address_pairs(&crate::bench::Hosts::Loopback, 3).expect("free loopback ports");
         let mut ports: Vec<u16> = addrs.iter().flat_map(|a| [a.port(), a.port() + 1]).collect();
         ports.sort_unstable();
         ports.dedup();

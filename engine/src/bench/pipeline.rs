@@ -306,6 +306,7 @@ impl Pipeline {
         followers: usize,
         quorum: usize,
         link_one_way: Option<std::time::Duration>,
+        hosts: &super::Hosts,
     ) -> io::Result<Pipeline> {
         let stop = Arc::new(AtomicBool::new(false));
         let leader = Arc::new(Leader {
@@ -317,16 +318,18 @@ impl Pipeline {
         let mut to_followers = Vec::new();
         let mut links = Vec::new();
         for i in 0..followers {
-            let listener = TcpListener::bind("127.0.0.1:0")?;
-            let stream = match link_one_way {
+            // The leader is node 1, follower i node i + 2.
+            let listener = hosts.listen(i as u64 + 2)?;
+            let target = match link_one_way {
                 Some(one_way) => {
-                    let link = Link::start(listener.local_addr()?, one_way)?;
-                    let stream = TcpStream::connect(link.addr())?;
+                    let link = hosts.link(listener.local_addr()?, one_way)?;
+                    let target = link.addr();
                     links.push(link);
-                    stream
+                    target
                 }
-                None => TcpStream::connect(listener.local_addr()?)?,
+                None => listener.local_addr()?,
             };
+            let stream = hosts.run(1, || TcpStream::connect(target))??;
             let (accepted, _) = listener.accept()?;
             stream.set_nodelay(true)?;
             accepted.set_nodelay(true)?;
@@ -337,7 +340,7 @@ impl Pipeline {
             to_followers.push(stream);
         }
         let file = Arc::new(zero_filled(&dir.join("raw-pipeline-leader"))?);
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let listener = hosts.listen(1)?;
         let addr = listener.local_addr()?;
         let (f, l, s) = (file.clone(), leader.clone(), stop.clone());
         threads.push(std::thread::Builder::new().name("raw-sync".into()).spawn(move || sync_loop(f, l, s))?);
