@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tern::cluster::{ClusterConfig, ClusterNode, ALL_LOGS};
+use tern::cluster::{ClusterNode, ALL_LOGS};
 use tern_controller::{ClusterMap, LogMap};
 use tern_replication::driver::{Client, Role};
 
@@ -53,16 +53,7 @@ fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn start_node(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>) -> ClusterNode {
-    let server = config(0, id, Role::Follower, vec![], cluster[&id]);
-    let config = ClusterConfig {
-        node_id: id,
-        dir: dir.to_path_buf(),
-        cluster: cluster.clone(),
-        failure_timeout: FAILURE_TIMEOUT,
-        quorum: 2,
-        server,
-        advertise: None,
-    };
+    let config = cluster_config(dir, id, cluster, FAILURE_TIMEOUT, None);
     ClusterNode::start(config, tern::Config::default()).expect("node starts")
 }
 
