@@ -891,17 +891,36 @@ fn a_voter_that_lost_its_disk_is_refused_until_removed_and_added_again() {
     });
 }
 
+/// Three nodes, once the first leader (of `epoch`) acknowledged 200 records and one of its
+/// followers (`down`) was stopped; the other follower (`leaving`) is to be asked to leave.
+struct OneDown {
+    dirs: Vec<tempfile::TempDir>,
+    cluster: BTreeMap<u64, SocketAddr>,
+    nodes: BTreeMap<u64, ClusterNode>,
+    leader: u64,
+    epoch: u64,
+    down: u64,
+    leaving: u64,
+    /// The records acknowledged.
+    acked: Vec<String>,
+}
+
+fn one_down() -> OneDown {
+    let (dirs, cluster, mut nodes) = three_nodes();
+    let (leader, epoch) = leader_of(&nodes, 0);
+    let down = *nodes.keys().find(|id| **id != leader).unwrap();
+    let leaving = *nodes.keys().find(|id| **id != leader && **id != down).unwrap();
+    let acked = append_many(&nodes[&leader], "before", 200);
+    nodes.remove(&down).unwrap().stop();
+    OneDown { dirs, cluster, nodes, leader, epoch, down, leaving, acked }
+}
+
 /// A replica asked to leave while the one that would be left beside the leader is down: the
 /// leader does not take it out (the replicas left could not hold the records) and does not
 /// stop the writes meanwhile; once the other replica is back, it takes it out.
 #[test]
 fn a_replica_leaves_only_once_the_replicas_left_can_hold_the_records_and_writes_go_on_meanwhile() {
-    let (dirs, cluster, mut nodes) = three_nodes();
-    let (leader, epoch) = leader_of(&nodes, 0);
-    let down = *nodes.keys().find(|id| **id != leader).unwrap();
-    let leaving = *nodes.keys().find(|id| **id != leader && **id != down).unwrap();
-    let mut acked = append_many(&nodes[&leader], "before", 200);
-    nodes.remove(&down).unwrap().stop();
+    let OneDown { dirs, cluster, mut nodes, leader, epoch, down, leaving, mut acked } = one_down();
     let contact = tern::cluster::controller_addr(cluster[&leader]).to_string();
     let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).unwrap();
     ask_removal(&client, &contact, epoch, leaving);
@@ -1119,12 +1138,7 @@ fn ask_removal(client: &tern_controller::ControllerClient, contact: &str, epoch:
 /// date when its leader stops: the other follower was down while records were written.
 #[test]
 fn a_leaving_replica_elected_leader_is_handed_over_and_removed() {
-    let (dirs, cluster, mut nodes) = three_nodes();
-    let (leader, epoch) = leader_of(&nodes, 0);
-    let down = *nodes.keys().find(|id| **id != leader).unwrap();
-    let leaving = *nodes.keys().find(|id| **id != leader && **id != down).unwrap();
-    let mut acked = append_many(&nodes[&leader], "before", 200);
-    nodes.remove(&down).unwrap().stop();
+    let OneDown { dirs, cluster, mut nodes, leader, epoch, down, leaving, mut acked } = one_down();
     acked.extend(append_many(&nodes[&leader], "while down", 200));
     let contact = tern::cluster::controller_addr(cluster[&leaving]).to_string();
     let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).unwrap();
