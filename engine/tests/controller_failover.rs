@@ -18,16 +18,7 @@ fn start_node(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>) -> Clust
 }
 
 fn start_node_timeout(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>, timeout: Duration) -> ClusterNode {
-    let server = config(0, id, Role::Follower, vec![], cluster[&id]);
-    let config = ClusterConfig {
-        node_id: id,
-        dir: dir.to_path_buf(),
-        cluster: cluster.clone(),
-        failure_timeout: timeout,
-        quorum: 2,
-        server,
-        advertise: None,
-    };
+    let config = cluster_config(dir, id, cluster, timeout, None);
     ClusterNode::start(config, tern::Config::default()).expect("node starts")
 }
 
@@ -282,15 +273,8 @@ fn a_handover_to_a_target_catching_up_slowly_but_steadily_waits_for_it() {
         Link::start_at(controller_addr(advertised), controller_addr(cluster[&target]), one_way).unwrap(),
     ];
     let start = |id: u64| {
-        let config = ClusterConfig {
-            node_id: id,
-            dir: dirs[id as usize - 1].path().to_path_buf(),
-            cluster: cluster.clone(),
-            failure_timeout: Duration::from_secs(1),
-            quorum: 2,
-            server: config(0, id, Role::Follower, vec![], cluster[&id]),
-            advertise: (id == target).then_some(advertised),
-        };
+        let advertise = (id == target).then_some(advertised);
+        let config = cluster_config(dirs[id as usize - 1].path(), id, &cluster, Duration::from_secs(1), advertise);
         ClusterNode::start(config, tern::Config::default()).expect("node starts")
     };
     let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3).map(|id| (id, start(id))).collect();
@@ -768,14 +752,12 @@ fn a_node_added_is_seeded_then_counts_and_removed_leaves_a_majority_quorum() {
     let before = append_many(&nodes[&leader], "before", 2000);
     let dir4 = tempfile::tempdir().unwrap();
     let addr4 = address_pair();
+    // Listening at `addr4`, with `--cluster` naming the three voters only: it waits to be added.
+    let mut with_4 = cluster.clone();
+    with_4.insert(4, addr4);
     let joining = ClusterConfig {
-        node_id: 4,
-        dir: dir4.path().to_path_buf(),
         cluster: cluster.clone(),
-        failure_timeout: Duration::from_secs(1),
-        quorum: 2,
-        server: config(0, 4, Role::Follower, vec![], addr4),
-        advertise: None,
+        ..cluster_config(dir4.path(), 4, &with_4, Duration::from_secs(1), None)
     };
     nodes
         .insert(4, ClusterNode::start(joining, tern::Config::default()).expect("a node not named in --cluster starts"));
@@ -883,15 +865,7 @@ fn a_voter_that_lost_its_disk_is_refused_until_removed_and_added_again() {
             std::fs::remove_file(path).unwrap()
         }
     }
-    let again = ClusterConfig {
-        node_id: lost,
-        dir: dir.to_path_buf(),
-        cluster: cluster.clone(),
-        failure_timeout: Duration::from_secs(1),
-        quorum: 2,
-        server: config(0, lost, Role::Follower, vec![], cluster[&lost]),
-        advertise: None,
-    };
+    let again = cluster_config(dir, lost, &cluster, Duration::from_secs(1), None);
     let refused = ClusterNode::start(again.clone(), tern::Config::default()).expect_err("a voter without its votes");
     assert!(refused.to_string().contains("its disk was lost"), "{refused}");
     eprintln!("{refused}");
@@ -917,17 +891,36 @@ fn a_voter_that_lost_its_disk_is_refused_until_removed_and_added_again() {
     });
 }
 
+/// Three nodes, once the first leader (of `epoch`) acknowledged 200 records and one of its
+/// followers (`down`) was stopped; the other follower (`leaving`) is to be asked to leave.
+struct OneDown {
+    dirs: Vec<tempfile::TempDir>,
+    cluster: BTreeMap<u64, SocketAddr>,
+    nodes: BTreeMap<u64, ClusterNode>,
+    leader: u64,
+    epoch: u64,
+    down: u64,
+    leaving: u64,
+    /// The records acknowledged.
+    acked: Vec<String>,
+}
+
+fn one_down() -> OneDown {
+    let (dirs, cluster, mut nodes) = three_nodes();
+    let (leader, epoch) = leader_of(&nodes, 0);
+    let down = *nodes.keys().find(|id| **id != leader).unwrap();
+    let leaving = *nodes.keys().find(|id| **id != leader && **id != down).unwrap();
+    let acked = append_many(&nodes[&leader], "before", 200);
+    nodes.remove(&down).unwrap().stop();
+    OneDown { dirs, cluster, nodes, leader, epoch, down, leaving, acked }
+}
+
 /// A replica asked to leave while the one that would be left beside the leader is down: the
 /// leader does not take it out (the replicas left could not hold the records) and does not
 /// stop the writes meanwhile; once the other replica is back, it takes it out.
 #[test]
 fn a_replica_leaves_only_once_the_replicas_left_can_hold_the_records_and_writes_go_on_meanwhile() {
-    let (dirs, cluster, mut nodes) = three_nodes();
-    let (leader, epoch) = leader_of(&nodes, 0);
-    let down = *nodes.keys().find(|id| **id != leader).unwrap();
-    let leaving = *nodes.keys().find(|id| **id != leader && **id != down).unwrap();
-    let mut acked = append_many(&nodes[&leader], "before", 200);
-    nodes.remove(&down).unwrap().stop();
+    let OneDown { dirs, cluster, mut nodes, leader, epoch, down, leaving, mut acked } = one_down();
     let contact = tern::cluster::controller_addr(cluster[&leader]).to_string();
     let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).unwrap();
     ask_removal(&client, &contact, epoch, leaving);
@@ -1145,12 +1138,7 @@ fn ask_removal(client: &tern_controller::ControllerClient, contact: &str, epoch:
 /// date when its leader stops: the other follower was down while records were written.
 #[test]
 fn a_leaving_replica_elected_leader_is_handed_over_and_removed() {
-    let (dirs, cluster, mut nodes) = three_nodes();
-    let (leader, epoch) = leader_of(&nodes, 0);
-    let down = *nodes.keys().find(|id| **id != leader).unwrap();
-    let leaving = *nodes.keys().find(|id| **id != leader && **id != down).unwrap();
-    let mut acked = append_many(&nodes[&leader], "before", 200);
-    nodes.remove(&down).unwrap().stop();
+    let OneDown { dirs, cluster, mut nodes, leader, epoch, down, leaving, mut acked } = one_down();
     acked.extend(append_many(&nodes[&leader], "while down", 200));
     let contact = tern::cluster::controller_addr(cluster[&leaving]).to_string();
     let client = tern_controller::ControllerClient::new(Duration::from_secs(3)).unwrap();

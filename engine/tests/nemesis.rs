@@ -501,16 +501,9 @@ fn role(doc: &serde_json::Value) -> &serde_json::Value {
 /// `epoch`) to another node chosen by the seed. The write pause is what the writers saw: the
 /// longest gap between acknowledgements from just before the command to the first
 /// acknowledgement from the node handed over to. Returns it and the round's line.
-fn hand_over(
-    cluster: &Cluster,
-    history: &Mutex<History>,
-    seed: u64,
-    round: u64,
-    leader: u64,
-    epoch: u64,
-    placed: bool,
-) -> (u128, String) {
-    let mut handover = Handover::new(cluster, seed, round, leader, epoch, placed);
+fn hand_over(cluster: &Cluster, history: &Mutex<History>, at: Round) -> (u128, String) {
+    let mut handover = Handover::new(cluster, at);
+    let Round { round, leader, epoch, placed, .. } = at;
     let (target, asked, place) = (handover.target, handover.asked, handover.place.clone());
     let acked_before = history.lock().unwrap().ack_times.len();
     let started = Instant::now();
@@ -547,6 +540,18 @@ fn hand_over(
     (pause, line)
 }
 
+/// What a handover round starts from: the run's seed, the round's number (`u64::MAX` for the
+/// handover that places the log), the leader (of `epoch`), and whether the clients' log is
+/// placed alone (`tern handover --log`).
+#[derive(Clone, Copy)]
+struct Round {
+    seed: u64,
+    round: u64,
+    leader: u64,
+    epoch: u64,
+    placed: bool,
+}
+
 /// A `tern handover` of a round, as an operator runs it: to a node chosen by the seed (once it
 /// follows the leader), asking a node chosen by the seed, run on a node's machine.
 struct Handover {
@@ -560,7 +565,8 @@ struct Handover {
 }
 
 impl Handover {
-    fn new(cluster: &Cluster, seed: u64, round: u64, leader: u64, epoch: u64, placed: bool) -> Handover {
+    fn new(cluster: &Cluster, at: Round) -> Handover {
+        let Round { seed, round, leader, epoch, placed } = at;
         let ids = cluster.members();
         let others: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
         let mixed = mix(seed, round);
@@ -594,16 +600,9 @@ impl Handover {
 /// killed node is restarted once an append is acknowledged by another node, and the round
 /// ends once every node follows the leader. The write pause: the longest time without an
 /// acknowledgement from the kill to the end of the round.
-fn crash_mid_handover(
-    cluster: &mut Cluster,
-    history: &Mutex<History>,
-    seed: u64,
-    round: u64,
-    leader: u64,
-    epoch: u64,
-    placed: bool,
-) -> (u128, String) {
-    let mut handover = Handover::new(cluster, seed, round, leader, epoch, placed);
+fn crash_mid_handover(cluster: &mut Cluster, history: &Mutex<History>, at: Round) -> (u128, String) {
+    let mut handover = Handover::new(cluster, at);
+    let Round { seed, round, leader, .. } = at;
     let mixed = mix(seed, round);
     let victim = if mixed >> 24 & 1 == 0 { leader } else { handover.target };
     let delay = Duration::from_millis((mixed >> 25) % 41);
@@ -960,7 +959,8 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
             (history.lock().unwrap().acked.len() > acked_before + 20).then_some(())
         });
         // Placed, then handed over to a node chosen by the seed.
-        let (pause, line) = hand_over(&cluster, &history, seed, u64::MAX, first, first_epoch, true);
+        let at = Round { seed, round: u64::MAX, leader: first, epoch: first_epoch, placed: true };
+        let (pause, line) = hand_over(&cluster, &history, at);
         eprintln!("{}", line.replacen(&format!("round {}", u64::MAX), "placing the log", 1));
         pauses.push((Fault::Handover.done(), pause));
     }
@@ -974,13 +974,14 @@ fn acknowledged_values_survive_leaders_killed_paused_isolated_handed_over_and_no
             cluster.eventually(&format!("a leader in round {round}"), Duration::from_secs(30), || cluster.leader());
         let fault = faults[(seed.wrapping_add(round) % faults.len() as u64) as usize];
         if matches!(fault, Fault::Handover | Fault::HandoverCrash | Fault::Member) {
+            let at = Round { seed, round, leader, epoch, placed };
             let (done, pause, line) = match fault {
                 Fault::Handover => {
-                    let (pause, line) = hand_over(&cluster, &history, seed, round, leader, epoch, placed);
+                    let (pause, line) = hand_over(&cluster, &history, at);
                     (fault.done(), pause, line)
                 }
                 Fault::HandoverCrash => {
-                    let (pause, line) = crash_mid_handover(&mut cluster, &history, seed, round, leader, epoch, placed);
+                    let (pause, line) = crash_mid_handover(&mut cluster, &history, at);
                     (fault.done(), pause, line)
                 }
                 _ => change_members(&mut cluster, &history, seed, round, leader),

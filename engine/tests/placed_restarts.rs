@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tern::cluster::{ClusterConfig, ClusterNode, ALL_LOGS};
+use tern::cluster::{ClusterNode, ALL_LOGS};
 use tern_controller::{ClusterMap, LogMap};
 use tern_replication::driver::{Client, Role};
 
@@ -53,17 +53,35 @@ fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn start_node(dir: &Path, id: u64, cluster: &BTreeMap<u64, SocketAddr>) -> ClusterNode {
-    let server = config(0, id, Role::Follower, vec![], cluster[&id]);
-    let config = ClusterConfig {
-        node_id: id,
-        dir: dir.to_path_buf(),
-        cluster: cluster.clone(),
-        failure_timeout: FAILURE_TIMEOUT,
-        quorum: 2,
-        server,
-        advertise: None,
-    };
+    let config = cluster_config(dir, id, cluster, FAILURE_TIMEOUT, None);
     ClusterNode::start(config, tern::Config::default()).expect("node starts")
+}
+
+/// What each test starts from: three nodes' directories and data addresses, the first of them
+/// started in this process, and a [`Book`] of nothing sent yet.
+struct Placed {
+    dirs: Vec<tempfile::TempDir>,
+    cluster: BTreeMap<u64, SocketAddr>,
+    /// The nodes started in this process, by id.
+    nodes: BTreeMap<u64, ClusterNode>,
+    /// Every node's data address.
+    all_contacts: Vec<SocketAddr>,
+    /// The data addresses of the nodes started in this process.
+    contacts: Vec<SocketAddr>,
+    book: Book,
+}
+
+impl Placed {
+    /// Nodes 1 to `in_process` started in this process (the test starts the others, if any).
+    fn start(in_process: u64) -> Placed {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
+        let nodes: BTreeMap<u64, ClusterNode> =
+            (1..=in_process).map(|id| (id, start_node(dirs[id as usize - 1].path(), id, &cluster))).collect();
+        let all_contacts = cluster.values().copied().collect();
+        let contacts = nodes.keys().map(|id| cluster[id]).collect();
+        Placed { dirs, cluster, nodes, all_contacts, contacts, book: Book::default() }
+    }
 }
 
 /// Stops node `id` and starts it again in the same directory, at the same address.
@@ -347,12 +365,7 @@ fn push_all_past(
 fn restarting_either_leader_leaves_each_log_with_the_leader_its_placement_names() {
     let _one = one_cluster_at_a_time();
     let started = Instant::now();
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
-    let mut nodes: BTreeMap<u64, ClusterNode> =
-        (1..=3).map(|id| (id, start_node(dirs[id as usize - 1].path(), id, &cluster))).collect();
-    let all_contacts: Vec<SocketAddr> = cluster.values().copied().collect();
-    let mut book = Book::default();
+    let Placed { dirs, cluster, mut nodes, all_contacts, mut book, .. } = Placed::start(3);
     place_orders(&all_contacts, &cluster, None, &mut book);
     book.append_each(&all_contacts, &cluster, &[ORDERS, EVENTS], 10, || ());
 
@@ -402,12 +415,7 @@ fn restarting_either_leader_leaves_each_log_with_the_leader_its_placement_names(
 fn an_old_leader_of_a_placed_log_restarted_after_its_failover_follows_the_new_epoch() {
     let _one = one_cluster_at_a_time();
     let started = Instant::now();
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
-    let mut nodes: BTreeMap<u64, ClusterNode> =
-        (1..=3).map(|id| (id, start_node(dirs[id as usize - 1].path(), id, &cluster))).collect();
-    let all_contacts: Vec<SocketAddr> = cluster.values().copied().collect();
-    let mut book = Book::default();
+    let Placed { dirs, cluster, mut nodes, all_contacts, mut book, .. } = Placed::start(3);
     let (_, old) = place_orders(&all_contacts, &cluster, None, &mut book);
     let old_epoch = read_map(&all_contacts).unwrap().logs[ORDERS].epoch;
     let all_epoch = push_all_past(&all_contacts, &cluster, old, old_epoch + 1, &mut book);
@@ -535,16 +543,10 @@ fn status(addr: SocketAddr) -> Option<serde_json::Value> {
 fn a_paused_leader_of_a_placed_log_resumes_acknowledging_nothing_and_converges() {
     let _one = one_cluster_at_a_time();
     let started = Instant::now();
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
+    // `contacts` are never the paused node: a read of the map through it would wait for it.
+    let Placed { dirs, cluster, nodes, all_contacts, contacts, mut book } = Placed::start(2);
     let paused = 3;
     let process = Process::start(dirs[2].path(), paused, &cluster);
-    let nodes: BTreeMap<u64, ClusterNode> =
-        (1..=2).map(|id| (id, start_node(dirs[id as usize - 1].path(), id, &cluster))).collect();
-    let all_contacts: Vec<SocketAddr> = cluster.values().copied().collect();
-    // Never the paused node: a read of the map through it would wait for it.
-    let contacts: Vec<SocketAddr> = nodes.keys().map(|id| cluster[id]).collect();
-    let mut book = Book::default();
     let (_, orders) = place_orders(&all_contacts, &cluster, Some(paused), &mut book);
     assert_eq!(orders, paused);
     let old_epoch = read_map(&contacts).unwrap().logs[ORDERS].epoch;
@@ -634,19 +636,13 @@ fn a_paused_leader_of_a_placed_log_resumes_acknowledging_nothing_and_converges()
 #[test]
 fn a_handover_to_a_paused_replica_is_given_up_for_want_of_progress() {
     let _one = one_cluster_at_a_time();
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
+    let Placed { dirs, cluster, nodes, all_contacts, contacts, mut book } = Placed::start(2);
     let paused = 3;
-    let nodes: BTreeMap<u64, ClusterNode> =
-        (1..=2).map(|id| (id, start_node(dirs[id as usize - 1].path(), id, &cluster))).collect();
-    let all_contacts: Vec<SocketAddr> = cluster.values().copied().collect();
-    let contacts: Vec<SocketAddr> = nodes.keys().map(|id| cluster[id]).collect();
     // Started once the others have a controller leader: paused, it does not hold the
     // controller up (the commands below would wait out its election, and the 3 s of silence
     // that drop its connections would pass first).
     eventually("a controller leader among nodes 1 and 2", WAIT, || read_map(&contacts));
     let process = Process::start(dirs[2].path(), paused, &cluster);
-    let mut book = Book::default();
     book.append_each(&all_contacts, &cluster, &[EVENTS], 1, || ());
     let all = governing(&read_map(&contacts).unwrap(), EVENTS).unwrap().leader;
     assert_ne!(all, paused, "the lowest ids lead first");

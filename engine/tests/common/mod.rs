@@ -1,11 +1,13 @@
 //! What the cluster tests share: waiting for a state, ports, and in-process nodes.
 #![allow(dead_code)] // each test file uses part of it
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tern::cluster::ClusterConfig;
 use tern_replication::driver::{LogMetrics, Role, Server, ServerConfig};
 use tern_replication::proto::Quorum;
 
@@ -93,6 +95,27 @@ pub fn config(cluster_id: u64, id: u64, role: Role, peers: Vec<(u64, SocketAddr)
         leader_epoch: None,
         handing_over_to: None,
         learners: Vec::new(),
+    }
+}
+
+/// The settings of node `id` of `cluster` run by the controller (`tern serve --cluster`), in
+/// `dir`: listening at its address in `cluster` (reached at `advertise` if given), quorum 2,
+/// the test settings otherwise ([`config`]).
+pub fn cluster_config(
+    dir: &Path,
+    id: u64,
+    cluster: &BTreeMap<u64, SocketAddr>,
+    failure_timeout: Duration,
+    advertise: Option<SocketAddr>,
+) -> ClusterConfig {
+    ClusterConfig {
+        node_id: id,
+        dir: dir.to_path_buf(),
+        cluster: cluster.clone(),
+        failure_timeout,
+        quorum: 2,
+        server: config(0, id, Role::Follower, vec![], cluster[&id]),
+        advertise,
     }
 }
 
