@@ -1006,7 +1006,7 @@ impl Shared {
         let me = self.config.node_id;
         let scope = Scope::of(name);
         let proposed = self.placements.lock().get(name).and_then(|p| p.elect_proposed);
-        if proposed != Some(epoch) {
+        if resumes_before_abort_commits(proposed, epoch) {
             self.as_leader(name, epoch, |s| scope.hand_over(s, None));
         }
         let abort = Command::AbortHandover { log: name.into(), epoch, reason: reason.clone() };
@@ -1648,5 +1648,26 @@ impl Admin {
 
     fn change_members(&self, deadline: Instant, change: &MembershipChange) -> Result<(), String> {
         self.retrying(deadline, |c, at| c.change_members(at, change.clone()))
+    }
+}
+
+/// Whether a leader giving up its handover in `epoch` may take appends again before the
+/// controller commits the abort, `elect_proposed` being the last epoch in which it proposed
+/// its target's election: only when it never proposed it in `epoch`. After such a proposal
+/// whose answer it did not get, the election may still commit; the target would then lead
+/// the next epoch without the records acknowledged here meanwhile.
+fn resumes_before_abort_commits(elect_proposed: Option<u64>, epoch: u64) -> bool {
+    elect_proposed != Some(epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_that_proposed_its_targets_election_waits_for_the_abort() {
+        assert!(resumes_before_abort_commits(None, 7), "no election proposed: appends at once");
+        assert!(resumes_before_abort_commits(Some(6), 7), "an election proposed in an earlier epoch");
+        assert!(!resumes_before_abort_commits(Some(7), 7), "an election proposed in this epoch may still commit");
     }
 }
