@@ -53,9 +53,9 @@ pub struct BenchArgs {
     /// Interleaved rounds per small-sync figure (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
-    /// Whether the bulk workload writes batches of 256 KiB and more around the page cache
-    /// (`on`), through it (`off`), or as a probe of the bench directory's device says (`auto`,
-    /// as an engine does: `Config::direct_writes`).
+    /// Whether the bulk workload, and every node of the replicate workload, writes batches of
+    /// 256 KiB and more around the page cache (`on`), through it (`off`), or as a probe of the
+    /// bench directory's device says (`auto`, as an engine does: `Config::direct_writes`).
     #[arg(long, default_value = "auto")]
     pub direct_writes: crate::DirectWrites,
     /// Round trip added to every link between two nodes of `--workload replicate`, in
@@ -1121,6 +1121,7 @@ impl Cluster {
         compression: tern_replication::codec::Compression,
         link_one_way: Option<Duration>,
         hosts: &Hosts,
+        engine: &crate::Config,
     ) -> Result<Cluster, Box<dyn std::error::Error>> {
         use tern_replication::driver::Role;
         let addrs: Vec<std::net::SocketAddr> = (1..=3).map(|id| hosts.free_addr(id)).collect::<Result<_, _>>()?;
@@ -1139,7 +1140,7 @@ impl Cluster {
             role: if i == 0 { Role::Leader } else { Role::Follower },
             peers: if i == 0 { vec![(2, peer_addrs[0]), (3, peer_addrs[1])] } else { Vec::new() },
             compression,
-            engine: crate::Config::default(),
+            engine: engine.clone(),
             hosts: hosts.clone(),
         };
         // Followers first, so the leader finds them listening.
@@ -1335,7 +1336,9 @@ fn replicate(
     if let Some(row) = link_row(&hosts, link_one_way)? {
         rows.push(row);
     }
-    let mut cluster = Cluster::start(dir, Compression::default(), link_one_way, &hosts)?;
+    // Every node's engine: the defaults, but for --direct-writes.
+    let engine = crate::Config { direct_writes: args.direct_writes, ..crate::Config::default() };
+    let mut cluster = Cluster::start(dir, Compression::default(), link_one_way, &hosts, &engine)?;
     let addr = cluster.leader().local_addr();
     let one_node = NodeSpec {
         id: 1,
@@ -1344,7 +1347,7 @@ fn replicate(
         role: tern_replication::driver::Role::Leader,
         peers: Vec::new(),
         compression: Compression::default(),
-        engine: crate::Config::default(),
+        engine: engine.clone(),
         hosts: hosts.clone(),
     };
     let (one_engine, one_server) = start_node(&one_node)?;
@@ -1364,7 +1367,7 @@ fn replicate(
     engine_dirs.push(one_node.dir.clone());
     wait_for_device_probes(&engine_dirs, probe_deadline);
     let idle_without_ms = idle_cpu_ms_per_s(IDLE_WINDOW);
-    let controlled = controller::ControlledCluster::start(dir, Compression::default(), "bench", &hosts)?;
+    let controlled = controller::ControlledCluster::start(dir, Compression::default(), "bench", &hosts, &engine)?;
     wait_for_device_probes(controlled.dirs(), Instant::now() + Duration::from_secs(10));
     let idle_with_ms = idle_cpu_ms_per_s(IDLE_WINDOW);
     let controller_idle = format!(
@@ -1492,7 +1495,7 @@ fn replicate(
     // the raw disk before each round (this disk drifts over seconds, by half at times): the
     // leader of the second cluster ships everything raw.
     const ROUNDS: usize = 5;
-    let off_cluster = Cluster::start(dir, Compression::OFF, link_one_way, &hosts)?;
+    let off_cluster = Cluster::start(dir, Compression::OFF, link_one_way, &hosts, &engine)?;
     let round_batches = (bulk_bytes >> 20) / ROUNDS as u64;
     let data = bulk_batches(round_batches, false, 0x9e37_79b9_7f4a_7c15);
     let (mut on, mut off, mut controlled_bulk) = (Vec::new(), Vec::new(), Vec::new());

@@ -59,6 +59,7 @@ impl ControlledCluster {
         compression: Compression,
         log: &str,
         hosts: &super::Hosts,
+        engine: &crate::Config,
     ) -> Result<ControlledCluster, Box<dyn std::error::Error>> {
         let started = Instant::now();
         let deadline = started + START_TIMEOUT;
@@ -79,7 +80,7 @@ impl ControlledCluster {
                     server: super::server_config(id, addr, Role::Follower, Vec::new(), compression),
                     advertise: None,
                 };
-                hosts.run(id, || ClusterNode::start(config, crate::Config::default()))?
+                hosts.run(id, || ClusterNode::start(config, engine.clone()))?
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         let (leader, epoch) = loop {
