@@ -261,60 +261,109 @@ fn a_handover_to_a_node_that_is_down_is_given_up_and_the_leader_goes_on() {
 /// and the handover starts with more than 40 records (10 MiB) to go.
 #[test]
 fn a_handover_to_a_target_catching_up_slowly_but_steadily_waits_for_it() {
-    use tern::bench::link::Link;
-    use tern::cluster::controller_addr;
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
-    let target = 3;
-    let advertised = address_pair();
-    let one_way = Duration::from_millis(30);
-    let _links = [
-        Link::start_at(advertised, cluster[&target], one_way).unwrap(),
-        Link::start_at(controller_addr(advertised), controller_addr(cluster[&target]), one_way).unwrap(),
-    ];
-    let start = |id: u64| {
-        let advertise = (id == target).then_some(advertised);
-        let config = cluster_config(dirs[id as usize - 1].path(), id, &cluster, Duration::from_secs(1), advertise);
-        ClusterNode::start(config, tern::Config::default()).expect("node starts")
-    };
-    let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3).map(|id| (id, start(id))).collect();
-    let (leader, epoch) = leader_of(&nodes, 0);
-    assert_ne!(leader, target, "the lowest ids lead first");
-    let mut acked = append_many(&nodes[&leader], "before", 100);
-    nodes.remove(&target).unwrap().stop();
-    // 20 MiB while it is down: 20 batches of 4 records of 256 KiB, hex of a xorshift (little
-    // for compression to take away).
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut client = Client::connect(nodes[&leader].local_addr().unwrap()).unwrap();
-    for batch in 0..20 {
-        let values: Vec<String> = (0..4)
-            .map(|i| {
-                let mut value = format!("big {batch}.{i} ");
-                while value.len() < 256 << 10 {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    value.push_str(&format!("{x:016x}"));
-                }
-                value
-            })
-            .collect();
-        let records = values.iter().map(|v| bytes::Bytes::from(v.clone())).collect();
-        client.append("orders", records, true).expect("appended with the third node's acknowledgement");
-        acked.extend(values);
-    }
-    nodes.insert(target, start(target));
-    // Under way: connected, and still far behind.
-    eventually("the target catching up", Duration::from_secs(20), || {
-        let lag = nodes[&leader].with_server(|s| s.lag_bytes(target)).flatten()?;
-        (lag > 10 << 20).then_some(())
-    });
+    let far = FarBehind::start(Duration::from_millis(30), 20, u64::MAX);
+    let FarBehind { ref nodes, ref cluster, leader, epoch, target, .. } = far;
     let lines = tern::cluster::handover(cluster[&leader], None, target, Duration::from_secs(20))
         .expect("the handover waits for a target that makes progress");
     eprintln!("{}", lines.join("\n"));
-    assert_eq!(leader_of(&nodes, epoch), (target, epoch + 1));
+    assert_eq!(leader_of(nodes, epoch), (target, epoch + 1));
+    let mut acked = far.acked.clone();
     acked.extend(append_many(&nodes[&target], "after", 100));
     assert_each_once(&committed(&nodes[&target]), &acked);
+}
+
+/// A handover to a target that makes progress all along but cannot catch up within
+/// `HANDOVER_TIMEOUT` (5 s) is given up at the timeout: the leader keeps its epoch and takes
+/// appends again. The target is 128 MiB behind, through links that add a 600 ms round trip:
+/// with at most 8 MiB (as shipped) unacknowledged per follower and records compression takes
+/// little from, it catches up at about 15 MiB/s at most, so in 7 s or more, acknowledging
+/// chunks all along (never stalled for `HANDOVER_STALL_MAX`).
+#[test]
+fn a_handover_to_a_target_too_slow_to_catch_up_in_time_is_given_up_at_the_timeout() {
+    // Started once the target acknowledged some of it: its first acknowledgement comes after
+    // two round trips (the check of its log, then the first chunk), more than 1 s here.
+    let far = FarBehind::start(Duration::from_millis(300), 128, 122 << 20);
+    let FarBehind { ref nodes, ref cluster, leader, epoch, target, .. } = far;
+    let started = Instant::now();
+    let err = tern::cluster::handover(cluster[&leader], None, target, Duration::from_secs(20)).unwrap_err();
+    let took = started.elapsed();
+    let lag = nodes[&leader].with_server(|s| s.lag_bytes(target)).flatten();
+    eprintln!("given up after {took:?}, {lag:?} bytes still to go: {err}");
+    assert!(err.contains("given up"), "{err}");
+    assert!(took >= tern::cluster::HANDOVER_TIMEOUT, "given up after {took:?}: {err}");
+    assert_eq!(nodes[&leader].role(), Some((Role::Leader, epoch)));
+    let mut acked = far.acked.clone();
+    acked.extend(append_many(&nodes[&leader], "after", 100));
+    assert_each_once(&committed(&nodes[&leader]), &acked);
+}
+
+/// Three nodes, the third (`target`) reached through links that add `one_way` each way to its
+/// data and controller ports (`tern serve --advertise`), stopped while `mib` MiB are appended
+/// (records of 256 KiB of printable characters drawn by a xorshift: little for compression to
+/// take away), then started
+/// again: connected, more than 10 MiB behind, and less than `lag_below` bytes.
+struct FarBehind {
+    nodes: BTreeMap<u64, ClusterNode>,
+    cluster: BTreeMap<u64, SocketAddr>,
+    leader: u64,
+    epoch: u64,
+    target: u64,
+    /// Every value acknowledged, in order.
+    acked: Vec<String>,
+    _links: [tern::bench::link::Link; 2],
+    /// Last: dropped after the nodes.
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl FarBehind {
+    fn start(one_way: Duration, mib: usize, lag_below: u64) -> FarBehind {
+        use tern::bench::link::Link;
+        use tern::cluster::controller_addr;
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let cluster: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, address_pair())).collect();
+        let target = 3;
+        let advertised = address_pair();
+        let links = [
+            Link::start_at(advertised, cluster[&target], one_way).unwrap(),
+            Link::start_at(controller_addr(advertised), controller_addr(cluster[&target]), one_way).unwrap(),
+        ];
+        let start = |id: u64| {
+            let advertise = (id == target).then_some(advertised);
+            let config = cluster_config(dirs[id as usize - 1].path(), id, &cluster, Duration::from_secs(1), advertise);
+            ClusterNode::start(config, tern::Config::default()).expect("node starts")
+        };
+        let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3).map(|id| (id, start(id))).collect();
+        let (leader, epoch) = leader_of(&nodes, 0);
+        assert_ne!(leader, target, "the lowest ids lead first");
+        let mut acked = append_many(&nodes[&leader], "before", 100);
+        nodes.remove(&target).unwrap().stop();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut client = Client::connect(nodes[&leader].local_addr().unwrap()).unwrap();
+        for batch in 0..mib {
+            let values: Vec<String> = (0..4)
+                .map(|i| {
+                    let mut value = format!("big {batch}.{i} ").into_bytes();
+                    while value.len() < 256 << 10 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        value.extend(x.to_le_bytes().map(|b| b' ' + b % 95));
+                    }
+                    String::from_utf8(value).expect("printable ASCII")
+                })
+                .collect();
+            let records = values.iter().map(|v| bytes::Bytes::from(v.clone())).collect();
+            client.append("orders", records, true).expect("appended with the third node's acknowledgement");
+            acked.extend(values);
+        }
+        nodes.insert(target, start(target));
+        // Under way: connected, and still far behind.
+        eventually("the target catching up", Duration::from_secs(20), || {
+            let lag = nodes[&leader].with_server(|s| s.lag_bytes(target)).flatten()?;
+            (lag > 10 << 20 && lag < lag_below).then_some(())
+        });
+        FarBehind { nodes, cluster, leader, epoch, target, acked, _links: links, _dirs: dirs }
+    }
 }
 
 /// `tern promote` of a replica that lacks records another holds, the leader gone: refused
