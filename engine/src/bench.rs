@@ -132,6 +132,11 @@ pub struct Row {
 }
 
 impl Row {
+    /// A round trip's p50, with no limit to compare it with.
+    fn round_trip(name: String, p50_us: f64, detail: String) -> Row {
+        Row { name, value: p50_us, unit: "us p50", limit: None, paired_ratio: None, limit_name: String::new(), detail }
+    }
+
     fn ratio(&self) -> Option<f64> {
         self.paired_ratio.or_else(|| self.limit.filter(|l| *l > 0.0).map(|l| self.value / l))
     }
@@ -1032,17 +1037,12 @@ fn link_row(hosts: &Hosts, link_one_way: Option<Duration>) -> Result<Option<Row>
         Hosts::Loopback => None,
     };
     let Some(one_way) = link_one_way else {
-        return Ok(direct.map(|(p50_us, p99_us)| Row {
-            name: "round trip between nodes, no link".into(),
-            value: p50_us,
-            unit: "us p50",
-            limit: None,
-            paired_ratio: None,
-            limit_name: String::new(),
-            detail: format!(
+        return Ok(direct.map(|(p50_us, p99_us)| {
+            let detail = format!(
                 "p99 {p99_us:.0} us: 128 B there and back from node 1 to an echo on node 2, {}",
                 hosts.describe()
-            ),
+            );
+            Row::round_trip("round trip between nodes, no link".into(), p50_us, detail)
         }));
     };
     let direct = direct.map_or_else(String::new, |(p50_us, p99_us)| {
@@ -1052,14 +1052,10 @@ fn link_row(hosts: &Hosts, link_one_way: Option<Duration>) -> Result<Option<Row>
     // forwarder's own two hops and wake-ups, on top of a direct connection).
     let (p50_us, p99_us) = measure(Some(one_way))?;
     let (bare_p50_us, bare_p99_us) = measure(Some(Duration::ZERO))?;
-    Ok(Some(Row {
-        name: format!("link between nodes, {} us round trip set", 2 * one_way.as_micros()),
-        value: p50_us,
-        unit: "us p50",
-        limit: None,
-        paired_ratio: None,
-        limit_name: String::new(),
-        detail: format!(
+    Ok(Some(Row::round_trip(
+        format!("link between nodes, {} us round trip set", 2 * one_way.as_micros()),
+        p50_us,
+        format!(
             "p99 {p99_us:.0} us: 128 B there and back from node 1 through the in-process delay line ({} us each way, \
              no bandwidth limit) to an echo on node 2, {}; the same line without delay: p50 {bare_p50_us:.0} us, \
              p99 {bare_p99_us:.0} us{direct}; on the fixed-leader clusters' and the raw pipeline's links, not the \
@@ -1067,7 +1063,7 @@ fn link_row(hosts: &Hosts, link_one_way: Option<Duration>) -> Result<Option<Row>
             one_way.as_micros(),
             hosts.describe()
         ),
-    }))
+    )))
 }
 
 /// One node of a bench cluster; `running` is `None` while it is stopped.
