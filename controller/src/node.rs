@@ -85,6 +85,13 @@ pub enum ControllerError {
         /// The leader it last heard of.
         leader: Option<NodeId>,
     },
+    /// This member took the request as the controller's leader, but a quorum of members did
+    /// not answer in time (they are down or cut off). A command may still be committed later.
+    #[error("not committed by a quorum of the controller within {waited_ms} ms (it may still be)")]
+    NoQuorum {
+        /// How long it tried.
+        waited_ms: u64,
+    },
     /// The controller refused or failed.
     #[error("controller: {0}")]
     Failed(String),
@@ -497,6 +504,20 @@ impl Drop for Controller {
 /// How long to wait before asking again while no leader is known.
 const NO_LEADER_BACKOFF: Duration = Duration::from_millis(50);
 
+/// `call` (a request to this member's Raft), given up at `deadline`: at a member that leads,
+/// openraft waits for a quorum for as long as it takes, and the members that would make it may
+/// be down for good. The caller's timeout holds only with this.
+async fn until<T>(
+    deadline: Instant,
+    timeout: Duration,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, ControllerError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    tokio::time::timeout(remaining, call)
+        .await
+        .map_err(|_| ControllerError::NoQuorum { waited_ms: timeout.as_millis() as u64 })
+}
+
 async fn propose(
     raft: &openraft::Raft<TypeConfig>,
     command: Command,
@@ -505,7 +526,7 @@ async fn propose(
     let deadline = Instant::now() + timeout;
     let mut leader = None;
     loop {
-        match raft.client_write(command.clone()).await {
+        match until(deadline, timeout, raft.client_write(command.clone())).await? {
             Ok(written) => return Ok(written.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 leader = forward.leader_id.or(leader);
@@ -538,7 +559,7 @@ async fn read_map(
     let deadline = Instant::now() + timeout;
     let mut leader = None;
     loop {
-        match raft.ensure_linearizable().await {
+        match until(deadline, timeout, raft.ensure_linearizable()).await? {
             Ok(_) => return Ok(map.with_app(Clone::clone)),
             Err(RaftError::APIError(e)) => {
                 if let CheckIsLeaderError::ForwardToLeader(forward) = e {
@@ -609,7 +630,7 @@ async fn change_members_at_leader(
     let deadline = Instant::now() + timeout;
     let mut leader = None;
     loop {
-        match change_members_here(raft, change.clone()).await {
+        match until(deadline, timeout, change_members_here(raft, change.clone())).await? {
             Ok(()) => return Ok(()),
             Err(ServeError::Failed(reason)) => return Err(ControllerError::Failed(reason)),
             Err(ServeError::Busy(_)) => {}

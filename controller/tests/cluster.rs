@@ -134,6 +134,38 @@ fn the_controller_outlives_its_leader_and_a_restarted_member_rejoins_from_its_st
     assert_eq!(restarted.local_map().logs["orders"].epoch, 2);
 }
 
+/// A leader left alone (the other two members stopped) cannot commit: a proposal, a read of
+/// the map and a change of members at it each give up at their timeout instead of waiting for
+/// a quorum for good (a node's loop that proposed there once never stopped).
+#[test]
+fn a_leader_left_alone_gives_up_at_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, members) = cluster(dir.path(), 3);
+    create_orders(&members[0]);
+    let leader = members[0].wait_for_leader(TIMEOUT).unwrap();
+    let mut members: BTreeMap<u64, Controller> = members.into_iter().map(|m| (m.node_id(), m)).collect();
+    let alone = members.remove(&leader).unwrap();
+    for (_, member) in members {
+        member.shutdown();
+    }
+    let (done, answers) = std::sync::mpsc::channel();
+    let asking = std::thread::spawn(move || {
+        let short = Duration::from_millis(500);
+        let elect =
+            Command::Elect { log: "orders".into(), expected_epoch: 1, leader: 2, reason: ElectReason::Failover };
+        let proposed = alone.propose(elect, short).map(|_| ());
+        let read = alone.read_map(short).map(|_| ());
+        let changed = alone.change_members(MembershipChange::Remove { nodes: vec![3] }, short);
+        done.send([proposed, read, changed]).unwrap();
+    });
+    let results = answers.recv_timeout(TIMEOUT).expect("each call gives up at its timeout");
+    asking.join().unwrap();
+    for result in results {
+        let e = result.expect_err("nothing commits without a quorum");
+        assert!(e.to_string().contains("within 500 ms"), "{e}");
+    }
+}
+
 /// A fourth node joins as a learner (it receives the map without voting), is promoted to a
 /// voter, and then the first node is removed and stopped: the three that remain, one of them the
 /// newcomer, go on committing.
