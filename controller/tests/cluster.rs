@@ -29,6 +29,15 @@ fn cluster(dir: &Path, count: usize) -> (BTreeMap<u64, String>, Vec<Controller>)
     (voters, members)
 }
 
+/// Three members that created log "orders": their addresses, the controller's leader, and the
+/// members by id.
+fn three_with_orders(dir: &Path) -> (BTreeMap<u64, String>, u64, BTreeMap<u64, Controller>) {
+    let (voters, members) = cluster(dir, 3);
+    create_orders(&members[0]);
+    let leader = members[0].wait_for_leader(TIMEOUT).unwrap();
+    (voters, leader, members.into_iter().map(|m| (m.node_id(), m)).collect())
+}
+
 fn create_orders(member: &Controller) {
     let create = Command::CreateLog { log: "orders".into(), replicas: vec![1, 2, 3], quorum: 2, leader: 1 };
     assert_eq!(member.propose(create, TIMEOUT).unwrap(), Reply::Leader { log: "orders".into(), leader: 1, epoch: 1 });
@@ -118,10 +127,7 @@ fn racing_elections_issue_every_epoch_once() {
 #[test]
 fn the_controller_outlives_its_leader_and_a_restarted_member_rejoins_from_its_state() {
     let dir = tempfile::tempdir().unwrap();
-    let (voters, members) = cluster(dir.path(), 3);
-    create_orders(&members[0]);
-    let old = members[0].wait_for_leader(TIMEOUT).unwrap();
-    let mut members: BTreeMap<u64, Controller> = members.into_iter().map(|m| (m.node_id(), m)).collect();
+    let (voters, old, mut members) = three_with_orders(dir.path());
     members.remove(&old).unwrap().shutdown();
     let survivor = members.values().next().unwrap();
     let elect = Command::Elect { log: "orders".into(), expected_epoch: 1, leader: 2, reason: ElectReason::Failover };
@@ -140,10 +146,7 @@ fn the_controller_outlives_its_leader_and_a_restarted_member_rejoins_from_its_st
 #[test]
 fn a_leader_left_alone_gives_up_at_the_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, members) = cluster(dir.path(), 3);
-    create_orders(&members[0]);
-    let leader = members[0].wait_for_leader(TIMEOUT).unwrap();
-    let mut members: BTreeMap<u64, Controller> = members.into_iter().map(|m| (m.node_id(), m)).collect();
+    let (_, leader, mut members) = three_with_orders(dir.path());
     let alone = members.remove(&leader).unwrap();
     for (_, member) in members {
         member.shutdown();
