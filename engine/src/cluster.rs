@@ -805,20 +805,17 @@ impl Shared {
             if acked.is_some_and(|a| acked_most.is_none_or(|most| a > most)) {
                 (acked_most, stalled_since) = (acked, Instant::now());
             }
+            let (how, stall_max) = match acked {
+                Some(_) => ("connected, acknowledging nothing", HANDOVER_STALL_MAX),
+                None => ("not connected", HANDOVER_GONE_MAX),
+            };
             match caught_up {
                 true => break Ok(()),
                 // Stopping is not the target failing to catch up: as after a crash, the map
                 // keeps the step, and the restarted node or a failover ends the handover.
                 false if self.stop.load(Ordering::SeqCst) => return,
-                false
-                    if stalled_since.elapsed()
-                        >= if acked.is_some() { HANDOVER_STALL_MAX } else { HANDOVER_GONE_MAX } =>
-                {
-                    let (how, max) = match acked {
-                        Some(_) => ("connected, acknowledging nothing", HANDOVER_STALL_MAX),
-                        None => ("not connected", HANDOVER_GONE_MAX),
-                    };
-                    break Err(format!("node {to} made no progress for {} ms ({how})", max.as_millis()));
+                false if stalled_since.elapsed() >= stall_max => {
+                    break Err(format!("node {to} made no progress for {} ms ({how})", stall_max.as_millis()));
                 }
                 false if started.elapsed() >= HANDOVER_TIMEOUT => {
                     break Err(format!("node {to} did not catch up within {} ms", HANDOVER_TIMEOUT.as_millis()));
